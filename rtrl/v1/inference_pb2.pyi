@@ -1,0 +1,76 @@
+from rtrl.v1 import common_pb2 as _common_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class ActRequest(_message.Message):
+    __slots__ = ("observation", "gateway_id", "frame_index", "action_count")
+    OBSERVATION_FIELD_NUMBER: _ClassVar[int]
+    GATEWAY_ID_FIELD_NUMBER: _ClassVar[int]
+    FRAME_INDEX_FIELD_NUMBER: _ClassVar[int]
+    ACTION_COUNT_FIELD_NUMBER: _ClassVar[int]
+    observation: _common_pb2.Tensor
+    gateway_id: str
+    frame_index: int
+    action_count: int
+    def __init__(self, observation: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., gateway_id: _Optional[str] = ..., frame_index: _Optional[int] = ..., action_count: _Optional[int] = ...) -> None: ...
+
+class ActResponse(_message.Message):
+    __slots__ = ("action", "behaviour_log_prob", "action_values", "checkpoint_version", "explored", "epsilon", "inference_ms", "frame_index")
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    BEHAVIOUR_LOG_PROB_FIELD_NUMBER: _ClassVar[int]
+    ACTION_VALUES_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    EXPLORED_FIELD_NUMBER: _ClassVar[int]
+    EPSILON_FIELD_NUMBER: _ClassVar[int]
+    INFERENCE_MS_FIELD_NUMBER: _ClassVar[int]
+    FRAME_INDEX_FIELD_NUMBER: _ClassVar[int]
+    action: int
+    behaviour_log_prob: float
+    action_values: _containers.RepeatedScalarFieldContainer[float]
+    checkpoint_version: int
+    explored: bool
+    epsilon: float
+    inference_ms: float
+    frame_index: int
+    def __init__(self, action: _Optional[int] = ..., behaviour_log_prob: _Optional[float] = ..., action_values: _Optional[_Iterable[float]] = ..., checkpoint_version: _Optional[int] = ..., explored: _Optional[bool] = ..., epsilon: _Optional[float] = ..., inference_ms: _Optional[float] = ..., frame_index: _Optional[int] = ...) -> None: ...
+
+class InferenceServiceGetStatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class InferenceServiceGetStatusResponse(_message.Message):
+    __slots__ = ("replica_id", "checkpoint_version", "model_arch", "parameter_count", "requests_answered", "requests_refused_deadline", "requests_invalid", "in_flight", "inference_ms", "checkpoints_loaded", "checkpoint_load_failures", "epsilon", "observation_shape", "action_count")
+    REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    MODEL_ARCH_FIELD_NUMBER: _ClassVar[int]
+    PARAMETER_COUNT_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_ANSWERED_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_REFUSED_DEADLINE_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_INVALID_FIELD_NUMBER: _ClassVar[int]
+    IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    INFERENCE_MS_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINTS_LOADED_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_LOAD_FAILURES_FIELD_NUMBER: _ClassVar[int]
+    EPSILON_FIELD_NUMBER: _ClassVar[int]
+    OBSERVATION_SHAPE_FIELD_NUMBER: _ClassVar[int]
+    ACTION_COUNT_FIELD_NUMBER: _ClassVar[int]
+    replica_id: str
+    checkpoint_version: int
+    model_arch: str
+    parameter_count: int
+    requests_answered: int
+    requests_refused_deadline: int
+    requests_invalid: int
+    in_flight: int
+    inference_ms: _common_pb2.Distribution
+    checkpoints_loaded: int
+    checkpoint_load_failures: int
+    epsilon: float
+    observation_shape: _containers.RepeatedScalarFieldContainer[int]
+    action_count: int
+    def __init__(self, replica_id: _Optional[str] = ..., checkpoint_version: _Optional[int] = ..., model_arch: _Optional[str] = ..., parameter_count: _Optional[int] = ..., requests_answered: _Optional[int] = ..., requests_refused_deadline: _Optional[int] = ..., requests_invalid: _Optional[int] = ..., in_flight: _Optional[int] = ..., inference_ms: _Optional[_Union[_common_pb2.Distribution, _Mapping]] = ..., checkpoints_loaded: _Optional[int] = ..., checkpoint_load_failures: _Optional[int] = ..., epsilon: _Optional[float] = ..., observation_shape: _Optional[_Iterable[int]] = ..., action_count: _Optional[int] = ...) -> None: ...

@@ -1,0 +1,49 @@
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from typing import ClassVar as _ClassVar, Optional as _Optional
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class LearnerServiceGetStatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class LearnerServiceGetStatusResponse(_message.Message):
+    __slots__ = ("algorithm", "updates", "updates_per_s", "transitions_consumed", "transitions_invalid", "replay_size", "checkpoint_version", "checkpoints_published", "checkpoint_published_unix_ms", "loss", "epsilon", "stream_length", "stream_pending", "stream_lag", "env_steps", "transitions_unpaired", "uptime_s", "checkpoint_publish_failures")
+    ALGORITHM_FIELD_NUMBER: _ClassVar[int]
+    UPDATES_FIELD_NUMBER: _ClassVar[int]
+    UPDATES_PER_S_FIELD_NUMBER: _ClassVar[int]
+    TRANSITIONS_CONSUMED_FIELD_NUMBER: _ClassVar[int]
+    TRANSITIONS_INVALID_FIELD_NUMBER: _ClassVar[int]
+    REPLAY_SIZE_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINTS_PUBLISHED_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_PUBLISHED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    LOSS_FIELD_NUMBER: _ClassVar[int]
+    EPSILON_FIELD_NUMBER: _ClassVar[int]
+    STREAM_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    STREAM_PENDING_FIELD_NUMBER: _ClassVar[int]
+    STREAM_LAG_FIELD_NUMBER: _ClassVar[int]
+    ENV_STEPS_FIELD_NUMBER: _ClassVar[int]
+    TRANSITIONS_UNPAIRED_FIELD_NUMBER: _ClassVar[int]
+    UPTIME_S_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_PUBLISH_FAILURES_FIELD_NUMBER: _ClassVar[int]
+    algorithm: str
+    updates: int
+    updates_per_s: float
+    transitions_consumed: int
+    transitions_invalid: int
+    replay_size: int
+    checkpoint_version: int
+    checkpoints_published: int
+    checkpoint_published_unix_ms: int
+    loss: float
+    epsilon: float
+    stream_length: int
+    stream_pending: int
+    stream_lag: int
+    env_steps: int
+    transitions_unpaired: int
+    uptime_s: float
+    checkpoint_publish_failures: int
+    def __init__(self, algorithm: _Optional[str] = ..., updates: _Optional[int] = ..., updates_per_s: _Optional[float] = ..., transitions_consumed: _Optional[int] = ..., transitions_invalid: _Optional[int] = ..., replay_size: _Optional[int] = ..., checkpoint_version: _Optional[int] = ..., checkpoints_published: _Optional[int] = ..., checkpoint_published_unix_ms: _Optional[int] = ..., loss: _Optional[float] = ..., epsilon: _Optional[float] = ..., stream_length: _Optional[int] = ..., stream_pending: _Optional[int] = ..., stream_lag: _Optional[int] = ..., env_steps: _Optional[int] = ..., transitions_unpaired: _Optional[int] = ..., uptime_s: _Optional[float] = ..., checkpoint_publish_failures: _Optional[int] = ...) -> None: ...

@@ -1,0 +1,136 @@
+"""Checkpoint publication: atomic, verified, confined to its directory, never unpickled."""
+
+import json
+import threading
+
+import pytest
+import torch
+
+from rtrl.checkpoints import LATEST, CheckpointError, CheckpointStore, CheckpointWatcher
+
+
+def weights(value: float) -> dict[str, torch.Tensor]:
+    return {"layer.weight": torch.full((64, 64), value), "layer.bias": torch.full((64,), value)}
+
+
+def test_publish_then_read_back(tmp_path):
+    store = CheckpointStore(tmp_path)
+    store.publish(1, weights(1.0), {"model": {"arch": "mlp"}, "epsilon": 0.5}, learner_state={"opt": torch.ones(3)})
+    latest = store.latest()
+    assert latest is not None and latest.version == 1
+    assert latest.metadata["epsilon"] == 0.5
+    assert torch.equal(store.load_weights(latest)["layer.weight"], torch.full((64, 64), 1.0))
+    assert torch.equal(store.load_learner_state(latest)["opt"], torch.ones(3))
+
+
+def test_empty_directory_has_no_latest(tmp_path):
+    assert CheckpointStore(tmp_path / "missing").latest() is None
+
+
+def test_old_versions_are_pruned_but_latest_kept(tmp_path):
+    store = CheckpointStore(tmp_path, keep=2)
+    for version in range(1, 6):
+        store.publish(version, weights(version), {"model": {}})
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == [
+        "latest.json",
+        "v000000004.json",
+        "v000000004.safetensors",
+        "v000000005.json",
+        "v000000005.safetensors",
+    ]
+
+
+def test_corrupted_weights_are_refused(tmp_path):
+    store = CheckpointStore(tmp_path)
+    store.publish(1, weights(1.0), {"model": {}})
+    path = tmp_path / "v000000001.safetensors"
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="SHA-256"):
+        store.load_weights(store.latest())
+
+
+def test_truncated_metadata_is_refused(tmp_path):
+    store = CheckpointStore(tmp_path)
+    store.publish(1, weights(1.0), {"model": {}})
+    (tmp_path / LATEST).write_text('{"format": "rtrl.checkpoint/1", "vers')
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        store.latest()
+
+
+def test_file_names_outside_the_directory_are_refused(tmp_path):
+    store = CheckpointStore(tmp_path)
+    store.publish(1, weights(1.0), {"model": {}})
+    meta = json.loads((tmp_path / LATEST).read_text())
+    meta["files"]["weights"]["name"] = "../../etc/passwd"
+    (tmp_path / LATEST).write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="not a checkpoint file name"):
+        store.latest()
+
+
+def test_reader_never_sees_a_partial_checkpoint(tmp_path):
+    """A reader polling while the learner publishes only ever loads complete, verified versions."""
+    store = CheckpointStore(tmp_path, keep=3)
+    big = 512  # ~1 MB of weights per version so writes take measurable time
+    stop = threading.Event()
+    seen: list[int] = []
+    errors: list[str] = []
+
+    def reader():
+        while not stop.is_set():
+            latest = store.latest()
+            if latest is None:
+                continue
+            try:
+                loaded = store.load_weights(latest)
+            except CheckpointError as e:
+                # Only acceptable failure: the version was pruned between reading latest and its file.
+                if "cannot read" not in str(e):
+                    errors.append(str(e))
+                continue
+            value = loaded["w"][0, 0].item()
+            if not torch.all(loaded["w"] == value) or value != latest.version:
+                errors.append(f"version {latest.version} carried weights of {value}")
+            seen.append(latest.version)
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    for version in range(1, 40):
+        store.publish(version, {"w": torch.full((big, big), float(version))}, {"model": {}})
+    stop.set()
+    thread.join()
+    assert errors == []
+    assert seen, "the reader never loaded a checkpoint"
+    assert seen == sorted(seen), "a reader saw versions go backwards"
+
+
+def test_watcher_loads_newer_versions_and_skips_broken_ones(tmp_path):
+    store = CheckpointStore(tmp_path)
+    loaded: list[int] = []
+    watcher = CheckpointWatcher(store, lambda checkpoint, w: loaded.append(checkpoint.version))
+    assert watcher.poll_once() is False
+    store.publish(1, weights(1.0), {"model": {}})
+    assert watcher.poll_once() is True
+    store.publish(2, weights(2.0), {"model": {}})
+    (tmp_path / "v000000002.safetensors").write_bytes(b"garbage")
+    assert watcher.poll_once() is False
+    assert watcher.failures == 1 and watcher.loaded_version == 1
+    assert watcher.poll_once() is False, "a broken version is not retried over and over"
+    assert watcher.failures == 1
+    store.publish(3, weights(3.0), {"model": {}})
+    assert watcher.poll_once() is True
+    assert loaded == [1, 3]
+
+
+def test_watcher_counts_errors_raised_by_the_loader(tmp_path):
+    store = CheckpointStore(tmp_path)
+    store.publish(1, weights(1.0), {"model": {}})
+
+    def refuse(checkpoint, w):
+        raise CheckpointError("model does not fit")
+
+    watcher = CheckpointWatcher(store, refuse)
+    assert watcher.poll_once() is False
+    assert watcher.failures == 1 and watcher.loaded_version == 0
