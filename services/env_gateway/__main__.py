@@ -1,0 +1,28 @@
+"""Runs the env gateway: `python -m services.env_gateway`, configured by RTRL_* environment variables."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from rtrl.config import SettingsError
+from services.env_gateway.backends import BackendError
+from services.env_gateway.server import serve
+from services.env_gateway.settings import GatewaySettings
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        serve(GatewaySettings.from_env())
+    except SettingsError as error:
+        print(f"env_gateway: {error}", file=sys.stderr)
+        return 2
+    except BackendError as error:
+        print(f"env_gateway: the game failed: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

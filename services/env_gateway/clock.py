@@ -1,0 +1,574 @@
+"""The realtime game clock: steps the game at a fixed frame rate, never waits, and turns replies into actions.
+
+Frames are the unit. k = decision_interval_frames, L = lead_frames, S = max_staleness_frames; `f` is
+the gateway-wide frame index (one tick of the clock produces frame f), `e` the first frame of the
+current episode.
+
+Schedule. The clock thread ticks against an absolute schedule: frame f is due at t0 + f / rate, t0
+being when the first frame was produced (so a slow first reset, e.g. an emulator loading its ROM,
+is not counted as lateness). It sleeps until the due time and never accumulates drift. A tick that
+starts more than one frame time after its due time counts in `frames_late`; when the clock is more
+than `CATCH_UP_LIMIT_FRAMES` behind, the schedule is moved instead of ticking a burst to catch up,
+because a burst of frames is a game running too fast, which is worse for the player than a short
+stall.
+
+Episodes. Tick e resets the backend (the reset frame applies no action). A terminated or truncated
+frame (or `max_episode_frames` frames) ends the episode; the next tick resets.
+
+Decisions. Decision step j of an episode samples its observation at frame e + j*k, right after that
+frame is produced, and executes its action over frames [e + j*k + L, e + (j+1)*k + L). The first L
+frames of an episode (the reset frame included) apply the fallback policy's choice and are not a
+decision; with L = 0 the reset frame is step 0's first frame. Sampling only records which raw frames
+make up the observation (no pixel work): the sample goes to a dispatcher thread (see dispatcher.py)
+that preprocesses it and sends Act with a deadline of the due time of the last frame at which its
+reply could still start a step (frame obs + S in the default S = L + k), minus `DEADLINE_MARGIN_S`.
+
+Mailbox. Replies arrive on gRPC threads and are kept, each with its observation frame, episode,
+arrival time, policy version and log-probability (`ActionMailbox`). At the first tick of step j
+(frame e + j*k + L) the clock takes the newest pending reply whose staleness (this frame - its
+observation frame) is <= S: that is the step's action (fresh). Older pending replies count as
+`replies_superseded`. Replies whose staleness already exceeds S when they arrive or when a step
+starts, and replies of a previous episode, count as `replies_late` and are dropped. Without a
+usable reply the fallback policy chooses: noop -> `fallback_action`, repeat_last -> the last applied
+action (`fallback_action` at the start of an episode), random -> uniform. The step's action is held
+for all its k frames.
+
+Measurements. Staleness of a fresh step = its first applied frame - its observation frame.
+Decision overhead = time from the observation frame being produced to its reply being placed in
+the mailbox (the cost the system adds; waiting for the next step boundary is frame quantisation,
+which staleness measures).
+
+Transitions. Each executed step becomes one `StepRecord` (a Transition whose observation is still
+raw frames; the publisher thread preprocesses and encodes it): the step's own observation, its
+action, the reward summed over its frames, terminated/truncated when the episode ended during the
+step (which ends the step early), and where the action came from. `seq` counts every record created,
+across episodes, so a consumer sees dropped records as gaps. The clock hands records to `publish`,
+which must not block (it drops and counts when full).
+
+Only the clock thread touches the backend. This module does not import grpc: replicas are reached
+through the dispatcher, the publisher and viewers through injected callables.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from rtrl.metrics import RateMeter, Window
+from rtrl.transitions import Transition
+from services.env_gateway.backends.base import Backend
+from services.env_gateway.preprocess import FrameHistory, Preprocessor, SampledFrame
+from services.env_gateway.settings import FallbackPolicy, GatewaySettings
+
+log = logging.getLogger(__name__)
+
+# A reply must be in the mailbox before the tick that could apply it starts; this leaves the gRPC
+# callback and the mailbox lock a little time.
+DEADLINE_MARGIN_S = 0.002
+# Frames the clock may tick back-to-back to recover from an overrun before it moves its schedule.
+CATCH_UP_LIMIT_FRAMES = 2
+RECENT_RETURNS = 100
+
+
+@dataclass(frozen=True)
+class ClockConfig:
+    """What the clock needs from the settings, with the frame rate resolved against the backend."""
+
+    gateway_id: str
+    frame_rate_hz: float
+    decision_interval_frames: int
+    lead_frames: int
+    max_staleness_frames: int
+    fallback_policy: FallbackPolicy
+    fallback_action: int
+    frame_stack: int
+    max_episode_frames: int
+    seed: int
+
+    @classmethod
+    def from_settings(cls, settings: GatewaySettings, native_frame_rate_hz: float) -> ClockConfig:
+        return cls(
+            gateway_id=settings.gateway_id,
+            frame_rate_hz=settings.frame_rate_hz or native_frame_rate_hz,
+            decision_interval_frames=settings.decision_interval_frames,
+            lead_frames=settings.lead_frames,
+            max_staleness_frames=settings.max_staleness_frames,
+            fallback_policy=settings.fallback_policy,
+            fallback_action=settings.fallback_action,
+            frame_stack=settings.frame_stack,
+            max_episode_frames=settings.max_episode_frames,
+            seed=settings.seed,
+        )
+
+    def last_usable_frame(self, obs_frame: int) -> int:
+        """Last frame at which a reply to `obs_frame` can still start a step (obs + S when S = L + k)."""
+        k, lead = self.decision_interval_frames, self.lead_frames
+        return obs_frame + lead + (self.max_staleness_frames - lead) // k * k
+
+
+@dataclass(frozen=True, slots=True)
+class ActionReply:
+    """An inference answer as the clock needs it."""
+
+    action: int
+    policy_version: int
+    behaviour_log_prob: float
+
+
+@dataclass(frozen=True, slots=True)
+class PendingReply:
+    """A reply waiting in the mailbox for the next step boundary."""
+
+    episode: int
+    obs_frame: int
+    arrived_s: float
+    reply: ActionReply
+
+
+@dataclass(frozen=True, slots=True)
+class ObservationSample:
+    """An observation to ask inference about: raw frames plus when its reply is still useful."""
+
+    episode: int
+    step: int
+    frame_index: int
+    frames: tuple[SampledFrame, ...]
+    """The last frame_stack sampled frames, oldest first."""
+    produced_s: float
+    """Clock time (monotonic) at which the observation's frame was produced."""
+    captured_unix_ns: int
+    deadline_s: float
+    """Clock time after which a reply could no longer be applied."""
+
+
+@dataclass(frozen=True, slots=True)
+class StepRecord:
+    """One executed decision step; becomes a Transition once its observation is preprocessed."""
+
+    gateway_id: str
+    seq: int
+    episode: int
+    step: int
+    obs_frame: int
+    frames: tuple[SampledFrame, ...]
+    action: int
+    action_count: int
+    reward: float
+    terminated: bool
+    truncated: bool
+    fresh: bool
+    fallback_policy: int
+    staleness_frames: int
+    policy_version: int
+    behaviour_log_prob: float
+    obs_captured_unix_ns: int
+    action_applied_unix_ns: int
+
+    def to_transition(self, preprocessor: Preprocessor) -> Transition:
+        return Transition(
+            gateway_id=self.gateway_id,
+            seq=self.seq,
+            episode=self.episode,
+            step=self.step,
+            obs_frame=self.obs_frame,
+            observation=preprocessor.stack(self.frames),
+            action=self.action,
+            action_count=self.action_count,
+            reward=self.reward,
+            terminated=self.terminated,
+            truncated=self.truncated,
+            fresh=self.fresh,
+            fallback_policy=self.fallback_policy,
+            staleness_frames=self.staleness_frames,
+            policy_version=self.policy_version,
+            behaviour_log_prob=self.behaviour_log_prob,
+            obs_captured_unix_ns=self.obs_captured_unix_ns,
+            action_applied_unix_ns=self.action_applied_unix_ns,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ViewerFrame:
+    """A produced frame and what the gateway did on it, for viewers."""
+
+    frame_index: int
+    rgb: np.ndarray
+    action: int
+    fresh: bool
+    episode: int
+    captured_unix_ns: int
+
+
+class ActionMailbox:
+    """Every pending inference reply with its observation frame; the clock takes the newest usable one.
+
+    `offer` runs on gRPC threads, `begin_episode`/`advance`/`take` on the clock thread at the start
+    of each tick, so a reply offered during tick f can first be applied at frame f + 1.
+    """
+
+    def __init__(self, max_staleness_frames: int, now_s: Callable[[], float] = time.monotonic) -> None:
+        self.max_staleness_frames = max_staleness_frames
+        self._now_s = now_s
+        self._lock = threading.Lock()
+        self._pending: list[PendingReply] = []
+        self._episode = -1
+        self._frame = -1
+        self.replies_accepted = 0
+        self.replies_late = 0
+        self.replies_superseded = 0
+        self.decision_overhead_ms = Window()
+
+    def begin_episode(self, episode: int, frame: int) -> None:
+        """Drops (as late) every reply of the previous episode."""
+        with self._lock:
+            self.replies_late += len(self._pending)
+            self._pending.clear()
+            self._episode = episode
+            self._frame = frame
+
+    def advance(self, frame: int) -> None:
+        """Marks the start of tick `frame` (so later arrivals are judged against frame + 1)."""
+        with self._lock:
+            self._frame = frame
+
+    def offer(self, episode: int, obs_frame: int, obs_produced_s: float, reply: ActionReply) -> bool:
+        """Keeps `reply` if it can still be applied; returns whether it was kept."""
+        arrived_s = self._now_s()
+        with self._lock:
+            if episode != self._episode or self._frame + 1 - obs_frame > self.max_staleness_frames:
+                self.replies_late += 1
+                return False
+            self._pending.append(PendingReply(episode, obs_frame, arrived_s, reply))
+            self.replies_accepted += 1
+        self.decision_overhead_ms.add((arrived_s - obs_produced_s) * 1000.0)
+        return True
+
+    def take(self, frame: int) -> PendingReply | None:
+        """At the first tick of a step: the newest reply with staleness <= S, or None. Empties the box."""
+        with self._lock:
+            self._frame = frame
+            usable = [p for p in self._pending if frame - p.obs_frame <= self.max_staleness_frames]
+            self.replies_late += len(self._pending) - len(usable)
+            self._pending = []
+            if not usable:
+                return None
+            self.replies_superseded += len(usable) - 1
+            return max(usable, key=lambda p: p.obs_frame)
+
+    def pending_count(self) -> int:
+        with self._lock:
+            return len(self._pending)
+
+
+class _OpenStep:
+    """The decision step being executed: its action and what it has collected so far."""
+
+    __slots__ = (
+        "action",
+        "applied_unix_ns",
+        "behaviour_log_prob",
+        "fresh",
+        "index",
+        "policy_version",
+        "reward",
+        "staleness_frames",
+    )
+
+    def __init__(
+        self,
+        index: int,
+        action: int,
+        fresh: bool,
+        staleness_frames: int,
+        policy_version: int,
+        behaviour_log_prob: float,
+    ) -> None:
+        self.index = index
+        self.action = action
+        self.fresh = fresh
+        self.staleness_frames = staleness_frames
+        self.policy_version = policy_version
+        self.behaviour_log_prob = behaviour_log_prob
+        self.reward = 0.0
+        self.applied_unix_ns = 0
+
+
+class RealtimeClock:
+    """Steps `backend` one frame per tick; `start()` runs ticks on its own thread at the frame rate.
+
+    Tests drive it with `run_frames(n)` (no sleeping) and an injected `now_s`.
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        config: ClockConfig,
+        *,
+        dispatch: Callable[[ObservationSample], None],
+        publish: Callable[[StepRecord], bool],
+        show_frame: Callable[[ViewerFrame], None] | None = None,
+        mailbox: ActionMailbox | None = None,
+        now_s: Callable[[], float] = time.monotonic,
+        wall_ns: Callable[[], int] = time.time_ns,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if not 0 <= config.fallback_action < backend.action_count:
+            raise ValueError(
+                f"fallback action {config.fallback_action} is out of range for {backend.action_count} actions"
+            )
+        self.config = config
+        self.action_count = backend.action_count
+        self._backend = backend
+        self._dispatch = dispatch
+        self._publish = publish
+        self._show_frame = show_frame
+        self._now_s = now_s
+        self._wall_ns = wall_ns
+        self._sleep = sleep
+        self._rng = np.random.default_rng(config.seed)
+        self._random_log_prob = -math.log(backend.action_count)
+        self.mailbox = mailbox or ActionMailbox(config.max_staleness_frames, now_s)
+        self._history = FrameHistory(config.frame_stack)
+
+        self._period_s = 1.0 / config.frame_rate_hz
+        self._t0_s: float | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self.ticking = threading.Event()
+        self.failure: BaseException | None = None
+
+        # Episode bookkeeping (clock thread only).
+        self.frame = 0
+        """Index of the next frame to produce (= frames produced so far)."""
+        self.episode = -1
+        self._episode_start = 0
+        self._needs_reset = True
+        self.episode_frames = 0
+        self._episode_return = 0.0
+        self._lead_action = config.fallback_action
+        self._last_applied = config.fallback_action
+        self._step: _OpenStep | None = None
+        self._samples: dict[int, ObservationSample] = {}
+        self.seq = 0
+
+        # Measurements, written by the clock thread only and read by anyone.
+        self.started_s: float | None = None
+        """Clock time the first frame was produced (the schedule's anchor)."""
+        self.frames_late = 0
+        self.schedule_moves = 0
+        self.decisions = 0
+        self.decisions_fresh = 0
+        self.episodes = 0
+        self.last_episode_return = 0.0
+        self.recent_returns: deque[float] = deque(maxlen=RECENT_RETURNS)
+        self.staleness_frames = Window()
+        self.tick_cpu_us = Window()
+        self.frame_rate = RateMeter()
+
+    # -- schedule ---------------------------------------------------------------------------------
+
+    def due_s(self, frame: int) -> float:
+        """Clock time at which `frame` is due."""
+        assert self._t0_s is not None, "the schedule starts when the first frame is produced"
+        return self._t0_s + frame * self._period_s
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="rtrl-clock", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _run(self) -> None:
+        try:
+            # The first frame anchors the schedule (see the module docstring).
+            self.tick()
+            self.ticking.set()
+            while not self._stop.is_set():
+                due = self.due_s(self.frame)
+                now = self._now_s()
+                if now < due:
+                    self._sleep(due - now)
+                    now = self._now_s()
+                late_s = now - due
+                if late_s > self._period_s:
+                    self.frames_late += 1
+                if late_s > CATCH_UP_LIMIT_FRAMES * self._period_s:
+                    self._t0_s = now - self.frame * self._period_s
+                    self.schedule_moves += 1
+                self.tick()
+            self.finish()
+        except Exception as error:
+            self.failure = error
+            log.exception("the game clock stopped because the backend failed at frame %d", self.frame)
+
+    def run_frames(self, count: int) -> None:
+        """Ticks `count` frames back-to-back (tests and benchmarks)."""
+        for _ in range(count):
+            self.tick()
+
+    # -- one frame --------------------------------------------------------------------------------
+
+    def tick(self) -> None:
+        """Produces frame `self.frame`: chooses its action, steps the backend, records what happened."""
+        cpu_start_ns = time.thread_time_ns()
+        frame = self.frame
+        config = self.config
+        k, lead = config.decision_interval_frames, config.lead_frames
+        resetting = self._needs_reset
+        if resetting:
+            self._begin_episode(frame)
+        position = frame - self._episode_start
+        # The action for this frame: fallback in the lead frames, else the open step's.
+        opens_step = position >= lead and (position - lead) % k == 0
+        if opens_step:
+            self._open_step((position - lead) // k, frame)
+        elif not resetting:
+            self.mailbox.advance(frame)
+        step = self._step
+        if step is None:
+            action, fresh = self._lead_action, False
+        else:
+            action, fresh = step.action, step.fresh
+
+        if resetting:
+            rgb = self._backend.reset(config.seed if self.episode == 0 else None)
+            reward, terminated, truncated = 0.0, False, False
+        else:
+            rgb, reward, terminated, truncated = self._backend.step(action)
+            self._last_applied = action
+        produced_s = self._now_s()
+        wall_ns = self._wall_ns()
+        if self._t0_s is None:
+            self._t0_s = produced_s - frame * self._period_s
+            self.started_s = produced_s
+        self.episode_frames += 1
+        self._episode_return += reward
+        if config.max_episode_frames and self.episode_frames >= config.max_episode_frames:
+            truncated = True
+        ended = terminated or truncated
+
+        if step is not None:
+            step.reward += reward
+            if opens_step:
+                step.applied_unix_ns = wall_ns
+        if position % k == 0:
+            self._sample(position // k, frame, rgb, produced_s, wall_ns, ended)
+        if step is not None and (ended or (position - lead + 1) % k == 0):
+            self._close_step(step, terminated, truncated)
+        if ended:
+            self._end_episode()
+        if self._show_frame is not None:
+            self._show_frame(ViewerFrame(frame, rgb, action, fresh, self.episode, wall_ns))
+        self.frame = frame + 1
+        self.frame_rate.add(produced_s)
+        self.tick_cpu_us.add((time.thread_time_ns() - cpu_start_ns) / 1000.0)
+
+    def finish(self) -> None:
+        """Ends the run: the step in progress becomes a truncated transition, so every decision is published."""
+        if self._step is not None:
+            self._close_step(self._step, terminated=False, truncated=True)
+
+    def _begin_episode(self, frame: int) -> None:
+        self._needs_reset = False
+        self.episode += 1
+        self._episode_start = frame
+        self.episode_frames = 0
+        self._episode_return = 0.0
+        self._step = None
+        self._samples.clear()
+        self.mailbox.begin_episode(self.episode, frame)
+        self._last_applied = self.config.fallback_action
+        self._lead_action, _ = self._fallback()
+
+    def _end_episode(self) -> None:
+        self.episodes += 1
+        self.last_episode_return = self._episode_return
+        self.recent_returns.append(self._episode_return)
+        self._needs_reset = True
+        self._step = None
+
+    def _fallback(self) -> tuple[int, float]:
+        """The fallback policy's action and its log-probability."""
+        policy = self.config.fallback_policy
+        if policy is FallbackPolicy.RANDOM:
+            return int(self._rng.integers(self.action_count)), self._random_log_prob
+        if policy is FallbackPolicy.REPEAT_LAST:
+            return self._last_applied, 0.0
+        return self.config.fallback_action, 0.0
+
+    def _open_step(self, index: int, frame: int) -> None:
+        pending = self.mailbox.take(frame)
+        self.decisions += 1
+        if pending is None:
+            action, log_prob = self._fallback()
+            self._step = _OpenStep(index, action, False, 0, -1, log_prob)
+            return
+        staleness = frame - pending.obs_frame
+        self.decisions_fresh += 1
+        self.staleness_frames.add(staleness)
+        reply = pending.reply
+        self._step = _OpenStep(index, reply.action, True, staleness, reply.policy_version, reply.behaviour_log_prob)
+
+    def _sample(self, step: int, frame: int, rgb: np.ndarray, produced_s: float, wall_ns: int, ended: bool) -> None:
+        sampled = SampledFrame(frame, rgb)
+        frames = self._history.reset(sampled) if step == 0 else self._history.add(sampled)
+        deadline_s = self.due_s(self.config.last_usable_frame(frame)) - DEADLINE_MARGIN_S
+        sample = ObservationSample(self.episode, step, frame, frames, produced_s, wall_ns, deadline_s)
+        self._samples[step] = sample
+        # A step whose observation is the episode's last frame never runs: asking would waste a replica.
+        if not ended:
+            self._dispatch(sample)
+
+    def _close_step(self, step: _OpenStep, terminated: bool, truncated: bool) -> None:
+        sample = self._samples.pop(step.index)
+        record = StepRecord(
+            gateway_id=self.config.gateway_id,
+            seq=self.seq,
+            episode=self.episode,
+            step=step.index,
+            obs_frame=sample.frame_index,
+            frames=sample.frames,
+            action=step.action,
+            action_count=self.action_count,
+            reward=step.reward,
+            terminated=terminated,
+            truncated=truncated,
+            fresh=step.fresh,
+            fallback_policy=int(self.config.fallback_policy),
+            staleness_frames=step.staleness_frames,
+            policy_version=step.policy_version,
+            behaviour_log_prob=step.behaviour_log_prob,
+            obs_captured_unix_ns=sample.captured_unix_ns,
+            action_applied_unix_ns=step.applied_unix_ns,
+        )
+        self.seq += 1
+        self._step = None
+        self._publish(record)
+
+    # -- measurements -----------------------------------------------------------------------------
+
+    @property
+    def decisions_fallback(self) -> int:
+        return self.decisions - self.decisions_fresh
+
+    @property
+    def coverage(self) -> float:
+        return self.decisions_fresh / self.decisions if self.decisions else 1.0
+
+    @property
+    def mean_episode_return(self) -> float:
+        returns = list(self.recent_returns)
+        return float(np.mean(returns)) if returns else 0.0
+
+    def uptime_s(self) -> float:
+        return 0.0 if self.started_s is None else self._now_s() - self.started_s

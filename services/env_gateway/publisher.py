@@ -1,0 +1,161 @@
+"""Publishes transitions to a Redis stream from its own thread, so the clock never waits for Redis.
+
+The clock calls `publish`, which only puts into a bounded queue (full -> the item is dropped and
+counted). The publisher thread takes batches, encodes them and appends each as one stream entry
+(`XADD stream MAXLEN ~ n * t <bytes>`) through one pipeline round trip. When Redis fails, the batch
+is counted as dropped, the outage is logged once, and the thread backs off and tries again by itself;
+items arriving meanwhile wait in the queue or are dropped when it fills. `published` counts only
+XADDs Redis confirmed.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from rtrl.transitions import STREAM_FIELD
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+BATCH_SIZE = 64
+MIN_BACKOFF_S = 0.1
+MAX_BACKOFF_S = 2.0
+_POLL_S = 0.1
+
+
+class TransitionPublisher(Generic[T]):
+    """Bounded queue in front of a Redis stream; `encode` turns a queued item into the entry's bytes."""
+
+    def __init__(
+        self,
+        redis_url: str,
+        stream: str,
+        maxlen: int,
+        queue_size: int,
+        encode: Callable[[T], bytes],
+        batch_size: int = BATCH_SIZE,
+    ) -> None:
+        self.stream = stream
+        self._maxlen = maxlen
+        self._encode = encode
+        self._batch_size = batch_size
+        self._queue: queue.Queue[T] = queue.Queue(maxsize=queue_size)
+        # Our own loop backs off between attempts, so the client must fail fast instead of retrying.
+        self._client = redis.Redis.from_url(
+            redis_url, socket_connect_timeout=0.5, socket_timeout=1.0, retry=Retry(NoBackoff(), 0)
+        )
+        self._stop = threading.Event()
+        self._flush_deadline_s = 0.0
+        self._thread: threading.Thread | None = None
+        self._dropped_lock = threading.Lock()
+        self.published = 0
+        self.dropped = 0
+        self.in_outage = False
+
+    @property
+    def queued(self) -> int:
+        return self._queue.qsize()
+
+    def publish(self, item: T) -> bool:
+        """Queues `item` without blocking; False (and counted as dropped) when the queue is full."""
+        try:
+            self._queue.put_nowait(item)
+            return True
+        except queue.Full:
+            self._count_dropped(1)
+            return False
+
+    def _count_dropped(self, count: int) -> None:
+        with self._dropped_lock:
+            self.dropped += count
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="rtrl-publisher", daemon=True)
+        self._thread.start()
+
+    def stop(self, flush_timeout_s: float = 2.0) -> None:
+        """Publishes what is queued for at most `flush_timeout_s`, counts the rest as dropped, closes."""
+        self._flush_deadline_s = time.monotonic() + flush_timeout_s
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        leftover = 0
+        while True:
+            try:
+                self._queue.get_nowait()
+                leftover += 1
+            except queue.Empty:
+                break
+        self._count_dropped(leftover)
+        self._client.close()
+
+    def _flushing_done(self) -> bool:
+        return self._stop.is_set() and (self._queue.empty() or time.monotonic() >= self._flush_deadline_s)
+
+    def _next_batch(self) -> list[T]:
+        try:
+            batch = [self._queue.get(timeout=_POLL_S)]
+        except queue.Empty:
+            return []
+        while len(batch) < self._batch_size:
+            try:
+                batch.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        return batch
+
+    def _run(self) -> None:
+        backoff_s = MIN_BACKOFF_S
+        while not self._flushing_done():
+            batch = self._next_batch()
+            if not batch:
+                continue
+            if self._send(batch):
+                backoff_s = MIN_BACKOFF_S
+                continue
+            # Wait before the next attempt; a stop request ends the wait, and while stopping the wait
+            # never runs past the flush deadline.
+            if self._stop.is_set():
+                time.sleep(min(backoff_s, max(self._flush_deadline_s - time.monotonic(), 0.0)))
+            else:
+                self._stop.wait(backoff_s)
+            backoff_s = min(backoff_s * 2, MAX_BACKOFF_S)
+
+    def _send(self, batch: list[T]) -> bool:
+        """XADDs `batch` in one round trip; on failure counts it dropped and returns False."""
+        entries: list[bytes] = []
+        for item in batch:
+            try:
+                entries.append(self._encode(item))
+            except Exception:
+                log.exception("could not encode a transition; dropping it")
+                self._count_dropped(1)
+        if not entries:
+            return True
+        try:
+            pipe = self._client.pipeline(transaction=False)
+            for data in entries:
+                pipe.xadd(self.stream, {STREAM_FIELD: data}, maxlen=self._maxlen, approximate=True)
+            ids = pipe.execute()
+        except redis.RedisError as error:
+            self._count_dropped(len(entries))
+            if not self.in_outage:
+                self.in_outage = True
+                log.warning("Redis refused transitions (%s); dropping them and retrying in the background", error)
+            self._client.connection_pool.disconnect()
+            return False
+        if self.in_outage:
+            self.in_outage = False
+            log.info("Redis accepts transitions again")
+        self.published += sum(1 for entry_id in ids if entry_id)
+        return True

@@ -1,0 +1,314 @@
+"""The env gateway service: `Gateway` composes clock, dispatcher, replicas, publisher and viewers;
+`EnvGatewayServicer` answers GetSpec, StreamFrames and GetStats; `serve` runs it until a signal.
+
+Health is NOT_SERVING until the backend runs and the clock ticks, SERVING after, and NOT_SERVING
+again as soon as shutdown starts (then the clock stops, the publisher flushes for at most
+`FLUSH_TIMEOUT_S`, and everything closes).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import FrameType
+
+import grpc
+from google.protobuf import json_format
+from grpc_health.v1 import health
+
+from rtrl import grpc_util
+from rtrl.config import PREFIX, SettingsError
+from rtrl.grpc_util import Unavailable, abort_for
+from rtrl.tensors import dtype_code
+from rtrl.transitions import encode
+from rtrl.v1 import env_gateway_pb2, env_gateway_pb2_grpc
+from services.env_gateway.backends import Backend, make_backend
+from services.env_gateway.clock import ActionMailbox, ClockConfig, RealtimeClock, StepRecord
+from services.env_gateway.dispatcher import Dispatcher
+from services.env_gateway.preprocess import Preprocessor
+from services.env_gateway.publisher import TransitionPublisher
+from services.env_gateway.replicas import AddressResolver, ReplicaPool
+from services.env_gateway.settings import GatewaySettings
+from services.env_gateway.viewers import FrameFanout
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = env_gateway_pb2.DESCRIPTOR.services_by_name["EnvGatewayService"].full_name
+FLUSH_TIMEOUT_S = 2.0
+STATUS_INTERVAL_S = 5.0
+START_TIMEOUT_S = 10.0
+# How often a frame stream re-checks that its client is still there when no frame comes.
+_VIEWER_POLL_S = 0.25
+# Each StreamFrames call holds a server thread for its lifetime, so leave room beside unary calls.
+_SERVER_WORKERS = 16
+
+
+class Gateway:
+    """One game instance: the clock and everything around it. `start()` then `stop()`.
+
+    The backend is created here (so a bad RTRL_ENV fails before anything starts) and closed in
+    `stop()` after the clock thread has ended; in between only the clock thread steps it.
+    """
+
+    def __init__(self, settings: GatewaySettings, backend: Backend | None = None) -> None:
+        self.settings = settings
+        self.backend = backend if backend is not None else make_backend(settings)
+        try:
+            if settings.fallback_action >= self.backend.action_count:
+                raise SettingsError(
+                    f"{PREFIX}FALLBACK_ACTION={settings.fallback_action} is out of range for "
+                    f"{settings.env.spec}, which has {self.backend.action_count} actions; "
+                    f"set it between 0 and {self.backend.action_count - 1}."
+                )
+            self.clock_config = ClockConfig.from_settings(settings, self.backend.native_frame_rate_hz)
+            self.preprocessor = Preprocessor(settings.obs_width, settings.obs_height, settings.obs_grayscale)
+            self.mailbox = ActionMailbox(settings.max_staleness_frames)
+            self.replicas = ReplicaPool(settings.gateway_id, self.backend.action_count)
+            self.resolver = AddressResolver(settings.inference_addresses, self.replicas.set_addresses)
+            self.dispatcher = Dispatcher(self.preprocessor, self.mailbox, self.replicas.request_action)
+            try:
+                self.publisher: TransitionPublisher[StepRecord] = TransitionPublisher(
+                    settings.redis_url,
+                    settings.stream,
+                    settings.stream_maxlen,
+                    settings.publish_queue_size,
+                    encode=self._encode,
+                )
+            except ValueError as error:
+                raise SettingsError(
+                    f"{PREFIX}REDIS_URL={settings.redis_url!r} is not a Redis URL ({error}); "
+                    "set it like redis://127.0.0.1:6379/0."
+                ) from error
+            self.frames = FrameFanout()
+            self.clock = RealtimeClock(
+                self.backend,
+                self.clock_config,
+                dispatch=self.dispatcher.submit,
+                publish=self.publisher.publish,
+                show_frame=self.frames.publish,
+                mailbox=self.mailbox,
+            )
+        except BaseException:
+            self.backend.close()
+            raise
+        self._health: health.HealthServicer | None = None
+        self._lifecycle = threading.Lock()
+        self.started = False
+        self.stopped = False
+
+    def _encode(self, record: StepRecord) -> bytes:
+        return encode(record.to_transition(self.preprocessor))
+
+    def attach_health(self, health_servicer: health.HealthServicer) -> None:
+        self._health = health_servicer
+
+    def _set_serving(self, serving: bool) -> None:
+        if self._health is not None:
+            grpc_util.set_serving(self._health, [SERVICE_NAME], serving)
+
+    def start(self, timeout_s: float = START_TIMEOUT_S) -> None:
+        """Starts every thread and returns once the clock ticks; then health says SERVING."""
+        with self._lifecycle:
+            if self.started:
+                return
+            self.started = True
+            self.resolver.resolve_once()
+            self.resolver.start()
+            self.publisher.start()
+            self.dispatcher.start()
+            self.clock.start()
+        deadline = time.monotonic() + timeout_s
+        while not self.clock.ticking.wait(0.05):
+            if self.clock.failure is not None:
+                raise self.clock.failure
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the game clock did not tick within {timeout_s} s")
+        self._set_serving(True)
+        log.info(
+            "gateway %s runs %s at %.1f fps, k=%d L=%d S=%d, fallback %s; replicas %s",
+            self.settings.gateway_id,
+            self.settings.env.spec,
+            self.clock_config.frame_rate_hz,
+            self.clock_config.decision_interval_frames,
+            self.clock_config.lead_frames,
+            self.clock_config.max_staleness_frames,
+            self.clock_config.fallback_policy.name.lower(),
+            self.replicas.addresses,
+        )
+
+    def stop(self, flush_timeout_s: float = FLUSH_TIMEOUT_S) -> None:
+        """NOT_SERVING, stop the clock, flush transitions for at most `flush_timeout_s`, close all."""
+        with self._lifecycle:
+            if self.stopped:
+                return
+            self.stopped = True
+            self._set_serving(False)
+            self.frames.close()
+            if self.started:
+                self.clock.stop()
+                self.dispatcher.stop()
+                self.resolver.stop()
+            self.publisher.stop(flush_timeout_s)
+            self.replicas.close()
+            self.backend.close()
+
+    def spec(self) -> env_gateway_pb2.GetSpecResponse:
+        settings, config = self.settings, self.clock_config
+        return env_gateway_pb2.GetSpecResponse(
+            env_id=settings.env.spec,
+            observation_shape=list(self.preprocessor.observation_shape(settings.frame_stack)),
+            observation_dtype=dtype_code(self.preprocessor.dtype),
+            action_count=self.backend.action_count,
+            action_meanings=list(self.backend.action_meanings),
+            frame_rate_hz=config.frame_rate_hz,
+            decision_interval_frames=config.decision_interval_frames,
+            lead_frames=config.lead_frames,
+            max_staleness_frames=config.max_staleness_frames,
+            fallback_policy=env_gateway_pb2.FallbackPolicy.Name(config.fallback_policy),
+            fallback_action=config.fallback_action,
+            gateway_id=settings.gateway_id,
+        )
+
+    def stats(self) -> env_gateway_pb2.GetStatsResponse:
+        clock, dispatcher, mailbox, publisher = self.clock, self.dispatcher, self.mailbox, self.publisher
+        return env_gateway_pb2.GetStatsResponse(
+            gateway_id=self.settings.gateway_id,
+            uptime_s=clock.uptime_s(),
+            frames=clock.frame,
+            measured_frame_rate_hz=clock.frame_rate.rate(time.monotonic()),
+            frames_late=clock.frames_late,
+            decisions=clock.decisions,
+            decisions_fresh=clock.decisions_fresh,
+            decisions_fallback=clock.decisions_fallback,
+            coverage=clock.coverage,
+            requests_sent=dispatcher.requests_sent,
+            requests_not_sent=dispatcher.requests_not_sent,
+            requests_failed=dispatcher.requests_failed,
+            replies_late=mailbox.replies_late,
+            replies_superseded=mailbox.replies_superseded,
+            staleness_frames=clock.staleness_frames.summary(),
+            decision_overhead_ms=mailbox.decision_overhead_ms.summary(),
+            replicas=self.replicas.stats(),
+            episodes=clock.episodes,
+            last_episode_return=clock.last_episode_return,
+            mean_episode_return=clock.mean_episode_return,
+            transitions_published=publisher.published,
+            transitions_dropped=publisher.dropped,
+            transitions_queued=publisher.queued,
+            replica_count=len(self.replicas),
+            episode_frames=clock.episode_frames,
+        )
+
+    def status_line(self) -> str:
+        s = self.stats()
+        return (
+            f"frames {s.frames} at {s.measured_frame_rate_hz:.1f} fps (late {s.frames_late}, tick cpu p50 "
+            f"{self.clock.tick_cpu_us.summary().p50:.0f} us) | decisions {s.decisions} coverage {s.coverage:.3f} "
+            f"staleness p50 {s.staleness_frames.p50:.0f} overhead p50 {s.decision_overhead_ms.p50:.1f} ms | "
+            f"replicas {s.replica_count} sent {s.requests_sent} not sent {s.requests_not_sent} "
+            f"failed {s.requests_failed} late {s.replies_late} | published {s.transitions_published} "
+            f"dropped {s.transitions_dropped} queued {s.transitions_queued} | episodes {s.episodes} "
+            f"last return {s.last_episode_return:.1f}"
+        )
+
+
+class EnvGatewayServicer(env_gateway_pb2_grpc.EnvGatewayServiceServicer):
+    """rtrl.v1.EnvGatewayService over a `Gateway`."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self._gateway = gateway
+
+    def GetSpec(
+        self, request: env_gateway_pb2.GetSpecRequest, context: grpc.ServicerContext
+    ) -> env_gateway_pb2.GetSpecResponse:
+        return self._gateway.spec()
+
+    def GetStats(
+        self, request: env_gateway_pb2.GetStatsRequest, context: grpc.ServicerContext
+    ) -> env_gateway_pb2.GetStatsResponse:
+        return self._gateway.stats()
+
+    def StreamFrames(
+        self, request: env_gateway_pb2.StreamFramesRequest, context: grpc.ServicerContext
+    ) -> Iterator[env_gateway_pb2.StreamFramesResponse]:
+        if self._gateway.stopped:
+            abort_for(context, Unavailable("the gateway is shutting down; connect to another gateway"))
+        frames = self._gateway.frames
+        viewer = frames.subscribe(request.every_nth_frame)
+        # Wakes the loop below as soon as the client cancels or the call ends.
+        context.add_callback(viewer.close)
+        try:
+            while context.is_active() and not viewer.closed:
+                frame = viewer.get(_VIEWER_POLL_S)
+                if frame is None:
+                    continue
+                height, width = frame.rgb.shape[:2]
+                yield env_gateway_pb2.StreamFramesResponse(
+                    frame_index=frame.frame_index,
+                    rgb=frame.rgb.tobytes(),
+                    height=height,
+                    width=width,
+                    action=frame.action,
+                    action_fresh=frame.fresh,
+                    episode_index=frame.episode,
+                    captured_unix_ns=frame.captured_unix_ns,
+                    frames_skipped=viewer.frames_skipped,
+                )
+        finally:
+            frames.unsubscribe(viewer)
+
+
+def create_server(settings: GatewaySettings, gateway: Gateway) -> tuple[grpc.Server, int]:
+    """A server (not started) with the gateway's service, health and reflection on settings.host:port."""
+    server, port = grpc_util.create_server(settings.host, settings.port, max_workers=_SERVER_WORKERS)
+    env_gateway_pb2_grpc.add_EnvGatewayServiceServicer_to_server(EnvGatewayServicer(gateway), server)
+    gateway.attach_health(grpc_util.add_health_and_reflection(server, [SERVICE_NAME]))
+    return server, port
+
+
+def serve(settings: GatewaySettings) -> None:
+    """Runs the gateway until SIGTERM or SIGINT, logging a status line every few seconds."""
+    gateway = Gateway(settings)
+    try:
+        server, port = create_server(settings, gateway)
+    except BaseException:
+        gateway.stop()
+        raise
+    stop_requested = threading.Event()
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        log.info("received %s; shutting down", signal.Signals(signum).name)
+        stop_requested.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    server.start()
+    try:
+        gateway.start()
+        log.info("env gateway listening on %s:%d", settings.host, port)
+        while not stop_requested.wait(STATUS_INTERVAL_S):
+            if gateway.clock.failure is not None:
+                raise RuntimeError("the game clock stopped") from gateway.clock.failure
+            log.info("%s", gateway.status_line())
+    finally:
+        gateway.stop()
+        server.stop(grace=1.0).wait()
+        log.info("final: %s", gateway.status_line())
+        if settings.final_stats_path:
+            write_final_stats(gateway, Path(settings.final_stats_path))
+
+
+def write_final_stats(gateway: Gateway, path: Path) -> None:
+    """Writes the final GetStats as JSON (snake_case names), for `rtrl up`'s summary and for scripts."""
+    stats = json_format.MessageToDict(
+        gateway.stats(), preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+    try:
+        path.write_text(json.dumps(stats, indent=1))
+    except OSError as e:
+        log.warning("could not write the final stats to %s: %s", path, e)

@@ -1,0 +1,204 @@
+"""Settings of the env gateway, read once at start from `RTRL_*` environment variables.
+
+Every value is validated here so that a bad configuration stops the gateway before it opens a port,
+with a sentence naming the variable to set. `FallbackPolicy` lives here too because it is a setting
+whose values travel in transitions and in GetSpec (they are the rtrl.v1.FallbackPolicy numbers).
+"""
+
+from __future__ import annotations
+
+import enum
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from rtrl.config import (
+    DEFAULT_GATEWAY_PORT,
+    DEFAULT_HOST,
+    DEFAULT_INFERENCE_PORT,
+    DEFAULT_STREAM,
+    PREFIX,
+    SettingsError,
+    env_bool,
+    env_choice,
+    env_float,
+    env_int,
+    env_list,
+    env_str,
+    environ,
+)
+from rtrl.v1 import env_gateway_pb2
+
+DEFAULT_ENV = "ale:Pong"
+DEFAULT_DECISION_INTERVAL_FRAMES = 4
+DEFAULT_LEAD_FRAMES = 2
+DEFAULT_FALLBACK_POLICY = "noop"
+DEFAULT_FALLBACK_ACTION = 0
+DEFAULT_OBS_WIDTH = 84
+DEFAULT_OBS_HEIGHT = 84
+DEFAULT_FRAME_STACK = 4
+# 30 minutes of play at 60 fps, the usual Atari evaluation cap.
+DEFAULT_MAX_EPISODE_FRAMES = 108_000
+DEFAULT_INFERENCE_ADDRESSES = (f"127.0.0.1:{DEFAULT_INFERENCE_PORT}", f"127.0.0.1:{DEFAULT_INFERENCE_PORT + 1}")
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_STREAM_MAXLEN = 5000
+DEFAULT_PUBLISH_QUEUE_SIZE = 1024
+
+ENV_FORMS = '"ale:<Game>" (e.g. ale:Pong, an Atari game from ale-py) or "gym:<gymnasium id>" (e.g. gym:CartPole-v1)'
+
+
+class FallbackPolicy(enum.IntEnum):
+    """What the gateway applies on a step without a fresh action (values of rtrl.v1.FallbackPolicy)."""
+
+    NOOP = env_gateway_pb2.FALLBACK_POLICY_NOOP
+    REPEAT_LAST = env_gateway_pb2.FALLBACK_POLICY_REPEAT_LAST
+    RANDOM = env_gateway_pb2.FALLBACK_POLICY_RANDOM
+
+    @classmethod
+    def parse(cls, name: str) -> FallbackPolicy:
+        return cls[name.upper()]
+
+
+FALLBACK_POLICY_NAMES = tuple(policy.name.lower() for policy in FallbackPolicy)
+
+
+@dataclass(frozen=True)
+class EnvSpec:
+    """A parsed RTRL_ENV value: which backend runs which game."""
+
+    spec: str
+    """The value as given, e.g. "ale:Pong"; reported by GetSpec."""
+    kind: str
+    """"ale" or "gym"."""
+    name: str
+    """The part after the colon: an ALE game name or a gymnasium id."""
+
+    @property
+    def gymnasium_id(self) -> str:
+        return f"ALE/{self.name}-v5" if self.kind == "ale" else self.name
+
+    @classmethod
+    def parse(cls, spec: str) -> EnvSpec:
+        kind, sep, name = spec.partition(":")
+        kind = kind.strip().lower()
+        name = name.strip()
+        if not sep or kind not in ("ale", "gym") or not name:
+            raise SettingsError(f"{PREFIX}ENV={spec!r} is not an environment spec; set it to {ENV_FORMS}.")
+        return cls(spec=spec, kind=kind, name=name)
+
+
+DEFAULT_ENV_SPEC = EnvSpec.parse(DEFAULT_ENV)
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    """Everything the gateway is configured with; build it with `from_env`."""
+
+    host: str = DEFAULT_HOST
+    """Interface the gRPC server listens on."""
+    port: int = DEFAULT_GATEWAY_PORT
+    """Port of the gRPC server (0 picks a free one)."""
+    gateway_id: str = "gateway"
+    """Identifier of this game instance in transitions, Act requests and metrics."""
+    env: EnvSpec = DEFAULT_ENV_SPEC
+    """Which game runs."""
+    sticky_actions: float = 0.0
+    """ALE repeat_action_probability (0 = deterministic emulator)."""
+    frame_rate_hz: float = 0.0
+    """Clock rate in frames per second; 0 means the backend's native rate (60 for ALE)."""
+    decision_interval_frames: int = DEFAULT_DECISION_INTERVAL_FRAMES
+    """k: frames one decision's action is held."""
+    lead_frames: int = DEFAULT_LEAD_FRAMES
+    """L: frames between a step's observation and its first applied frame."""
+    max_staleness_frames: int = DEFAULT_LEAD_FRAMES + DEFAULT_DECISION_INTERVAL_FRAMES
+    """S: oldest an action may be when first applied, in frames from its observation."""
+    fallback_policy: FallbackPolicy = FallbackPolicy.NOOP
+    """What a step without a fresh action applies."""
+    fallback_action: int = DEFAULT_FALLBACK_ACTION
+    """Action applied by the noop policy (and at the start of an episode for repeat_last)."""
+    obs_width: int = DEFAULT_OBS_WIDTH
+    """Observation width in pixels after resizing."""
+    obs_height: int = DEFAULT_OBS_HEIGHT
+    """Observation height in pixels after resizing."""
+    obs_grayscale: bool = True
+    """One grey channel per frame (True) or three colour channels (False)."""
+    frame_stack: int = DEFAULT_FRAME_STACK
+    """Sampled decision frames stacked into one observation."""
+    max_episode_frames: int = DEFAULT_MAX_EPISODE_FRAMES
+    """Frames after which an episode is truncated (0 = never)."""
+    inference_addresses: tuple[str, ...] = DEFAULT_INFERENCE_ADDRESSES
+    """host:port of inference replicas; each host may resolve to several addresses."""
+    redis_url: str = DEFAULT_REDIS_URL
+    """Redis that holds the transition stream."""
+    stream: str = DEFAULT_STREAM
+    """Redis stream key transitions are appended to."""
+    stream_maxlen: int = DEFAULT_STREAM_MAXLEN
+    """Approximate length the stream is trimmed to."""
+    publish_queue_size: int = DEFAULT_PUBLISH_QUEUE_SIZE
+    """Transitions buffered for the publisher before new ones are dropped."""
+    seed: int = 0
+    """Seed of the first reset and of the random fallback policy."""
+    final_stats_path: str = ""
+    """When set, GetStats is written here as JSON after a graceful stop (the publisher flushed first)."""
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> GatewaySettings:
+        env = environ() if env is None else env
+        decision_interval = env_int(env, "DECISION_INTERVAL_FRAMES", DEFAULT_DECISION_INTERVAL_FRAMES, minimum=1)
+        lead = env_int(env, "LEAD_FRAMES", DEFAULT_LEAD_FRAMES, minimum=0)
+        max_staleness = env_int(env, "MAX_STALENESS_FRAMES", 0, minimum=0) or lead + decision_interval
+        if max_staleness < lead:
+            raise SettingsError(
+                f"{PREFIX}MAX_STALENESS_FRAMES={max_staleness} is below {PREFIX}LEAD_FRAMES={lead}, so no "
+                f"action could ever be applied; set it to {lead} or more (0 means lead + decision interval)."
+            )
+        sticky = env_float(env, "STICKY_ACTIONS", 0.0, minimum=0.0)
+        if sticky > 1.0:
+            raise SettingsError(f"{PREFIX}STICKY_ACTIONS={sticky} is a probability; set it between 0 and 1.")
+        addresses = env_list(env, "INFERENCE_ADDRESSES", DEFAULT_INFERENCE_ADDRESSES)
+        for address in addresses:
+            split_host_port(address)
+        return cls(
+            host=env_str(env, "GATEWAY_HOST", DEFAULT_HOST),
+            port=env_int(env, "GATEWAY_PORT", DEFAULT_GATEWAY_PORT, minimum=0),
+            gateway_id=env_str(env, "GATEWAY_ID", "gateway-" + socket.gethostname()),
+            env=EnvSpec.parse(env_str(env, "ENV", DEFAULT_ENV)),
+            sticky_actions=sticky,
+            frame_rate_hz=env_float(env, "FRAME_RATE_HZ", 0.0, minimum=0.0),
+            decision_interval_frames=decision_interval,
+            lead_frames=lead,
+            max_staleness_frames=max_staleness,
+            fallback_policy=FallbackPolicy.parse(
+                env_choice(env, "FALLBACK_POLICY", DEFAULT_FALLBACK_POLICY, FALLBACK_POLICY_NAMES)
+            ),
+            fallback_action=env_int(env, "FALLBACK_ACTION", DEFAULT_FALLBACK_ACTION, minimum=0),
+            obs_width=env_int(env, "OBS_WIDTH", DEFAULT_OBS_WIDTH, minimum=1),
+            obs_height=env_int(env, "OBS_HEIGHT", DEFAULT_OBS_HEIGHT, minimum=1),
+            obs_grayscale=env_bool(env, "OBS_GRAYSCALE", True),
+            frame_stack=env_int(env, "FRAME_STACK", DEFAULT_FRAME_STACK, minimum=1),
+            max_episode_frames=env_int(env, "MAX_EPISODE_FRAMES", DEFAULT_MAX_EPISODE_FRAMES, minimum=0),
+            inference_addresses=addresses,
+            redis_url=env_str(env, "REDIS_URL", DEFAULT_REDIS_URL),
+            stream=env_str(env, "STREAM", DEFAULT_STREAM),
+            stream_maxlen=env_int(env, "STREAM_MAXLEN", DEFAULT_STREAM_MAXLEN, minimum=1),
+            publish_queue_size=env_int(env, "PUBLISH_QUEUE_SIZE", DEFAULT_PUBLISH_QUEUE_SIZE, minimum=1),
+            seed=env_int(env, "SEED", 0, minimum=0),
+            final_stats_path=env_str(env, "GATEWAY_FINAL_STATS_PATH", ""),
+        )
+
+    @property
+    def observation_shape(self) -> tuple[int, int, int]:
+        channels = self.frame_stack * (1 if self.obs_grayscale else 3)
+        return (channels, self.obs_height, self.obs_width)
+
+
+def split_host_port(address: str) -> tuple[str, int]:
+    """Splits "host:port" (or "[v6]:port"); raises SettingsError naming RTRL_INFERENCE_ADDRESSES."""
+    host, sep, port = address.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise SettingsError(
+            f"{PREFIX}INFERENCE_ADDRESSES entry {address!r} is not host:port; "
+            "set it to a comma-separated list such as 127.0.0.1:50061,inference:50061."
+        )
+    return host, int(port)

@@ -1,0 +1,72 @@
+"""Fixtures for the gateway's integration tests: a real Redis, test inference replicas, gateway stacks."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator
+from concurrent import futures
+from dataclasses import replace
+
+import grpc
+import pytest
+from gateway_doubles import FakeInference, Replica, Stack
+
+from rtrl.local_redis import LocalRedis
+from rtrl.v1 import inference_pb2_grpc
+from services.env_gateway.server import Gateway, create_server
+from services.env_gateway.settings import EnvSpec, GatewaySettings
+
+
+@pytest.fixture
+def start_replica() -> Iterator[Callable[..., Replica]]:
+    servers: list[grpc.Server] = []
+
+    def start(delay_s: float = 0.002, action: int = 2, checkpoint_version: int = 7) -> Replica:
+        servicer = FakeInference(delay_s, action, checkpoint_version)
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+        inference_pb2_grpc.add_InferenceServiceServicer_to_server(servicer, server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        server.start()
+        servers.append(server)
+        return Replica(f"127.0.0.1:{port}", servicer, server)
+
+    yield start
+    for server in servers:
+        server.stop(None).wait()
+
+
+@pytest.fixture(scope="module")
+def local_redis() -> Iterator[LocalRedis]:
+    with LocalRedis() as redis_server:
+        yield redis_server
+
+
+@pytest.fixture
+def start_gateway() -> Iterator[Callable[..., Stack]]:
+    """Starts a gateway on the real ALE Pong backend with its gRPC server on port 0."""
+    stacks: list[Stack] = []
+    stream_numbers = itertools.count()
+
+    def start(redis_url: str, replica_addresses: list[str], **overrides: object) -> Stack:
+        settings = replace(
+            GatewaySettings(),
+            port=0,
+            gateway_id="test-gateway",
+            env=EnvSpec.parse("ale:Pong"),
+            inference_addresses=tuple(replica_addresses),
+            redis_url=redis_url,
+            stream=f"test:gateway:{next(stream_numbers)}",
+            **overrides,  # type: ignore[arg-type]
+        )
+        gateway = Gateway(settings)
+        server, port = create_server(settings, gateway)
+        server.start()
+        stack = Stack(gateway, server, f"127.0.0.1:{port}", settings)
+        stacks.append(stack)
+        gateway.start()
+        return stack
+
+    yield start
+    for stack in stacks:
+        stack.gateway.stop()
+        stack.server.stop(None).wait()

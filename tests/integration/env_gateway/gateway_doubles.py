@@ -1,0 +1,58 @@
+"""Test doubles for the gateway's integration tests.
+
+`FakeInference` is a real rtrl.v1.InferenceService servicer (the real replica is built elsewhere):
+it answers Act after a configurable delay with a fixed action and checkpoint version.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import grpc
+
+from rtrl.tensors import from_proto
+from rtrl.v1 import inference_pb2, inference_pb2_grpc
+from services.env_gateway.server import Gateway
+from services.env_gateway.settings import GatewaySettings
+
+
+class FakeInference(inference_pb2_grpc.InferenceServiceServicer):
+    """Answers every Act after `delay_s` with `action`; records the frame indices it saw."""
+
+    def __init__(self, delay_s: float, action: int, checkpoint_version: int) -> None:
+        self.delay_s = delay_s
+        self.action = action
+        self.checkpoint_version = checkpoint_version
+        self.frame_indices: list[int] = []
+        self.observation_shapes: set[tuple[int, ...]] = set()
+
+    def Act(self, request: inference_pb2.ActRequest, context: grpc.ServicerContext) -> inference_pb2.ActResponse:
+        self.frame_indices.append(request.frame_index)
+        self.observation_shapes.add(from_proto(request.observation).shape)
+        if self.delay_s:
+            # Wakes early when the caller gives up or the server stops, so a hung replica holds no thread.
+            ended = threading.Event()
+            context.add_callback(ended.set)
+            ended.wait(self.delay_s)
+        return inference_pb2.ActResponse(
+            action=self.action,
+            behaviour_log_prob=-0.05,
+            checkpoint_version=self.checkpoint_version,
+            frame_index=request.frame_index,
+        )
+
+
+@dataclass
+class Replica:
+    address: str
+    servicer: FakeInference
+    server: grpc.Server
+
+
+@dataclass
+class Stack:
+    gateway: Gateway
+    server: grpc.Server
+    address: str
+    settings: GatewaySettings

@@ -1,0 +1,196 @@
+"""The whole gateway on real ALE Pong at 60 fps, a real Redis and two test inference replicas, over gRPC."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import cast
+
+import grpc
+import pytest
+import redis
+from gateway_doubles import Replica, Stack
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from rtrl.local_redis import LocalRedis, free_port
+from rtrl.transitions import STREAM_FIELD as FIELD
+from rtrl.transitions import decode
+from rtrl.v1 import common_pb2, env_gateway_pb2, env_gateway_pb2_grpc
+from services.env_gateway.replicas import UNAVAILABLE_BACKOFF_S
+from services.env_gateway.server import SERVICE_NAME
+
+RUN_S = 3.0
+REPO_ROOT = Path(__file__).resolve().parents[3]
+
+
+@pytest.fixture
+def channel_to() -> Iterator[Callable[[str], grpc.Channel]]:
+    channels: list[grpc.Channel] = []
+
+    def open_channel(address: str) -> grpc.Channel:
+        channel = grpc.insecure_channel(address)
+        channels.append(channel)
+        return channel
+
+    yield open_channel
+    for channel in channels:
+        channel.close()
+
+
+def get_stats(channel: grpc.Channel) -> env_gateway_pb2.GetStatsResponse:
+    stub = env_gateway_pb2_grpc.EnvGatewayServiceStub(channel)
+    return stub.GetStats(env_gateway_pb2.GetStatsRequest(), timeout=5)
+
+
+def run_for(seconds: float) -> None:
+    # The gateway runs on its own threads; the test only has to let wall-clock time pass.
+    time.sleep(seconds)
+
+
+def test_gateway_holds_the_frame_rate_and_publishes_every_transition(
+    local_redis: LocalRedis,
+    start_replica: Callable[..., Replica],
+    start_gateway: Callable[..., Stack],
+    channel_to: Callable[[str], grpc.Channel],
+) -> None:
+    replicas = [start_replica(delay_s=0.002, action=2, checkpoint_version=7) for _ in range(2)]
+    stack = start_gateway(local_redis.url, [r.address for r in replicas])
+    channel = channel_to(stack.address)
+    run_for(RUN_S)
+    running = get_stats(channel)
+    stack.gateway.stop()
+    stats = get_stats(channel)
+
+    assert running.frames == pytest.approx(RUN_S * 60, rel=0.1)
+    assert running.frames / running.uptime_s == pytest.approx(60, rel=0.05)
+    assert running.measured_frame_rate_hz == pytest.approx(60, rel=0.05)
+    assert stats.coverage >= 0.95
+    assert stats.decisions == stats.decisions_fresh + stats.decisions_fallback
+    assert stats.decisions >= stats.frames // 4 - 1
+    assert stats.staleness_frames.p50 == 2  # replies land within the two lead frames
+    assert stats.replica_count == 2
+    assert all(r.replies > 0 and r.checkpoint_version == 7 for r in stats.replicas)
+    assert {shape for r in replicas for shape in r.servicer.observation_shapes} == {(4, 84, 84)}
+
+    client = redis.Redis.from_url(local_redis.url)
+    try:
+        entries = cast(list[tuple[bytes, dict[bytes, bytes]]], client.xrange(stack.settings.stream))
+    finally:
+        client.close()
+    assert stats.transitions_dropped == 0
+    assert len(entries) == stats.transitions_published > 0
+    transitions = [decode(fields[FIELD.encode()]) for _, fields in entries]
+    assert [t.seq for t in transitions] == list(range(len(transitions)))
+    assert {t.gateway_id for t in transitions} == {"test-gateway"}
+    assert all(t.observation.shape == (4, 84, 84) and t.action_count == 6 for t in transitions)
+    fresh = [t for t in transitions if t.fresh]
+    assert fresh and all((t.action, t.policy_version, t.staleness_frames) == (2, 7, 2) for t in fresh)
+    assert [t.obs_frame for t in transitions[:3]] == [0, 4, 8]
+
+
+def test_get_spec_describes_pong(
+    local_redis: LocalRedis, start_gateway: Callable[..., Stack], channel_to: Callable[[str], grpc.Channel]
+) -> None:
+    stack = start_gateway(local_redis.url, [])
+    stub = env_gateway_pb2_grpc.EnvGatewayServiceStub(channel_to(stack.address))
+    spec = stub.GetSpec(env_gateway_pb2.GetSpecRequest(), timeout=5)
+    assert list(spec.observation_shape) == [4, 84, 84]
+    assert spec.observation_dtype == common_pb2.D_TYPE_UINT8
+    assert spec.action_count == 6
+    assert list(spec.action_meanings) == ["NOOP", "FIRE", "RIGHT", "LEFT", "RIGHTFIRE", "LEFTFIRE"]
+    assert spec.frame_rate_hz == 60.0
+    assert (spec.decision_interval_frames, spec.lead_frames, spec.max_staleness_frames) == (4, 2, 6)
+    assert spec.fallback_policy == env_gateway_pb2.FALLBACK_POLICY_NOOP
+    assert (spec.env_id, spec.gateway_id) == ("ale:Pong", "test-gateway")
+
+
+def test_stream_frames_delivers_increasing_rgb_frames_and_ends_when_the_gateway_stops(
+    local_redis: LocalRedis, start_gateway: Callable[..., Stack], channel_to: Callable[[str], grpc.Channel]
+) -> None:
+    stack = start_gateway(local_redis.url, [])
+    stub = env_gateway_pb2_grpc.EnvGatewayServiceStub(channel_to(stack.address))
+
+    every = stub.StreamFrames(env_gateway_pb2.StreamFramesRequest(), timeout=30)
+    frames = [next(every) for _ in range(10)]
+    every.cancel()
+    indices = [f.frame_index for f in frames]
+    assert indices == sorted(set(indices))
+    assert all((f.height, f.width, len(f.rgb)) == (210, 160, 210 * 160 * 3) for f in frames)
+
+    every_third = stub.StreamFrames(env_gateway_pb2.StreamFramesRequest(every_nth_frame=3), timeout=30)
+    assert all(next(every_third).frame_index % 3 == 0 for _ in range(5))
+    stack.gateway.stop()
+    assert list(every_third) is not None  # the stream ends cleanly instead of failing
+    assert len(stack.gateway.frames) == 0
+
+
+def test_health_is_serving_while_the_clock_ticks_and_not_after_stop(
+    local_redis: LocalRedis, start_gateway: Callable[..., Stack], channel_to: Callable[[str], grpc.Channel]
+) -> None:
+    stack = start_gateway(local_redis.url, [])
+    health = health_pb2_grpc.HealthStub(channel_to(stack.address))
+
+    def status() -> int:
+        return health.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=5).status
+
+    assert status() == health_pb2.HealthCheckResponse.SERVING
+    stack.gateway.stop()
+    assert status() == health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def test_hung_replica_fails_its_calls_while_the_clock_keeps_its_rate(
+    local_redis: LocalRedis,
+    start_replica: Callable[..., Replica],
+    start_gateway: Callable[..., Stack],
+    channel_to: Callable[[str], grpc.Channel],
+) -> None:
+    healthy = start_replica(delay_s=0.002, action=1)
+    hung = start_replica(delay_s=30.0, action=3)
+    stack = start_gateway(local_redis.url, [healthy.address, hung.address])
+    run_for(RUN_S)
+    stats = get_stats(channel_to(stack.address))
+
+    by_address = {r.address: r for r in stats.replicas}
+    assert by_address[hung.address].failures > 0
+    assert by_address[hung.address].replies == 0
+    assert stats.requests_failed == by_address[hung.address].failures
+    assert by_address[healthy.address].replies > 0
+    assert stats.frames / stats.uptime_s == pytest.approx(60, rel=0.05)
+    # Fresh actions come from the healthy replica; the hung one is only probed now and then.
+    assert stats.coverage >= 0.8
+
+
+def test_cli_with_an_unknown_env_exits_2_naming_rtrl_env() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "services.env_gateway"],
+        env={**os.environ, "RTRL_ENV": "nonsense"},
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "RTRL_ENV" in result.stderr
+
+
+def test_unreachable_replica_is_backed_off_and_the_other_one_serves(
+    local_redis: LocalRedis,
+    start_replica: Callable[..., Replica],
+    start_gateway: Callable[..., Stack],
+    channel_to: Callable[[str], grpc.Channel],
+) -> None:
+    healthy = start_replica(delay_s=0.002)
+    dead_address = f"127.0.0.1:{free_port()}"
+    stack = start_gateway(local_redis.url, [healthy.address, dead_address])
+    run_for(2.0)
+    stats = get_stats(channel_to(stack.address))
+
+    dead = next(r for r in stats.replicas if r.address == dead_address)
+    assert dead.failures == dead.requests > 0
+    # ~30 decisions went by; after each UNAVAILABLE the dead replica sits out for at least 0.5 s.
+    assert dead.requests <= 2.0 / UNAVAILABLE_BACKOFF_S + 1
+    assert stats.coverage >= 0.8

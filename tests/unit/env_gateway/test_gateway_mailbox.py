@@ -1,0 +1,65 @@
+"""ActionMailbox on its own: which reply a step takes and how the others are counted (S = 5)."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.env_gateway.clock import ActionMailbox, ActionReply
+
+
+def reply(action: int) -> ActionReply:
+    return ActionReply(action=action, policy_version=1, behaviour_log_prob=-0.1)
+
+
+@pytest.fixture
+def mailbox() -> ActionMailbox:
+    box = ActionMailbox(max_staleness_frames=5, now_s=lambda: 10.0)
+    box.begin_episode(episode=0, frame=0)
+    return box
+
+
+def test_empty_mailbox_yields_nothing(mailbox: ActionMailbox) -> None:
+    assert mailbox.take(1) is None
+
+
+def test_newest_usable_reply_wins_and_older_usable_ones_are_superseded(mailbox: ActionMailbox) -> None:
+    mailbox.advance(6)
+    for obs_frame, action in ((4, 1), (6, 2), (5, 3)):
+        assert mailbox.offer(0, obs_frame, 9.99, reply(action))
+    taken = mailbox.take(9)
+    assert taken is not None
+    assert (taken.obs_frame, taken.reply.action) == (6, 2)
+    assert mailbox.replies_superseded == 2
+    assert mailbox.pending_count() == 0
+
+
+def test_replies_too_stale_at_the_step_are_late_not_superseded(mailbox: ActionMailbox) -> None:
+    mailbox.advance(4)
+    mailbox.offer(0, 0, 9.9, reply(1))  # staleness 9 at frame 9
+    mailbox.offer(0, 4, 9.9, reply(2))  # staleness 5 at frame 9
+    taken = mailbox.take(9)
+    assert taken is not None and taken.obs_frame == 4
+    assert (mailbox.replies_late, mailbox.replies_superseded) == (1, 0)
+
+
+def test_arrival_after_the_last_usable_frame_started_is_late(mailbox: ActionMailbox) -> None:
+    mailbox.advance(4)
+    assert mailbox.offer(0, 0, 9.9, reply(1))  # could still start at frame 5
+    mailbox.take(5)
+    assert not mailbox.offer(0, 0, 9.9, reply(1))  # earliest now frame 6: staleness 6
+    assert mailbox.replies_late == 1
+
+
+def test_new_episode_drops_pending_replies_and_refuses_old_ones(mailbox: ActionMailbox) -> None:
+    mailbox.offer(0, 0, 9.9, reply(1))
+    mailbox.begin_episode(episode=1, frame=3)
+    assert mailbox.replies_late == 1
+    assert not mailbox.offer(0, 0, 9.9, reply(1))
+    assert mailbox.replies_late == 2
+    assert mailbox.take(4) is None
+
+
+def test_overhead_is_recorded_for_accepted_replies_only(mailbox: ActionMailbox) -> None:
+    mailbox.offer(0, 0, 9.996, reply(1))
+    mailbox.offer(7, 0, 9.0, reply(1))  # wrong episode: dropped, not measured
+    assert list(mailbox.decision_overhead_ms.values()) == pytest.approx([4.0])

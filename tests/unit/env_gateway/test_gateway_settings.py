@@ -1,0 +1,69 @@
+"""Gateway settings: defaults, the env spec forms, and errors that name the variable to set."""
+
+from __future__ import annotations
+
+import pytest
+
+from rtrl.config import DEFAULT_GATEWAY_PORT, DEFAULT_STREAM, SettingsError
+from services.env_gateway.settings import FallbackPolicy, GatewaySettings
+
+
+def test_defaults() -> None:
+    settings = GatewaySettings.from_env({})
+    assert settings.port == DEFAULT_GATEWAY_PORT
+    assert settings.env.gymnasium_id == "ALE/Pong-v5"
+    assert (settings.decision_interval_frames, settings.lead_frames, settings.max_staleness_frames) == (4, 2, 6)
+    assert settings.fallback_policy is FallbackPolicy.NOOP
+    assert settings.observation_shape == (4, 84, 84)
+    assert settings.inference_addresses == ("127.0.0.1:50061", "127.0.0.1:50062")
+    assert settings.stream == DEFAULT_STREAM
+    assert settings.gateway_id.startswith("gateway-")
+
+
+def test_values_are_read_with_the_prefix() -> None:
+    settings = GatewaySettings.from_env(
+        {
+            "RTRL_ENV": "gym:CartPole-v1",
+            "RTRL_DECISION_INTERVAL_FRAMES": "2",
+            "RTRL_LEAD_FRAMES": "3",
+            "RTRL_FALLBACK_POLICY": "repeat_last",
+            "RTRL_OBS_GRAYSCALE": "false",
+            "RTRL_FRAME_STACK": "2",
+            "RTRL_INFERENCE_ADDRESSES": "inference:50061, [::1]:7000",
+            "RTRL_GATEWAY_ID": "g1",
+        }
+    )
+    assert settings.env.gymnasium_id == "CartPole-v1"
+    assert settings.max_staleness_frames == 5  # 0 means lead + interval
+    assert settings.fallback_policy is FallbackPolicy.REPEAT_LAST
+    assert settings.observation_shape == (6, 84, 84)
+    assert settings.inference_addresses == ("inference:50061", "[::1]:7000")
+    assert settings.gateway_id == "g1"
+
+
+@pytest.mark.parametrize("spec", ["nonsense", "atari:Pong", "ale:", "gym:"])
+def test_unknown_env_spec_names_rtrl_env_and_the_accepted_forms(spec: str) -> None:
+    with pytest.raises(SettingsError, match="RTRL_ENV") as raised:
+        GatewaySettings.from_env({"RTRL_ENV": spec})
+    assert "ale:<Game>" in str(raised.value) and "gym:<gymnasium id>" in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("FALLBACK_POLICY", "pray"),
+        ("LEAD_FRAMES", "-1"),
+        ("DECISION_INTERVAL_FRAMES", "0"),
+        ("STICKY_ACTIONS", "1.5"),
+        ("INFERENCE_ADDRESSES", "no-port"),
+        ("FRAME_STACK", "0"),
+    ],
+)
+def test_invalid_values_fail_naming_the_variable(name: str, value: str) -> None:
+    with pytest.raises(SettingsError, match=f"RTRL_{name}"):
+        GatewaySettings.from_env({f"RTRL_{name}": value})
+
+
+def test_staleness_below_lead_is_refused() -> None:
+    with pytest.raises(SettingsError, match="RTRL_MAX_STALENESS_FRAMES"):
+        GatewaySettings.from_env({"RTRL_LEAD_FRAMES": "3", "RTRL_MAX_STALENESS_FRAMES": "2"})
