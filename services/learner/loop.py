@@ -1,0 +1,455 @@
+"""The learner core: consume transitions, fill the replay buffer, train DQN without pause, publish checkpoints.
+
+`Learner` runs on its own thread. Each iteration reads from the stream (blocking briefly only while
+there is nothing to train on), adds what it read to the replay buffer, acknowledges it, then performs
+one DQN update; so updates run back to back while the stream keeps flowing between them. Every
+`checkpoint_every_updates` updates it publishes a checkpoint; `stop()` publishes a final one.
+
+On start it resumes from the newest checkpoint in the directory (weights, target network, Adam state,
+counters, version sequence, model config); otherwise the model is built from the first transition.
+
+Errors: `LearnerError` when the learner cannot start (an unusable checkpoint, no such device). At
+run time nothing from outside stops it: Redis failures are counted and retried with back-off (training
+continues on the replay buffer meanwhile), unusable transitions are dead-lettered and counted, and a
+failed checkpoint publication is counted and retried at the next interval.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from rtrl.checkpoints import CheckpointError, CheckpointStore
+from rtrl.metrics import RateMeter
+from rtrl.models import ModelConfig, default_model_config
+from rtrl.transitions import Transition, encode
+from services.learner import dqn
+from services.learner.replay import ReplayBuffer
+from services.learner.settings import LearnerSettings
+from services.learner.stream import (
+    TRANSITION_FIELD,
+    ReadResult,
+    StreamUnavailable,
+    TransitionStream,
+    redacted_url,
+)
+
+log = logging.getLogger(__name__)
+
+STATS_INTERVAL_S = 1.0
+RECONNECT_BACKOFF_MIN_S = 0.1
+RECONNECT_BACKOFF_MAX_S = 2.0
+REPEATED_WARNING_INTERVAL_S = 30.0
+STOP_TIMEOUT_S = 10.0
+
+
+class LearnerError(RuntimeError):
+    """The learner cannot start or had to stop; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class LearnerStatus:
+    """A consistent-enough snapshot of the learner's counters (the GetStatus fields and a few more)."""
+
+    algorithm: str
+    updates: int
+    """Gradient updates, resumed across restarts."""
+    updates_per_s: float
+    transitions_consumed: int
+    """Stream entries acknowledged since this learner started (valid and invalid)."""
+    transitions_invalid: int
+    """Entries since start that could not be decoded or did not fit the model (dead-lettered)."""
+    transitions_unpaired: int
+    """Transitions since start that found no successor and are never trained on."""
+    replay_size: int
+    checkpoint_version: int
+    checkpoints_published: int
+    checkpoint_published_unix_ms: int
+    checkpoint_publish_failures: int
+    loss: float
+    epsilon: float
+    """Exploration rate of the newest checkpoint (the schedule's current value before the first one)."""
+    stream_length: int
+    stream_pending: int
+    stream_lag: int
+    env_steps: int
+    """Transitions added to the replay buffer, resumed across restarts."""
+    uptime_s: float
+    connected: bool
+    redis_errors: int
+
+
+def resolve_device(setting: str) -> torch.device:
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(setting)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise LearnerError(f"RTRL_LEARNER_DEVICE={setting} but no CUDA device is available; set it to auto or cpu")
+    return device
+
+
+class Learner:
+    """Trains continuously on the transition stream; `start()`, then `stop()` (final checkpoint)."""
+
+    def __init__(
+        self,
+        settings: LearnerSettings,
+        *,
+        stream: TransitionStream | None = None,
+        store: CheckpointStore | None = None,
+    ) -> None:
+        assert settings.algorithm == "dqn", f"algorithm {settings.algorithm!r} is not implemented; use dqn"
+        self.settings = settings
+        self.config = settings.dqn
+        self.stream = stream or TransitionStream(
+            settings.redis_url, settings.stream, settings.consumer_group, settings.consumer_name
+        )
+        self.store = store or CheckpointStore(settings.checkpoint_dir, keep=settings.checkpoint_keep)
+        self.device = torch.device("cpu")
+        self._agent: dqn.DQNAgent | None = None
+        self._replay: ReplayBuffer | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="learner", daemon=True)
+        self._ready_lock = threading.Lock()
+        self._ready = False
+        self._on_ready_change: Callable[[bool], None] | None = None
+        self.failure: BaseException | None = None
+        """The unexpected error that ended the training thread, if one did."""
+
+        # Counters. Written by the learner thread only; other threads read them through `status()`.
+        self._started_s = time.monotonic()
+        self._updates_meter = RateMeter()
+        self._loss: torch.Tensor | None = None
+        self._env_steps = 0
+        self._consumed = 0
+        self._consumed_before_start = 0
+        self._invalid = 0
+        self._version = 0
+        self._updates_at_last_publish = 0
+        self._published = 0
+        self._published_unix_ms = 0
+        self._published_epsilon: float | None = None
+        self._publish_failures = 0
+        self._stream_length = 0
+        self._stream_pending = 0
+        self._stream_lag = -1
+        self._stats_refreshed_s = 0.0
+        self._connected = False
+        self._redis_errors = 0
+        self._reconnect_backoff_s = RECONNECT_BACKOFF_MIN_S
+        self._next_connect_s = 0.0
+        self._last_redis_warning_s = -REPEATED_WARNING_INTERVAL_S
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Resumes from the newest checkpoint (raises LearnerError if it cannot) and starts the thread."""
+        torch.set_num_threads(self.settings.torch_threads)
+        self.device = resolve_device(self.settings.device)
+        self._resume()
+        self._started_s = time.monotonic()
+        self._thread.start()
+        log.info(
+            "learner started: stream %r group %r consumer %r on %s, checkpoints in %s, device %s",
+            self.settings.stream,
+            self.settings.consumer_group,
+            self.settings.consumer_name,
+            redacted_url(self.settings.redis_url),
+            self.settings.checkpoint_dir,
+            self.device,
+        )
+
+    def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
+        """Stops training, publishes a final checkpoint if anything changed, and returns (bounded)."""
+        self._stop.set()
+        self._set_ready(False)
+        if self._thread.is_alive():
+            self._thread.join(timeout=timeout_s)
+            if self._thread.is_alive():
+                log.warning("the learner thread did not finish within %.0f s", timeout_s)
+
+    def watch_ready(self, on_change: Callable[[bool], None]) -> None:
+        """Calls `on_change(ready)` now and whenever readiness (running and connected to Redis) changes."""
+        with self._ready_lock:
+            self._on_ready_change = on_change
+            on_change(self._ready)
+
+    def _set_ready(self, ready: bool) -> None:
+        with self._ready_lock:
+            if ready == self._ready:
+                return
+            self._ready = ready
+            if self._on_ready_change is not None:
+                self._on_ready_change(ready)
+
+    # -- resume ------------------------------------------------------------------------------------
+
+    def _resume(self) -> None:
+        directory = self.settings.checkpoint_dir
+        try:
+            latest = self.store.latest()
+            if latest is None:
+                log.info("no checkpoint in %s: starting fresh, the model is built from the first transition", directory)
+                return
+            metadata = latest.metadata
+            if metadata.get("algorithm") != dqn.ALGORITHM:
+                raise LearnerError(
+                    f"checkpoint {latest.version} in {directory} was trained with {metadata.get('algorithm')!r}, "
+                    f"not {dqn.ALGORITHM!r}; set RTRL_CHECKPOINT_DIR to another directory"
+                )
+            model_config = ModelConfig.from_json(metadata["model"])
+            weights = self.store.load_weights(latest)
+            learner_state = self.store.load_learner_state(latest) if "learner_state" in metadata["files"] else None
+            agent = dqn.make_agent(self.config, model_config, self.device, self.settings.seed)
+            dqn.import_state(agent, weights, learner_state, {"updates": metadata.get("updates", 0)})
+            env_steps = _counter(metadata, "env_steps")
+            consumed = _counter(metadata, "transitions_consumed")
+        except (CheckpointError, ValueError, KeyError) as e:
+            raise LearnerError(
+                f"cannot resume from the checkpoint in {directory}: {e}; "
+                "repair or move that directory away, or set RTRL_CHECKPOINT_DIR to a fresh one"
+            ) from e
+        if learner_state is None:
+            log.warning("checkpoint %d has no learner state: target network copied, Adam starts fresh", latest.version)
+        self._agent = agent
+        self._env_steps = env_steps
+        self._consumed_before_start = consumed
+        self._version = latest.version
+        self._updates_at_last_publish = agent.updates
+        epsilon = metadata.get("epsilon")
+        self._published_epsilon = float(epsilon) if isinstance(epsilon, int | float) else None
+        log.info(
+            "resumed from checkpoint %d: %d updates, %d env steps, model %s",
+            latest.version,
+            agent.updates,
+            env_steps,
+            model_config.to_json(),
+        )
+
+    # -- the loop ----------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                self._iterate()
+        except Exception as e:  # a bug, or the device failing: end visibly rather than spin on it
+            self.failure = e
+            log.exception("the learner loop failed and stopped; no final checkpoint is written")
+        finally:
+            self._set_ready(False)
+            if (
+                self.failure is None
+                and self._agent is not None
+                and self._agent.updates != self._updates_at_last_publish
+            ):
+                self._publish()
+            self.stream.close()
+
+    def _iterate(self) -> None:
+        now = time.monotonic()
+        if not self._connected and now >= self._next_connect_s:
+            self._connect()
+        if self._connected:
+            try:
+                self._consume(self.stream.read(block=not self._can_train()))
+                if time.monotonic() - self._stats_refreshed_s >= STATS_INTERVAL_S:
+                    self._refresh_stream_stats()
+            except StreamUnavailable as e:
+                self._on_redis_error(e)
+        if self._can_train():
+            self._train()
+        elif not self._connected:
+            # Nothing to train on and nothing to read: idle until the next reconnection attempt.
+            self._stop.wait(min(0.05, max(0.0, self._next_connect_s - time.monotonic())))
+
+    def _connect(self) -> None:
+        try:
+            self.stream.connect()
+        except StreamUnavailable as e:
+            self._on_redis_error(e)
+            return
+        self._connected = True
+        self._reconnect_backoff_s = RECONNECT_BACKOFF_MIN_S
+        self._set_ready(not self._stop.is_set())
+        log.info("connected to the transition stream %r", self.settings.stream)
+
+    def _on_redis_error(self, error: StreamUnavailable) -> None:
+        self._redis_errors += 1
+        now = time.monotonic()
+        # The first failure after being connected always shows; a long outage shows every 30 s, not 2.
+        if self._connected or now - self._last_redis_warning_s >= REPEATED_WARNING_INTERVAL_S:
+            log.warning(
+                "%s (retrying with back-off; %d Redis errors so far; training goes on with the replay buffer)",
+                error,
+                self._redis_errors,
+            )
+            self._last_redis_warning_s = now
+        self._connected = False
+        self._set_ready(False)
+        self._next_connect_s = time.monotonic() + self._reconnect_backoff_s
+        self._reconnect_backoff_s = min(self._reconnect_backoff_s * 2, RECONNECT_BACKOFF_MAX_S)
+
+    def _refresh_stream_stats(self) -> None:
+        stats = self.stream.stats()
+        self._stream_length, self._stream_pending, self._stream_lag = stats.length, stats.pending, stats.lag
+        self._stats_refreshed_s = time.monotonic()
+
+    def _consume(self, result: ReadResult) -> None:
+        used: list[bytes] = []
+        unusable: list[tuple[bytes, Transition, str]] = []
+        for entry in result.entries:
+            problem = self._unusable_reason(entry.transition)
+            if problem is None:
+                assert self._replay is not None
+                self._replay.add(entry.transition)
+                used.append(entry.entry_id)
+            else:
+                unusable.append((entry.entry_id, entry.transition, problem))
+        # Acknowledge only now that they are in the replay buffer: a crash before this re-delivers them.
+        self.stream.ack(used)
+        self._env_steps += len(used)
+        self._consumed += len(used) + result.invalid
+        self._invalid += result.invalid
+        for entry_id, transition, problem in unusable:
+            self.stream.dead_letter(entry_id, {TRANSITION_FIELD: encode(transition)}, problem)
+            self._consumed += 1
+            self._invalid += 1
+
+    def _unusable_reason(self, transition: Transition) -> str | None:
+        """Why `transition` cannot be trained on, or None (building the model on the first one)."""
+        obs = transition.observation
+        if self._agent is None:
+            try:
+                model_config = default_model_config(tuple(obs.shape), transition.action_count)
+            except ValueError as e:
+                return f"no model can be built for it: {e}"
+            self._agent = dqn.make_agent(self.config, model_config, self.device, self.settings.seed)
+            log.info("built the model from the first transition: %s", model_config.to_json())
+        if not math.isfinite(transition.reward):
+            return f"reward {transition.reward} is not a finite number"
+        if obs.dtype.kind == "f" and not np.isfinite(obs).all():
+            return "the observation contains NaN or infinite values"
+        model_config = self._agent.model_config
+        if tuple(obs.shape) != model_config.observation_shape or transition.action_count != model_config.action_count:
+            return (
+                f"observation shape {list(obs.shape)} with {transition.action_count} actions does not match the "
+                f"model's {list(model_config.observation_shape)} with {model_config.action_count} actions; "
+                "a gateway on another game needs its own RTRL_CHECKPOINT_DIR and stream"
+            )
+        if self._replay is None:
+            self._replay = ReplayBuffer(self.config.buffer_size, tuple(obs.shape), obs.dtype, seed=self.settings.seed)
+        elif not self._replay.accepts(transition):
+            return f"observation dtype {obs.dtype} differs from the replay buffer's {self._replay.observation_dtype}"
+        return None
+
+    def _can_train(self) -> bool:
+        return (
+            self._agent is not None
+            and self._replay is not None
+            and self._replay.trainable_count >= max(1, self.config.learning_starts)
+        )
+
+    def _train(self) -> None:
+        assert self._agent is not None and self._replay is not None
+        batch = self._replay.sample(self.config.batch_size)
+        self._loss = dqn.update(
+            self._agent,
+            b_obs=torch.from_numpy(batch.obs).to(self.device),
+            b_actions=torch.from_numpy(batch.actions).to(self.device),
+            b_rewards=torch.from_numpy(batch.rewards).to(self.device),
+            b_next_obs=torch.from_numpy(batch.next_obs).to(self.device),
+            b_terminated=torch.from_numpy(batch.terminated).to(self.device),
+        )
+        self._updates_meter.add(time.monotonic())
+        if self._agent.updates % self.settings.checkpoint_every_updates == 0:
+            self._publish()
+
+    # -- checkpoints -------------------------------------------------------------------------------
+
+    def _publish(self) -> None:
+        assert self._agent is not None
+        agent = self._agent
+        version = self._version + 1
+        learner_state, counters = dqn.export_learner_state(agent)
+        metadata = {
+            "algorithm": dqn.ALGORITHM,
+            "model": agent.model_config.to_json(),
+            "epsilon": dqn.epsilon_at(self._env_steps, self.config),
+            **counters,
+            "env_steps": self._env_steps,
+            # Cumulative over restarts, unlike the per-run `transitions_consumed` of GetStatus.
+            "transitions_consumed": self._consumed_before_start + self._consumed,
+            "hyperparameters": asdict(self.config),
+        }
+        try:
+            checkpoint = self.store.publish(version, dqn.policy_weights(agent), metadata, learner_state=learner_state)
+        except (CheckpointError, OSError) as e:  # CheckpointStore lets an OSError from mkdir through
+            self._publish_failures += 1
+            log.warning("%s; training goes on and publication is retried at the next interval", e)
+            return
+        self._version = version
+        self._updates_at_last_publish = agent.updates
+        self._published += 1
+        self._published_unix_ms = int(checkpoint.metadata["created_unix_ms"])
+        self._published_epsilon = float(metadata["epsilon"])
+        log.info("published checkpoint %d at %d updates", version, agent.updates)
+
+    # -- observing ---------------------------------------------------------------------------------
+
+    def status(self) -> LearnerStatus:
+        now = time.monotonic()
+        agent = self._agent
+        replay = self._replay
+        loss = self._loss
+        return LearnerStatus(
+            algorithm=self.settings.algorithm,
+            updates=agent.updates if agent is not None else 0,
+            updates_per_s=self._updates_meter.rate(now),
+            transitions_consumed=self._consumed,
+            transitions_invalid=self._invalid,
+            transitions_unpaired=replay.unpaired if replay is not None else 0,
+            replay_size=len(replay) if replay is not None else 0,
+            checkpoint_version=self._version,
+            checkpoints_published=self._published,
+            checkpoint_published_unix_ms=self._published_unix_ms,
+            checkpoint_publish_failures=self._publish_failures,
+            loss=float(loss.item()) if loss is not None else 0.0,
+            epsilon=self._published_epsilon
+            if self._published_epsilon is not None
+            else dqn.epsilon_at(self._env_steps, self.config),
+            stream_length=self._stream_length,
+            stream_pending=self._stream_pending,
+            stream_lag=self._stream_lag,
+            env_steps=self._env_steps,
+            uptime_s=now - self._started_s,
+            connected=self._connected,
+            redis_errors=self._redis_errors,
+        )
+
+
+def _counter(metadata: dict[str, Any], name: str) -> int:
+    value = metadata.get(name, 0)
+    if not isinstance(value, int) or value < 0:
+        raise ValueError(f"metadata counter {name}={value!r} is not a non-negative integer")
+    return value
+
+
+def status_line(status: LearnerStatus) -> str:
+    """One line for the periodic log."""
+    return (
+        f"learner v{status.checkpoint_version} upd {status.updates} ({status.updates_per_s:.1f}/s) "
+        f"loss {status.loss:.4g} eps {status.epsilon:.3f} replay {status.replay_size} "
+        f"consumed {status.transitions_consumed} invalid {status.transitions_invalid} "
+        f"unpaired {status.transitions_unpaired} stream len {status.stream_length} "
+        f"pending {status.stream_pending} lag {status.stream_lag} env_steps {status.env_steps} "
+        f"published {status.checkpoints_published} failed {status.checkpoint_publish_failures} "
+        f"redis {'up' if status.connected else 'DOWN'} errors {status.redis_errors}"
+    )

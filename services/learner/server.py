@@ -1,0 +1,116 @@
+"""The learner's gRPC face: LearnerService/GetStatus, health and reflection, and `serve()` for the process.
+
+Health is NOT_SERVING until the learner loop runs and is connected to Redis, SERVING while it is, and
+NOT_SERVING again when Redis is lost or shutdown begins.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from types import FrameType
+from typing import Any
+
+import grpc
+
+from rtrl import grpc_util
+from rtrl.v1 import learner_pb2, learner_pb2_grpc
+from services.learner.loop import Learner, LearnerError, LearnerStatus, status_line
+from services.learner.settings import LearnerSettings
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = learner_pb2.DESCRIPTOR.services_by_name["LearnerService"].full_name
+STATUS_LOG_INTERVAL_S = 5.0
+SHUTDOWN_GRACE_S = 2.0
+
+
+def status_response(status: LearnerStatus) -> learner_pb2.LearnerServiceGetStatusResponse:
+    return learner_pb2.LearnerServiceGetStatusResponse(
+        algorithm=status.algorithm,
+        updates=status.updates,
+        updates_per_s=status.updates_per_s,
+        transitions_consumed=status.transitions_consumed,
+        transitions_invalid=status.transitions_invalid,
+        replay_size=status.replay_size,
+        checkpoint_version=status.checkpoint_version,
+        checkpoints_published=status.checkpoints_published,
+        checkpoint_published_unix_ms=status.checkpoint_published_unix_ms,
+        loss=status.loss,
+        epsilon=status.epsilon,
+        # A stream that cannot be read yet reports 0 entries rather than wrapping a negative into uint64.
+        stream_length=max(0, status.stream_length),
+        stream_pending=max(0, status.stream_pending),
+        stream_lag=status.stream_lag,
+        env_steps=status.env_steps,
+        transitions_unpaired=status.transitions_unpaired,
+        uptime_s=status.uptime_s,
+        checkpoint_publish_failures=status.checkpoint_publish_failures,
+    )
+
+
+class LearnerServicer(learner_pb2_grpc.LearnerServiceServicer):
+    """Answers GetStatus from the learner's counters (they are meaningful even while Redis is down)."""
+
+    def __init__(self, learner: Learner) -> None:
+        self.learner = learner
+
+    def GetStatus(
+        self, request: learner_pb2.LearnerServiceGetStatusRequest, context: grpc.ServicerContext
+    ) -> learner_pb2.LearnerServiceGetStatusResponse:
+        return status_response(self.learner.status())
+
+
+def create_server(settings: LearnerSettings, learner: Learner) -> tuple[grpc.Server, int]:
+    """A server (not started) for `learner`, bound to settings.host:settings.port (0 picks a free port).
+
+    Health follows the learner's readiness from here on; start the learner and the server separately.
+    """
+    server, port = grpc_util.create_server(settings.host, settings.port)
+    learner_pb2_grpc.add_LearnerServiceServicer_to_server(LearnerServicer(learner), server)
+    health = grpc_util.add_health_and_reflection(server, [SERVICE_NAME])
+    learner.watch_ready(lambda ready: grpc_util.set_serving(health, [SERVICE_NAME], ready))
+    return server, port
+
+
+def serve(settings: LearnerSettings, stop: threading.Event | None = None) -> None:
+    """Runs the learner and its server until SIGTERM/SIGINT (or `stop` is set), then shuts down cleanly.
+
+    Raises LearnerError when the learner cannot start, or when its loop failed (after shutting down).
+    """
+    stop = stop or threading.Event()
+    learner = Learner(settings)
+    server, port = create_server(settings, learner)
+    learner.start()
+    server.start()
+    log.info("learner gRPC server listening on %s:%d", settings.host, port)
+
+    previous_handlers: dict[signal.Signals, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+
+        def on_signal(signum: int, frame: FrameType | None) -> None:
+            log.info("received %s, shutting down", signal.Signals(signum).name)
+            stop.set()
+
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            previous_handlers[signum] = signal.signal(signum, on_signal)
+    try:
+        next_status_s = time.monotonic() + STATUS_LOG_INTERVAL_S
+        # Short waits so a signal is acted on promptly; the status line still comes every few seconds.
+        while not stop.wait(0.25):
+            if learner.failure is not None:
+                break
+            if time.monotonic() >= next_status_s:
+                log.info(status_line(learner.status()))
+                next_status_s += STATUS_LOG_INTERVAL_S
+    finally:
+        # learner.stop() flips health to NOT_SERVING first, then writes the final checkpoint.
+        learner.stop()
+        server.stop(SHUTDOWN_GRACE_S).wait()
+        log.info("learner stopped: %s", status_line(learner.status()))
+        for handled, handler in previous_handlers.items():
+            signal.signal(handled, handler)
+    if learner.failure is not None:
+        raise LearnerError(f"the learner loop failed: {learner.failure}") from learner.failure

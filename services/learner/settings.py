@@ -1,0 +1,148 @@
+"""The learner's settings, read once from RTRL_* environment variables into a frozen object.
+
+Every DQN hyperparameter is also a variable, RTRL_DQN_<FIELD_NAME_UPPER> (e.g. RTRL_DQN_LEARNING_RATE),
+mapped generically from the fields of `DQNConfig` so a new hyperparameter needs no settings code.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from rtrl.config import (
+    DEFAULT_CHECKPOINT_DIR,
+    DEFAULT_HOST,
+    DEFAULT_LEARNER_PORT,
+    DEFAULT_STREAM,
+    PREFIX,
+    SettingsError,
+    env_bool,
+    env_choice,
+    env_float,
+    env_int,
+    env_str,
+)
+from services.learner.dqn import DQNConfig, config_problems
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_CONSUMER_GROUP = "learner"
+DEFAULT_CHECKPOINT_EVERY_UPDATES = 100
+DEFAULT_CHECKPOINT_KEEP = 5
+ALGORITHMS = ("dqn",)
+DEFAULT_TORCH_THREADS = 1
+DEFAULT_DEVICE = "auto"
+DEFAULT_SEED = 0
+DEFAULT_NICE = 10
+DQN_PREFIX = "DQN_"
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+def default_consumer_name() -> str:
+    return f"learner-{socket.gethostname()}"
+
+
+@dataclass(frozen=True)
+class LearnerSettings:
+    """Everything the learner service is configured with."""
+
+    host: str = DEFAULT_HOST
+    """Address the gRPC server binds (RTRL_LEARNER_HOST)."""
+    port: int = DEFAULT_LEARNER_PORT
+    """gRPC port; 0 picks a free one (RTRL_LEARNER_PORT)."""
+    redis_url: str = DEFAULT_REDIS_URL
+    """Redis holding the transition stream (RTRL_REDIS_URL)."""
+    stream: str = DEFAULT_STREAM
+    """Redis stream the gateways publish transitions to (RTRL_STREAM)."""
+    consumer_group: str = DEFAULT_CONSUMER_GROUP
+    """Consumer group of the learner on the stream (RTRL_CONSUMER_GROUP)."""
+    consumer_name: str = field(default_factory=default_consumer_name)
+    """This learner's consumer name in the group; a restart under the same name re-reads what it had not
+    acknowledged (RTRL_CONSUMER_NAME, default learner-<hostname>)."""
+    checkpoint_dir: Path = Path(DEFAULT_CHECKPOINT_DIR)
+    """Directory checkpoints are published to and resumed from (RTRL_CHECKPOINT_DIR)."""
+    checkpoint_every_updates: int = DEFAULT_CHECKPOINT_EVERY_UPDATES
+    """A checkpoint is published every this many updates (RTRL_CHECKPOINT_EVERY_UPDATES)."""
+    checkpoint_keep: int = DEFAULT_CHECKPOINT_KEEP
+    """Published versions kept on disk, at least 2 (RTRL_CHECKPOINT_KEEP)."""
+    algorithm: str = "dqn"
+    """Learning algorithm (RTRL_ALGORITHM); only "dqn" for now."""
+    torch_threads: int = DEFAULT_TORCH_THREADS
+    """CPU threads torch may use (RTRL_TORCH_THREADS)."""
+    device: str = DEFAULT_DEVICE
+    """"auto" (cuda when available, else cpu), "cpu", "cuda" or "cuda:N" (RTRL_LEARNER_DEVICE)."""
+    seed: int = DEFAULT_SEED
+    """Seeds network initialisation and replay sampling (RTRL_SEED)."""
+    nice: int = DEFAULT_NICE
+    """CPU niceness added to the learner process (RTRL_LEARNER_NICE, 0-19): acting and inference get the
+    cores first when the machine is contended, learning takes what is left and never delays an action."""
+    dqn: DQNConfig = field(default_factory=DQNConfig)
+    """DQN hyperparameters (RTRL_DQN_<FIELD>)."""
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> LearnerSettings:
+        """Reads the settings; raises SettingsError with a sentence naming the variable to fix."""
+        port = env_int(env, "LEARNER_PORT", DEFAULT_LEARNER_PORT, minimum=0)
+        if port > 65535:
+            raise SettingsError(f"{PREFIX}LEARNER_PORT={port} is not a TCP port; set it to 0..65535.")
+        redis_url = env_str(env, "REDIS_URL", DEFAULT_REDIS_URL)
+        if not redis_url.startswith(_REDIS_SCHEMES):
+            raise SettingsError(f"{PREFIX}REDIS_URL={redis_url!r} is not a Redis URL; set it like redis://host:6379/0.")
+        device = env_str(env, "LEARNER_DEVICE", DEFAULT_DEVICE).lower()
+        if not _is_device(device):
+            raise SettingsError(f"{PREFIX}LEARNER_DEVICE={device!r} is not valid; set it to auto, cpu, cuda or cuda:N.")
+        return cls(
+            host=env_str(env, "LEARNER_HOST", DEFAULT_HOST),
+            port=port,
+            redis_url=redis_url,
+            stream=env_str(env, "STREAM", DEFAULT_STREAM),
+            consumer_group=env_str(env, "CONSUMER_GROUP", DEFAULT_CONSUMER_GROUP),
+            consumer_name=env_str(env, "CONSUMER_NAME", default_consumer_name()),
+            checkpoint_dir=Path(env_str(env, "CHECKPOINT_DIR", DEFAULT_CHECKPOINT_DIR)),
+            checkpoint_every_updates=env_int(
+                env, "CHECKPOINT_EVERY_UPDATES", DEFAULT_CHECKPOINT_EVERY_UPDATES, minimum=1
+            ),
+            checkpoint_keep=env_int(env, "CHECKPOINT_KEEP", DEFAULT_CHECKPOINT_KEEP, minimum=2),
+            algorithm=env_choice(env, "ALGORITHM", "dqn", ALGORITHMS),
+            torch_threads=env_int(env, "TORCH_THREADS", DEFAULT_TORCH_THREADS, minimum=1),
+            device=device,
+            seed=env_int(env, "SEED", DEFAULT_SEED),
+            nice=env_int(env, "LEARNER_NICE", DEFAULT_NICE, minimum=0),
+            dqn=dqn_config_from_env(env),
+        )
+
+
+def _is_device(device: str) -> bool:
+    if device in ("auto", "cpu", "cuda"):
+        return True
+    kind, _, index = device.partition(":")
+    return kind == "cuda" and index.isdigit()
+
+
+def dqn_config_from_env(env: Mapping[str, str]) -> DQNConfig:
+    """DQNConfig with every field overridable as RTRL_DQN_<FIELD>, parsed by the field's type."""
+    hints = typing.get_type_hints(DQNConfig)
+    values: dict[str, Any] = {}
+    for f in fields(DQNConfig):
+        name = DQN_PREFIX + f.name.upper()
+        kind = hints[f.name]
+        default: Any = f.default
+        if kind is bool:
+            values[f.name] = env_bool(env, name, bool(default))
+        elif kind is int:
+            values[f.name] = env_int(env, name, int(default))
+        elif kind is float:
+            values[f.name] = env_float(env, name, float(default))
+        else:  # a new field of another type needs a parser here
+            raise TypeError(f"DQNConfig.{f.name} has type {kind}, which has no environment parser")
+    config = DQNConfig(**values)
+    problems = config_problems(config)
+    if problems:
+        field_name, expected = next(iter(problems.items()))
+        name = f"{PREFIX}{DQN_PREFIX}{field_name.upper()}"
+        raise SettingsError(f"{name}={getattr(config, field_name)!r} is not valid; set it to {expected}.")
+    return config

@@ -1,0 +1,138 @@
+"""The learner's gRPC server on port 0, and `python -m services.learner` as a real process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+
+from rtrl.checkpoints import CheckpointStore
+from rtrl.grpc_util import health_status
+from rtrl.local_redis import free_port
+from rtrl.v1 import learner_pb2, learner_pb2_grpc
+from services.learner.loop import Learner
+from services.learner.server import SERVICE_NAME, create_server
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+
+
+def health(channel: grpc.Channel, service: str = "") -> str:
+    response = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+    return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+
+
+def test_get_status_reports_the_learner_and_health_follows_it(make_settings, publish, transition, wait_until) -> None:
+    settings = make_settings(port=0)
+    learner = Learner(settings)
+    server, port = create_server(settings, learner)
+    server.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        assert port > 0
+        assert health(channel) == "NOT_SERVING"  # the learner is not running yet
+        assert health(channel, SERVICE_NAME) == "NOT_SERVING"
+        assert SERVICE_NAME in ProtoReflectionDescriptorDatabase(channel).get_services()
+
+        publish([transition(seq) for seq in range(40)])
+        learner.start()
+        wait_until(lambda: health(channel) == "SERVING", "health to become SERVING")
+        assert health(channel, SERVICE_NAME) == "SERVING"
+
+        stub = learner_pb2_grpc.LearnerServiceStub(channel)
+        request = learner_pb2.LearnerServiceGetStatusRequest()
+        response = wait_until(
+            lambda: (
+                (r := stub.GetStatus(request, timeout=5)).checkpoints_published >= 1 and r.stream_length == 40 and r
+            ),
+            "a checkpoint and fresh stream statistics in GetStatus",
+        )
+        assert response.algorithm == "dqn"
+        assert response.transitions_consumed == 40
+        assert response.env_steps == 40
+        assert response.replay_size == 40
+        assert response.updates >= 5
+        assert response.checkpoint_version >= 1
+        assert response.checkpoint_published_unix_ms > 0
+        assert response.stream_pending == 0
+        assert 0.0 < response.epsilon <= 1.0
+        assert response.uptime_s > 0
+
+        learner.stop()
+        assert health(channel) == "NOT_SERVING"
+    finally:
+        learner.stop()
+        channel.close()
+        server.stop(0).wait()
+
+
+def run_module(env: dict[str, str], **options: object) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "services.learner"],
+        cwd=REPO_ROOT,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT), **env},
+        text=True,
+        **options,  # type: ignore[call-overload]
+    )
+
+
+def test_an_invalid_setting_exits_2_with_a_message_naming_the_variable() -> None:
+    process = run_module({"RTRL_CHECKPOINT_EVERY_UPDATES": "abc"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 2
+    assert "RTRL_CHECKPOINT_EVERY_UPDATES" in stderr
+    assert "integer" in stderr
+
+
+def test_the_process_serves_until_sigterm_and_writes_a_final_checkpoint(
+    redis_server, stream_name, publish, transition, wait_until, tmp_path
+) -> None:
+    port = free_port()
+    checkpoint_dir = tmp_path / "checkpoints"
+    publish([transition(seq) for seq in range(40)])
+    log_path = tmp_path / "learner.log"
+    with open(log_path, "w") as log:
+        process = run_module(
+            {
+                "RTRL_LEARNER_PORT": str(port),
+                "RTRL_REDIS_URL": redis_server.url,
+                "RTRL_STREAM": stream_name,
+                "RTRL_CHECKPOINT_DIR": str(checkpoint_dir),
+                # Only the final checkpoint is written, so finding one proves the shutdown path.
+                "RTRL_CHECKPOINT_EVERY_UPDATES": "1000000",
+                "RTRL_LEARNER_DEVICE": "cpu",
+                "RTRL_DQN_LEARNING_STARTS": "16",
+                "RTRL_DQN_BATCH_SIZE": "8",
+                "RTRL_DQN_BUFFER_SIZE": "1000",
+            },
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        address = f"127.0.0.1:{port}"
+        wait_until(
+            lambda: process.poll() is not None or health_status(address) == "SERVING", "the learner to serve", 120
+        )
+        assert process.poll() is None, log_path.read_text()
+        with grpc.insecure_channel(address) as channel:
+            stub = learner_pb2_grpc.LearnerServiceStub(channel)
+            request = learner_pb2.LearnerServiceGetStatusRequest()
+            wait_until(lambda: stub.GetStatus(request, timeout=5).updates > 0, "training in the process")
+            assert CheckpointStore(checkpoint_dir).latest() is None
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0, log_path.read_text()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+    latest = CheckpointStore(checkpoint_dir).latest()
+    assert latest is not None, log_path.read_text()
+    assert latest.version == 1
+    assert latest.metadata["updates"] > 0
+    assert "received SIGTERM" in log_path.read_text()
