@@ -91,9 +91,9 @@ class CheckpointStore:
         """Writes version `version` and then points `latest.json` at it. Raises CheckpointError on failure."""
         if version < 1:
             raise ValueError("checkpoint versions start at 1")
-        self.directory.mkdir(parents=True, exist_ok=True)
         stem = f"v{version:09d}"
         try:
+            self.directory.mkdir(parents=True, exist_ok=True)
             weight_bytes = save_safetensors({k: v.detach().cpu().contiguous() for k, v in weights.items()})
             files = {"weights": (f"{stem}.safetensors", weight_bytes)}
             if learner_state is not None:

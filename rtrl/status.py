@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 from google.protobuf import json_format
+from google.protobuf.message import Message
 
 from rtrl.v1 import (
     env_gateway_pb2,
@@ -28,13 +30,13 @@ class StackStatus:
     learner: learner_pb2.LearnerServiceGetStatusResponse | None = None
     replicas: dict[str, inference_pb2.InferenceServiceGetStatusResponse | None] = field(default_factory=dict)
 
-    def to_json(self) -> dict[str, object]:
-        def dump(message: object) -> object:
+    def to_json(self) -> dict[str, Any]:
+        def dump(message: Message | None) -> dict[str, Any] | None:
             if message is None:
                 return None
             return json_format.MessageToDict(
                 message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
-            )  # type: ignore[arg-type]
+            )
 
         return {
             "gateway": dump(self.gateway),

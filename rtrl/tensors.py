@@ -7,11 +7,14 @@ import numpy as np
 from rtrl.grpc_util import InvalidArgument
 from rtrl.v1 import common_pb2
 
-_TO_DTYPE = {common_pb2.D_TYPE_UINT8: np.dtype(np.uint8), common_pb2.D_TYPE_FLOAT32: np.dtype(np.float32)}
+_TO_DTYPE: dict[common_pb2.DType, np.dtype] = {
+    common_pb2.D_TYPE_UINT8: np.dtype(np.uint8),
+    common_pb2.D_TYPE_FLOAT32: np.dtype(np.float32),
+}
 _FROM_DTYPE = {dtype: code for code, dtype in _TO_DTYPE.items()}
 
 
-def dtype_code(dtype: np.dtype) -> int:
+def dtype_code(dtype: np.dtype) -> common_pb2.DType:
     return _FROM_DTYPE[np.dtype(dtype)]
 
 

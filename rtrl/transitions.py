@@ -27,6 +27,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+# Name of the Redis Stream entry field that holds one encoded transition.
+STREAM_FIELD = "transition"
+
 MAGIC = b"RTRT"
 VERSION = 1
 

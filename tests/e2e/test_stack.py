@@ -106,22 +106,22 @@ def test_grpcurl_lists_describes_and_invokes_every_service(stack):
         health = json.loads(grpcurl("-d", json.dumps({"service": service}), address, "grpc.health.v1.Health/Check"))
         assert health["status"] == "SERVING"
     spec = json.loads(grpcurl(stack["addresses"]["gateway"], "rtrl.v1.EnvGatewayService/GetSpec"))
-    assert spec["observationShape"] == [4, 84, 84]
-    assert spec["actionMeanings"][0] == "NOOP"
-    assert spec["frameRateHz"] == 60
+    assert spec["observation_shape"] == [4, 84, 84]
+    assert spec["action_meanings"][0] == "NOOP"
+    assert spec["frame_rate_hz"] == 60
 
 
 def test_replicas_serve_the_newest_checkpoint_while_the_learner_publishes(stack):
     learner, replicas = stack["addresses"]["learner"], stack["addresses"]["replicas"]
 
     def learner_version() -> int:
-        return int(json.loads(grpcurl(learner, "rtrl.v1.LearnerService/GetStatus")).get("checkpointVersion", 0))
+        return int(json.loads(grpcurl(learner, "rtrl.v1.LearnerService/GetStatus")).get("checkpoint_version", 0))
 
     version = wait_until(lambda: learner_version() >= 1, RUN_SECONDS, "the learner's first checkpoint")
 
     def replicas_caught_up() -> bool:
         answers = [json.loads(grpcurl(r, "rtrl.v1.InferenceService/GetStatus")) for r in replicas]
-        return all(int(a.get("checkpointVersion", 0)) >= version for a in answers)
+        return all(int(a.get("checkpoint_version", 0)) >= version for a in answers)
 
     # Hot reload happens within 1 s of publication; allow for a loaded 2-core machine.
     wait_until(replicas_caught_up, 5, f"every replica to serve checkpoint {version}")

@@ -1,0 +1,51 @@
+"""The `rtrl` command's failure paths: bad flags and a service that cannot start give a clear message."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from rtrl.local_redis import free_port
+
+
+def rtrl(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "rtrl.cli", *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def test_zero_replicas_is_refused_with_a_reason():
+    result = rtrl("up", "--inference-replicas", "0")
+    assert result.returncode == 2
+    assert "at least 1 inference replica" in result.stderr
+
+
+def test_settings_must_be_rtrl_settings():
+    result = rtrl("up", "--set", "PATH=/tmp")
+    assert result.returncode == 2
+    assert "settings start with RTRL_" in result.stderr
+
+
+def test_health_of_an_unreachable_server_fails():
+    result = rtrl("health", f"127.0.0.1:{free_port()}", "--timeout", "0.5")
+    assert result.returncode == 1
+    assert result.stdout.strip() == "UNREACHABLE"
+
+
+def test_a_service_that_cannot_start_stops_the_stack_with_its_message(tmp_path):
+    inference_port = free_port()
+    result = rtrl(
+        "up",
+        "--duration", "30",
+        "--inference-replicas", "1",
+        "--gateway-port", str(free_port()),
+        "--learner-port", str(free_port()),
+        "--inference-base-port", str(inference_port),
+        "--checkpoint-dir", str(tmp_path / "checkpoints"),
+        "--run-dir", str(tmp_path / "runs"),
+        "--set", "RTRL_FALLBACK_POLICY=sometimes",
+    )  # fmt: skip
+    assert result.returncode == 1
+    output = result.stdout + result.stderr
+    assert "gateway exited" in output
+    assert "RTRL_FALLBACK_POLICY" in output
