@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from rtrl.v1 import common_pb2 as rtrl_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17rtrl/v1/inference.proto\x12\x07rtrl.v1\x1a\x14rtrl/v1/common.proto\"q\n\nActRequest\x12$\n\x0bobservation\x18\x01 \x01(\x0b\x32\x0f.rtrl.v1.Tensor\x12\x12\n\ngateway_id\x18\x02 \x01(\t\x12\x13\n\x0b\x66rame_index\x18\x03 \x01(\x04\x12\x14\n\x0c\x61\x63tion_count\x18\x04 \x01(\r\"\xba\x01\n\x0b\x41\x63tResponse\x12\x0e\n\x06\x61\x63tion\x18\x01 \x01(\r\x12\x1a\n\x12\x62\x65haviour_log_prob\x18\x02 \x01(\x02\x12\x15\n\raction_values\x18\x03 \x03(\x02\x12\x1a\n\x12\x63heckpoint_version\x18\x04 \x01(\x03\x12\x10\n\x08\x65xplored\x18\x05 \x01(\x08\x12\x0f\n\x07\x65psilon\x18\x06 \x01(\x02\x12\x14\n\x0cinference_ms\x18\x07 \x01(\x01\x12\x13\n\x0b\x66rame_index\x18\x08 \x01(\x04\"\"\n InferenceServiceGetStatusRequest\"\x98\x03\n!InferenceServiceGetStatusResponse\x12\x12\n\nreplica_id\x18\x01 \x01(\t\x12\x1a\n\x12\x63heckpoint_version\x18\x02 \x01(\x03\x12\x12\n\nmodel_arch\x18\x03 \x01(\t\x12\x17\n\x0fparameter_count\x18\x04 \x01(\x04\x12\x19\n\x11requests_answered\x18\x05 \x01(\x04\x12!\n\x19requests_refused_deadline\x18\x06 \x01(\x04\x12\x18\n\x10requests_invalid\x18\x07 \x01(\x04\x12\x11\n\tin_flight\x18\x08 \x01(\r\x12+\n\x0cinference_ms\x18\t \x01(\x0b\x32\x15.rtrl.v1.Distribution\x12\x1a\n\x12\x63heckpoints_loaded\x18\n \x01(\x04\x12 \n\x18\x63heckpoint_load_failures\x18\x0b \x01(\x04\x12\x0f\n\x07\x65psilon\x18\x0c \x01(\x02\x12\x19\n\x11observation_shape\x18\r \x03(\r\x12\x14\n\x0c\x61\x63tion_count\x18\x0e \x01(\r2\xa8\x01\n\x10InferenceService\x12\x30\n\x03\x41\x63t\x12\x13.rtrl.v1.ActRequest\x1a\x14.rtrl.v1.ActResponse\x12\x62\n\tGetStatus\x12).rtrl.v1.InferenceServiceGetStatusRequest\x1a*.rtrl.v1.InferenceServiceGetStatusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17rtrl/v1/inference.proto\x12\x07rtrl.v1\x1a\x14rtrl/v1/common.proto\"q\n\nActRequest\x12$\n\x0bobservation\x18\x01 \x01(\x0b\x32\x0f.rtrl.v1.Tensor\x12\x12\n\ngateway_id\x18\x02 \x01(\t\x12\x13\n\x0b\x66rame_index\x18\x03 \x01(\x04\x12\x14\n\x0c\x61\x63tion_count\x18\x04 \x01(\r\"\xce\x01\n\x0b\x41\x63tResponse\x12\x0e\n\x06\x61\x63tion\x18\x01 \x01(\r\x12\x1a\n\x12\x62\x65haviour_log_prob\x18\x02 \x01(\x02\x12\x15\n\raction_values\x18\x03 \x03(\x02\x12\x1a\n\x12\x63heckpoint_version\x18\x04 \x01(\x03\x12\x10\n\x08\x65xplored\x18\x05 \x01(\x08\x12\x0f\n\x07\x65psilon\x18\x06 \x01(\x02\x12\x14\n\x0cinference_ms\x18\x07 \x01(\x01\x12\x13\n\x0b\x66rame_index\x18\x08 \x01(\x04\x12\x12\n\nbatch_size\x18\t \x01(\r\"\"\n InferenceServiceGetStatusRequest\"\xe2\x05\n!InferenceServiceGetStatusResponse\x12\x12\n\nreplica_id\x18\x01 \x01(\t\x12\x1a\n\x12\x63heckpoint_version\x18\x02 \x01(\x03\x12\x12\n\nmodel_arch\x18\x03 \x01(\t\x12\x17\n\x0fparameter_count\x18\x04 \x01(\x04\x12\x19\n\x11requests_answered\x18\x05 \x01(\x04\x12!\n\x19requests_refused_deadline\x18\x06 \x01(\x04\x12\x18\n\x10requests_invalid\x18\x07 \x01(\x04\x12\x11\n\tin_flight\x18\x08 \x01(\r\x12+\n\x0cinference_ms\x18\t \x01(\x0b\x32\x15.rtrl.v1.Distribution\x12\x1a\n\x12\x63heckpoints_loaded\x18\n \x01(\x04\x12 \n\x18\x63heckpoint_load_failures\x18\x0b \x01(\x04\x12\x0f\n\x07\x65psilon\x18\x0c \x01(\x02\x12\x19\n\x11observation_shape\x18\r \x03(\r\x12\x14\n\x0c\x61\x63tion_count\x18\x0e \x01(\r\x12)\n\nbatch_size\x18\x0f \x01(\x0b\x32\x15.rtrl.v1.Distribution\x12\x16\n\x0emax_batch_size\x18\x10 \x01(\r\x12\x13\n\x0bmax_wait_ms\x18\x11 \x01(\x01\x12\x11\n\toccupy_ms\x18\x12 \x01(\x01\x12\x1a\n\x12\x61\x64vertised_address\x18\x13 \x01(\t\x12\x1b\n\x13requests_per_second\x18\x14 \x01(\x01\x12)\n\nlatency_ms\x18\x15 \x01(\x0b\x32\x15.rtrl.v1.Distribution\x12\x13\n\x0bmodel_width\x18\x16 \x01(\r\x12\x1e\n\x16requests_answered_late\x18\x17 \x01(\x04\x12\x1b\n\x13\x65xpected_forward_ms\x18\x18 \x01(\x01\x12\x13\n\x0b\x62\x61tches_run\x18\x19 \x01(\x04\x12\x12\n\nregistered\x18\x1a \x01(\x08\x32\xa8\x01\n\x10InferenceService\x12\x30\n\x03\x41\x63t\x12\x13.rtrl.v1.ActRequest\x1a\x14.rtrl.v1.ActResponse\x12\x62\n\tGetStatus\x12).rtrl.v1.InferenceServiceGetStatusRequest\x1a*.rtrl.v1.InferenceServiceGetStatusResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,11 +35,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ACTREQUEST']._serialized_start=58
   _globals['_ACTREQUEST']._serialized_end=171
   _globals['_ACTRESPONSE']._serialized_start=174
-  _globals['_ACTRESPONSE']._serialized_end=360
-  _globals['_INFERENCESERVICEGETSTATUSREQUEST']._serialized_start=362
-  _globals['_INFERENCESERVICEGETSTATUSREQUEST']._serialized_end=396
-  _globals['_INFERENCESERVICEGETSTATUSRESPONSE']._serialized_start=399
-  _globals['_INFERENCESERVICEGETSTATUSRESPONSE']._serialized_end=807
-  _globals['_INFERENCESERVICE']._serialized_start=810
-  _globals['_INFERENCESERVICE']._serialized_end=978
+  _globals['_ACTRESPONSE']._serialized_end=380
+  _globals['_INFERENCESERVICEGETSTATUSREQUEST']._serialized_start=382
+  _globals['_INFERENCESERVICEGETSTATUSREQUEST']._serialized_end=416
+  _globals['_INFERENCESERVICEGETSTATUSRESPONSE']._serialized_start=419
+  _globals['_INFERENCESERVICEGETSTATUSRESPONSE']._serialized_end=1157
+  _globals['_INFERENCESERVICE']._serialized_start=1160
+  _globals['_INFERENCESERVICE']._serialized_end=1328
 # @@protoc_insertion_point(module_scope)

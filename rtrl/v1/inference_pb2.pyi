@@ -20,7 +20,7 @@ class ActRequest(_message.Message):
     def __init__(self, observation: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., gateway_id: _Optional[str] = ..., frame_index: _Optional[int] = ..., action_count: _Optional[int] = ...) -> None: ...
 
 class ActResponse(_message.Message):
-    __slots__ = ("action", "behaviour_log_prob", "action_values", "checkpoint_version", "explored", "epsilon", "inference_ms", "frame_index")
+    __slots__ = ("action", "behaviour_log_prob", "action_values", "checkpoint_version", "explored", "epsilon", "inference_ms", "frame_index", "batch_size")
     ACTION_FIELD_NUMBER: _ClassVar[int]
     BEHAVIOUR_LOG_PROB_FIELD_NUMBER: _ClassVar[int]
     ACTION_VALUES_FIELD_NUMBER: _ClassVar[int]
@@ -29,6 +29,7 @@ class ActResponse(_message.Message):
     EPSILON_FIELD_NUMBER: _ClassVar[int]
     INFERENCE_MS_FIELD_NUMBER: _ClassVar[int]
     FRAME_INDEX_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     action: int
     behaviour_log_prob: float
     action_values: _containers.RepeatedScalarFieldContainer[float]
@@ -37,14 +38,15 @@ class ActResponse(_message.Message):
     epsilon: float
     inference_ms: float
     frame_index: int
-    def __init__(self, action: _Optional[int] = ..., behaviour_log_prob: _Optional[float] = ..., action_values: _Optional[_Iterable[float]] = ..., checkpoint_version: _Optional[int] = ..., explored: _Optional[bool] = ..., epsilon: _Optional[float] = ..., inference_ms: _Optional[float] = ..., frame_index: _Optional[int] = ...) -> None: ...
+    batch_size: int
+    def __init__(self, action: _Optional[int] = ..., behaviour_log_prob: _Optional[float] = ..., action_values: _Optional[_Iterable[float]] = ..., checkpoint_version: _Optional[int] = ..., explored: _Optional[bool] = ..., epsilon: _Optional[float] = ..., inference_ms: _Optional[float] = ..., frame_index: _Optional[int] = ..., batch_size: _Optional[int] = ...) -> None: ...
 
 class InferenceServiceGetStatusRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class InferenceServiceGetStatusResponse(_message.Message):
-    __slots__ = ("replica_id", "checkpoint_version", "model_arch", "parameter_count", "requests_answered", "requests_refused_deadline", "requests_invalid", "in_flight", "inference_ms", "checkpoints_loaded", "checkpoint_load_failures", "epsilon", "observation_shape", "action_count")
+    __slots__ = ("replica_id", "checkpoint_version", "model_arch", "parameter_count", "requests_answered", "requests_refused_deadline", "requests_invalid", "in_flight", "inference_ms", "checkpoints_loaded", "checkpoint_load_failures", "epsilon", "observation_shape", "action_count", "batch_size", "max_batch_size", "max_wait_ms", "occupy_ms", "advertised_address", "requests_per_second", "latency_ms", "model_width", "requests_answered_late", "expected_forward_ms", "batches_run", "registered")
     REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_VERSION_FIELD_NUMBER: _ClassVar[int]
     MODEL_ARCH_FIELD_NUMBER: _ClassVar[int]
@@ -59,6 +61,18 @@ class InferenceServiceGetStatusResponse(_message.Message):
     EPSILON_FIELD_NUMBER: _ClassVar[int]
     OBSERVATION_SHAPE_FIELD_NUMBER: _ClassVar[int]
     ACTION_COUNT_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    MAX_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    MAX_WAIT_MS_FIELD_NUMBER: _ClassVar[int]
+    OCCUPY_MS_FIELD_NUMBER: _ClassVar[int]
+    ADVERTISED_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_WIDTH_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_ANSWERED_LATE_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_FORWARD_MS_FIELD_NUMBER: _ClassVar[int]
+    BATCHES_RUN_FIELD_NUMBER: _ClassVar[int]
+    REGISTERED_FIELD_NUMBER: _ClassVar[int]
     replica_id: str
     checkpoint_version: int
     model_arch: str
@@ -73,4 +87,16 @@ class InferenceServiceGetStatusResponse(_message.Message):
     epsilon: float
     observation_shape: _containers.RepeatedScalarFieldContainer[int]
     action_count: int
-    def __init__(self, replica_id: _Optional[str] = ..., checkpoint_version: _Optional[int] = ..., model_arch: _Optional[str] = ..., parameter_count: _Optional[int] = ..., requests_answered: _Optional[int] = ..., requests_refused_deadline: _Optional[int] = ..., requests_invalid: _Optional[int] = ..., in_flight: _Optional[int] = ..., inference_ms: _Optional[_Union[_common_pb2.Distribution, _Mapping]] = ..., checkpoints_loaded: _Optional[int] = ..., checkpoint_load_failures: _Optional[int] = ..., epsilon: _Optional[float] = ..., observation_shape: _Optional[_Iterable[int]] = ..., action_count: _Optional[int] = ...) -> None: ...
+    batch_size: _common_pb2.Distribution
+    max_batch_size: int
+    max_wait_ms: float
+    occupy_ms: float
+    advertised_address: str
+    requests_per_second: float
+    latency_ms: _common_pb2.Distribution
+    model_width: int
+    requests_answered_late: int
+    expected_forward_ms: float
+    batches_run: int
+    registered: bool
+    def __init__(self, replica_id: _Optional[str] = ..., checkpoint_version: _Optional[int] = ..., model_arch: _Optional[str] = ..., parameter_count: _Optional[int] = ..., requests_answered: _Optional[int] = ..., requests_refused_deadline: _Optional[int] = ..., requests_invalid: _Optional[int] = ..., in_flight: _Optional[int] = ..., inference_ms: _Optional[_Union[_common_pb2.Distribution, _Mapping]] = ..., checkpoints_loaded: _Optional[int] = ..., checkpoint_load_failures: _Optional[int] = ..., epsilon: _Optional[float] = ..., observation_shape: _Optional[_Iterable[int]] = ..., action_count: _Optional[int] = ..., batch_size: _Optional[_Union[_common_pb2.Distribution, _Mapping]] = ..., max_batch_size: _Optional[int] = ..., max_wait_ms: _Optional[float] = ..., occupy_ms: _Optional[float] = ..., advertised_address: _Optional[str] = ..., requests_per_second: _Optional[float] = ..., latency_ms: _Optional[_Union[_common_pb2.Distribution, _Mapping]] = ..., model_width: _Optional[int] = ..., requests_answered_late: _Optional[int] = ..., expected_forward_ms: _Optional[float] = ..., batches_run: _Optional[int] = ..., registered: _Optional[bool] = ...) -> None: ...

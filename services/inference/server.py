@@ -1,0 +1,246 @@
+"""The inference replica's gRPC server: rtrl.v1.InferenceService over a `Policy`, plus health and reflection.
+
+`create_server(settings)` builds a bound but not yet started server so that tests can use port 0;
+`serve(settings)` runs one until SIGTERM or SIGINT, logging a status line every few seconds.
+
+Live membership: with RTRL_REDIS_URL set, a replica that is ready registers its advertised address
+in the Redis sorted set RTRL_REPLICA_REGISTRY (default "rtrl:replicas") and refreshes it every 0.5 s
+from its own thread (rtrl.registry.Heartbeat); it removes itself first thing on graceful shutdown,
+and a replica that dies without shutting down ages out of readers' view after 2 s. Gateways list
+replicas with rtrl.registry.live_replicas, so replicas started by hand, by `rtrl up` or by
+`docker compose up --scale inference=N` are found the same way. A Redis outage is logged once and
+retried; serving never waits for Redis.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+import threading
+import time
+from types import FrameType
+
+import grpc
+import torch
+
+from rtrl import grpc_util
+from rtrl.grpc_util import DeadlineTooShort, InvalidArgument, Unavailable, abort_for, set_serving
+from rtrl.registry import Heartbeat, advertised_address
+from rtrl.tensors import from_proto
+from rtrl.v1 import inference_pb2, inference_pb2_grpc
+from services.inference.policy import Policy
+from services.inference.settings import InferenceSettings
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name
+STATUS_INTERVAL_S = 10.0
+SHUTDOWN_GRACE_S = 5.0
+
+
+class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
+    """Translates between the wire and `Policy`; every error is mapped to a status code in `Act`."""
+
+    def __init__(self, policy: Policy, advertised_address: str = "", heartbeat: Heartbeat | None = None) -> None:
+        self.policy = policy
+        self.advertised_address = advertised_address
+        self.heartbeat = heartbeat
+
+    def Act(self, request: inference_pb2.ActRequest, context: grpc.ServicerContext) -> inference_pb2.ActResponse:
+        try:
+            return self._act(request, context)
+        except (InvalidArgument, Unavailable, DeadlineTooShort) as error:
+            abort_for(context, error)
+            raise  # not reached: abort_for always raises
+
+    def _act(self, request: inference_pb2.ActRequest, context: grpc.ServicerContext) -> inference_pb2.ActResponse:
+        try:
+            if not request.HasField("observation"):
+                raise InvalidArgument(
+                    "ActRequest.observation is required; send the observation as an rtrl.v1.Tensor shaped "
+                    "as the gateway's GetSpec says"
+                )
+            observation = from_proto(request.observation)
+        except InvalidArgument:
+            self.policy.record_invalid()
+            raise
+        result = self.policy.act(observation, request.action_count, context.time_remaining())
+        return inference_pb2.ActResponse(
+            action=result.action,
+            behaviour_log_prob=result.behaviour_log_prob,
+            action_values=result.action_values,
+            checkpoint_version=result.checkpoint_version,
+            explored=result.explored,
+            epsilon=result.epsilon,
+            inference_ms=result.inference_ms,
+            frame_index=request.frame_index,
+            batch_size=result.batch_size,
+        )
+
+    def GetStatus(
+        self, request: inference_pb2.InferenceServiceGetStatusRequest, context: grpc.ServicerContext
+    ) -> inference_pb2.InferenceServiceGetStatusResponse:
+        status = self.policy.status()
+        return inference_pb2.InferenceServiceGetStatusResponse(
+            replica_id=status.replica_id,
+            checkpoint_version=status.checkpoint_version,
+            model_arch=status.model_arch,
+            parameter_count=status.parameter_count,
+            requests_answered=status.requests_answered,
+            requests_refused_deadline=status.requests_refused_deadline,
+            requests_invalid=status.requests_invalid,
+            in_flight=status.in_flight,
+            inference_ms=self.policy.inference_ms.summary(),
+            checkpoints_loaded=status.checkpoints_loaded,
+            checkpoint_load_failures=status.checkpoint_load_failures,
+            epsilon=status.epsilon,
+            observation_shape=status.observation_shape,
+            action_count=status.action_count,
+            batch_size=self.policy.batcher.batch_sizes.summary(),
+            max_batch_size=status.max_batch_size,
+            max_wait_ms=status.max_wait_ms,
+            occupy_ms=status.occupy_ms,
+            advertised_address=self.advertised_address,
+            requests_per_second=self.policy.answer_rate.rate(time.monotonic()),
+            latency_ms=self.policy.latency_ms.summary(),
+            model_width=status.model_width,
+            requests_answered_late=status.requests_answered_late,
+            expected_forward_ms=status.expected_forward_ms,
+            batches_run=status.batches_run,
+            registered=self.heartbeat is not None and self.heartbeat.registered,
+        )
+
+
+class InferenceServer:
+    """A replica's gRPC server with its policy; started and stopped like a grpc.Server.
+
+    `start()` is `listen()` then `become_ready()`: the port opens (health NOT_SERVING) before the
+    initial checkpoint is loaded, so a slow load shows as not ready rather than as a refused connection.
+    """
+
+    def __init__(self, settings: InferenceSettings, replica_id: str | None = None) -> None:
+        self.settings = settings
+        self.grpc_server, self.port = grpc_util.create_server(settings.host, settings.port, settings.workers)
+        # With port 0 the real port is only known now; the default name should carry it.
+        self.replica_id = replica_id or settings.replica_id or f"{socket.gethostname()}:{self.port}"
+        self.policy = Policy.from_settings(settings, replica_id=self.replica_id)
+        self.advertised_address = advertised_address(settings.host, self.port, settings.advertise_address)
+        self.heartbeat: Heartbeat | None = None
+        if settings.redis_url:
+            self.heartbeat = Heartbeat(settings.redis_url, self.advertised_address, settings.replica_registry)
+        servicer = InferenceServicer(self.policy, self.advertised_address if self.heartbeat else "", self.heartbeat)
+        inference_pb2_grpc.add_InferenceServiceServicer_to_server(servicer, self.grpc_server)
+        self.health = grpc_util.add_health_and_reflection(self.grpc_server, [SERVICE_NAME])
+        self._stopped = False
+
+    def listen(self) -> None:
+        """Starts answering RPCs; health stays NOT_SERVING until `become_ready`."""
+        self.grpc_server.start()
+
+    def become_ready(self) -> None:
+        """Loads the newest checkpoint if one was published, starts watching for newer ones, reports SERVING.
+
+        The replica can answer even when nothing was published (it then builds the fresh policy from
+        the first request), so SERVING follows the initial load attempt whether or not it succeeded.
+        """
+        if self.policy.load_initial():
+            log.info("loaded checkpoint %d at start", self.policy.status().checkpoint_version)
+        else:
+            log.info(
+                "no usable checkpoint in %s yet; serving the fresh policy until one is published",
+                self.settings.checkpoint_dir,
+            )
+        self.policy.start_watching()
+        set_serving(self.health, [SERVICE_NAME], True)
+        # Announced only once it can answer, so that no gateway calls a replica that is still loading.
+        if self.heartbeat is not None:
+            self.heartbeat.start()
+
+    def start(self) -> None:
+        self.listen()
+        self.become_ready()
+
+    def stop(self, grace: float | None) -> threading.Event:
+        """Leaves the registry, reports NOT_SERVING and lets calls in flight finish within `grace`.
+
+        Leaving the registry comes first so that gateways stop choosing this replica before it stops
+        answering. Calls already waiting for a batch are still answered; new ones get UNAVAILABLE.
+        """
+        if self._stopped:
+            return self.grpc_server.stop(grace)
+        self._stopped = True
+        if self.heartbeat is not None:
+            self.heartbeat.stop(unregister_address=True)
+        set_serving(self.health, [SERVICE_NAME], False)
+        stopped = self.grpc_server.stop(grace)
+        self.policy.close(grace)
+        return stopped
+
+    def wait_for_termination(self, timeout: float | None = None) -> bool:
+        return self.grpc_server.wait_for_termination(timeout)
+
+    def status_line(self) -> str:
+        """One line for the log: what is served and how it performs."""
+        status = self.policy.status()
+        latency = self.policy.latency_ms.summary()
+        batch = self.policy.batcher.batch_sizes.summary()
+        registry = ""
+        if self.heartbeat is not None:
+            registry = f", registry {'ok' if self.heartbeat.registered else 'unreachable'}"
+        return (
+            f"replica {status.replica_id}: checkpoint {status.checkpoint_version} "
+            f"({status.model_arch or 'no model yet'}, epsilon {status.epsilon:.3f}), "
+            f"{self.policy.answer_rate.rate(time.monotonic()):.1f} answers/s, "
+            f"p50 {latency.p50:.2f} ms, p99 {latency.p99:.2f} ms, "
+            f"batch mean {batch.mean:.2f} max {batch.max:.0f}, "
+            f"refused {status.requests_refused_deadline} (deadline) {status.requests_invalid} (invalid), "
+            f"late {status.requests_answered_late}, in flight {status.in_flight}, "
+            f"checkpoint loads {status.checkpoints_loaded} (failed {status.checkpoint_load_failures}){registry}"
+        )
+
+
+def create_server(settings: InferenceSettings) -> tuple[InferenceServer, int]:
+    """Builds a replica bound to settings.host:settings.port (0 picks a free port); returns it and its port.
+
+    Call `start()` on the result to serve and `stop(grace)` to drain it.
+    """
+    # One thread by default: replicas share the machine with the emulators and the learner.
+    torch.set_num_threads(settings.torch_threads)
+    server = InferenceServer(settings)
+    return server, server.port
+
+
+def serve(settings: InferenceSettings) -> None:
+    """Runs a replica until SIGTERM or SIGINT, then drains it gracefully."""
+    server, port = create_server(settings)
+    stop_requested = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        log.info("received %s; shutting down", signal.Signals(signum).name)
+        stop_requested.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    server.listen()
+    log.info(
+        "inference replica %s listening on %s:%d (device %s, %d torch threads, checkpoints in %s, "
+        "batches of up to %d waiting up to %.2f ms, occupancy %.1f ms, %s)",
+        server.replica_id,
+        settings.host,
+        port,
+        settings.device,
+        settings.torch_threads,
+        settings.checkpoint_dir,
+        settings.max_batch_size,
+        settings.max_wait_ms,
+        settings.occupy_ms,
+        f"registering as {server.advertised_address} in {settings.replica_registry}"
+        if server.heartbeat
+        else "not registering: RTRL_REDIS_URL is unset",
+    )
+    server.become_ready()
+    while not stop_requested.wait(STATUS_INTERVAL_S):
+        log.info("%s", server.status_line())
+    server.stop(SHUTDOWN_GRACE_S).wait()
+    log.info("inference replica %s stopped", server.replica_id)

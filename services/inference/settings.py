@@ -1,0 +1,162 @@
+"""Settings of an inference replica, read once at start from `RTRL_*` environment variables.
+
+An invalid value fails the start with a SettingsError whose message names the variable and what to set.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+
+from rtrl.config import (
+    DEFAULT_CHECKPOINT_DIR,
+    DEFAULT_HOST,
+    DEFAULT_INFERENCE_PORT,
+    PREFIX,
+    SettingsError,
+    env_choice,
+    env_float,
+    env_int,
+    env_str,
+)
+from rtrl.models import ARCHS
+from rtrl.registry import DEFAULT_REPLICA_REGISTRY
+
+DEFAULT_CHECKPOINT_POLL_S = 0.1
+DEFAULT_DEVICE = "auto"
+DEVICE_CHOICES = ("auto", "cpu", "cuda")
+DEFAULT_TORCH_THREADS = 1
+DEFAULT_SEED = 0
+DEFAULT_EPSILON_START = 1.0
+# Every call waiting for a batch holds a gRPC worker thread, so the pool bounds how full a batch can
+# get; threads that wait cost little, so the default leaves room for several gateways' calls.
+DEFAULT_WORKERS = 16
+DEFAULT_MAX_BATCH_SIZE = 8
+DEFAULT_MAX_WAIT_MS = 1.0
+DEFAULT_OCCUPY_MS = 0.0
+# "" leaves the choice to rtrl.models.default_model_config (Nature CNN for images, MLP otherwise).
+MODEL_ARCH_CHOICES = ("", *ARCHS)
+DEFAULT_MODEL_WIDTH = 1
+# Hot reload must happen within 1 s of publication, so a slower poll is refused at start.
+MAX_CHECKPOINT_POLL_S = 1.0
+MAX_PORT = 65535
+
+
+@dataclass(frozen=True)
+class InferenceSettings:
+    """Everything an inference replica is configured with."""
+
+    host: str = DEFAULT_HOST
+    """RTRL_INFERENCE_HOST: address the gRPC server listens on."""
+    port: int = DEFAULT_INFERENCE_PORT
+    """RTRL_INFERENCE_PORT: port the gRPC server listens on (0 picks a free one)."""
+    replica_id: str = ""
+    """RTRL_REPLICA_ID: name of this replica in metrics and status (default "hostname:port").
+
+    Empty means "hostname:port" with the port the server bound."""
+    checkpoint_dir: str = DEFAULT_CHECKPOINT_DIR
+    """RTRL_CHECKPOINT_DIR: directory the learner publishes checkpoints into."""
+    checkpoint_poll_s: float = DEFAULT_CHECKPOINT_POLL_S
+    """RTRL_CHECKPOINT_POLL_S: seconds between looks for a newer checkpoint."""
+    device: str = "cpu"
+    """RTRL_INFERENCE_DEVICE resolved to "cpu" or "cuda" ("auto" picks cuda when there is one)."""
+    torch_threads: int = DEFAULT_TORCH_THREADS
+    """RTRL_TORCH_THREADS: intra-op threads of torch; 1 leaves the cores to the other processes."""
+    seed: int = DEFAULT_SEED
+    """RTRL_SEED: seeds the fresh policy's weights (the same on every replica) and exploration."""
+    epsilon_start: float = DEFAULT_EPSILON_START
+    """RTRL_EPSILON_START: exploration rate of the fresh policy served before any checkpoint."""
+    workers: int = DEFAULT_WORKERS
+    """RTRL_INFERENCE_WORKERS: size of the gRPC thread pool (calls served at once); at least max_batch_size."""
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
+    """RTRL_INFERENCE_MAX_BATCH: most calls answered by one forward pass (1 turns batching off)."""
+    max_wait_ms: float = DEFAULT_MAX_WAIT_MS
+    """RTRL_INFERENCE_MAX_WAIT_MS: how long the first call of a batch may wait for company.
+
+    Never longer than its deadline (and the other members') allows."""
+    occupy_ms: float = DEFAULT_OCCUPY_MS
+    """RTRL_INFERENCE_OCCUPY_MS: every forward pass holds the replica at least this long (benchmarks).
+
+    Simulates an accelerator busy with a big model by sleeping, so it costs no CPU; 0 turns it off."""
+    model_arch: str = ""
+    """RTRL_MODEL_ARCH: network of the fresh policy served before any checkpoint ("" = rtrl's default)."""
+    model_width: int = DEFAULT_MODEL_WIDTH
+    """RTRL_MODEL_WIDTH: channel multiplier of impala_cnn (1, 7, 29: about 1M, 10M, 100M parameters)."""
+    redis_url: str = ""
+    """RTRL_REDIS_URL: where to register for live membership; "" registers nowhere."""
+    replica_registry: str = DEFAULT_REPLICA_REGISTRY
+    """RTRL_REPLICA_REGISTRY: Redis key (a sorted set) the replica heartbeats into."""
+    advertise_address: str = ""
+    """RTRL_INFERENCE_ADVERTISE_ADDRESS: host:port gateways should dial ("" = host:port, wildcard host
+    replaced by this host's IP)."""
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> InferenceSettings:
+        """Reads the settings; raises SettingsError with a sentence saying what to set."""
+        port = env_int(env, "INFERENCE_PORT", DEFAULT_INFERENCE_PORT, minimum=0)
+        if port > MAX_PORT:
+            raise SettingsError(f"{PREFIX}INFERENCE_PORT={port} is too large; set it to a port from 0 to {MAX_PORT}.")
+        poll_s = env_float(env, "CHECKPOINT_POLL_S", DEFAULT_CHECKPOINT_POLL_S)
+        if not 0 < poll_s <= MAX_CHECKPOINT_POLL_S:
+            raise SettingsError(
+                f"{PREFIX}CHECKPOINT_POLL_S={poll_s} is out of range; set it to more than 0 and at most "
+                f"{MAX_CHECKPOINT_POLL_S} seconds so that new checkpoints are served within a second."
+            )
+        epsilon_start = env_float(env, "EPSILON_START", DEFAULT_EPSILON_START)
+        if not 0.0 <= epsilon_start <= 1.0:
+            raise SettingsError(
+                f"{PREFIX}EPSILON_START={epsilon_start} is not a probability; set it to a number from 0 to 1."
+            )
+        max_batch_size = env_int(env, "INFERENCE_MAX_BATCH", DEFAULT_MAX_BATCH_SIZE, minimum=1)
+        workers = env_int(env, "INFERENCE_WORKERS", DEFAULT_WORKERS, minimum=1)
+        if workers < max_batch_size:
+            raise SettingsError(
+                f"{PREFIX}INFERENCE_WORKERS={workers} is smaller than {PREFIX}INFERENCE_MAX_BATCH={max_batch_size}, "
+                "so a batch could never fill (every waiting call holds a worker); set it to "
+                f"{max_batch_size} or more, or lower {PREFIX}INFERENCE_MAX_BATCH."
+            )
+        model_arch = env_choice(env, "MODEL_ARCH", "", MODEL_ARCH_CHOICES)
+        model_width = env_int(env, "MODEL_WIDTH", DEFAULT_MODEL_WIDTH, minimum=1)
+        if model_width != 1 and model_arch != "impala_cnn":
+            raise SettingsError(
+                f"{PREFIX}MODEL_WIDTH={model_width} only sizes impala_cnn, but {PREFIX}MODEL_ARCH is "
+                f"{model_arch or 'unset'}; set it to 1, or set {PREFIX}MODEL_ARCH=impala_cnn."
+            )
+        return cls(
+            host=env_str(env, "INFERENCE_HOST", DEFAULT_HOST),
+            port=port,
+            # With port 0 the port is only known once bound; the server then names the replica itself.
+            replica_id=env_str(env, "REPLICA_ID", f"{socket.gethostname()}:{port}" if port else ""),
+            checkpoint_dir=env_str(env, "CHECKPOINT_DIR", DEFAULT_CHECKPOINT_DIR),
+            checkpoint_poll_s=poll_s,
+            device=resolve_device(env_choice(env, "INFERENCE_DEVICE", DEFAULT_DEVICE, DEVICE_CHOICES)),
+            torch_threads=env_int(env, "TORCH_THREADS", DEFAULT_TORCH_THREADS, minimum=1),
+            seed=env_int(env, "SEED", DEFAULT_SEED, minimum=0),
+            epsilon_start=epsilon_start,
+            workers=workers,
+            max_batch_size=max_batch_size,
+            max_wait_ms=env_float(env, "INFERENCE_MAX_WAIT_MS", DEFAULT_MAX_WAIT_MS, minimum=0.0),
+            occupy_ms=env_float(env, "INFERENCE_OCCUPY_MS", DEFAULT_OCCUPY_MS, minimum=0.0),
+            model_arch=model_arch,
+            model_width=model_width,
+            redis_url=env_str(env, "REDIS_URL", ""),
+            replica_registry=env_str(env, "REPLICA_REGISTRY", DEFAULT_REPLICA_REGISTRY),
+            advertise_address=env_str(env, "INFERENCE_ADVERTISE_ADDRESS", ""),
+        )
+
+
+def resolve_device(choice: str) -> str:
+    """Turns an RTRL_INFERENCE_DEVICE choice into a torch device name, failing early when cuda is missing."""
+    cuda = torch.cuda.is_available()
+    if choice == "auto":
+        return "cuda" if cuda else "cpu"
+    if choice == "cuda" and not cuda:
+        raise SettingsError(
+            f"{PREFIX}INFERENCE_DEVICE=cuda but torch sees no CUDA device; set it to cpu or auto, "
+            "or run the replica where a GPU is visible."
+        )
+    return choice

@@ -1,0 +1,141 @@
+"""Tests of InferenceSettings.from_env: defaults, every variable read, and errors that say what to set."""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+
+import pytest
+import torch
+
+from rtrl.config import DEFAULT_CHECKPOINT_DIR, DEFAULT_HOST, DEFAULT_INFERENCE_PORT, SettingsError
+from services.inference.settings import InferenceSettings
+
+
+def test_defaults_when_nothing_is_set() -> None:
+    settings = InferenceSettings.from_env({})
+
+    assert settings == InferenceSettings(
+        host=DEFAULT_HOST,
+        port=DEFAULT_INFERENCE_PORT,
+        replica_id=f"{socket.gethostname()}:{DEFAULT_INFERENCE_PORT}",
+        checkpoint_dir=DEFAULT_CHECKPOINT_DIR,
+        checkpoint_poll_s=0.1,
+        device="cuda" if torch.cuda.is_available() else "cpu",
+        torch_threads=1,
+        seed=0,
+        epsilon_start=1.0,
+        workers=16,
+        max_batch_size=8,
+        max_wait_ms=1.0,
+        occupy_ms=0.0,
+        model_arch="",
+        model_width=1,
+        redis_url="",
+        replica_registry="rtrl:replicas",
+        advertise_address="",
+    )
+
+
+def test_every_variable_is_read() -> None:
+    settings = InferenceSettings.from_env(
+        {
+            "RTRL_INFERENCE_HOST": "0.0.0.0",
+            "RTRL_INFERENCE_PORT": "50070",
+            "RTRL_REPLICA_ID": "replica-3",
+            "RTRL_CHECKPOINT_DIR": "/shared/checkpoints",
+            "RTRL_CHECKPOINT_POLL_S": "0.5",
+            "RTRL_INFERENCE_DEVICE": "cpu",
+            "RTRL_TORCH_THREADS": "2",
+            "RTRL_SEED": "42",
+            "RTRL_EPSILON_START": "0.3",
+            "RTRL_INFERENCE_WORKERS": "8",
+            "RTRL_INFERENCE_MAX_BATCH": "4",
+            "RTRL_INFERENCE_MAX_WAIT_MS": "2.5",
+            "RTRL_INFERENCE_OCCUPY_MS": "33",
+            "RTRL_MODEL_ARCH": "impala_cnn",
+            "RTRL_MODEL_WIDTH": "7",
+            "RTRL_REDIS_URL": "redis://redis:6379/0",
+            "RTRL_REPLICA_REGISTRY": "game-a:replicas",
+            "RTRL_INFERENCE_ADVERTISE_ADDRESS": "inference-3.example:50061",
+        }
+    )
+
+    assert settings == InferenceSettings(
+        host="0.0.0.0",
+        port=50070,
+        replica_id="replica-3",
+        checkpoint_dir="/shared/checkpoints",
+        checkpoint_poll_s=0.5,
+        device="cpu",
+        torch_threads=2,
+        seed=42,
+        epsilon_start=0.3,
+        workers=8,
+        max_batch_size=4,
+        max_wait_ms=2.5,
+        occupy_ms=33.0,
+        model_arch="impala_cnn",
+        model_width=7,
+        redis_url="redis://redis:6379/0",
+        replica_registry="game-a:replicas",
+        advertise_address="inference-3.example:50061",
+    )
+
+
+def test_port_zero_leaves_the_replica_name_to_the_bound_port() -> None:
+    assert InferenceSettings.from_env({"RTRL_INFERENCE_PORT": "0"}).replica_id == ""
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("INFERENCE_PORT", "notaport"),
+        ("INFERENCE_PORT", "70000"),
+        ("INFERENCE_PORT", "-1"),
+        ("CHECKPOINT_POLL_S", "0"),
+        ("CHECKPOINT_POLL_S", "5"),
+        ("INFERENCE_DEVICE", "tpu"),
+        ("TORCH_THREADS", "0"),
+        ("SEED", "-3"),
+        ("EPSILON_START", "1.5"),
+        ("EPSILON_START", "often"),
+        ("INFERENCE_WORKERS", "0"),
+        ("INFERENCE_MAX_BATCH", "0"),
+        ("INFERENCE_MAX_WAIT_MS", "-1"),
+        ("INFERENCE_OCCUPY_MS", "-5"),
+        ("INFERENCE_OCCUPY_MS", "long"),
+        ("MODEL_ARCH", "transformer"),
+        ("MODEL_WIDTH", "0"),
+    ],
+)
+def test_invalid_value_names_the_variable_and_what_to_set(name: str, value: str) -> None:
+    with pytest.raises(SettingsError, match=rf"^RTRL_{name}=.*; set it to "):
+        InferenceSettings.from_env({f"RTRL_{name}": value})
+
+
+def test_fewer_workers_than_the_batch_size_fails_because_a_batch_could_never_fill() -> None:
+    with pytest.raises(SettingsError, match=r"^RTRL_INFERENCE_WORKERS=4 is smaller than RTRL_INFERENCE_MAX_BATCH=8"):
+        InferenceSettings.from_env({"RTRL_INFERENCE_WORKERS": "4"})
+
+    assert InferenceSettings.from_env({"RTRL_INFERENCE_WORKERS": "4", "RTRL_INFERENCE_MAX_BATCH": "4"}).workers == 4
+
+
+def test_model_width_without_impala_fails_instead_of_serving_a_smaller_model() -> None:
+    with pytest.raises(SettingsError, match=r"^RTRL_MODEL_WIDTH=7 only sizes impala_cnn.*RTRL_MODEL_ARCH=impala_cnn"):
+        InferenceSettings.from_env({"RTRL_MODEL_WIDTH": "7"})
+    with pytest.raises(SettingsError, match=r"RTRL_MODEL_ARCH is nature_cnn"):
+        InferenceSettings.from_env({"RTRL_MODEL_WIDTH": "7", "RTRL_MODEL_ARCH": "nature_cnn"})
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_a_gpu_fails_at_start() -> None:
+    with pytest.raises(SettingsError, match=r"RTRL_INFERENCE_DEVICE=cuda .*set it to cpu or auto"):
+        InferenceSettings.from_env({"RTRL_INFERENCE_DEVICE": "cuda"})
+
+
+def test_settings_are_frozen() -> None:
+    settings = InferenceSettings.from_env({})
+
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.port = 1  # type: ignore[misc]
