@@ -28,6 +28,15 @@ from rtrl.config import (
     environ,
 )
 from rtrl.v1 import env_gateway_pb2
+from services.env_gateway.profiles import (
+    GameProfile,
+    Preprocess,
+    ProfileError,
+    load_profile,
+    profile_for_rom_title,
+    rom_header_title,
+    shipped_profiles,
+)
 
 DEFAULT_ENV = "ale:Pong"
 DEFAULT_DECISION_INTERVAL_FRAMES = 4
@@ -44,7 +53,12 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_STREAM_MAXLEN = 5000
 DEFAULT_PUBLISH_QUEUE_SIZE = 1024
 
-ENV_FORMS = '"ale:<Game>" (e.g. ale:Pong, an Atari game from ale-py) or "gym:<gymnasium id>" (e.g. gym:CartPole-v1)'
+ENV_FORMS = (
+    '"ale:<Game>" (e.g. ale:Pong, an Atari game from ale-py), "gym:<gymnasium id>" (e.g. gym:CartPole-v1), '
+    '"pyboy:<ROM path>" (a Game Boy ROM you own, e.g. pyboy:/roms/tetris.gb) or "desktop:<profile>" '
+    "(a game window, e.g. desktop:supertux)"
+)
+ENV_KINDS = ("ale", "gym", "pyboy", "desktop")
 
 
 class FallbackPolicy(enum.IntEnum):
@@ -69,9 +83,9 @@ class EnvSpec:
     spec: str
     """The value as given, e.g. "ale:Pong"; reported by GetSpec."""
     kind: str
-    """"ale" or "gym"."""
+    """"ale", "gym", "pyboy" or "desktop"."""
     name: str
-    """The part after the colon: an ALE game name or a gymnasium id."""
+    """The part after the colon: an ALE game name, a gymnasium id, a ROM path or a desktop profile."""
 
     @property
     def gymnasium_id(self) -> str:
@@ -82,7 +96,7 @@ class EnvSpec:
         kind, sep, name = spec.partition(":")
         kind = kind.strip().lower()
         name = name.strip()
-        if not sep or kind not in ("ale", "gym") or not name:
+        if not sep or kind not in ENV_KINDS or not name:
             raise SettingsError(f"{PREFIX}ENV={spec!r} is not an environment spec; set it to {ENV_FORMS}.")
         return cls(spec=spec, kind=kind, name=name)
 
@@ -102,6 +116,8 @@ class GatewaySettings:
     """Identifier of this game instance in transitions, Act requests and metrics."""
     env: EnvSpec = DEFAULT_ENV_SPEC
     """Which game runs."""
+    profile: GameProfile | None = None
+    """The game profile of a pyboy or desktop game (RTRL_PROFILE, see docs/profiles.md); None for ale/gym."""
     sticky_actions: float = 0.0
     """ALE repeat_action_probability (0 = deterministic emulator)."""
     frame_rate_hz: float = 0.0
@@ -144,7 +160,18 @@ class GatewaySettings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> GatewaySettings:
         env = environ() if env is None else env
-        decision_interval = env_int(env, "DECISION_INTERVAL_FRAMES", DEFAULT_DECISION_INTERVAL_FRAMES, minimum=1)
+        env_spec = EnvSpec.parse(env_str(env, "ENV", DEFAULT_ENV))
+        profile = resolve_profile(env_spec, env_str(env, "PROFILE", ""))
+        # A profile's preprocessing and fallback are the defaults; a variable set explicitly still wins.
+        shape = (
+            profile.preprocess
+            if profile is not None
+            else Preprocess(
+                DEFAULT_OBS_WIDTH, DEFAULT_OBS_HEIGHT, True, DEFAULT_FRAME_STACK, DEFAULT_DECISION_INTERVAL_FRAMES
+            )
+        )
+        default_fallback = profile.actions.fallback if profile is not None else DEFAULT_FALLBACK_ACTION
+        decision_interval = env_int(env, "DECISION_INTERVAL_FRAMES", shape.frame_skip, minimum=1)
         lead = env_int(env, "LEAD_FRAMES", DEFAULT_LEAD_FRAMES, minimum=0)
         max_staleness = env_int(env, "MAX_STALENESS_FRAMES", 0, minimum=0) or lead + decision_interval
         if max_staleness < lead:
@@ -162,7 +189,8 @@ class GatewaySettings:
             host=env_str(env, "GATEWAY_HOST", DEFAULT_HOST),
             port=env_int(env, "GATEWAY_PORT", DEFAULT_GATEWAY_PORT, minimum=0),
             gateway_id=env_str(env, "GATEWAY_ID", "gateway-" + socket.gethostname()),
-            env=EnvSpec.parse(env_str(env, "ENV", DEFAULT_ENV)),
+            env=env_spec,
+            profile=profile,
             sticky_actions=sticky,
             frame_rate_hz=env_float(env, "FRAME_RATE_HZ", 0.0, minimum=0.0),
             decision_interval_frames=decision_interval,
@@ -171,11 +199,11 @@ class GatewaySettings:
             fallback_policy=FallbackPolicy.parse(
                 env_choice(env, "FALLBACK_POLICY", DEFAULT_FALLBACK_POLICY, FALLBACK_POLICY_NAMES)
             ),
-            fallback_action=env_int(env, "FALLBACK_ACTION", DEFAULT_FALLBACK_ACTION, minimum=0),
-            obs_width=env_int(env, "OBS_WIDTH", DEFAULT_OBS_WIDTH, minimum=1),
-            obs_height=env_int(env, "OBS_HEIGHT", DEFAULT_OBS_HEIGHT, minimum=1),
-            obs_grayscale=env_bool(env, "OBS_GRAYSCALE", True),
-            frame_stack=env_int(env, "FRAME_STACK", DEFAULT_FRAME_STACK, minimum=1),
+            fallback_action=env_int(env, "FALLBACK_ACTION", default_fallback, minimum=0),
+            obs_width=env_int(env, "OBS_WIDTH", shape.width, minimum=1),
+            obs_height=env_int(env, "OBS_HEIGHT", shape.height, minimum=1),
+            obs_grayscale=env_bool(env, "OBS_GRAYSCALE", shape.grayscale),
+            frame_stack=env_int(env, "FRAME_STACK", shape.frame_stack, minimum=1),
             max_episode_frames=env_int(env, "MAX_EPISODE_FRAMES", DEFAULT_MAX_EPISODE_FRAMES, minimum=0),
             inference_addresses=addresses,
             redis_url=env_str(env, "REDIS_URL", DEFAULT_REDIS_URL),
@@ -190,6 +218,36 @@ class GatewaySettings:
     def observation_shape(self) -> tuple[int, int, int]:
         channels = self.frame_stack * (1 if self.obs_grayscale else 3)
         return (channels, self.obs_height, self.obs_width)
+
+
+def resolve_profile(spec: EnvSpec, profile_ref: str) -> GameProfile | None:
+    """The profile a pyboy or desktop game runs with: RTRL_PROFILE, else the ROM's or the spec's own."""
+    if spec.kind in ("ale", "gym"):
+        if profile_ref:
+            raise SettingsError(
+                f"{PREFIX}PROFILE={profile_ref!r} is set, but {PREFIX}ENV={spec.spec!r} is a gymnasium game, "
+                "which takes no profile; unset it or run a pyboy: or desktop: game."
+            )
+        return None
+    if profile_ref:
+        profile = load_profile(profile_ref)
+    elif spec.kind == "desktop":
+        profile = load_profile(spec.name)
+    else:
+        title = rom_header_title(spec.name)
+        name = profile_for_rom_title(title)
+        if name is None:
+            raise SettingsError(
+                f"no shipped profile is for the ROM {spec.name} (header title {title!r}); set {PREFIX}PROFILE "
+                f"to a profile ({', '.join(shipped_profiles())}) or a path to a .toml file (see docs/profiles.md)."
+            )
+        profile = load_profile(name)
+    if profile.game.backend != spec.kind:
+        raise ProfileError(
+            f"profile {profile.label}: game.backend is {profile.game.backend!r}; expected {spec.kind!r} to run "
+            f"{PREFIX}ENV={spec.spec!r} (or set {PREFIX}PROFILE to a {spec.kind} profile)."
+        )
+    return profile
 
 
 def split_host_port(address: str) -> tuple[str, int]:

@@ -2,7 +2,9 @@
 
 A backend is driven from one thread at a time (the clock's): emulators are not thread-safe. Frames
 are returned as new uint8 RGB arrays of shape [height, width, 3] that the caller may keep, because
-the clock hands them to other threads (preprocessing, viewers) without copying.
+the clock hands them to other threads (preprocessing, viewers) without copying. A backend with a
+game profile also reads the profile's variables; the profile's rules are applied around it by
+`game_rules.RulesBackend`, not by the backend itself.
 """
 
 from __future__ import annotations
@@ -40,6 +42,10 @@ class Backend(Protocol):
 
     def step(self, action: int) -> tuple[np.ndarray, float, bool, bool]:
         """Applies `action` for one frame; returns (frame, reward, terminated, truncated)."""
+        ...
+
+    def read_variables(self) -> dict[str, float]:
+        """The profile's game variables at the frame last produced ({} for a backend without a profile)."""
         ...
 
     def close(self) -> None:

@@ -83,6 +83,10 @@ class GymnasiumBackend:
         observation, reward, terminated, truncated, _ = self._env.step(action + self._action_offset)
         return self._frame(observation), float(reward), bool(terminated), bool(truncated)
 
+    def read_variables(self) -> dict[str, float]:
+        # Gymnasium envs expose their state through rewards and observations, not named variables.
+        return {}
+
     def close(self) -> None:
         self._env.close()
 
@@ -91,8 +95,8 @@ def _is_rgb(frame: object) -> TypeGuard[np.ndarray]:
     return isinstance(frame, np.ndarray) and frame.dtype == np.uint8 and frame.ndim == 3 and frame.shape[2] == 3
 
 
-def make_backend(settings: GatewaySettings) -> GymnasiumBackend:
-    """Creates the backend RTRL_ENV names; raises SettingsError when it names nothing installed."""
+def make_gymnasium_backend(settings: GatewaySettings) -> GymnasiumBackend:
+    """Creates the "ale:" or "gym:" backend RTRL_ENV names; raises SettingsError when it names nothing installed."""
     # Registering is idempotent; "gym:ALE/..." ids need it as much as "ale:" specs do.
     gym.register_envs(ale_py)
     spec: EnvSpec = settings.env

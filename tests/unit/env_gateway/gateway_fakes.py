@@ -57,6 +57,9 @@ class FakeBackend:
             index in self.truncate_at,
         )
 
+    def read_variables(self) -> dict[str, float]:
+        return {}
+
     def close(self) -> None:
         self.closed = True
 

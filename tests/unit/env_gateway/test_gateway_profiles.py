@@ -1,0 +1,233 @@
+"""Game profiles: the shipped ones load, every invalid field is named, and settings pick the right one."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rtrl.config import SettingsError
+from services.env_gateway.profiles import (
+    DeathZoneReward,
+    MilestoneReward,
+    ProfileError,
+    StagnationRule,
+    TimeCapRule,
+    VariableSpec,
+    XTeleportRule,
+    load_profile,
+    parse_profile,
+    rom_header_title,
+    shipped_profiles,
+)
+from services.env_gateway.settings import GatewaySettings
+
+PYBOY_PROFILE: dict[str, Any] = {
+    "game": {"name": "test", "backend": "pyboy"},
+    "rom": {"sha256": "any"},
+    "actions": {"buttons": [[], ["a"], ["right", "a"]]},
+    "variables": {"counter": {"address": 0xC001}, "over": {"address": 0xC002}},
+    "rewards": [{"kind": "delta", "variable": "counter", "scale": 0.5}],
+    "termination": [{"kind": "equals", "variable": "over", "value": 1}],
+}
+DESKTOP_PROFILE: dict[str, Any] = {
+    "game": {"name": "test", "backend": "desktop"},
+    "window": {"title": "Game"},
+    "actions": {"keys": [[], ["Right"], ["Right", "space"]], "pause_key": "Escape"},
+    "variables": {"x": {"module": "game.exe", "pointers": [0x10, 0x8], "type": "f32"}},
+    "rewards": [{"kind": "death_zone", "variable_x": "x", "radius_px": 32, "penalty": -1.0}],
+    "termination": [{"kind": "x_teleport", "variable": "x", "relative_drop": 0.5, "absolute_drop_px": 100}],
+}
+
+
+def with_change(base: dict[str, Any], dotted: str, value: Any) -> dict[str, Any]:
+    """A deep copy of `base` with one field set (or removed when `value` is ...)."""
+    data = copy.deepcopy(base)
+    *parents, last = dotted.split(".")
+    node: Any = data
+    for part in parents:
+        node = node[int(part)] if isinstance(node, list) else node.setdefault(part, {})
+    if value is ...:
+        del node[last]
+    else:
+        node[last] = value
+    return data
+
+
+def test_shipped_profiles_load() -> None:
+    assert {"tetris", "pokemon_battles", "supertux"} <= set(shipped_profiles())
+    for name in shipped_profiles():
+        profile = load_profile(name)
+        assert profile.game.name and profile.actions.count >= 1
+
+
+def test_tetris_profile_reads_the_game_wrapper_and_checks_the_rom() -> None:
+    tetris = load_profile("tetris")
+    assert tetris.rom is not None and tetris.rom.game_wrapper and "TETRIS" in tetris.rom.titles
+    assert tetris.rom.sha1 and not tetris.rom.any_rom
+    assert {spec.wrapper for spec in tetris.variables.values()} == {"score", "lines", "game_over"}
+    assert tetris.frame_rate_hz == pytest.approx(59.7275)
+
+
+def test_pokemon_profile_rewards_faints_as_in_the_paper() -> None:
+    pokemon = load_profile("pokemon_battles")
+    enemy, party = pokemon.rewards
+    assert (enemy.kind, enemy.reward, party.kind, party.reward) == ("faint", 1.0, "faint", -1.0)  # type: ignore[union-attr]
+    hp = pokemon.variables["party_hp_1"]
+    assert (hp.address, hp.type, hp.endianness) == (0xD16C, "u16", "big")
+    assert pokemon.reset.savestate is not None and pokemon.reset.savestate.name == "pokemon_battles.state"
+
+
+def test_supertux_profile_expresses_every_rule_the_seed_user_configured() -> None:
+    supertux = load_profile("supertux")
+    assert supertux.game.backend == "desktop"
+    assert supertux.window is not None and supertux.window.capture == "client"
+    assert (supertux.preprocess.width, supertux.preprocess.height) == (64, 64)
+    assert (supertux.preprocess.frame_stack, supertux.preprocess.frame_skip) == (4, 4)
+    assert supertux.actions.pause_key == "p"
+    assert ("Right", "space") in supertux.actions.inputs
+    kinds = {type(rule) for rule in supertux.termination} | {type(term) for term in supertux.rewards}
+    assert {TimeCapRule, StagnationRule, XTeleportRule, DeathZoneReward, MilestoneReward} <= kinds
+    # The seed user's own EnvCfg values.
+    rules = {type(rule): rule for rule in [*supertux.termination, *supertux.rewards]}
+    assert rules[TimeCapRule].seconds == 120
+    assert (rules[StagnationRule].epsilon_px, rules[StagnationRule].window_s) == (10, 4)
+    assert (rules[XTeleportRule].relative_drop, rules[XTeleportRule].absolute_drop_px) == (0.5, 200)
+    assert rules[DeathZoneReward].radius_px == 150
+    assert rules[MilestoneReward].every_px == 500
+    x = supertux.variables["x"]
+    assert x.module and x.pointers and x.type == "f32"
+
+
+def test_a_profile_loads_from_a_path_and_resolves_its_savestate_beside_it(tmp_path: Path) -> None:
+    path = tmp_path / "mine.toml"
+    path.write_text(
+        '[game]\nname = "mine"\nbackend = "pyboy"\n[rom]\nsha256 = "any"\n'
+        '[actions]\nbuttons = [[], ["A", "B"]]\nfallback = 1\n'
+        '[reset]\nsavestate = "start.state"\nkeys = [["start"], 30, []]\nwait_frames = 5\n',
+        encoding="utf-8",
+    )
+    profile = load_profile(str(path))
+    assert profile.actions.inputs == ((), ("a", "b"))
+    assert profile.actions.names == ("noop", "a+b")
+    assert profile.actions.fallback == 1
+    assert profile.reset.savestate == tmp_path / "start.state"
+    assert profile.reset.keys == (("start",), 30, ())
+    assert profile.frame_rate_hz == pytest.approx(59.7275)
+
+
+@pytest.mark.parametrize(
+    ("base", "dotted", "value", "named", "expected"),
+    [
+        (PYBOY_PROFILE, "game.backend", "nes", "game.backend is 'nes'", '"pyboy", "desktop"'),
+        (PYBOY_PROFILE, "game.name", ..., "game.name is missing", "a string"),
+        (PYBOY_PROFILE, "game.frame_rate_hz", 0, "game.frame_rate_hz is 0", "a number > 0"),
+        (PYBOY_PROFILE, "rom.sha256", "abc", "rom.sha256 is 'abc'", "64 hex digits"),
+        (PYBOY_PROFILE, "rom.sha256", ..., "rom.sha256 is missing", "SHA-256"),
+        (PYBOY_PROFILE, "rom", ..., "rom is missing", "[rom]"),
+        (PYBOY_PROFILE, "actions.buttons", [[], ["jump"]], "actions.buttons[1][0] is 'jump'", "one of a, b, start"),
+        (PYBOY_PROFILE, "actions.buttons", [["a", "a"]], "actions.buttons[0] is ['a', 'a']", "at most once"),
+        (PYBOY_PROFILE, "actions.keys", [["Right"]], "actions.keys is", "actions.buttons in a pyboy profile"),
+        (PYBOY_PROFILE, "actions.fallback", 3, "actions.fallback is 3", "between 0 and 2"),
+        (PYBOY_PROFILE, "actions.names", ["x"], "actions.names is ['x']", "3 names"),
+        (PYBOY_PROFILE, "preprocess.width", 0, "preprocess.width is 0", "an integer >= 1"),
+        (PYBOY_PROFILE, "preprocess.grayscale", "yes", "preprocess.grayscale is 'yes'", "true or false"),
+        (PYBOY_PROFILE, "preprocess.frameskip", 4, "preprocess.frameskip is not a known field", "frame_skip"),
+        (PYBOY_PROFILE, "variables.counter.address", 0x10000, "variables.counter.address is 65536", "0xFFFF"),
+        (PYBOY_PROFILE, "variables.counter.type", "u64", "variables.counter.type is 'u64'", '"u8"'),
+        (PYBOY_PROFILE, "variables.counter.type", "bcd", "variables.counter.length is missing", "1 to 8"),
+        (PYBOY_PROFILE, "variables.counter.length", 2, "variables.counter.length is 2", "no length"),
+        (PYBOY_PROFILE, "variables.counter.endianness", "middle", "variables.counter.endianness", '"little"'),
+        (PYBOY_PROFILE, "variables.counter.address", ..., "variables.counter.address is missing", "wrapper"),
+        (PYBOY_PROFILE, "variables.counter.module", "x.exe", "variables.counter.module is 'x.exe'", "desktop-only"),
+        (PYBOY_PROFILE, "rewards.0.variable", "nope", "rewards[0].variable is 'nope'", "counter, over"),
+        (PYBOY_PROFILE, "rewards.0.kind", "bonus", "rewards[0].kind is 'bonus'", '"delta"'),
+        (PYBOY_PROFILE, "rewards.0.scale", "big", "rewards[0].scale is 'big'", "a number"),
+        (PYBOY_PROFILE, "termination.0.value", ..., "termination[0].value is missing", "a number"),
+        (PYBOY_PROFILE, "termination.0.outcome", "none", "termination[0].outcome is 'none'", '"truncated"'),
+        (PYBOY_PROFILE, "reset.keys", [["start"], "wait"], "reset.keys[1] is 'wait'", "a list of buttons"),
+        (PYBOY_PROFILE, "reset.wait_frames", -1, "reset.wait_frames is -1", ">= 0"),
+        (DESKTOP_PROFILE, "window", ..., "window is missing", "title or process"),
+        (DESKTOP_PROFILE, "window.title", ..., "window.title is missing", "process"),
+        (DESKTOP_PROFILE, "window.capture", "screen", "window.capture is 'screen'", '"client"'),
+        (DESKTOP_PROFILE, "variables.x.pointers", [], "variables.x.pointers is missing", "non-empty list"),
+        (DESKTOP_PROFILE, "variables.x.pointer_size", 2, "variables.x.pointer_size is 2", "4 or 8"),
+        (DESKTOP_PROFILE, "variables.x.wrapper", "score", "variables.x.wrapper is 'score'", "desktop profile"),
+        (DESKTOP_PROFILE, "rewards.0.penalty", 1.0, "rewards[0].penalty is 1.0", "<= 0"),
+        (DESKTOP_PROFILE, "rewards.0.repeat_multiplier", 0.5, "rewards[0].repeat_multiplier is 0.5", ">= 1"),
+        (DESKTOP_PROFILE, "termination.0.relative_drop", 1.5, "termination[0].relative_drop is 1.5", "(0, 1]"),
+        (DESKTOP_PROFILE, "termination", [], "rewards is", "x_teleport rule"),
+        (DESKTOP_PROFILE, "reset.savestate", "a.state", "reset.savestate is 'a.state'", "use keys"),
+    ],
+)
+def test_an_invalid_field_is_named_with_what_was_expected(
+    base: dict[str, Any], dotted: str, value: Any, named: str, expected: str
+) -> None:
+    with pytest.raises(ProfileError) as raised:
+        parse_profile(with_change(base, dotted, value), Path("/somewhere/bad.toml"))
+    message = str(raised.value)
+    assert message.startswith("profile bad.toml: ")
+    assert named in message and expected in message
+    assert isinstance(raised.value, SettingsError)
+
+
+def test_invalid_toml_and_a_missing_profile_say_what_to_fix(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[game\n", encoding="utf-8")
+    with pytest.raises(ProfileError, match=r"profile broken.toml: is not valid TOML"):
+        load_profile(broken)
+    with pytest.raises(ProfileError, match=r"RTRL_PROFILE.*tetris"):
+        load_profile("no_such_game")
+
+
+@pytest.mark.parametrize(
+    ("spec", "raw", "value"),
+    [
+        (VariableSpec("v", address=0, type="u8"), [0xFE], 254.0),
+        (VariableSpec("v", address=0, type="i8"), [0xFE], -2.0),
+        (VariableSpec("v", address=0, type="u16", endianness="big"), [0x01, 0x02], 258.0),
+        (VariableSpec("v", address=0, type="u16"), [0x01, 0x02], 513.0),
+        (VariableSpec("v", address=0, type="i32"), [0xFF, 0xFF, 0xFF, 0xFF], -1.0),
+        (VariableSpec("v", address=0, type="f32"), [0x00, 0x00, 0x20, 0x41], 10.0),
+        (VariableSpec("v", address=0, type="bcd", length=3), [0x56, 0x34, 0x12], 123456.0),
+        (VariableSpec("v", address=0, type="bcd", length=2, endianness="big"), [0x12, 0x34], 1234.0),
+    ],
+)
+def test_variables_decode_their_bytes(spec: VariableSpec, raw: list[int], value: float) -> None:
+    assert spec.size == len(raw)
+    assert spec.decode(raw) == value
+
+
+def fake_rom(path: Path, title: bytes) -> Path:
+    header = bytearray(0x150)
+    header[0x134 : 0x134 + len(title)] = title
+    path.write_bytes(bytes(header))
+    return path
+
+
+def test_settings_pick_the_shipped_profile_by_rom_title_and_use_its_preprocessing(tmp_path: Path) -> None:
+    rom = fake_rom(tmp_path / "t.gb", b"TETRIS")
+    assert rom_header_title(rom) == "TETRIS"
+    settings = GatewaySettings.from_env({"RTRL_ENV": f"pyboy:{rom}"})
+    assert settings.profile is not None and settings.profile.game.name == "Tetris"
+    supertux = GatewaySettings.from_env({"RTRL_ENV": "desktop:supertux", "RTRL_FRAME_STACK": "2"})
+    assert (supertux.obs_width, supertux.obs_height, supertux.decision_interval_frames) == (64, 64, 4)
+    assert supertux.frame_stack == 2  # an explicit variable wins over the profile
+
+
+def test_settings_refuse_a_rom_no_profile_knows_and_a_missing_rom(tmp_path: Path) -> None:
+    rom = fake_rom(tmp_path / "x.gb", b"HOMEBREW")
+    with pytest.raises(SettingsError, match=r"HOMEBREW.*set RTRL_PROFILE"):
+        GatewaySettings.from_env({"RTRL_ENV": f"pyboy:{rom}"})
+    with pytest.raises(SettingsError, match=r"ROM file .*missing.gb not found; set RTRL_ENV=pyboy:"):
+        GatewaySettings.from_env({"RTRL_ENV": f"pyboy:{tmp_path / 'missing.gb'}"})
+
+
+def test_settings_refuse_a_profile_for_another_backend_or_a_gymnasium_game(tmp_path: Path) -> None:
+    rom = fake_rom(tmp_path / "t.gb", b"TETRIS")
+    with pytest.raises(ProfileError, match=r"game.backend is 'desktop'; expected 'pyboy'"):
+        GatewaySettings.from_env({"RTRL_ENV": f"pyboy:{rom}", "RTRL_PROFILE": "supertux"})
+    with pytest.raises(SettingsError, match="RTRL_PROFILE='tetris' is set"):
+        GatewaySettings.from_env({"RTRL_ENV": "ale:Pong", "RTRL_PROFILE": "tetris"})
