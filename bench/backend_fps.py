@@ -2,6 +2,8 @@
 
     python bench/backend_fps.py                              # PyBoy on the test ROM built from source
     python bench/backend_fps.py --rom tetris.gb --profile tetris --seconds 10
+    python bench/backend_fps.py --backend desktop --window-size 800x600 --obs-size 84x84
+    python bench/backend_fps.py --backend desktop --desktop-profile supertux   # the running game
 
 Each frame is what the gateway's clock thread does (step the backend with the action held, copy the
 RGB screen, read the profile's variables and apply its rules) plus what the dispatcher does on a
@@ -10,14 +12,16 @@ The result line compares it with the game's native rate: the headroom is what th
 has left. Without --rom it runs the project's own test ROM (tests/fixtures/gbrom), which is
 cheaper to emulate than a commercial game: pass a real ROM for a number that predicts training.
 
-Backends register in BENCHMARKS; the desktop backend's entry goes there (it needs a running game
-window, so it gets its own arguments).
+Backends register in BENCHMARKS. The desktop backend's frames are screen captures of a window
+(mss), so its number is the capture rate of that window's size; without --desktop-profile it runs
+the test game in a private Xvfb.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import sys
 import tempfile
 import time
@@ -35,6 +39,7 @@ from services.env_gateway.preprocess import FrameHistory, Preprocessor, SampledF
 from services.env_gateway.profiles import GameProfile, load_profile  # noqa: E402
 
 GBROM_DIR = REPO_ROOT / "tests" / "fixtures" / "gbrom"
+BOXGAME_DIR = REPO_ROOT / "tests" / "fixtures" / "desktop_game"
 TEST_PROFILE = """
 [game]
 name = "joypad test"
@@ -104,10 +109,57 @@ def bench_pyboy(args: argparse.Namespace) -> tuple[str, dict[str, float], float]
     return f"pyboy ({label}, {profile.preprocess.width}x{profile.preprocess.height})", result, native
 
 
-# name -> function(args) -> (label, measure() result, native frame rate). The desktop backend adds
-# its entry here ("desktop": bench_desktop), measuring capture of a running game window.
+def bench_desktop(args: argparse.Namespace) -> tuple[str, dict[str, float], float]:
+    """The desktop backend: mss capture of a window's client area, XTest keys, /proc pointer-chain reads.
+
+    With --desktop-profile it plays the game that profile names, which must be running (on DISPLAY).
+    Without, it starts its own: a private Xvfb and the test game (tests/fixtures/desktop_game) in a
+    window of --window-size, with --obs-size observations; Linux only (Xvfb, gcc, libx11-dev).
+    """
+    from services.env_gateway.backends.desktop import DesktopBackend
+
+    if args.desktop_profile:
+        profile = load_profile(args.desktop_profile)
+        result = measure(DesktopBackend(profile), profile, args.seconds)
+        return f"desktop ({profile.game.name})", result, profile.frame_rate_hz or 60.0
+
+    spec = importlib.util.spec_from_file_location("boxgame", BOXGAME_DIR / "boxgame.py")
+    assert spec is not None and spec.loader is not None
+    boxgame = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(boxgame)
+    window = tuple(int(n) for n in args.window_size.lower().split("x"))
+    obs_width, obs_height = (int(n) for n in args.obs_size.lower().split("x"))
+    with tempfile.TemporaryDirectory(prefix="rtrl-bench-") as tmp:
+        binary = boxgame.build(Path(tmp))
+        server, display = boxgame.start_xvfb(f"{max(window[0] + 64, 640)}x{max(window[1] + 64, 480)}x24")
+        title = "rtrl bench box game"
+        game, ready = boxgame.launch(binary, display, title, window)
+        previous_display = os.environ.get("DISPLAY")
+        os.environ["DISPLAY"] = display
+        try:
+            profile_path = Path(tmp) / "boxgame.toml"
+            profile_path.write_text(boxgame.profile_toml(ready, title, width=obs_width, height=obs_height))
+            profile = load_profile(profile_path)
+            result = measure(DesktopBackend(profile), profile, args.seconds)
+        finally:
+            if previous_display is None:
+                os.environ.pop("DISPLAY", None)
+            else:
+                os.environ["DISPLAY"] = previous_display
+            game.terminate()
+            game.wait()
+            assert game.stdout is not None
+            game.stdout.close()
+            server.terminate()
+            server.wait()
+    label = f"desktop (test game, {window[0]}x{window[1]} window -> {obs_width}x{obs_height} grey, Xvfb)"
+    return label, result, 60.0
+
+
+# name -> function(args) -> (label, measure() result, native frame rate).
 BENCHMARKS: dict[str, Callable[[argparse.Namespace], tuple[str, dict[str, float], float]]] = {
     "pyboy": bench_pyboy,
+    "desktop": bench_desktop,
 }
 
 
@@ -117,6 +169,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0, help="how long to step (default 5)")
     parser.add_argument("--rom", help="pyboy: a Game Boy ROM (default: the test ROM built from source)")
     parser.add_argument("--profile", default="tetris", help="pyboy with --rom: profile name or path")
+    parser.add_argument("--desktop-profile", help="desktop: the profile of a running game (default: the test game)")
+    parser.add_argument("--window-size", default="800x600", help="desktop test game: window size (default 800x600)")
+    parser.add_argument("--obs-size", default="64x64", help="desktop test game: observation size (default 64x64)")
     args = parser.parse_args()
     label, result, native = BENCHMARKS[args.backend](args)
     print(

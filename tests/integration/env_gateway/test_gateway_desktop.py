@@ -1,0 +1,467 @@
+"""The desktop backend on a real X server: Xvfb, a real game process written in C, real XTest and /proc.
+
+The game (tests/fixtures/desktop_game/boxgame.c, built here with gcc) moves a box with Right/Left,
+keeps its state on the heap behind a static global, and prints its own state whenever it changes.
+The tests drive it through the backend (and once through the whole Gateway with test replicas) and
+compare what the backend saw, captured and read with what the game itself reports and with the X
+server's own key state (XQueryKeymap).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import cast
+
+import numpy as np
+import pytest
+import redis
+from gateway_doubles import Replica
+from Xlib import XK
+from Xlib import display as xdisplay
+
+from rtrl.local_redis import LocalRedis
+from rtrl.transitions import STREAM_FIELD, decode
+from services.env_gateway.backends.desktop import DesktopBackend, MemoryAccessError, WindowNotFoundError
+from services.env_gateway.backends.keyguard import GuardianError, KeyGuard, KeyInjector
+from services.env_gateway.profiles import load_profile
+from services.env_gateway.server import Gateway
+from services.env_gateway.settings import GatewaySettings
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+# Generous bounds for things that take a few frames: the machine may be busy.
+WAIT_S = 10.0
+GAME_WIDTH, GAME_HEIGHT, BOX = 160, 120, 16
+BOX_ROW = GAME_HEIGHT - 20 - BOX // 2  # a pixel row through the middle of the box
+NOOP, RIGHT, LEFT = 0, 1, 2
+
+
+# -- fixtures: the X server, the game binary, a running game ----------------------------------------
+
+
+def _load_boxgame() -> ModuleType:
+    spec = importlib.util.spec_from_file_location(
+        "boxgame", REPO_ROOT / "tests" / "fixtures" / "desktop_game" / "boxgame.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+boxgame = _load_boxgame()
+
+
+@pytest.fixture(scope="module")
+def x_display() -> Iterator[str]:
+    server, display = boxgame.start_xvfb()
+    yield display
+    server.terminate()
+    server.wait()
+
+
+@pytest.fixture(scope="module")
+def game_binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return cast(Path, boxgame.build(tmp_path_factory.mktemp("boxgame")))
+
+
+@dataclass
+class Game:
+    """A running boxgame and everything it has reported."""
+
+    process: subprocess.Popen[str]
+    title: str
+    ready: dict[str, int]
+    states: list[dict[str, float]] = field(default_factory=list)
+    changed: threading.Condition = field(default_factory=threading.Condition)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def latest(self) -> dict[str, float]:
+        with self.changed:
+            return dict(self.states[-1])
+
+    def wait_for(self, condition: Callable[[dict[str, float]], bool], what: str) -> dict[str, float]:
+        """Waits until the game's latest report satisfies `condition`; fails naming `what` otherwise."""
+        deadline = time.monotonic() + WAIT_S
+        with self.changed:
+            while not condition(self.states[-1]):
+                remaining = deadline - time.monotonic()
+                assert remaining > 0, f"the game never reported {what}; last report {self.states[-1]}"
+                self.changed.wait(remaining)
+            return dict(self.states[-1])
+
+    def read_reports(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            if line.startswith("state "):
+                values = dict(pair.split("=") for pair in line.split()[1:])
+                state = {
+                    key: float(int(value, 16) if value.startswith("0x") else float(value))
+                    for key, value in values.items()
+                }
+                # The game prints its BCD counter in hex: its digits are the decimal value.
+                state["coins"] = float(values["coins_bcd"][2:])
+                with self.changed:
+                    self.states.append(state)
+                    self.changed.notify_all()
+
+
+@pytest.fixture
+def game(x_display: str, game_binary: Path, request: pytest.FixtureRequest) -> Iterator[Game]:
+    title = f"rtrl box game {request.node.name}"
+    process, ready = boxgame.launch(game_binary, x_display, title)
+    try:
+        game = Game(process, title, ready)
+        threading.Thread(target=game.read_reports, daemon=True).start()
+        game.wait_for(lambda state: True, "its first state")
+        yield game
+    finally:
+        process.terminate()
+        process.wait()
+        if process.stdout is not None:
+            process.stdout.close()
+
+
+@pytest.fixture
+def keyboard(x_display: str) -> Iterator[Callable[[str], bool]]:
+    """Asks the X server (XQueryKeymap) whether a key is down, independently of the backend."""
+    connection = xdisplay.Display(x_display)
+
+    def is_down(keysym_name: str) -> bool:
+        keycode = connection.keysym_to_keycode(XK.string_to_keysym(keysym_name))
+        keymap = connection.query_keymap()
+        return bool(keymap[keycode // 8] >> (keycode % 8) & 1)
+
+    yield is_down
+    connection.close()
+
+
+@pytest.fixture
+def desktop_env(x_display: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DISPLAY", x_display)
+
+
+def static_offset_from_symbols(binary: Path, symbol: str) -> int:
+    """The symbol's offset from the module base, as `nm` reads it from the binary (how a user finds it)."""
+    listing = subprocess.run(["nm", str(binary)], capture_output=True, text=True, check=True).stdout
+    match = re.search(rf"^([0-9a-f]+) [bBdD] {symbol}$", listing, re.MULTILINE)
+    assert match, f"{symbol} not in the symbol table of {binary}"
+    return int(match.group(1), 16)
+
+
+def write_profile(path: Path, game: Game, *, title: str | None = None, extra: str = "") -> Path:
+    """A profile for the running game, its variables read through its pointer chain."""
+    path.write_text(boxgame.profile_toml(game.ready, title or game.title, extra=extra))
+    return path
+
+
+@pytest.fixture
+def open_backend(desktop_env: None) -> Iterator[Callable[[Path], DesktopBackend]]:
+    backends: list[DesktopBackend] = []
+
+    def open_(profile_path: Path) -> DesktopBackend:
+        backend = DesktopBackend(load_profile(profile_path))
+        backends.append(backend)
+        return backend
+
+    yield open_
+    for backend in backends:
+        backend.close()
+
+
+def box_left(frame: np.ndarray) -> int:
+    """Left edge of the white box in a captured RGB frame."""
+    white = np.flatnonzero((frame[BOX_ROW] == 255).all(axis=1))
+    assert white.size == BOX, f"expected one {BOX}-px box on row {BOX_ROW}, found {white.size} white pixels"
+    return int(white[0])
+
+
+def frame_period() -> None:
+    time.sleep(1 / 60)
+
+
+# -- the tests ----------------------------------------------------------------------------------------
+
+
+def test_the_profiles_pointer_chain_starts_at_the_static_global_nm_finds(game: Game, game_binary: Path) -> None:
+    assert static_offset_from_symbols(game_binary, "g_world") == game.ready["world"]
+
+
+def test_injected_keys_move_the_box_in_captured_frames_and_memory_reads_match_the_games_report(
+    game: Game, open_backend: Callable[[Path], DesktopBackend], tmp_path: Path
+) -> None:
+    backend = open_backend(write_profile(tmp_path / "box.toml", game))
+    first = backend.reset()
+    assert first.shape == (GAME_HEIGHT, GAME_WIDTH, 3) and first.dtype == np.uint8
+    assert box_left(first) == 0
+    assert backend.action_meanings == ("noop", "Right", "Left")
+    assert backend.native_frame_rate_hz == 60.0
+
+    lefts = []
+    for _ in range(20):
+        frame, reward, terminated, truncated = backend.step(RIGHT)
+        lefts.append(box_left(frame))
+        frame_period()
+    assert (reward, terminated, truncated) == (0.0, False, False)  # rewards are the rules' business
+    assert lefts[-1] > lefts[0] and lefts == sorted(lefts)  # the injected key moves what we capture
+    moving = backend.read_variables()
+    assert moving["keys"] == 2  # the game itself sees Right held
+
+    backend.step(NOOP)
+    at_rest = game.wait_for(lambda state: state["keys"] == 0, "the key released")
+    frame, *_ = backend.step(NOOP)
+    values = backend.read_variables()
+    assert values == {name: at_rest[name] for name in ("x", "score", "coins", "keys", "paused")}
+    assert values["x"] > 20 and values["score"] == values["x"] // 10 and values["coins"] == values["score"] // 2
+    assert box_left(frame) == int(values["x"])  # the picture and the memory agree
+    assert backend.failed_reads == 0
+
+
+def test_a_fallback_step_releases_every_held_key(
+    game: Game, open_backend: Callable[[Path], DesktopBackend], keyboard: Callable[[str], bool], tmp_path: Path
+) -> None:
+    backend = open_backend(write_profile(tmp_path / "box.toml", game))
+    backend.reset()
+    backend.step(LEFT)
+    backend.step(RIGHT)  # Left is let go as Right is pressed
+    game.wait_for(lambda state: state["keys"] == 2, "Right alone held")
+    assert keyboard("Right") and not keyboard("Left")
+    assert backend.keys.held == {"Right"}
+
+    backend.step(NOOP)  # the profile's fallback action
+    game.wait_for(lambda state: state["keys"] == 0, "every key released")
+    assert not keyboard("Right") and backend.keys.held == frozenset()
+
+
+def test_closing_the_backend_releases_held_keys_and_stops_the_guardian(
+    game: Game, open_backend: Callable[[Path], DesktopBackend], keyboard: Callable[[str], bool], tmp_path: Path
+) -> None:
+    backend = open_backend(write_profile(tmp_path / "box.toml", game))
+    backend.reset()
+    backend.step(RIGHT)
+    game.wait_for(lambda state: state["keys"] == 2, "Right held")
+    guardian = backend.keys.guardian_pid
+    assert guardian is not None and process_running(guardian)
+    backend.close()
+    game.wait_for(lambda state: state["keys"] == 0, "the key released")
+    assert not keyboard("Right") and not process_running(guardian)
+
+
+def process_running(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return status.rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has exited, it is only not reaped yet
+
+
+class UnreachableDisplayKeys:
+    """An injector whose guardian is sent to an X display that does not exist."""
+
+    platform = "linux"
+
+    def guardian_options(self) -> dict[str, str]:
+        return {"display": ":4999"}
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_guardian_that_cannot_reach_the_input_system_stops_the_start() -> None:
+    with pytest.raises(GuardianError, match="could not reach the input system"):
+        KeyGuard(cast(KeyInjector, UnreachableDisplayKeys()), ["Right"])
+
+
+GATEWAY_SIDE = """
+import sys, time
+from services.env_gateway.backends.desktop import DesktopBackend
+from services.env_gateway.profiles import load_profile
+backend = DesktopBackend(load_profile(sys.argv[1]))
+backend.reset()
+backend.step(1)
+print(backend.keys.guardian_pid, flush=True)
+time.sleep(60)
+"""
+
+
+def test_sigkill_of_the_gateway_process_leaves_no_key_held(
+    game: Game, x_display: str, keyboard: Callable[[str], bool], tmp_path: Path
+) -> None:
+    profile = write_profile(tmp_path / "box.toml", game)
+    gateway_side = subprocess.Popen(
+        [sys.executable, "-c", GATEWAY_SIDE, str(profile)],
+        env={**os.environ, "DISPLAY": x_display},
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert gateway_side.stdout is not None
+        guardian = int(gateway_side.stdout.readline())
+        game.wait_for(lambda state: state["keys"] == 2, "Right held by the gateway process")
+        assert keyboard("Right")
+        gateway_side.send_signal(signal.SIGKILL)
+        gateway_side.wait()
+        game.wait_for(lambda state: state["keys"] == 0, "Right released after the gateway was killed")
+        assert not keyboard("Right")
+        deadline = time.monotonic() + WAIT_S
+        while process_running(guardian) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not process_running(guardian), "the guardian should exit once it has released the keys"
+    finally:
+        if gateway_side.poll() is None:
+            gateway_side.kill()
+            gateway_side.wait()
+        if gateway_side.stdout is not None:
+            gateway_side.stdout.close()
+
+
+def test_the_pause_key_and_the_reset_procedure_reach_the_game(
+    game: Game, open_backend: Callable[[Path], DesktopBackend], tmp_path: Path
+) -> None:
+    # The reset procedure holds Right for 6 frames, waits 2, and lets everything go.
+    extra = '\n[reset]\nkeys = [["Right"], 2]\npress_frames = 6\n'
+    backend = open_backend(write_profile(tmp_path / "box.toml", game, extra=extra))
+    backend.reset()
+    after_reset = game.wait_for(lambda state: state["keys"] == 0 and state["x"] > 0, "the reset's Right press")
+    with game.changed:
+        assert any(state["keys"] == 2 for state in game.states)  # Right was held, then let go
+
+    backend.toggle_pause()
+    game.wait_for(lambda state: state["paused"] == 1, "the pause")
+    backend.step(RIGHT)
+    game.wait_for(lambda state: state["keys"] == 2, "Right held while paused")
+    for _ in range(6):
+        frame_period()
+        backend.step(RIGHT)
+    assert game.latest()["x"] == after_reset["x"]  # paused: Right does nothing
+    backend.step(NOOP)
+    backend.toggle_pause()
+    game.wait_for(lambda state: state["paused"] == 0, "the game resumed")
+    assert not backend.paused
+
+
+def test_a_broken_pointer_chain_keeps_the_last_value_and_counts_the_failure(
+    game: Game, open_backend: Callable[[Path], DesktopBackend], tmp_path: Path
+) -> None:
+    # Follows x's float bits as if they were a pointer: an address that is not mapped.
+    r = game.ready
+    extra = f"""
+[variables.broken]
+module = "boxgame"
+pointers = [0x{r["world"]:x}, 0x{r["world.player"]:x}, 0x{r["player.x"]:x}, 0x0]
+type = "u8"
+"""
+    backend = open_backend(write_profile(tmp_path / "box.toml", game, extra=extra))
+    backend.reset()
+    backend.step(NOOP)
+    values = backend.read_variables()
+    assert np.isnan(values["broken"]) and values["score"] == 0
+    assert backend.failed_reads == 2
+
+
+def test_a_missing_window_says_which_title_and_to_start_the_game(
+    game: Game, open_backend: Callable[[Path], DesktopBackend], x_display: str, tmp_path: Path
+) -> None:
+    with pytest.raises(WindowNotFoundError) as raised:
+        open_backend(write_profile(tmp_path / "box.toml", game, title="No Such Game"))
+    message = str(raised.value)
+    assert "'No Such Game'" in message and "start the game" in message and x_display in message
+    assert repr(game.title) in message  # it lists the windows it saw
+
+
+def test_a_missing_module_is_named_with_the_modules_present(
+    game: Game, open_backend: Callable[[Path], DesktopBackend], tmp_path: Path
+) -> None:
+    profile = write_profile(tmp_path / "box.toml", game)
+    profile.write_text(profile.read_text().replace('module = "boxgame"', 'module = "libgame.so"', 1))
+    with pytest.raises(MemoryAccessError, match=r"no module 'libgame.so'.*boxgame"):
+        open_backend(profile)
+
+
+UNPRIVILEGED_READ = """
+import os, sys
+from services.env_gateway.backends.desktop import MemoryAccessError
+from services.env_gateway.backends.desktop_linux import ProcMemory
+if os.geteuid() == 0:
+    os.setgroups([])
+    os.setgid(65534)
+    os.setuid(65534)  # nobody, after the imports (root's interpreter may live where nobody cannot read)
+try:
+    ProcMemory(int(sys.argv[1]))
+except MemoryAccessError as error:
+    print(error)
+"""
+
+
+def test_unreadable_memory_names_the_pid_and_the_permission_needed(game: Game) -> None:
+    # A process of another user may not read the game's memory: as root the reader drops to nobody;
+    # otherwise it tries init's memory, which belongs to root.
+    target = game.pid if os.geteuid() == 0 else 1
+    result = subprocess.run(
+        [sys.executable, "-c", UNPRIVILEGED_READ, str(target)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    message = result.stdout
+    assert f"process {target}" in message and "permission denied" in message
+    assert "ptrace_scope" in message and "CAP_SYS_PTRACE" in message and "same user" in message
+
+
+def test_the_gateway_plays_the_game_through_replicas_and_its_fallback_releases_the_keys(
+    game: Game,
+    desktop_env: None,
+    local_redis: LocalRedis,
+    start_replica: Callable[..., Replica],
+    keyboard: Callable[[str], bool],
+    tmp_path: Path,
+) -> None:
+    extra = '\n[[rewards]]\nkind = "milestone"\nvariable = "x"\nevery_px = 10\nreward = 1.0\n'
+    profile = write_profile(tmp_path / "box.toml", game, extra=extra)
+    replica = start_replica(delay_s=0.002, action=RIGHT, checkpoint_version=3)
+    settings = GatewaySettings.from_env(
+        {
+            "RTRL_ENV": f"desktop:{profile}",
+            "RTRL_GATEWAY_PORT": "0",
+            "RTRL_GATEWAY_ID": "desktop-test",
+            "RTRL_INFERENCE_ADDRESSES": replica.address,
+            "RTRL_REDIS_URL": local_redis.url,
+            "RTRL_STREAM": "test:desktop",
+        }
+    )
+    gateway = Gateway(settings)
+    try:
+        gateway.start()
+        game.wait_for(lambda state: state["keys"] == 2 and state["x"] >= 40, "the replicas' Right moving the box")
+        replica.server.stop(None).wait()  # no more fresh actions: every step falls back to noop
+        game.wait_for(lambda state: state["keys"] == 0, "the fallback releasing Right")
+        assert not keyboard("Right")
+    finally:
+        gateway.stop()
+
+    client = redis.Redis.from_url(local_redis.url)
+    try:
+        entries = cast(list[tuple[bytes, dict[bytes, bytes]]], client.xrange("test:desktop"))
+    finally:
+        client.close()
+    transitions = [decode(fields[STREAM_FIELD.encode()]) for _, fields in entries]
+    assert transitions and all(t.observation.shape == (4, 64, 64) for t in transitions)  # the profile's shape
+    fresh = [t for t in transitions if t.fresh]
+    assert fresh and all(t.action == RIGHT and t.policy_version == 3 for t in fresh)
+    assert sum(t.reward for t in transitions) >= 4  # milestones every 10 px, from the x read in memory
+    assert replica.servicer.observation_shapes == {(4, 64, 64)}
