@@ -1,7 +1,9 @@
 """Policy networks shared by the learner (which trains them) and inference (which serves them).
 
 A checkpoint's metadata carries the `ModelConfig` as JSON, so a replica rebuilds exactly the network
-the learner published without any code travelling with the weights.
+the learner published without any code travelling with the weights. Its `head` says which network
+that is: a `QNetwork` (one value per action, DQN) or an `ActorCritic` (policy logits and a state
+value, V-trace); both share the same torsos, so arch and width mean the same for either.
 """
 
 from __future__ import annotations
@@ -18,6 +20,13 @@ ARCHS = ("nature_cnn", "mlp", "impala_cnn")
 IMPALA_HIDDEN_SIZE = 256
 # Channels of the ImpalaCNN's three stages at width 1; width k multiplies each.
 IMPALA_STAGE_CHANNELS = (16, 32, 32)
+# What a network outputs: "q" one value per action (QNetwork), "actor_critic" policy logits and a
+# state value (ActorCritic).
+HEADS = ("q", "actor_critic")
+# The head each learning algorithm (RTRL_ALGORITHM, read by the learner and by inference) trains and
+# publishes; inference uses it for the fresh policy it serves before the first checkpoint.
+ALGORITHM_HEADS = {"dqn": "q", "vtrace": "actor_critic"}
+ALGORITHMS = tuple(ALGORITHM_HEADS)
 
 
 @dataclass(frozen=True)
@@ -35,6 +44,8 @@ class ModelConfig:
     """Width of the last hidden layer."""
     width: int = 1
     """Channel multiplier k of impala_cnn (16k, 32k, 32k channels); the other archs have one size and need 1."""
+    head: str = "q"
+    """"q" for a QNetwork (DQN), "actor_critic" for an ActorCritic (V-trace); see `build_model`."""
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -51,6 +62,8 @@ class ModelConfig:
                 hidden_size=int(data.get("hidden_size", 512)),
                 # Configs published before impala_cnn existed have no width; they are all width 1.
                 width=int(data.get("width", 1)),
+                # Likewise, configs published before actor-critic networks existed are all Q-networks.
+                head=str(data.get("head", "q")),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"model config {data!r} is incomplete or malformed: {e}") from e
@@ -60,6 +73,8 @@ class ModelConfig:
     def validate(self) -> None:
         if self.arch not in ARCHS:
             raise ValueError(f"model arch {self.arch!r} is unknown; use one of {', '.join(ARCHS)}")
+        if self.head not in HEADS:
+            raise ValueError(f"model head {self.head!r} is unknown; use one of {', '.join(HEADS)}")
         if self.action_count < 1:
             raise ValueError("a model needs at least one action")
         if self.width < 1:
@@ -104,6 +119,44 @@ def pooled_size(size: int) -> int:
     return (size + 2 * 1 - 3) // 2 + 1
 
 
+def build_torso(config: ModelConfig) -> tuple[nn.Module, int]:
+    """The feature extractor `config.arch` names, and the size of the flat features it outputs."""
+    if config.arch == "nature_cnn":
+        channels = config.observation_shape[0]
+        torso: nn.Module = nn.Sequential(
+            nn.Conv2d(channels, 32, 8, stride=4),
+            nn.ReLU(),
+            nn.Conv2d(32, 64, 4, stride=2),
+            nn.ReLU(),
+            nn.Conv2d(64, 64, 3, stride=1),
+            nn.ReLU(),
+            nn.Flatten(),
+        )
+        with torch.no_grad():
+            flat = torso(torch.zeros(1, *config.observation_shape)).shape[1]
+        return torso, flat
+    if config.arch == "impala_cnn":
+        stages: list[nn.Module] = []
+        in_channels = config.observation_shape[0]
+        for channels in IMPALA_STAGE_CHANNELS:
+            stages.append(impala_stage(in_channels, channels * config.width))
+            in_channels = channels * config.width
+        # Worked out rather than measured with a zero batch, which through a width-29 torso costs seconds.
+        height, width = config.observation_shape[1:]
+        for _ in IMPALA_STAGE_CHANNELS:
+            height, width = pooled_size(height), pooled_size(width)
+        return nn.Sequential(*stages, nn.ReLU(), nn.Flatten()), in_channels * height * width
+    flat = 1
+    for dim in config.observation_shape:
+        flat *= dim
+    return nn.Sequential(nn.Flatten(), nn.Linear(flat, 256), nn.ReLU()), 256
+
+
+def scaled_input(obs: torch.Tensor) -> torch.Tensor:
+    """uint8 images scaled to [0, 1]; anything else as float."""
+    return obs.float() / 255.0 if obs.dtype == torch.uint8 else obs.float()
+
+
 class QNetwork(nn.Module):
     """Maps an observation batch to one value per action. uint8 images are scaled to [0, 1] inside."""
 
@@ -111,44 +164,40 @@ class QNetwork(nn.Module):
         super().__init__()
         config.validate()
         self.config = config
-        if config.arch == "nature_cnn":
-            channels = config.observation_shape[0]
-            self.torso: nn.Module = nn.Sequential(
-                nn.Conv2d(channels, 32, 8, stride=4),
-                nn.ReLU(),
-                nn.Conv2d(32, 64, 4, stride=2),
-                nn.ReLU(),
-                nn.Conv2d(64, 64, 3, stride=1),
-                nn.ReLU(),
-                nn.Flatten(),
-            )
-            with torch.no_grad():
-                flat = self.torso(torch.zeros(1, *config.observation_shape)).shape[1]
-        elif config.arch == "impala_cnn":
-            stages: list[nn.Module] = []
-            in_channels = config.observation_shape[0]
-            for channels in IMPALA_STAGE_CHANNELS:
-                stages.append(impala_stage(in_channels, channels * config.width))
-                in_channels = channels * config.width
-            self.torso = nn.Sequential(*stages, nn.ReLU(), nn.Flatten())
-            # Worked out rather than measured with a zero batch, which through a width-29 torso costs seconds.
-            height, width = config.observation_shape[1:]
-            for _ in IMPALA_STAGE_CHANNELS:
-                height, width = pooled_size(height), pooled_size(width)
-            flat = in_channels * height * width
-        else:
-            flat = 1
-            for dim in config.observation_shape:
-                flat *= dim
-            self.torso = nn.Sequential(nn.Flatten(), nn.Linear(flat, 256), nn.ReLU())
-            flat = 256
+        self.torso, flat = build_torso(config)
         self.head = nn.Sequential(
             nn.Linear(flat, config.hidden_size), nn.ReLU(), nn.Linear(config.hidden_size, config.action_count)
         )
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        x = obs.float() / 255.0 if obs.dtype == torch.uint8 else obs.float()
-        return self.head(self.torso(x))
+        return self.head(self.torso(scaled_input(obs)))
+
+
+class ActorCritic(nn.Module):
+    """Maps an observation batch to policy logits [N, actions] and a state value [N] (Espeholt et al. 2018).
+
+    The torso and one hidden layer are shared by the policy and the value, as in IMPALA's network;
+    uint8 images are scaled to [0, 1] inside.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        config.validate()
+        self.config = config
+        self.torso, flat = build_torso(config)
+        self.core = nn.Sequential(nn.Linear(flat, config.hidden_size), nn.ReLU())
+        self.policy_logits = nn.Linear(config.hidden_size, config.action_count)
+        self.baseline = nn.Linear(config.hidden_size, 1)
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = self.core(self.torso(scaled_input(obs)))
+        return self.policy_logits(hidden), self.baseline(hidden).squeeze(-1)
+
+
+def build_model(config: ModelConfig) -> QNetwork | ActorCritic:
+    """The network a config describes: its `head` picks QNetwork or ActorCritic."""
+    config.validate()
+    return ActorCritic(config) if config.head == "actor_critic" else QNetwork(config)
 
 
 def parameter_count(model: nn.Module) -> int:
@@ -156,13 +205,14 @@ def parameter_count(model: nn.Module) -> int:
 
 
 def default_model_config(
-    observation_shape: tuple[int, ...], action_count: int, arch: str = "", width: int = 1
+    observation_shape: tuple[int, ...], action_count: int, arch: str = "", width: int = 1, head: str = "q"
 ) -> ModelConfig:
     """The network rtrl trains for an observation shape.
 
     `arch` "" picks a Nature CNN for image stacks and an MLP otherwise; "impala_cnn" gets the paper's
     hidden size of 256 and channel multiplier `width` (1, 7, 29: about 1M, 10M, 100M parameters on
-    4x84x84). Raises ValueError for a combination no network fits.
+    4x84x84). `head` is "q" (DQN) or "actor_critic" (V-trace). Raises ValueError for a combination no
+    network fits.
     """
     if not arch:
         arch = "nature_cnn" if len(observation_shape) == 3 else "mlp"
@@ -173,6 +223,7 @@ def default_model_config(
         action_count=action_count,
         hidden_size=hidden_size,
         width=width,
+        head=head,
     )
     config.validate()
     return config

@@ -1,10 +1,16 @@
-"""The policy an inference replica serves: the newest checkpoint's Q-network, acting epsilon-greedily.
+"""The policy an inference replica serves: the newest checkpoint's network, acting as its head says.
+
+A checkpoint's model config names its head (rtrl.models): a Q-network ("q", DQN) acts epsilon-greedily
+on its action values; an actor-critic ("actor_critic", V-trace) samples its softmax policy, never
+greedily, and reports log pi(action) as the behaviour log-probability that V-trace corrects with.
+Whatever the learner publishes is served; RTRL_ALGORITHM only decides which network the fresh policy is.
 
 What is served (network, its config, checkpoint version, epsilon) is one immutable `ServedModel`
 swapped atomically under a lock; each batch reads it once, so every answer of a batch comes from the
 same snapshot and names its version. New checkpoints are loaded by a CheckpointWatcher on its own
 thread; before any exists the replica serves a fresh policy (version 0) seeded identically on every
-replica and built from the first request (RTRL_MODEL_ARCH and RTRL_MODEL_WIDTH choose its network).
+replica and built from the first request (RTRL_ALGORITHM, RTRL_MODEL_ARCH and RTRL_MODEL_WIDTH choose
+its network).
 
 Concurrent calls are grouped into one forward pass by a `DynamicBatcher` (batcher.py), which refuses
 a call whose answer could not be ready before its deadline. `occupy_ms` makes every forward pass hold
@@ -16,8 +22,8 @@ Errors (all defined in rtrl.grpc_util, so the server maps them to status codes i
 module does not use grpc itself):
 - InvalidArgument: the request cannot be served as sent (shape, action count, dtype).
 - DeadlineTooShort: the answer could not be ready before the caller's deadline; nothing was computed.
-- Unavailable: the forward pass failed on this replica's side, or the replica is shutting down; the
-  caller may retry elsewhere.
+- Unavailable: the forward pass failed on this replica's side (or gave a policy that cannot be sampled),
+  or the replica is shutting down; the caller may retry elsewhere.
 A checkpoint that cannot be served becomes a CheckpointError, which the watcher counts and logs while
 the previous version keeps serving; it never reaches a caller.
 """
@@ -35,11 +41,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from rtrl.checkpoints import Checkpoint, CheckpointError, CheckpointStore, CheckpointWatcher
 from rtrl.grpc_util import DeadlineTooShort, InvalidArgument, Unavailable
 from rtrl.metrics import RateMeter, Window
-from rtrl.models import ModelConfig, QNetwork, default_model_config, parameter_count
+from rtrl.models import ALGORITHM_HEADS, ModelConfig, build_model, default_model_config, parameter_count
 from services.inference.batcher import DynamicBatcher
 from services.inference.settings import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_WAIT_MS, InferenceSettings
 
@@ -55,10 +62,12 @@ SUPPORTED_DTYPES = (np.dtype(np.uint8), np.dtype(np.float32))
 class ServedModel:
     """What answers a call: swapped as a whole, never modified."""
 
-    model: QNetwork
+    model: nn.Module
+    """A QNetwork or an ActorCritic, as `config.head` says."""
     config: ModelConfig
     checkpoint_version: int
     epsilon: float
+    """Exploration rate of a Q-network; 0 for an actor-critic, which explores by sampling its policy."""
     parameter_count: int
 
 
@@ -68,11 +77,13 @@ class ActResult:
 
     action: int
     behaviour_log_prob: float
-    """log P(action) under the epsilon-greedy behaviour policy."""
+    """log P(action) under the policy that chose it: epsilon-greedy for a Q-network, the softmax for an actor-critic."""
     action_values: tuple[float, ...]
+    """Q-values of a Q-network; policy logits of an actor-critic (log-probabilities up to a constant)."""
     checkpoint_version: int
     explored: bool
-    """True when the random branch of epsilon-greedy was taken (the random action may equal the greedy one)."""
+    """True when the random branch of epsilon-greedy was taken (the random action may equal the greedy one);
+    always False for an actor-critic."""
     epsilon: float
     inference_ms: float
     """Time spent in `act`, waiting for the model included."""
@@ -111,6 +122,7 @@ class PolicyStatus:
     checkpoint_version: int
     model_arch: str
     model_width: int
+    model_head: str
     parameter_count: int
     observation_shape: tuple[int, ...]
     action_count: int
@@ -148,7 +160,10 @@ class Policy:
         occupy_ms: float = 0.0,
         model_arch: str = "",
         model_width: int = 1,
+        algorithm: str = "dqn",
     ) -> None:
+        if algorithm not in ALGORITHM_HEADS:
+            raise ValueError(f"algorithm {algorithm!r} is unknown; use one of {', '.join(ALGORITHM_HEADS)}")
         self.replica_id = replica_id
         self.device = torch.device(device)
         self.seed = seed
@@ -156,6 +171,9 @@ class Policy:
         self.occupy_s = occupy_ms / 1000.0
         self.model_arch = model_arch
         self.model_width = model_width
+        self.fresh_head = ALGORITHM_HEADS[algorithm]
+        # Only a Q-network explores with epsilon; an actor-critic samples its own policy.
+        self.fresh_epsilon = epsilon_start if self.fresh_head == "q" else 0.0
         self.store = CheckpointStore(checkpoint_dir)
         self.watcher = CheckpointWatcher(self.store, self._install_checkpoint, poll_interval_s)
         # Compute time of each answer's batch (forward pass, exploration, occupancy), one entry per
@@ -199,6 +217,7 @@ class Policy:
             occupy_ms=settings.occupy_ms,
             model_arch=settings.model_arch,
             model_width=settings.model_width,
+            algorithm=settings.algorithm,
         )
 
     # -- checkpoints (off the request path) --------------------------------------------------------
@@ -239,9 +258,10 @@ class Policy:
                 return
             self._served = served
         log.info(
-            "serving checkpoint %d (%s, %d parameters, epsilon %.3f)",
+            "serving checkpoint %d (%s %s, %d parameters, epsilon %.3f)",
             served.checkpoint_version,
             served.config.arch,
+            served.config.head,
             served.parameter_count,
             served.epsilon,
         )
@@ -257,10 +277,13 @@ class Policy:
             config = ModelConfig.from_json(checkpoint.model_config)
         except ValueError as e:
             raise CheckpointError(f"checkpoint {version} has an unusable model config: {e}") from e
-        epsilon = float(checkpoint.metadata.get("epsilon", DEFAULT_CHECKPOINT_EPSILON))
-        if not 0.0 <= epsilon <= 1.0:
-            raise CheckpointError(f"checkpoint {version} has epsilon {epsilon}, which is not a probability")
-        model = QNetwork(config)
+        if config.head == "q":
+            epsilon = float(checkpoint.metadata.get("epsilon", DEFAULT_CHECKPOINT_EPSILON))
+            if not 0.0 <= epsilon <= 1.0:
+                raise CheckpointError(f"checkpoint {version} has epsilon {epsilon}, which is not a probability")
+        else:
+            epsilon = 0.0
+        model = build_model(config)
         try:
             model.load_state_dict(weights, strict=True)
         except RuntimeError as e:
@@ -272,7 +295,7 @@ class Policy:
             served.model(torch.zeros((1, *config.observation_shape), device=self.device))
         return served
 
-    def _prepare(self, model: QNetwork, config: ModelConfig, version: int, epsilon: float) -> ServedModel:
+    def _prepare(self, model: nn.Module, config: ModelConfig, version: int, epsilon: float) -> ServedModel:
         model = model.to(self.device).eval()
         model.requires_grad_(False)
         return ServedModel(model, config, version, epsilon, parameter_count(model))
@@ -280,7 +303,9 @@ class Policy:
     def _fresh_policy(self, observation_shape: tuple[int, ...], action_count: int) -> ServedModel:
         """The policy served before any checkpoint: the default network for the first request's game."""
         try:
-            config = default_model_config(observation_shape, action_count, self.model_arch, self.model_width)
+            config = default_model_config(
+                observation_shape, action_count, self.model_arch, self.model_width, self.fresh_head
+            )
         except ValueError as e:
             configured = f" (this replica is set to RTRL_MODEL_ARCH={self.model_arch})" if self.model_arch else ""
             raise InvalidArgument(
@@ -291,20 +316,21 @@ class Policy:
         # the global torch RNG; the network is built on the CPU so the device does not change them.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
-            model = QNetwork(config)
-        served = self._prepare(model, config, FRESH_VERSION, self.epsilon_start)
+            model = build_model(config)
+        served = self._prepare(model, config, FRESH_VERSION, self.fresh_epsilon)
         # As for a checkpoint: the first pass picks kernels and is slow; it must not be measured as a call's.
         with torch.inference_mode():
             served.model(torch.zeros((1, *config.observation_shape), device=self.device))
         log.info(
-            "serving a fresh policy (%s width %d, %d parameters, for %s, %d actions, epsilon %.3f) "
+            "serving a fresh policy (%s width %d %s, %d parameters, for %s, %d actions, epsilon %.3f) "
             "until a checkpoint is published",
             config.arch,
             config.width,
+            config.head,
             served.parameter_count,
             list(observation_shape),
             action_count,
-            self.epsilon_start,
+            served.epsilon,
         )
         return served
 
@@ -383,7 +409,7 @@ class Policy:
         return self.batcher.submit(_ActItem(observation, action_count), deadline, key)
 
     def _run_batch(self, items: Sequence[_ActItem]) -> list[_Answer | BaseException]:
-        """Answers a batch on the batcher's worker thread: one forward pass, then exploration per call."""
+        """Answers a batch on the batcher's worker thread: one forward pass, then an action per call."""
         # Read once: every answer of the batch comes from this snapshot and names its version.
         served = self._served
         assert served is not None, "a call reaches the batcher only after a policy was chosen for it"
@@ -401,10 +427,18 @@ class Policy:
         started = time.perf_counter()
         # Stacking copies, which also gives torch a writable array (arrays decoded from the wire are read-only).
         values = self._forward_batch(served, np.stack([items[index].observation for index in rows]))
-        choices = [self._choose_action(values[row], served.epsilon) for row in range(len(rows))]
+        choices: list[tuple[int, bool, float] | Unavailable]
+        if served.config.head == "actor_critic":
+            choices = [self._sample_action(values[row], served.checkpoint_version) for row in range(len(rows))]
+        else:
+            choices = [self._choose_action(values[row], served.epsilon) for row in range(len(rows))]
         compute_ms = (time.perf_counter() - started) * 1000.0
         for row, index in enumerate(rows):
-            action, explored, log_prob = choices[row]
+            choice = choices[row]
+            if isinstance(choice, Unavailable):
+                outcomes[index] = choice
+                continue
+            action, explored, log_prob = choice
             outcomes[index] = _Answer(
                 action=action,
                 behaviour_log_prob=log_prob,
@@ -434,7 +468,9 @@ class Policy:
             )
 
     def _forward_batch(self, served: ServedModel, observations: np.ndarray) -> np.ndarray:
-        """Action values for a batch of observations [N, *observation_shape] -> [N, action_count].
+        """Action outputs for a batch of observations [N, *observation_shape] -> [N, action_count].
+
+        Q-values of a Q-network, policy logits of an actor-critic (its state value is not needed to act).
 
         The one place observations meet the network. With `occupy_s` set, the call lasts at least that
         long: it sleeps for what the real forward pass left, so the replica is as busy as an
@@ -443,7 +479,8 @@ class Policy:
         started = time.perf_counter()
         try:
             with torch.inference_mode():
-                values = served.model(torch.from_numpy(observations).to(self.device))
+                outputs = served.model(torch.from_numpy(observations).to(self.device))
+            values = outputs[0] if served.config.head == "actor_critic" else outputs
             # .cpu() also waits for an accelerator to finish, so the time below is the real forward time.
             result = values.float().cpu().numpy()
         except RuntimeError as e:
@@ -467,6 +504,25 @@ class Policy:
         # A random draw can land on the greedy action, which the greedy branch also picks.
         probability = (1.0 - epsilon + epsilon / action_count) if action == greedy else epsilon / action_count
         return action, explored, math.log(probability)
+
+    def _sample_action(self, logits: np.ndarray, version: int) -> tuple[int, bool, float] | Unavailable:
+        """Samples the actor-critic's softmax: (action, False, log pi(action)), or Unavailable for broken logits.
+
+        Never greedy: V-trace's importance weights pi/mu assume mu is the policy that was sampled.
+        """
+        if not np.isfinite(logits).all():
+            return Unavailable(
+                f"replica {self.replica_id} got non-finite policy logits from checkpoint {version}; "
+                "retry on another replica and check the learner's loss"
+            )
+        shifted = logits.astype(np.float64) - np.max(logits)
+        log_probs = shifted - math.log(float(np.exp(shifted).sum()))
+        # Inverse CDF over the float64 cumulative sum: exact enough, and never returns an action whose
+        # probability is 0. The clamp guards against rounding at the very top of the range.
+        cumulative = np.cumsum(np.exp(log_probs))
+        action = int(np.searchsorted(cumulative, self._rng.random() * cumulative[-1], side="right"))
+        action = min(action, len(logits) - 1)
+        return action, False, float(log_probs[action])
 
     # -- status ------------------------------------------------------------------------------------
 
@@ -496,10 +552,11 @@ class Policy:
             checkpoint_version=served.checkpoint_version if served else FRESH_VERSION,
             model_arch=served.config.arch if served else "",
             model_width=served.config.width if served else 0,
+            model_head=served.config.head if served else "",
             parameter_count=served.parameter_count if served else 0,
             observation_shape=served.config.observation_shape if served else (),
             action_count=served.config.action_count if served else 0,
-            epsilon=served.epsilon if served else self.epsilon_start,
+            epsilon=served.epsilon if served else self.fresh_epsilon,
             requests_answered=answered,
             requests_refused_deadline=refused,
             requests_invalid=invalid,

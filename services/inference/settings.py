@@ -23,7 +23,7 @@ from rtrl.config import (
     env_int,
     env_str,
 )
-from rtrl.models import ARCHS
+from rtrl.models import ALGORITHMS, ARCHS
 from rtrl.registry import DEFAULT_REPLICA_REGISTRY
 
 DEFAULT_CHECKPOINT_POLL_S = 0.1
@@ -41,6 +41,7 @@ DEFAULT_OCCUPY_MS = 0.0
 # "" leaves the choice to rtrl.models.default_model_config (Nature CNN for images, MLP otherwise).
 MODEL_ARCH_CHOICES = ("", *ARCHS)
 DEFAULT_MODEL_WIDTH = 1
+DEFAULT_ALGORITHM = "dqn"
 # Hot reload must happen within 1 s of publication, so a slower poll is refused at start.
 MAX_CHECKPOINT_POLL_S = 1.0
 MAX_PORT = 65535
@@ -86,6 +87,9 @@ class InferenceSettings:
     """RTRL_MODEL_ARCH: network of the fresh policy served before any checkpoint ("" = rtrl's default)."""
     model_width: int = DEFAULT_MODEL_WIDTH
     """RTRL_MODEL_WIDTH: channel multiplier of impala_cnn (1, 7, 29: about 1M, 10M, 100M parameters)."""
+    algorithm: str = DEFAULT_ALGORITHM
+    """RTRL_ALGORITHM, the learner's variable: which network the fresh policy is ("dqn": a Q-network acting
+    epsilon-greedily, "vtrace": an actor-critic sampling its policy). Checkpoints are served as they say."""
     redis_url: str = ""
     """RTRL_REDIS_URL: where to register for live membership; "" registers nowhere."""
     replica_registry: str = DEFAULT_REPLICA_REGISTRY
@@ -143,6 +147,7 @@ class InferenceSettings:
             occupy_ms=env_float(env, "INFERENCE_OCCUPY_MS", DEFAULT_OCCUPY_MS, minimum=0.0),
             model_arch=model_arch,
             model_width=model_width,
+            algorithm=env_choice(env, "ALGORITHM", DEFAULT_ALGORITHM, ALGORITHMS),
             redis_url=env_str(env, "REDIS_URL", ""),
             replica_registry=env_str(env, "REPLICA_REGISTRY", DEFAULT_REPLICA_REGISTRY),
             advertise_address=env_str(env, "INFERENCE_ADVERTISE_ADDRESS", ""),

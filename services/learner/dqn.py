@@ -1,9 +1,10 @@
 """DQN (Mnih et al. 2015) written out flat, CleanRL style: hyperparameters, network, update, state export.
 
 The learner loop owns the data (replay buffer, stream) and calls `update` with a sampled batch; this file
-holds everything that is DQN: the TD target, the Huber loss, the Adam step with gradient clipping, the
-periodic target-network copy, the exploration schedule inference is told to use, and the conversion of
-the whole training state to flat tensors so a restarted learner continues exactly where it stopped.
+holds everything that is DQN: the TD target (optionally double DQN, optionally n-step), the Huber loss,
+the Adam step with gradient clipping, the periodic target-network copy, the exploration schedule
+inference is told to use, and the conversion of the whole training state to flat tensors so a
+restarted learner continues exactly where it stopped.
 """
 
 from __future__ import annotations
@@ -50,12 +51,18 @@ class DQNConfig:
     """Double DQN (van Hasselt et al. 2016): the online network picks the next action, the target rates it."""
     adam_eps: float = 1.5e-4
     """Adam epsilon (the Rainbow/Dopamine value, steadier than 1e-8 on sparse rewards)."""
+    n_step: int = 1
+    """Steps of reward before bootstrapping (Sutton 1988; Rainbow uses 3). The replay buffer sums
+    r_t + gamma r_{t+1} + ... along consecutive paired transitions of one gateway, stopping early at a
+    terminal (no bootstrap), at a truncation or gap, or at the newest transition (bootstrap from the last
+    state reached). Uncorrected for the policy that acted, as in Rainbow: with stale data, larger n
+    propagates reward faster but biases the target towards the behaviour policy."""
 
 
 def config_problems(config: DQNConfig) -> dict[str, str]:
     """Fields DQN cannot train with, each mapped to what it should be instead (empty when all are fine)."""
     problems: dict[str, str] = {}
-    for name in ("batch_size", "buffer_size", "target_network_frequency", "epsilon_decay_steps"):
+    for name in ("batch_size", "buffer_size", "target_network_frequency", "epsilon_decay_steps", "n_step"):
         if getattr(config, name) < 1:
             problems[name] = "an integer of 1 or more"
     if config.learning_starts < 0:
@@ -109,9 +116,18 @@ def make_agent(config: DQNConfig, model_config: ModelConfig, device: torch.devic
 
 
 def td_target(
-    agent: DQNAgent, b_rewards: torch.Tensor, b_next_obs: torch.Tensor, b_terminated: torch.Tensor
+    agent: DQNAgent,
+    b_rewards: torch.Tensor,
+    b_next_obs: torch.Tensor,
+    b_terminated: torch.Tensor,
+    b_steps: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """r + gamma * (1 - terminated) * Q_target(s', a*), a* = argmax of Q_target (or of Q_online for double DQN)."""
+    """r + gamma^m * (1 - terminated) * Q_target(s_{t+m}, a*), a* = argmax of Q_target (Q_online for double DQN).
+
+    With n-step returns, `b_rewards` is the discounted sum r_t + gamma r_{t+1} + ... + gamma^{m-1} r_{t+m-1}
+    that the replay buffer added up, `b_next_obs` is s_{t+m}, `b_terminated` says whether the episode
+    terminated within those m steps, and `b_steps` holds m (1 <= m <= n_step). Without `b_steps`, m = 1.
+    """
     with torch.no_grad():
         next_q_target = agent.target_network(b_next_obs)
         if agent.config.double_dqn:
@@ -119,7 +135,8 @@ def td_target(
             next_q = next_q_target.gather(1, next_actions).squeeze(1)
         else:
             next_q = next_q_target.max(dim=1).values
-        return b_rewards + agent.config.gamma * (1.0 - b_terminated) * next_q
+        bootstrap_discount = agent.config.gamma if b_steps is None else agent.config.gamma ** b_steps.float()
+        return b_rewards + bootstrap_discount * (1.0 - b_terminated) * next_q
 
 
 def update(
@@ -129,12 +146,18 @@ def update(
     b_rewards: torch.Tensor,
     b_next_obs: torch.Tensor,
     b_terminated: torch.Tensor,
+    b_steps: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One gradient step on a batch; returns the Huber loss as a detached tensor.
 
-    The loss stays a tensor so that on a GPU the caller decides when to pay for a device sync.
+    The loss stays a tensor so that on a GPU the caller decides when to pay for a device sync. For
+    n_step > 1 the batch must carry `b_steps` (see `td_target`).
     """
-    b_td_target = td_target(agent, b_rewards, b_next_obs, b_terminated)
+    assert agent.config.n_step == 1 or b_steps is not None, (
+        f"DQN with n_step={agent.config.n_step} needs b_steps, the length of each sampled return; "
+        "build the replay buffer with n_step and gamma and pass its batch's steps"
+    )
+    b_td_target = td_target(agent, b_rewards, b_next_obs, b_terminated, b_steps)
     b_q = agent.q_network(b_obs).gather(1, b_actions.long().unsqueeze(1)).squeeze(1)
     loss = F.smooth_l1_loss(b_q, b_td_target)
 

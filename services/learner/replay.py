@@ -15,6 +15,13 @@ Pairing rules, applied as transitions arrive in stream order (several gateways m
 Slots are identified by a global write id (slot = write_id % capacity), so a link can be checked
 against what a slot holds now: a successor is written after its predecessor, so it outlives it in the
 ring, and a predecessor whose slot was reused before its successor arrived is never linked.
+
+n-step returns (`n_step` > 1) follow those links at sampling time: from a sampled transition t the
+return r_t + gamma r_{t+1} + ... grows one step at a time while the transition reached is itself
+trainable and no terminal was passed, up to n steps. So it stops at a terminal (target without
+bootstrap), before a truncation, a gap or the gateway's newest transition (bootstrap from the last
+state reached, a true state of the same episode), and never crosses episodes or gateways. A chain
+stays valid for as long as its first transition is stored, because every later link is newer.
 """
 
 from __future__ import annotations
@@ -33,8 +40,13 @@ class ReplayBatch(NamedTuple):
     obs: np.ndarray
     actions: np.ndarray
     rewards: np.ndarray
+    """r_t, or with n-step returns the discounted sum r_t + gamma r_{t+1} + ... + gamma^{m-1} r_{t+m-1}."""
     next_obs: np.ndarray
+    """s_{t+m}: the state the target bootstraps from (a placeholder when terminated)."""
     terminated: np.ndarray
+    """1.0 when the episode terminated within the m steps (the target does not bootstrap)."""
+    steps: np.ndarray
+    """m, the number of rewards summed (1 <= m <= n_step), for the bootstrap discount gamma^m."""
 
 
 @dataclass(frozen=True)
@@ -50,11 +62,24 @@ class ReplayBuffer:
     """A ring of `capacity` transitions of one observation shape and dtype; used from one thread."""
 
     def __init__(
-        self, capacity: int, observation_shape: tuple[int, ...], observation_dtype: np.dtype, seed: int = 0
+        self,
+        capacity: int,
+        observation_shape: tuple[int, ...],
+        observation_dtype: np.dtype,
+        seed: int = 0,
+        n_step: int = 1,
+        gamma: float | None = None,
     ) -> None:
         if capacity < 1:
             raise ValueError("a replay buffer needs a capacity of at least 1")
+        if n_step < 1:
+            raise ValueError(f"n_step must be at least 1, got {n_step}")
+        if n_step > 1 and gamma is None:
+            raise ValueError(f"n-step returns (n_step={n_step}) need the discount gamma to sum rewards with")
         self.capacity = capacity
+        self.n_step = n_step
+        # Unused for one-step returns, which are just r_t.
+        self.gamma = 1.0 if gamma is None else gamma
         self.observation_shape = tuple(observation_shape)
         self.observation_dtype = np.dtype(observation_dtype)
         # np.zeros maps untouched pages lazily, so a large buffer costs memory only as it fills.
@@ -129,19 +154,34 @@ class ReplayBuffer:
             self.trainable_count += 1
 
     def sample(self, batch_size: int) -> ReplayBatch:
-        """Uniformly samples `batch_size` trainable transitions (with replacement)."""
+        """Uniformly samples `batch_size` trainable transitions (with replacement), with n-step returns."""
         candidates = np.flatnonzero(self._trainable)
         if candidates.size == 0:
             raise ValueError("the replay buffer holds no trainable transition yet; add more before sampling")
         slots = candidates[self._rng.integers(0, candidates.size, size=batch_size)]
-        next_write_ids = self._next_write_ids[slots]
+        rewards = self._rewards[slots].astype(np.float64)
+        terminated = self._terminated[slots] > 0.0
+        steps = np.ones(batch_size, dtype=np.int64)
+        last = slots.copy()  # the newest transition of each return; its successor is the bootstrap state
+        for _ in range(self.n_step - 1):
+            successors = self._next_write_ids[last] % self.capacity
+            # A terminal's link points at itself, so `~terminated` also keeps the chain from looping there.
+            extend = ~terminated & self._trainable[successors]
+            if not extend.any():
+                break
+            rewards[extend] += self.gamma ** steps[extend] * self._rewards[successors[extend]]
+            terminated[extend] = self._terminated[successors[extend]] > 0.0
+            last[extend] = successors[extend]
+            steps[extend] += 1
+        next_write_ids = self._next_write_ids[last]
         next_slots = next_write_ids % self.capacity
         # Cheap guard for the invariant the module docstring argues: a linked successor is still stored.
         assert np.array_equal(self._write_ids[next_slots], next_write_ids), "replay links point at reused slots"
         return ReplayBatch(
             obs=self._obs[slots],
             actions=self._actions[slots],
-            rewards=self._rewards[slots],
+            rewards=rewards.astype(np.float32),
             next_obs=self._obs[next_slots],
-            terminated=self._terminated[slots],
+            terminated=terminated.astype(np.float32),
+            steps=steps,
         )

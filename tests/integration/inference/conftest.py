@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from rtrl.checkpoints import Checkpoint, CheckpointStore
-from rtrl.models import ModelConfig, QNetwork
+from rtrl.models import ModelConfig, build_model
 from services.inference.server import InferenceServer, create_server
 from services.inference.settings import InferenceSettings
 
@@ -37,13 +37,13 @@ def checkpoint_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def publish(checkpoint_dir: Path) -> Callable[..., Checkpoint]:
-    """Publishes a real checkpoint of `config` with CheckpointStore, as the learner does."""
+    """Publishes a real checkpoint of `config` (either head) with CheckpointStore, as the learner does."""
     store = CheckpointStore(checkpoint_dir)
 
     def _publish(version: int, config: ModelConfig = SMALL_CONFIG, *, epsilon: float = 0.0) -> Checkpoint:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(version)
-            model = QNetwork(config)
+            model = build_model(config)
         return store.publish(version, model.state_dict(), {"model": config.to_json(), "epsilon": epsilon})
 
     return _publish

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from rtrl.checkpoints import Checkpoint, CheckpointStore
-from rtrl.models import ModelConfig, QNetwork
+from rtrl.models import ActorCritic, ModelConfig, build_model
 from services.inference.policy import Policy
 
 # A small network so that tests spend their time on behaviour, not on matrix products.
@@ -40,7 +40,8 @@ def publish(checkpoint_dir: Path) -> Publish:
     """Publishes a real checkpoint with CheckpointStore, as the learner does.
 
     `action_value=v` publishes a network whose every action value is exactly v (zero output weights,
-    bias v), so an answer shows which weights produced it.
+    bias v), so an answer shows which weights produced it; for an actor-critic config (head
+    "actor_critic") the same holds for its policy logits.
     """
     # Keep every version: pruning while a test still reads an older one is not what is under test.
     store = CheckpointStore(checkpoint_dir, keep=1000)
@@ -57,10 +58,10 @@ def publish(checkpoint_dir: Path) -> Publish:
         if weights is None:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(version)
-                model = QNetwork(config)
+                model = build_model(config)
             if action_value is not None:
                 with torch.no_grad():
-                    output = model.head[-1]
+                    output = model.policy_logits if isinstance(model, ActorCritic) else model.head[-1]
                     assert isinstance(output, torch.nn.Linear)
                     output.weight.zero_()
                     output.bias.fill_(action_value)

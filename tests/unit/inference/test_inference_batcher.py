@@ -226,9 +226,13 @@ def test_calls_with_different_keys_never_share_a_batch(
     batcher = make_batcher()
     calls = Calls(batcher)
     hold_the_model(batcher, model, calls)
+
+    def queued_is(count: int) -> Callable[[], bool]:
+        return lambda: batcher.counts().queued == count
+
     for item, key in [(1, "uint8"), (2, "uint8"), (3, "float32"), (4, "float32")]:
         calls.submit(item, key=key)
-        wait_until(lambda item=item: batcher.counts().queued == item)
+        wait_until(queued_is(item))
 
     model.gate.set()
     calls.join()

@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from rtrl.config import DEFAULT_CHECKPOINT_DIR, DEFAULT_HOST, DEFAULT_INFERENCE_PORT, SettingsError
+from rtrl.models import ALGORITHM_HEADS, ALGORITHMS
 from services.inference.settings import InferenceSettings
+from services.learner.settings import ALGORITHMS as LEARNER_ALGORITHMS
 
 
 def test_defaults_when_nothing_is_set() -> None:
@@ -31,6 +33,7 @@ def test_defaults_when_nothing_is_set() -> None:
         occupy_ms=0.0,
         model_arch="",
         model_width=1,
+        algorithm="dqn",
         redis_url="",
         replica_registry="rtrl:replicas",
         advertise_address="",
@@ -55,6 +58,7 @@ def test_every_variable_is_read() -> None:
             "RTRL_INFERENCE_OCCUPY_MS": "33",
             "RTRL_MODEL_ARCH": "impala_cnn",
             "RTRL_MODEL_WIDTH": "7",
+            "RTRL_ALGORITHM": "vtrace",
             "RTRL_REDIS_URL": "redis://redis:6379/0",
             "RTRL_REPLICA_REGISTRY": "game-a:replicas",
             "RTRL_INFERENCE_ADVERTISE_ADDRESS": "inference-3.example:50061",
@@ -77,6 +81,7 @@ def test_every_variable_is_read() -> None:
         occupy_ms=33.0,
         model_arch="impala_cnn",
         model_width=7,
+        algorithm="vtrace",
         redis_url="redis://redis:6379/0",
         replica_registry="game-a:replicas",
         advertise_address="inference-3.example:50061",
@@ -107,6 +112,7 @@ def test_port_zero_leaves_the_replica_name_to_the_bound_port() -> None:
         ("INFERENCE_OCCUPY_MS", "long"),
         ("MODEL_ARCH", "transformer"),
         ("MODEL_WIDTH", "0"),
+        ("ALGORITHM", "ppo"),
     ],
 )
 def test_invalid_value_names_the_variable_and_what_to_set(name: str, value: str) -> None:
@@ -139,3 +145,13 @@ def test_settings_are_frozen() -> None:
 
     with pytest.raises(dataclasses.FrozenInstanceError):
         settings.port = 1  # type: ignore[misc]
+
+
+def test_algorithm_takes_the_same_choices_as_the_learner_and_each_has_a_head() -> None:
+    # RTRL_ALGORITHM is one variable for both services: every algorithm the learner accepts must also
+    # start a replica, with the network that algorithm publishes.
+    assert set(LEARNER_ALGORITHMS) <= set(ALGORITHMS)
+    assert set(ALGORITHMS) == set(ALGORITHM_HEADS)
+    for algorithm in ALGORITHMS:
+        assert InferenceSettings.from_env({"RTRL_ALGORITHM": algorithm.upper()}).algorithm == algorithm
+    assert ALGORITHM_HEADS == {"dqn": "q", "vtrace": "actor_critic"}

@@ -77,6 +77,7 @@ def test_every_dqn_field_is_a_variable_parsed_by_its_type() -> None:
         "max_grad_norm": ("1.5", 1.5),
         "double_dqn": ("true", True),
         "adam_eps": ("1e-8", 1e-8),
+        "n_step": ("3", 3),
     }
     assert set(overrides) == {f.name for f in fields(DQNConfig)}, "a new DQN field needs a case here"
     env = {f"RTRL_DQN_{name.upper()}": raw for name, (raw, _) in overrides.items()}
