@@ -68,6 +68,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     up.add_argument("--summary-json", type=Path, help="write the final status of every service here as JSON")
     up.add_argument(
+        "--interaction",
+        choices=("async", "sequential"),
+        default="async",
+        help="async: act, infer and learn at once (default); sequential: act -> learn -> act, the learner's "
+        "update blocks acting (the baseline that freezes the game)",
+    )
+    up.add_argument(
+        "--scheduler",
+        choices=("next_idle", "max_time", "mean_time"),
+        help="when observations go to which replica (RTRL_SCHEDULER; default: the gateway's)",
+    )
+    up.add_argument(
         "--set",
         dest="settings",
         type=_key_value,
@@ -116,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
         learner_port=args.learner_port,
         inference_base_port=args.inference_base_port,
         summary_json=args.summary_json,
+        interaction=args.interaction,
+        scheduler=args.scheduler,
         extra_env=dict(args.settings),
     )
     return up(options)

@@ -2,10 +2,13 @@
 
 Starts Redis (the given URL, or an embedded redis-server on a free loopback port), the learner,
 N inference replicas and the gateway, each as `python -m services.<name>` configured through the
-same RTRL_* environment variables docker compose uses. It shows a live status line, and on
-`--duration` or Ctrl-C shuts down in the order that loses nothing: the gateway first (no new
-transitions; its publisher flushes), then the replicas, then the learner once it has consumed the
-stream (its final checkpoint is written on the way out), then Redis.
+same RTRL_* environment variables docker compose uses. Replicas get RTRL_REDIS_URL, so they register
+in the replica registry there and the gateway finds them the way it finds replicas started by hand
+or by `docker compose --scale`: no address list is passed. `--interaction sequential` runs the
+act -> learn -> act baseline (RTRL_INTERACTION on the gateway, RTRL_LEARNER_MODE on the learner).
+It shows a live status line, and on `--duration` or Ctrl-C shuts down in the order that loses
+nothing: the gateway first (no new transitions; its publisher flushes), then the replicas, then the
+learner once it has consumed the stream (its final checkpoint is written on the way out), then Redis.
 """
 
 from __future__ import annotations
@@ -55,6 +58,8 @@ class UpOptions:
     inference_base_port: int = DEFAULT_INFERENCE_PORT
     summary_json: Path | None = None
     status_interval_s: float = 1.0
+    interaction: str = "async"
+    scheduler: str | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
 
 
@@ -96,7 +101,9 @@ class Stack:
 
     def common_env(self) -> dict[str, str]:
         o = self.options
+        scheduler = {"RTRL_SCHEDULER": o.scheduler} if o.scheduler else {}
         return {
+            # Every service reaches this Redis; replicas also register in it, which is how the gateway finds them.
             "RTRL_REDIS_URL": self.redis_url,
             "RTRL_CHECKPOINT_DIR": str(self.checkpoint_dir.resolve()),
             "RTRL_ENV": o.env,
@@ -104,8 +111,11 @@ class Stack:
             "RTRL_GATEWAY_PORT": str(o.gateway_port),
             "RTRL_LEARNER_HOST": o.host,
             "RTRL_LEARNER_PORT": str(o.learner_port),
+            "RTRL_LEARNER_ADDRESS": self.learner_address,
             "RTRL_INFERENCE_HOST": o.host,
-            "RTRL_INFERENCE_ADDRESSES": ",".join(self.replica_addresses),
+            "RTRL_INTERACTION": o.interaction,
+            "RTRL_LEARNER_MODE": o.interaction,
+            **scheduler,
             **o.extra_env,
         }
 
@@ -228,7 +238,10 @@ def up(options: UpOptions) -> int:
     last: StackStatus | None = None
     exit_code = 1
     try:
-        print(f"rtrl up: {options.env}, {options.inference_replicas} inference replicas; logs in {stack.log_dir}")
+        print(
+            f"rtrl up: {options.env}, {options.inference_replicas} inference replicas, {options.interaction} "
+            f"interaction; logs in {stack.log_dir}"
+        )
         stack.start()
         print(
             f"redis {stack.redis_url} ({'embedded' if stack.redis else 'external'}); gateway {stack.gateway_address}, "

@@ -84,7 +84,7 @@ class GetStatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ReplicaStats(_message.Message):
-    __slots__ = ("address", "requests", "replies", "failures", "in_flight", "latency_ms", "checkpoint_version")
+    __slots__ = ("address", "requests", "replies", "failures", "in_flight", "latency_ms", "checkpoint_version", "batch_size", "inference_ms", "excluded")
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     REQUESTS_FIELD_NUMBER: _ClassVar[int]
     REPLIES_FIELD_NUMBER: _ClassVar[int]
@@ -92,6 +92,9 @@ class ReplicaStats(_message.Message):
     IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
     LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    INFERENCE_MS_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDED_FIELD_NUMBER: _ClassVar[int]
     address: str
     requests: int
     replies: int
@@ -99,10 +102,13 @@ class ReplicaStats(_message.Message):
     in_flight: int
     latency_ms: _common_pb2.Distribution
     checkpoint_version: int
-    def __init__(self, address: _Optional[str] = ..., requests: _Optional[int] = ..., replies: _Optional[int] = ..., failures: _Optional[int] = ..., in_flight: _Optional[int] = ..., latency_ms: _Optional[_Union[_common_pb2.Distribution, _Mapping]] = ..., checkpoint_version: _Optional[int] = ...) -> None: ...
+    batch_size: _common_pb2.Distribution
+    inference_ms: _common_pb2.Distribution
+    excluded: bool
+    def __init__(self, address: _Optional[str] = ..., requests: _Optional[int] = ..., replies: _Optional[int] = ..., failures: _Optional[int] = ..., in_flight: _Optional[int] = ..., latency_ms: _Optional[_Union[_common_pb2.Distribution, _Mapping]] = ..., checkpoint_version: _Optional[int] = ..., batch_size: _Optional[_Union[_common_pb2.Distribution, _Mapping]] = ..., inference_ms: _Optional[_Union[_common_pb2.Distribution, _Mapping]] = ..., excluded: _Optional[bool] = ...) -> None: ...
 
 class GetStatsResponse(_message.Message):
-    __slots__ = ("gateway_id", "uptime_s", "frames", "measured_frame_rate_hz", "frames_late", "decisions", "decisions_fresh", "decisions_fallback", "coverage", "requests_sent", "requests_not_sent", "requests_failed", "replies_late", "replies_superseded", "staleness_frames", "decision_overhead_ms", "replicas", "episodes", "last_episode_return", "mean_episode_return", "transitions_published", "transitions_dropped", "transitions_queued", "replica_count", "episode_frames")
+    __slots__ = ("gateway_id", "uptime_s", "frames", "measured_frame_rate_hz", "frames_late", "decisions", "decisions_fresh", "decisions_fallback", "coverage", "requests_sent", "requests_not_sent", "requests_failed", "replies_late", "replies_superseded", "staleness_frames", "decision_overhead_ms", "replicas", "episodes", "last_episode_return", "mean_episode_return", "transitions_published", "transitions_dropped", "transitions_queued", "replica_count", "episode_frames", "scheduler", "scheduler_period_ms", "scheduler_spacing_ms", "scheduler_turns_passed", "scheduler_slots_waited", "requests_resent", "lead_frames", "interaction", "sequential_cycles", "train_ms", "train_failures", "cycle_ms")
     GATEWAY_ID_FIELD_NUMBER: _ClassVar[int]
     UPTIME_S_FIELD_NUMBER: _ClassVar[int]
     FRAMES_FIELD_NUMBER: _ClassVar[int]
@@ -128,6 +134,18 @@ class GetStatsResponse(_message.Message):
     TRANSITIONS_QUEUED_FIELD_NUMBER: _ClassVar[int]
     REPLICA_COUNT_FIELD_NUMBER: _ClassVar[int]
     EPISODE_FRAMES_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULER_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULER_PERIOD_MS_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULER_SPACING_MS_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULER_TURNS_PASSED_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULER_SLOTS_WAITED_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_RESENT_FIELD_NUMBER: _ClassVar[int]
+    LEAD_FRAMES_FIELD_NUMBER: _ClassVar[int]
+    INTERACTION_FIELD_NUMBER: _ClassVar[int]
+    SEQUENTIAL_CYCLES_FIELD_NUMBER: _ClassVar[int]
+    TRAIN_MS_FIELD_NUMBER: _ClassVar[int]
+    TRAIN_FAILURES_FIELD_NUMBER: _ClassVar[int]
+    CYCLE_MS_FIELD_NUMBER: _ClassVar[int]
     gateway_id: str
     uptime_s: float
     frames: int
@@ -153,4 +171,16 @@ class GetStatsResponse(_message.Message):
     transitions_queued: int
     replica_count: int
     episode_frames: int
-    def __init__(self, gateway_id: _Optional[str] = ..., uptime_s: _Optional[float] = ..., frames: _Optional[int] = ..., measured_frame_rate_hz: _Optional[float] = ..., frames_late: _Optional[int] = ..., decisions: _Optional[int] = ..., decisions_fresh: _Optional[int] = ..., decisions_fallback: _Optional[int] = ..., coverage: _Optional[float] = ..., requests_sent: _Optional[int] = ..., requests_not_sent: _Optional[int] = ..., requests_failed: _Optional[int] = ..., replies_late: _Optional[int] = ..., replies_superseded: _Optional[int] = ..., staleness_frames: _Optional[_Union[_common_pb2.Distribution, _Mapping]] = ..., decision_overhead_ms: _Optional[_Union[_common_pb2.Distribution, _Mapping]] = ..., replicas: _Optional[_Iterable[_Union[ReplicaStats, _Mapping]]] = ..., episodes: _Optional[int] = ..., last_episode_return: _Optional[float] = ..., mean_episode_return: _Optional[float] = ..., transitions_published: _Optional[int] = ..., transitions_dropped: _Optional[int] = ..., transitions_queued: _Optional[int] = ..., replica_count: _Optional[int] = ..., episode_frames: _Optional[int] = ...) -> None: ...
+    scheduler: str
+    scheduler_period_ms: float
+    scheduler_spacing_ms: float
+    scheduler_turns_passed: int
+    scheduler_slots_waited: int
+    requests_resent: int
+    lead_frames: int
+    interaction: str
+    sequential_cycles: int
+    train_ms: _common_pb2.Distribution
+    train_failures: int
+    cycle_ms: _common_pb2.Distribution
+    def __init__(self, gateway_id: _Optional[str] = ..., uptime_s: _Optional[float] = ..., frames: _Optional[int] = ..., measured_frame_rate_hz: _Optional[float] = ..., frames_late: _Optional[int] = ..., decisions: _Optional[int] = ..., decisions_fresh: _Optional[int] = ..., decisions_fallback: _Optional[int] = ..., coverage: _Optional[float] = ..., requests_sent: _Optional[int] = ..., requests_not_sent: _Optional[int] = ..., requests_failed: _Optional[int] = ..., replies_late: _Optional[int] = ..., replies_superseded: _Optional[int] = ..., staleness_frames: _Optional[_Union[_common_pb2.Distribution, _Mapping]] = ..., decision_overhead_ms: _Optional[_Union[_common_pb2.Distribution, _Mapping]] = ..., replicas: _Optional[_Iterable[_Union[ReplicaStats, _Mapping]]] = ..., episodes: _Optional[int] = ..., last_episode_return: _Optional[float] = ..., mean_episode_return: _Optional[float] = ..., transitions_published: _Optional[int] = ..., transitions_dropped: _Optional[int] = ..., transitions_queued: _Optional[int] = ..., replica_count: _Optional[int] = ..., episode_frames: _Optional[int] = ..., scheduler: _Optional[str] = ..., scheduler_period_ms: _Optional[float] = ..., scheduler_spacing_ms: _Optional[float] = ..., scheduler_turns_passed: _Optional[int] = ..., scheduler_slots_waited: _Optional[int] = ..., requests_resent: _Optional[int] = ..., lead_frames: _Optional[int] = ..., interaction: _Optional[str] = ..., sequential_cycles: _Optional[int] = ..., train_ms: _Optional[_Union[_common_pb2.Distribution, _Mapping]] = ..., train_failures: _Optional[int] = ..., cycle_ms: _Optional[_Union[_common_pb2.Distribution, _Mapping]] = ...) -> None: ...

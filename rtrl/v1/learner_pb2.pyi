@@ -4,12 +4,36 @@ from typing import ClassVar as _ClassVar, Optional as _Optional
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class TrainRequest(_message.Message):
+    __slots__ = ("gateway_id", "through_seq", "updates")
+    GATEWAY_ID_FIELD_NUMBER: _ClassVar[int]
+    THROUGH_SEQ_FIELD_NUMBER: _ClassVar[int]
+    UPDATES_FIELD_NUMBER: _ClassVar[int]
+    gateway_id: str
+    through_seq: int
+    updates: int
+    def __init__(self, gateway_id: _Optional[str] = ..., through_seq: _Optional[int] = ..., updates: _Optional[int] = ...) -> None: ...
+
+class TrainResponse(_message.Message):
+    __slots__ = ("updates", "train_ms", "checkpoint_version", "wait_ms", "updates_total")
+    UPDATES_FIELD_NUMBER: _ClassVar[int]
+    TRAIN_MS_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    WAIT_MS_FIELD_NUMBER: _ClassVar[int]
+    UPDATES_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    updates: int
+    train_ms: float
+    checkpoint_version: int
+    wait_ms: float
+    updates_total: int
+    def __init__(self, updates: _Optional[int] = ..., train_ms: _Optional[float] = ..., checkpoint_version: _Optional[int] = ..., wait_ms: _Optional[float] = ..., updates_total: _Optional[int] = ...) -> None: ...
+
 class LearnerServiceGetStatusRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class LearnerServiceGetStatusResponse(_message.Message):
-    __slots__ = ("algorithm", "updates", "updates_per_s", "transitions_consumed", "transitions_invalid", "replay_size", "checkpoint_version", "checkpoints_published", "checkpoint_published_unix_ms", "loss", "epsilon", "stream_length", "stream_pending", "stream_lag", "env_steps", "transitions_unpaired", "uptime_s", "checkpoint_publish_failures")
+    __slots__ = ("algorithm", "updates", "updates_per_s", "transitions_consumed", "transitions_invalid", "replay_size", "checkpoint_version", "checkpoints_published", "checkpoint_published_unix_ms", "loss", "epsilon", "stream_length", "stream_pending", "stream_lag", "env_steps", "transitions_unpaired", "uptime_s", "checkpoint_publish_failures", "mode", "train_calls")
     ALGORITHM_FIELD_NUMBER: _ClassVar[int]
     UPDATES_FIELD_NUMBER: _ClassVar[int]
     UPDATES_PER_S_FIELD_NUMBER: _ClassVar[int]
@@ -28,6 +52,8 @@ class LearnerServiceGetStatusResponse(_message.Message):
     TRANSITIONS_UNPAIRED_FIELD_NUMBER: _ClassVar[int]
     UPTIME_S_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_PUBLISH_FAILURES_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    TRAIN_CALLS_FIELD_NUMBER: _ClassVar[int]
     algorithm: str
     updates: int
     updates_per_s: float
@@ -46,4 +72,6 @@ class LearnerServiceGetStatusResponse(_message.Message):
     transitions_unpaired: int
     uptime_s: float
     checkpoint_publish_failures: int
-    def __init__(self, algorithm: _Optional[str] = ..., updates: _Optional[int] = ..., updates_per_s: _Optional[float] = ..., transitions_consumed: _Optional[int] = ..., transitions_invalid: _Optional[int] = ..., replay_size: _Optional[int] = ..., checkpoint_version: _Optional[int] = ..., checkpoints_published: _Optional[int] = ..., checkpoint_published_unix_ms: _Optional[int] = ..., loss: _Optional[float] = ..., epsilon: _Optional[float] = ..., stream_length: _Optional[int] = ..., stream_pending: _Optional[int] = ..., stream_lag: _Optional[int] = ..., env_steps: _Optional[int] = ..., transitions_unpaired: _Optional[int] = ..., uptime_s: _Optional[float] = ..., checkpoint_publish_failures: _Optional[int] = ...) -> None: ...
+    mode: str
+    train_calls: int
+    def __init__(self, algorithm: _Optional[str] = ..., updates: _Optional[int] = ..., updates_per_s: _Optional[float] = ..., transitions_consumed: _Optional[int] = ..., transitions_invalid: _Optional[int] = ..., replay_size: _Optional[int] = ..., checkpoint_version: _Optional[int] = ..., checkpoints_published: _Optional[int] = ..., checkpoint_published_unix_ms: _Optional[int] = ..., loss: _Optional[float] = ..., epsilon: _Optional[float] = ..., stream_length: _Optional[int] = ..., stream_pending: _Optional[int] = ..., stream_lag: _Optional[int] = ..., env_steps: _Optional[int] = ..., transitions_unpaired: _Optional[int] = ..., uptime_s: _Optional[float] = ..., checkpoint_publish_failures: _Optional[int] = ..., mode: _Optional[str] = ..., train_calls: _Optional[int] = ...) -> None: ...

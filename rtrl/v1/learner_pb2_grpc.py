@@ -41,6 +41,11 @@ class LearnerServiceStub:
                 request_serializer=rtrl_dot_v1_dot_learner__pb2.LearnerServiceGetStatusRequest.SerializeToString,
                 response_deserializer=rtrl_dot_v1_dot_learner__pb2.LearnerServiceGetStatusResponse.FromString,
                 _registered_method=True)
+        self.Train = channel.unary_unary(
+                '/rtrl.v1.LearnerService/Train',
+                request_serializer=rtrl_dot_v1_dot_learner__pb2.TrainRequest.SerializeToString,
+                response_deserializer=rtrl_dot_v1_dot_learner__pb2.TrainResponse.FromString,
+                _registered_method=True)
 
 
 class LearnerServiceServicer:
@@ -55,6 +60,16 @@ class LearnerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Train(self, request, context):
+        """Sequential mode only (RTRL_LEARNER_MODE=sequential): waits until the learner has consumed the
+        caller's transition `through_seq`, then performs `updates` gradient updates and answers. Refused
+        with FAILED_PRECONDITION in async mode, DEADLINE_EXCEEDED when the transition is not consumed
+        before the caller's deadline, UNAVAILABLE while the learner is not running.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LearnerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -62,6 +77,11 @@ def add_LearnerServiceServicer_to_server(servicer, server):
                     servicer.GetStatus,
                     request_deserializer=rtrl_dot_v1_dot_learner__pb2.LearnerServiceGetStatusRequest.FromString,
                     response_serializer=rtrl_dot_v1_dot_learner__pb2.LearnerServiceGetStatusResponse.SerializeToString,
+            ),
+            'Train': grpc.unary_unary_rpc_method_handler(
+                    servicer.Train,
+                    request_deserializer=rtrl_dot_v1_dot_learner__pb2.TrainRequest.FromString,
+                    response_serializer=rtrl_dot_v1_dot_learner__pb2.TrainResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -93,6 +113,33 @@ class LearnerService:
             '/rtrl.v1.LearnerService/GetStatus',
             rtrl_dot_v1_dot_learner__pb2.LearnerServiceGetStatusRequest.SerializeToString,
             rtrl_dot_v1_dot_learner__pb2.LearnerServiceGetStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Train(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rtrl.v1.LearnerService/Train',
+            rtrl_dot_v1_dot_learner__pb2.TrainRequest.SerializeToString,
+            rtrl_dot_v1_dot_learner__pb2.TrainResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -15,6 +15,11 @@ stall.
 Episodes. Tick e resets the backend (the reset frame applies no action). A terminated or truncated
 frame (or `max_episode_frames` frames) ends the episode; the next tick resets.
 
+Lead. L is fixed for an episode. With a staggering scheduler it follows the scheduler's round trip T
+(`lead_for_episode`, T rounded up to frames, at most S): the replies that act on an episode's steps
+come from observations about T old, so the observation recorded with a step is then, in the steady
+state, the one its action was computed from. Otherwise L is the configured lead.
+
 Decisions. Decision step j of an episode samples its observation at frame e + j*k, right after that
 frame is produced, and executes its action over frames [e + j*k + L, e + (j+1)*k + L). The first L
 frames of an episode (the reset frame included) apply the fallback policy's choice and are not a
@@ -41,9 +46,10 @@ which staleness measures).
 Transitions. Each executed step becomes one `StepRecord` (a Transition whose observation is still
 raw frames; the publisher thread preprocesses and encodes it): the step's own observation, its
 action, the reward summed over its frames, terminated/truncated when the episode ended during the
-step (which ends the step early), and where the action came from. `seq` counts every record created,
-across episodes, so a consumer sees dropped records as gaps. The clock hands records to `publish`,
-which must not block (it drops and counts when full).
+step (which ends the step early), and where the action came from (the record also keeps the frame
+of the observation the action was computed from, for the sequential dispatcher). `seq` counts every
+record created, across episodes, so a consumer sees dropped records as gaps. The clock hands records
+to `publish`, which must not block (it drops and counts when full).
 
 Only the clock thread touches the backend. This module does not import grpc: replicas are reached
 through the dispatcher, the publisher and viewers through injected callables.
@@ -107,9 +113,10 @@ class ClockConfig:
             seed=settings.seed,
         )
 
-    def last_usable_frame(self, obs_frame: int) -> int:
+    def last_usable_frame(self, obs_frame: int, lead_frames: int | None = None) -> int:
         """Last frame at which a reply to `obs_frame` can still start a step (obs + S when S = L + k)."""
-        k, lead = self.decision_interval_frames, self.lead_frames
+        k = self.decision_interval_frames
+        lead = self.lead_frames if lead_frames is None else lead_frames
         return obs_frame + lead + (self.max_staleness_frames - lead) // k * k
 
 
@@ -170,6 +177,8 @@ class StepRecord:
     behaviour_log_prob: float
     obs_captured_unix_ns: int
     action_applied_unix_ns: int
+    action_obs_frame: int = -1
+    """Frame of the observation the action was computed from (-1 for a fallback action)."""
 
     def to_transition(self, preprocessor: Preprocessor) -> Transition:
         return Transition(
@@ -272,6 +281,7 @@ class _OpenStep:
 
     __slots__ = (
         "action",
+        "action_obs_frame",
         "applied_unix_ns",
         "behaviour_log_prob",
         "fresh",
@@ -289,8 +299,10 @@ class _OpenStep:
         staleness_frames: int,
         policy_version: int,
         behaviour_log_prob: float,
+        action_obs_frame: int = -1,
     ) -> None:
         self.index = index
+        self.action_obs_frame = action_obs_frame
         self.action = action
         self.fresh = fresh
         self.staleness_frames = staleness_frames
@@ -315,6 +327,7 @@ class RealtimeClock:
         publish: Callable[[StepRecord], bool],
         show_frame: Callable[[ViewerFrame], None] | None = None,
         mailbox: ActionMailbox | None = None,
+        lead_for_episode: Callable[[], int | None] | None = None,
         now_s: Callable[[], float] = time.monotonic,
         wall_ns: Callable[[], int] = time.time_ns,
         sleep: Callable[[float], None] = time.sleep,
@@ -329,6 +342,7 @@ class RealtimeClock:
         self._dispatch = dispatch
         self._publish = publish
         self._show_frame = show_frame
+        self._lead_for_episode = lead_for_episode
         self._now_s = now_s
         self._wall_ns = wall_ns
         self._sleep = sleep
@@ -348,6 +362,8 @@ class RealtimeClock:
         self.frame = 0
         """Index of the next frame to produce (= frames produced so far)."""
         self.episode = -1
+        self.lead_frames = config.lead_frames
+        """L of the current episode (see Lead in the module docstring)."""
         self._episode_start = 0
         self._needs_reset = True
         self.episode_frames = 0
@@ -423,10 +439,10 @@ class RealtimeClock:
         cpu_start_ns = time.thread_time_ns()
         frame = self.frame
         config = self.config
-        k, lead = config.decision_interval_frames, config.lead_frames
         resetting = self._needs_reset
         if resetting:
             self._begin_episode(frame)
+        k, lead = config.decision_interval_frames, self.lead_frames
         position = frame - self._episode_start
         # The action for this frame: fallback in the lead frames, else the open step's.
         opens_step = position >= lead and (position - lead) % k == 0
@@ -482,6 +498,7 @@ class RealtimeClock:
         self._needs_reset = False
         self.episode += 1
         self._episode_start = frame
+        self.lead_frames = self._episode_lead()
         self.episode_frames = 0
         self._episode_return = 0.0
         self._step = None
@@ -489,6 +506,13 @@ class RealtimeClock:
         self.mailbox.begin_episode(self.episode, frame)
         self._last_applied = self.config.fallback_action
         self._lead_action, _ = self._fallback()
+
+    def _episode_lead(self) -> int:
+        suggested = self._lead_for_episode() if self._lead_for_episode is not None else None
+        if suggested is None:
+            return self.config.lead_frames
+        # Beyond S no reply could ever be applied; below 0 is meaningless.
+        return min(max(suggested, 0), self.config.max_staleness_frames)
 
     def _end_episode(self) -> None:
         self.episodes += 1
@@ -517,12 +541,14 @@ class RealtimeClock:
         self.decisions_fresh += 1
         self.staleness_frames.add(staleness)
         reply = pending.reply
-        self._step = _OpenStep(index, reply.action, True, staleness, reply.policy_version, reply.behaviour_log_prob)
+        self._step = _OpenStep(
+            index, reply.action, True, staleness, reply.policy_version, reply.behaviour_log_prob, pending.obs_frame
+        )
 
     def _sample(self, step: int, frame: int, rgb: np.ndarray, produced_s: float, wall_ns: int, ended: bool) -> None:
         sampled = SampledFrame(frame, rgb)
         frames = self._history.reset(sampled) if step == 0 else self._history.add(sampled)
-        deadline_s = self.due_s(self.config.last_usable_frame(frame)) - DEADLINE_MARGIN_S
+        deadline_s = self.due_s(self.config.last_usable_frame(frame, self.lead_frames)) - DEADLINE_MARGIN_S
         sample = ObservationSample(self.episode, step, frame, frames, produced_s, wall_ns, deadline_s)
         self._samples[step] = sample
         # A step whose observation is the episode's last frame never runs: asking would waste a replica.
@@ -550,6 +576,7 @@ class RealtimeClock:
             behaviour_log_prob=step.behaviour_log_prob,
             obs_captured_unix_ns=sample.captured_unix_ns,
             action_applied_unix_ns=step.applied_unix_ns,
+            action_obs_frame=step.action_obs_frame,
         )
         self.seq += 1
         self._step = None

@@ -1,101 +1,442 @@
-"""Sends each sampled observation to inference, off the clock thread.
+"""Sends sampled observations to inference, off the clock thread: staggered, or one decision at a time.
 
-The clock hands samples over through a one-slot handoff: if the dispatcher has not picked up the
-previous sample yet, the newer one replaces it (the older is counted in `samples_skipped`), so the
-clock never waits and inference always gets the freshest observation. The dispatcher preprocesses
-the sample and calls the injected `request_action`, which sends Act asynchronously and calls
-`on_reply` later from another thread; replies go into the clock's mailbox.
+`Dispatcher` (RTRL_INTERACTION=async) holds the newest sample the clock handed over (`submit` only
+replaces it, so the clock never waits) and asks its scheduler (scheduler.py) what to do whenever
+something changes: a new sample, a call ending, or the time the scheduler asked to be woken at.
+It preprocesses a sample once, however many replicas it goes to, and replies go into the clock's
+mailbox from the thread that receives them. A sample replaced before it was sent anywhere counts in
+`requests_not_sent`. With `inline` (used for next_idle, which never needs to be woken at a time)
+there is no dispatcher thread: the thread that brings the change plans and sends, the clock's for
+a new sample, a replica's caller thread for a call that ended. For the clock that is about 0.2 ms
+of preprocessing and a hand-over to a caller thread, nothing that blocks: if another thread is
+already planning, that thread plans again for it. It saves a thread wake-up on the path from frame
+to action (0.1 ms typically, milliseconds on a busy machine).
+
+`SequentialDispatcher` (RTRL_INTERACTION=sequential) reproduces act -> learn -> act, the pattern of
+frameworks that stop acting while they train: it sends one sample, waits for its reply, waits until
+the step that applied it has become a transition, asks the learner to train on it (Train) and waits
+for that, and only then takes the next sample. It waits on its own thread; the clock keeps the game
+running on the fallback policy meanwhile, which is the freeze this mode exists to show.
+
+Replicas and the learner are reached through injected objects (`ReplicaLink`, `Train`), so this
+module does not import grpc.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
 
-import numpy as np
-
-from services.env_gateway.clock import ActionMailbox, ActionReply, ObservationSample
+from rtrl.metrics import Window
+from services.env_gateway.clock import ActionMailbox, ActionReply, ObservationSample, StepRecord
 from services.env_gateway.preprocess import Preprocessor
+from services.env_gateway.scheduler import NextIdleScheduler, ReplicaView, SampleView, Scheduler, next_in_rotation
 
 log = logging.getLogger(__name__)
 
-OnReply = Callable[[ActionReply | None], None]
-"""Called once per sent request: the reply, or None when the call failed."""
-RequestAction = Callable[[np.ndarray, int, float, OnReply], bool]
-"""(observation, frame_index, deadline_s, on_reply) -> whether a request was sent."""
+# Sequential mode: how long past a reply's arrival to wait for the step that applies it, in frames
+# beyond the staleness bound (the clock applies it at its next step boundary or drops it as late).
+APPLY_WAIT_EXTRA_FRAMES = 2
+# Sequential mode: how long to wait for an idle replica before looking at the next sample.
+IDLE_WAIT_S = 0.05
+# Sequential mode: fresh step records kept while waiting for the one that applied the action (a
+# reply is applied within S frames, so only the last few can be it).
+RECENT_RECORDS = 64
+
+
+@dataclass(frozen=True, slots=True)
+class CallOutcome:
+    """How one Act call ended: its reply, or None when it failed."""
+
+    address: str
+    reply: ActionReply | None
+    round_trip_s: float
+
+
+OnCallDone = Callable[[CallOutcome], None]
+"""Called once per sent call, on a gRPC thread."""
+
+
+class ReplicaLink(Protocol):
+    """What the dispatchers need from the replica pool (replicas.ReplicaPool)."""
+
+    def views(self, now_s: float) -> list[ReplicaView]: ...
+
+    def prepare(self, observation: Any, frame_index: int) -> Any: ...
+
+    def send(self, address: str, request: Any, deadline_s: float, on_done: OnCallDone) -> bool: ...
+
+
+@dataclass(frozen=True, slots=True)
+class TrainResult:
+    """What the learner reports after a sequential Train call."""
+
+    updates: int
+    train_ms: float
+    checkpoint_version: int
+
+
+class TrainError(RuntimeError):
+    """The learner did not train (unreachable, refused, or past the deadline); the message says why."""
+
+
+Train = Callable[[int], TrainResult]
+"""train(through_seq): asks the learner to train once it has consumed this gateway's transition `through_seq`."""
+
+
+class _PreparedSample:
+    """A sample with its Act request built once (preprocessing and serialising are not repeated)."""
+
+    __slots__ = ("request", "sample", "sends")
+
+    def __init__(self, sample: ObservationSample, request: Any) -> None:
+        self.sample = sample
+        self.request = request
+        self.sends = 0
 
 
 class Dispatcher:
-    """Preprocesses the newest sample and asks `request_action` for its action."""
+    """Sends the newest sample where its scheduler says, on the dispatcher thread."""
 
-    def __init__(self, preprocessor: Preprocessor, mailbox: ActionMailbox, request_action: RequestAction) -> None:
+    def __init__(
+        self,
+        preprocessor: Preprocessor,
+        mailbox: ActionMailbox,
+        replicas: ReplicaLink,
+        scheduler: Scheduler | None = None,
+        now_s: Callable[[], float] = time.monotonic,
+        inline: bool = False,
+    ) -> None:
         self._preprocessor = preprocessor
         self._mailbox = mailbox
-        self._request_action = request_action
-        self._ready = threading.Condition()
-        self._next: ObservationSample | None = None
+        self._replicas = replicas
+        self.scheduler = scheduler or NextIdleScheduler()
+        self.inline = inline
+        self._now_s = now_s
+        self._changed = threading.Condition()
+        self._latest: ObservationSample | None = None
+        self._changes = 0
+        self._planned_changes = 0
+        self._stepping = False
+        self._latest_sent = False
+        self._outcomes: list[CallOutcome] = []
+        self._prepared: _PreparedSample | None = None
+        self._wake_at_s: float | None = None
         self._stopping = False
         self._thread: threading.Thread | None = None
-        self._failures_lock = threading.Lock()
-        self.samples_skipped = 0
-        """Samples replaced in the handoff before the dispatcher got to them (written by the clock)."""
         self.requests_sent = 0
-        self.requests_unsent = 0
-        """Samples for which `request_action` sent nothing (no idle replica, or already too late)."""
+        self.requests_resent = 0
+        """Calls that carried a sample already sent to another replica (staggering schedulers)."""
+        self.requests_not_sent = 0
+        """Samples replaced by a newer one before they were sent anywhere."""
         self.requests_failed = 0
+        self.replica_count = 0
+        """Replicas in rotation at the last plan."""
 
-    @property
-    def requests_not_sent(self) -> int:
-        return self.requests_unsent + self.samples_skipped
+    # -- the clock's side and the gRPC threads' side ---------------------------------------------------
 
     def submit(self, sample: ObservationSample) -> None:
         """Called by the clock; never blocks beyond a short lock."""
-        with self._ready:
-            if self._next is not None:
-                self.samples_skipped += 1
-            self._next = sample
-            self._ready.notify()
+        with self._changed:
+            if self._latest is not None and not self._latest_sent:
+                self.requests_not_sent += 1
+            self._latest = sample
+            self._latest_sent = False
+            self._changes += 1
+            self._changed.notify()
+        if self.inline:
+            self._step_here()
+
+    def on_record(self, record: StepRecord) -> None:
+        """Called by the clock for every step it closes; only the sequential dispatcher uses it."""
+
+    def _on_call_done(self, sample: ObservationSample, outcome: CallOutcome) -> None:
+        if outcome.reply is not None:
+            self._mailbox.offer(sample.episode, sample.frame_index, sample.produced_s, outcome.reply)
+        with self._changed:
+            if outcome.reply is None:
+                self.requests_failed += 1
+            self._outcomes.append(outcome)
+            self._changes += 1
+            self._changed.notify()
+        if self.inline:
+            self._step_here()
+
+    def _step_here(self) -> None:
+        """Inline mode: plans on this thread, unless another thread is planning, which then plans again."""
+        with self._changed:
+            if self._stepping or self._stopping:
+                return
+            self._stepping = True
+        while True:
+            try:
+                self.step()
+            except Exception:
+                # The clock (or a caller thread) must go on whatever happens here.
+                log.exception("the dispatcher failed to plan or send a call")
+            with self._changed:
+                # Checked and released together, so a change arriving now is planned by its own thread.
+                if self._planned_changes == self._changes or self._stopping:
+                    self._stepping = False
+                    return
+
+    # -- the dispatcher thread ----------------------------------------------------------------------
 
     def start(self) -> None:
+        if self.inline:
+            return
         self._thread = threading.Thread(target=self._run, name="rtrl-dispatcher", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
-        with self._ready:
+        with self._changed:
             self._stopping = True
-            self._ready.notify()
+            self._changed.notify()
         if self._thread is not None:
             self._thread.join()
 
     def _run(self) -> None:
         while True:
-            with self._ready:
-                while self._next is None and not self._stopping:
-                    self._ready.wait()
-                sample = self._next
-                if self._stopping or sample is None:
+            with self._changed:
+                while not self._stopping and self._planned_changes == self._changes:
+                    if self._wake_at_s is None:
+                        self._changed.wait()
+                        continue
+                    remaining_s = self._wake_at_s - self._now_s()
+                    if remaining_s <= 0:
+                        break
+                    self._changed.wait(remaining_s)
+                if self._stopping:
                     return
-                self._next = None
             try:
-                self.dispatch(sample)
+                self.step()
             except Exception:
                 # A bug here must not silence inference for the rest of the run; the clock keeps
                 # going on fallback actions either way.
-                log.exception("could not send the observation of frame %d", sample.frame_index)
+                log.exception("the dispatcher failed to plan or send a call")
+                with self._changed:
+                    self._wake_at_s = None
 
-    def dispatch(self, sample: ObservationSample) -> None:
-        """Preprocesses `sample` and sends it (runs on the dispatcher thread, or inline in tests)."""
-        observation = self._preprocessor.stack(sample.frames)
-
-        def on_reply(reply: ActionReply | None) -> None:
-            if reply is None:
-                with self._failures_lock:
-                    self.requests_failed += 1
+    def step(self) -> None:
+        """Takes what changed to the scheduler and sends what it says (the thread's body; tests call it)."""
+        with self._changed:
+            outcomes, self._outcomes = self._outcomes, []
+            sample, sample_unsent = self._latest, not self._latest_sent
+            self._planned_changes = self._changes
+            self._wake_at_s = None
+        for outcome in outcomes:
+            if outcome.reply is not None:
+                self.scheduler.on_reply(outcome.address, outcome.round_trip_s)
+            else:
+                self.scheduler.on_failure(outcome.address)
+        while True:
+            now_s = self._now_s()
+            views = self._replicas.views(now_s)
+            self.replica_count = len(views)
+            view = SampleView(sample.produced_s, sample.deadline_s, sample_unsent) if sample is not None else None
+            plan = self.scheduler.plan(now_s, view, views)
+            if plan.send_to is None or sample is None:
+                with self._changed:
+                    self._wake_at_s = plan.wake_at_s
                 return
-            self._mailbox.offer(sample.episode, sample.frame_index, sample.produced_s, reply)
+            sample_unsent = False
+            if self._send(plan.send_to, sample):
+                self.scheduler.on_sent(plan.send_to, now_s, len(views))
+            else:
+                # Too late for this sample, or the replica just left: wait for the next sample.
+                return
 
-        if self._request_action(observation, sample.frame_index, sample.deadline_s, on_reply):
+    def _send(self, address: str, sample: ObservationSample) -> bool:
+        prepared = self._prepared
+        if prepared is None or prepared.sample is not sample:
+            observation = self._preprocessor.stack(sample.frames)
+            prepared = self._prepared = _PreparedSample(sample, self._replicas.prepare(observation, sample.frame_index))
+
+        def on_done(outcome: CallOutcome) -> None:
+            self._on_call_done(sample, outcome)
+
+        if not self._replicas.send(address, prepared.request, sample.deadline_s, on_done):
+            return False
+        with self._changed:
             self.requests_sent += 1
-        else:
-            self.requests_unsent += 1
+            if prepared.sends:
+                self.requests_resent += 1
+            if self._latest is sample:
+                self._latest_sent = True
+        prepared.sends += 1
+        return True
+
+
+class SequentialDispatcher:
+    """act -> learn -> act on its own thread (see the module docstring); the clock never waits for it."""
+
+    def __init__(
+        self,
+        preprocessor: Preprocessor,
+        mailbox: ActionMailbox,
+        replicas: ReplicaLink,
+        train: Train,
+        *,
+        frame_period_s: float,
+        max_staleness_frames: int,
+        decision_interval_frames: int,
+        now_s: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._preprocessor = preprocessor
+        self._mailbox = mailbox
+        self._replicas = replicas
+        self._train = train
+        self._apply_wait_s = (
+            max_staleness_frames + decision_interval_frames + APPLY_WAIT_EXTRA_FRAMES
+        ) * frame_period_s
+        self._now_s = now_s
+        self.scheduler = NextIdleScheduler()
+        self._changed = threading.Condition()
+        self._latest: ObservationSample | None = None
+        self._outcome: CallOutcome | None = None
+        self._records: deque[StepRecord] = deque(maxlen=RECENT_RECORDS)
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._last_address: str | None = None
+        self._train_failures_logged = False
+        self.requests_sent = 0
+        self.requests_resent = 0
+        self.requests_not_sent = 0
+        """Samples the clock produced while a cycle was in progress (the freeze, counted in samples)."""
+        self.requests_failed = 0
+        self.replica_count = 0
+        self.cycles = 0
+        """Completed act -> learn cycles."""
+        self.replies_not_applied = 0
+        """Replies the clock dropped (late, or their episode ended), so no Train followed."""
+        self.train_failures = 0
+        self.train_ms = Window()
+        """Time the learner reported for each Train."""
+        self.cycle_ms = Window()
+        """Time from taking a sample to the learner's answer."""
+
+    def submit(self, sample: ObservationSample) -> None:
+        with self._changed:
+            if self._latest is not None:
+                self.requests_not_sent += 1
+            self._latest = sample
+            self._changed.notify_all()
+
+    def on_record(self, record: StepRecord) -> None:
+        if not record.fresh:
+            return  # a fallback step applied no reply, so it is nobody's
+        with self._changed:
+            self._records.append(record)
+            self._changed.notify_all()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="rtrl-sequential", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._changed:
+            self._stopping = True
+            self._changed.notify_all()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stopping:
+            try:
+                self.cycle()
+            except Exception:
+                log.exception("a sequential act -> learn cycle failed; starting the next one")
+
+    def _wait(self, ready: Callable[[], bool], until_s: float | None) -> bool:
+        """Waits under the lock until `ready()` or `until_s`; False when stopping or out of time."""
+        while not self._stopping and not ready():
+            if until_s is None:
+                self._changed.wait()
+                continue
+            remaining_s = until_s - self._now_s()
+            if remaining_s <= 0:
+                return False
+            self._changed.wait(remaining_s)
+        return not self._stopping
+
+    def cycle(self) -> None:
+        """One act -> learn cycle: the newest sample, its action, its transition, Train."""
+        with self._changed:
+            if not self._wait(lambda: self._latest is not None, None):
+                return
+            sample = self._latest
+            assert sample is not None
+            self._latest = None
+            self._records.clear()
+        started_s = self._now_s()
+        views = self._replicas.views(started_s)
+        self.replica_count = len(views)
+        chosen = next_in_rotation(views, self._last_address)
+        if chosen is None:
+            # Nothing to act with; the clock runs on the fallback until a replica is there.
+            with self._changed:
+                self._wait(lambda: False, started_s + IDLE_WAIT_S)
+            self.requests_not_sent += 1
+            return
+        self._last_address = chosen.address
+        request = self._replicas.prepare(self._preprocessor.stack(sample.frames), sample.frame_index)
+        with self._changed:
+            self._outcome = None
+        if not self._replicas.send(chosen.address, request, sample.deadline_s, self._on_call_done):
+            self.requests_not_sent += 1
+            return
+        self.requests_sent += 1
+        with self._changed:
+            if not self._wait(lambda: self._outcome is not None, None):
+                return
+            outcome = self._outcome
+        assert outcome is not None
+        if outcome.reply is None:
+            self.requests_failed += 1
+            return
+        self._mailbox.offer(sample.episode, sample.frame_index, sample.produced_s, outcome.reply)
+        record = self._wait_for_step(sample, self._now_s() + self._apply_wait_s)
+        if record is None:
+            self.replies_not_applied += 1
+            return
+        try:
+            result = self._train(record.seq)
+        except TrainError as error:
+            self.train_failures += 1
+            if not self._train_failures_logged:
+                log.warning("%s; acting goes on without training", error)
+                self._train_failures_logged = True
+            return
+        self._train_failures_logged = False
+        self.train_ms.add(result.train_ms)
+        self.cycle_ms.add((self._now_s() - started_s) * 1000.0)
+        self.cycles += 1
+        # The next cycle acts on an observation taken after training, as act -> learn -> act does.
+        with self._changed:
+            if self._latest is not None:
+                self.requests_not_sent += 1
+            self._latest = None
+
+    def _on_call_done(self, outcome: CallOutcome) -> None:
+        with self._changed:
+            self._outcome = outcome
+            self._changed.notify_all()
+
+    def _wait_for_step(self, sample: ObservationSample, until_s: float) -> StepRecord | None:
+        """The record of the step that applied the reply to `sample`, or None if none did in time."""
+
+        def applied() -> StepRecord | None:
+            for record in self._records:
+                if record.episode == sample.episode and record.action_obs_frame == sample.frame_index:
+                    return record
+            return None
+
+        with self._changed:
+            if not self._wait(lambda: applied() is not None, until_s):
+                return None
+            return applied()

@@ -1,16 +1,20 @@
-"""Inference replicas as the gateway sees them: a channel per address, idle selection, Act with a deadline.
+"""Inference replicas as the gateway sees them: a channel per address, Act with a deadline, membership.
 
-A replica is idle when it has no call in flight. Each observation goes to the next idle replica in
-round-robin order; replicas whose last call failed within `RECENT_FAILURE_S` are chosen only when
-no other replica is idle, so a replica that hangs or refuses costs one decision per second instead
-of every other one, and still gets probed. A call that fails with UNAVAILABLE also keeps its replica
-out of the rotation for `UNAVAILABLE_BACKOFF_S`, so a dead replica stops getting calls within one
-deadline. Act is sent with `stub.Act.future(timeout=...)`; the reply (or its failure) is delivered
-on a gRPC thread through the caller's `on_reply`.
+`ReplicaPool` keeps one channel per replica address and sends Act calls where the dispatcher (with its
+scheduler, see scheduler.py) says; `stub.Act.future(timeout=...)` sends without blocking and the
+outcome is delivered on a gRPC thread through the caller's `on_done`.
+
+Membership: the pool is told which addresses exist and when each was last seen alive
+(`set_members`, fed by membership.py from the Redis registry and RTRL_INFERENCE_ADDRESSES). A replica
+whose call fails with UNAVAILABLE (refused connection, shutting down) is dropped from rotation at
+once and comes back only when it is seen alive after that failure: a fresh heartbeat in the
+registry, or its static address resolving again. So a dead replica stops getting calls as soon as
+one call to it fails, well within one deadline. Replicas whose last call failed otherwise (deadline
+exceeded, refused) within `RECENT_FAILURE_S` stay in rotation but are chosen only when no other
+replica is idle.
 
 `AddressResolver` turns RTRL_INFERENCE_ADDRESSES (host:port, a host may resolve to several
-containers) into addresses every second and feeds `ReplicaPool.set_addresses`, so replicas added
-by `docker compose --scale` are picked up; another discovery mechanism can call `set_addresses` too.
+containers) into addresses every second.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import math
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import grpc
@@ -31,12 +35,12 @@ from rtrl.metrics import Window
 from rtrl.tensors import to_proto
 from rtrl.v1 import env_gateway_pb2, inference_pb2, inference_pb2_grpc
 from services.env_gateway.clock import ActionReply
-from services.env_gateway.dispatcher import OnReply
+from services.env_gateway.dispatcher import CallOutcome, OnCallDone
+from services.env_gateway.scheduler import ReplicaView
 from services.env_gateway.settings import split_host_port
 
 log = logging.getLogger(__name__)
 
-UNAVAILABLE_BACKOFF_S = 0.5
 RECENT_FAILURE_S = 1.0
 RESOLVE_INTERVAL_S = 1.0
 _CHANNEL_OPTIONS = [
@@ -56,12 +60,57 @@ class _Replica:
     failures: int = 0
     checkpoint_version: int = -1
     latency_ms: Window = field(default_factory=Window)
-    unavailable_until_s: float = -math.inf
+    batch_size: Window = field(default_factory=Window)
+    inference_ms: Window = field(default_factory=Window)
     failed_at_s: float = -math.inf
+    excluded_since_s: float | None = None
+    """Set when a call failed with UNAVAILABLE; cleared when the replica is seen alive after it."""
+    caller: _Caller | None = None
+
+
+class _Caller:
+    """A thread that makes one replica's calls, blocking, one after the other.
+
+    Why not `stub.Act.future`: the sync API then polls completions on a channel "spin" thread that
+    exits whenever no call is in flight and is started again by the next call, which costs about a
+    millisecond per call when calls come one at a time, as they do here (a replica gets a call only
+    when idle). A blocking call polls on the calling thread; this thread lives as long as the replica.
+    """
+
+    def __init__(self, address: str, work: Callable[[tuple], None]) -> None:
+        self._work = work
+        self._queue: list[tuple] = []
+        self._ready = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name=f"rtrl-act {address}", daemon=True)
+        self._thread.start()
+
+    def put(self, item: tuple) -> None:
+        with self._ready:
+            self._queue.append(item)
+            self._ready.notify()
+
+    def close(self) -> list[tuple]:
+        """Stops taking calls; returns the ones that were queued and never sent."""
+        with self._ready:
+            self._closed = True
+            left, self._queue = self._queue, []
+            self._ready.notify()
+        return left
+
+    def _run(self) -> None:
+        while True:
+            with self._ready:
+                while not self._queue and not self._closed:
+                    self._ready.wait()
+                if self._closed:
+                    return
+                item = self._queue.pop(0)
+            self._work(item)
 
 
 class ReplicaPool:
-    """Sends Act to idle replicas; thread-safe (the dispatcher sends, gRPC threads complete)."""
+    """Sends Act to the replica the dispatcher names; thread-safe (the dispatcher sends, gRPC threads complete)."""
 
     def __init__(
         self,
@@ -74,103 +123,125 @@ class ReplicaPool:
         self._action_count = action_count
         self._now_s = now_s
         self._lock = threading.Lock()
-        self._replicas: list[_Replica] = []
-        self._next = 0
+        self._replicas: dict[str, _Replica] = {}
         self._closed = False
         self.set_addresses(addresses)
 
     def set_addresses(self, addresses: Iterable[str]) -> None:
-        """Replaces the set of replicas; kept ones keep their channel and statistics."""
-        wanted = list(dict.fromkeys(addresses))
+        """Replaces the set of replicas with `addresses`, all seen alive now."""
+        now_s = self._now_s()
+        self.set_members({address: now_s for address in addresses})
+
+    def set_members(self, last_seen_s: Mapping[str, float]) -> None:
+        """Replaces the set of replicas: address -> when it was last seen alive (monotonic seconds).
+
+        Kept replicas keep their channel and statistics; one dropped after UNAVAILABLE comes back
+        when it was seen alive after that failure.
+        """
         with self._lock:
             if self._closed:
                 return
-            current = {replica.address: replica for replica in self._replicas}
-            removed = [replica for address, replica in current.items() if address not in wanted]
-            added = [address for address in wanted if address not in current]
-            self._replicas = [current.get(address) or self._connect(address) for address in wanted]
-            self._next %= max(len(self._replicas), 1)
+            current = self._replicas
+            removed = [replica for address, replica in current.items() if address not in last_seen_s]
+            added = [address for address in last_seen_s if address not in current]
+            readmitted = []
+            replicas: dict[str, _Replica] = {}
+            for address, seen_s in last_seen_s.items():
+                replica = current.get(address) or self._connect(address)
+                if replica.excluded_since_s is not None and seen_s > replica.excluded_since_s:
+                    replica.excluded_since_s = None
+                    readmitted.append(address)
+                replicas[address] = replica
+            self._replicas = replicas
         if added or removed:
             log.info(
                 "inference replicas now %s (added %s, removed %s)",
-                wanted,
+                list(last_seen_s),
                 added,
                 [replica.address for replica in removed],
             )
+        if readmitted:
+            log.info("inference replicas %s are alive again and back in rotation", readmitted)
         # Closing cancels a removed replica's call in flight; it completes as a failure.
         for replica in removed:
-            replica.channel.close()
+            self._close_replica(replica)
 
-    @staticmethod
-    def _connect(address: str) -> _Replica:
+    def _connect(self, address: str) -> _Replica:
         channel = grpc.insecure_channel(address, options=_CHANNEL_OPTIONS)
-        return _Replica(address, channel, inference_pb2_grpc.InferenceServiceStub(channel))
+        replica = _Replica(address, channel, inference_pb2_grpc.InferenceServiceStub(channel))
+        replica.caller = _Caller(address, lambda item: self._call(replica, *item))
+        return replica
+
+    def _close_replica(self, replica: _Replica) -> None:
+        assert replica.caller is not None
+        for _request, sent_s, _deadline_s, on_done in replica.caller.close():
+            round_trip_s = self._finish(replica, sent_s, None, grpc.StatusCode.CANCELLED)
+            on_done(CallOutcome(replica.address, None, round_trip_s))
+        replica.channel.close()
 
     @property
     def addresses(self) -> list[str]:
         with self._lock:
-            return [replica.address for replica in self._replicas]
+            return list(self._replicas)
 
     def __len__(self) -> int:
         return len(self._replicas)
 
-    def _pick_idle(self, now_s: float) -> _Replica | None:
-        count = len(self._replicas)
-        second_choice: tuple[int, _Replica] | None = None
-        for offset in range(count):
-            index = (self._next + offset) % count
-            replica = self._replicas[index]
-            if replica.in_flight or now_s < replica.unavailable_until_s:
-                continue
-            if now_s - replica.failed_at_s < RECENT_FAILURE_S:
-                second_choice = second_choice or (index, replica)
-                continue
-            self._next = (index + 1) % count
-            return replica
-        if second_choice is None:
-            return None
-        self._next = (second_choice[0] + 1) % count
-        return second_choice[1]
-
-    def request_action(self, observation: np.ndarray, frame_index: int, deadline_s: float, on_reply: OnReply) -> bool:
-        """Sends Act for `observation` to an idle replica; False when none is idle or it is too late."""
-        sent_s = self._now_s()
-        timeout_s = deadline_s - sent_s
-        if timeout_s <= 0:
-            return False
+    def views(self, now_s: float) -> list[ReplicaView]:
+        """The replicas in rotation (not dropped after UNAVAILABLE), in a stable order."""
         with self._lock:
-            replica = None if self._closed else self._pick_idle(sent_s)
-            if replica is None:
-                return False
-            replica.in_flight += 1
-            replica.requests += 1
-        request = inference_pb2.ActRequest(
+            return [
+                ReplicaView(replica.address, replica.in_flight, now_s - replica.failed_at_s < RECENT_FAILURE_S)
+                for replica in self._replicas.values()
+                if replica.excluded_since_s is None
+            ]
+
+    def prepare(self, observation: np.ndarray, frame_index: int) -> inference_pb2.ActRequest:
+        """The Act request for an observation; built once, sent to as many replicas as the scheduler says."""
+        return inference_pb2.ActRequest(
             observation=to_proto(observation),
             gateway_id=self._gateway_id,
             frame_index=frame_index,
             action_count=self._action_count,
         )
-        try:
-            future = replica.stub.Act.future(request, timeout=timeout_s)
-        except ValueError:
-            # The channel was closed by set_addresses between picking and sending.
-            self._finish(replica, sent_s, None, grpc.StatusCode.CANCELLED)
+
+    def send(self, address: str, request: inference_pb2.ActRequest, deadline_s: float, on_done: OnCallDone) -> bool:
+        """Sends `request` to `address`; False (nothing sent) when it is gone or the deadline has passed."""
+        sent_s = self._now_s()
+        timeout_s = deadline_s - sent_s
+        if timeout_s <= 0:
             return False
-        future.add_done_callback(lambda done: self._complete(replica, sent_s, done, on_reply))
+        with self._lock:
+            replica = None if self._closed else self._replicas.get(address)
+            if replica is None or replica.caller is None:
+                return False
+            replica.in_flight += 1
+            replica.requests += 1
+            replica.caller.put((request, sent_s, deadline_s, on_done))
         return True
 
-    def _complete(self, replica: _Replica, sent_s: float, future: grpc.Future, on_reply: OnReply) -> None:
-        if future.cancelled():
-            self._finish(replica, sent_s, None, grpc.StatusCode.CANCELLED)
-            on_reply(None)
+    def _call(
+        self,
+        replica: _Replica,
+        request: inference_pb2.ActRequest,
+        sent_s: float,
+        deadline_s: float,
+        on_done: OnCallDone,
+    ) -> None:
+        """Runs on the replica's caller thread: the blocking call and its outcome."""
+        try:
+            timeout_s = deadline_s - self._now_s()
+            if timeout_s <= 0:
+                raise _TooLate
+            response: inference_pb2.ActResponse = replica.stub.Act(request, timeout=timeout_s)
+        except (grpc.RpcError, ValueError, _TooLate) as error:
+            # ValueError: the channel was closed under the call (the replica left the membership).
+            code = error.code() if isinstance(error, grpc.Call) else grpc.StatusCode.CANCELLED
+            if isinstance(error, _TooLate):
+                code = grpc.StatusCode.DEADLINE_EXCEEDED
+            round_trip_s = self._finish(replica, sent_s, None, code)
+            on_done(CallOutcome(replica.address, None, round_trip_s))
             return
-        error = future.exception()
-        if error is not None:
-            code = error.code() if isinstance(error, grpc.Call) else grpc.StatusCode.UNKNOWN
-            self._finish(replica, sent_s, None, code)
-            on_reply(None)
-            return
-        response: inference_pb2.ActResponse = future.result()
         if response.action >= self._action_count:
             log.warning(
                 "replica %s answered action %d for a game with %d actions; counting it as a failure",
@@ -178,32 +249,46 @@ class ReplicaPool:
                 response.action,
                 self._action_count,
             )
-            self._finish(replica, sent_s, None, grpc.StatusCode.OUT_OF_RANGE)
-            on_reply(None)
+            round_trip_s = self._finish(replica, sent_s, None, grpc.StatusCode.OUT_OF_RANGE)
+            on_done(CallOutcome(replica.address, None, round_trip_s))
             return
-        self._finish(replica, sent_s, response.checkpoint_version, None)
-        on_reply(ActionReply(response.action, response.checkpoint_version, response.behaviour_log_prob))
+        round_trip_s = self._finish(replica, sent_s, response, None)
+        reply = ActionReply(response.action, response.checkpoint_version, response.behaviour_log_prob)
+        on_done(CallOutcome(replica.address, reply, round_trip_s))
 
     def _finish(
-        self, replica: _Replica, sent_s: float, checkpoint_version: int | None, code: grpc.StatusCode | None
-    ) -> None:
+        self,
+        replica: _Replica,
+        sent_s: float,
+        response: inference_pb2.ActResponse | None,
+        code: grpc.StatusCode | None,
+    ) -> float:
         now_s = self._now_s()
+        round_trip_s = now_s - sent_s
         with self._lock:
             replica.in_flight -= 1
             if code is None:
                 replica.replies += 1
-                replica.latency_ms.add((now_s - sent_s) * 1000.0)
-                if checkpoint_version is not None:
-                    replica.checkpoint_version = checkpoint_version
-                return
+                replica.latency_ms.add(round_trip_s * 1000.0)
+                if response is not None:
+                    replica.checkpoint_version = response.checkpoint_version
+                    replica.batch_size.add(response.batch_size)
+                    replica.inference_ms.add(response.inference_ms)
+                return round_trip_s
             replica.failures += 1
             replica.failed_at_s = now_s
-            if code == grpc.StatusCode.UNAVAILABLE:
-                replica.unavailable_until_s = now_s + UNAVAILABLE_BACKOFF_S
+            if code == grpc.StatusCode.UNAVAILABLE and replica.excluded_since_s is None:
+                replica.excluded_since_s = now_s
+                excluded = True
+            else:
+                excluded = False
+        if excluded:
+            log.info("inference replica %s is unavailable; out of rotation until it is seen alive", replica.address)
+        return round_trip_s
 
     def stats(self) -> list[env_gateway_pb2.ReplicaStats]:
         with self._lock:
-            replicas = list(self._replicas)
+            replicas = list(self._replicas.values())
         return [
             env_gateway_pb2.ReplicaStats(
                 address=replica.address,
@@ -213,6 +298,9 @@ class ReplicaPool:
                 in_flight=replica.in_flight,
                 latency_ms=replica.latency_ms.summary(),
                 checkpoint_version=replica.checkpoint_version,
+                batch_size=replica.batch_size.summary(),
+                inference_ms=replica.inference_ms.summary(),
+                excluded=replica.excluded_since_s is not None,
             )
             for replica in replicas
         ]
@@ -221,9 +309,13 @@ class ReplicaPool:
         """Closes every channel (cancelling calls in flight); statistics stay readable."""
         with self._lock:
             self._closed = True
-            replicas = list(self._replicas)
+            replicas = list(self._replicas.values())
         for replica in replicas:
-            replica.channel.close()
+            self._close_replica(replica)
+
+
+class _TooLate(Exception):
+    """The call waited for its caller thread past its deadline, so it is not sent."""
 
 
 def resolve(target: str, getaddrinfo: Callable[..., Sequence[tuple]] = socket.getaddrinfo) -> list[str]:
@@ -275,6 +367,8 @@ class AddressResolver:
         return addresses
 
     def start(self) -> None:
+        if not self._targets:
+            return
         self._thread = threading.Thread(target=self._run, name="rtrl-resolver", daemon=True)
         self._thread.start()
 

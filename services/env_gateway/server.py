@@ -1,5 +1,8 @@
-"""The env gateway service: `Gateway` composes clock, dispatcher, replicas, publisher and viewers;
-`EnvGatewayServicer` answers GetSpec, StreamFrames and GetStats; `serve` runs it until a signal.
+"""The env gateway service: `Gateway` composes clock, dispatcher, replicas, membership, publisher and
+viewers; `EnvGatewayServicer` answers GetSpec, StreamFrames and GetStats; `serve` runs it until a signal.
+
+In sequential interaction the dispatcher calls the learner's Train through `LearnerTrainer`, which
+translates gRPC errors into `TrainError` here, at the boundary.
 
 Health is NOT_SERVING until the backend runs and the clock ticks, SERVING after, and NOT_SERVING
 again as soon as shutdown starts (then the clock stops, the publisher flushes for at most
@@ -26,13 +29,15 @@ from rtrl.config import PREFIX, SettingsError
 from rtrl.grpc_util import Unavailable, abort_for
 from rtrl.tensors import dtype_code
 from rtrl.transitions import encode
-from rtrl.v1 import env_gateway_pb2, env_gateway_pb2_grpc
+from rtrl.v1 import env_gateway_pb2, env_gateway_pb2_grpc, learner_pb2, learner_pb2_grpc
 from services.env_gateway.backends import Backend, make_backend
 from services.env_gateway.clock import ActionMailbox, ClockConfig, RealtimeClock, StepRecord
-from services.env_gateway.dispatcher import Dispatcher
+from services.env_gateway.dispatcher import Dispatcher, SequentialDispatcher, TrainError, TrainResult
+from services.env_gateway.membership import REGISTRY_SOURCE, Membership, RegistryWatcher
 from services.env_gateway.preprocess import Preprocessor
 from services.env_gateway.publisher import TransitionPublisher
 from services.env_gateway.replicas import AddressResolver, ReplicaPool
+from services.env_gateway.scheduler import SchedulerKind, make_scheduler
 from services.env_gateway.settings import GatewaySettings
 from services.env_gateway.viewers import FrameFanout
 
@@ -46,6 +51,34 @@ START_TIMEOUT_S = 10.0
 _VIEWER_POLL_S = 0.25
 # Each StreamFrames call holds a server thread for its lifetime, so leave room beside unary calls.
 _SERVER_WORKERS = 16
+
+
+class LearnerTrainer:
+    """Calls LearnerService/Train for one gateway (sequential interaction); errors become TrainError."""
+
+    def __init__(self, address: str, gateway_id: str, updates: int, timeout_s: float) -> None:
+        self.address = address
+        self._gateway_id = gateway_id
+        self._updates = updates
+        self._timeout_s = timeout_s
+        self._channel = grpc.insecure_channel(address)
+        self._stub = learner_pb2_grpc.LearnerServiceStub(self._channel)
+
+    def __call__(self, through_seq: int) -> TrainResult:
+        request = learner_pb2.TrainRequest(gateway_id=self._gateway_id, through_seq=through_seq, updates=self._updates)
+        try:
+            response = self._stub.Train(request, timeout=self._timeout_s)
+        except grpc.RpcError as error:
+            code = error.code() if isinstance(error, grpc.Call) else grpc.StatusCode.UNKNOWN
+            details = error.details() if isinstance(error, grpc.Call) else str(error)
+            raise TrainError(
+                f"the learner at {self.address} did not train through transition {through_seq} "
+                f"({code.name}: {details}); check that it runs with RTRL_LEARNER_MODE=sequential"
+            ) from error
+        return TrainResult(response.updates, response.train_ms, response.checkpoint_version)
+
+    def close(self) -> None:
+        self._channel.close()
 
 
 class Gateway:
@@ -69,8 +102,36 @@ class Gateway:
             self.preprocessor = Preprocessor(settings.obs_width, settings.obs_height, settings.obs_grayscale)
             self.mailbox = ActionMailbox(settings.max_staleness_frames)
             self.replicas = ReplicaPool(settings.gateway_id, self.backend.action_count)
-            self.resolver = AddressResolver(settings.inference_addresses, self.replicas.set_addresses)
-            self.dispatcher = Dispatcher(self.preprocessor, self.mailbox, self.replicas.request_action)
+            self.membership = Membership(self.replicas.set_members)
+            self.resolver = AddressResolver(settings.inference_addresses, self.membership.static_addresses())
+            self.trainer: LearnerTrainer | None = None
+            self.dispatcher: Dispatcher | SequentialDispatcher
+            if settings.interaction == "sequential":
+                self.trainer = LearnerTrainer(
+                    settings.learner_address,
+                    settings.gateway_id,
+                    settings.sequential_updates,
+                    settings.sequential_train_timeout_s,
+                )
+                self.dispatcher = SequentialDispatcher(
+                    self.preprocessor,
+                    self.mailbox,
+                    self.replicas,
+                    self.trainer,
+                    frame_period_s=1.0 / self.clock_config.frame_rate_hz,
+                    max_staleness_frames=settings.max_staleness_frames,
+                    decision_interval_frames=settings.decision_interval_frames,
+                )
+            else:
+                kind = SchedulerKind(settings.scheduler)
+                self.dispatcher = Dispatcher(
+                    self.preprocessor,
+                    self.mailbox,
+                    self.replicas,
+                    make_scheduler(kind),
+                    # next_idle acts only on a new sample, so it can act on the clock's thread (see dispatcher.py).
+                    inline=kind is SchedulerKind.NEXT_IDLE,
+                )
             try:
                 self.publisher: TransitionPublisher[StepRecord] = TransitionPublisher(
                     settings.redis_url,
@@ -79,19 +140,27 @@ class Gateway:
                     settings.publish_queue_size,
                     encode=self._encode,
                 )
+                self.registry = RegistryWatcher(
+                    settings.redis_url,
+                    settings.replica_registry,
+                    lambda seen: self.membership.update(REGISTRY_SOURCE, seen),
+                )
             except ValueError as error:
                 raise SettingsError(
                     f"{PREFIX}REDIS_URL={settings.redis_url!r} is not a Redis URL ({error}); "
                     "set it like redis://127.0.0.1:6379/0."
                 ) from error
             self.frames = FrameFanout()
+            frame_period_s = 1.0 / self.clock_config.frame_rate_hz
+            scheduler = self.dispatcher.scheduler
             self.clock = RealtimeClock(
                 self.backend,
                 self.clock_config,
                 dispatch=self.dispatcher.submit,
-                publish=self.publisher.publish,
+                publish=self._publish,
                 show_frame=self.frames.publish,
                 mailbox=self.mailbox,
+                lead_for_episode=lambda: scheduler.lead_frames(frame_period_s),
             )
         except BaseException:
             self.backend.close()
@@ -100,6 +169,11 @@ class Gateway:
         self._lifecycle = threading.Lock()
         self.started = False
         self.stopped = False
+
+    def _publish(self, record: StepRecord) -> bool:
+        # The sequential dispatcher waits for the step that applied its action (clock thread; never blocks).
+        self.dispatcher.on_record(record)
+        return self.publisher.publish(record)
 
     def _encode(self, record: StepRecord) -> bytes:
         return encode(record.to_transition(self.preprocessor))
@@ -119,6 +193,8 @@ class Gateway:
             self.started = True
             self.resolver.resolve_once()
             self.resolver.start()
+            self.registry.poll_once()
+            self.registry.start()
             self.publisher.start()
             self.dispatcher.start()
             self.clock.start()
@@ -130,7 +206,8 @@ class Gateway:
                 raise RuntimeError(f"the game clock did not tick within {timeout_s} s")
         self._set_serving(True)
         log.info(
-            "gateway %s runs %s at %.1f fps, k=%d L=%d S=%d, fallback %s; replicas %s",
+            "gateway %s runs %s at %.1f fps, k=%d L=%d S=%d, fallback %s, %s interaction, scheduler %s; "
+            "replicas %s (static list %s, registry %r)",
             self.settings.gateway_id,
             self.settings.env.spec,
             self.clock_config.frame_rate_hz,
@@ -138,7 +215,11 @@ class Gateway:
             self.clock_config.lead_frames,
             self.clock_config.max_staleness_frames,
             self.clock_config.fallback_policy.name.lower(),
-            self.replicas.addresses,
+            self.settings.interaction,
+            self.dispatcher.scheduler.name,
+            self.replicas.addresses or "none yet",
+            list(self.settings.inference_addresses),
+            self.settings.replica_registry,
         )
 
     def stop(self, flush_timeout_s: float = FLUSH_TIMEOUT_S) -> None:
@@ -153,8 +234,11 @@ class Gateway:
                 self.clock.stop()
                 self.dispatcher.stop()
                 self.resolver.stop()
+                self.registry.stop()
             self.publisher.stop(flush_timeout_s)
             self.replicas.close()
+            if self.trainer is not None:
+                self.trainer.close()
             self.backend.close()
 
     def spec(self) -> env_gateway_pb2.GetSpecResponse:
@@ -167,7 +251,7 @@ class Gateway:
             action_meanings=list(self.backend.action_meanings),
             frame_rate_hz=config.frame_rate_hz,
             decision_interval_frames=config.decision_interval_frames,
-            lead_frames=config.lead_frames,
+            lead_frames=self.clock.lead_frames,
             max_staleness_frames=config.max_staleness_frames,
             fallback_policy=env_gateway_pb2.FallbackPolicy.Name(config.fallback_policy),
             fallback_action=config.fallback_action,
@@ -176,6 +260,8 @@ class Gateway:
 
     def stats(self) -> env_gateway_pb2.GetStatsResponse:
         clock, dispatcher, mailbox, publisher = self.clock, self.dispatcher, self.mailbox, self.publisher
+        scheduler = dispatcher.scheduler
+        sequential = dispatcher if isinstance(dispatcher, SequentialDispatcher) else None
         return env_gateway_pb2.GetStatsResponse(
             gateway_id=self.settings.gateway_id,
             uptime_s=clock.uptime_s(),
@@ -202,6 +288,18 @@ class Gateway:
             transitions_queued=publisher.queued,
             replica_count=len(self.replicas),
             episode_frames=clock.episode_frames,
+            scheduler=scheduler.name,
+            scheduler_period_ms=scheduler.period_s * 1000.0,
+            scheduler_spacing_ms=scheduler.spacing_s(dispatcher.replica_count) * 1000.0,
+            scheduler_turns_passed=scheduler.turns_passed,
+            scheduler_slots_waited=scheduler.slots_waited,
+            requests_resent=dispatcher.requests_resent,
+            lead_frames=clock.lead_frames,
+            interaction=self.settings.interaction,
+            sequential_cycles=sequential.cycles if sequential else 0,
+            train_ms=sequential.train_ms.summary() if sequential else None,
+            train_failures=sequential.train_failures if sequential else 0,
+            cycle_ms=sequential.cycle_ms.summary() if sequential else None,
         )
 
     def status_line(self) -> str:
@@ -210,7 +308,8 @@ class Gateway:
             f"frames {s.frames} at {s.measured_frame_rate_hz:.1f} fps (late {s.frames_late}, tick cpu p50 "
             f"{self.clock.tick_cpu_us.summary().p50:.0f} us) | decisions {s.decisions} coverage {s.coverage:.3f} "
             f"staleness p50 {s.staleness_frames.p50:.0f} overhead p50 {s.decision_overhead_ms.p50:.1f} ms | "
-            f"replicas {s.replica_count} sent {s.requests_sent} not sent {s.requests_not_sent} "
+            f"replicas {s.replica_count} ({s.scheduler} T {s.scheduler_period_ms:.1f} ms, L {s.lead_frames}) "
+            f"sent {s.requests_sent} not sent {s.requests_not_sent} "
             f"failed {s.requests_failed} late {s.replies_late} | published {s.transitions_published} "
             f"dropped {s.transitions_dropped} queued {s.transitions_queued} | episodes {s.episodes} "
             f"last return {s.last_episode_return:.1f}"

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from rtrl.config import (
     DEFAULT_GATEWAY_PORT,
     DEFAULT_HOST,
-    DEFAULT_INFERENCE_PORT,
+    DEFAULT_LEARNER_PORT,
     DEFAULT_STREAM,
     PREFIX,
     SettingsError,
@@ -27,6 +27,7 @@ from rtrl.config import (
     env_str,
     environ,
 )
+from rtrl.registry import DEFAULT_REPLICA_REGISTRY
 from rtrl.v1 import env_gateway_pb2
 from services.env_gateway.profiles import (
     GameProfile,
@@ -37,6 +38,7 @@ from services.env_gateway.profiles import (
     rom_header_title,
     shipped_profiles,
 )
+from services.env_gateway.scheduler import SCHEDULER_NAMES
 
 DEFAULT_ENV = "ale:Pong"
 DEFAULT_DECISION_INTERVAL_FRAMES = 4
@@ -48,7 +50,14 @@ DEFAULT_OBS_HEIGHT = 84
 DEFAULT_FRAME_STACK = 4
 # 30 minutes of play at 60 fps, the usual Atari evaluation cap.
 DEFAULT_MAX_EPISODE_FRAMES = 108_000
-DEFAULT_INFERENCE_ADDRESSES = (f"127.0.0.1:{DEFAULT_INFERENCE_PORT}", f"127.0.0.1:{DEFAULT_INFERENCE_PORT + 1}")
+# Replicas are found in the registry in Redis (RTRL_REPLICA_REGISTRY); a static list is optional.
+DEFAULT_INFERENCE_ADDRESSES: tuple[str, ...] = ()
+# Chosen from bench/staggering.py (docs/staggering-benchmark.md says why).
+DEFAULT_SCHEDULER = "next_idle"
+INTERACTION_NAMES = ("async", "sequential")
+DEFAULT_LEARNER_ADDRESS = f"127.0.0.1:{DEFAULT_LEARNER_PORT}"
+DEFAULT_SEQUENTIAL_UPDATES = 1
+DEFAULT_SEQUENTIAL_TRAIN_TIMEOUT_S = 30.0
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_STREAM_MAXLEN = 5000
 DEFAULT_PUBLISH_QUEUE_SIZE = 1024
@@ -143,7 +152,19 @@ class GatewaySettings:
     max_episode_frames: int = DEFAULT_MAX_EPISODE_FRAMES
     """Frames after which an episode is truncated (0 = never)."""
     inference_addresses: tuple[str, ...] = DEFAULT_INFERENCE_ADDRESSES
-    """host:port of inference replicas; each host may resolve to several addresses."""
+    """host:port of inference replicas besides those in the registry; each host may resolve to several."""
+    replica_registry: str = DEFAULT_REPLICA_REGISTRY
+    """Redis key (sorted set, in the Redis of `redis_url`) where replicas register (rtrl/registry.py)."""
+    scheduler: str = DEFAULT_SCHEDULER
+    """When observations go to which replica: next_idle, max_time or mean_time (scheduler.py)."""
+    interaction: str = "async"
+    """async: act without pause; sequential: act -> learn -> act, one decision at a time (a baseline)."""
+    learner_address: str = DEFAULT_LEARNER_ADDRESS
+    """host:port of the learner, called (Train) only in sequential interaction."""
+    sequential_updates: int = DEFAULT_SEQUENTIAL_UPDATES
+    """Learner updates per act -> learn cycle in sequential interaction."""
+    sequential_train_timeout_s: float = DEFAULT_SEQUENTIAL_TRAIN_TIMEOUT_S
+    """Deadline of one Train call in sequential interaction."""
     redis_url: str = DEFAULT_REDIS_URL
     """Redis that holds the transition stream."""
     stream: str = DEFAULT_STREAM
@@ -185,6 +206,8 @@ class GatewaySettings:
         addresses = env_list(env, "INFERENCE_ADDRESSES", DEFAULT_INFERENCE_ADDRESSES)
         for address in addresses:
             split_host_port(address)
+        learner_address = env_str(env, "LEARNER_ADDRESS", DEFAULT_LEARNER_ADDRESS)
+        split_host_port(learner_address, "LEARNER_ADDRESS")
         return cls(
             host=env_str(env, "GATEWAY_HOST", DEFAULT_HOST),
             port=env_int(env, "GATEWAY_PORT", DEFAULT_GATEWAY_PORT, minimum=0),
@@ -206,6 +229,14 @@ class GatewaySettings:
             frame_stack=env_int(env, "FRAME_STACK", shape.frame_stack, minimum=1),
             max_episode_frames=env_int(env, "MAX_EPISODE_FRAMES", DEFAULT_MAX_EPISODE_FRAMES, minimum=0),
             inference_addresses=addresses,
+            replica_registry=env_str(env, "REPLICA_REGISTRY", DEFAULT_REPLICA_REGISTRY),
+            scheduler=env_choice(env, "SCHEDULER", DEFAULT_SCHEDULER, SCHEDULER_NAMES),
+            interaction=env_choice(env, "INTERACTION", "async", INTERACTION_NAMES),
+            learner_address=learner_address,
+            sequential_updates=env_int(env, "SEQUENTIAL_UPDATES", DEFAULT_SEQUENTIAL_UPDATES, minimum=1),
+            sequential_train_timeout_s=env_float(
+                env, "SEQUENTIAL_TRAIN_TIMEOUT_S", DEFAULT_SEQUENTIAL_TRAIN_TIMEOUT_S, minimum=0.001
+            ),
             redis_url=env_str(env, "REDIS_URL", DEFAULT_REDIS_URL),
             stream=env_str(env, "STREAM", DEFAULT_STREAM),
             stream_maxlen=env_int(env, "STREAM_MAXLEN", DEFAULT_STREAM_MAXLEN, minimum=1),
@@ -250,13 +281,15 @@ def resolve_profile(spec: EnvSpec, profile_ref: str) -> GameProfile | None:
     return profile
 
 
-def split_host_port(address: str) -> tuple[str, int]:
-    """Splits "host:port" (or "[v6]:port"); raises SettingsError naming RTRL_INFERENCE_ADDRESSES."""
+def split_host_port(address: str, variable: str = "INFERENCE_ADDRESSES") -> tuple[str, int]:
+    """Splits "host:port" (or "[v6]:port"); raises SettingsError naming RTRL_<variable>."""
     host, sep, port = address.rpartition(":")
     host = host.strip("[]")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise SettingsError(
-            f"{PREFIX}INFERENCE_ADDRESSES entry {address!r} is not host:port; "
-            "set it to a comma-separated list such as 127.0.0.1:50061,inference:50061."
-        )
+        if variable == "INFERENCE_ADDRESSES":
+            raise SettingsError(
+                f"{PREFIX}INFERENCE_ADDRESSES entry {address!r} is not host:port; "
+                "set it to a comma-separated list such as 127.0.0.1:50061,inference:50061."
+            )
+        raise SettingsError(f"{PREFIX}{variable}={address!r} is not host:port; set it like 127.0.0.1:50052.")
     return host, int(port)

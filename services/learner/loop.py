@@ -8,7 +8,14 @@ one DQN update; so updates run back to back while the stream keeps flowing betwe
 On start it resumes from the newest checkpoint in the directory (weights, target network, Adam state,
 counters, version sequence, model config); otherwise the model is built from the first transition.
 
-Errors: `LearnerError` when the learner cannot start (an unusable checkpoint, no such device). At
+Sequential mode (RTRL_LEARNER_MODE=sequential), the act -> learn -> act baseline: the loop keeps
+consuming the stream but never trains by itself. `train_through(gateway, seq, updates)` (the Train
+RPC) waits until that gateway's transition `seq` has been consumed, then performs the updates on the
+caller's thread; a lock keeps them apart from the loop adding to the replay buffer.
+
+Errors: `LearnerError` when the learner cannot start (an unusable checkpoint, no such device);
+`TrainRefused` for Train in async mode, `TrainTimeout` when its transition was not consumed in time,
+`LearnerStopped` for Train while the learner is not running. At
 run time nothing from outside stops it: Redis failures are counted and retried with back-off (training
 continues on the replay buffer meanwhile), unusable transitions are dead-lettered and counted, and a
 failed checkpoint publication is counted and retried at the next interval.
@@ -55,6 +62,31 @@ class LearnerError(RuntimeError):
     """The learner cannot start or had to stop; the message says why and what to do."""
 
 
+class TrainRefused(LearnerError):
+    """Train was called on a learner that trains by itself (async mode)."""
+
+
+class TrainTimeout(LearnerError):
+    """The transition a Train call waits for was not consumed before its deadline."""
+
+
+class LearnerStopped(LearnerError):
+    """Train was called while the learner is not running (not started yet, or stopping)."""
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What one sequential Train did."""
+
+    updates: int
+    """Updates performed (0 while the replay buffer is below learning_starts)."""
+    train_ms: float
+    wait_ms: float
+    """Time spent waiting for the transition to be consumed."""
+    checkpoint_version: int
+    updates_total: int
+
+
 @dataclass(frozen=True)
 class LearnerStatus:
     """A consistent-enough snapshot of the learner's counters (the GetStatus fields and a few more)."""
@@ -85,6 +117,8 @@ class LearnerStatus:
     uptime_s: float
     connected: bool
     redis_errors: int
+    mode: str = "async"
+    train_calls: int = 0
 
 
 def resolve_device(setting: str) -> torch.device:
@@ -123,6 +157,14 @@ class Learner:
         self._on_ready_change: Callable[[bool], None] | None = None
         self.failure: BaseException | None = None
         """The unexpected error that ended the training thread, if one did."""
+        self.sequential = settings.mode == "sequential"
+        # Held while the model or the replay buffer changes: the loop adds transitions, and in
+        # sequential mode Train updates on a gRPC thread.
+        self._model_lock = threading.Lock()
+        # Newest consumed seq per gateway; Train waits on the condition for its transition.
+        self._consumed_seq: dict[str, int] = {}
+        self._consumed_cond = threading.Condition()
+        self._train_calls = 0
 
         # Counters. Written by the learner thread only; other threads read them through `status()`.
         self._started_s = time.monotonic()
@@ -245,12 +287,15 @@ class Learner:
             log.exception("the learner loop failed and stopped; no final checkpoint is written")
         finally:
             self._set_ready(False)
-            if (
-                self.failure is None
-                and self._agent is not None
-                and self._agent.updates != self._updates_at_last_publish
-            ):
-                self._publish()
+            with self._consumed_cond:
+                self._consumed_cond.notify_all()  # Train calls waiting for a transition give up now
+            with self._model_lock:
+                if (
+                    self.failure is None
+                    and self._agent is not None
+                    and self._agent.updates != self._updates_at_last_publish
+                ):
+                    self._publish()
             self.stream.close()
 
     def _iterate(self) -> None:
@@ -259,13 +304,15 @@ class Learner:
             self._connect()
         if self._connected:
             try:
-                self._consume(self.stream.read(block=not self._can_train()))
+                # Sequential mode never trains here, so it may always wait for new entries.
+                self._consume(self.stream.read(block=self.sequential or not self._can_train()))
                 if time.monotonic() - self._stats_refreshed_s >= STATS_INTERVAL_S:
                     self._refresh_stream_stats()
             except StreamUnavailable as e:
                 self._on_redis_error(e)
-        if self._can_train():
-            self._train()
+        if self._can_train() and not self.sequential:
+            with self._model_lock:
+                self._train()
         elif not self._connected:
             # Nothing to train on and nothing to read: idle until the next reconnection attempt.
             self._stop.wait(min(0.05, max(0.0, self._next_connect_s - time.monotonic())))
@@ -305,14 +352,15 @@ class Learner:
     def _consume(self, result: ReadResult) -> None:
         used: list[bytes] = []
         unusable: list[tuple[bytes, Transition, str]] = []
-        for entry in result.entries:
-            problem = self._unusable_reason(entry.transition)
-            if problem is None:
-                assert self._replay is not None
-                self._replay.add(entry.transition)
-                used.append(entry.entry_id)
-            else:
-                unusable.append((entry.entry_id, entry.transition, problem))
+        with self._model_lock:
+            for entry in result.entries:
+                problem = self._unusable_reason(entry.transition)
+                if problem is None:
+                    assert self._replay is not None
+                    self._replay.add(entry.transition)
+                    used.append(entry.entry_id)
+                else:
+                    unusable.append((entry.entry_id, entry.transition, problem))
         # Acknowledge only now that they are in the replay buffer: a crash before this re-delivers them.
         self.stream.ack(used)
         self._env_steps += len(used)
@@ -322,6 +370,56 @@ class Learner:
             self.stream.dead_letter(entry_id, {TRANSITION_FIELD: encode(transition)}, problem)
             self._consumed += 1
             self._invalid += 1
+        if result.entries:
+            with self._consumed_cond:
+                for entry in result.entries:
+                    gateway, seq = entry.transition.gateway_id, entry.transition.seq
+                    if seq > self._consumed_seq.get(gateway, -1):
+                        self._consumed_seq[gateway] = seq
+                self._consumed_cond.notify_all()
+
+    # -- sequential mode -----------------------------------------------------------------------------
+
+    def train_through(self, gateway_id: str, through_seq: int, updates: int, timeout_s: float | None) -> TrainResult:
+        """Sequential mode: waits (at most `timeout_s`) until transition `through_seq` of `gateway_id` (or a
+        later one) was consumed, then performs `updates` updates (0: RTRL_SEQUENTIAL_UPDATES) here."""
+        if not self.sequential:
+            raise TrainRefused(
+                "this learner trains without pause (RTRL_LEARNER_MODE=async); Train is only served in "
+                "sequential mode: restart it with RTRL_LEARNER_MODE=sequential"
+            )
+        started_s = time.monotonic()
+        give_up_s = math.inf if timeout_s is None else started_s + timeout_s
+        with self._consumed_cond:
+            while self._consumed_seq.get(gateway_id, -1) < through_seq:
+                if self._stop.is_set() or not self._thread.is_alive():
+                    raise LearnerStopped("the learner is not running; call Train again once it is")
+                remaining_s = give_up_s - time.monotonic()
+                if remaining_s <= 0:
+                    raise TrainTimeout(
+                        f"transition {through_seq} of gateway {gateway_id!r} was not consumed within "
+                        f"{timeout_s:.3f} s (newest consumed: {self._consumed_seq.get(gateway_id, -1)}); "
+                        "check that the gateway publishes to this learner's stream, or call with a longer deadline"
+                    )
+                # Bounded so that a stopped learner is noticed even if nobody notifies.
+                self._consumed_cond.wait(min(remaining_s, 0.5))
+        waited_s = time.monotonic() - started_s
+        wanted = updates or self.settings.sequential_updates
+        with self._model_lock:
+            trained_s = time.monotonic()
+            done = 0
+            while done < wanted and self._can_train():
+                self._train()
+                done += 1
+            train_ms = (time.monotonic() - trained_s) * 1000.0
+            self._train_calls += 1
+            return TrainResult(
+                updates=done,
+                train_ms=train_ms,
+                wait_ms=waited_s * 1000.0,
+                checkpoint_version=self._version,
+                updates_total=self._agent.updates if self._agent is not None else 0,
+            )
 
     def _unusable_reason(self, transition: Transition) -> str | None:
         """Why `transition` cannot be trained on, or None (building the model on the first one)."""
@@ -432,6 +530,8 @@ class Learner:
             uptime_s=now - self._started_s,
             connected=self._connected,
             redis_errors=self._redis_errors,
+            mode=self.settings.mode,
+            train_calls=self._train_calls,
         )
 
 
@@ -445,7 +545,7 @@ def _counter(metadata: dict[str, Any], name: str) -> int:
 def status_line(status: LearnerStatus) -> str:
     """One line for the periodic log."""
     return (
-        f"learner v{status.checkpoint_version} upd {status.updates} ({status.updates_per_s:.1f}/s) "
+        f"learner ({status.mode}) v{status.checkpoint_version} upd {status.updates} ({status.updates_per_s:.1f}/s) "
         f"loss {status.loss:.4g} eps {status.epsilon:.3f} replay {status.replay_size} "
         f"consumed {status.transitions_consumed} invalid {status.transitions_invalid} "
         f"unpaired {status.transitions_unpaired} stream len {status.stream_length} "

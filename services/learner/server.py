@@ -1,7 +1,11 @@
-"""The learner's gRPC face: LearnerService/GetStatus, health and reflection, and `serve()` for the process.
+"""The learner's gRPC face: LearnerService/GetStatus and Train, health and reflection, and `serve()`.
 
 Health is NOT_SERVING until the learner loop runs and is connected to Redis, SERVING while it is, and
 NOT_SERVING again when Redis is lost or shutdown begins.
+
+Train (sequential mode only) maps the loop's errors to status codes here: TrainRefused ->
+FAILED_PRECONDITION (the call can never succeed against an async learner, retrying is pointless),
+TrainTimeout -> DEADLINE_EXCEEDED, LearnerStopped -> UNAVAILABLE.
 """
 
 from __future__ import annotations
@@ -17,7 +21,15 @@ import grpc
 
 from rtrl import grpc_util
 from rtrl.v1 import learner_pb2, learner_pb2_grpc
-from services.learner.loop import Learner, LearnerError, LearnerStatus, status_line
+from services.learner.loop import (
+    Learner,
+    LearnerError,
+    LearnerStatus,
+    LearnerStopped,
+    TrainRefused,
+    TrainTimeout,
+    status_line,
+)
 from services.learner.settings import LearnerSettings
 
 log = logging.getLogger(__name__)
@@ -48,6 +60,8 @@ def status_response(status: LearnerStatus) -> learner_pb2.LearnerServiceGetStatu
         transitions_unpaired=status.transitions_unpaired,
         uptime_s=status.uptime_s,
         checkpoint_publish_failures=status.checkpoint_publish_failures,
+        mode=status.mode,
+        train_calls=status.train_calls,
     )
 
 
@@ -61,6 +75,25 @@ class LearnerServicer(learner_pb2_grpc.LearnerServiceServicer):
         self, request: learner_pb2.LearnerServiceGetStatusRequest, context: grpc.ServicerContext
     ) -> learner_pb2.LearnerServiceGetStatusResponse:
         return status_response(self.learner.status())
+
+    def Train(self, request: learner_pb2.TrainRequest, context: grpc.ServicerContext) -> learner_pb2.TrainResponse:
+        try:
+            result = self.learner.train_through(
+                request.gateway_id, request.through_seq, request.updates, context.time_remaining()
+            )
+        except TrainRefused as error:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(error))
+        except TrainTimeout as error:
+            context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(error))
+        except LearnerStopped as error:
+            context.abort(grpc.StatusCode.UNAVAILABLE, str(error))
+        return learner_pb2.TrainResponse(
+            updates=result.updates,
+            train_ms=result.train_ms,
+            checkpoint_version=result.checkpoint_version,
+            wait_ms=result.wait_ms,
+            updates_total=result.updates_total,
+        )
 
 
 def create_server(settings: LearnerSettings, learner: Learner) -> tuple[grpc.Server, int]:

@@ -34,6 +34,8 @@ DEFAULT_CONSUMER_GROUP = "learner"
 DEFAULT_CHECKPOINT_EVERY_UPDATES = 100
 DEFAULT_CHECKPOINT_KEEP = 5
 ALGORITHMS = ("dqn",)
+MODES = ("async", "sequential")
+DEFAULT_SEQUENTIAL_UPDATES = 1
 DEFAULT_TORCH_THREADS = 1
 DEFAULT_DEVICE = "auto"
 DEFAULT_SEED = 0
@@ -80,6 +82,11 @@ class LearnerSettings:
     nice: int = DEFAULT_NICE
     """CPU niceness added to the learner process (RTRL_LEARNER_NICE, 0-19): acting and inference get the
     cores first when the machine is contended, learning takes what is left and never delays an action."""
+    mode: str = "async"
+    """"async": train without pause beside acting; "sequential": consume the stream but train only when a
+    gateway calls Train, the act -> learn -> act baseline (RTRL_LEARNER_MODE)."""
+    sequential_updates: int = DEFAULT_SEQUENTIAL_UPDATES
+    """Updates per Train call that does not say how many (RTRL_SEQUENTIAL_UPDATES)."""
     dqn: DQNConfig = field(default_factory=DQNConfig)
     """DQN hyperparameters (RTRL_DQN_<FIELD>)."""
 
@@ -112,6 +119,8 @@ class LearnerSettings:
             device=device,
             seed=env_int(env, "SEED", DEFAULT_SEED),
             nice=env_int(env, "LEARNER_NICE", DEFAULT_NICE, minimum=0),
+            mode=env_choice(env, "LEARNER_MODE", "async", MODES),
+            sequential_updates=env_int(env, "SEQUENTIAL_UPDATES", DEFAULT_SEQUENTIAL_UPDATES, minimum=1),
             dqn=dqn_config_from_env(env),
         )
 

@@ -48,16 +48,15 @@ def start_gateway() -> Iterator[Callable[..., Stack]]:
     stream_numbers = itertools.count()
 
     def start(redis_url: str, replica_addresses: list[str], **overrides: object) -> Stack:
-        settings = replace(
-            GatewaySettings(),
-            port=0,
-            gateway_id="test-gateway",
-            env=EnvSpec.parse("ale:Pong"),
-            inference_addresses=tuple(replica_addresses),
-            redis_url=redis_url,
-            stream=f"test:gateway:{next(stream_numbers)}",
-            **overrides,  # type: ignore[arg-type]
-        )
+        values: dict[str, object] = {
+            "port": 0,
+            "gateway_id": "test-gateway",
+            "env": EnvSpec.parse("ale:Pong"),
+            "inference_addresses": tuple(replica_addresses),
+            "redis_url": redis_url,
+            "stream": f"test:gateway:{next(stream_numbers)}",
+        }
+        settings = replace(GatewaySettings(), **{**values, **overrides})  # type: ignore[arg-type]
         gateway = Gateway(settings)
         server, port = create_server(settings, gateway)
         server.start()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 from gateway_fakes import FakeBackend, FakeTime, Harness, MakeHarness
 
@@ -20,6 +22,7 @@ def make_clock() -> MakeHarness:
         frame_stack: int = 4,
         max_episode_frames: int = 0,
         backend: FakeBackend | None = None,
+        lead_for_episode: Callable[[], int | None] | None = None,
     ) -> Harness:
         backend = backend or FakeBackend()
         config = ClockConfig(
@@ -51,6 +54,7 @@ def make_clock() -> MakeHarness:
             dispatch=samples.append,
             publish=publish,
             show_frame=frames.append,
+            lead_for_episode=lead_for_episode,
             now_s=fake_time,
             wall_ns=lambda: int(fake_time.now_s * 1e9),
         )

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from gateway_fakes import MakeHarness
+from gateway_fakes import FakeBackend, MakeHarness
 
 from services.env_gateway.clock import DEADLINE_MARGIN_S
 from services.env_gateway.settings import FallbackPolicy
@@ -211,6 +211,33 @@ def test_longer_lead_applies_the_fallback_before_the_first_step(make_clock: Make
     assert h.backend.applied == [2, 2, 1, 1, 1, 1]
     assert h.clock.decisions == 1
     assert h.records[0].staleness_frames == 3
+
+
+def test_lead_follows_the_schedulers_round_trip_from_one_episode_to_the_next(make_clock: MakeHarness) -> None:
+    suggested: list[int | None] = [None]
+    backend = FakeBackend()
+    backend.terminate_at = {4, 9}  # step calls 4 and 9 end episodes 0 and 1
+    h = make_clock(
+        decision_interval_frames=1, lead_frames=1, max_staleness_frames=4, backend=backend,
+        lead_for_episode=lambda: suggested[0],
+    )  # fmt: skip
+    h.tick_until(0)
+    assert h.clock.lead_frames == 1  # nothing measured yet: the configured lead
+    suggested[0] = 3
+    h.tick_until(5)  # frame 5 ended episode 0
+    assert h.clock.lead_frames == 1  # an episode keeps its lead
+    h.tick_until(6)  # episode 1 starts at frame 6
+    assert h.clock.lead_frames == 3
+    first = h.sample_at(6)
+    assert first.deadline_s == pytest.approx(h.clock.due_s(6 + 4) - DEADLINE_MARGIN_S)
+    assert h.reply(6, action=2)
+    h.tick_until(9)  # frames 7 and 8 are lead frames; step 0 starts at frame 9 with the reply to frame 6
+    assert h.backend.applied[-3:] == [0, 0, 2]
+    suggested[0] = 50
+    h.tick_until(12)  # frame 11 ended episode 1; episode 2 starts at frame 12
+    assert h.clock.lead_frames == 4  # never beyond S, where no reply could be applied
+    record = next(r for r in h.records if r.episode == 1 and r.fresh)
+    assert (record.obs_frame, record.action_obs_frame, record.staleness_frames) == (6, 6, 3)
 
 
 def test_viewer_frames_report_each_frame_with_its_action(make_clock: MakeHarness) -> None:

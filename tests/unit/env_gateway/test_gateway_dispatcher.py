@@ -1,74 +1,224 @@
-"""The dispatcher: newest-wins handoff, preprocessing, and replies into the mailbox."""
+"""The dispatchers: newest sample wins, one preprocessing per sample, replies into the mailbox, sequential cycles."""
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
-from gateway_fakes import FakeTime
+from gateway_fakes import FakeTime, wait_for
 
-from services.env_gateway.clock import ActionMailbox, ActionReply, ObservationSample
-from services.env_gateway.dispatcher import Dispatcher, OnReply
+from services.env_gateway.clock import ActionMailbox, ActionReply, ObservationSample, StepRecord
+from services.env_gateway.dispatcher import (
+    CallOutcome,
+    Dispatcher,
+    OnCallDone,
+    SequentialDispatcher,
+    TrainError,
+    TrainResult,
+)
 from services.env_gateway.preprocess import Preprocessor, SampledFrame
+from services.env_gateway.scheduler import MaxTimeScheduler, ReplicaView
 
 
-def sample(frame_index: int, episode: int = 0) -> ObservationSample:
+def sample(frame_index: int, episode: int = 0, deadline_s: float = 100.08) -> ObservationSample:
     frames = tuple(SampledFrame(frame_index, np.full((20, 30, 3), frame_index, np.uint8)) for _ in range(2))
-    return ObservationSample(episode, 0, frame_index, frames, 100.0, 0, deadline_s=100.08)
+    return ObservationSample(episode, 0, frame_index, frames, 100.0, 0, deadline_s=deadline_s)
 
 
-class Requests:
-    """A request_action that records calls and keeps their callbacks; `sent` decides its answer."""
+class FakeReplicas:
+    """A ReplicaLink that records sends and keeps their callbacks; every address is idle unless busy."""
 
-    def __init__(self, sent: bool = True) -> None:
-        self.sent = sent
-        self.calls: list[tuple[np.ndarray, int, float, OnReply]] = []
+    def __init__(self, addresses: tuple[str, ...] = ("a", "b"), accept: bool = True) -> None:
+        self.addresses = addresses
+        self.accept = accept
+        self.busy: set[str] = set()
+        self.prepared: list[tuple[np.ndarray, int]] = []
+        self.sends: list[tuple[str, Any, float, OnCallDone]] = []
 
-    def __call__(self, observation: np.ndarray, frame_index: int, deadline_s: float, on_reply: OnReply) -> bool:
-        self.calls.append((observation, frame_index, deadline_s, on_reply))
-        return self.sent
+    def views(self, now_s: float) -> list[ReplicaView]:
+        return [ReplicaView(a, int(a in self.busy), False) for a in self.addresses]
+
+    def prepare(self, observation: np.ndarray, frame_index: int) -> Any:
+        self.prepared.append((observation, frame_index))
+        return ("request", frame_index)
+
+    def send(self, address: str, request: Any, deadline_s: float, on_done: OnCallDone) -> bool:
+        if not self.accept:
+            return False
+        self.busy.add(address)
+        self.sends.append((address, request, deadline_s, on_done))
+        return True
+
+    def finish(self, index: int, reply: ActionReply | None, round_trip_s: float = 0.01) -> None:
+        address, _, _, on_done = self.sends[index]
+        self.busy.discard(address)
+        on_done(CallOutcome(address, reply, round_trip_s))
 
 
-def make(requests: Requests) -> tuple[Dispatcher, ActionMailbox]:
-    mailbox = ActionMailbox(5, FakeTime(100.002))
+def make(
+    replicas: FakeReplicas, scheduler: Any = None, now: FakeTime | None = None
+) -> tuple[Dispatcher, ActionMailbox]:
+    now = now or FakeTime(100.002)
+    mailbox = ActionMailbox(5, now)
     mailbox.begin_episode(0, 0)
-    return Dispatcher(Preprocessor(10, 8), mailbox, requests), mailbox
+    return Dispatcher(Preprocessor(10, 8), mailbox, replicas, scheduler, now_s=now), mailbox
 
 
-def test_dispatch_sends_the_preprocessed_observation_with_its_deadline() -> None:
-    requests = Requests()
-    dispatcher, _ = make(requests)
-    dispatcher.dispatch(sample(4))
-    observation, frame_index, deadline_s, _ = requests.calls[0]
+def test_next_idle_sends_each_new_sample_once_with_its_deadline() -> None:
+    replicas = FakeReplicas()
+    dispatcher, _ = make(replicas)
+    dispatcher.submit(sample(4))
+    dispatcher.step()
+    dispatcher.step()  # nothing new: nothing more is sent
+    observation, _frame_index = replicas.prepared[0]
     assert observation.shape == (2, 8, 10) and observation.dtype == np.uint8
-    assert (frame_index, deadline_s) == (4, 100.08)
+    assert [(s[0], s[1], s[2]) for s in replicas.sends] == [("a", ("request", 4), 100.08)]
     assert dispatcher.requests_sent == 1
 
 
 def test_reply_goes_to_the_mailbox_and_failure_is_counted() -> None:
-    requests = Requests()
-    dispatcher, mailbox = make(requests)
-    dispatcher.dispatch(sample(0))
-    dispatcher.dispatch(sample(0))
-    requests.calls[0][3](ActionReply(2, 4, -0.3))
-    requests.calls[1][3](None)
-    taken = mailbox.take(1)
+    replicas = FakeReplicas()
+    dispatcher, mailbox = make(replicas)
+    dispatcher.submit(sample(0))
+    dispatcher.step()
+    dispatcher.submit(sample(1))
+    dispatcher.step()
+    replicas.finish(0, ActionReply(2, 4, -0.3))
+    replicas.finish(1, None)
+    taken = mailbox.take(2)
     assert taken is not None and taken.reply.action == 2
     assert dispatcher.requests_failed == 1
 
 
-def test_no_idle_replica_counts_as_not_sent() -> None:
-    dispatcher, _ = make(Requests(sent=False))
-    dispatcher.dispatch(sample(0))
-    assert (dispatcher.requests_sent, dispatcher.requests_not_sent) == (0, 1)
-
-
-def test_newer_sample_replaces_one_the_dispatcher_has_not_taken() -> None:
-    requests = Requests()
-    dispatcher, _ = make(requests)
+def test_sample_replaced_before_it_was_sent_counts_as_not_sent() -> None:
+    replicas = FakeReplicas(addresses=())
+    dispatcher, _ = make(replicas)
     dispatcher.submit(sample(0))
-    dispatcher.submit(sample(4))  # the thread is not running, so sample 0 is still waiting
-    assert dispatcher.samples_skipped == 1
-    assert dispatcher.requests_not_sent == 1
-    dispatcher.start()
+    dispatcher.step()  # no replica: not sent
+    dispatcher.submit(sample(4))
+    dispatcher.submit(sample(8))  # sample 4 never reached the dispatcher thread
+    assert (dispatcher.requests_sent, dispatcher.requests_not_sent) == (0, 2)
+
+
+def test_sample_past_its_deadline_is_not_sent() -> None:
+    replicas = FakeReplicas(accept=False)
+    dispatcher, _ = make(replicas)
+    dispatcher.submit(sample(0))
+    dispatcher.step()
+    assert dispatcher.requests_sent == 0
+
+
+def test_staggered_resends_the_newest_sample_prepared_once() -> None:
+    now = FakeTime(100.0)
+    replicas = FakeReplicas(("a", "b", "c"))
+    scheduler = MaxTimeScheduler()
+    dispatcher, _ = make(replicas, scheduler, now)
+    dispatcher.submit(sample(0, deadline_s=101.0))
+    dispatcher.step()  # T unknown: one call at a time, each replica's first reply is its warm-up
+    while scheduler.period_s == 0.0:
+        now.advance(0.03)
+        replicas.finish(len(replicas.sends) - 1, ActionReply(1, 0, 0.0), 0.03)
+        dispatcher.step()
+    assert scheduler.period_s == 0.03
+    now.advance(0.01)  # the spacing is 30 ms / 3 replicas
+    dispatcher.step()
+    assert [s[0] for s in replicas.sends] == ["a", "b", "c", "a", "b", "c"]
+    assert len(replicas.prepared) == 1  # the same sample every time, preprocessed once
+    assert dispatcher.requests_resent == 5
+
+
+def test_inline_next_idle_sends_on_the_submitting_thread_and_an_unsent_sample_when_a_call_ends() -> None:
+    replicas = FakeReplicas(("a",))
+    mailbox = ActionMailbox(5, FakeTime(100.002))
+    mailbox.begin_episode(0, 0)
+    dispatcher = Dispatcher(Preprocessor(10, 8), mailbox, replicas, now_s=FakeTime(100.002), inline=True)
+    dispatcher.start()  # no thread: nothing to start
+    dispatcher.submit(sample(0))
+    assert [s[1] for s in replicas.sends] == [("request", 0)]
+    dispatcher.submit(sample(1))  # a is busy: sample 1 waits
+    assert len(replicas.sends) == 1
+    replicas.finish(0, ActionReply(3, 1, -0.1))  # a is idle again and sample 1 is still usable
+    assert [s[1] for s in replicas.sends] == [("request", 0), ("request", 1)]
+    assert mailbox.pending_count() == 1
     dispatcher.stop()
-    # Stopping may win the race against the waiting sample; either way sample 0 was never sent.
-    assert all(call[1] == 4 for call in requests.calls)
+
+
+def test_dispatcher_thread_sends_what_the_clock_submits() -> None:
+    replicas = FakeReplicas()
+    dispatcher, _ = make(replicas)
+    dispatcher.start()
+    try:
+        dispatcher.submit(sample(0))
+        assert wait_for(lambda: len(replicas.sends) == 1)
+    finally:
+        dispatcher.stop()
+
+
+class FakeTrain:
+    def __init__(self, fail: bool = False) -> None:
+        self.fail = fail
+        self.calls: list[int] = []
+
+    def __call__(self, through_seq: int) -> TrainResult:
+        self.calls.append(through_seq)
+        if self.fail:
+            raise TrainError("the learner is away")
+        return TrainResult(1, 12.5, 3)
+
+
+def record(seq: int, action_obs_frame: int, episode: int = 0) -> StepRecord:
+    return StepRecord(
+        "gw", seq, episode, seq, seq, (), 1, 4, 0.0, False, False, True, 1, 1, 0, 0.0, 0, 0, action_obs_frame
+    )
+
+
+def run_cycle(dispatcher: SequentialDispatcher) -> threading.Thread:
+    thread = threading.Thread(target=dispatcher.cycle)
+    thread.start()
+    return thread
+
+
+def make_sequential(replicas: FakeReplicas, train: Callable[[int], TrainResult]) -> SequentialDispatcher:
+    mailbox = ActionMailbox(5, FakeTime(100.002))
+    mailbox.begin_episode(0, 0)
+    return SequentialDispatcher(
+        Preprocessor(10, 8),
+        mailbox,
+        replicas,
+        train,
+        frame_period_s=1 / 60,
+        max_staleness_frames=5,
+        decision_interval_frames=1,
+    )
+
+
+def test_sequential_cycle_acts_then_trains_through_the_step_that_applied_the_action() -> None:
+    replicas = FakeReplicas()
+    train = FakeTrain()
+    dispatcher = make_sequential(replicas, train)
+    dispatcher.submit(sample(7))
+    cycle = run_cycle(dispatcher)
+    assert wait_for(lambda: len(replicas.sends) == 1)
+    dispatcher.submit(sample(8))  # the clock goes on meanwhile; this sample is never acted on
+    replicas.finish(0, ActionReply(2, 4, -0.3))
+    dispatcher.on_record(record(seq=40, action_obs_frame=3))  # another step: not ours
+    dispatcher.on_record(record(seq=41, action_obs_frame=7))
+    cycle.join(5)
+    assert not cycle.is_alive()
+    assert train.calls == [41]
+    assert (dispatcher.cycles, dispatcher.requests_sent, dispatcher.requests_not_sent) == (1, 1, 1)
+    assert dispatcher.train_ms.summary().p50 == 12.5
+
+
+def test_sequential_cycle_without_a_learner_counts_the_failure_and_goes_on() -> None:
+    replicas = FakeReplicas()
+    dispatcher = make_sequential(replicas, FakeTrain(fail=True))
+    dispatcher.submit(sample(7))
+    cycle = run_cycle(dispatcher)
+    assert wait_for(lambda: len(replicas.sends) == 1)
+    replicas.finish(0, ActionReply(2, 4, -0.3))
+    dispatcher.on_record(record(seq=41, action_obs_frame=7))
+    cycle.join(5)
+    assert (dispatcher.cycles, dispatcher.train_failures) == (0, 1)

@@ -15,7 +15,10 @@ def test_defaults() -> None:
     assert (settings.decision_interval_frames, settings.lead_frames, settings.max_staleness_frames) == (4, 2, 6)
     assert settings.fallback_policy is FallbackPolicy.NOOP
     assert settings.observation_shape == (4, 84, 84)
-    assert settings.inference_addresses == ("127.0.0.1:50061", "127.0.0.1:50062")
+    assert settings.inference_addresses == ()  # replicas are found in the registry
+    assert settings.replica_registry == "rtrl:replicas"
+    assert (settings.scheduler, settings.interaction) == ("next_idle", "async")
+    assert (settings.learner_address, settings.sequential_updates) == ("127.0.0.1:50052", 1)
     assert settings.stream == DEFAULT_STREAM
     assert settings.gateway_id.startswith("gateway-")
 
@@ -31,6 +34,10 @@ def test_values_are_read_with_the_prefix() -> None:
             "RTRL_FRAME_STACK": "2",
             "RTRL_INFERENCE_ADDRESSES": "inference:50061, [::1]:7000",
             "RTRL_GATEWAY_ID": "g1",
+            "RTRL_SCHEDULER": "max_time",
+            "RTRL_INTERACTION": "sequential",
+            "RTRL_LEARNER_ADDRESS": "learner:50052",
+            "RTRL_SEQUENTIAL_UPDATES": "8",
         }
     )
     assert settings.env.gymnasium_id == "CartPole-v1"
@@ -39,6 +46,12 @@ def test_values_are_read_with_the_prefix() -> None:
     assert settings.observation_shape == (6, 84, 84)
     assert settings.inference_addresses == ("inference:50061", "[::1]:7000")
     assert settings.gateway_id == "g1"
+    assert (settings.scheduler, settings.interaction, settings.learner_address) == (
+        "max_time",
+        "sequential",
+        "learner:50052",
+    )
+    assert settings.sequential_updates == 8
 
 
 @pytest.mark.parametrize("spec", ["nonsense", "atari:Pong", "ale:", "gym:"])
@@ -57,6 +70,10 @@ def test_unknown_env_spec_names_rtrl_env_and_the_accepted_forms(spec: str) -> No
         ("STICKY_ACTIONS", "1.5"),
         ("INFERENCE_ADDRESSES", "no-port"),
         ("FRAME_STACK", "0"),
+        ("SCHEDULER", "round_robin"),
+        ("INTERACTION", "turn_based"),
+        ("LEARNER_ADDRESS", "learner"),
+        ("SEQUENTIAL_UPDATES", "0"),
     ],
 )
 def test_invalid_values_fail_naming_the_variable(name: str, value: str) -> None:

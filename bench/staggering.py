@@ -1,0 +1,643 @@
+"""Staggered asynchronous inference, measured: coverage and staleness against inference time, replicas,
+scheduler, and the sequential act -> learn -> act baseline, with the learner training on this machine.
+
+    python bench/staggering.py                          # the whole table (about 40 minutes)
+    python bench/staggering.py --t-infer 2 --replicas 2 3 --schedulers max_time --no-models --no-sequential
+
+Everything is real except the game clock's opponent: real ALE Pong at 60 fps stepped by the gateway
+(in this process, deciding every frame: RTRL_DECISION_INTERVAL_FRAMES=1), real inference replicas
+(`python -m services.inference` subprocesses) whose forward pass occupies them for t_infer
+(RTRL_INFERENCE_OCCUPY_MS; a sleep, so a replica waiting costs no CPU, like an accelerator), then
+real model sizes (ImpalaCNN, RTRL_MODEL_WIDTH 1/7/29, on this CPU), a real Redis and a real learner
+(`python -m services.learner`, DQN) consuming every row's transitions and training without pause.
+The sequential rows pause that learner and run a second one in RTRL_LEARNER_MODE=sequential with
+the gateway in RTRL_INTERACTION=sequential.
+
+Each row: a fresh gateway on the first N replicas of a pool (static RTRL_INFERENCE_ADDRESSES, so N
+is exact), `--warmup-s` to let the scheduler measure T, then `--measure-s` measured. Columns:
+- coverage: decisions (frames) with a fresh action / all decisions, over the measured window;
+- staleness mean and p99: frames from the observation an applied action was computed from to the
+  frame it was applied;
+- wasted: replies superseded by a newer one before being applied, per 100 decisions;
+- late: replies that arrived too late to be applied, per 100 decisions;
+- overhead p50/p99: ms from an observation frame being produced to its reply being in the mailbox
+  (includes t_infer; the zero-cost rows show what the gateway itself adds);
+- T: the round trip the scheduler spaces calls by (max_time, mean_time).
+Then, per t_infer and scheduler, the smallest N reaching 99% coverage next to ceil(t_infer/t_frame),
+and the sequential rows next to the paper's t_frame / (t_infer + t_learn). Rows share this run's
+conditions; compare them with each other, not with another day's numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from concurrent import futures
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+from rtrl.grpc_util import health_status  # noqa: E402
+from rtrl.local_redis import LocalRedis, free_port  # noqa: E402
+from rtrl.metrics import Window  # noqa: E402
+from rtrl.v1 import inference_pb2, inference_pb2_grpc  # noqa: E402
+from services.env_gateway.server import Gateway  # noqa: E402
+from services.env_gateway.settings import GatewaySettings  # noqa: E402
+
+FRAME_RATE_HZ = 60.0
+FRAME_MS = 1000.0 / FRAME_RATE_HZ
+T_INFER_FRAMES = (0.5, 1.0, 2.0, 4.0, 8.0)
+SCHEDULERS = ("next_idle", "max_time", "mean_time")
+MODEL_WIDTHS = (1, 7, 29)
+# A forward pass slower than this on this machine is not benchmarked (it would need dozens of replicas,
+# each holding a core that the machine does not have).
+MAX_MODEL_FORWARD_MS = 600.0
+STREAM = "bench:transitions"
+SEQUENTIAL_STREAM = "bench:sequential"
+
+
+@dataclass
+class Row:
+    kind: str
+    """"occupy", "model", "zero-cost" or "sequential"."""
+    label: str
+    t_infer_frames: float
+    replicas: int
+    scheduler: str
+    decisions: int
+    coverage: float
+    staleness_mean: float
+    staleness_p99: float
+    wasted_per_100: float
+    late_per_100: float
+    overhead_p50_ms: float
+    overhead_p99_ms: float
+    period_ms: float
+    frames_late: int
+    load: float = math.nan
+    """The machine's 1-minute load average at the end of the row (2 cores: above 2 means queueing)."""
+    t_learn_ms: float = 0.0
+    predicted_coverage: float = 0.0
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# -- a zero-cost replica ------------------------------------------------------------------------------
+
+
+class ZeroCostInference(inference_pb2_grpc.InferenceServiceServicer):
+    """Answers at once: the policy costs nothing, so what is measured is the gateway and gRPC."""
+
+    def Act(self, request: inference_pb2.ActRequest, context: grpc.ServicerContext) -> inference_pb2.ActResponse:
+        return inference_pb2.ActResponse(action=0, checkpoint_version=0, frame_index=request.frame_index, batch_size=1)
+
+
+def serve_zero_cost() -> None:
+    from rtrl import grpc_util
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    inference_pb2_grpc.add_InferenceServiceServicer_to_server(ZeroCostInference(), server)
+    health = grpc_util.add_health_and_reflection(server, ["rtrl.v1.InferenceService"])
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    grpc_util.set_serving(health, ["rtrl.v1.InferenceService"], True)
+    print(f"listening on 127.0.0.1:{port}", file=sys.stderr, flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    stop.wait()
+    server.stop(0).wait()
+
+
+# -- processes ------------------------------------------------------------------------------------------
+
+
+class Processes:
+    """Subprocesses of this run, each logging to a file, all stopped at the end."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.started: list[subprocess.Popen[bytes]] = []
+
+    def spawn(self, name: str, args: list[str], env: dict[str, str]) -> tuple[subprocess.Popen[bytes], Path]:
+        log_path = self.workdir / f"{name}.log"
+        with open(log_path, "wb") as log_file:
+            process = subprocess.Popen(
+                [sys.executable, *args],
+                cwd=REPO_ROOT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **env},
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+            )
+        self.started.append(process)
+        return process, log_path
+
+    def stop(self, processes: list[subprocess.Popen[bytes]]) -> None:
+        for process in processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGCONT)
+                process.send_signal(signal.SIGTERM)
+        for process in processes:
+            try:
+                process.wait(20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+    def stop_all(self) -> None:
+        self.stop(self.started)
+
+
+def wait_for_port(log_path: Path, process: subprocess.Popen[bytes], timeout_s: float = 120.0) -> int:
+    give_up_at = time.monotonic() + timeout_s
+    while time.monotonic() < give_up_at:
+        if process.poll() is not None:
+            raise RuntimeError(f"{log_path.name} exited:\n{log_path.read_text(errors='replace')[-3000:]}")
+        match = re.search(r"listening on [\d.]+:(\d+)", log_path.read_text(errors="replace"))
+        if match:
+            return int(match.group(1))
+        time.sleep(0.1)
+    raise RuntimeError(f"{log_path.name} did not start within {timeout_s:.0f} s")
+
+
+def wait_serving(addresses: list[str], timeout_s: float = 180.0) -> None:
+    give_up_at = time.monotonic() + timeout_s
+    pending = list(addresses)
+    while pending:
+        pending = [a for a in pending if health_status(a, timeout_s=1.0) != "SERVING"]
+        if pending and time.monotonic() > give_up_at:
+            raise RuntimeError(f"replicas {pending} did not become healthy")
+        time.sleep(0.2)
+
+
+@contextmanager
+def replica_pool(
+    procs: Processes, count: int, env: dict[str, str], name: str, zero_cost: bool = False
+) -> Iterator[list[str]]:
+    """Starts `count` replicas (real ones with `env`, or zero-cost stubs); yields their addresses."""
+    started = []
+    addresses = []
+    for i in range(count):
+        if zero_cost:
+            process, log_path = procs.spawn(f"{name}-{i}", [__file__, "--serve-zero-cost"], {})
+        else:
+            replica_env = {
+                "RTRL_INFERENCE_HOST": "127.0.0.1",
+                "RTRL_INFERENCE_PORT": "0",
+                "RTRL_INFERENCE_DEVICE": "cpu",
+                "RTRL_TORCH_THREADS": "1",
+                # One gateway uses the pool and never has two calls at one replica, so a call never finds
+                # company to batch with: waiting for it (1 ms by default) would only add to every round trip.
+                "RTRL_INFERENCE_MAX_WAIT_MS": "0",
+                **env,
+            }
+            process, log_path = procs.spawn(f"{name}-{i}", ["-m", "services.inference"], replica_env)
+        started.append(process)
+        addresses.append(f"127.0.0.1:{wait_for_port(log_path, process)}")
+    try:
+        wait_serving(addresses)
+        yield addresses
+    finally:
+        procs.stop(started)
+
+
+# -- one row --------------------------------------------------------------------------------------------
+
+
+def run_gateway(
+    redis_url: str,
+    addresses: list[str],
+    scheduler: str,
+    staleness_frames: int,
+    warmup_s: float,
+    measure_s: float,
+    gateway_id: str,
+    interaction: str = "async",
+    learner_address: str = "",
+    stream: str = STREAM,
+) -> dict:
+    env = {
+        "RTRL_ENV": "ale:Pong",
+        "RTRL_GATEWAY_ID": gateway_id,
+        "RTRL_DECISION_INTERVAL_FRAMES": "1",
+        "RTRL_LEAD_FRAMES": "1",
+        "RTRL_MAX_STALENESS_FRAMES": str(staleness_frames),
+        "RTRL_SCHEDULER": scheduler,
+        "RTRL_INTERACTION": interaction,
+        "RTRL_INFERENCE_ADDRESSES": ",".join(addresses),
+        # Nobody registers in this key: the static list above is exactly the N replicas of the row.
+        "RTRL_REPLICA_REGISTRY": "bench:no-registry",
+        "RTRL_REDIS_URL": redis_url,
+        "RTRL_STREAM": stream,
+        "RTRL_STREAM_MAXLEN": "20000",
+        **({"RTRL_LEARNER_ADDRESS": learner_address} if learner_address else {}),
+    }
+    gateway = Gateway(GatewaySettings.from_env(env))
+    try:
+        gateway.start()
+        time.sleep(warmup_s)
+        before = gateway.stats()
+        # Distributions restart with the measured window (the warm-up taught the scheduler T).
+        gateway.clock.staleness_frames = Window(1 << 16)
+        gateway.mailbox.decision_overhead_ms = Window(1 << 16)
+        time.sleep(measure_s)
+        after = gateway.stats()
+        staleness = gateway.clock.staleness_frames.values()
+        overhead = gateway.mailbox.decision_overhead_ms.values()
+    finally:
+        gateway.stop(flush_timeout_s=1.0)
+    decisions = after.decisions - before.decisions
+    fresh = after.decisions_fresh - before.decisions_fresh
+    latencies = [r.latency_ms.mean for r in after.replicas if r.replies]
+    return {
+        "decisions": decisions,
+        "coverage": fresh / decisions if decisions else 0.0,
+        "staleness_mean": float(staleness.mean()) if staleness.size else math.nan,
+        "staleness_p99": float(np.percentile(staleness, 99)) if staleness.size else math.nan,
+        "wasted_per_100": 100.0 * (after.replies_superseded - before.replies_superseded) / max(decisions, 1),
+        "late_per_100": 100.0 * (after.replies_late - before.replies_late) / max(decisions, 1),
+        "overhead_p50_ms": float(np.percentile(overhead, 50)) if overhead.size else math.nan,
+        "overhead_p99_ms": float(np.percentile(overhead, 99)) if overhead.size else math.nan,
+        "period_ms": after.scheduler_period_ms,
+        "frames_late": after.frames_late - before.frames_late,
+        "latency_mean_ms": float(np.mean(latencies)) if latencies else math.nan,
+        "train_ms_mean": after.train_ms.mean,
+        "cycles": after.sequential_cycles - before.sequential_cycles,
+        "fps": after.measured_frame_rate_hz,
+    }
+
+
+def replica_counts(t_infer_frames: float, limit: int) -> list[int]:
+    """1, and around ceil(t_infer / t_frame): enough to find the smallest N reaching 99% coverage."""
+    needed = math.ceil(t_infer_frames)
+    counts = {1, needed - 1, needed, needed + 1, needed + 2} if needed > 1 else {1, 2, 3}
+    return sorted(n for n in counts if 1 <= n <= limit)
+
+
+def staleness_bound(t_infer_frames: float) -> int:
+    """S for a row: replies up to about four frames beyond t_infer are still applied."""
+    return max(6, math.ceil(t_infer_frames) + 4)
+
+
+# -- the run --------------------------------------------------------------------------------------------
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
+        self.args = args
+        self.workdir = workdir
+        self.procs = Processes(workdir)
+        self.rows: list[Row] = []
+        self.started_s = time.monotonic()
+        self.redis = LocalRedis().start()
+        self.checkpoints = workdir / "checkpoints"
+        self.learner: subprocess.Popen[bytes] | None = None
+        self.row_count = 0
+
+    def over_budget(self) -> bool:
+        return time.monotonic() - self.started_s > self.args.budget_s
+
+    def start_learner(self, mode: str, stream: str, checkpoints: Path) -> tuple[subprocess.Popen[bytes], str]:
+        port = free_port()
+        env = {
+            "RTRL_LEARNER_HOST": "127.0.0.1",
+            "RTRL_LEARNER_PORT": str(port),
+            "RTRL_REDIS_URL": self.redis.url,
+            "RTRL_STREAM": stream,
+            "RTRL_CHECKPOINT_DIR": str(checkpoints),
+            "RTRL_LEARNER_DEVICE": "cpu",
+            "RTRL_LEARNER_MODE": mode,
+            "RTRL_DQN_LEARNING_STARTS": "64",
+            "RTRL_CONSUMER_NAME": f"bench-{mode}",
+        }
+        process, _ = self.procs.spawn(f"learner-{mode}", ["-m", "services.learner"], env)
+        address = f"127.0.0.1:{port}"
+        give_up_at = time.monotonic() + 120
+        while health_status(address) != "SERVING":
+            if process.poll() is not None or time.monotonic() > give_up_at:
+                raise RuntimeError(f"the {mode} learner did not start; see {self.workdir}/learner-{mode}.log")
+            time.sleep(0.2)
+        return process, address
+
+    def record(self, kind: str, label: str, t_infer: float, replicas: int, scheduler: str, m: dict) -> Row:
+        row = Row(
+            kind=kind,
+            label=label,
+            t_infer_frames=t_infer,
+            replicas=replicas,
+            scheduler=scheduler,
+            decisions=m["decisions"],
+            coverage=m["coverage"],
+            staleness_mean=m["staleness_mean"],
+            staleness_p99=m["staleness_p99"],
+            wasted_per_100=m["wasted_per_100"],
+            late_per_100=m["late_per_100"],
+            overhead_p50_ms=m["overhead_p50_ms"],
+            overhead_p99_ms=m["overhead_p99_ms"],
+            period_ms=m["period_ms"],
+            frames_late=m["frames_late"],
+            load=os.getloadavg()[0],
+        )
+        self.rows.append(row)
+        self.row_count += 1
+        log(
+            f"{label:>14} N={replicas:<2} {scheduler:<9} coverage {100 * row.coverage:7.3f}% of {row.decisions} "
+            f"staleness {row.staleness_mean:5.2f}/{row.staleness_p99:4.1f} wasted {row.wasted_per_100:5.1f} "
+            f"late {row.late_per_100:5.1f} overhead {row.overhead_p50_ms:6.2f}/{row.overhead_p99_ms:6.2f} ms "
+            f"T {row.period_ms:6.1f} ms, frames late {row.frames_late}, load {row.load:.1f} "
+            f"({time.monotonic() - self.started_s:.0f} s)"
+        )
+        if self.args.rows_json is not None:
+            self.args.rows_json.write_text(json.dumps([asdict(r) for r in self.rows], indent=1))
+        return row
+
+    def sweep(self, kind: str, label: str, t_infer: float, addresses: list[str], counts: list[int]) -> None:
+        args = self.args
+        for n in counts:
+            for scheduler in args.schedulers:
+                if self.over_budget():
+                    log("time budget spent; skipping the remaining rows")
+                    return
+                # Rows below ceil(t_infer/t_frame) cannot cover every frame; a shorter window shows that.
+                measure_s = args.measure_s if n >= math.ceil(t_infer) else args.short_measure_s
+                m = run_gateway(
+                    self.redis.url,
+                    addresses[:n],
+                    scheduler,
+                    staleness_bound(t_infer),
+                    args.warmup_s + t_infer * FRAME_MS * n / 1000.0,
+                    measure_s,
+                    f"bench-{label}-{n}-{scheduler}".replace(" ", ""),
+                )
+                self.record(kind, label, t_infer, n, scheduler, m)
+
+    def run(self) -> None:
+        args = self.args
+        log(f"work directory {self.workdir}; Redis {self.redis.url}")
+        self.learner, _ = self.start_learner("async", STREAM, self.checkpoints)
+        log("the learner trains on every row's transitions from now on")
+        try:
+            if args.zero_cost:
+                with replica_pool(self.procs, 2, {}, "zero-cost", zero_cost=True) as addresses:
+                    for n in (1, 2):
+                        m = run_gateway(
+                            self.redis.url,
+                            addresses[:n],
+                            "next_idle",
+                            6,
+                            args.warmup_s,
+                            args.measure_s,
+                            f"bench-zero-{n}",
+                        )
+                        self.record("zero-cost", "zero-cost", 0.0, n, "next_idle", m)
+            for t_infer in args.t_infer:
+                counts = [
+                    n for n in replica_counts(t_infer, args.max_replicas) if not args.replicas or n in args.replicas
+                ]
+                if not counts or self.over_budget():
+                    continue
+                env = {
+                    "RTRL_INFERENCE_OCCUPY_MS": f"{t_infer * FRAME_MS:.3f}",
+                    "RTRL_CHECKPOINT_DIR": str(self.checkpoints),
+                }
+                log(f"t_infer = {t_infer} frames: starting {max(counts)} replicas")
+                with replica_pool(self.procs, max(counts), env, f"occupy-{t_infer}") as addresses:
+                    self.sweep("occupy", f"{t_infer:g} frames", t_infer, addresses, counts)
+            if args.models:
+                self.run_models()
+            if args.sequential:
+                self.run_sequential()
+        finally:
+            self.procs.stop_all()
+            self.redis.stop()
+
+    def run_models(self) -> None:
+        args = self.args
+        for width in args.model_widths:
+            if self.over_budget():
+                return
+            forward_ms = measure_forward_ms(width)
+            if forward_ms > MAX_MODEL_FORWARD_MS:
+                log(f"impala_cnn k={width}: {forward_ms:.0f} ms per forward pass on this CPU; not benchmarked")
+                self.rows.append(
+                    Row("model", f"impala k={width}", forward_ms / FRAME_MS, 0, "-", 0, math.nan, math.nan,
+                        math.nan, math.nan, math.nan, math.nan, math.nan, math.nan, 0)
+                )  # fmt: skip
+                continue
+            t_infer = forward_ms / FRAME_MS
+            # Real forward passes need a core each; this machine has few, so more replicas stop helping.
+            counts = sorted({1, *range(max(1, math.ceil(t_infer) - 1), math.ceil(t_infer) + 2)})
+            counts = [n for n in counts if n <= min(args.max_replicas, 4)]
+            model_dir = self.workdir / f"model-{width}"
+            env = {
+                "RTRL_MODEL_ARCH": "impala_cnn",
+                "RTRL_MODEL_WIDTH": str(width),
+                # Their own directory: the learner's checkpoints are of another network.
+                "RTRL_CHECKPOINT_DIR": str(model_dir),
+            }
+            log(f"impala_cnn k={width}: {forward_ms:.1f} ms per forward pass ({t_infer:.2f} frames); N {counts}")
+            with replica_pool(self.procs, max(counts), env, f"impala-{width}") as addresses:
+                self.sweep("model", f"impala k={width}", t_infer, addresses, counts)
+
+    def run_sequential(self) -> None:
+        args = self.args
+        assert self.learner is not None
+        # The async learner pauses: the sequential learner is the only one training in these rows.
+        self.learner.send_signal(signal.SIGSTOP)
+        learner, address = self.start_learner("sequential", SEQUENTIAL_STREAM, self.workdir / "checkpoints-seq")
+        try:
+            for t_infer in args.t_infer:
+                if self.over_budget():
+                    return
+                env = {
+                    "RTRL_INFERENCE_OCCUPY_MS": f"{t_infer * FRAME_MS:.3f}",
+                    "RTRL_CHECKPOINT_DIR": str(self.checkpoints),
+                }
+                with replica_pool(self.procs, 1, env, f"sequential-{t_infer}") as addresses:
+                    m = run_gateway(
+                        self.redis.url,
+                        addresses,
+                        "next_idle",
+                        staleness_bound(t_infer),
+                        args.warmup_s,
+                        args.measure_s,
+                        f"bench-seq-{t_infer}",
+                        interaction="sequential",
+                        learner_address=address,
+                        stream=SEQUENTIAL_STREAM,
+                    )
+                row = self.record("sequential", f"{t_infer:g} frames", t_infer, 1, "sequential", m)
+                row.t_learn_ms = m["train_ms_mean"]
+                # The paper's prediction uses the measured round trip (t_infer as the gateway sees it).
+                row.predicted_coverage = FRAME_MS / (m["latency_mean_ms"] + row.t_learn_ms)
+                round_trip_ms, cycles = m["latency_mean_ms"], m["cycles"]
+                log(f"    t_learn {row.t_learn_ms:.1f} ms, round trip {round_trip_ms:.1f} ms, {cycles} cycles")
+        finally:
+            self.procs.stop([learner])
+            self.learner.send_signal(signal.SIGCONT)
+
+
+def measure_forward_ms(width: int) -> float:
+    """Median forward time of impala_cnn at `width` on this CPU, one thread, batch 1 (as a replica runs it)."""
+    script = (
+        "import time, torch, numpy as np\n"
+        "from rtrl.models import QNetwork, default_model_config\n"
+        "torch.set_num_threads(1)\n"
+        f"m = QNetwork(default_model_config((4, 84, 84), 6, 'impala_cnn', {width})).eval()\n"
+        "x = torch.randint(0, 256, (1, 4, 84, 84), dtype=torch.uint8)\n"
+        "t = []\n"
+        "with torch.inference_mode():\n"
+        "    for i in range(4):\n"
+        "        s = time.perf_counter(); m(x); t.append(time.perf_counter() - s)\n"
+        "print(float(np.median(t[1:])) * 1000)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, check=True
+    )
+    return float(result.stdout.strip().splitlines()[-1])
+
+
+# -- the table ------------------------------------------------------------------------------------------
+
+
+def fmt(value: float, spec: str) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
+
+
+HOW_TO_READ = """\
+Real ALE Pong at 60 fps deciding every frame (k = 1, so a decision is a frame), replicas whose forward
+pass occupies them for t_infer (RTRL_INFERENCE_OCCUPY_MS) or real ImpalaCNN models on this CPU, the
+learner training on the same machine. coverage: decisions with a fresh action; staleness: frames from
+an action's observation to the frame it was applied; wasted: replies superseded before being applied,
+per 100 decisions; late: replies too late to apply, per 100 decisions; overhead: frame produced ->
+reply in the mailbox (includes t_infer); T: the round trip the staggering schedulers space calls by;
+frames late: frames the clock itself started late (the machine was too busy); load: the machine's
+1-minute load average (2 cores). See bench/staggering.py for everything else."""
+
+
+def table(rows: list[Row]) -> str:
+    head = (
+        "rows", "t_infer (frames)", "N", "ceil(t/f)", "scheduler", "decisions", "coverage %", "staleness mean",
+        "staleness p99", "wasted /100", "late /100", "overhead p50 ms", "overhead p99 ms", "T ms", "frames late",
+        "load",
+    )  # fmt: skip
+    lines = ["| " + " | ".join(head) + " |", "|---|---:|---:|---:|---|" + "---:|" * (len(head) - 5)]
+    for r in rows:
+        if r.kind == "sequential":
+            continue
+        cells = (
+            r.label,
+            fmt(r.t_infer_frames, ".2f"),
+            str(r.replicas),
+            str(math.ceil(r.t_infer_frames)) if r.replicas else "-",
+            r.scheduler,
+            str(r.decisions),
+            fmt(100 * r.coverage, ".2f"),
+            fmt(r.staleness_mean, ".2f"),
+            fmt(r.staleness_p99, ".1f"),
+            fmt(r.wasted_per_100, ".1f"),
+            fmt(r.late_per_100, ".1f"),
+            fmt(r.overhead_p50_ms, ".2f"),
+            fmt(r.overhead_p99_ms, ".2f"),
+            fmt(r.period_ms, ".1f"),
+            str(r.frames_late),
+            fmt(r.load, ".1f"),
+        )
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "| t_infer | scheduler | ceil(t_infer/t_frame) | smallest N with coverage >= 99% | coverage at ceil+1 |",
+        "|---|---|---:|---:|---:|",
+    ]
+    labels = list(dict.fromkeys(r.label for r in rows if r.kind in ("occupy", "model") and r.replicas))
+    for label in labels:
+        for scheduler in SCHEDULERS:
+            group = [r for r in rows if r.label == label and r.scheduler == scheduler and r.replicas]
+            if not group:
+                continue
+            needed = math.ceil(group[0].t_infer_frames)
+            reaching = [r.replicas for r in group if r.coverage >= 0.99]
+            smallest = str(min(reaching)) if reaching else f"> {max(r.replicas for r in group)}"
+            at_plus_one = [r for r in group if r.replicas == needed + 1]
+            coverage = fmt(100 * at_plus_one[0].coverage, ".2f") + "%" if at_plus_one else "-"
+            lines.append(f"| {label} | {scheduler} | {needed} | {smallest} | {coverage} |")
+    sequential = [r for r in rows if r.kind == "sequential"]
+    if sequential:
+        lines += [
+            "",
+            "| sequential, t_infer | coverage % | t_frame / (round trip + t_learn) % | t_learn ms | staleness mean |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for r in sequential:
+            lines.append(
+                f"| {r.label} | {fmt(100 * r.coverage, '.2f')} | {fmt(100 * r.predicted_coverage, '.2f')} "
+                f"| {fmt(r.t_learn_ms, '.1f')} | {fmt(r.staleness_mean, '.2f')} |"
+            )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--serve-zero-cost", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--t-infer", type=float, nargs="+", default=list(T_INFER_FRAMES), help="in frames")
+    parser.add_argument("--replicas", type=int, nargs="*", default=[], help="only these N (default: around ceil)")
+    parser.add_argument("--max-replicas", type=int, default=10)
+    parser.add_argument("--schedulers", nargs="+", default=list(SCHEDULERS), choices=SCHEDULERS)
+    parser.add_argument("--model-widths", type=int, nargs="+", default=list(MODEL_WIDTHS))
+    parser.add_argument("--no-models", dest="models", action="store_false")
+    parser.add_argument("--no-sequential", dest="sequential", action="store_false")
+    parser.add_argument("--no-zero-cost", dest="zero_cost", action="store_false")
+    parser.add_argument("--warmup-s", type=float, default=4.0)
+    parser.add_argument("--measure-s", type=float, default=20.0, help="measured seconds of a row that can cover")
+    parser.add_argument("--short-measure-s", type=float, default=8.0, help="... of a row with N < ceil")
+    parser.add_argument("--budget-s", type=float, default=3600.0, help="skip rows once this much time has passed")
+    parser.add_argument("--out", type=Path, help="also write the table (markdown) here")
+    parser.add_argument("--rows-json", type=Path, help="write the rows measured so far here after each row")
+    parser.add_argument("--table-from", type=Path, help="only print (and --out) the table of rows saved by --rows-json")
+    args = parser.parse_args()
+    if args.serve_zero_cost:
+        serve_zero_cost()
+        return
+    if args.table_from is not None:
+        rows = [Row(**row) for row in json.loads(args.table_from.read_text())]
+        print(table(rows))
+        if args.out is not None:
+            args.out.write_text(HOW_TO_READ + "\n\n" + table(rows) + "\n")
+        return
+    with tempfile.TemporaryDirectory(prefix="rtrl-staggering-") as tmp:
+        workdir = Path(tmp) / "run"
+        workdir.mkdir()
+        bench = Bench(args, workdir)
+        try:
+            bench.run()
+        finally:
+            result = table(bench.rows)
+            print(result, flush=True)
+            if args.out is not None:
+                command = " ".join(["python bench/staggering.py", *sys.argv[1:]])
+                header = (
+                    f"Measured {time.strftime('%Y-%m-%d %H:%M')} on {os.cpu_count()} CPU cores by `{command}` "
+                    f"in {time.monotonic() - bench.started_s:.0f} s."
+                )
+                args.out.write_text(header + "\n\n" + HOW_TO_READ + "\n\n" + result + "\n")
+
+
+if __name__ == "__main__":
+    main()

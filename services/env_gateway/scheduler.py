@@ -1,0 +1,330 @@
+"""When the gateway sends an observation to inference, and to which replica (RTRL_SCHEDULER).
+
+The dispatcher thread holds the newest observation sample and asks a `Scheduler` what to do whenever
+something changes (a new sample, a call ending, a due time passing): `plan(...)` names the replica to
+send the newest sample to now, or says when to ask again. Three policies:
+
+- `next_idle`: the newest sample goes to the next idle replica in round-robin order as soon as there
+  is one: when the sample is taken, or when a call ends while it is still unsent and a reply could
+  still come in time (its deadline is at least the mean round trip away). At most one call per
+  sample; a sample replaced while every replica was busy is not sent. With a decision every frame
+  this staggers the replicas by itself, on the frame grid, with no estimate of T.
+- `max_time` (Riemer et al. 2024, Algorithm 1): T is the longest round trip seen so far; it only grows.
+  Calls are spaced T/N apart in a fixed rotation of the N usable replicas, so each replica is called
+  once every T and, together, they deliver one action every T/N. When a call slower than T ends, T
+  becomes its duration and the next call is pushed back to T/N after the last one: the paper's shift
+  of the other replicas, which keeps the spacing even. Every call carries the newest sample, even one
+  already sent to another replica: the paper's workers always act on the latest state, and with T/N
+  shorter than a decision interval that repetition is what keeps an arrival in every interval.
+- `mean_time` (the paper's appendix): as max_time, with T an exponentially weighted running mean of
+  the round trips. Fewer replicas reach full coverage, but a call longer than the mean finds its
+  replica's next turn while it is still busy.
+
+A replica still busy at its turn is passed over for the next idle one in the rotation
+(`turns_passed`); when none is idle the call waits for the first replica to become idle
+(`slots_waited`). Each replica's first round trip is not counted in T: it includes building or
+loading the model and warming up, and under max_time one such outlier would slow every later call.
+Until a round trip has been measured the staggering schedulers keep one call in flight at a time.
+
+Not thread-safe: the dispatcher calls a scheduler from its own thread only. No grpc here, and time is
+passed in, so that tests can drive it with made-up times.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+# Weight of the newest round trip in mean_time's running mean: follows a change of load within a few
+# dozen calls, and one slow call moves T by a tenth of its excess only.
+MEAN_WEIGHT = 0.1
+# How often to ask again while no replica is known: membership changes do not wake the dispatcher.
+NO_REPLICA_RETRY_S = 0.05
+# Round trips of a replica that are not counted in T (see the module docstring).
+WARMUP_REPLIES = 1
+
+
+class SchedulerKind(enum.Enum):
+    """The policies RTRL_SCHEDULER names."""
+
+    NEXT_IDLE = "next_idle"
+    MAX_TIME = "max_time"
+    MEAN_TIME = "mean_time"
+
+
+SCHEDULER_NAMES = tuple(kind.value for kind in SchedulerKind)
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaView:
+    """What a scheduler knows of a usable replica (one the gateway has not dropped from rotation)."""
+
+    address: str
+    in_flight: int
+    """This gateway's calls to the replica that have not ended."""
+    recently_failed: bool
+    """Its last call failed a short while ago: chosen only when no other replica is idle."""
+
+
+@dataclass(frozen=True, slots=True)
+class SampleView:
+    """What a scheduler knows of the newest observation sample."""
+
+    produced_s: float
+    """When its frame was produced."""
+    deadline_s: float
+    """When a reply to it stops being usable."""
+    unsent: bool
+    """It has not been sent to any replica yet."""
+
+    def worth_sending(self, now_s: float, round_trip_s: float) -> bool:
+        """Whether a reply can still come in time if a call takes `round_trip_s`.
+
+        When the round trip is longer than even a fresh sample's whole budget, the estimate cannot tell
+        samples apart (it may be an outlier, or S may be too small): then every sample before its
+        deadline is worth a call, so that a wrong estimate never stops all calls, and with them the
+        measurements that would correct it. The replica refuses what it cannot answer in time.
+        """
+        if self.deadline_s <= now_s:
+            return False
+        if round_trip_s >= self.deadline_s - self.produced_s:
+            return True
+        return self.deadline_s - now_s >= round_trip_s
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """A scheduler's answer: send the newest sample to `send_to` now, or ask again at `wake_at_s`."""
+
+    send_to: str | None = None
+    wake_at_s: float | None = None
+    """Ask again at this time even if nothing happens; None: when something happens."""
+
+
+def next_in_rotation(replicas: Sequence[ReplicaView], after: str | None) -> ReplicaView | None:
+    """The first idle replica in the rotation that starts after `after`; one that failed recently only
+    when no other is idle, so a replica that hangs or refuses costs an occasional call, not every other."""
+    count = len(replicas)
+    start = 0
+    if after is not None:
+        for index, replica in enumerate(replicas):
+            if replica.address == after:
+                start = index + 1
+                break
+    second_choice: ReplicaView | None = None
+    for offset in range(count):
+        replica = replicas[(start + offset) % count]
+        if replica.in_flight:
+            continue
+        if replica.recently_failed:
+            second_choice = second_choice or replica
+            continue
+        return replica
+    return second_choice
+
+
+class Scheduler:
+    """Base of the policies: the rotation, round-trip bookkeeping and counters."""
+
+    kind: SchedulerKind
+
+    def __init__(self) -> None:
+        self._last_address: str | None = None
+        self._replies_seen: dict[str, int] = {}
+        self.turns_passed = 0
+        """Calls that went to another replica because the one whose turn it was was still busy."""
+        self.slots_waited = 0
+        """Calls that were due while no replica was idle, so they waited for one."""
+
+    @property
+    def name(self) -> str:
+        return self.kind.value
+
+    @property
+    def period_s(self) -> float:
+        """T: the round trip the spacing is computed from (0 while unknown, and for next_idle)."""
+        return 0.0
+
+    def spacing_s(self, replica_count: int) -> float:
+        """T/N, the time between two calls (0 while unknown, and for next_idle)."""
+        return self.period_s / replica_count if replica_count else 0.0
+
+    def plan(self, now_s: float, sample: SampleView | None, replicas: Sequence[ReplicaView]) -> Plan:
+        """What to do now with the newest sample (None: there is none yet) and the replicas in rotation."""
+        raise NotImplementedError
+
+    def on_sent(self, address: str, now_s: float, replica_count: int) -> None:
+        """The dispatcher sent a call to `address` at `now_s` with `replica_count` usable replicas."""
+        self._last_address = address
+
+    def on_reply(self, address: str, round_trip_s: float) -> None:
+        """A call to `address` answered after `round_trip_s`."""
+        seen = self._replies_seen.get(address, 0)
+        self._replies_seen[address] = seen + 1
+        if seen >= WARMUP_REPLIES:
+            self._observe(round_trip_s)
+
+    def on_failure(self, address: str) -> None:
+        """A call to `address` failed; failures say nothing about the round trip of an answer."""
+
+    def _observe(self, round_trip_s: float) -> None:
+        """A counted round trip (after the replica's warm-up)."""
+
+    def lead_frames(self, frame_period_s: float) -> int | None:
+        """Frames between an observation and the step its action is meant for, as this policy sees it
+        (the round trip rounded up to frames); None: keep the configured lead."""
+        return None
+
+
+class NextIdleScheduler(Scheduler):
+    """The newest unsent sample goes to the first idle replica in the rotation, as soon as there is one."""
+
+    kind = SchedulerKind.NEXT_IDLE
+
+    def __init__(self, weight: float = MEAN_WEIGHT) -> None:
+        super().__init__()
+        self._weight = weight
+        self._mean_s = 0.0
+
+    @property
+    def mean_round_trip_s(self) -> float:
+        """Running mean of counted round trips: how much of its deadline a sample needs left to be worth sending."""
+        return self._mean_s
+
+    def plan(self, now_s: float, sample: SampleView | None, replicas: Sequence[ReplicaView]) -> Plan:
+        if sample is None or not sample.unsent or not sample.worth_sending(now_s, self._mean_s):
+            return Plan()
+        chosen = next_in_rotation(replicas, self._last_address)
+        return Plan(send_to=chosen.address if chosen is not None else None)
+
+    def _observe(self, round_trip_s: float) -> None:
+        previous_s = self._mean_s
+        self._mean_s = round_trip_s if previous_s == 0.0 else previous_s + self._weight * (round_trip_s - previous_s)
+
+
+class StaggeredScheduler(Scheduler):
+    """Calls spaced T/N apart in a fixed rotation (see the module docstring); T comes from the subclass."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._next_call_s: float | None = None
+        self._last_call_s: float | None = None
+        self._replica_count = 0
+        self._waiting_for_idle = False
+
+    def plan(self, now_s: float, sample: SampleView | None, replicas: Sequence[ReplicaView]) -> Plan:
+        if not replicas:
+            return Plan(wake_at_s=now_s + NO_REPLICA_RETRY_S)
+        if sample is None:
+            return Plan()
+        period_s = self.period_s
+        if period_s == 0.0:
+            # Nothing measured yet: one call at a time, each to the next replica, until a round trip counts.
+            if any(replica.in_flight for replica in replicas):
+                return Plan()
+            first = next_in_rotation(replicas, self._last_address)
+            return Plan(send_to=first.address if first is not None and sample.deadline_s > now_s else None)
+        due_s = self._next_call_s
+        if due_s is not None and now_s < due_s:
+            return Plan(wake_at_s=due_s)
+        if not sample.worth_sending(now_s, period_s):
+            # A reply to this sample would come too late; the next sample is at most a decision away.
+            return Plan()
+        in_turn = next_in_rotation(replicas, self._last_address)
+        if in_turn is None:
+            if not self._waiting_for_idle:
+                self._waiting_for_idle = True
+                self.slots_waited += 1
+            return Plan()
+        # The replica whose turn it is would be the one right after the last in the rotation.
+        expected = _successor(replicas, self._last_address)
+        if expected is not None and expected.address != in_turn.address:
+            self.turns_passed += 1
+        return Plan(send_to=in_turn.address)
+
+    def on_sent(self, address: str, now_s: float, replica_count: int) -> None:
+        super().on_sent(address, now_s, replica_count)
+        self._waiting_for_idle = False
+        self._replica_count = replica_count
+        spacing_s = self.spacing_s(replica_count)
+        due_s = self._next_call_s
+        # Keep to the grid while nearly on time, so that wake-up jitter does not accumulate; a call later
+        # than half a spacing (it waited for an idle replica, or for a sample) starts the grid again from
+        # now rather than being followed by a call that makes up for lost time.
+        base_s = due_s if due_s is not None and now_s - due_s < spacing_s / 2 else now_s
+        self._next_call_s = base_s + spacing_s
+        self._last_call_s = now_s
+
+    def _period_grew(self) -> None:
+        """T grew: the next call comes no sooner than the new T/N after the last one (Algorithm 1's shift)."""
+        if self._last_call_s is None or not self._replica_count:
+            return
+        pushed_s = self._last_call_s + self.spacing_s(self._replica_count)
+        if self._next_call_s is None or pushed_s > self._next_call_s:
+            self._next_call_s = pushed_s
+
+    def lead_frames(self, frame_period_s: float) -> int | None:
+        period_s = self.period_s
+        if period_s == 0.0:
+            return None
+        return math.ceil(period_s / frame_period_s)
+
+
+class MaxTimeScheduler(StaggeredScheduler):
+    """Algorithm 1: T is the longest counted round trip so far."""
+
+    kind = SchedulerKind.MAX_TIME
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._max_s = 0.0
+
+    @property
+    def period_s(self) -> float:
+        return self._max_s
+
+    def _observe(self, round_trip_s: float) -> None:
+        if round_trip_s > self._max_s:
+            self._max_s = round_trip_s
+            self._period_grew()
+
+
+class MeanTimeScheduler(StaggeredScheduler):
+    """The appendix variant: T is the exponentially weighted running mean of counted round trips."""
+
+    kind = SchedulerKind.MEAN_TIME
+
+    def __init__(self, weight: float = MEAN_WEIGHT) -> None:
+        super().__init__()
+        self._weight = weight
+        self._mean_s = 0.0
+
+    @property
+    def period_s(self) -> float:
+        return self._mean_s
+
+    def _observe(self, round_trip_s: float) -> None:
+        previous_s = self._mean_s
+        self._mean_s = round_trip_s if previous_s == 0.0 else previous_s + self._weight * (round_trip_s - previous_s)
+        if self._mean_s > previous_s:
+            self._period_grew()
+
+
+def _successor(replicas: Sequence[ReplicaView], after: str | None) -> ReplicaView | None:
+    """The replica right after `after` in the rotation, busy or not."""
+    if not replicas:
+        return None
+    for index, replica in enumerate(replicas):
+        if replica.address == after:
+            return replicas[(index + 1) % len(replicas)]
+    return replicas[0]
+
+
+def make_scheduler(kind: SchedulerKind) -> Scheduler:
+    if kind is SchedulerKind.MAX_TIME:
+        return MaxTimeScheduler()
+    if kind is SchedulerKind.MEAN_TIME:
+        return MeanTimeScheduler()
+    return NextIdleScheduler()

@@ -1,0 +1,56 @@
+"""Membership: the registry and the static list merged, and a replica dropped after UNAVAILABLE coming back."""
+
+from __future__ import annotations
+
+import grpc
+
+from services.env_gateway.membership import REGISTRY_SOURCE, STATIC_SOURCE, Membership
+from services.env_gateway.replicas import ReplicaPool
+
+
+def test_sources_are_merged_with_the_latest_sighting_of_each_address() -> None:
+    handed: list[dict[str, float]] = []
+    membership = Membership(handed.append)
+    membership.update(STATIC_SOURCE, {"10.0.0.2:50061": 5.0})
+    membership.update(REGISTRY_SOURCE, {"10.0.0.2:50061": 7.0, "10.0.0.3:50061": 6.0})
+    assert handed[-1] == {"10.0.0.2:50061": 7.0, "10.0.0.3:50061": 6.0}
+    membership.update(REGISTRY_SOURCE, {})  # both registered replicas stopped heartbeating
+    assert handed[-1] == {"10.0.0.2:50061": 5.0}
+
+
+def test_static_addresses_are_seen_alive_when_they_resolve() -> None:
+    handed: list[dict[str, float]] = []
+    membership = Membership(handed.append)
+    membership.static_addresses(now_s=lambda: 42.0)(["a:1", "b:2"])
+    assert handed[-1] == {"a:1": 42.0, "b:2": 42.0}
+
+
+def test_unavailable_replica_leaves_rotation_until_it_is_seen_alive_after_the_failure() -> None:
+    now = [10.0]
+    pool = ReplicaPool("gw", 4, now_s=lambda: now[0])
+    try:
+        pool.set_members({"a:1": 9.0, "b:2": 9.5})
+        assert [v.address for v in pool.views(now[0])] == ["a:1", "b:2"]
+        # What ReplicaPool does when a call to b fails with UNAVAILABLE (e.g. the process was killed).
+        pool._replicas["b:2"].in_flight = 1
+        pool._finish(pool._replicas["b:2"], 9.9, None, grpc.StatusCode.UNAVAILABLE)
+        assert [v.address for v in pool.views(now[0])] == ["a:1"]
+        pool.set_members({"a:1": 10.2, "b:2": 9.8})  # b's last heartbeat predates the failure
+        assert [v.address for v in pool.views(now[0])] == ["a:1"]
+        assert [s.excluded for s in pool.stats()] == [False, True]
+        pool.set_members({"a:1": 10.4, "b:2": 10.3})  # a heartbeat after the failure: b is back
+        assert [v.address for v in pool.views(now[0])] == ["a:1", "b:2"]
+    finally:
+        pool.close()
+
+
+def test_a_call_that_failed_otherwise_keeps_the_replica_in_rotation_as_a_second_choice() -> None:
+    pool = ReplicaPool("gw", 4, now_s=lambda: 10.0)
+    try:
+        pool.set_members({"a:1": 9.0})
+        pool._replicas["a:1"].in_flight = 1
+        pool._finish(pool._replicas["a:1"], 9.9, None, grpc.StatusCode.DEADLINE_EXCEEDED)
+        (view,) = pool.views(10.0)
+        assert view.recently_failed and view.in_flight == 0
+    finally:
+        pool.close()
