@@ -36,7 +36,9 @@ DEFAULT_EPSILON_START = 1.0
 # get; threads that wait cost little, so the default leaves room for several gateways' calls.
 DEFAULT_WORKERS = 16
 DEFAULT_MAX_BATCH_SIZE = 8
-DEFAULT_MAX_WAIT_MS = 1.0
+# No artificial wait by default: calls that queue while a forward pass runs are batched anyway, and
+# with one gateway (one call at a time) any wait would be pure added latency on every decision.
+DEFAULT_MAX_WAIT_MS = 0.0
 DEFAULT_OCCUPY_MS = 0.0
 # "" leaves the choice to rtrl.models.default_model_config (Nature CNN for images, MLP otherwise).
 MODEL_ARCH_CHOICES = ("", *ARCHS)
