@@ -29,7 +29,7 @@ def test_defaults_when_nothing_is_set() -> None:
         epsilon_start=1.0,
         workers=16,
         max_batch_size=8,
-        max_wait_ms=1.0,
+        max_wait_ms=0.0,
         occupy_ms=0.0,
         model_arch="",
         model_width=1,
