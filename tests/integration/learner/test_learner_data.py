@@ -215,4 +215,3 @@ def test_resuming_a_checkpoint_of_the_other_algorithm_says_which_one_and_what_to
     message = str(caught.value)
     assert "trained with 'dqn'" in message
     assert "RTRL_ALGORITHM=dqn" in message and "RTRL_CHECKPOINT_DIR" in message
-
