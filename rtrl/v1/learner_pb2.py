@@ -22,23 +22,26 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from rtrl.v1 import common_pb2 as rtrl_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15rtrl/v1/learner.proto\x12\x07rtrl.v1\"H\n\x0cTrainRequest\x12\x12\n\ngateway_id\x18\x01 \x01(\t\x12\x13\n\x0bthrough_seq\x18\x02 \x01(\x04\x12\x0f\n\x07updates\x18\x03 \x01(\r\"v\n\rTrainResponse\x12\x0f\n\x07updates\x18\x01 \x01(\r\x12\x10\n\x08train_ms\x18\x02 \x01(\x01\x12\x1a\n\x12\x63heckpoint_version\x18\x03 \x01(\x03\x12\x0f\n\x07wait_ms\x18\x04 \x01(\x01\x12\x15\n\rupdates_total\x18\x05 \x01(\x04\" \n\x1eLearnerServiceGetStatusRequest\"\xfa\x03\n\x1fLearnerServiceGetStatusResponse\x12\x11\n\talgorithm\x18\x01 \x01(\t\x12\x0f\n\x07updates\x18\x02 \x01(\x04\x12\x15\n\rupdates_per_s\x18\x03 \x01(\x01\x12\x1c\n\x14transitions_consumed\x18\x04 \x01(\x04\x12\x1b\n\x13transitions_invalid\x18\x05 \x01(\x04\x12\x13\n\x0breplay_size\x18\x06 \x01(\x04\x12\x1a\n\x12\x63heckpoint_version\x18\x07 \x01(\x03\x12\x1d\n\x15\x63heckpoints_published\x18\x08 \x01(\x04\x12$\n\x1c\x63heckpoint_published_unix_ms\x18\t \x01(\x03\x12\x0c\n\x04loss\x18\n \x01(\x01\x12\x0f\n\x07\x65psilon\x18\x0b \x01(\x01\x12\x15\n\rstream_length\x18\x0c \x01(\x04\x12\x16\n\x0estream_pending\x18\r \x01(\x04\x12\x12\n\nstream_lag\x18\x0e \x01(\x03\x12\x11\n\tenv_steps\x18\x0f \x01(\x04\x12\x1c\n\x14transitions_unpaired\x18\x10 \x01(\x04\x12\x10\n\x08uptime_s\x18\x11 \x01(\x01\x12#\n\x1b\x63heckpoint_publish_failures\x18\x12 \x01(\x04\x12\x0c\n\x04mode\x18\x13 \x01(\t\x12\x13\n\x0btrain_calls\x18\x14 \x01(\x04\x32\xa8\x01\n\x0eLearnerService\x12^\n\tGetStatus\x12\'.rtrl.v1.LearnerServiceGetStatusRequest\x1a(.rtrl.v1.LearnerServiceGetStatusResponse\x12\x36\n\x05Train\x12\x15.rtrl.v1.TrainRequest\x1a\x16.rtrl.v1.TrainResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15rtrl/v1/learner.proto\x12\x07rtrl.v1\x1a\x14rtrl/v1/common.proto\"H\n\x0cTrainRequest\x12\x12\n\ngateway_id\x18\x01 \x01(\t\x12\x13\n\x0bthrough_seq\x18\x02 \x01(\x04\x12\x0f\n\x07updates\x18\x03 \x01(\r\"v\n\rTrainResponse\x12\x0f\n\x07updates\x18\x01 \x01(\r\x12\x10\n\x08train_ms\x18\x02 \x01(\x01\x12\x1a\n\x12\x63heckpoint_version\x18\x03 \x01(\x03\x12\x0f\n\x07wait_ms\x18\x04 \x01(\x01\x12\x15\n\rupdates_total\x18\x05 \x01(\x04\" \n\x1eLearnerServiceGetStatusRequest\"\xa9\x05\n\x1fLearnerServiceGetStatusResponse\x12\x11\n\talgorithm\x18\x01 \x01(\t\x12\x0f\n\x07updates\x18\x02 \x01(\x04\x12\x15\n\rupdates_per_s\x18\x03 \x01(\x01\x12\x1c\n\x14transitions_consumed\x18\x04 \x01(\x04\x12\x1b\n\x13transitions_invalid\x18\x05 \x01(\x04\x12\x13\n\x0breplay_size\x18\x06 \x01(\x04\x12\x1a\n\x12\x63heckpoint_version\x18\x07 \x01(\x03\x12\x1d\n\x15\x63heckpoints_published\x18\x08 \x01(\x04\x12$\n\x1c\x63heckpoint_published_unix_ms\x18\t \x01(\x03\x12\x0c\n\x04loss\x18\n \x01(\x01\x12\x0f\n\x07\x65psilon\x18\x0b \x01(\x01\x12\x15\n\rstream_length\x18\x0c \x01(\x04\x12\x16\n\x0estream_pending\x18\r \x01(\x04\x12\x12\n\nstream_lag\x18\x0e \x01(\x03\x12\x11\n\tenv_steps\x18\x0f \x01(\x04\x12\x1c\n\x14transitions_unpaired\x18\x10 \x01(\x04\x12\x10\n\x08uptime_s\x18\x11 \x01(\x01\x12#\n\x1b\x63heckpoint_publish_failures\x18\x12 \x01(\x04\x12\x0c\n\x04mode\x18\x13 \x01(\t\x12\x13\n\x0btrain_calls\x18\x14 \x01(\x04\x12&\n\npolicy_lag\x18\x15 \x01(\x0b\x32\x12.rtrl.v1.PolicyLag\x12\x1b\n\x13transitions_too_old\x18\x16 \x01(\x04\x12\x1b\n\x13transitions_skipped\x18\x17 \x01(\x04\x12\x1b\n\x13transitions_trimmed\x18\x18 \x01(\x04\x12\x15\n\rbacklog_skips\x18\x19 \x01(\x04\x12\x17\n\x0fmax_lag_entries\x18\x1a \x01(\x04\"\xee\x01\n\tPolicyLag\x12\x13\n\x0btransitions\x18\x01 \x01(\x04\x12\r\n\x05\x66resh\x18\x02 \x01(\x04\x12\x19\n\x11\x66\x61llback_fraction\x18\x03 \x01(\x01\x12\x17\n\x0fversion_lag_min\x18\x04 \x01(\x03\x12\x18\n\x10version_lag_mean\x18\x05 \x01(\x01\x12\x17\n\x0fversion_lag_max\x18\x06 \x01(\x03\x12%\n\x06lag_ms\x18\x07 \x01(\x0b\x32\x15.rtrl.v1.Distribution\x12/\n\x10staleness_frames\x18\x08 \x01(\x0b\x32\x15.rtrl.v1.Distribution2\xa8\x01\n\x0eLearnerService\x12^\n\tGetStatus\x12\'.rtrl.v1.LearnerServiceGetStatusRequest\x1a(.rtrl.v1.LearnerServiceGetStatusResponse\x12\x36\n\x05Train\x12\x15.rtrl.v1.TrainRequest\x1a\x16.rtrl.v1.TrainResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'rtrl.v1.learner_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TRAINREQUEST']._serialized_start=34
-  _globals['_TRAINREQUEST']._serialized_end=106
-  _globals['_TRAINRESPONSE']._serialized_start=108
-  _globals['_TRAINRESPONSE']._serialized_end=226
-  _globals['_LEARNERSERVICEGETSTATUSREQUEST']._serialized_start=228
-  _globals['_LEARNERSERVICEGETSTATUSREQUEST']._serialized_end=260
-  _globals['_LEARNERSERVICEGETSTATUSRESPONSE']._serialized_start=263
-  _globals['_LEARNERSERVICEGETSTATUSRESPONSE']._serialized_end=769
-  _globals['_LEARNERSERVICE']._serialized_start=772
-  _globals['_LEARNERSERVICE']._serialized_end=940
+  _globals['_TRAINREQUEST']._serialized_start=56
+  _globals['_TRAINREQUEST']._serialized_end=128
+  _globals['_TRAINRESPONSE']._serialized_start=130
+  _globals['_TRAINRESPONSE']._serialized_end=248
+  _globals['_LEARNERSERVICEGETSTATUSREQUEST']._serialized_start=250
+  _globals['_LEARNERSERVICEGETSTATUSREQUEST']._serialized_end=282
+  _globals['_LEARNERSERVICEGETSTATUSRESPONSE']._serialized_start=285
+  _globals['_LEARNERSERVICEGETSTATUSRESPONSE']._serialized_end=966
+  _globals['_POLICYLAG']._serialized_start=969
+  _globals['_POLICYLAG']._serialized_end=1207
+  _globals['_LEARNERSERVICE']._serialized_start=1210
+  _globals['_LEARNERSERVICE']._serialized_end=1378
 # @@protoc_insertion_point(module_scope)

@@ -1,6 +1,8 @@
+from rtrl.v1 import common_pb2 as _common_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from typing import ClassVar as _ClassVar, Optional as _Optional
+from collections.abc import Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -33,7 +35,7 @@ class LearnerServiceGetStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class LearnerServiceGetStatusResponse(_message.Message):
-    __slots__ = ("algorithm", "updates", "updates_per_s", "transitions_consumed", "transitions_invalid", "replay_size", "checkpoint_version", "checkpoints_published", "checkpoint_published_unix_ms", "loss", "epsilon", "stream_length", "stream_pending", "stream_lag", "env_steps", "transitions_unpaired", "uptime_s", "checkpoint_publish_failures", "mode", "train_calls")
+    __slots__ = ("algorithm", "updates", "updates_per_s", "transitions_consumed", "transitions_invalid", "replay_size", "checkpoint_version", "checkpoints_published", "checkpoint_published_unix_ms", "loss", "epsilon", "stream_length", "stream_pending", "stream_lag", "env_steps", "transitions_unpaired", "uptime_s", "checkpoint_publish_failures", "mode", "train_calls", "policy_lag", "transitions_too_old", "transitions_skipped", "transitions_trimmed", "backlog_skips", "max_lag_entries")
     ALGORITHM_FIELD_NUMBER: _ClassVar[int]
     UPDATES_FIELD_NUMBER: _ClassVar[int]
     UPDATES_PER_S_FIELD_NUMBER: _ClassVar[int]
@@ -54,6 +56,12 @@ class LearnerServiceGetStatusResponse(_message.Message):
     CHECKPOINT_PUBLISH_FAILURES_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
     TRAIN_CALLS_FIELD_NUMBER: _ClassVar[int]
+    POLICY_LAG_FIELD_NUMBER: _ClassVar[int]
+    TRANSITIONS_TOO_OLD_FIELD_NUMBER: _ClassVar[int]
+    TRANSITIONS_SKIPPED_FIELD_NUMBER: _ClassVar[int]
+    TRANSITIONS_TRIMMED_FIELD_NUMBER: _ClassVar[int]
+    BACKLOG_SKIPS_FIELD_NUMBER: _ClassVar[int]
+    MAX_LAG_ENTRIES_FIELD_NUMBER: _ClassVar[int]
     algorithm: str
     updates: int
     updates_per_s: float
@@ -74,4 +82,30 @@ class LearnerServiceGetStatusResponse(_message.Message):
     checkpoint_publish_failures: int
     mode: str
     train_calls: int
-    def __init__(self, algorithm: _Optional[str] = ..., updates: _Optional[int] = ..., updates_per_s: _Optional[float] = ..., transitions_consumed: _Optional[int] = ..., transitions_invalid: _Optional[int] = ..., replay_size: _Optional[int] = ..., checkpoint_version: _Optional[int] = ..., checkpoints_published: _Optional[int] = ..., checkpoint_published_unix_ms: _Optional[int] = ..., loss: _Optional[float] = ..., epsilon: _Optional[float] = ..., stream_length: _Optional[int] = ..., stream_pending: _Optional[int] = ..., stream_lag: _Optional[int] = ..., env_steps: _Optional[int] = ..., transitions_unpaired: _Optional[int] = ..., uptime_s: _Optional[float] = ..., checkpoint_publish_failures: _Optional[int] = ..., mode: _Optional[str] = ..., train_calls: _Optional[int] = ...) -> None: ...
+    policy_lag: PolicyLag
+    transitions_too_old: int
+    transitions_skipped: int
+    transitions_trimmed: int
+    backlog_skips: int
+    max_lag_entries: int
+    def __init__(self, algorithm: _Optional[str] = ..., updates: _Optional[int] = ..., updates_per_s: _Optional[float] = ..., transitions_consumed: _Optional[int] = ..., transitions_invalid: _Optional[int] = ..., replay_size: _Optional[int] = ..., checkpoint_version: _Optional[int] = ..., checkpoints_published: _Optional[int] = ..., checkpoint_published_unix_ms: _Optional[int] = ..., loss: _Optional[float] = ..., epsilon: _Optional[float] = ..., stream_length: _Optional[int] = ..., stream_pending: _Optional[int] = ..., stream_lag: _Optional[int] = ..., env_steps: _Optional[int] = ..., transitions_unpaired: _Optional[int] = ..., uptime_s: _Optional[float] = ..., checkpoint_publish_failures: _Optional[int] = ..., mode: _Optional[str] = ..., train_calls: _Optional[int] = ..., policy_lag: _Optional[_Union[PolicyLag, _Mapping]] = ..., transitions_too_old: _Optional[int] = ..., transitions_skipped: _Optional[int] = ..., transitions_trimmed: _Optional[int] = ..., backlog_skips: _Optional[int] = ..., max_lag_entries: _Optional[int] = ...) -> None: ...
+
+class PolicyLag(_message.Message):
+    __slots__ = ("transitions", "fresh", "fallback_fraction", "version_lag_min", "version_lag_mean", "version_lag_max", "lag_ms", "staleness_frames")
+    TRANSITIONS_FIELD_NUMBER: _ClassVar[int]
+    FRESH_FIELD_NUMBER: _ClassVar[int]
+    FALLBACK_FRACTION_FIELD_NUMBER: _ClassVar[int]
+    VERSION_LAG_MIN_FIELD_NUMBER: _ClassVar[int]
+    VERSION_LAG_MEAN_FIELD_NUMBER: _ClassVar[int]
+    VERSION_LAG_MAX_FIELD_NUMBER: _ClassVar[int]
+    LAG_MS_FIELD_NUMBER: _ClassVar[int]
+    STALENESS_FRAMES_FIELD_NUMBER: _ClassVar[int]
+    transitions: int
+    fresh: int
+    fallback_fraction: float
+    version_lag_min: int
+    version_lag_mean: float
+    version_lag_max: int
+    lag_ms: _common_pb2.Distribution
+    staleness_frames: _common_pb2.Distribution
+    def __init__(self, transitions: _Optional[int] = ..., fresh: _Optional[int] = ..., fallback_fraction: _Optional[float] = ..., version_lag_min: _Optional[int] = ..., version_lag_mean: _Optional[float] = ..., version_lag_max: _Optional[int] = ..., lag_ms: _Optional[_Union[_common_pb2.Distribution, _Mapping]] = ..., staleness_frames: _Optional[_Union[_common_pb2.Distribution, _Mapping]] = ...) -> None: ...

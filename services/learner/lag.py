@@ -19,6 +19,8 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from rtrl.transitions import Transition
 
 NS_PER_MS = 1_000_000
@@ -43,6 +45,10 @@ class LagStats:
     """Milliseconds from the action being first applied to `now`: min, mean and max over `timed`."""
     lag_ms_mean: float
     lag_ms_max: float
+    lag_ms_p50: float
+    """Median, 90th and 99th percentile of lag_ms (0 when nothing is timed)."""
+    lag_ms_p90: float
+    lag_ms_p99: float
     timed: int
     """Transitions carrying an action_applied timestamp (the ones lag_ms is over)."""
     staleness_frames_min: int
@@ -50,6 +56,10 @@ class LagStats:
     min, mean and max."""
     staleness_frames_mean: float
     staleness_frames_max: int
+    staleness_frames_p50: float
+    """Median, 90th and 99th percentile of staleness_frames over fresh actions."""
+    staleness_frames_p90: float
+    staleness_frames_p99: float
 
 
 @dataclass(frozen=True)
@@ -87,11 +97,21 @@ def _summarise(samples: Sequence[_Sample]) -> LagStats:
         lag_ms_min=min(lag_ms, default=0.0),
         lag_ms_mean=sum(lag_ms) / len(lag_ms) if lag_ms else 0.0,
         lag_ms_max=max(lag_ms, default=0.0),
+        lag_ms_p50=_percentile(lag_ms, 50),
+        lag_ms_p90=_percentile(lag_ms, 90),
+        lag_ms_p99=_percentile(lag_ms, 99),
         timed=len(lag_ms),
         staleness_frames_min=min(staleness, default=0),
         staleness_frames_mean=sum(staleness) / len(staleness) if staleness else 0.0,
         staleness_frames_max=max(staleness, default=0),
+        staleness_frames_p50=_percentile(staleness, 50),
+        staleness_frames_p90=_percentile(staleness, 90),
+        staleness_frames_p99=_percentile(staleness, 99),
     )
+
+
+def _percentile(values: Sequence[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else 0.0
 
 
 def lag_stats(transitions: Iterable[Transition], current_version: int, now_unix_ns: int) -> LagStats:

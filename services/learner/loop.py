@@ -1,9 +1,21 @@
-"""The learner core: consume transitions, fill the replay buffer, train DQN without pause, publish checkpoints.
+"""The learner core: consume transitions, fill the replay, train without pause, publish checkpoints.
 
 `Learner` runs on its own thread. Each iteration reads from the stream (blocking briefly only while
-there is nothing to train on), adds what it read to the replay buffer, acknowledges it, then performs
-one DQN update; so updates run back to back while the stream keeps flowing between them. Every
+there is nothing to train on), adds what it read to the replay, acknowledges it, then performs one
+update; so updates run back to back while the stream keeps flowing between them. Every
 `checkpoint_every_updates` updates it publishes a checkpoint; `stop()` publishes a final one.
+
+The algorithm is RTRL_ALGORITHM: "dqn" (dqn.py, a ReplayBuffer of transitions, n-step optional) or
+"vtrace" (vtrace.py, an UnrollBuffer of fixed-length unrolls). Both modules offer the same functions
+(make_agent, update, policy_weights, export_learner_state, import_state, epsilon_at), so the loop
+differs only in how it stores data and samples a batch.
+
+Data quality: every used transition feeds a `LagWindow` (policy lag in versions and milliseconds,
+staleness, fallback share, in GetStatus); transitions chosen more than RTRL_MAX_POLICY_LAG_VERSIONS
+versions ago are acknowledged and dropped (`transitions_too_old`). Once a second the loop checks the
+stream's backlog: beyond RTRL_LEARNER_MAX_LAG_ENTRIES undelivered entries it jumps to the newest one
+and counts what it skipped (`transitions_skipped`), so a slow learner trains on current data and
+nothing on the acting path ever waits for it.
 
 On start it resumes from the newest checkpoint in the directory (weights, target network, Adam state,
 counters, version sequence, model config); otherwise the model is built from the first transition.
@@ -36,9 +48,10 @@ import torch
 
 from rtrl.checkpoints import CheckpointError, CheckpointStore
 from rtrl.metrics import RateMeter
-from rtrl.models import ModelConfig, default_model_config
+from rtrl.models import ALGORITHM_HEADS, ModelConfig, default_model_config
 from rtrl.transitions import Transition, encode
-from services.learner import dqn
+from services.learner import dqn, vtrace
+from services.learner.lag import LagStats, LagWindow, too_old
 from services.learner.replay import ReplayBuffer
 from services.learner.settings import LearnerSettings
 from services.learner.stream import (
@@ -48,6 +61,10 @@ from services.learner.stream import (
     TransitionStream,
     redacted_url,
 )
+from services.learner.trajectories import UnrollBuffer
+
+Agent = dqn.DQNAgent | vtrace.VTraceAgent
+Replay = ReplayBuffer | UnrollBuffer
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +96,7 @@ class TrainResult:
     """What one sequential Train did."""
 
     updates: int
-    """Updates performed (0 while the replay buffer is below learning_starts)."""
+    """Updates performed (0 while the replay holds less than learning_starts)."""
     train_ms: float
     wait_ms: float
     """Time spent waiting for the transition to be consumed."""
@@ -100,8 +117,9 @@ class LearnerStatus:
     transitions_invalid: int
     """Entries since start that could not be decoded or did not fit the model (dead-lettered)."""
     transitions_unpaired: int
-    """Transitions since start that found no successor and are never trained on."""
+    """Transitions since start that found no successor and are never trained on (V-trace: masked steps)."""
     replay_size: int
+    """Transitions (DQN) or complete unrolls (V-trace) held for sampling."""
     checkpoint_version: int
     checkpoints_published: int
     checkpoint_published_unix_ms: int
@@ -119,6 +137,18 @@ class LearnerStatus:
     redis_errors: int
     mode: str = "async"
     train_calls: int = 0
+    transitions_too_old: int = 0
+    """Transitions since start dropped unused because their policy lag exceeded RTRL_MAX_POLICY_LAG_VERSIONS."""
+    transitions_skipped: int = 0
+    """Stream entries since start the learner jumped over because it had fallen too far behind."""
+    transitions_trimmed: int = 0
+    """Of the skipped entries, those MAXLEN had trimmed before they were delivered (Redis 7.0+ only)."""
+    backlog_skips: int = 0
+    """Times the learner jumped ahead."""
+    max_lag_entries: int = 0
+    """The threshold of undelivered entries beyond which it jumps (0: never)."""
+    lag: LagStats | None = None
+    """Lag of the newest transitions used (None before the first)."""
 
 
 def resolve_device(setting: str) -> torch.device:
@@ -140,16 +170,23 @@ class Learner:
         stream: TransitionStream | None = None,
         store: CheckpointStore | None = None,
     ) -> None:
-        assert settings.algorithm == "dqn", f"algorithm {settings.algorithm!r} is not implemented; use dqn"
+        assert settings.algorithm in ALGORITHM_HEADS, f"algorithm {settings.algorithm!r} is not implemented"
         self.settings = settings
-        self.config = settings.dqn
+        # The algorithm module and its hyperparameters; everything below calls through these two.
+        self.algo: Any = dqn if settings.algorithm == dqn.ALGORITHM else vtrace
+        self.config: dqn.DQNConfig | vtrace.VTraceConfig = (
+            settings.dqn if settings.algorithm == dqn.ALGORITHM else settings.vtrace
+        )
         self.stream = stream or TransitionStream(
             settings.redis_url, settings.stream, settings.consumer_group, settings.consumer_name
         )
         self.store = store or CheckpointStore(settings.checkpoint_dir, keep=settings.checkpoint_keep)
         self.device = torch.device("cpu")
-        self._agent: dqn.DQNAgent | None = None
-        self._replay: ReplayBuffer | None = None
+        self._agent: Agent | None = None
+        self._replay: Replay | None = None
+        self._lag = LagWindow()
+        # The window is a deque: status() on a gRPC thread must not iterate it while the loop appends.
+        self._lag_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="learner", daemon=True)
         self._ready_lock = threading.Lock()
@@ -174,6 +211,10 @@ class Learner:
         self._consumed = 0
         self._consumed_before_start = 0
         self._invalid = 0
+        self._too_old = 0
+        self._skipped = 0
+        self._trimmed = 0
+        self._backlog_skips = 0
         self._version = 0
         self._updates_at_last_publish = 0
         self._published = 0
@@ -242,25 +283,27 @@ class Learner:
                 log.info("no checkpoint in %s: starting fresh, the model is built from the first transition", directory)
                 return
             metadata = latest.metadata
-            if metadata.get("algorithm") != dqn.ALGORITHM:
+            if metadata.get("algorithm") != self.algo.ALGORITHM:
                 raise LearnerError(
                     f"checkpoint {latest.version} in {directory} was trained with {metadata.get('algorithm')!r}, "
-                    f"not {dqn.ALGORITHM!r}; set RTRL_CHECKPOINT_DIR to another directory"
+                    f"not {self.algo.ALGORITHM!r} (RTRL_ALGORITHM); set RTRL_ALGORITHM={metadata.get('algorithm')} "
+                    "to continue it, or set RTRL_CHECKPOINT_DIR to another directory to start afresh"
                 )
             model_config = ModelConfig.from_json(metadata["model"])
             weights = self.store.load_weights(latest)
             learner_state = self.store.load_learner_state(latest) if "learner_state" in metadata["files"] else None
-            agent = dqn.make_agent(self.config, model_config, self.device, self.settings.seed)
-            dqn.import_state(agent, weights, learner_state, {"updates": metadata.get("updates", 0)})
+            agent = self.algo.make_agent(self.config, model_config, self.device, self.settings.seed)
+            self.algo.import_state(agent, weights, learner_state, {"updates": metadata.get("updates", 0)})
             env_steps = _counter(metadata, "env_steps")
             consumed = _counter(metadata, "transitions_consumed")
-        except (CheckpointError, ValueError, KeyError) as e:
+        except (CheckpointError, ValueError, KeyError, AssertionError) as e:
+            # AssertionError: make_agent refuses a model config of the wrong head (a hand-edited checkpoint).
             raise LearnerError(
                 f"cannot resume from the checkpoint in {directory}: {e}; "
                 "repair or move that directory away, or set RTRL_CHECKPOINT_DIR to a fresh one"
             ) from e
         if learner_state is None:
-            log.warning("checkpoint %d has no learner state: target network copied, Adam starts fresh", latest.version)
+            log.warning("checkpoint %d has no learner state: the optimizer starts fresh", latest.version)
         self._agent = agent
         self._env_steps = env_steps
         self._consumed_before_start = consumed
@@ -304,9 +347,14 @@ class Learner:
             self._connect()
         if self._connected:
             try:
+                stats_due = time.monotonic() - self._stats_refreshed_s >= STATS_INTERVAL_S
+                if stats_due:
+                    # Before reading, so a learner that was away starts from the newest data at once.
+                    self._check_backlog()
                 # Sequential mode never trains here, so it may always wait for new entries.
                 self._consume(self.stream.read(block=self.sequential or not self._can_train()))
-                if time.monotonic() - self._stats_refreshed_s >= STATS_INTERVAL_S:
+                if stats_due:
+                    # After reading, so the statistics include what was just consumed.
                     self._refresh_stream_stats()
             except StreamUnavailable as e:
                 self._on_redis_error(e)
@@ -344,6 +392,15 @@ class Learner:
         self._next_connect_s = time.monotonic() + self._reconnect_backoff_s
         self._reconnect_backoff_s = min(self._reconnect_backoff_s * 2, RECONNECT_BACKOFF_MAX_S)
 
+    def _check_backlog(self) -> None:
+        if self.settings.max_lag_entries == 0:
+            return
+        backlog = self.stream.skip_backlog(self.settings.max_lag_entries)
+        if backlog.skipped:
+            self._skipped += backlog.skipped
+            self._trimmed += backlog.trimmed
+            self._backlog_skips += 1
+
     def _refresh_stream_stats(self) -> None:
         stats = self.stream.stats()
         self._stream_length, self._stream_pending, self._stream_lag = stats.length, stats.pending, stats.lag
@@ -351,20 +408,31 @@ class Learner:
 
     def _consume(self, result: ReadResult) -> None:
         used: list[bytes] = []
+        used_transitions: list[Transition] = []
+        dropped: list[bytes] = []
         unusable: list[tuple[bytes, Transition, str]] = []
+        max_lag = self.settings.max_policy_lag_versions
         with self._model_lock:
             for entry in result.entries:
                 problem = self._unusable_reason(entry.transition)
-                if problem is None:
+                if problem is not None:
+                    unusable.append((entry.entry_id, entry.transition, problem))
+                elif max_lag and too_old(entry.transition, self._version, max_lag):
+                    # Acknowledged without use: it is valid, only older than this learner wants.
+                    dropped.append(entry.entry_id)
+                else:
                     assert self._replay is not None
                     self._replay.add(entry.transition)
                     used.append(entry.entry_id)
-                else:
-                    unusable.append((entry.entry_id, entry.transition, problem))
-        # Acknowledge only now that they are in the replay buffer: a crash before this re-delivers them.
-        self.stream.ack(used)
+                    used_transitions.append(entry.transition)
+        # Acknowledge only now that they are in the replay: a crash before this re-delivers them.
+        self.stream.ack(used + dropped)
+        if used_transitions:
+            with self._lag_lock:
+                self._lag.add(used_transitions, self._version, time.time_ns())
         self._env_steps += len(used)
-        self._consumed += len(used) + result.invalid
+        self._too_old += len(dropped)
+        self._consumed += len(used) + len(dropped) + result.invalid
         self._invalid += result.invalid
         for entry_id, transition, problem in unusable:
             self.stream.dead_letter(entry_id, {TRANSITION_FIELD: encode(transition)}, problem)
@@ -426,10 +494,12 @@ class Learner:
         obs = transition.observation
         if self._agent is None:
             try:
-                model_config = default_model_config(tuple(obs.shape), transition.action_count)
+                model_config = default_model_config(
+                    tuple(obs.shape), transition.action_count, head=ALGORITHM_HEADS[self.algo.ALGORITHM]
+                )
             except ValueError as e:
                 return f"no model can be built for it: {e}"
-            self._agent = dqn.make_agent(self.config, model_config, self.device, self.settings.seed)
+            self._agent = self.algo.make_agent(self.config, model_config, self.device, self.settings.seed)
             log.info("built the model from the first transition: %s", model_config.to_json())
         if not math.isfinite(transition.reward):
             return f"reward {transition.reward} is not a finite number"
@@ -443,31 +513,59 @@ class Learner:
                 "a gateway on another game needs its own RTRL_CHECKPOINT_DIR and stream"
             )
         if self._replay is None:
-            self._replay = ReplayBuffer(self.config.buffer_size, tuple(obs.shape), obs.dtype, seed=self.settings.seed)
+            self._replay = self._make_replay(tuple(obs.shape), obs.dtype)
         elif not self._replay.accepts(transition):
-            return f"observation dtype {obs.dtype} differs from the replay buffer's {self._replay.observation_dtype}"
+            return f"observation dtype {obs.dtype} differs from the replay's {self._replay.observation_dtype}"
         return None
 
-    def _can_train(self) -> bool:
-        return (
-            self._agent is not None
-            and self._replay is not None
-            and self._replay.trainable_count >= max(1, self.config.learning_starts)
+    def _make_replay(self, shape: tuple[int, ...], dtype: np.dtype) -> Replay:
+        seed = self.settings.seed
+        if isinstance(self.config, vtrace.VTraceConfig):
+            return UnrollBuffer(self.config.unroll_length, self.config.replay_capacity, shape, dtype, seed=seed)
+        return ReplayBuffer(
+            self.config.buffer_size, shape, dtype, seed=seed, n_step=self.config.n_step, gamma=self.config.gamma
         )
 
+    def _can_train(self) -> bool:
+        replay = self._replay
+        if self._agent is None or replay is None:
+            return False
+        if isinstance(replay, UnrollBuffer):
+            assert isinstance(self.config, vtrace.VTraceConfig)
+            return vtrace.ready_to_update(self.config, len(replay), replay.unrolls_added, replay.unrolls_sampled)
+        assert isinstance(self.config, dqn.DQNConfig)
+        return replay.trainable_count >= max(1, self.config.learning_starts)
+
     def _train(self) -> None:
-        assert self._agent is not None and self._replay is not None
-        batch = self._replay.sample(self.config.batch_size)
-        self._loss = dqn.update(
-            self._agent,
-            b_obs=torch.from_numpy(batch.obs).to(self.device),
-            b_actions=torch.from_numpy(batch.actions).to(self.device),
-            b_rewards=torch.from_numpy(batch.rewards).to(self.device),
-            b_next_obs=torch.from_numpy(batch.next_obs).to(self.device),
-            b_terminated=torch.from_numpy(batch.terminated).to(self.device),
-        )
+        agent, replay, device = self._agent, self._replay, self.device
+        assert agent is not None and replay is not None
+        if isinstance(agent, vtrace.VTraceAgent):
+            assert isinstance(replay, UnrollBuffer)
+            unrolls = replay.sample(agent.config.batch_size)
+            self._loss = vtrace.update(
+                agent,
+                b_obs=torch.from_numpy(unrolls.obs).to(device),
+                b_actions=torch.from_numpy(unrolls.actions).to(device),
+                b_rewards=torch.from_numpy(unrolls.rewards).to(device),
+                b_terminated=torch.from_numpy(unrolls.terminated).to(device),
+                b_behaviour_log_probs=torch.from_numpy(unrolls.behaviour_log_probs).to(device),
+                b_mask=torch.from_numpy(unrolls.mask).to(device),
+            )
+        else:
+            assert isinstance(replay, ReplayBuffer)
+            batch = replay.sample(agent.config.batch_size)
+            self._loss = dqn.update(
+                agent,
+                b_obs=torch.from_numpy(batch.obs).to(device),
+                b_actions=torch.from_numpy(batch.actions).to(device),
+                b_rewards=torch.from_numpy(batch.rewards).to(device),
+                b_next_obs=torch.from_numpy(batch.next_obs).to(device),
+                b_terminated=torch.from_numpy(batch.terminated).to(device),
+                # One-step returns leave it out, so their target is exactly r + gamma * max Q.
+                b_steps=torch.from_numpy(batch.steps).to(device) if agent.config.n_step > 1 else None,
+            )
         self._updates_meter.add(time.monotonic())
-        if self._agent.updates % self.settings.checkpoint_every_updates == 0:
+        if agent.updates % self.settings.checkpoint_every_updates == 0:
             self._publish()
 
     # -- checkpoints -------------------------------------------------------------------------------
@@ -476,11 +574,11 @@ class Learner:
         assert self._agent is not None
         agent = self._agent
         version = self._version + 1
-        learner_state, counters = dqn.export_learner_state(agent)
+        learner_state, counters = self.algo.export_learner_state(agent)
         metadata = {
-            "algorithm": dqn.ALGORITHM,
+            "algorithm": self.algo.ALGORITHM,
             "model": agent.model_config.to_json(),
-            "epsilon": dqn.epsilon_at(self._env_steps, self.config),
+            "epsilon": self.algo.epsilon_at(self._env_steps, self.config),
             **counters,
             "env_steps": self._env_steps,
             # Cumulative over restarts, unlike the per-run `transitions_consumed` of GetStatus.
@@ -488,7 +586,9 @@ class Learner:
             "hyperparameters": asdict(self.config),
         }
         try:
-            checkpoint = self.store.publish(version, dqn.policy_weights(agent), metadata, learner_state=learner_state)
+            checkpoint = self.store.publish(
+                version, self.algo.policy_weights(agent), metadata, learner_state=learner_state
+            )
         except (CheckpointError, OSError) as e:  # CheckpointStore lets an OSError from mkdir through
             self._publish_failures += 1
             log.warning("%s; training goes on and publication is retried at the next interval", e)
@@ -507,13 +607,17 @@ class Learner:
         agent = self._agent
         replay = self._replay
         loss = self._loss
+        with self._lag_lock:
+            lag = self._lag.stats()
         return LearnerStatus(
             algorithm=self.settings.algorithm,
             updates=agent.updates if agent is not None else 0,
             updates_per_s=self._updates_meter.rate(now),
             transitions_consumed=self._consumed,
             transitions_invalid=self._invalid,
-            transitions_unpaired=replay.unpaired if replay is not None else 0,
+            transitions_unpaired=(replay.steps_masked if isinstance(replay, UnrollBuffer) else replay.unpaired)
+            if replay is not None
+            else 0,
             replay_size=len(replay) if replay is not None else 0,
             checkpoint_version=self._version,
             checkpoints_published=self._published,
@@ -522,7 +626,7 @@ class Learner:
             loss=float(loss.item()) if loss is not None else 0.0,
             epsilon=self._published_epsilon
             if self._published_epsilon is not None
-            else dqn.epsilon_at(self._env_steps, self.config),
+            else self.algo.epsilon_at(self._env_steps, self.config),
             stream_length=self._stream_length,
             stream_pending=self._stream_pending,
             stream_lag=self._stream_lag,
@@ -532,6 +636,12 @@ class Learner:
             redis_errors=self._redis_errors,
             mode=self.settings.mode,
             train_calls=self._train_calls,
+            transitions_too_old=self._too_old,
+            transitions_skipped=self._skipped,
+            transitions_trimmed=self._trimmed,
+            backlog_skips=self._backlog_skips,
+            max_lag_entries=self.settings.max_lag_entries,
+            lag=lag if lag.transitions else None,
         )
 
 
@@ -551,5 +661,18 @@ def status_line(status: LearnerStatus) -> str:
         f"unpaired {status.transitions_unpaired} stream len {status.stream_length} "
         f"pending {status.stream_pending} lag {status.stream_lag} env_steps {status.env_steps} "
         f"published {status.checkpoints_published} failed {status.checkpoint_publish_failures} "
-        f"redis {'up' if status.connected else 'DOWN'} errors {status.redis_errors}"
+        f"redis {'up' if status.connected else 'DOWN'} errors {status.redis_errors} "
+        f"{lag_text(status)}"
+    )
+
+
+def lag_text(status: LearnerStatus) -> str:
+    """The data-quality part of the status line: policy lag, staleness, fallbacks, drops and skips."""
+    text = f"too_old {status.transitions_too_old} skipped {status.transitions_skipped}"
+    lag = status.lag
+    if lag is None:
+        return text + " lag -"
+    return (
+        f"{text} policy_lag v{lag.version_lag_min}/{lag.version_lag_mean:.1f}/{lag.version_lag_max} "
+        f"{lag.lag_ms_mean:.0f}ms stale {lag.staleness_frames_mean:.1f}f fallback {lag.fallback_fraction:.0%}"
     )

@@ -20,7 +20,8 @@ from typing import Any
 import grpc
 
 from rtrl import grpc_util
-from rtrl.v1 import learner_pb2, learner_pb2_grpc
+from rtrl.v1 import common_pb2, learner_pb2, learner_pb2_grpc
+from services.learner.lag import LagStats
 from services.learner.loop import (
     Learner,
     LearnerError,
@@ -62,6 +63,42 @@ def status_response(status: LearnerStatus) -> learner_pb2.LearnerServiceGetStatu
         checkpoint_publish_failures=status.checkpoint_publish_failures,
         mode=status.mode,
         train_calls=status.train_calls,
+        policy_lag=policy_lag_message(status.lag),
+        transitions_too_old=status.transitions_too_old,
+        transitions_skipped=status.transitions_skipped,
+        transitions_trimmed=status.transitions_trimmed,
+        backlog_skips=status.backlog_skips,
+        max_lag_entries=status.max_lag_entries,
+    )
+
+
+def policy_lag_message(lag: LagStats | None) -> learner_pb2.PolicyLag:
+    """The lag window as a PolicyLag; empty (all zero) before the learner used any transition."""
+    if lag is None:
+        return learner_pb2.PolicyLag()
+    return learner_pb2.PolicyLag(
+        transitions=lag.transitions,
+        fresh=lag.fresh,
+        fallback_fraction=lag.fallback_fraction,
+        version_lag_min=lag.version_lag_min,
+        version_lag_mean=lag.version_lag_mean,
+        version_lag_max=lag.version_lag_max,
+        lag_ms=common_pb2.Distribution(
+            count=lag.timed,
+            mean=lag.lag_ms_mean,
+            p50=lag.lag_ms_p50,
+            p90=lag.lag_ms_p90,
+            p99=lag.lag_ms_p99,
+            max=lag.lag_ms_max,
+        ),
+        staleness_frames=common_pb2.Distribution(
+            count=lag.fresh,
+            mean=lag.staleness_frames_mean,
+            p50=lag.staleness_frames_p50,
+            p90=lag.staleness_frames_p90,
+            p99=lag.staleness_frames_p99,
+            max=lag.staleness_frames_max,
+        ),
     )
 
 

@@ -1,7 +1,9 @@
 """The learner's settings, read once from RTRL_* environment variables into a frozen object.
 
-Every DQN hyperparameter is also a variable, RTRL_DQN_<FIELD_NAME_UPPER> (e.g. RTRL_DQN_LEARNING_RATE),
-mapped generically from the fields of `DQNConfig` so a new hyperparameter needs no settings code.
+Every hyperparameter is also a variable: RTRL_DQN_<FIELD_NAME_UPPER> for `DQNConfig` (e.g.
+RTRL_DQN_LEARNING_RATE) and RTRL_VTRACE_<FIELD_NAME_UPPER> for `VTraceConfig`, mapped generically from
+the dataclass fields so a new hyperparameter needs no settings code. Both configs are read and checked
+whichever algorithm runs, so a typo fails at start rather than when someone switches algorithm.
 """
 
 from __future__ import annotations
@@ -9,10 +11,10 @@ from __future__ import annotations
 import os
 import socket
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from rtrl.config import (
     DEFAULT_CHECKPOINT_DIR,
@@ -27,20 +29,25 @@ from rtrl.config import (
     env_int,
     env_str,
 )
-from services.learner.dqn import DQNConfig, config_problems
+from rtrl.models import ALGORITHMS
+from services.learner import dqn, vtrace
+from services.learner.dqn import DQNConfig
+from services.learner.vtrace import VTraceConfig
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_CONSUMER_GROUP = "learner"
 DEFAULT_CHECKPOINT_EVERY_UPDATES = 100
 DEFAULT_CHECKPOINT_KEEP = 5
-ALGORITHMS = ("dqn",)
 MODES = ("async", "sequential")
 DEFAULT_SEQUENTIAL_UPDATES = 1
 DEFAULT_TORCH_THREADS = 1
 DEFAULT_DEVICE = "auto"
 DEFAULT_SEED = 0
 DEFAULT_NICE = 10
+DEFAULT_MAX_POLICY_LAG_VERSIONS = 0
+DEFAULT_MAX_LAG_ENTRIES = 2000
 DQN_PREFIX = "DQN_"
+VTRACE_PREFIX = "VTRACE_"
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
@@ -72,7 +79,7 @@ class LearnerSettings:
     checkpoint_keep: int = DEFAULT_CHECKPOINT_KEEP
     """Published versions kept on disk, at least 2 (RTRL_CHECKPOINT_KEEP)."""
     algorithm: str = "dqn"
-    """Learning algorithm (RTRL_ALGORITHM); only "dqn" for now."""
+    """Learning algorithm, one of rtrl.models.ALGORITHMS: "dqn" or "vtrace" (RTRL_ALGORITHM)."""
     torch_threads: int = DEFAULT_TORCH_THREADS
     """CPU threads torch may use (RTRL_TORCH_THREADS)."""
     device: str = DEFAULT_DEVICE
@@ -89,6 +96,15 @@ class LearnerSettings:
     """Updates per Train call that does not say how many (RTRL_SEQUENTIAL_UPDATES)."""
     dqn: DQNConfig = field(default_factory=DQNConfig)
     """DQN hyperparameters (RTRL_DQN_<FIELD>)."""
+    vtrace: VTraceConfig = field(default_factory=VTraceConfig)
+    """V-trace hyperparameters (RTRL_VTRACE_<FIELD>)."""
+    max_policy_lag_versions: int = DEFAULT_MAX_POLICY_LAG_VERSIONS
+    """Fresh transitions chosen more than this many checkpoint versions ago are acknowledged and dropped,
+    not trained on; 0 keeps all (RTRL_MAX_POLICY_LAG_VERSIONS)."""
+    max_lag_entries: int = DEFAULT_MAX_LAG_ENTRIES
+    """When more than this many stream entries wait undelivered, the learner jumps to the stream's newest
+    entry and counts what it skipped, so it trains on current data instead of an ever older backlog;
+    0 never skips (RTRL_LEARNER_MAX_LAG_ENTRIES)."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> LearnerSettings:
@@ -121,7 +137,10 @@ class LearnerSettings:
             nice=env_int(env, "LEARNER_NICE", DEFAULT_NICE, minimum=0),
             mode=env_choice(env, "LEARNER_MODE", "async", MODES),
             sequential_updates=env_int(env, "SEQUENTIAL_UPDATES", DEFAULT_SEQUENTIAL_UPDATES, minimum=1),
-            dqn=dqn_config_from_env(env),
+            dqn=config_from_env(env, DQNConfig, DQN_PREFIX, dqn.config_problems),
+            vtrace=config_from_env(env, VTraceConfig, VTRACE_PREFIX, vtrace.config_problems),
+            max_policy_lag_versions=env_int(env, "MAX_POLICY_LAG_VERSIONS", DEFAULT_MAX_POLICY_LAG_VERSIONS, minimum=0),
+            max_lag_entries=env_int(env, "LEARNER_MAX_LAG_ENTRIES", DEFAULT_MAX_LAG_ENTRIES, minimum=0),
         )
 
 
@@ -132,12 +151,21 @@ def _is_device(device: str) -> bool:
     return kind == "cuda" and index.isdigit()
 
 
-def dqn_config_from_env(env: Mapping[str, str]) -> DQNConfig:
-    """DQNConfig with every field overridable as RTRL_DQN_<FIELD>, parsed by the field's type."""
-    hints = typing.get_type_hints(DQNConfig)
+Config = TypeVar("Config", DQNConfig, VTraceConfig)
+
+
+def config_from_env(
+    env: Mapping[str, str],
+    config_class: type[Config],
+    prefix: str,
+    config_problems: Callable[[Config], dict[str, str]],
+) -> Config:
+    """`config_class` with every field overridable as RTRL_<prefix><FIELD>, parsed by the field's type,
+    then checked by the algorithm's own `config_problems` (the first problem names its variable)."""
+    hints = typing.get_type_hints(config_class)
     values: dict[str, Any] = {}
-    for f in fields(DQNConfig):
-        name = DQN_PREFIX + f.name.upper()
+    for f in fields(config_class):
+        name = prefix + f.name.upper()
         kind = hints[f.name]
         default: Any = f.default
         if kind is bool:
@@ -147,11 +175,11 @@ def dqn_config_from_env(env: Mapping[str, str]) -> DQNConfig:
         elif kind is float:
             values[f.name] = env_float(env, name, float(default))
         else:  # a new field of another type needs a parser here
-            raise TypeError(f"DQNConfig.{f.name} has type {kind}, which has no environment parser")
-    config = DQNConfig(**values)
+            raise TypeError(f"{config_class.__name__}.{f.name} has type {kind}, which has no environment parser")
+    config = config_class(**values)
     problems = config_problems(config)
     if problems:
         field_name, expected = next(iter(problems.items()))
-        name = f"{PREFIX}{DQN_PREFIX}{field_name.upper()}"
+        name = f"{PREFIX}{prefix}{field_name.upper()}"
         raise SettingsError(f"{name}={getattr(config, field_name)!r} is not valid; set it to {expected}.")
     return config

@@ -9,6 +9,14 @@ caller after use (`ack`), so a crash between reading and using them re-delivers 
 Entries that do not decode are copied to the dead-letter stream `<stream>:dead` (bounded), acknowledged
 and counted; they never reach the caller.
 
+Backpressure (`skip_backlog`): gateways never wait for the learner, so a slow learner faces an ever
+older backlog. When more than a threshold of entries wait undelivered, the group's position jumps to
+the stream's newest entry (XGROUP SETID) and the entries jumped over are counted exactly: from the
+group's `lag` where Redis reports it (7.0+; it also counts entries MAXLEN trimmed before they were
+read), else by counting ids with XRANGE in chunks (Redis 6.2, which cannot count trimmed entries).
+Pending entries are untouched by the jump: they are still read, used and acknowledged. The jump
+assumes this consumer is the group's only reader, as the learner is.
+
 Errors: every Redis failure (connection refused or lost, timeouts, a group deleted under us) is raised
 as `StreamUnavailable`, translated from the redis-py error; the caller backs off and calls `connect()`
 again, which re-creates the group if needed and re-reads what is still pending.
@@ -40,6 +48,9 @@ DEFAULT_RECLAIM_MIN_IDLE_MS = 5_000
 DEFAULT_RECLAIM_INTERVAL_S = 10.0
 DEFAULT_DEAD_LETTER_MAXLEN = 10_000
 DEAD_LETTER_LOG_INTERVAL_S = 30.0
+# Entries per XRANGE while counting a backlog on Redis 6.2: each reply carries observations, so keep it
+# small enough that no single command holds Redis (and the gateways' XADDs) for long.
+COUNT_CHUNK = 256
 
 
 class StreamError(RuntimeError):
@@ -73,6 +84,19 @@ class StreamStats:
     length: int
     pending: int
     lag: int
+
+
+@dataclass(frozen=True)
+class Backlog:
+    """What `skip_backlog` found: entries not yet delivered to the group, and how many it skipped."""
+
+    undelivered: int
+    """Entries after the group's position (-1 when Redis 6.2 could not tell without counting and the
+    stream is too short to exceed the threshold)."""
+    skipped: int
+    """Entries jumped over (0 when the backlog was within the threshold)."""
+    trimmed: int
+    """Of those, entries MAXLEN had already removed before they were delivered (Redis 7.0+; 0 on 6.2)."""
 
 
 class _Phase(Enum):
@@ -330,6 +354,90 @@ class TransitionStream:
             delivered_all = _text(group.get("last-delivered-id")) == _text(stream_info.get("last-generated-id"))
             lag = 0 if delivered_all else -1
         return StreamStats(length=int(stream_info.get("length", 0)), pending=int(group.get("pending", 0)), lag=int(lag))
+
+    def skip_backlog(self, max_undelivered: int) -> Backlog:
+        """Jumps the group to the stream's newest entry when more than `max_undelivered` entries wait
+        undelivered; returns the backlog and what was skipped. One snapshot (MULTI) gives the group's
+        position and the stream's newest id, so entries added meanwhile are never counted or skipped."""
+        try:
+            return self._skip_backlog(max_undelivered)
+        except redis.RedisError as e:
+            raise self._unavailable("failed while checking the backlog", e) from e
+
+    def _skip_backlog(self, max_undelivered: int) -> Backlog:
+        client = self._redis()
+        with client.pipeline(transaction=True) as pipe:
+            pipe.xinfo_stream(self.stream)
+            pipe.xinfo_groups(self.stream)
+            stream_info, groups = pipe.execute()
+        group = next((g for g in groups if _text(g.get("name")) == self.group), None)
+        if group is None:
+            raise StreamUnavailable(
+                f"consumer group {self.group!r} of stream {self.stream!r} disappeared (was Redis restarted?); "
+                "it will be re-created on reconnect"
+            )
+        position = _text(group.get("last-delivered-id"))
+        newest = _text(stream_info.get("last-generated-id"))
+        length = int(stream_info.get("length", 0))
+        lag = group.get("lag")
+        if position == newest:
+            return Backlog(0, 0, 0)
+        trimmed = 0
+        if lag is not None:  # Redis 7.0+: exact, trimmed entries included
+            undelivered = int(lag)
+            first = stream_info.get("first-entry")
+            if _id_before(position, _text(first[0]) if first else newest):
+                # Every entry still in the stream is undelivered; the rest of the lag was trimmed.
+                trimmed = max(0, undelivered - length)
+        elif length <= max_undelivered:
+            # Redis 6.2: at most `length` entries can wait, so there is nothing to count.
+            return Backlog(-1, 0, 0)
+        else:
+            undelivered = self._count_after(client, position, newest, stop_after=max_undelivered + 1)
+            if undelivered > max_undelivered:
+                undelivered = self._count_after(client, position, newest, stop_after=None)
+        if undelivered <= max_undelivered:
+            return Backlog(undelivered, 0, 0)
+        entries_added = stream_info.get("entries-added")
+        # ENTRIESREAD keeps Redis 7's lag exact after the jump; 6.2 knows no such argument.
+        client.xgroup_setid(
+            self.stream,
+            self.group,
+            newest,
+            entries_read=int(entries_added) if entries_added is not None else None,
+        )
+        log.warning(
+            "the learner fell %d entries behind the stream %r (threshold %d) and jumped to its newest entry; "
+            "%d entries skipped (%d of them already trimmed); pending entries are still read",
+            undelivered,
+            self.stream,
+            max_undelivered,
+            undelivered,
+            trimmed,
+        )
+        return Backlog(undelivered, undelivered, trimmed)
+
+    def _count_after(self, client: redis.Redis, position: str, newest: str, stop_after: int | None) -> int:
+        """Entries with ids in (position, newest], counted in chunks; stops early at `stop_after`."""
+        counted = 0
+        cursor = position
+        while stop_after is None or counted < stop_after:
+            chunk = COUNT_CHUNK if stop_after is None else min(COUNT_CHUNK, stop_after - counted)
+            entries = client.xrange(self.stream, min="(" + cursor, max=newest, count=chunk)
+            if not entries:
+                break
+            counted += len(entries)
+            cursor = _text(entries[-1][0])
+            if len(entries) < chunk:
+                break
+        return counted
+
+
+def _id_before(left: str, right: str) -> bool:
+    """Stream id order: whether `left` < `right` ("ms-seq", compared numerically)."""
+    left_ms, _, left_seq = left.partition("-")
+    right_ms, _, right_seq = right.partition("-")
+    return (int(left_ms), int(left_seq or 0)) < (int(right_ms), int(right_seq or 0))
 
 
 def _text(value: object) -> str:

@@ -61,11 +61,18 @@ def test_a_batch_reports_version_lag_of_fresh_actions_and_counts_fallbacks_apart
         "lag_ms_min": 50.0,
         "lag_ms_mean": pytest.approx(162.5),
         "lag_ms_max": 300.0,
+        # linear interpolation between the sorted ages 50, 100, 200, 300
+        "lag_ms_p50": pytest.approx(150.0),
+        "lag_ms_p90": pytest.approx(270.0),
+        "lag_ms_p99": pytest.approx(297.0),
         "timed": 4,
         # the fallback's staleness (0) is not an action computed from an observation
         "staleness_frames_min": 4,
         "staleness_frames_mean": 5.0,
         "staleness_frames_max": 6,
+        "staleness_frames_p50": pytest.approx(5.0),
+        "staleness_frames_p90": pytest.approx(5.8),
+        "staleness_frames_p99": pytest.approx(5.98),
     }
     assert dataclasses.asdict(stats) == expected
 

@@ -11,6 +11,7 @@ import pytest
 from rtrl.config import DEFAULT_CHECKPOINT_DIR, DEFAULT_HOST, DEFAULT_LEARNER_PORT, DEFAULT_STREAM, SettingsError
 from services.learner.dqn import DQNConfig
 from services.learner.settings import LearnerSettings
+from services.learner.vtrace import VTraceConfig
 
 
 def test_defaults_without_any_variable() -> None:
@@ -93,7 +94,7 @@ def test_every_dqn_field_is_a_variable_parsed_by_its_type() -> None:
         ("RTRL_CHECKPOINT_EVERY_UPDATES", "0", "1 or more"),
         ("RTRL_LEARNER_PORT", "70000", "0..65535"),
         ("RTRL_REDIS_URL", "localhost:6379", "redis://"),
-        ("RTRL_ALGORITHM", "ppo", "dqn"),
+        ("RTRL_ALGORITHM", "ppo", "dqn, vtrace"),
         ("RTRL_LEARNER_DEVICE", "tpu", "auto, cpu, cuda"),
         ("RTRL_TORCH_THREADS", "0", "1 or more"),
         ("RTRL_DQN_GAMMA", "1.5", "between 0 and 1"),
@@ -108,3 +109,36 @@ def test_invalid_values_raise_a_settings_error_naming_the_variable(variable: str
         LearnerSettings.from_env({variable: value})
     assert variable in str(caught.value)
     assert says in str(caught.value)
+
+
+def test_vtrace_lag_and_backpressure_settings_are_read() -> None:
+    settings = LearnerSettings.from_env(
+        {
+            "RTRL_ALGORITHM": "vtrace",
+            "RTRL_VTRACE_UNROLL_LENGTH": "8",
+            "RTRL_VTRACE_RHO_BAR": "2.0",
+            "RTRL_MAX_POLICY_LAG_VERSIONS": "3",
+            "RTRL_LEARNER_MAX_LAG_ENTRIES": "0",
+        }
+    )
+    assert settings.algorithm == "vtrace"
+    assert settings.vtrace == VTraceConfig(unroll_length=8, rho_bar=2.0)
+    assert (settings.max_policy_lag_versions, settings.max_lag_entries) == (3, 0)
+    defaults = LearnerSettings.from_env({})
+    assert defaults.vtrace == VTraceConfig()
+    assert (defaults.max_policy_lag_versions, defaults.max_lag_entries) == (0, 2000)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "says"),
+    [
+        ("RTRL_VTRACE_C_BAR", "2.0", "at most rho_bar"),
+        ("RTRL_VTRACE_GAMMA", "1.5", "between 0 and 1"),
+        ("RTRL_MAX_POLICY_LAG_VERSIONS", "-1", "0 or more"),
+        ("RTRL_LEARNER_MAX_LAG_ENTRIES", "many", "an integer"),
+    ],
+)
+def test_invalid_vtrace_and_data_settings_name_the_variable(variable: str, value: str, says: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        LearnerSettings.from_env({variable: value})
+    assert variable in str(caught.value) and says in str(caught.value)
