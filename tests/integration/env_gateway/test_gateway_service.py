@@ -157,7 +157,9 @@ def test_hung_replica_fails_its_calls_while_the_clock_keeps_its_rate(
     by_address = {r.address: r for r in stats.replicas}
     assert by_address[hung.address].failures > 0
     assert by_address[hung.address].replies == 0
-    assert stats.requests_failed == by_address[hung.address].failures
+    # Every failed call is accounted to the replica it went to (a loaded machine may fail a healthy one's too).
+    assert stats.requests_failed == sum(r.failures for r in stats.replicas)
+    assert by_address[hung.address].failures > by_address[healthy.address].failures
     assert by_address[healthy.address].replies > 0
     assert stats.frames / stats.uptime_s == pytest.approx(60, rel=0.05)
     # Fresh actions come from the healthy replica; the hung one is only probed now and then.
