@@ -33,6 +33,9 @@ from services.inference.policy import Policy
 from services.inference.settings import InferenceSettings
 
 log = logging.getLogger(__name__)
+# Longer than the gateways' registry poll (services/env_gateway/membership.py, 0.5 s): a stopping
+# replica keeps answering until every gateway has seen it leave.
+DRAIN_S = 1.0
 
 SERVICE_NAME = inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name
 STATUS_INTERVAL_S = 10.0
@@ -164,15 +167,20 @@ class InferenceServer:
     def stop(self, grace: float | None) -> threading.Event:
         """Leaves the registry, reports NOT_SERVING and lets calls in flight finish within `grace`.
 
-        Leaving the registry comes first so that gateways stop choosing this replica before it stops
-        answering. Calls already waiting for a batch are still answered; new ones get UNAVAILABLE.
+        Leaving the registry comes first, then the replica keeps answering for `DRAIN_S` so that every
+        gateway has re-read the registry and stopped choosing it before it stops answering (without
+        the drain, calls sent in that window fail and cost decisions). Calls already waiting for a
+        batch are still answered; new ones get UNAVAILABLE.
         """
         if self._stopped:
             return self.grpc_server.stop(grace)
         self._stopped = True
-        if self.heartbeat is not None:
-            self.heartbeat.stop(unregister_address=True)
         set_serving(self.health, [SERVICE_NAME], False)
+        if self.heartbeat is not None:
+            was_registered = self.heartbeat.registered
+            self.heartbeat.stop(unregister_address=True)
+            if was_registered:
+                time.sleep(DRAIN_S)
         stopped = self.grpc_server.stop(grace)
         self.policy.close(grace)
         return stopped
