@@ -311,6 +311,10 @@ class Bench:
         self.learner: subprocess.Popen[bytes] | None = None
         self.row_count = 0
 
+    def replica_dir(self) -> str:
+        """The learner's checkpoint directory (replicas hot-reload what it publishes), or one of their own."""
+        return str(self.checkpoints if self.args.replica_checkpoints == "learner" else self.workdir / "replica-own")
+
     def over_budget(self) -> bool:
         return time.monotonic() - self.started_s > self.args.budget_s
 
@@ -368,6 +372,15 @@ class Bench:
             self.args.rows_json.write_text(json.dumps([asdict(r) for r in self.rows], indent=1))
         return row
 
+    def wait_for_calm(self) -> None:
+        """Waits (bounded) until the machine's load is below --calm-load: other users' bursts (builds,
+        test suites) would otherwise decide a row's tail latencies. This run's own processes count too."""
+        give_up_at = time.monotonic() + self.args.calm_wait_s
+        if os.getloadavg()[0] >= self.args.calm_load:
+            log(f"load {os.getloadavg()[0]:.1f}: waiting up to {self.args.calm_wait_s:.0f} s for calm")
+        while os.getloadavg()[0] >= self.args.calm_load and time.monotonic() < give_up_at:
+            time.sleep(2.0)
+
     def sweep(self, kind: str, label: str, t_infer: float, addresses: list[str], counts: list[int]) -> None:
         args = self.args
         for n in counts:
@@ -375,6 +388,7 @@ class Bench:
                 if self.over_budget():
                     log("time budget spent; skipping the remaining rows")
                     return
+                self.wait_for_calm()
                 # Rows below ceil(t_infer/t_frame) cannot cover every frame; a shorter window shows that.
                 measure_s = args.measure_s if n >= math.ceil(t_infer) else args.short_measure_s
                 m = run_gateway(
@@ -397,6 +411,7 @@ class Bench:
             if args.zero_cost:
                 with replica_pool(self.procs, 2, {}, "zero-cost", zero_cost=True) as addresses:
                     for n in (1, 2):
+                        self.wait_for_calm()
                         m = run_gateway(
                             self.redis.url,
                             addresses[:n],
@@ -415,7 +430,7 @@ class Bench:
                     continue
                 env = {
                     "RTRL_INFERENCE_OCCUPY_MS": f"{t_infer * FRAME_MS:.3f}",
-                    "RTRL_CHECKPOINT_DIR": str(self.checkpoints),
+                    "RTRL_CHECKPOINT_DIR": self.replica_dir(),
                 }
                 log(f"t_infer = {t_infer} frames: starting {max(counts)} replicas")
                 with replica_pool(self.procs, max(counts), env, f"occupy-{t_infer}") as addresses:
@@ -466,9 +481,10 @@ class Bench:
             for t_infer in args.t_infer:
                 if self.over_budget():
                     return
+                self.wait_for_calm()
                 env = {
                     "RTRL_INFERENCE_OCCUPY_MS": f"{t_infer * FRAME_MS:.3f}",
-                    "RTRL_CHECKPOINT_DIR": str(self.checkpoints),
+                    "RTRL_CHECKPOINT_DIR": self.replica_dir(),
                 }
                 with replica_pool(self.procs, 1, env, f"sequential-{t_infer}") as addresses:
                     m = run_gateway(
@@ -593,10 +609,14 @@ def table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+def interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--serve-zero-cost", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--t-infer", type=float, nargs="+", default=list(T_INFER_FRAMES), help="in frames")
+    parser.add_argument("--t-infer", type=float, nargs="*", default=list(T_INFER_FRAMES), help="in frames")
     parser.add_argument("--replicas", type=int, nargs="*", default=[], help="only these N (default: around ceil)")
     parser.add_argument("--max-replicas", type=int, default=10)
     parser.add_argument("--schedulers", nargs="+", default=list(SCHEDULERS), choices=SCHEDULERS)
@@ -608,19 +628,39 @@ def main() -> None:
     parser.add_argument("--measure-s", type=float, default=20.0, help="measured seconds of a row that can cover")
     parser.add_argument("--short-measure-s", type=float, default=8.0, help="... of a row with N < ceil")
     parser.add_argument("--budget-s", type=float, default=3600.0, help="skip rows once this much time has passed")
+    parser.add_argument("--calm-load", type=float, default=3.0, help="before a row, wait for a load average below")
+    parser.add_argument("--calm-wait-s", type=float, default=90.0, help="... but at most this long")
     parser.add_argument("--out", type=Path, help="also write the table (markdown) here")
     parser.add_argument("--rows-json", type=Path, help="write the rows measured so far here after each row")
-    parser.add_argument("--table-from", type=Path, help="only print (and --out) the table of rows saved by --rows-json")
+    parser.add_argument(
+        "--replica-checkpoints",
+        choices=("learner", "own"),
+        default="learner",
+        help="occupancy replicas hot-reload the learner's checkpoints (default) or serve a fixed policy",
+    )
+    parser.add_argument(
+        "--table-from",
+        type=Path,
+        nargs="+",
+        help="only print (and --out) the table of rows saved by --rows-json; a row of a later file replaces "
+        "the same row (t_infer, N, scheduler) of an earlier one (re-measured when the machine was calmer)",
+    )
     args = parser.parse_args()
     if args.serve_zero_cost:
         serve_zero_cost()
         return
     if args.table_from is not None:
-        rows = [Row(**row) for row in json.loads(args.table_from.read_text())]
+        merged: dict[tuple[str, str, int, str], Row] = {}
+        for path in args.table_from:
+            for row in json.loads(path.read_text()):
+                merged[(row["kind"], row["label"], row["replicas"], row["scheduler"])] = Row(**row)
+        rows = list(merged.values())
         print(table(rows))
         if args.out is not None:
             args.out.write_text(HOW_TO_READ + "\n\n" + table(rows) + "\n")
         return
+    # Run in the background, a shell ignores SIGINT for us; SIGTERM then stops every process cleanly.
+    signal.signal(signal.SIGTERM, interrupt)
     with tempfile.TemporaryDirectory(prefix="rtrl-staggering-") as tmp:
         workdir = Path(tmp) / "run"
         workdir.mkdir()

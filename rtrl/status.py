@@ -92,6 +92,10 @@ def status_line(status: StackStatus) -> str:
         parts.append(f"coverage {100 * g.coverage:6.2f}% of {g.decisions}")
         parts.append(f"staleness p50 {g.staleness_frames.p50:.0f} p99 {g.staleness_frames.p99:.0f} fr")
         parts.append(f"overhead p99 {g.decision_overhead_ms.p99:.2f} ms")
+        if g.interaction == "sequential":
+            parts.append(f"sequential: {g.sequential_cycles} act-learn cycles, train p50 {g.train_ms.p50:.0f} ms")
+        else:
+            parts.append(f"{g.replica_count} replicas ({g.scheduler})")
         episodes = f"episodes {g.episodes}"
         if g.episodes:
             episodes += f" last {g.last_episode_return:+.0f} mean {g.mean_episode_return:+.1f}"
