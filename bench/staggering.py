@@ -93,7 +93,9 @@ class Row:
     load: float = math.nan
     """The machine's 1-minute load average at the end of the row (2 cores: above 2 means queueing)."""
     t_learn_ms: float = 0.0
+    round_trip_ms: float = 0.0
     predicted_coverage: float = 0.0
+    """Sequential rows: the paper's t_frame / (t_infer + t_learn), with the measured round trip as t_infer."""
 
 
 def log(message: str) -> None:
@@ -340,7 +342,9 @@ class Bench:
             time.sleep(0.2)
         return process, address
 
-    def record(self, kind: str, label: str, t_infer: float, replicas: int, scheduler: str, m: dict) -> Row:
+    def record(
+        self, kind: str, label: str, t_infer: float, replicas: int, scheduler: str, m: dict, **extra: float
+    ) -> Row:
         row = Row(
             kind=kind,
             label=label,
@@ -358,6 +362,7 @@ class Bench:
             period_ms=m["period_ms"],
             frames_late=m["frames_late"],
             load=os.getloadavg()[0],
+            **extra,
         )
         self.rows.append(row)
         self.row_count += 1
@@ -434,7 +439,8 @@ class Bench:
                 }
                 log(f"t_infer = {t_infer} frames: starting {max(counts)} replicas")
                 with replica_pool(self.procs, max(counts), env, f"occupy-{t_infer}") as addresses:
-                    self.sweep("occupy", f"{t_infer:g} frames", t_infer, addresses, counts)
+                    label = f"{t_infer:g} frames" + (" fixed" if args.replica_checkpoints == "own" else "")
+                    self.sweep("occupy", label, t_infer, addresses, counts)
             if args.models:
                 self.run_models()
             if args.sequential:
@@ -499,12 +505,20 @@ class Bench:
                         learner_address=address,
                         stream=SEQUENTIAL_STREAM,
                     )
-                row = self.record("sequential", f"{t_infer:g} frames", t_infer, 1, "sequential", m)
-                row.t_learn_ms = m["train_ms_mean"]
-                # The paper's prediction uses the measured round trip (t_infer as the gateway sees it).
-                row.predicted_coverage = FRAME_MS / (m["latency_mean_ms"] + row.t_learn_ms)
-                round_trip_ms, cycles = m["latency_mean_ms"], m["cycles"]
-                log(f"    t_learn {row.t_learn_ms:.1f} ms, round trip {round_trip_ms:.1f} ms, {cycles} cycles")
+                round_trip_ms, t_learn_ms = m["latency_mean_ms"], m["train_ms_mean"]
+                # The paper's prediction, with the measured round trip as t_infer (as the gateway sees it).
+                self.record(
+                    "sequential",
+                    f"{t_infer:g} frames",
+                    t_infer,
+                    1,
+                    "sequential",
+                    m,
+                    t_learn_ms=t_learn_ms,
+                    round_trip_ms=round_trip_ms,
+                    predicted_coverage=FRAME_MS / (round_trip_ms + t_learn_ms),
+                )
+                log(f"    t_learn {t_learn_ms:.1f} ms, round trip {round_trip_ms:.1f} ms, {m['cycles']} cycles")
         finally:
             self.procs.stop([learner])
             self.learner.send_signal(signal.SIGCONT)
@@ -598,13 +612,18 @@ def table(rows: list[Row]) -> str:
     if sequential:
         lines += [
             "",
-            "| sequential, t_infer | coverage % | t_frame / (round trip + t_learn) % | t_learn ms | staleness mean |",
-            "|---|---:|---:|---:|---:|",
+            "| sequential, t_infer | coverage % | t_frame / (t_infer + t_learn) % | ... + t_frame % | round trip ms "
+            "| t_learn ms | staleness mean |",
+            "|---|---:|---:|---:|---:|---:|---:|",
         ]
         for r in sequential:
+            # A cycle also waits for frame boundaries: the reply for the next step to start (half a frame on
+            # average), the next observation after training (another half): about one frame per cycle.
+            quantized = FRAME_MS / (r.round_trip_ms + r.t_learn_ms + FRAME_MS) if r.round_trip_ms else math.nan
             lines.append(
                 f"| {r.label} | {fmt(100 * r.coverage, '.2f')} | {fmt(100 * r.predicted_coverage, '.2f')} "
-                f"| {fmt(r.t_learn_ms, '.1f')} | {fmt(r.staleness_mean, '.2f')} |"
+                f"| {fmt(100 * quantized, '.2f')} | {fmt(r.round_trip_ms, '.1f')} | {fmt(r.t_learn_ms, '.1f')} "
+                f"| {fmt(r.staleness_mean, '.2f')} |"
             )
     return "\n".join(lines)
 
@@ -636,7 +655,8 @@ def main() -> None:
         "--replica-checkpoints",
         choices=("learner", "own"),
         default="learner",
-        help="occupancy replicas hot-reload the learner's checkpoints (default) or serve a fixed policy",
+        help="occupancy replicas hot-reload the learner's checkpoints (default) or serve a fixed policy "
+        "(rows labelled 'fixed')",
     )
     parser.add_argument(
         "--table-from",
