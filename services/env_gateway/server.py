@@ -21,6 +21,7 @@ from pathlib import Path
 from types import FrameType
 
 import grpc
+import numpy as np
 from google.protobuf import json_format
 from grpc_health.v1 import health
 
@@ -300,6 +301,8 @@ class Gateway:
             train_ms=sequential.train_ms.summary() if sequential else None,
             train_failures=sequential.train_failures if sequential else 0,
             cycle_ms=sequential.cycle_ms.summary() if sequential else None,
+            staleness_frames_histogram=staleness_histogram(clock.staleness_frames.values()),
+            recent_episode_returns=list(clock.recent_returns),
         )
 
     def status_line(self) -> str:
@@ -400,6 +403,13 @@ def serve(settings: GatewaySettings) -> None:
         log.info("final: %s", gateway.status_line())
         if settings.final_stats_path:
             write_final_stats(gateway, Path(settings.final_stats_path))
+
+
+def staleness_histogram(staleness_frames: np.ndarray) -> list[int]:
+    """Counts per whole number of frames (index = frames) of a window of staleness measurements."""
+    if staleness_frames.size == 0:
+        return []
+    return [int(count) for count in np.bincount(np.maximum(staleness_frames, 0).astype(np.int64))]
 
 
 def write_final_stats(gateway: Gateway, path: Path) -> None:

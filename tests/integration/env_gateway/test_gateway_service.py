@@ -72,6 +72,7 @@ def test_gateway_holds_the_frame_rate_and_publishes_every_transition(
     assert stats.decisions == stats.decisions_fresh + stats.decisions_fallback
     assert stats.decisions >= stats.frames // 4 - 1
     assert stats.staleness_frames.p50 == 2  # replies land within the two lead frames
+    assert list(stats.staleness_frames_histogram) == [0, 0, stats.staleness_frames.count]
     assert stats.replica_count == 2
     assert all(r.replies > 0 and r.checkpoint_version == 7 for r in stats.replicas)
     assert {shape for r in replicas for shape in r.servicer.observation_shapes} == {(4, 84, 84)}
@@ -90,6 +91,25 @@ def test_gateway_holds_the_frame_rate_and_publishes_every_transition(
     fresh = [t for t in transitions if t.fresh]
     assert fresh and all((t.action, t.policy_version, t.staleness_frames) == (2, 7, 2) for t in fresh)
     assert [t.obs_frame for t in transitions[:3]] == [0, 4, 8]
+
+
+def test_get_stats_lists_the_returns_of_recent_episodes(
+    local_redis: LocalRedis,
+    start_replica: Callable[..., Replica],
+    start_gateway: Callable[..., Stack],
+    channel_to: Callable[[str], grpc.Channel],
+) -> None:
+    replica = start_replica()
+    # Episodes truncated after 20 frames end three times a second.
+    stack = start_gateway(local_redis.url, [replica.address], max_episode_frames=20)
+    channel = channel_to(stack.address)
+    run_for(1.5)
+    stats = get_stats(channel)
+    returns = list(stats.recent_episode_returns)
+    assert stats.episodes >= 3
+    assert len(returns) == min(stats.episodes, 100)
+    assert returns[-1] == stats.last_episode_return
+    assert sum(returns) / len(returns) == pytest.approx(stats.mean_episode_return)
 
 
 def test_get_spec_describes_pong(
