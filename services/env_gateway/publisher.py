@@ -2,10 +2,15 @@
 
 The clock calls `publish`, which only puts into a bounded queue (full -> the item is dropped and
 counted). The publisher thread takes batches, encodes them and appends each as one stream entry
-(`XADD stream MAXLEN ~ n * t <bytes>`) through one pipeline round trip. When Redis fails, the batch
-is counted as dropped, the outage is logged once, and the thread backs off and tries again by itself;
-items arriving meanwhile wait in the queue or are dropped when it fills. `published` counts only
-XADDs Redis confirmed.
+(`XADD stream MAXLEN ~ n * t <bytes>`) through one pipeline round trip.
+
+Outages: when Redis fails (down, restarting, stopped), the batch is kept, the outage is logged once,
+and the thread backs off (0.1 s doubling to 2 s) and sends the same batch again by itself, so a short
+outage loses nothing. Items arriving meanwhile wait in the queue; once it is full, new ones are dropped
+and counted (`dropped`), so the buffer is bounded by `queue_size` plus the one held batch. Delivery is
+at least once: a batch whose reply timed out may already be in the stream and is sent again; the
+learner treats such a repeat as a gap between transitions, never as a successor. `published` counts
+only XADDs Redis confirmed.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from rtrl.redis_client import connect_redis
 from rtrl.transitions import STREAM_FIELD
 
 log = logging.getLogger(__name__)
@@ -51,12 +57,14 @@ class TransitionPublisher(Generic[T]):
         self._batch_size = batch_size
         self._queue: queue.Queue[T] = queue.Queue(maxsize=queue_size)
         # Our own loop backs off between attempts, so the client must fail fast instead of retrying.
-        self._client = redis.Redis.from_url(
+        self._client = connect_redis(
             redis_url, socket_connect_timeout=0.5, socket_timeout=1.0, retry=Retry(NoBackoff(), 0)
         )
         self._stop = threading.Event()
         self._flush_deadline_s = 0.0
         self._thread: threading.Thread | None = None
+        # The encoded batch Redis last refused; only the publisher thread touches it.
+        self._held: list[bytes] = []
         self._dropped_lock = threading.Lock()
         self.published = 0
         self.dropped = 0
@@ -64,7 +72,8 @@ class TransitionPublisher(Generic[T]):
 
     @property
     def queued(self) -> int:
-        return self._queue.qsize()
+        """Transitions waiting for Redis: the queue and the batch held for another attempt."""
+        return self._queue.qsize() + len(self._held)
 
     def publish(self, item: T) -> bool:
         """Queues `item` without blocking; False (and counted as dropped) when the queue is full."""
@@ -89,7 +98,8 @@ class TransitionPublisher(Generic[T]):
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
-        leftover = 0
+        leftover = len(self._held)
+        self._held = []
         while True:
             try:
                 self._queue.get_nowait()
@@ -98,9 +108,6 @@ class TransitionPublisher(Generic[T]):
                 break
         self._count_dropped(leftover)
         self._client.close()
-
-    def _flushing_done(self) -> bool:
-        return self._stop.is_set() and (self._queue.empty() or time.monotonic() >= self._flush_deadline_s)
 
     def _next_batch(self) -> list[T]:
         try:
@@ -114,15 +121,25 @@ class TransitionPublisher(Generic[T]):
                 break
         return batch
 
+    def _flushing_done(self) -> bool:
+        return self._stop.is_set() and (
+            (self._queue.empty() and not self._held) or time.monotonic() >= self._flush_deadline_s
+        )
+
     def _run(self) -> None:
         backoff_s = MIN_BACKOFF_S
         while not self._flushing_done():
-            batch = self._next_batch()
+            # A batch Redis refused is sent again before anything newer, so the stream keeps its order.
+            batch, self._held = (self._held, []) if self._held else (self._encoded(self._next_batch()), [])
             if not batch:
                 continue
-            if self._send(batch):
+            # After a failure, a PING must answer before the batch goes out again: a batch written to a
+            # stopped Redis waits in its socket and still lands once it resumes, so resending on every
+            # attempt would add it once per attempt. This way a stall duplicates a batch at most once.
+            if (not self.in_outage or self._answers_ping()) and self._send(batch):
                 backoff_s = MIN_BACKOFF_S
                 continue
+            self._held = batch
             # Wait before the next attempt; a stop request ends the wait, and while stopping the wait
             # never runs past the flush deadline.
             if self._stop.is_set():
@@ -131,8 +148,7 @@ class TransitionPublisher(Generic[T]):
                 self._stop.wait(backoff_s)
             backoff_s = min(backoff_s * 2, MAX_BACKOFF_S)
 
-    def _send(self, batch: list[T]) -> bool:
-        """XADDs `batch` in one round trip; on failure counts it dropped and returns False."""
+    def _encoded(self, batch: list[T]) -> list[bytes]:
         entries: list[bytes] = []
         for item in batch:
             try:
@@ -140,18 +156,30 @@ class TransitionPublisher(Generic[T]):
             except Exception:
                 log.exception("could not encode a transition; dropping it")
                 self._count_dropped(1)
-        if not entries:
-            return True
+        return entries
+
+    def _answers_ping(self) -> bool:
+        try:
+            return bool(self._client.ping())
+        except redis.RedisError:
+            self._client.connection_pool.disconnect()
+            return False
+
+    def _send(self, entries: list[bytes]) -> bool:
+        """XADDs `entries` in one round trip; False (the caller keeps them for the next attempt) on failure."""
         try:
             pipe = self._client.pipeline(transaction=False)
             for data in entries:
                 pipe.xadd(self.stream, {STREAM_FIELD: data}, maxlen=self._maxlen, approximate=True)
             ids = pipe.execute()
         except redis.RedisError as error:
-            self._count_dropped(len(entries))
             if not self.in_outage:
                 self.in_outage = True
-                log.warning("Redis refused transitions (%s); dropping them and retrying in the background", error)
+                log.warning(
+                    "Redis refused transitions (%s); keeping up to %d queued and retrying in the background",
+                    error,
+                    self._queue.maxsize,
+                )
             self._client.connection_pool.disconnect()
             return False
         if self.in_outage:

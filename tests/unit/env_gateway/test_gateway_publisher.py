@@ -62,19 +62,25 @@ def test_full_queue_drops_and_counts_without_blocking() -> None:
     assert publisher.dropped == 3  # what was never published counts as dropped
 
 
-def test_redis_down_counts_batches_as_dropped_and_keeps_accepting(caplog: pytest.LogCaptureFixture) -> None:
-    publisher = TransitionPublisher(f"redis://127.0.0.1:{free_port()}/0", "s", 100, 16, encode)
+def test_redis_down_keeps_transitions_up_to_the_bound_then_drops_and_counts_the_rest(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    publisher = TransitionPublisher(f"redis://127.0.0.1:{free_port()}/0", "s", 100, 16, encode, batch_size=4)
     publisher.start()
     try:
         assert all(publisher.publish(transition(i)) for i in range(5))
-        assert wait_for(lambda: publisher.dropped == 5)
-        assert publisher.publish(transition(5))
-        assert wait_for(lambda: publisher.dropped == 6)
-        assert publisher.in_outage
+        assert wait_for(lambda: publisher.in_outage)
+        # The refused batch is held for the next attempt, nothing is dropped while there is room.
+        assert (publisher.dropped, publisher.queued) == (0, 5)
+        accepted = [publisher.publish(transition(i)) for i in range(5, 30)]
+        # Room for 16 queued besides the held batch of 4: the 21st transition and later are dropped.
+        assert accepted.count(True) == 16 - 1 and accepted.count(False) == 10
+        assert (publisher.dropped, publisher.queued) == (10, 20)
     finally:
         publisher.stop(flush_timeout_s=0.2)
     assert publisher.published == 0
-    # One warning per outage, not one per batch.
+    assert publisher.dropped == 30  # what was never published counts as dropped at the stop
+    # One warning per outage, not one per attempt.
     assert sum("Redis refused" in r.message for r in caplog.records) == 1
 
 
@@ -102,18 +108,13 @@ def test_publisher_reconnects_by_itself_after_redis_returns() -> None:
         assert wait_for(lambda: publisher.published == 1)
         first.stop()
         publisher.publish(transition(1))
-        assert wait_for(lambda: publisher.dropped == 1)
+        assert wait_for(lambda: publisher.in_outage)
         second = LocalRedis(port=port).start()
-        seq = 2
-
-        def published_again() -> bool:
-            nonlocal seq
-            publisher.publish(transition(seq))
-            seq += 1
-            return publisher.published >= 2
-
-        assert wait_for(published_again, timeout_s=10.0)
-        assert not publisher.in_outage
+        publisher.publish(transition(2))
+        # What waited during the outage goes out once Redis is back, in order, and nothing was dropped.
+        assert wait_for(lambda: publisher.published == 3, timeout_s=10.0)
+        assert not publisher.in_outage and publisher.dropped == 0
+        assert [t.seq for t in read_stream(second.url, "test:publisher:reconnect")] == [1, 2]
     finally:
         publisher.stop(flush_timeout_s=0.5)
         if second is not None:
