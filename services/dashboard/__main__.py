@@ -1,0 +1,33 @@
+"""`python -m services.dashboard`: read RTRL_* settings, configure logging, serve until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from rtrl.config import SettingsError
+from services.dashboard.server import serve
+from services.dashboard.settings import DashboardSettings
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = DashboardSettings.from_env()
+    except SettingsError as e:
+        print(f"dashboard: {e}", file=sys.stderr)
+        return 2
+    try:
+        serve(settings)
+    except OSError as e:
+        print(
+            f"dashboard: cannot serve on {settings.host}:{settings.port} ({e}); "
+            "set RTRL_DASHBOARD_PORT to a free port.",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""The dashboard's settings, read once from RTRL_* environment variables into a frozen object.
+
+It shares RTRL_LEARNER_ADDRESS, RTRL_INFERENCE_ADDRESSES, RTRL_REDIS_URL and RTRL_REPLICA_REGISTRY
+with the gateway, so one environment configures both; its own variables start with RTRL_DASHBOARD_.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from rtrl.config import (
+    DEFAULT_DASHBOARD_PORT,
+    DEFAULT_GATEWAY_PORT,
+    DEFAULT_HOST,
+    DEFAULT_LEARNER_PORT,
+    PREFIX,
+    SettingsError,
+    env_float,
+    env_int,
+    env_list,
+    env_str,
+)
+from rtrl.registry import DEFAULT_REPLICA_REGISTRY
+
+DEFAULT_GATEWAYS = (f"{DEFAULT_HOST}:{DEFAULT_GATEWAY_PORT}",)
+DEFAULT_LEARNER_ADDRESS = f"{DEFAULT_HOST}:{DEFAULT_LEARNER_PORT}"
+# 5 Hz is the slowest rate at which the charts still look live; every poll is a few small gRPC calls.
+DEFAULT_REFRESH_HZ = 5.0
+MAX_REFRESH_HZ = 30.0
+# Every 4th frame of a 60 fps game is 15 frames per second in the browser: smooth enough to follow
+# the game, and a quarter of the frame traffic (the clock pays one queue append per delivered frame).
+DEFAULT_FRAME_EVERY = 4
+DEFAULT_HISTORY_S = 300.0
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+@dataclass(frozen=True)
+class DashboardSettings:
+    """Everything the dashboard service is configured with."""
+
+    host: str = DEFAULT_HOST
+    """Address the HTTP server binds; loopback unless told otherwise (RTRL_DASHBOARD_HOST)."""
+    port: int = DEFAULT_DASHBOARD_PORT
+    """HTTP port; 0 picks a free one (RTRL_DASHBOARD_PORT)."""
+    gateways: tuple[str, ...] = DEFAULT_GATEWAYS
+    """host:port of every gateway to show, comma-separated (RTRL_DASHBOARD_GATEWAYS)."""
+    learner_address: str = DEFAULT_LEARNER_ADDRESS
+    """host:port of the learner (RTRL_LEARNER_ADDRESS)."""
+    inference_addresses: tuple[str, ...] = ()
+    """Replicas to show besides those in the registry and those the gateways call (RTRL_INFERENCE_ADDRESSES)."""
+    redis_url: str = ""
+    """Redis holding the replica registry; empty: no registry, replicas come from the gateways and the
+    static list (RTRL_REDIS_URL)."""
+    replica_registry: str = DEFAULT_REPLICA_REGISTRY
+    """Redis key of the replica registry (RTRL_REPLICA_REGISTRY)."""
+    refresh_hz: float = DEFAULT_REFRESH_HZ
+    """Polls of every gateway and the learner per second, and chart updates pushed to each browser
+    (RTRL_DASHBOARD_REFRESH_HZ, 1 to 30)."""
+    frame_every: int = DEFAULT_FRAME_EVERY
+    """The game view shows one frame out of this many (RTRL_DASHBOARD_FRAME_EVERY)."""
+    history_s: float = DEFAULT_HISTORY_S
+    """Seconds of chart history kept and shown (RTRL_DASHBOARD_HISTORY_S)."""
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> DashboardSettings:
+        """Reads the settings; raises SettingsError with a sentence naming the variable to fix."""
+        port = env_int(env, "DASHBOARD_PORT", DEFAULT_DASHBOARD_PORT, minimum=0)
+        if port > 65535:
+            raise SettingsError(f"{PREFIX}DASHBOARD_PORT={port} is not a TCP port; set it to 0..65535.")
+        gateways = env_list(env, "DASHBOARD_GATEWAYS", DEFAULT_GATEWAYS)
+        if not gateways:
+            raise SettingsError(
+                f"{PREFIX}DASHBOARD_GATEWAYS is empty; set it to the gateways' host:port, e.g. 127.0.0.1:50051."
+            )
+        for address in gateways:
+            check_address(address, "DASHBOARD_GATEWAYS")
+        learner_address = check_address(env_str(env, "LEARNER_ADDRESS", DEFAULT_LEARNER_ADDRESS), "LEARNER_ADDRESS")
+        inference_addresses = env_list(env, "INFERENCE_ADDRESSES", ())
+        for address in inference_addresses:
+            check_address(address, "INFERENCE_ADDRESSES")
+        redis_url = env_str(env, "REDIS_URL", "")
+        if redis_url and not redis_url.startswith(_REDIS_SCHEMES):
+            raise SettingsError(f"{PREFIX}REDIS_URL={redis_url!r} is not a Redis URL; set it like redis://host:6379/0.")
+        refresh_hz = env_float(env, "DASHBOARD_REFRESH_HZ", DEFAULT_REFRESH_HZ, minimum=1.0)
+        if refresh_hz > MAX_REFRESH_HZ:
+            raise SettingsError(
+                f"{PREFIX}DASHBOARD_REFRESH_HZ={refresh_hz} polls the services too often; set it to at most "
+                f"{MAX_REFRESH_HZ:.0f}."
+            )
+        return cls(
+            host=env_str(env, "DASHBOARD_HOST", DEFAULT_HOST),
+            port=port,
+            gateways=gateways,
+            learner_address=learner_address,
+            inference_addresses=inference_addresses,
+            redis_url=redis_url,
+            replica_registry=env_str(env, "REPLICA_REGISTRY", DEFAULT_REPLICA_REGISTRY),
+            refresh_hz=refresh_hz,
+            frame_every=env_int(env, "DASHBOARD_FRAME_EVERY", DEFAULT_FRAME_EVERY, minimum=1),
+            history_s=env_float(env, "DASHBOARD_HISTORY_S", DEFAULT_HISTORY_S, minimum=10.0),
+        )
+
+
+def check_address(address: str, variable: str) -> str:
+    """Returns "host:port" unchanged, or raises SettingsError naming RTRL_<variable>."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host.strip("[]") or not port.isdigit() or not 0 < int(port) < 65536:
+        raise SettingsError(
+            f"{PREFIX}{variable} entry {address!r} is not host:port; set it like 127.0.0.1:50051 "
+            "(several: separated by commas)."
+        )
+    return address
