@@ -18,7 +18,11 @@ DEFAULT_CHECKPOINT_DIR = "checkpoints"
 DEFAULT_GATEWAY_PORT = 50051
 DEFAULT_LEARNER_PORT = 50052
 DEFAULT_INFERENCE_PORT = 50061
+DEFAULT_DASHBOARD_PORT = 8050
 DEFAULT_HOST = "127.0.0.1"
+# RTRL_*_METRICS_PORT: unset, empty or negative turns the Prometheus endpoint off; 0 picks a free port.
+METRICS_DISABLED = -1
+MAX_PORT = 65535
 
 T = TypeVar("T")
 
@@ -87,6 +91,17 @@ def env_list(env: Mapping[str, str], name: str, default: tuple[str, ...]) -> tup
     if raw is None:
         return default
     return tuple(item.strip() for item in raw.split(",") if item.strip())
+
+
+def env_metrics_port(env: Mapping[str, str], name: str) -> int:
+    """A Prometheus /metrics port: METRICS_DISABLED when unset, empty or negative; 0 picks a free port."""
+    port = env_int(env, name, METRICS_DISABLED)
+    if port > MAX_PORT:
+        raise SettingsError(
+            f"{PREFIX}{name}={port} is too large; set it to a port from 1 to {MAX_PORT}, 0 for a free one, "
+            "or -1 to turn the metrics endpoint off."
+        )
+    return max(port, METRICS_DISABLED)
 
 
 def environ() -> Mapping[str, str]:

@@ -35,6 +35,7 @@ from services.env_gateway.backends import Backend, make_backend
 from services.env_gateway.clock import ActionMailbox, ClockConfig, RealtimeClock, StepRecord
 from services.env_gateway.dispatcher import Dispatcher, SequentialDispatcher, TrainError, TrainResult
 from services.env_gateway.membership import REGISTRY_SOURCE, Membership, RegistryWatcher
+from services.env_gateway.metrics import start_metrics
 from services.env_gateway.preprocess import Preprocessor
 from services.env_gateway.publisher import TransitionPublisher
 from services.env_gateway.replicas import AddressResolver, ReplicaPool
@@ -390,7 +391,10 @@ def serve(settings: GatewaySettings) -> None:
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     server.start()
+    metrics = None
     try:
+        # Before the clock starts, so that its histograms count from the first frame.
+        metrics = start_metrics(gateway, settings.host, settings.metrics_port)
         gateway.start()
         log.info("env gateway listening on %s:%d", settings.host, port)
         while not stop_requested.wait(STATUS_INTERVAL_S):
@@ -400,6 +404,8 @@ def serve(settings: GatewaySettings) -> None:
     finally:
         gateway.stop()
         server.stop(grace=1.0).wait()
+        if metrics is not None:
+            metrics.close()
         log.info("final: %s", gateway.status_line())
         if settings.final_stats_path:
             write_final_stats(gateway, Path(settings.final_stats_path))

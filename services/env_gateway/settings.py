@@ -17,6 +17,7 @@ from rtrl.config import (
     DEFAULT_HOST,
     DEFAULT_LEARNER_PORT,
     DEFAULT_STREAM,
+    METRICS_DISABLED,
     PREFIX,
     SettingsError,
     env_bool,
@@ -24,6 +25,7 @@ from rtrl.config import (
     env_float,
     env_int,
     env_list,
+    env_metrics_port,
     env_str,
     environ,
 )
@@ -121,6 +123,8 @@ class GatewaySettings:
     """Interface the gRPC server listens on."""
     port: int = DEFAULT_GATEWAY_PORT
     """Port of the gRPC server (0 picks a free one)."""
+    metrics_port: int = METRICS_DISABLED
+    """RTRL_GATEWAY_METRICS_PORT: Prometheus /metrics on `host` (0 picks a free port; unset or -1: off)."""
     gateway_id: str = "gateway"
     """Identifier of this game instance in transitions, Act requests and metrics."""
     env: EnvSpec = DEFAULT_ENV_SPEC
@@ -211,6 +215,7 @@ class GatewaySettings:
         return cls(
             host=env_str(env, "GATEWAY_HOST", DEFAULT_HOST),
             port=env_int(env, "GATEWAY_PORT", DEFAULT_GATEWAY_PORT, minimum=0),
+            metrics_port=env_metrics_port(env, "GATEWAY_METRICS_PORT"),
             gateway_id=env_str(env, "GATEWAY_ID", "gateway-" + socket.gethostname()),
             env=env_spec,
             profile=profile,

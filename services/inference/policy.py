@@ -243,6 +243,7 @@ class Policy:
 
     def _install_checkpoint(self, checkpoint: Checkpoint, weights: dict[str, torch.Tensor]) -> None:
         """The watcher's callback: builds the checkpoint's network and swaps it in."""
+        build_started_s = time.monotonic()
         try:
             served = self._build_from_checkpoint(checkpoint, weights)
         except CheckpointError:
@@ -258,12 +259,13 @@ class Policy:
                 return
             self._served = served
         log.info(
-            "serving checkpoint %d (%s %s, %d parameters, epsilon %.3f)",
+            "serving checkpoint %d (%s %s, %d parameters, epsilon %.3f; built and warmed up in %.0f ms)",
             served.checkpoint_version,
             served.config.arch,
             served.config.head,
             served.parameter_count,
             served.epsilon,
+            (time.monotonic() - build_started_s) * 1000.0,
         )
 
     def _build_from_checkpoint(self, checkpoint: Checkpoint, weights: dict[str, torch.Tensor]) -> ServedModel:
@@ -314,6 +316,7 @@ class Policy:
             ) from e
         # Seeding a forked generator gives every replica the same fresh weights without disturbing
         # the global torch RNG; the network is built on the CPU so the device does not change them.
+        build_started_s = time.monotonic()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             model = build_model(config)
@@ -322,8 +325,8 @@ class Policy:
         with torch.inference_mode():
             served.model(torch.zeros((1, *config.observation_shape), device=self.device))
         log.info(
-            "serving a fresh policy (%s width %d %s, %d parameters, for %s, %d actions, epsilon %.3f) "
-            "until a checkpoint is published",
+            "serving a fresh policy (%s width %d %s, %d parameters, for %s, %d actions, epsilon %.3f; built and "
+            "warmed up in %.0f ms) until a checkpoint is published",
             config.arch,
             config.width,
             config.head,
@@ -331,6 +334,7 @@ class Policy:
             list(observation_shape),
             action_count,
             served.epsilon,
+            (time.monotonic() - build_started_s) * 1000.0,
         )
         return served
 

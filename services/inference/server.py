@@ -29,6 +29,7 @@ from rtrl.grpc_util import DeadlineTooShort, InvalidArgument, Unavailable, abort
 from rtrl.registry import Heartbeat, advertised_address
 from rtrl.tensors import from_proto
 from rtrl.v1 import inference_pb2, inference_pb2_grpc
+from services.inference.metrics import start_metrics
 from services.inference.policy import Policy
 from services.inference.settings import InferenceSettings
 
@@ -147,8 +148,13 @@ class InferenceServer:
         The replica can answer even when nothing was published (it then builds the fresh policy from
         the first request), so SERVING follows the initial load attempt whether or not it succeeded.
         """
+        started_s = time.monotonic()
         if self.policy.load_initial():
-            log.info("loaded checkpoint %d at start", self.policy.status().checkpoint_version)
+            log.info(
+                "loaded checkpoint %d at start in %.0f ms",
+                self.policy.status().checkpoint_version,
+                (time.monotonic() - started_s) * 1000.0,
+            )
         else:
             log.info(
                 "no usable checkpoint in %s yet; serving the fresh policy until one is published",
@@ -230,6 +236,8 @@ def serve(settings: InferenceSettings) -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    # Before the replica answers anything, so that its histograms count every call.
+    metrics = start_metrics(server, settings.host, settings.metrics_port)
     server.listen()
     log.info(
         "inference replica %s listening on %s:%d (device %s, %d torch threads, checkpoints in %s, "
@@ -251,4 +259,6 @@ def serve(settings: InferenceSettings) -> None:
     while not stop_requested.wait(STATUS_INTERVAL_S):
         log.info("%s", server.status_line())
     server.stop(SHUTDOWN_GRACE_S).wait()
+    if metrics is not None:
+        metrics.close()
     log.info("inference replica %s stopped", server.replica_id)

@@ -16,11 +16,13 @@ from rtrl.config import (
     DEFAULT_CHECKPOINT_DIR,
     DEFAULT_HOST,
     DEFAULT_INFERENCE_PORT,
+    METRICS_DISABLED,
     PREFIX,
     SettingsError,
     env_choice,
     env_float,
     env_int,
+    env_metrics_port,
     env_str,
 )
 from rtrl.models import ALGORITHMS, ARCHS
@@ -57,6 +59,8 @@ class InferenceSettings:
     """RTRL_INFERENCE_HOST: address the gRPC server listens on."""
     port: int = DEFAULT_INFERENCE_PORT
     """RTRL_INFERENCE_PORT: port the gRPC server listens on (0 picks a free one)."""
+    metrics_port: int = METRICS_DISABLED
+    """RTRL_INFERENCE_METRICS_PORT: Prometheus /metrics on `host` (0 picks a free port; unset or -1: off)."""
     replica_id: str = ""
     """RTRL_REPLICA_ID: name of this replica in metrics and status (default "hostname:port").
 
@@ -135,6 +139,7 @@ class InferenceSettings:
         return cls(
             host=env_str(env, "INFERENCE_HOST", DEFAULT_HOST),
             port=port,
+            metrics_port=env_metrics_port(env, "INFERENCE_METRICS_PORT"),
             # With port 0 the port is only known once bound; the server then names the replica itself.
             replica_id=env_str(env, "REPLICA_ID", f"{socket.gethostname()}:{port}" if port else ""),
             checkpoint_dir=env_str(env, "CHECKPOINT_DIR", DEFAULT_CHECKPOINT_DIR),

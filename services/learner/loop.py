@@ -47,11 +47,12 @@ import numpy as np
 import torch
 
 from rtrl.checkpoints import CheckpointError, CheckpointStore
-from rtrl.metrics import RateMeter
+from rtrl.metrics import RateMeter, Window
 from rtrl.models import ALGORITHM_HEADS, ModelConfig, default_model_config
 from rtrl.transitions import Transition, encode
 from services.learner import dqn, vtrace
-from services.learner.lag import LagStats, LagWindow, too_old
+from services.learner.episodes import EpisodeReturns
+from services.learner.lag import NS_PER_MS, LagStats, LagWindow, too_old
 from services.learner.replay import ReplayBuffer
 from services.learner.settings import LearnerSettings
 from services.learner.stream import (
@@ -73,6 +74,7 @@ RECONNECT_BACKOFF_MIN_S = 0.1
 RECONNECT_BACKOFF_MAX_S = 2.0
 REPEATED_WARNING_INTERVAL_S = 30.0
 STOP_TIMEOUT_S = 10.0
+POLICY_LAG_VERSION_BUCKETS = (0, 1, 2, 3, 4, 5, 6, 8, 10, 15, 20, 30, 50, 100, 200, 500, 1000)
 
 
 class LearnerError(RuntimeError):
@@ -206,6 +208,14 @@ class Learner:
         # Counters. Written by the learner thread only; other threads read them through `status()`.
         self._started_s = time.monotonic()
         self._updates_meter = RateMeter()
+        # Histograms for Prometheus and returns for TensorBoard (metrics.py, tensorboard.py read them).
+        self.update_ms = Window()
+        """Milliseconds of one update: sampling the batch, the gradient step, publishing when due."""
+        self.policy_lag_versions = Window(buckets=POLICY_LAG_VERSION_BUCKETS)
+        """Versions between the checkpoint that chose a fresh action and the newest one, per used transition."""
+        self.policy_lag_ms = Window()
+        """Milliseconds from an action being first applied to the learner receiving its transition."""
+        self.episodes = EpisodeReturns()
         self._loss: torch.Tensor | None = None
         self._env_steps = 0
         self._consumed = 0
@@ -277,6 +287,7 @@ class Learner:
 
     def _resume(self) -> None:
         directory = self.settings.checkpoint_dir
+        started_s = time.monotonic()
         try:
             latest = self.store.latest()
             if latest is None:
@@ -312,8 +323,9 @@ class Learner:
         epsilon = metadata.get("epsilon")
         self._published_epsilon = float(epsilon) if isinstance(epsilon, int | float) else None
         log.info(
-            "resumed from checkpoint %d: %d updates, %d env steps, model %s",
+            "resumed from checkpoint %d in %.0f ms: %d updates, %d env steps, model %s",
             latest.version,
+            (time.monotonic() - started_s) * 1000.0,
             agent.updates,
             env_steps,
             model_config.to_json(),
@@ -428,8 +440,15 @@ class Learner:
         # Acknowledge only now that they are in the replay: a crash before this re-delivers them.
         self.stream.ack(used + dropped)
         if used_transitions:
+            now_unix_ns = time.time_ns()
             with self._lag_lock:
-                self._lag.add(used_transitions, self._version, time.time_ns())
+                self._lag.add(used_transitions, self._version, now_unix_ns)
+            for transition in used_transitions:
+                if transition.fresh:
+                    self.policy_lag_versions.add(self._version - transition.policy_version)
+                if transition.action_applied_unix_ns > 0:
+                    self.policy_lag_ms.add((now_unix_ns - transition.action_applied_unix_ns) / NS_PER_MS)
+            self.episodes.add(used_transitions)
         self._env_steps += len(used)
         self._too_old += len(dropped)
         self._consumed += len(used) + len(dropped) + result.invalid
@@ -537,6 +556,7 @@ class Learner:
         return replay.trainable_count >= max(1, self.config.learning_starts)
 
     def _train(self) -> None:
+        started_s = time.perf_counter()
         agent, replay, device = self._agent, self._replay, self.device
         assert agent is not None and replay is not None
         if isinstance(agent, vtrace.VTraceAgent):
@@ -567,6 +587,7 @@ class Learner:
         self._updates_meter.add(time.monotonic())
         if agent.updates % self.settings.checkpoint_every_updates == 0:
             self._publish()
+        self.update_ms.add((time.perf_counter() - started_s) * 1000.0)
 
     # -- checkpoints -------------------------------------------------------------------------------
 
@@ -574,6 +595,7 @@ class Learner:
         assert self._agent is not None
         agent = self._agent
         version = self._version + 1
+        started_s = time.monotonic()
         learner_state, counters = self.algo.export_learner_state(agent)
         metadata = {
             "algorithm": self.algo.ALGORITHM,
@@ -598,7 +620,12 @@ class Learner:
         self._published += 1
         self._published_unix_ms = int(checkpoint.metadata["created_unix_ms"])
         self._published_epsilon = float(metadata["epsilon"])
-        log.info("published checkpoint %d at %d updates", version, agent.updates)
+        log.info(
+            "published checkpoint %d at %d updates in %.0f ms",
+            version,
+            agent.updates,
+            (time.monotonic() - started_s) * 1000.0,
+        )
 
     # -- observing ---------------------------------------------------------------------------------
 

@@ -31,7 +31,9 @@ from services.learner.loop import (
     TrainTimeout,
     status_line,
 )
+from services.learner.metrics import start_metrics
 from services.learner.settings import LearnerSettings
+from services.learner.tensorboard import start_tensorboard
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +155,9 @@ def serve(settings: LearnerSettings, stop: threading.Event | None = None) -> Non
     stop = stop or threading.Event()
     learner = Learner(settings)
     server, port = create_server(settings, learner)
+    metrics = start_metrics(learner, settings.host, settings.metrics_port)
     learner.start()
+    tensorboard = start_tensorboard(learner)
     server.start()
     log.info("learner gRPC server listening on %s:%d", settings.host, port)
 
@@ -179,6 +183,10 @@ def serve(settings: LearnerSettings, stop: threading.Event | None = None) -> Non
         # learner.stop() flips health to NOT_SERVING first, then writes the final checkpoint.
         learner.stop()
         server.stop(SHUTDOWN_GRACE_S).wait()
+        if tensorboard is not None:
+            tensorboard.stop()
+        if metrics is not None:
+            metrics.close()
         log.info("learner stopped: %s", status_line(learner.status()))
         for handled, handler in previous_handlers.items():
             signal.signal(handled, handler)

@@ -21,12 +21,14 @@ from rtrl.config import (
     DEFAULT_HOST,
     DEFAULT_LEARNER_PORT,
     DEFAULT_STREAM,
+    METRICS_DISABLED,
     PREFIX,
     SettingsError,
     env_bool,
     env_choice,
     env_float,
     env_int,
+    env_metrics_port,
     env_str,
 )
 from rtrl.models import ALGORITHMS
@@ -46,6 +48,7 @@ DEFAULT_SEED = 0
 DEFAULT_NICE = 10
 DEFAULT_MAX_POLICY_LAG_VERSIONS = 0
 DEFAULT_MAX_LAG_ENTRIES = 2000
+DEFAULT_TENSORBOARD_INTERVAL_S = 1.0
 DQN_PREFIX = "DQN_"
 VTRACE_PREFIX = "VTRACE_"
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
@@ -63,6 +66,13 @@ class LearnerSettings:
     """Address the gRPC server binds (RTRL_LEARNER_HOST)."""
     port: int = DEFAULT_LEARNER_PORT
     """gRPC port; 0 picks a free one (RTRL_LEARNER_PORT)."""
+    metrics_port: int = METRICS_DISABLED
+    """Prometheus /metrics on `host` (RTRL_LEARNER_METRICS_PORT; 0 picks a free port; unset or -1: off)."""
+    tensorboard_dir: str = ""
+    """Directory for TensorBoard event files: losses, returns, lag, throughput, hyperparameters
+    (RTRL_LEARNER_TENSORBOARD_DIR; empty: none are written)."""
+    tensorboard_interval_s: float = DEFAULT_TENSORBOARD_INTERVAL_S
+    """Seconds between two TensorBoard samples of the learner's status (RTRL_LEARNER_TENSORBOARD_INTERVAL_S)."""
     redis_url: str = DEFAULT_REDIS_URL
     """Redis holding the transition stream (RTRL_REDIS_URL)."""
     stream: str = DEFAULT_STREAM
@@ -121,6 +131,11 @@ class LearnerSettings:
         return cls(
             host=env_str(env, "LEARNER_HOST", DEFAULT_HOST),
             port=port,
+            metrics_port=env_metrics_port(env, "LEARNER_METRICS_PORT"),
+            tensorboard_dir=env_str(env, "LEARNER_TENSORBOARD_DIR", ""),
+            tensorboard_interval_s=env_float(
+                env, "LEARNER_TENSORBOARD_INTERVAL_S", DEFAULT_TENSORBOARD_INTERVAL_S, minimum=0.05
+            ),
             redis_url=redis_url,
             stream=env_str(env, "STREAM", DEFAULT_STREAM),
             consumer_group=env_str(env, "CONSUMER_GROUP", DEFAULT_CONSUMER_GROUP),
