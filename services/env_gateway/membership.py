@@ -5,7 +5,8 @@ Two sources feed one `Membership`:
   it every `POLL_INTERVAL_S` on its own thread (never the clock's), so a replica started by hand, by
   `rtrl up` or by `docker compose up --scale` is used within about a second, and one that stops
   heartbeating disappears once its last heartbeat is 2 s old. When Redis cannot be read the watcher
-  keeps the last set it read, logs the outage once and the recovery once.
+  keeps the last set it read, logs the outage once and the recovery once; when the registry key is
+  gone altogether (a Redis restarted without persistence) it keeps that set for one heartbeat lifetime.
 - the static list (`replicas.AddressResolver`): host:port targets re-resolved every second, which may
   be empty.
 
@@ -24,6 +25,7 @@ from collections.abc import Callable, Mapping
 
 import redis
 
+from rtrl.redis_client import connect_redis
 from rtrl.registry import DEFAULT_MAX_AGE_MS, REDIS_TIMEOUT_S, RegistryError, live_replicas, redis_time_ms
 
 log = logging.getLogger(__name__)
@@ -84,23 +86,28 @@ class RegistryWatcher:
         self._max_age_ms = max_age_ms
         self._now_s = now_s
         # Short timeouts: a Redis that stopped answering must not stall the poll for long.
-        self._client = redis.Redis.from_url(
-            redis_url, socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S
-        )
+        self._client = connect_redis(redis_url, socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.polls = 0
         self.failures = 0
         self.reachable: bool | None = None
         """Whether the last poll reached Redis (None before the first)."""
+        self._missing_since_s: float | None = None
+        """When the registry key was first seen missing in the current absence."""
 
     def poll_once(self) -> dict[str, float] | None:
-        """Reads the registry once and reports it; None (and nothing reported) when Redis failed."""
+        """Reads the registry once and reports it; None (and nothing reported) when Redis failed or the
+        registry key vanished less than a heartbeat lifetime ago."""
         try:
             addresses = live_replicas(self._client, self.key, self._max_age_ms)
             before_s = self._now_s()
             redis_now_ms = redis_time_ms(self._client)
             heartbeats_ms = self._client.zmscore(self.key, addresses) if addresses else []
+            # No key at all is what a restarted Redis without persistence looks like until the replicas'
+            # next heartbeats (it is also what the last replica leaving looks like): keep the replicas
+            # known so far for one heartbeat lifetime instead of dropping a healthy pool at once.
+            registry_missing = not addresses and not self._client.exists(self.key)
         except (RegistryError, redis.RedisError) as error:
             self.failures += 1
             if self.reachable is not False:
@@ -115,6 +122,13 @@ class RegistryWatcher:
             log.info("the replica registry %r is readable again", self.key)
         self.reachable = True
         self.polls += 1
+        if registry_missing:
+            if self._missing_since_s is None:
+                self._missing_since_s = before_s
+            if before_s - self._missing_since_s < self._max_age_ms / 1000.0:
+                return None
+        else:
+            self._missing_since_s = None
         # Heartbeats carry the Redis server's clock; translate them to ours through the time just read.
         now_s = before_s
         last_seen_s = {

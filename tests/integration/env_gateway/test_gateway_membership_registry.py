@@ -38,3 +38,31 @@ def test_unreachable_redis_reports_nothing_so_the_last_known_replicas_stay() -> 
         assert (reports, watcher.failures, watcher.reachable) == ([], 2, False)
     finally:
         watcher.stop()
+
+
+def test_a_registry_key_that_vanished_keeps_the_known_replicas_for_one_heartbeat_lifetime(
+    local_redis: LocalRedis,
+) -> None:
+    """A Redis restarted without persistence forgets the registry until the replicas' next heartbeats;
+    the gateway must not drop a healthy pool meanwhile, but must not keep it forever either."""
+    key = "test:watcher:vanished"
+    client = redis.Redis.from_url(local_redis.url)
+    clock = [100.0]
+    reports: list[dict[str, float]] = []
+    watcher = RegistryWatcher(local_redis.url, key, reports.append, max_age_ms=2000, now_s=lambda: clock[0])
+    try:
+        register(client, "10.0.0.8:50061", key)
+        assert watcher.poll_once() is not None
+        client.delete(key)
+        assert watcher.poll_once() is None
+        clock[0] += 1.9
+        assert watcher.poll_once() is None
+        clock[0] += 0.2
+        assert watcher.poll_once() == {}
+        assert [list(report) for report in reports] == [["10.0.0.8:50061"], []]
+        # Heartbeats coming back end the absence.
+        register(client, "10.0.0.8:50061", key)
+        assert list(watcher.poll_once() or {}) == ["10.0.0.8:50061"]
+    finally:
+        watcher.stop()
+        client.close()
