@@ -107,9 +107,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     if args.command == "health":
+        from rtrl.config import SettingsError
         from rtrl.grpc_util import health_status
 
-        status = health_status(args.address, timeout_s=args.timeout)
+        try:
+            # TLS and the token come from the same RTRL_* variables as the service's own.
+            status = health_status(args.address, timeout_s=args.timeout)
+        except SettingsError as e:
+            print(f"rtrl health: {e}", file=sys.stderr)
+            return 2
         print(status)
         return 0 if status == "SERVING" else 1
 

@@ -1,4 +1,9 @@
-"""gRPC plumbing every server shares: health and reflection, error mapping, and the server factory.
+"""gRPC plumbing every server and client shares: the server factory, the channel factory, health and
+reflection, and error mapping.
+
+Every server is made by `create_server` and every channel by `create_channel`, so TLS, mutual TLS, the
+shared token and the message size limit (rtrl/security.py, read from RTRL_* variables) apply to all
+of them the same way.
 
 Errors raised by the core modules are mapped to status codes in one place (`abort_for`) so that every
 service answers bad input with INVALID_ARGUMENT, an unready service with UNAVAILABLE and an answer
@@ -8,18 +13,20 @@ that would come too late with DEADLINE_EXCEEDED, each with a sentence saying wha
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from concurrent import futures
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from rtrl.security import DEFAULT_MAX_MESSAGE_BYTES, SecuritySettings, TokenClientInterceptor
+
 log = logging.getLogger(__name__)
 
-# Large enough for a stack of full-resolution RGB frames; anything larger is refused by gRPC with
-# RESOURCE_EXHAUSTED before it reaches a servicer.
-MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+# The default limit (RTRL_GRPC_MAX_MESSAGE_BYTES changes it); bigger messages fail with RESOURCE_EXHAUSTED.
+MAX_MESSAGE_BYTES = DEFAULT_MAX_MESSAGE_BYTES
 
 
 class InvalidArgument(ValueError):
@@ -53,22 +60,50 @@ def create_server(
     host: str,
     port: int,
     max_workers: int = 8,
-    options: Iterable[tuple[str, int]] = (),
+    options: Iterable[tuple[str, Any]] = (),
+    security: SecuritySettings | None = None,
 ) -> tuple[grpc.Server, int]:
-    """Creates a server bound to host:port (port 0 picks a free one) and returns it with its port."""
+    """Creates a server bound to host:port (port 0 picks a free one) and returns it with its port.
+
+    `security` (by default read from the RTRL_* environment) decides TLS, mutual TLS, the token
+    interceptor and the message size limit."""
+    security = security if security is not None else SecuritySettings.from_env()
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers),
-        options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.so_reuseport", 0),
-            *options,
-        ],
+        interceptors=security.server_interceptors(),
+        options=[*security.message_size_options(), ("grpc.so_reuseport", 0), *options],
     )
-    bound = server.add_insecure_port(f"{host}:{port}")
+    credentials = security.server_credentials()
+    address = f"{host}:{port}"
+    try:
+        bound = (
+            server.add_insecure_port(address) if credentials is None else server.add_secure_port(address, credentials)
+        )
+    except RuntimeError as error:
+        # grpcio raises RuntimeError (not a 0 port) for some failures, e.g. a host that does not resolve.
+        raise OSError(f"cannot listen on {address} ({error}); choose a free port and a local address") from error
     if bound == 0:
-        raise OSError(f"cannot listen on {host}:{port}; choose a free port or stop what is using it")
+        raise OSError(f"cannot listen on {address}; choose a free port or stop what is using it")
+    security.warn_if_exposed(host)
+    log.info("gRPC server on %s:%d: %s", host, bound, security.describe())
     return server, bound
+
+
+def create_channel(
+    address: str, security: SecuritySettings | None = None, options: Sequence[tuple[str, Any]] = ()
+) -> grpc.Channel:
+    """A channel to `address` with the TLS, token and message size limit of `security` (by default read
+    from the RTRL_* environment). Every client in rtrl opens its channels here."""
+    security = security if security is not None else SecuritySettings.from_env()
+    all_options = [*security.channel_options(), *options]
+    credentials = security.channel_credentials()
+    if credentials is None:
+        channel = grpc.insecure_channel(address, options=all_options)
+    else:
+        channel = grpc.secure_channel(address, credentials, options=all_options)
+    if security.token:
+        channel = grpc.intercept_channel(channel, TokenClientInterceptor(security.token))
+    return channel
 
 
 def add_health_and_reflection(server: grpc.Server, service_full_names: Iterable[str]) -> health.HealthServicer:
@@ -91,9 +126,9 @@ def set_serving(health_servicer: health.HealthServicer, service_full_names: Iter
         health_servicer.set(name, status)
 
 
-def health_status(address: str, timeout_s: float = 1.0) -> str:
+def health_status(address: str, timeout_s: float = 1.0, security: SecuritySettings | None = None) -> str:
     """The overall health of the server at `address`: SERVING, NOT_SERVING or UNREACHABLE."""
-    with grpc.insecure_channel(address) as channel:
+    with create_channel(address, security) as channel:
         try:
             response = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout_s)
         except grpc.RpcError:

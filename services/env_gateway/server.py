@@ -28,6 +28,7 @@ from grpc_health.v1 import health
 from rtrl import grpc_util
 from rtrl.config import PREFIX, SettingsError
 from rtrl.grpc_util import Unavailable, abort_for
+from rtrl.security import SecuritySettings
 from rtrl.tensors import dtype_code
 from rtrl.transitions import encode
 from rtrl.v1 import env_gateway_pb2, env_gateway_pb2_grpc, learner_pb2, learner_pb2_grpc
@@ -58,12 +59,14 @@ _SERVER_WORKERS = 16
 class LearnerTrainer:
     """Calls LearnerService/Train for one gateway (sequential interaction); errors become TrainError."""
 
-    def __init__(self, address: str, gateway_id: str, updates: int, timeout_s: float) -> None:
+    def __init__(
+        self, address: str, gateway_id: str, updates: int, timeout_s: float, security: SecuritySettings | None = None
+    ) -> None:
         self.address = address
         self._gateway_id = gateway_id
         self._updates = updates
         self._timeout_s = timeout_s
-        self._channel = grpc.insecure_channel(address)
+        self._channel = grpc_util.create_channel(address, security)
         self._stub = learner_pb2_grpc.LearnerServiceStub(self._channel)
 
     def __call__(self, through_seq: int) -> TrainResult:
@@ -103,7 +106,7 @@ class Gateway:
             self.clock_config = ClockConfig.from_settings(settings, self.backend.native_frame_rate_hz)
             self.preprocessor = Preprocessor(settings.obs_width, settings.obs_height, settings.obs_grayscale)
             self.mailbox = ActionMailbox(settings.max_staleness_frames)
-            self.replicas = ReplicaPool(settings.gateway_id, self.backend.action_count)
+            self.replicas = ReplicaPool(settings.gateway_id, self.backend.action_count, security=settings.security)
             self.membership = Membership(self.replicas.set_members)
             self.resolver = AddressResolver(settings.inference_addresses, self.membership.static_addresses())
             self.trainer: LearnerTrainer | None = None
@@ -114,6 +117,7 @@ class Gateway:
                     settings.gateway_id,
                     settings.sequential_updates,
                     settings.sequential_train_timeout_s,
+                    security=settings.security,
                 )
                 self.dispatcher = SequentialDispatcher(
                     self.preprocessor,
@@ -368,7 +372,9 @@ class EnvGatewayServicer(env_gateway_pb2_grpc.EnvGatewayServiceServicer):
 
 def create_server(settings: GatewaySettings, gateway: Gateway) -> tuple[grpc.Server, int]:
     """A server (not started) with the gateway's service, health and reflection on settings.host:port."""
-    server, port = grpc_util.create_server(settings.host, settings.port, max_workers=_SERVER_WORKERS)
+    server, port = grpc_util.create_server(
+        settings.host, settings.port, max_workers=_SERVER_WORKERS, security=settings.security
+    )
     env_gateway_pb2_grpc.add_EnvGatewayServiceServicer_to_server(EnvGatewayServicer(gateway), server)
     gateway.attach_health(grpc_util.add_health_and_reflection(server, [SERVICE_NAME]))
     return server, port

@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 import socket
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from rtrl.config import (
     DEFAULT_GATEWAY_PORT,
@@ -29,7 +29,9 @@ from rtrl.config import (
     env_str,
     environ,
 )
+from rtrl.redis_client import env_redis_url
 from rtrl.registry import DEFAULT_REPLICA_REGISTRY
+from rtrl.security import SecuritySettings
 from rtrl.v1 import env_gateway_pb2
 from services.env_gateway.profiles import (
     GameProfile,
@@ -181,6 +183,9 @@ class GatewaySettings:
     """Seed of the first reset and of the random fallback policy."""
     final_stats_path: str = ""
     """When set, GetStats is written here as JSON after a graceful stop (the publisher flushed first)."""
+    security: SecuritySettings = field(default_factory=SecuritySettings)
+    """TLS, token and message size limit of the server and of the channels to replicas and learner (RTRL_TLS_*,
+    RTRL_AUTH_TOKEN, RTRL_GRPC_MAX_MESSAGE_BYTES; rtrl/security.py)."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> GatewaySettings:
@@ -242,12 +247,13 @@ class GatewaySettings:
             sequential_train_timeout_s=env_float(
                 env, "SEQUENTIAL_TRAIN_TIMEOUT_S", DEFAULT_SEQUENTIAL_TRAIN_TIMEOUT_S, minimum=0.001
             ),
-            redis_url=env_str(env, "REDIS_URL", DEFAULT_REDIS_URL),
+            redis_url=env_redis_url(env, DEFAULT_REDIS_URL),
             stream=env_str(env, "STREAM", DEFAULT_STREAM),
             stream_maxlen=env_int(env, "STREAM_MAXLEN", DEFAULT_STREAM_MAXLEN, minimum=1),
             publish_queue_size=env_int(env, "PUBLISH_QUEUE_SIZE", DEFAULT_PUBLISH_QUEUE_SIZE, minimum=1),
             seed=env_int(env, "SEED", 0, minimum=0),
             final_stats_path=env_str(env, "GATEWAY_FINAL_STATS_PATH", ""),
+            security=SecuritySettings.from_env(env),
         )
 
     @property

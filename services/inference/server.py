@@ -125,7 +125,9 @@ class InferenceServer:
 
     def __init__(self, settings: InferenceSettings, replica_id: str | None = None) -> None:
         self.settings = settings
-        self.grpc_server, self.port = grpc_util.create_server(settings.host, settings.port, settings.workers)
+        self.grpc_server, self.port = grpc_util.create_server(
+            settings.host, settings.port, settings.workers, security=settings.security
+        )
         # With port 0 the real port is only known now; the default name should carry it.
         self.replica_id = replica_id or settings.replica_id or f"{socket.gethostname()}:{self.port}"
         self.policy = Policy.from_settings(settings, replica_id=self.replica_id)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -26,7 +26,9 @@ from rtrl.config import (
     env_str,
 )
 from rtrl.models import ALGORITHMS, ARCHS
+from rtrl.redis_client import env_redis_url
 from rtrl.registry import DEFAULT_REPLICA_REGISTRY
+from rtrl.security import SecuritySettings
 
 DEFAULT_CHECKPOINT_POLL_S = 0.1
 DEFAULT_DEVICE = "auto"
@@ -103,6 +105,9 @@ class InferenceSettings:
     advertise_address: str = ""
     """RTRL_INFERENCE_ADVERTISE_ADDRESS: host:port gateways should dial ("" = host:port, wildcard host
     replaced by this host's IP)."""
+    security: SecuritySettings = field(default_factory=SecuritySettings)
+    """TLS, token and message size limit of the server (RTRL_TLS_*, RTRL_AUTH_TOKEN,
+    RTRL_GRPC_MAX_MESSAGE_BYTES; rtrl/security.py)."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> InferenceSettings:
@@ -155,9 +160,10 @@ class InferenceSettings:
             model_arch=model_arch,
             model_width=model_width,
             algorithm=env_choice(env, "ALGORITHM", DEFAULT_ALGORITHM, ALGORITHMS),
-            redis_url=env_str(env, "REDIS_URL", ""),
+            redis_url=env_redis_url(env, ""),
             replica_registry=env_str(env, "REPLICA_REGISTRY", DEFAULT_REPLICA_REGISTRY),
             advertise_address=env_str(env, "INFERENCE_ADVERTISE_ADDRESS", ""),
+            security=SecuritySettings.from_env(env),
         )
 
 

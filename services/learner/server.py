@@ -140,7 +140,7 @@ def create_server(settings: LearnerSettings, learner: Learner) -> tuple[grpc.Ser
 
     Health follows the learner's readiness from here on; start the learner and the server separately.
     """
-    server, port = grpc_util.create_server(settings.host, settings.port)
+    server, port = grpc_util.create_server(settings.host, settings.port, security=settings.security)
     learner_pb2_grpc.add_LearnerServiceServicer_to_server(LearnerServicer(learner), server)
     health = grpc_util.add_health_and_reflection(server, [SERVICE_NAME])
     learner.watch_ready(lambda ready: grpc_util.set_serving(health, [SERVICE_NAME], ready))

@@ -32,6 +32,8 @@ from rtrl.config import (
     env_str,
 )
 from rtrl.models import ALGORITHMS
+from rtrl.redis_client import env_redis_url
+from rtrl.security import SecuritySettings
 from services.learner import dqn, vtrace
 from services.learner.dqn import DQNConfig
 from services.learner.vtrace import VTraceConfig
@@ -51,7 +53,6 @@ DEFAULT_MAX_LAG_ENTRIES = 2000
 DEFAULT_TENSORBOARD_INTERVAL_S = 1.0
 DQN_PREFIX = "DQN_"
 VTRACE_PREFIX = "VTRACE_"
-_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
 def default_consumer_name() -> str:
@@ -115,6 +116,9 @@ class LearnerSettings:
     """When more than this many stream entries wait undelivered, the learner jumps to the stream's newest
     entry and counts what it skipped, so it trains on current data instead of an ever older backlog;
     0 never skips (RTRL_LEARNER_MAX_LAG_ENTRIES)."""
+    security: SecuritySettings = field(default_factory=SecuritySettings)
+    """TLS, token and message size limit of the server (RTRL_TLS_*, RTRL_AUTH_TOKEN,
+    RTRL_GRPC_MAX_MESSAGE_BYTES; rtrl/security.py)."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> LearnerSettings:
@@ -122,9 +126,7 @@ class LearnerSettings:
         port = env_int(env, "LEARNER_PORT", DEFAULT_LEARNER_PORT, minimum=0)
         if port > 65535:
             raise SettingsError(f"{PREFIX}LEARNER_PORT={port} is not a TCP port; set it to 0..65535.")
-        redis_url = env_str(env, "REDIS_URL", DEFAULT_REDIS_URL)
-        if not redis_url.startswith(_REDIS_SCHEMES):
-            raise SettingsError(f"{PREFIX}REDIS_URL={redis_url!r} is not a Redis URL; set it like redis://host:6379/0.")
+        redis_url = env_redis_url(env, DEFAULT_REDIS_URL)
         device = env_str(env, "LEARNER_DEVICE", DEFAULT_DEVICE).lower()
         if not _is_device(device):
             raise SettingsError(f"{PREFIX}LEARNER_DEVICE={device!r} is not valid; set it to auto, cpu, cuda or cuda:N.")
@@ -156,6 +158,7 @@ class LearnerSettings:
             vtrace=config_from_env(env, VTraceConfig, VTRACE_PREFIX, vtrace.config_problems),
             max_policy_lag_versions=env_int(env, "MAX_POLICY_LAG_VERSIONS", DEFAULT_MAX_POLICY_LAG_VERSIONS, minimum=0),
             max_lag_entries=env_int(env, "LEARNER_MAX_LAG_ENTRIES", DEFAULT_MAX_LAG_ENTRIES, minimum=0),
+            security=SecuritySettings.from_env(env),
         )
 
 

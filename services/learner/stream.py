@@ -31,10 +31,10 @@ import time
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import redis
 
+from rtrl.redis_client import connect_redis, redacted_url
 from rtrl.transitions import STREAM_FIELD, Transition, TransitionDecodeError, decode
 
 log = logging.getLogger(__name__)
@@ -105,15 +105,6 @@ class _Phase(Enum):
     NEW = "new"
 
 
-def redacted_url(url: str) -> str:
-    """The URL without its password, for logs and messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
 class TransitionStream:
     """A consumer of `stream` in `group` under the name `consumer`; used from one thread."""
 
@@ -157,7 +148,7 @@ class TransitionStream:
         """Connects, creates the group (at id 0, with the stream) unless it exists, and restarts the
         reading order at this consumer's own pending entries."""
         self.close()
-        self._client = redis.Redis.from_url(
+        self._client = connect_redis(
             self.redis_url,
             socket_connect_timeout=1.0,
             # Longer than the blocking read, short enough that stop() is not held up by a hung Redis.

@@ -1,0 +1,70 @@
+"""Fixtures for the security tests: a throwaway PKI, and real inference replicas on port 0 whose TLS and
+token settings are read from RTRL_* variables the way every service reads them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+
+import pytest
+import torch
+from security_pki import Pki, make_pki
+
+from rtrl.security import SecuritySettings
+from services.inference.server import InferenceServer, create_server
+from services.inference.settings import InferenceSettings
+
+TOKEN = "s3cret-token-for-tests-0123456789"
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread() -> None:
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+def tls_env(pki: Pki, *, mutual: bool = False, token: str = "") -> dict[str, str]:
+    """The RTRL_* variables a service gets for TLS (mutual with `mutual`) and a token."""
+    env = {
+        "RTRL_TLS_CERT_FILE": str(pki.service.cert),
+        "RTRL_TLS_KEY_FILE": str(pki.service.key),
+        "RTRL_TLS_CA_FILE": str(pki.ca),
+    }
+    if mutual:
+        env["RTRL_TLS_CLIENT_AUTH"] = "true"
+    if token:
+        env["RTRL_AUTH_TOKEN"] = token
+    return env
+
+
+MakeReplica = Callable[[Mapping[str, str]], InferenceServer]
+
+
+@pytest.fixture
+def make_replica(tmp_path: Path) -> Iterator[MakeReplica]:
+    """Starts a real replica on 127.0.0.1 port 0 with the security settings of `env`; stops it after the test."""
+    servers: list[InferenceServer] = []
+
+    def _make(env: Mapping[str, str]) -> InferenceServer:
+        settings = InferenceSettings(
+            host="127.0.0.1",
+            port=0,
+            replica_id="secured-replica",
+            checkpoint_dir=str(tmp_path / "checkpoints"),
+            device="cpu",
+            epsilon_start=0.0,
+            workers=4,
+            security=SecuritySettings.from_env(env),
+        )
+        server, _port = create_server(settings)
+        servers.append(server)
+        server.start()
+        return server
+
+    yield _make
+    for server in servers:
+        server.stop(0.5).wait()
