@@ -1,0 +1,261 @@
+"""The dashboard in headless Chromium against the real stack: `rtrl up` (embedded Redis, the learner, two
+replicas, the gateway on ALE Pong at 60 fps, and the dashboard), the page read through Selenium and
+compared with what GetStats and GetStatus answer around the read.
+
+A full-page screenshot is kept in artifacts/dashboard/ (the README's docs/dashboard.png is one).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import cv2
+import grpc
+import numpy as np
+import pytest
+
+from rtrl.grpc_util import health_status
+from rtrl.local_redis import free_port
+from rtrl.v1 import env_gateway_pb2, env_gateway_pb2_grpc, learner_pb2, learner_pb2_grpc
+from services.dashboard.headless import BrowserMissing, full_page_png, open_chromium
+
+pytestmark = pytest.mark.e2e
+
+RUN_SECONDS = 150
+ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts" / "dashboard"
+
+
+def wait_until(predicate, timeout_s: float, what: str):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def http_get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+    except OSError:
+        return 0, b""
+
+
+def two_free_ports() -> int:
+    """A port whose successor is free too (replica i listens on base + i)."""
+    while True:
+        port = free_port()
+        try:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", port + 1))
+            return port
+        except OSError:
+            continue
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory) -> Iterator[dict[str, Any]]:
+    tmp = tmp_path_factory.mktemp("dashboard-stack")
+    ports = {"gateway": free_port(), "learner": free_port(), "inference": two_free_ports(), "dashboard": free_port()}
+    command = [
+        sys.executable, "-m", "rtrl.cli", "up",
+        "--duration", str(RUN_SECONDS),
+        "--inference-replicas", "2",
+        "--gateway-port", str(ports["gateway"]),
+        "--learner-port", str(ports["learner"]),
+        "--inference-base-port", str(ports["inference"]),
+        "--dashboard-port", str(ports["dashboard"]),
+        "--checkpoint-dir", str(tmp / "checkpoints"),
+        "--run-dir", str(tmp / "runs"),
+        "--set", "RTRL_CHECKPOINT_EVERY_UPDATES=20",
+    ]  # fmt: skip
+    log_path = tmp / "rtrl-up.log"
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{ports['dashboard']}/"
+    info = {
+        "url": url,
+        "gateway": f"127.0.0.1:{ports['gateway']}",
+        "learner": f"127.0.0.1:{ports['learner']}",
+        "log": log_path,
+    }
+    try:
+        wait_until(
+            lambda: process.poll() is not None or http_get(url + "healthz")[0] == 200, 150, "the dashboard to answer"
+        )
+        assert process.poll() is None, f"rtrl up exited early:\n{log_path.read_text()}"
+        assert health_status(info["gateway"]) == "SERVING"
+        assert f"dashboard: {url}" in log_path.read_text(), "rtrl up prints the dashboard's URL"
+        yield info
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    try:
+        driver = open_chromium()
+    except BrowserMissing as error:
+        pytest.skip(f"headless Chromium is not installed here: {error}")
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+@pytest.fixture(scope="module")
+def stubs(stack) -> Iterator[tuple[Any, Any]]:
+    gateway_channel = grpc.insecure_channel(stack["gateway"])
+    learner_channel = grpc.insecure_channel(stack["learner"])
+    yield (
+        env_gateway_pb2_grpc.EnvGatewayServiceStub(gateway_channel),
+        learner_pb2_grpc.LearnerServiceStub(learner_channel),
+    )
+    gateway_channel.close()
+    learner_channel.close()
+
+
+def get_stats(gateway) -> env_gateway_pb2.GetStatsResponse:
+    return gateway.GetStats(env_gateway_pb2.GetStatsRequest(), timeout=5)
+
+
+def severe_console_entries(driver) -> list[dict[str, Any]]:
+    return [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+
+
+def frame_data_url(driver) -> tuple[int, str]:
+    return tuple(  # type: ignore[return-value]
+        driver.execute_script(
+            "const c = document.getElementById('gw-0-canvas');"
+            "return [Number(c.dataset.frameIndex || -1), c.toDataURL('image/png')];"
+        )
+    )
+
+
+def test_the_page_loads_without_console_errors_and_the_game_view_moves(stack, browser):
+    browser.get(stack["url"])
+    wait_until(lambda: frame_data_url(browser)[0] >= 0, 20, "the first game frame on the page")
+    first_index, first_pixels = frame_data_url(browser)
+    time.sleep(1.5)
+    second_index, second_pixels = frame_data_url(browser)
+    # 1.5 s at 60 fps is about 90 frames later (every 4th is shown), and the ball has moved.
+    assert second_index >= first_index + 40, (first_index, second_index)
+    assert second_pixels != first_pixels, "the game view did not change in 1.5 s"
+    assert browser.find_element("id", "connection").text == "live"
+    action = browser.find_element("id", "gw-0-action").text
+    assert action in {"NOOP", "FIRE", "RIGHT", "LEFT", "RIGHTFIRE", "LEFTFIRE"}
+    assert browser.find_element("id", "gw-0-action-kind").text in {"fresh", "fallback"}
+    # Everything the page loaded came from the dashboard itself (no CDN, nothing elsewhere).
+    resources = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
+    assert resources and all(name.startswith(stack["url"]) for name in resources if not name.startswith("data:"))
+    assert severe_console_entries(browser) == []
+
+
+def test_coverage_and_versions_on_the_page_match_get_stats(stack, browser, stubs):
+    gateway, learner = stubs
+    # Checkpoints are published every 20 updates; wait until the replicas serve a trained one.
+    wait_until(
+        lambda: all(r.checkpoint_version >= 1 for r in get_stats(gateway).replicas), 120, "replicas serving v1 or newer"
+    )
+    if browser.current_url != stack["url"]:
+        browser.get(stack["url"])
+    wait_until(lambda: browser.find_elements("css selector", "#replicas tbody tr"), 20, "the replica table")
+    before = get_stats(gateway)
+    learner_before = learner.GetStatus(learner_pb2.LearnerServiceGetStatusRequest(), timeout=5)
+    # The page shows a poll at most 1 / refresh_hz old when read; one second after `before` it shows a later one.
+    time.sleep(1.0)
+    page = browser.execute_script(
+        """
+        const coverage = document.getElementById('gw-0-coverage');
+        return {
+          coverageText: coverage.textContent,
+          coverage: Number(coverage.dataset.coverage),
+          decisions: Number(coverage.dataset.decisions),
+          fresh: Number(coverage.dataset.fresh),
+          learnerVersion: document.getElementById('learner-version').textContent,
+          replicas: [...document.querySelectorAll('#replicas tbody tr')].map((tr) => [
+            tr.dataset.replica, Number(tr.querySelector('.gateway-version').dataset.version)]),
+        };
+        """
+    )
+    after = get_stats(gateway)
+    learner_after = learner.GetStatus(learner_pb2.LearnerServiceGetStatusRequest(), timeout=5)
+
+    assert before.decisions <= page["decisions"] <= after.decisions
+    assert before.decisions_fresh <= page["fresh"] <= after.decisions_fresh
+    assert page["coverage"] == pytest.approx(page["fresh"] / page["decisions"])
+    assert page["coverageText"].startswith(f"{100 * page['coverage']:.2f}%"), page["coverageText"]
+    assert (
+        min(before.coverage, after.coverage) - 0.01 <= page["coverage"] <= max(before.coverage, after.coverage) + 0.01
+    )
+
+    versions_before = {r.address: r.checkpoint_version for r in before.replicas}
+    versions_after = {r.address: r.checkpoint_version for r in after.replicas}
+    shown = dict(page["replicas"])
+    assert set(shown) == set(versions_before) == set(versions_after), "every replica the gateway calls is listed"
+    for address, version in shown.items():
+        assert versions_before[address] <= version <= versions_after[address], (address, version)
+    shown_learner = int(page["learnerVersion"].split()[0].lstrip("v"))
+    assert learner_before.checkpoint_version <= shown_learner <= learner_after.checkpoint_version
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    time.sleep(2.0)  # a few more chart points
+    png = full_page_png(browser)
+    (ARTIFACTS / "dashboard.png").write_bytes(png)
+    image = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
+    assert image is not None and image.shape[1] == 1500 and image.shape[0] > 900
+    assert severe_console_entries(browser) == []
+
+
+def test_the_json_api_and_frames_answer_and_unknown_paths_say_what_exists(stack):
+    status, body = http_get(stack["url"] + "api/state")
+    assert status == 200
+    state = json.loads(body)
+    assert state["settings"]["refresh_hz"] >= 5
+    assert len(state["history"]) > 10
+    [gateway] = state["state"]["gateways"]
+    assert gateway["spec"]["env_id"] == "ale:Pong" and gateway["stats"]["frames"] > 0
+    assert state["state"]["learner"]["status"]["algorithm"] == "dqn"
+    assert len(state["state"]["replicas"]) == 2 and all(r["status"] for r in state["state"]["replicas"])
+
+    status, body = http_get(stack["url"] + "api/frame/0.png")
+    assert status == 200
+    frame = cv2.imdecode(np.frombuffer(body, np.uint8), cv2.IMREAD_COLOR)
+    assert frame.shape == (210, 160, 3)
+
+    status, body = http_get(stack["url"] + "api/frame/3.png")
+    assert status == 404 and b"ask for 0 to 0" in body
+    status, body = http_get(stack["url"] + "nothing-here")
+    assert status == 404 and b"open /" in body
+
+
+def test_the_event_stream_delivers_states_at_the_refresh_rate_and_frames(stack):
+    events: dict[str, int] = {"state": 0, "frame": 0}
+    started = time.monotonic()
+    with urllib.request.urlopen(stack["url"] + "api/events", timeout=5) as response:
+        assert response.headers["Content-Type"] == "text/event-stream"
+        while time.monotonic() - started < 3.0:
+            line = response.readline().decode()
+            if line.startswith("event: "):
+                events[line.removeprefix("event: ").strip()] += 1
+    elapsed = time.monotonic() - started
+    assert events["state"] / elapsed >= 4.0, events  # 5 Hz, less a late poll on a busy machine
+    assert events["frame"] / elapsed >= 8.0, events  # 15 shown frames a second
