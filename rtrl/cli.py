@@ -13,12 +13,19 @@ import sys
 from pathlib import Path
 
 from rtrl import __version__
-from rtrl.config import DEFAULT_GATEWAY_PORT, DEFAULT_HOST, DEFAULT_INFERENCE_PORT, DEFAULT_LEARNER_PORT
+from rtrl.config import (
+    DEFAULT_DASHBOARD_PORT,
+    DEFAULT_GATEWAY_PORT,
+    DEFAULT_HOST,
+    DEFAULT_INFERENCE_PORT,
+    DEFAULT_LEARNER_PORT,
+)
 
 SERVICES = {
     "gateway": ("services.env_gateway", "the env gateway: owns the game clock, asks inference for actions"),
     "inference": ("services.inference", "an inference replica: answers Act with the newest checkpoint"),
     "learner": ("services.learner", "the learner: trains on the transition stream, publishes checkpoints"),
+    "dashboard": ("services.dashboard", "the dashboard: a web page of the gateways, replicas and learner, live"),
 }
 
 
@@ -66,6 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_INFERENCE_PORT,
         help="replica i listens on this port + i",
     )
+    up.add_argument(
+        "--dashboard",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="serve the live dashboard web page (default: on; its URL is printed at start)",
+    )
+    up.add_argument("--dashboard-port", type=int, default=DEFAULT_DASHBOARD_PORT, help="port of the dashboard page")
     up.add_argument("--summary-json", type=Path, help="write the final status of every service here as JSON")
     up.add_argument(
         "--interaction",
@@ -134,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
         learner_port=args.learner_port,
         inference_base_port=args.inference_base_port,
         summary_json=args.summary_json,
+        dashboard=args.dashboard,
+        dashboard_port=args.dashboard_port,
         interaction=args.interaction,
         scheduler=args.scheduler,
         extra_env=dict(args.settings),

@@ -23,11 +23,19 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rtrl.config import DEFAULT_GATEWAY_PORT, DEFAULT_HOST, DEFAULT_INFERENCE_PORT, DEFAULT_LEARNER_PORT, SettingsError
+from rtrl.config import (
+    DEFAULT_DASHBOARD_PORT,
+    DEFAULT_GATEWAY_PORT,
+    DEFAULT_HOST,
+    DEFAULT_INFERENCE_PORT,
+    DEFAULT_LEARNER_PORT,
+    SettingsError,
+)
 from rtrl.grpc_util import health_status
 from rtrl.local_redis import LocalRedis
 from rtrl.redis_client import redacted_url
@@ -61,6 +69,8 @@ class UpOptions:
     inference_base_port: int = DEFAULT_INFERENCE_PORT
     summary_json: Path | None = None
     status_interval_s: float = 1.0
+    dashboard: bool = True
+    dashboard_port: int = DEFAULT_DASHBOARD_PORT
     interaction: str = "async"
     scheduler: str | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
@@ -102,6 +112,8 @@ class Stack:
         self.learner: Child | None = None
         self.replicas: list[Child] = []
         self.gateway: Child | None = None
+        self.dashboard: Child | None = None
+        self.dashboard_url = f"http://{o.host}:{o.dashboard_port}/"
 
     # -- starting ----------------------------------------------------------------------------------
 
@@ -158,6 +170,34 @@ class Stack:
         gateway_env = {**env, "RTRL_GATEWAY_FINAL_STATS_PATH": str(self.gateway_final_stats.resolve())}
         self.gateway = self._spawn("gateway", "services.env_gateway", self.gateway_address, gateway_env)
         self._wait_serving([self.gateway])
+        if o.dashboard:
+            dashboard_env = {
+                **env,
+                "RTRL_DASHBOARD_HOST": o.host,
+                "RTRL_DASHBOARD_PORT": str(o.dashboard_port),
+                "RTRL_DASHBOARD_GATEWAYS": self.gateway_address,
+            }
+            self.dashboard = self._spawn("dashboard", "services.dashboard", self.dashboard_url, dashboard_env)
+            self._wait_http(self.dashboard)
+
+    def _wait_http(self, child: Child) -> None:
+        """Waits until the HTTP service `child` answers GET /healthz (its address is its URL)."""
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while True:
+            code = child.process.poll()
+            if code is not None:
+                raise LaunchError(
+                    f"{child.name} exited with code {code} during start; its log {child.log_path} says:\n"
+                    + tail(child.log_path)
+                )
+            try:
+                with urllib.request.urlopen(child.address + "healthz", timeout=0.5):
+                    return
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise LaunchError(f"{child.name} did not answer within {STARTUP_TIMEOUT_S:.0f} s; see {child.log_path}")
+            time.sleep(0.1)
 
     def _wait_serving(self, children: list[Child]) -> None:
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
@@ -180,7 +220,7 @@ class Stack:
             time.sleep(0.1)
 
     def children(self) -> list[Child]:
-        return [c for c in (self.gateway, *self.replicas, self.learner) if c is not None]
+        return [c for c in (self.dashboard, self.gateway, *self.replicas, self.learner) if c is not None]
 
     def exited(self) -> list[Child]:
         return [c for c in self.children() if c.process.poll() is not None]
@@ -190,6 +230,8 @@ class Stack:
     def stop(self, client: StackClient | None) -> StackStatus | None:
         """Stops everything in an order that loses nothing; returns the last status read before the learner stopped."""
         final: StackStatus | None = None
+        if self.dashboard is not None:
+            _terminate([self.dashboard])
         if self.gateway is not None:
             _terminate([self.gateway])
         if self.learner is not None and client is not None and self.learner.process.poll() is None:
@@ -261,6 +303,8 @@ def up(options: UpOptions) -> int:
             f"checkpoints in {stack.checkpoint_dir}",
             flush=True,
         )
+        if stack.dashboard is not None:
+            print(f"dashboard: {stack.dashboard_url}", flush=True)
         client = StackClient(stack.gateway_address, stack.learner_address, stack.replica_addresses, stack.security)
         exit_code, last = _watch(stack, client, stop_requested)
     except LaunchError as e:
