@@ -21,9 +21,11 @@ from typing import Any
 import cv2
 import grpc
 import numpy as np
-import redis
 
+from rtrl.grpc_util import create_channel
+from rtrl.redis_client import connect_redis
 from rtrl.registry import REDIS_TIMEOUT_S, RegistryError, live_replicas
+from rtrl.security import SecuritySettings
 from rtrl.v1 import (
     common_pb2,
     env_gateway_pb2,
@@ -95,11 +97,13 @@ class ShownFrame:
 class FrameFeed:
     """One gateway's StreamFrames, kept open on a thread; `latest` is the newest frame or None."""
 
-    def __init__(self, address: str, every_nth_frame: int, on_frame: Callable[[], None]) -> None:
+    def __init__(
+        self, address: str, every_nth_frame: int, on_frame: Callable[[], None], security: SecuritySettings
+    ) -> None:
         self.address = address
         self.every_nth_frame = every_nth_frame
         self._on_frame = on_frame
-        self._channel = grpc.insecure_channel(address)
+        self._channel = create_channel(address, security)
         self._stub = env_gateway_pb2_grpc.EnvGatewayServiceStub(self._channel)
         self._stop = threading.Event()
         self._call: Any = None
@@ -260,9 +264,9 @@ def replica_status_json(status: inference_pb2.InferenceServiceGetStatusResponse)
 
 
 class _GatewayClient:
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, security: SecuritySettings) -> None:
         self.address = address
-        self.channel = grpc.insecure_channel(address)
+        self.channel = create_channel(address, security)
         self.stub = env_gateway_pb2_grpc.EnvGatewayServiceStub(self.channel)
         self.spec: dict[str, Any] | None = None
         self.coverage = RecentCoverage()
@@ -272,20 +276,19 @@ class _GatewayClient:
 class Poller:
     """Polls every service `refresh_hz` times a second on its own thread; `state()` is the newest view."""
 
-    def __init__(self, settings: DashboardSettings, on_state: Callable[[], None]) -> None:
+    def __init__(self, settings: DashboardSettings, security: SecuritySettings, on_state: Callable[[], None]) -> None:
         self.settings = settings
+        self._security = security
         self._on_state = on_state
-        self._gateways = [_GatewayClient(address) for address in settings.gateways]
-        self._learner_channel = grpc.insecure_channel(settings.learner_address)
+        self._gateways = [_GatewayClient(address, security) for address in settings.gateways]
+        self._learner_channel = create_channel(settings.learner_address, security)
         self._learner = learner_pb2_grpc.LearnerServiceStub(self._learner_channel)
         self._replica_channels: dict[str, grpc.Channel] = {}
         self._replicas: dict[str, dict[str, Any]] = {}
         self._registry: list[str] = []
         self._registry_error = ""
         self._redis = (
-            redis.Redis.from_url(
-                settings.redis_url, socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S
-            )
+            connect_redis(settings.redis_url, socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S)
             if settings.redis_url
             else None
         )
@@ -424,7 +427,7 @@ class Poller:
         calls = {}
         for address in addresses:
             if address not in self._replica_channels:
-                self._replica_channels[address] = grpc.insecure_channel(address)
+                self._replica_channels[address] = create_channel(address, self._security)
             stub = inference_pb2_grpc.InferenceServiceStub(self._replica_channels[address])
             calls[address] = stub.GetStatus.future(
                 inference_pb2.InferenceServiceGetStatusRequest(), timeout=CALL_TIMEOUT_S

@@ -20,6 +20,7 @@ from types import FrameType
 from typing import Any
 from urllib.parse import urlsplit
 
+from rtrl.security import SecuritySettings
 from services.dashboard.feeds import FrameFeed, Poller
 from services.dashboard.settings import DashboardSettings
 
@@ -67,8 +68,12 @@ class Dashboard:
     def __init__(self, settings: DashboardSettings) -> None:
         self.settings = settings
         self.hub = Hub()
-        self.poller = Poller(settings, self.hub.notify)
-        self.feeds = [FrameFeed(address, settings.frame_every, self.hub.notify) for address in settings.gateways]
+        # The gateways, replicas and learner may require TLS and the shared token (rtrl/security.py).
+        security = SecuritySettings.from_env()
+        self.poller = Poller(settings, security, self.hub.notify)
+        self.feeds = [
+            FrameFeed(address, settings.frame_every, self.hub.notify, security) for address in settings.gateways
+        ]
         self._frame_json: dict[int, tuple[int, str]] = {}
         self._lock = threading.Lock()
 

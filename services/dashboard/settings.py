@@ -22,6 +22,7 @@ from rtrl.config import (
     env_list,
     env_str,
 )
+from rtrl.redis_client import env_redis_url
 from rtrl.registry import DEFAULT_REPLICA_REGISTRY
 
 DEFAULT_GATEWAYS = (f"{DEFAULT_HOST}:{DEFAULT_GATEWAY_PORT}",)
@@ -33,7 +34,6 @@ MAX_REFRESH_HZ = 30.0
 # the game, and a quarter of the frame traffic (the clock pays one queue append per delivered frame).
 DEFAULT_FRAME_EVERY = 4
 DEFAULT_HISTORY_S = 300.0
-_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
 @dataclass(frozen=True)
@@ -80,9 +80,7 @@ class DashboardSettings:
         inference_addresses = env_list(env, "INFERENCE_ADDRESSES", ())
         for address in inference_addresses:
             check_address(address, "INFERENCE_ADDRESSES")
-        redis_url = env_str(env, "REDIS_URL", "")
-        if redis_url and not redis_url.startswith(_REDIS_SCHEMES):
-            raise SettingsError(f"{PREFIX}REDIS_URL={redis_url!r} is not a Redis URL; set it like redis://host:6379/0.")
+        redis_url = env_redis_url(env, "")
         refresh_hz = env_float(env, "DASHBOARD_REFRESH_HZ", DEFAULT_REFRESH_HZ, minimum=1.0)
         if refresh_hz > MAX_REFRESH_HZ:
             raise SettingsError(

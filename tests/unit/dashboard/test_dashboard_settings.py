@@ -41,7 +41,7 @@ def test_several_gateways_and_replicas_are_read_as_lists():
         ("RTRL_DASHBOARD_PORT", "70000", "RTRL_DASHBOARD_PORT=70000 is not a TCP port"),
         ("RTRL_DASHBOARD_REFRESH_HZ", "100", "RTRL_DASHBOARD_REFRESH_HZ=100.0 polls the services too often"),
         ("RTRL_DASHBOARD_REFRESH_HZ", "0.5", "RTRL_DASHBOARD_REFRESH_HZ=0.5 is too small"),
-        ("RTRL_REDIS_URL", "localhost:6379", "RTRL_REDIS_URL='localhost:6379' is not a Redis URL"),
+        ("RTRL_REDIS_URL", "localhost:6379", "RTRL_REDIS_URL: 'localhost:6379' is not a Redis URL"),
     ],
 )
 def test_bad_values_fail_with_a_sentence_naming_the_variable(variable, value, says):
