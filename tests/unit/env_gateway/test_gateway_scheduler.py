@@ -7,6 +7,8 @@ import itertools
 import pytest
 
 from services.env_gateway.scheduler import (
+    MAX_TIME_OUTLIERS,
+    MAX_TIME_WINDOW,
     WARMUP_REPLIES,
     MaxTimeScheduler,
     MeanTimeScheduler,
@@ -164,9 +166,33 @@ def test_max_time_grows_t_on_a_slower_call_and_pushes_the_next_call_back() -> No
     reply(scheduler, pool, busy, 0.06)  # slower than T: T grows to 60 ms, spacing to 30 ms
     assert scheduler.period_s == 0.06
     assert scheduler.plan(now_s + 0.011, sample(now_s), pool.views()).wake_at_s == pytest.approx(now_s + 0.03)
-    scheduler.on_reply(busy, 0.01)  # a faster call never lowers max-time's T
+    scheduler.on_reply(busy, 0.01)  # a faster call does not lower T while the slow one is recent
     assert scheduler.period_s == 0.06
     assert scheduler.lead_frames(1 / 60) == 4  # 60 ms is 3.6 frames at 60 fps
+
+
+def test_max_time_sets_a_rare_spike_aside_and_forgets_slow_calls_once_they_leave_the_window() -> None:
+    scheduler = MaxTimeScheduler()
+    scheduler.on_reply("a", 5.0)  # warm-up
+    for _ in range(MAX_TIME_WINDOW - 1):
+        scheduler.on_reply("a", 0.02)
+    scheduler.on_reply("a", 0.5)  # one call in 64 held up by the machine: not the spacing for everyone
+    assert scheduler.period_s == 0.02
+    for _ in range(MAX_TIME_OUTLIERS):
+        scheduler.on_reply("a", 0.04)  # slow calls beyond the outliers set aside do set T
+    assert scheduler.period_s == 0.04
+    for _ in range(MAX_TIME_WINDOW):
+        scheduler.on_reply("a", 0.03)  # the machine is faster again: the old calls age out
+    assert scheduler.period_s == 0.03
+
+
+def test_max_time_as_published_never_lowers_t() -> None:
+    scheduler = MaxTimeScheduler(window=None, outliers=0)
+    for round_trip_s in (5.0, 0.02, 0.5, *[0.02] * 200):
+        scheduler.on_reply("a", round_trip_s)
+    assert scheduler.period_s == 0.5
+    with pytest.raises(ValueError, match="keep fewer than the window"):
+        MaxTimeScheduler(window=4, outliers=4)
 
 
 def test_mean_time_follows_the_running_mean() -> None:
