@@ -42,6 +42,7 @@ from services.env_gateway.publisher import TransitionPublisher
 from services.env_gateway.replicas import AddressResolver, ReplicaPool
 from services.env_gateway.scheduler import SchedulerKind, make_scheduler
 from services.env_gateway.settings import GatewaySettings
+from services.env_gateway.simulated_clock import SimulatedClock, SimulatedDispatch, simulated_clock
 from services.env_gateway.viewers import FrameFanout
 
 log = logging.getLogger(__name__)
@@ -110,8 +111,10 @@ class Gateway:
             self.membership = Membership(self.replicas.set_members)
             self.resolver = AddressResolver(settings.inference_addresses, self.membership.static_addresses())
             self.trainer: LearnerTrainer | None = None
-            self.dispatcher: Dispatcher | SequentialDispatcher
-            if settings.interaction == "sequential":
+            self.dispatcher: Dispatcher | SequentialDispatcher | SimulatedDispatch
+            if settings.clock == "simulated":
+                self.dispatcher = SimulatedDispatch(self.preprocessor, self.replicas)
+            elif settings.interaction == "sequential":
                 self.trainer = LearnerTrainer(
                     settings.learner_address,
                     settings.gateway_id,
@@ -159,15 +162,28 @@ class Gateway:
             self.frames = FrameFanout()
             frame_period_s = 1.0 / self.clock_config.frame_rate_hz
             scheduler = self.dispatcher.scheduler
-            self.clock = RealtimeClock(
-                self.backend,
-                self.clock_config,
-                dispatch=self.dispatcher.submit,
-                publish=self._publish,
-                show_frame=self.frames.publish,
-                mailbox=self.mailbox,
-                lead_for_episode=lambda: scheduler.lead_frames(frame_period_s),
-            )
+            self.clock: RealtimeClock | SimulatedClock
+            if isinstance(self.dispatcher, SimulatedDispatch):
+                # RTRL_CLOCK=simulated: as fast as possible, each action exactly d frames after its observation.
+                self.clock_config, self.clock = simulated_clock(
+                    settings,
+                    self.backend,
+                    self.clock_config,
+                    self.dispatcher,
+                    publish=self._publish,
+                    show_frame=self.frames.publish,
+                    has_room=lambda: self.publisher.queued < settings.publish_queue_size,
+                )
+            else:
+                self.clock = RealtimeClock(
+                    self.backend,
+                    self.clock_config,
+                    dispatch=self.dispatcher.submit,
+                    publish=self._publish,
+                    show_frame=self.frames.publish,
+                    mailbox=self.mailbox,
+                    lead_for_episode=lambda: scheduler.lead_frames(frame_period_s),
+                )
         except BaseException:
             self.backend.close()
             raise

@@ -59,6 +59,11 @@ DEFAULT_INFERENCE_ADDRESSES: tuple[str, ...] = ()
 # Chosen from bench/staggering.py (docs/staggering-benchmark.md says why).
 DEFAULT_SCHEDULER = "next_idle"
 INTERACTION_NAMES = ("async", "sequential")
+# realtime: the game runs at its frame rate and never waits; simulated: as fast as possible, each action
+# applied exactly RTRL_SIMULATED_DELAY_FRAMES frames after its observation (simulated_clock.py).
+CLOCK_NAMES = ("realtime", "simulated")
+DEFAULT_SIMULATED_DELAY_FRAMES = 1
+DEFAULT_SIMULATED_REPLY_TIMEOUT_S = 30.0
 DEFAULT_LEARNER_ADDRESS = f"127.0.0.1:{DEFAULT_LEARNER_PORT}"
 DEFAULT_SEQUENTIAL_UPDATES = 1
 DEFAULT_SEQUENTIAL_TRAIN_TIMEOUT_S = 30.0
@@ -165,6 +170,12 @@ class GatewaySettings:
     """When observations go to which replica: next_idle, max_time or mean_time (scheduler.py)."""
     interaction: str = "async"
     """async: act without pause; sequential: act -> learn -> act, one decision at a time (a baseline)."""
+    clock: str = "realtime"
+    """realtime: the game runs at its frame rate; simulated: as fast as the system allows, frame-accurate delays."""
+    simulated_delay_frames: int = DEFAULT_SIMULATED_DELAY_FRAMES
+    """Simulated clock only: d, frames from an observation to the frame its action is applied on."""
+    simulated_reply_timeout_s: float = DEFAULT_SIMULATED_REPLY_TIMEOUT_S
+    """Simulated clock only: how long a step waits for its reply before the fallback acts instead."""
     learner_address: str = DEFAULT_LEARNER_ADDRESS
     """host:port of the learner, called (Train) only in sequential interaction."""
     sequential_updates: int = DEFAULT_SEQUENTIAL_UPDATES
@@ -216,6 +227,9 @@ class GatewaySettings:
         for address in addresses:
             split_host_port(address)
         learner_address = env_str(env, "LEARNER_ADDRESS", DEFAULT_LEARNER_ADDRESS)
+        clock = env_choice(env, "CLOCK", "realtime", CLOCK_NAMES)
+        # The simulated clock's settings are read only when it runs, so they never look like realtime ones.
+        simulated = clock == "simulated"
         split_host_port(learner_address, "LEARNER_ADDRESS")
         return cls(
             host=env_str(env, "GATEWAY_HOST", DEFAULT_HOST),
@@ -242,6 +256,17 @@ class GatewaySettings:
             replica_registry=env_str(env, "REPLICA_REGISTRY", DEFAULT_REPLICA_REGISTRY),
             scheduler=env_choice(env, "SCHEDULER", DEFAULT_SCHEDULER, SCHEDULER_NAMES),
             interaction=env_choice(env, "INTERACTION", "async", INTERACTION_NAMES),
+            clock=clock,
+            simulated_delay_frames=(
+                env_int(env, "SIMULATED_DELAY_FRAMES", DEFAULT_SIMULATED_DELAY_FRAMES, minimum=1)
+                if simulated
+                else DEFAULT_SIMULATED_DELAY_FRAMES
+            ),
+            simulated_reply_timeout_s=(
+                env_float(env, "SIMULATED_REPLY_TIMEOUT_S", DEFAULT_SIMULATED_REPLY_TIMEOUT_S, minimum=0.001)
+                if simulated
+                else DEFAULT_SIMULATED_REPLY_TIMEOUT_S
+            ),
             learner_address=learner_address,
             sequential_updates=env_int(env, "SEQUENTIAL_UPDATES", DEFAULT_SEQUENTIAL_UPDATES, minimum=1),
             sequential_train_timeout_s=env_float(
