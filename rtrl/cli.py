@@ -82,6 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--dashboard-port", type=int, default=DEFAULT_DASHBOARD_PORT, help="port of the dashboard page")
     up.add_argument("--summary-json", type=Path, help="write the final status of every service here as JSON")
     up.add_argument(
+        "--metrics-base-port",
+        type=int,
+        default=0,
+        help="Prometheus /metrics ports: 0 (default) picks free ones, -1 turns them off, N gives the gateway N, "
+        "the learner N+1 and replica i N+2+i (printed at start and recorded in the run's addresses.json)",
+    )
+    up.add_argument(
         "--interaction",
         choices=("async", "sequential"),
         default="async",
@@ -106,6 +113,22 @@ def build_parser() -> argparse.ArgumentParser:
     health = sub.add_parser("health", help="exit 0 when the gRPC server at ADDRESS reports SERVING (for probes)")
     health.add_argument("address", help="host:port of any rtrl service")
     health.add_argument("--timeout", type=_positive_float, default=2.0, help="seconds to wait for an answer")
+
+    status = sub.add_parser(
+        "status",
+        help="a live table of every service of a running stack (from their gRPC status methods)",
+        description="Asks each service for its status every second. Addresses come from the flags, or from the "
+        "addresses.json the newest `rtrl up` wrote in --run-dir.",
+    )
+    status.add_argument("--once", action="store_true", help="print the table once and exit")
+    status.add_argument("--json", action="store_true", help="print JSON (one object per poll; with --once, one)")
+    status.add_argument("--gateway", action="append", default=[], metavar="HOST:PORT", help="a gateway (repeatable)")
+    status.add_argument("--learner", default="", metavar="HOST:PORT", help="the learner")
+    status.add_argument("--replica", action="append", default=[], metavar="HOST:PORT", help="a replica (repeatable)")
+    status.add_argument("--redis-url", default="", help="also list the replicas registered in this Redis")
+    status.add_argument("--addresses", type=Path, help="an addresses.json written by `rtrl up`")
+    status.add_argument("--run-dir", type=Path, default=Path("runs"), help="where `rtrl up` keeps its runs")
+    status.add_argument("--interval", type=_positive_float, default=1.0, help="seconds between refreshes")
 
     for name, (_module, help_text) in SERVICES.items():
         sub.add_parser(name, help=f"run {help_text} (settings from RTRL_* environment variables)")
@@ -133,6 +156,17 @@ def main(argv: list[str] | None = None) -> int:
         print(status)
         return 0 if status == "SERVING" else 1
 
+    if args.command == "status":
+        from rtrl.status_table import StatusError, StatusPoller, resolve_addresses, run
+
+        try:
+            addresses = resolve_addresses(args.gateway, args.learner, args.replica, args.addresses, args.run_dir)
+            poller = StatusPoller(addresses, redis_url=args.redis_url)
+        except (StatusError, ValueError) as e:  # ValueError: a bad --redis-url or RTRL_TLS_* setting
+            print(f"rtrl status: {e}", file=sys.stderr)
+            return 1
+        return run(poller, args.once, args.json, args.interval)
+
     from rtrl.launcher import UpOptions, up
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -148,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         learner_port=args.learner_port,
         inference_base_port=args.inference_base_port,
         summary_json=args.summary_json,
+        metrics_base_port=args.metrics_base_port,
         dashboard=args.dashboard,
         dashboard_port=args.dashboard_port,
         interaction=args.interaction,

@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,10 +37,11 @@ from rtrl.config import (
     SettingsError,
 )
 from rtrl.grpc_util import health_status
-from rtrl.local_redis import LocalRedis
+from rtrl.local_redis import LocalRedis, free_port
 from rtrl.redis_client import redacted_url
 from rtrl.security import SecuritySettings
 from rtrl.status import StackClient, StackStatus, status_line
+from rtrl.status_table import StackAddresses, write_addresses
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,9 @@ class UpOptions:
     learner_port: int = DEFAULT_LEARNER_PORT
     inference_base_port: int = DEFAULT_INFERENCE_PORT
     summary_json: Path | None = None
+    metrics_base_port: int = 0
+    """Prometheus ports: 0 picks a free one per process, -1 turns /metrics off, N gives the gateway N, the
+    learner N + 1 and replica i N + 2 + i."""
     status_interval_s: float = 1.0
     dashboard: bool = True
     dashboard_port: int = DEFAULT_DASHBOARD_PORT
@@ -109,6 +113,8 @@ class Stack:
         # The launcher's own clients (health checks, the status line) use what the services are given, so
         # TLS and the token set with --set reach them too. Raises SettingsError for unusable values.
         self.security = SecuritySettings.from_env({**os.environ, **options.extra_env})
+        self.metrics_ports = metrics_ports(options)
+        self.tensorboard_dir = self.run_dir / "tensorboard"
         self.learner: Child | None = None
         self.replicas: list[Child] = []
         self.gateway: Child | None = None
@@ -162,12 +168,26 @@ class Stack:
             self.redis = LocalRedis(password=secrets.token_urlsafe(24)).start()
             self.redis_url = self.redis.url
         env = self.common_env()
-        self.learner = self._spawn("learner", "services.learner", self.learner_address, env)
+        learner_env = {
+            "RTRL_LEARNER_METRICS_PORT": str(self.metrics_ports["learner"]),
+            "RTRL_LEARNER_TENSORBOARD_DIR": str(self.tensorboard_dir.resolve()),
+            **env,
+        }
+        self.learner = self._spawn("learner", "services.learner", self.learner_address, learner_env)
         for i, address in enumerate(self.replica_addresses):
-            replica_env = {**env, "RTRL_INFERENCE_PORT": address.rsplit(":", 1)[1], "RTRL_REPLICA_ID": f"replica-{i}"}
+            replica_env = {
+                "RTRL_INFERENCE_METRICS_PORT": str(self.metrics_ports[f"inference-{i}"]),
+                **env,
+                "RTRL_INFERENCE_PORT": address.rsplit(":", 1)[1],
+                "RTRL_REPLICA_ID": f"replica-{i}",
+            }
             self.replicas.append(self._spawn(f"inference-{i}", "services.inference", address, replica_env))
         self._wait_serving([self.learner, *self.replicas])
-        gateway_env = {**env, "RTRL_GATEWAY_FINAL_STATS_PATH": str(self.gateway_final_stats.resolve())}
+        gateway_env = {
+            "RTRL_GATEWAY_METRICS_PORT": str(self.metrics_ports["gateway"]),
+            **env,
+            "RTRL_GATEWAY_FINAL_STATS_PATH": str(self.gateway_final_stats.resolve()),
+        }
         self.gateway = self._spawn("gateway", "services.env_gateway", self.gateway_address, gateway_env)
         self._wait_serving([self.gateway])
         if o.dashboard:
@@ -198,6 +218,19 @@ class Stack:
             if time.monotonic() > deadline:
                 raise LaunchError(f"{child.name} did not answer within {STARTUP_TIMEOUT_S:.0f} s; see {child.log_path}")
             time.sleep(0.1)
+
+    def addresses(self) -> StackAddresses:
+        """Where everything listens, as `rtrl status` and the summary JSON record it."""
+        host = f"[{self.options.host}]" if ":" in self.options.host else self.options.host
+        return StackAddresses(
+            gateways=[self.gateway_address],
+            learner=self.learner_address,
+            replicas=list(self.replica_addresses),
+            metrics={name: f"http://{host}:{port}/metrics" for name, port in self.metrics_ports.items() if port >= 0},
+            tensorboard_dir=str(self.tensorboard_dir),
+            dashboard=self.dashboard_url if self.dashboard is not None else "",
+            pid=os.getpid(),
+        )
 
     def _wait_serving(self, children: list[Child]) -> None:
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
@@ -257,6 +290,22 @@ class Stack:
             time.sleep(0.2)
 
 
+def metrics_ports(options: UpOptions) -> dict[str, int]:
+    """The /metrics port of each process: distinct free ports, fixed ones from a base, or -1 (off) for all."""
+    names = ["gateway", "learner", *(f"inference-{i}" for i in range(options.inference_replicas))]
+    base = options.metrics_base_port
+    if base < 0:
+        return dict.fromkeys(names, -1)
+    if base == 0:
+        # Chosen here rather than by each process (port 0) so that they can be printed and recorded before
+        # anyone scrapes; `free_port` may race with another program, which then fails that service's start.
+        ports: set[int] = set()
+        while len(ports) < len(names):
+            ports.add(free_port())
+        return dict(zip(names, sorted(ports), strict=True))
+    return {name: base + offset for offset, name in enumerate(names)}
+
+
 def _terminate(children: list[Child]) -> None:
     for child in children:
         if child.process.poll() is None:
@@ -296,6 +345,7 @@ def up(options: UpOptions) -> int:
             f"interaction; logs in {stack.log_dir}"
         )
         stack.start()
+        _announce_observability(stack)
         print(
             f"redis {redacted_url(stack.redis_url)} ({'embedded' if stack.redis else 'external'}); "
             f"gateway {stack.gateway_address}, "
@@ -317,12 +367,25 @@ def up(options: UpOptions) -> int:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     summary = last.to_json() if last is not None else {"gateway": None, "learner": None, "replicas": {}}
+    summary["addresses"] = asdict(stack.addresses())
     if stack.gateway_final_stats.exists():
         summary["gateway"] = json.loads(stack.gateway_final_stats.read_text())
     print(summary_line(summary))
     if options.summary_json is not None:
         options.summary_json.write_text(json.dumps(summary, indent=1))
     return exit_code
+
+
+def _announce_observability(stack: Stack) -> None:
+    """Records the addresses for `rtrl status` and says where metrics and TensorBoard files are."""
+    addresses = stack.addresses()
+    path = write_addresses(stack.run_dir, addresses)
+    metrics = ", ".join(f"{name} {url}" for name, url in addresses.metrics.items()) or "off"
+    print(
+        f"metrics: {metrics}; TensorBoard: tensorboard --logdir {stack.tensorboard_dir}; "
+        f"addresses in {path} (`rtrl status` reads them)",
+        flush=True,
+    )
 
 
 def _watch(stack: Stack, client: StackClient, stop_requested: threading.Event) -> tuple[int, StackStatus | None]:

@@ -8,35 +8,13 @@ once the gateway and the learner have stopped, the numbers must be equal, histog
 from __future__ import annotations
 
 import urllib.request
-from collections.abc import Iterator
-from dataclasses import dataclass, replace
-from pathlib import Path
 
-import grpc
 import pytest
-import torch
+from observed_stack import Running, gateway_stats, learner_status, replica_status, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
-from rtrl.local_redis import LocalRedis
-from rtrl.v1 import (
-    env_gateway_pb2,
-    env_gateway_pb2_grpc,
-    inference_pb2,
-    inference_pb2_grpc,
-    learner_pb2,
-    learner_pb2_grpc,
-)
-from services.env_gateway import metrics as gateway_metrics
-from services.env_gateway.server import Gateway
-from services.env_gateway.server import create_server as create_gateway_server
-from services.env_gateway.settings import EnvSpec, GatewaySettings
-from services.inference import metrics as inference_metrics
-from services.inference.server import create_server as create_inference_server
+from services.env_gateway.settings import GatewaySettings
 from services.inference.settings import InferenceSettings
-from services.learner import metrics as learner_metrics
-from services.learner.dqn import DQNConfig
-from services.learner.loop import Learner
-from services.learner.server import create_server as create_learner_server
 from services.learner.settings import LearnerSettings
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -69,113 +47,6 @@ def bucket_counts(samples: Samples, name: str, **labels: str) -> dict[float, flo
     }
 
 
-@dataclass
-class Running:
-    gateway: Gateway
-    gateway_stub: env_gateway_pb2_grpc.EnvGatewayServiceStub
-    replica_stub: inference_pb2_grpc.InferenceServiceStub
-    learner: Learner
-    learner_stub: learner_pb2_grpc.LearnerServiceStub
-    urls: dict[str, str]
-    replica_address: str
-
-
-@pytest.fixture
-def running_stack(tmp_path: Path) -> Iterator[Running]:
-    torch.set_num_threads(1)
-    closers = []
-    with LocalRedis() as redis_server:
-        try:
-            stream = "test:metrics:transitions"
-            replica, replica_port = create_inference_server(
-                InferenceSettings(
-                    port=0, replica_id="replica-m", checkpoint_dir=str(tmp_path / "ckpt"), device="cpu", epsilon_start=0
-                )
-            )
-            replica_metrics = inference_metrics.start_metrics(replica, "127.0.0.1", 0)
-            assert replica_metrics is not None
-            closers += [lambda: replica.stop(1.0).wait(), replica_metrics.close]
-            replica.start()
-
-            learner_settings = LearnerSettings(
-                port=0,
-                redis_url=redis_server.url,
-                stream=stream,
-                checkpoint_dir=tmp_path / "ckpt",
-                checkpoint_every_updates=5,
-                torch_threads=1,
-                device="cpu",
-                dqn=DQNConfig(learning_starts=8, batch_size=4, buffer_size=1000),
-            )
-            learner = Learner(learner_settings)
-            learner_server, learner_port = create_learner_server(learner_settings, learner)
-            learner_metrics_server = learner_metrics.start_metrics(learner, "127.0.0.1", 0)
-            assert learner_metrics_server is not None
-            closers += [learner.stop, lambda: learner_server.stop(None).wait(), learner_metrics_server.close]
-            learner.start()
-            learner_server.start()
-
-            replica_address = f"127.0.0.1:{replica_port}"
-            gateway_settings = replace(
-                GatewaySettings(),
-                port=0,
-                gateway_id="gateway-m",
-                env=EnvSpec.parse("ale:Pong"),
-                inference_addresses=(replica_address,),
-                redis_url=redis_server.url,
-                stream=stream,
-            )
-            gateway = Gateway(gateway_settings)
-            gateway_server, gateway_port = create_gateway_server(gateway_settings, gateway)
-            gateway_metrics_server = gateway_metrics.start_metrics(gateway, "127.0.0.1", 0)
-            assert gateway_metrics_server is not None
-            closers += [gateway.stop, lambda: gateway_server.stop(None).wait(), gateway_metrics_server.close]
-            gateway_server.start()
-            gateway.start()
-
-            channels = [
-                grpc.insecure_channel(f"127.0.0.1:{port}") for port in (gateway_port, replica_port, learner_port)
-            ]
-            closers += [channel.close for channel in channels]
-            yield Running(
-                gateway=gateway,
-                gateway_stub=env_gateway_pb2_grpc.EnvGatewayServiceStub(channels[0]),
-                replica_stub=inference_pb2_grpc.InferenceServiceStub(channels[1]),
-                learner=learner,
-                learner_stub=learner_pb2_grpc.LearnerServiceStub(channels[2]),
-                urls={
-                    "gateway": gateway_metrics_server.url,
-                    "inference": replica_metrics.url,
-                    "learner": learner_metrics_server.url,
-                },
-                replica_address=replica_address,
-            )
-        finally:
-            for close in reversed(closers):
-                close()
-
-
-def gateway_stats(stack: Running) -> env_gateway_pb2.GetStatsResponse:
-    return stack.gateway_stub.GetStats(env_gateway_pb2.GetStatsRequest(), timeout=5)
-
-
-def replica_status(stack: Running) -> inference_pb2.InferenceServiceGetStatusResponse:
-    return stack.replica_stub.GetStatus(inference_pb2.InferenceServiceGetStatusRequest(), timeout=5)
-
-
-def learner_status(stack: Running) -> learner_pb2.LearnerServiceGetStatusResponse:
-    return stack.learner_stub.GetStatus(learner_pb2.LearnerServiceGetStatusRequest(), timeout=5)
-
-
-def wait_for(predicate, what: str, timeout_s: float = 60.0) -> None:
-    import time
-
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
 GATEWAY_COUNTERS = {
     "rtrl_gateway_frames_total": "frames",
     "rtrl_gateway_decisions_total": "decisions",
@@ -201,8 +72,8 @@ LEARNER_COUNTERS = {
 }
 
 
-def test_metrics_bracket_the_grpc_stats_while_running_and_equal_them_once_stopped(running_stack: Running) -> None:
-    stack = running_stack
+def test_metrics_bracket_the_grpc_stats_while_running_and_equal_them_once_stopped(observed_stack: Running) -> None:
+    stack = observed_stack
     wait_for(lambda: learner_status(stack).checkpoints_published >= 2, "two checkpoints published")
     wait_for(lambda: gateway_stats(stack).decisions_fresh >= 30, "30 fresh decisions")
 
