@@ -43,6 +43,6 @@ ENV PATH=/opt/rtrl/bin:$PATH PYTHONUNBUFFERED=1 RTRL_CHECKPOINT_DIR=/checkpoints
 USER 10001:10001
 WORKDIR /home/rtrl
 # gateway, learner, first inference port; publishing them is the orchestrator's decision.
-EXPOSE 50051 50052 50061
+EXPOSE 50051 50052 50061 8050
 ENTRYPOINT ["rtrl"]
 CMD ["--help"]

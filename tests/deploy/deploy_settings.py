@@ -15,6 +15,7 @@ from typing import Any
 
 from rtrl.cli import SERVICES
 from rtrl.config import PREFIX
+from services.dashboard.settings import DashboardSettings
 from services.env_gateway.settings import GatewaySettings
 from services.inference.settings import InferenceSettings
 from services.learner.settings import LearnerSettings
@@ -25,7 +26,10 @@ SETTINGS_BY_COMMAND: dict[str, Callable[[Mapping[str, str]], Any]] = {
     "gateway": GatewaySettings.from_env,
     "inference": InferenceSettings.from_env,
     "learner": LearnerSettings.from_env,
+    "dashboard": DashboardSettings.from_env,
 }
+# Commands that serve HTTP, not gRPC: health is GET /healthz on their port instead of grpc.health.v1.
+HTTP_COMMANDS = {"dashboard"}
 
 
 class RecordingEnv(Mapping[str, str]):

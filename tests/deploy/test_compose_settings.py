@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import yaml
-from deploy_settings import ROOT, read_settings
+from deploy_settings import HTTP_COMMANDS, ROOT, read_settings
 
 from rtrl.cli import SERVICES
 from services.env_gateway.settings import DEFAULT_ENV
@@ -112,19 +112,33 @@ def test_every_rtrl_variable_is_a_setting_its_service_reads(files):
 def test_health_checks_ask_each_service_on_its_own_port():
     for name, (command, service) in rtrl_services(BASE_SERVICES).items():
         settings = read_settings(command, environment(service)).settings
-        assert service["healthcheck"]["test"] == ["CMD", "rtrl", "health", f"127.0.0.1:{settings.port}"], name
+        if command in HTTP_COMMANDS:
+            [check] = [part for part in service["healthcheck"]["test"] if "urlopen" in part]
+            assert f"'http://127.0.0.1:{settings.port}/healthz'" in check, name
+        else:
+            assert service["healthcheck"]["test"] == ["CMD", "rtrl", "health", f"127.0.0.1:{settings.port}"], name
         # Reachable from the other containers (and from the published port).
         assert settings.host == "0.0.0.0", f"{name} must bind 0.0.0.0 in its container, not {settings.host}"
 
 
-def test_only_the_gateway_port_is_published_on_loopback():
+def test_only_the_gateway_and_dashboard_ports_are_published_on_loopback():
     published = {name: service["ports"] for name, service in BASE_SERVICES.items() if service.get("ports")}
-    assert list(published) == ["env_gateway"]
+    assert sorted(published) == ["dashboard", "env_gateway"]
+    for name, command in (("env_gateway", "gateway"), ("dashboard", "dashboard")):
+        settings = read_settings(command, environment(BASE_SERVICES[name])).settings
+        [port] = published[name]
+        host, _host_port, container_port = str(port).split(":")
+        assert host == "127.0.0.1"
+        assert int(container_port) == settings.port
+
+
+def test_the_dashboard_watches_the_compose_gateway_learner_and_registry():
+    dashboard = read_settings("dashboard", environment(BASE_SERVICES["dashboard"])).settings
     gateway = read_settings("gateway", environment(BASE_SERVICES["env_gateway"])).settings
-    [port] = published["env_gateway"]
-    host, _host_port, container_port = str(port).split(":")
-    assert host == "127.0.0.1"
-    assert int(container_port) == gateway.port
+    learner = read_settings("learner", environment(BASE_SERVICES["learner"])).settings
+    assert dashboard.gateways == (f"env_gateway:{gateway.port}",)
+    assert dashboard.learner_address == f"learner:{learner.port}"
+    assert (dashboard.redis_url, dashboard.replica_registry) == (gateway.redis_url, gateway.replica_registry)
 
 
 def test_the_gateway_runs_the_default_game_and_finds_replicas_in_the_registry():

@@ -16,7 +16,7 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
-from deploy_settings import ROOT, read_settings
+from deploy_settings import HTTP_COMMANDS, ROOT, read_settings
 
 from rtrl.cli import SERVICES
 
@@ -100,6 +100,8 @@ def test_the_base_mirrors_the_compose_services():
         ("Deployment", "inference"),
         ("Deployment", "env-gateway"),
         ("Service", "env-gateway"),
+        ("Deployment", "dashboard"),
+        ("Service", "dashboard"),
         ("PersistentVolumeClaim", "checkpoints"),
         ("ConfigMap", "rtrl-settings"),
     } <= kinds
@@ -128,11 +130,17 @@ def test_rtrl_variables_are_settings_and_ports_probes_agree(command):
     assert not read.unread, f"the {command} container sets {sorted(read.unread)}, which its settings never read"
     settings = read.settings
     assert settings.host == "0.0.0.0"
-    [grpc_port] = [p["containerPort"] for p in container["ports"] if p["name"] == "grpc"]
-    assert grpc_port == settings.port
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        # The gRPC health service (grpc.health.v1), as compose's `rtrl health` checks it.
-        assert container[probe]["grpc"] == {"port": settings.port}, f"{command} {probe}"
+    if command in HTTP_COMMANDS:
+        [http_port] = [p["containerPort"] for p in container["ports"] if p["name"] == "http"]
+        assert http_port == settings.port
+        for probe in ("readinessProbe", "livenessProbe"):
+            assert container[probe]["httpGet"] == {"path": "/healthz", "port": "http"}, f"{command} {probe}"
+    else:
+        [grpc_port] = [p["containerPort"] for p in container["ports"] if p["name"] == "grpc"]
+        assert grpc_port == settings.port
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            # The gRPC health service (grpc.health.v1), as compose's `rtrl health` checks it.
+            assert container[probe]["grpc"] == {"port": settings.port}, f"{command} {probe}"
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["runAsUser"] == 10001, "the Dockerfile's user"
 
@@ -171,6 +179,8 @@ def test_settings_match_docker_compose():
         [service] = [s for s in compose.values() if s.get("command") == [command]]
         compose_env = {name: str(value) for name, value in service["environment"].items()}
         k8s_env = {name: value for name, value in container_env(container).items() if name.startswith("RTRL_")}
+        # Service names differ only where compose's has "_", which Kubernetes names cannot contain.
+        compose_env = {name: value.replace("env_gateway:", "env-gateway:") for name, value in compose_env.items()}
         # Kubernetes adds what only it needs (the pod IP to advertise); everything compose sets, it sets alike.
         assert compose_env.items() <= k8s_env.items(), f"rtrl {command}: compose {compose_env}, Kubernetes {k8s_env}"
         assert set(k8s_env) - set(compose_env) <= {"RTRL_INFERENCE_ADVERTISE_ADDRESS"}
