@@ -20,7 +20,6 @@ from types import FrameType
 from typing import Any
 from urllib.parse import urlsplit
 
-from rtrl.security import SecuritySettings
 from services.dashboard.feeds import FrameFeed, Poller
 from services.dashboard.settings import DashboardSettings
 
@@ -69,7 +68,7 @@ class Dashboard:
         self.settings = settings
         self.hub = Hub()
         # The gateways, replicas and learner may require TLS and the shared token (rtrl/security.py).
-        security = SecuritySettings.from_env()
+        security = settings.security
         self.poller = Poller(settings, security, self.hub.notify)
         self.feeds = [
             FrameFeed(address, settings.frame_every, self.hub.notify, security) for address in settings.gateways

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from rtrl.config import (
     DEFAULT_DASHBOARD_PORT,
@@ -24,6 +24,7 @@ from rtrl.config import (
 )
 from rtrl.redis_client import env_redis_url
 from rtrl.registry import DEFAULT_REPLICA_REGISTRY
+from rtrl.security import SecuritySettings
 
 DEFAULT_GATEWAYS = (f"{DEFAULT_HOST}:{DEFAULT_GATEWAY_PORT}",)
 DEFAULT_LEARNER_ADDRESS = f"{DEFAULT_HOST}:{DEFAULT_LEARNER_PORT}"
@@ -62,6 +63,10 @@ class DashboardSettings:
     """The game view shows one frame out of this many (RTRL_DASHBOARD_FRAME_EVERY)."""
     history_s: float = DEFAULT_HISTORY_S
     """Seconds of chart history kept and shown (RTRL_DASHBOARD_HISTORY_S)."""
+    security: SecuritySettings = field(default_factory=SecuritySettings)
+    """TLS, token and message size limit of the channels to gateways, replicas and learner (RTRL_TLS_*,
+    RTRL_AUTH_TOKEN, RTRL_GRPC_MAX_MESSAGE_BYTES; rtrl/security.py). The web page itself has none: it
+    binds loopback by default (SECURITY.md)."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> DashboardSettings:
@@ -98,6 +103,7 @@ class DashboardSettings:
             refresh_hz=refresh_hz,
             frame_every=env_int(env, "DASHBOARD_FRAME_EVERY", DEFAULT_FRAME_EVERY, minimum=1),
             history_s=env_float(env, "DASHBOARD_HISTORY_S", DEFAULT_HISTORY_S, minimum=10.0),
+            security=SecuritySettings.from_env(env),
         )
 
 
