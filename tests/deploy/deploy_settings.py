@@ -30,6 +30,8 @@ SETTINGS_BY_COMMAND: dict[str, Callable[[Mapping[str, str]], Any]] = {
 }
 # Commands that serve HTTP, not gRPC: health is GET /healthz on their port instead of grpc.health.v1.
 HTTP_COMMANDS = {"dashboard"}
+# Commands that serve Prometheus /metrics on RTRL_<SERVICE>_METRICS_PORT (docs/metrics.md).
+METRICS_COMMANDS = {"gateway", "inference", "learner"}
 
 
 class RecordingEnv(Mapping[str, str]):

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import yaml
-from deploy_settings import HTTP_COMMANDS, ROOT, read_settings
+from deploy_settings import HTTP_COMMANDS, METRICS_COMMANDS, ROOT, read_settings
 
 from rtrl.cli import SERVICES
 from services.env_gateway.settings import DEFAULT_ENV
@@ -166,3 +166,17 @@ def test_the_gateway_starts_after_everything_it_uses_is_healthy():
     depends = BASE_SERVICES["env_gateway"]["depends_on"]
     assert depends == {name: {"condition": "service_healthy"} for name in ("redis", "learner", "inference")}
     assert all("healthcheck" in service for name, service in BASE_SERVICES.items() if "profiles" not in service)
+
+
+def test_every_service_serves_metrics_on_a_port_exposed_only_inside_the_network():
+    served = set()
+    for name, (command, service) in rtrl_services(BASE_SERVICES).items():
+        if command not in METRICS_COMMANDS:
+            continue
+        settings = read_settings(command, environment(service)).settings
+        assert settings.metrics_port > 0, f"{name} must serve /metrics on a fixed port for Prometheus to scrape"
+        assert service.get("expose") == [str(settings.metrics_port)], f"{name} must expose its metrics port"
+        published = [str(port).rsplit(":", 1)[-1] for port in service.get("ports", [])]
+        assert str(settings.metrics_port) not in published, f"{name}'s metrics are for the compose network only"
+        served.add(command)
+    assert served == METRICS_COMMANDS

@@ -16,7 +16,7 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
-from deploy_settings import HTTP_COMMANDS, ROOT, read_settings
+from deploy_settings import HTTP_COMMANDS, METRICS_COMMANDS, ROOT, read_settings
 
 from rtrl.cli import SERVICES
 
@@ -184,3 +184,18 @@ def test_settings_match_docker_compose():
         # Kubernetes adds what only it needs (the pod IP to advertise); everything compose sets, it sets alike.
         assert compose_env.items() <= k8s_env.items(), f"rtrl {command}: compose {compose_env}, Kubernetes {k8s_env}"
         assert set(k8s_env) - set(compose_env) <= {"RTRL_INFERENCE_ADVERTISE_ADDRESS"}
+
+
+@pytest.mark.parametrize("command", sorted(METRICS_COMMANDS))
+def test_metrics_ports_are_named_and_annotated_for_prometheus(command):
+    [(container, _)] = [(c, p) for cmd, c, p in rtrl_containers() if cmd == command]
+    settings = read_settings(command, container_env(container)).settings
+    [metrics_port] = [p["containerPort"] for p in container["ports"] if p["name"] == "metrics"]
+    assert metrics_port == settings.metrics_port > 0
+    [workload] = [w for w in workloads(BASE) if container in w["spec"]["template"]["spec"]["containers"]]
+    annotations = workload["spec"]["template"]["metadata"]["annotations"]
+    assert annotations == {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": str(settings.metrics_port),
+        "prometheus.io/path": "/metrics",
+    }
