@@ -198,7 +198,13 @@ class Stack:
                 "RTRL_DASHBOARD_GATEWAYS": self.gateway_address,
             }
             self.dashboard = self._spawn("dashboard", "services.dashboard", self.dashboard_url, dashboard_env)
-            self._wait_http(self.dashboard)
+            try:
+                self._wait_http(self.dashboard)
+            except LaunchError as e:
+                # The page is for watching; the stack runs (and is stopped by its own rules) without it.
+                print(f"rtrl up: the dashboard did not start, running without it (--dashboard-port): {e}")
+                _terminate([self.dashboard])
+                self.dashboard = None
 
     def _wait_http(self, child: Child) -> None:
         """Waits until the HTTP service `child` answers GET /healthz (its address is its URL)."""
@@ -253,7 +259,7 @@ class Stack:
             time.sleep(0.1)
 
     def children(self) -> list[Child]:
-        return [c for c in (self.dashboard, self.gateway, *self.replicas, self.learner) if c is not None]
+        return [c for c in (self.gateway, *self.replicas, self.learner) if c is not None]
 
     def exited(self) -> list[Child]:
         return [c for c in self.children() if c.process.poll() is not None]
