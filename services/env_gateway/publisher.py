@@ -63,7 +63,7 @@ class TransitionPublisher(Generic[T]):
         self._stop = threading.Event()
         self._flush_deadline_s = 0.0
         self._thread: threading.Thread | None = None
-        # The encoded batch Redis last refused; only the publisher thread touches it.
+        # The encoded batch on its way to Redis (or refused by it); only the publisher thread changes it.
         self._held: list[bytes] = []
         self._dropped_lock = threading.Lock()
         self.published = 0
@@ -129,17 +129,19 @@ class TransitionPublisher(Generic[T]):
     def _run(self) -> None:
         backoff_s = MIN_BACKOFF_S
         while not self._flushing_done():
-            # A batch Redis refused is sent again before anything newer, so the stream keeps its order.
-            batch, self._held = (self._held, []) if self._held else (self._encoded(self._next_batch()), [])
-            if not batch:
-                continue
+            # The batch stays held (and counted in `queued`) until Redis confirms it; one Redis refused is
+            # sent again before anything newer, so the stream keeps its order.
+            if not self._held:
+                self._held = self._encoded(self._next_batch())
+                if not self._held:
+                    continue
             # After a failure, a PING must answer before the batch goes out again: a batch written to a
             # stopped Redis waits in its socket and still lands once it resumes, so resending on every
             # attempt would add it once per attempt. This way a stall duplicates a batch at most once.
-            if (not self.in_outage or self._answers_ping()) and self._send(batch):
+            if (not self.in_outage or self._answers_ping()) and self._send(self._held):
+                self._held = []
                 backoff_s = MIN_BACKOFF_S
                 continue
-            self._held = batch
             # Wait before the next attempt; a stop request ends the wait, and while stopping the wait
             # never runs past the flush deadline.
             if self._stop.is_set():

@@ -66,9 +66,10 @@ def test_redis_down_keeps_transitions_up_to_the_bound_then_drops_and_counts_the_
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     publisher = TransitionPublisher(f"redis://127.0.0.1:{free_port()}/0", "s", 100, 16, encode, batch_size=4)
+    # Queued before the thread starts, so its first batch is a full one of 4.
+    assert all(publisher.publish(transition(i)) for i in range(5))
     publisher.start()
     try:
-        assert all(publisher.publish(transition(i)) for i in range(5))
         assert wait_for(lambda: publisher.in_outage)
         # The refused batch is held for the next attempt, nothing is dropped while there is room.
         assert (publisher.dropped, publisher.queued) == (0, 5)

@@ -1,0 +1,143 @@
+"""Inference replicas failing under a running gateway: one SIGKILLed, one stalled by SIGSTOP.
+
+Three real replica processes register in Redis and serve a real gateway (ALE Pong at 60 fps, a decision
+every 4 frames). Coverage after a fault is measured from the gateway's counters (GetStats deltas) in
+short windows, so the report shows how fast it came back, not only an average.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from fault_processes import ProcessGroup, ServiceProcess, gateway_stats, replica_env, wait_until
+
+from rtrl.grpc_util import health_status
+from rtrl.local_redis import LocalRedis
+
+REPLICAS = 3
+WINDOW_S = 0.25
+# The issue's promise: back to >= 99% of decisions covered within 1 s of losing a replica.
+RECOVERY_S = 1.0
+MEASURE_AFTER_RECOVERY_S = 2.0
+STALL_S = 3.0
+
+
+def sample(gateway_address: str, seconds: float) -> list[tuple[float, int, int]]:
+    """(time, decisions, fallback decisions) read from the gateway over gRPC every 50 ms for `seconds`.
+
+    Reading over gRPC (not the in-process object) also proves the gateway keeps answering."""
+    samples = []
+    end = time.monotonic() + seconds
+    while True:
+        stats = gateway_stats(gateway_address)
+        samples.append((time.monotonic(), stats.decisions, stats.decisions_fallback))
+        if samples[-1][0] >= end:
+            return samples
+        time.sleep(0.05)
+
+
+def coverage_between(samples: list[tuple[float, int, int]], start_s: float, end_s: float) -> tuple[float, int]:
+    """Fresh / all decisions between the samples nearest `start_s` and `end_s`, and how many decisions."""
+    first = min(samples, key=lambda s: abs(s[0] - start_s))
+    last = min(samples, key=lambda s: abs(s[0] - end_s))
+    decisions = last[1] - first[1]
+    fallback = last[2] - first[2]
+    return (decisions - fallback) / max(decisions, 1), decisions
+
+
+def windows(samples: list[tuple[float, int, int]], origin_s: float) -> list[str]:
+    out = []
+    start = origin_s
+    while start + WINDOW_S <= samples[-1][0]:
+        coverage, _ = coverage_between(samples, start, start + WINDOW_S)
+        out.append(f"{coverage:.0%}")
+        start += WINDOW_S
+    return out
+
+
+@pytest.fixture
+def three_replicas(
+    processes: ProcessGroup, local_redis: LocalRedis, registry_key: str, tmp_path: Path
+) -> list[ServiceProcess]:
+    env = replica_env(local_redis.url, registry_key, tmp_path / "checkpoints")
+    return [processes.start(f"replica{i}", "services.inference", env) for i in range(REPLICAS)]
+
+
+def in_use(gateway_address: str, replicas: list[ServiceProcess]) -> bool:
+    replies = {r.address: r.replies for r in gateway_stats(gateway_address).replicas}
+    return all(replies.get(replica.address, 0) > 0 for replica in replicas)
+
+
+def test_a_sigkilled_replica_costs_no_error_and_coverage_is_back_within_a_second(
+    three_replicas: list[ServiceProcess],
+    local_redis: LocalRedis,
+    registry_key: str,
+    start_gateway: Callable[..., tuple],
+    resilience_ledger,
+) -> None:
+    gateway, _, address = start_gateway(local_redis.url, replica_registry=registry_key)
+    wait_until(lambda: in_use(address, three_replicas), "the gateway to use all three replicas")
+    with resilience_ledger.fault("SIGKILL one of 3 inference replicas mid-run") as notes:
+        before_samples = sample(address, 1.0)
+        before = coverage_between(before_samples, before_samples[0][0], before_samples[-1][0])
+        frames_before = gateway.stats().frames
+        victim = three_replicas[0]
+        killed_at = time.monotonic()
+        victim.kill()
+        samples = sample(address, RECOVERY_S + MEASURE_AFTER_RECOVERY_S)
+        after, decisions_after = coverage_between(
+            samples, killed_at + RECOVERY_S, killed_at + RECOVERY_S + MEASURE_AFTER_RECOVERY_S
+        )
+        notes.append(f"coverage before {before[0]:.1%}, 250 ms windows after the kill {windows(samples, killed_at)}")
+        # Never errors: it kept serving (every GetStats above answered), kept its clock, stayed healthy.
+        assert health_status(address) == "SERVING"
+        assert gateway.clock.failure is None
+        assert gateway.stats().frames - frames_before >= 0.8 * 60 * (RECOVERY_S + MEASURE_AFTER_RECOVERY_S)
+        assert decisions_after >= 20
+        stats = gateway.stats()
+        assert after >= 0.99, (notes, stats.requests_failed, stats.replies_late, stats.replicas)
+        assert victim.address not in [v.address for v in gateway.replicas.views(time.monotonic())]
+
+
+@pytest.mark.xfail(
+    reason="known gap: the gateway does not hedge (resend a sample whose call has not answered to an idle replica), "
+    "so each call that goes to a stalled replica before it leaves the registry blanks its decision; measured "
+    "about 89-91% coverage during a 3 s stall of one of 3 replicas. Needs a timed resend in the next_idle "
+    "dispatcher (services/env_gateway/dispatcher.py, scheduler.py).",
+    strict=False,
+)
+def test_a_stalled_replica_never_blanks_a_decision_while_the_others_are_healthy(
+    three_replicas: list[ServiceProcess],
+    local_redis: LocalRedis,
+    registry_key: str,
+    start_gateway: Callable[..., tuple],
+    resilience_ledger,
+) -> None:
+    """SIGSTOP freezes the replica like a long GC pause or a slow disk: its connection stays open and
+    calls to it simply never answer, the hardest case for a gateway (no error arrives until the deadline)."""
+    gateway, _, address = start_gateway(local_redis.url, replica_registry=registry_key)
+    wait_until(lambda: in_use(address, three_replicas), "the gateway to use all three replicas")
+    staller = three_replicas[1]
+    with resilience_ledger.fault(f"SIGSTOP one of 3 inference replicas for {STALL_S:.0f} s") as notes:
+        requests_before = {r.address: r.requests for r in gateway.stats().replicas}[staller.address]
+        stopped_at = time.monotonic()
+        staller.signal(signal.SIGSTOP)
+        try:
+            samples = sample(address, STALL_S)
+        finally:
+            staller.signal(signal.SIGCONT)
+        during, decisions = coverage_between(samples, stopped_at, stopped_at + STALL_S)
+        calls_to_staller = {r.address: r.requests for r in gateway.stats().replicas}.get(
+            staller.address, -1
+        ) - requests_before
+        notes.append(
+            f"coverage during the stall {during:.1%} of {decisions} decisions, "
+            f"{calls_to_staller} calls sent to the stalled replica, 250 ms windows {windows(samples, stopped_at)}"
+        )
+        assert decisions >= 20
+        assert during >= 0.99, notes
+        assert gateway.clock.failure is None
