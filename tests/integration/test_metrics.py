@@ -7,7 +7,9 @@ once the gateway and the learner have stopped, the numbers must be equal, histog
 
 from __future__ import annotations
 
+import re
 import urllib.request
+from pathlib import Path
 
 import pytest
 from observed_stack import Running, gateway_stats, learner_status, replica_status, wait_for
@@ -88,6 +90,12 @@ def test_metrics_bracket_the_grpc_stats_while_running_and_equal_them_once_stoppe
         for metric, field in counters.items():
             low, high = value(before[service], metric), value(after[service], metric)
             assert low <= getattr(message, field) <= high, f"{metric}: {low} .. {getattr(message, field)} .. {high}"
+    documented = (Path(__file__).resolve().parents[2] / "docs" / "metrics.md").read_text()
+    for samples in before.values():
+        for name, _ in samples:
+            family = re.sub(r"_(total|bucket|sum|count)$", "", name)
+            forms = (f"`{family}`", f"`{family}_total`", f"`{family}_bucket / _sum / _count`")
+            assert any(form in documented for form in forms), f"{family} is not documented in docs/metrics.md"
     assert value(before["gateway"], "rtrl_gateway_frames_total") > 0
     assert value(before["inference"], "rtrl_inference_requests_answered_total") > 0
     assert value(before["learner"], "rtrl_learner_updates_total") > 0
