@@ -9,9 +9,11 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from rtrl.grpc_util import health_status
 from rtrl.local_redis import free_port
@@ -127,6 +129,26 @@ def test_replicas_serve_the_newest_checkpoint_while_the_learner_publishes(stack)
     wait_until(replicas_caught_up, 5, f"every replica to serve checkpoint {version}")
 
 
+def test_status_and_metrics_of_every_process_while_it_runs(stack):
+    recorded = json.loads((stack["tmp"] / "runs" / "latest" / "addresses.json").read_text())
+    assert recorded["gateways"] == [stack["addresses"]["gateway"]]
+    assert sorted(recorded["metrics"]) == ["gateway", "inference-0", "inference-1", "learner"]
+    for name, url in recorded["metrics"].items():
+        with urllib.request.urlopen(url, timeout=5) as response:
+            families = {f.name for f in text_string_to_metric_families(response.read().decode())}
+        prefix = {"gateway": "rtrl_gateway_", "learner": "rtrl_learner_"}.get(name, "rtrl_inference_")
+        assert f"{prefix}checkpoint_version" in families or f"{prefix}decisions" in families, (name, families)
+    result = subprocess.run(
+        [sys.executable, "-m", "rtrl.cli", "status", "--once", "--json", "--run-dir", str(stack["tmp"] / "runs")],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    snapshot = json.loads(result.stdout)
+    assert snapshot["gateways"][stack["addresses"]["gateway"]]["stats"]["decisions"]
+    assert snapshot["learner"][stack["addresses"]["learner"]]["status"] is not None
+    assert all(snapshot["replicas"][address]["status"] for address in stack["addresses"]["replicas"])
+
+
 def test_run_ends_cleanly_with_nothing_lost(stack):
     process = stack["process"]
     process.wait(timeout=RUN_SECONDS + 90)
@@ -155,3 +177,9 @@ def test_run_ends_cleanly_with_nothing_lost(stack):
     # The final checkpoint is on disk and the version sequence is complete.
     latest = json.loads((stack["tmp"] / "checkpoints" / "latest.json").read_text())
     assert latest["version"] >= int(learner["checkpoint_version"])
+
+    # The learner's TensorBoard files: scalars while it ran, the hparams session once it stopped.
+    [run_dir] = [path for path in (stack["tmp"] / "runs").iterdir() if not path.is_symlink()]
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    assert list((run_dir / "tensorboard" / "hparams").glob("events.out.tfevents.*"))
+    assert summary["addresses"]["tensorboard_dir"] == str(run_dir / "tensorboard")
