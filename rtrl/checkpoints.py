@@ -126,6 +126,17 @@ class CheckpointStore:
 
     # -- reading (inference, a restarting learner) -------------------------------------------------
 
+    def highest_version(self) -> int:
+        """The highest version whose metadata file is in the directory (0 when none), whatever
+        `latest.json` says: a publisher must continue above it, or readers that already loaded it
+        (versions never go backwards for them) would ignore everything it publishes."""
+        versions = [
+            int(match.group(1))
+            for path in self.directory.glob("v*.json")
+            if (match := re.match(r"^v(\d{9})\.json$", path.name))
+        ]
+        return max(versions, default=0)
+
     def latest(self) -> Checkpoint | None:
         """The newest published checkpoint, or None when nothing was published yet."""
         path = self.directory / LATEST

@@ -135,6 +135,7 @@ class PolicyStatus:
     in_flight: int
     checkpoints_loaded: int
     checkpoint_load_failures: int
+    checkpoint_load_last_error: str
     expected_forward_ms: float
     """The forward time of a batch of one that the deadline check assumes."""
     batches_run: int
@@ -568,6 +569,7 @@ class Policy:
             in_flight=in_flight,
             checkpoints_loaded=self.watcher.loads,
             checkpoint_load_failures=self.watcher.failures,
+            checkpoint_load_last_error=self.watcher.last_error,
             expected_forward_ms=batcher.expected_forward_s(1) * 1000.0,
             batches_run=batcher.counts().batches_run,
             max_batch_size=batcher.max_batch_size,

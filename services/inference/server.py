@@ -98,6 +98,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             inference_ms=self.policy.inference_ms.summary(),
             checkpoints_loaded=status.checkpoints_loaded,
             checkpoint_load_failures=status.checkpoint_load_failures,
+            checkpoint_load_last_error=status.checkpoint_load_last_error,
             epsilon=status.epsilon,
             observation_shape=status.observation_shape,
             action_count=status.action_count,

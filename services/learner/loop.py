@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from rtrl.checkpoints import CheckpointError, CheckpointStore
+from rtrl.checkpoints import LATEST, CheckpointError, CheckpointStore
 from rtrl.metrics import RateMeter, Window
 from rtrl.models import ALGORITHM_HEADS, ModelConfig, default_model_config
 from rtrl.transitions import Transition, encode
@@ -126,6 +126,7 @@ class LearnerStatus:
     checkpoints_published: int
     checkpoint_published_unix_ms: int
     checkpoint_publish_failures: int
+    checkpoint_publish_last_error: str
     loss: float
     epsilon: float
     """Exploration rate of the newest checkpoint (the schedule's current value before the first one)."""
@@ -231,6 +232,7 @@ class Learner:
         self._published_unix_ms = 0
         self._published_epsilon: float | None = None
         self._publish_failures = 0
+        self._publish_last_error = ""
         self._stream_length = 0
         self._stream_pending = 0
         self._stream_lag = -1
@@ -318,7 +320,18 @@ class Learner:
         self._agent = agent
         self._env_steps = env_steps
         self._consumed_before_start = consumed
-        self._version = latest.version
+        # latest.json may point below a version already on disk (restored from a backup, or written by
+        # another learner): continue above every version there, so replicas that loaded it take ours.
+        self._version = max(latest.version, self.store.highest_version())
+        if self._version > latest.version:
+            log.warning(
+                "%s points at checkpoint %d but version %d is in %s; publishing from version %d on",
+                LATEST,
+                latest.version,
+                self._version,
+                directory,
+                self._version + 1,
+            )
         self._updates_at_last_publish = agent.updates
         epsilon = metadata.get("epsilon")
         self._published_epsilon = float(epsilon) if isinstance(epsilon, int | float) else None
@@ -613,6 +626,7 @@ class Learner:
             )
         except (CheckpointError, OSError) as e:  # CheckpointStore lets an OSError from mkdir through
             self._publish_failures += 1
+            self._publish_last_error = str(e)
             log.warning("%s; training goes on and publication is retried at the next interval", e)
             return
         self._version = version
@@ -650,6 +664,7 @@ class Learner:
             checkpoints_published=self._published,
             checkpoint_published_unix_ms=self._published_unix_ms,
             checkpoint_publish_failures=self._publish_failures,
+            checkpoint_publish_last_error=self._publish_last_error,
             loss=float(loss.item()) if loss is not None else 0.0,
             epsilon=self._published_epsilon
             if self._published_epsilon is not None

@@ -63,6 +63,7 @@ def status_response(status: LearnerStatus) -> learner_pb2.LearnerServiceGetStatu
         transitions_unpaired=status.transitions_unpaired,
         uptime_s=status.uptime_s,
         checkpoint_publish_failures=status.checkpoint_publish_failures,
+        checkpoint_publish_last_error=status.checkpoint_publish_last_error,
         mode=status.mode,
         train_calls=status.train_calls,
         policy_lag=policy_lag_message(status.lag),

@@ -134,3 +134,14 @@ def test_watcher_counts_errors_raised_by_the_loader(tmp_path):
     watcher = CheckpointWatcher(store, refuse)
     assert watcher.poll_once() is False
     assert watcher.failures == 1 and watcher.loaded_version == 0
+
+
+def test_highest_version_looks_past_a_latest_pointer_that_went_backwards(tmp_path):
+    store = CheckpointStore(tmp_path, keep=10)
+    assert store.highest_version() == 0
+    for version in (1, 2, 3):
+        store.publish(version, weights(version), {"model": {}})
+    # latest.json restored from an older copy: it names version 1 while 2 and 3 are on disk.
+    (tmp_path / LATEST).write_bytes((tmp_path / "v000000001.json").read_bytes())
+    assert store.latest().version == 1
+    assert store.highest_version() == 3

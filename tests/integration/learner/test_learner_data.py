@@ -215,3 +215,23 @@ def test_resuming_a_checkpoint_of_the_other_algorithm_says_which_one_and_what_to
     message = str(caught.value)
     assert "trained with 'dqn'" in message
     assert "RTRL_ALGORITHM=dqn" in message and "RTRL_CHECKPOINT_DIR" in message
+
+
+def test_a_latest_pointer_that_went_backwards_is_resumed_but_versions_continue_above_the_newest_on_disk(
+    make_settings, publish, transition, wait_until
+) -> None:
+    settings = make_settings(checkpoint_every_updates=5)
+    publish_dqn_checkpoint(settings, version=RESUMED_VERSION - 2)
+    publish_dqn_checkpoint(settings, version=RESUMED_VERSION)
+    # latest.json restored from an older copy: replicas that loaded v10 would ignore a new v9.
+    store = CheckpointStore(settings.checkpoint_dir)
+    (settings.checkpoint_dir / "latest.json").write_bytes((settings.checkpoint_dir / "v000000008.json").read_bytes())
+    publish([transition(seq) for seq in range(60)])
+    learner = Learner(settings)
+    learner.start()
+    try:
+        wait_until(lambda: learner.status().checkpoints_published >= 1, "a publication after the resume")
+    finally:
+        learner.stop()
+    latest = store.latest()
+    assert latest is not None and latest.version > RESUMED_VERSION
