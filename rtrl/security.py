@@ -307,6 +307,9 @@ class TokenInterceptor(grpc.ServerInterceptor):
                 return continuation(handler_call_details)
         self.refused += 1
         reason = "carried no token" if not sent else "carried a wrong token"
+        # Visible without letting a flood of refused calls flood the log: the 1st, 10th, 100th, ...
+        if str(self.refused).rstrip("0") == "1":
+            log.warning("refused a call to %s that %s (%d refused so far)", method, reason, self.refused)
         message = (
             f"{method} {reason}; send the metadata 'authorization: Bearer <token>' with the token the services "
             f"share ({PREFIX}AUTH_TOKEN)."

@@ -13,6 +13,10 @@ What a refused client observes, and why:
 from __future__ import annotations
 
 import json
+import logging
+import os
+import subprocess
+import sys
 from collections.abc import Callable, Mapping
 
 import grpc
@@ -231,3 +235,44 @@ def test_grpcurl_with_client_certificate_and_token_lists_and_calls(make_replica:
 
     plaintext = grpcurl("-plaintext", *header, address(server), "list", max_time_s=3)
     assert plaintext.returncode != 0, plaintext.stdout
+
+
+# -- `rtrl health` -------------------------------------------------------------------------------------
+
+
+def rtrl_health(target: str, env: Mapping[str, str]) -> subprocess.CompletedProcess[str]:
+    clean = {name: value for name, value in os.environ.items() if not name.startswith("RTRL_")}
+    return subprocess.run(
+        [sys.executable, "-m", "rtrl.cli", "health", target, "--timeout", "5"],
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_rtrl_health_reads_the_tls_settings_from_the_environment(make_replica: MakeReplica, pki: Pki) -> None:
+    server = make_replica(tls_env(pki, mutual=True, token=TOKEN))
+    # The probe a container runs: the service's own variables (the token is not needed for health).
+    probe = rtrl_health(address(server), tls_env(pki, mutual=True))
+    assert (probe.returncode, probe.stdout.strip()) == (0, "SERVING"), probe.stderr
+    plaintext = rtrl_health(address(server), {})
+    assert (plaintext.returncode, plaintext.stdout.strip()) == (1, "UNREACHABLE")
+    broken = rtrl_health(address(server), {**tls_env(pki, mutual=True), "RTRL_TLS_CA_FILE": "/nonexistent/ca.pem"})
+    assert broken.returncode == 2
+    assert "RTRL_TLS_CA_FILE='/nonexistent/ca.pem' cannot be read" in broken.stderr
+
+
+def test_refused_calls_are_logged_without_flooding_the_log(
+    make_replica: MakeReplica, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = make_replica({"RTRL_AUTH_TOKEN": TOKEN})
+    with grpc.insecure_channel(address(server)) as bare, caplog.at_level(logging.WARNING, logger="rtrl.security"):
+        for _ in range(12):
+            assert refused_code(lambda: get_status(bare)) == grpc.StatusCode.UNAUTHENTICATED
+    refusals = [record.getMessage() for record in caplog.records if "refused a call" in record.getMessage()]
+    assert refusals == [
+        "refused a call to /rtrl.v1.InferenceService/GetStatus that carried no token (1 refused so far)",
+        "refused a call to /rtrl.v1.InferenceService/GetStatus that carried no token (10 refused so far)",
+    ]
