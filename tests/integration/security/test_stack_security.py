@@ -37,7 +37,9 @@ def free_pair() -> int:
         return port
 
 
-def test_rtrl_up_runs_with_mutual_tls_and_token(tmp_path: Path, pki: Pki) -> None:
+@pytest.mark.parametrize("interaction", ["async", "sequential"])
+def test_rtrl_up_runs_with_mutual_tls_and_token(tmp_path: Path, pki: Pki, interaction: str) -> None:
+    """async: the gateway calls replicas from the registry; sequential: it also calls the learner's Train."""
     gateway_port, learner_port, inference_port = free_port(), free_port(), free_pair()
     summary = tmp_path / "summary.json"
     security_env = tls_env(pki, mutual=True, token=TOKEN)
@@ -52,6 +54,7 @@ def test_rtrl_up_runs_with_mutual_tls_and_token(tmp_path: Path, pki: Pki) -> Non
         "--checkpoint-dir", str(tmp_path / "checkpoints"),
         "--run-dir", str(tmp_path / "runs"),
         "--summary-json", str(summary),
+        "--interaction", interaction,
         "--set", "RTRL_CHECKPOINT_EVERY_UPDATES=20",
         *settings,
     ]  # fmt: skip
@@ -83,6 +86,10 @@ def test_rtrl_up_runs_with_mutual_tls_and_token(tmp_path: Path, pki: Pki) -> Non
     assert gateway_stats is not None and learner is not None, output
     assert gateway_stats["coverage"] > 0, f"no decision got a fresh action over mutual TLS:\n{output}"
     assert int(learner["transitions_consumed"]) > 0, f"the learner consumed nothing:\n{output}"
+    if interaction == "sequential":
+        # Every act-learn cycle is a Train call from the gateway to the learner (over mutual TLS, with the
+        # token) that the learner answered; updates may still be 0 before the replay buffer fills.
+        assert int(gateway_stats["sequential_cycles"]) > 0 and int(learner["train_calls"]) > 0, output
     # The embedded Redis got a password, and the launcher never prints it.
     redis_line = next(line for line in output.splitlines() if line.startswith("redis "))
     assert ":***@127.0.0.1" in redis_line, redis_line
