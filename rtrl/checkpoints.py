@@ -236,6 +236,9 @@ class CheckpointWatcher:
         except CheckpointError as e:
             if checkpoint is not None:
                 self._failed_versions.add(checkpoint.version)
+            elif str(e) == self.last_error:
+                # The same unreadable latest.json as at the last poll: one failure, not one per poll.
+                return False
             self.failures += 1
             self.last_error = str(e)
             log.warning("checkpoint not loaded, previous version keeps serving: %s", e)

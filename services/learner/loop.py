@@ -626,9 +626,19 @@ class Learner:
             )
         except (CheckpointError, OSError) as e:  # CheckpointStore lets an OSError from mkdir through
             self._publish_failures += 1
+            # Retried every interval: the same error is logged once (and counted every time), not ten
+            # times a second while a disk stays full.
+            if str(e) != self._publish_last_error:
+                log.warning(
+                    "%s; training goes on and publication is retried at every interval (failures are counted "
+                    "in GetStatus checkpoint_publish_failures)",
+                    e,
+                )
             self._publish_last_error = str(e)
-            log.warning("%s; training goes on and publication is retried at the next interval", e)
             return
+        if self._publish_last_error:
+            log.info("checkpoint %d published again (%d failed publications so far)", version, self._publish_failures)
+            self._publish_last_error = ""
         self._version = version
         self._updates_at_last_publish = agent.updates
         self._published += 1

@@ -124,6 +124,19 @@ def test_watcher_loads_newer_versions_and_skips_broken_ones(tmp_path):
     assert loaded == [1, 3]
 
 
+def test_an_unreadable_latest_pointer_counts_once_however_often_it_is_polled(tmp_path):
+    store = CheckpointStore(tmp_path)
+    store.publish(1, weights(1.0), {"model": {}})
+    watcher = CheckpointWatcher(store, lambda checkpoint, w: None)
+    assert watcher.poll_once() is True
+    (tmp_path / LATEST).write_text('{"format": "rtrl.checkpoint/1", "vers')
+    for _ in range(5):
+        assert watcher.poll_once() is False
+    assert watcher.failures == 1 and "not valid JSON" in watcher.last_error
+    store.publish(2, weights(2.0), {"model": {}})
+    assert watcher.poll_once() is True and watcher.loaded_version == 2
+
+
 def test_watcher_counts_errors_raised_by_the_loader(tmp_path):
     store = CheckpointStore(tmp_path)
     store.publish(1, weights(1.0), {"model": {}})
