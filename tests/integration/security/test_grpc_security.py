@@ -26,7 +26,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 from security_pki import TOKEN, Pki, grpcurl, tls_env
 
-from rtrl.grpc_util import create_channel, health_status
+from rtrl.grpc_util import create_channel, create_server, health_status
 from rtrl.security import SecuritySettings
 from rtrl.tensors import to_proto
 from rtrl.v1 import inference_pb2, inference_pb2_grpc
@@ -276,3 +276,60 @@ def test_refused_calls_are_logged_without_flooding_the_log(
         "refused a call to /rtrl.v1.InferenceService/GetStatus that carried no token (1 refused so far)",
         "refused a call to /rtrl.v1.InferenceService/GetStatus that carried no token (10 refused so far)",
     ]
+
+
+def test_every_call_shape_is_refused_without_the_token_and_served_with_it() -> None:
+    # The replica's RPCs are all unary; the gateway's StreamFrames streams its answer and reflection
+    # streams both ways. A generic service with the four shapes checks the refusal of each.
+    def unary_unary(request: bytes, _context: grpc.ServicerContext) -> bytes:
+        return request
+
+    def unary_stream(request: bytes, _context: grpc.ServicerContext):
+        yield request
+        yield request
+
+    def stream_unary(requests, _context: grpc.ServicerContext) -> bytes:
+        return b"".join(requests)
+
+    def stream_stream(requests, _context: grpc.ServicerContext):
+        yield from requests
+
+    handlers = {
+        "UnaryUnary": grpc.unary_unary_rpc_method_handler(unary_unary),
+        "UnaryStream": grpc.unary_stream_rpc_method_handler(unary_stream),
+        "StreamUnary": grpc.stream_unary_rpc_method_handler(stream_unary),
+        "StreamStream": grpc.stream_stream_rpc_method_handler(stream_stream),
+    }
+    server, port = create_server("127.0.0.1", 0, max_workers=4, security=SecuritySettings(token=TOKEN))
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("test.Shapes", handlers)])
+    server.start()
+    try:
+        target = f"127.0.0.1:{port}"
+
+        def calls(channel: grpc.Channel) -> dict[str, Callable[[], object]]:
+            return {
+                "UnaryUnary": lambda: channel.unary_unary("/test.Shapes/UnaryUnary")(b"a", timeout=CALL_TIMEOUT_S),
+                "UnaryStream": lambda: list(
+                    channel.unary_stream("/test.Shapes/UnaryStream")(b"a", timeout=CALL_TIMEOUT_S)
+                ),
+                "StreamUnary": lambda: channel.stream_unary("/test.Shapes/StreamUnary")(
+                    iter([b"a", b"b"]), timeout=CALL_TIMEOUT_S
+                ),
+                "StreamStream": lambda: list(
+                    channel.stream_stream("/test.Shapes/StreamStream")(iter([b"a", b"b"]), timeout=CALL_TIMEOUT_S)
+                ),
+            }
+
+        with grpc.insecure_channel(target) as bare:
+            for name, call in calls(bare).items():
+                assert refused_code(call) == grpc.StatusCode.UNAUTHENTICATED, name
+        with create_channel(target, SecuritySettings(token=TOKEN)) as client:
+            answers = {name: call() for name, call in calls(client).items()}
+        assert answers == {
+            "UnaryUnary": b"a",
+            "UnaryStream": [b"a", b"a"],
+            "StreamUnary": b"ab",
+            "StreamStream": [b"a", b"b"],
+        }
+    finally:
+        server.stop(0).wait()
