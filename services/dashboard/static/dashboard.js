@@ -62,6 +62,20 @@ function setFacts(dl, rows) {
 
 // ---- charts -------------------------------------------------------------------------------------
 
+// Charts scrolled out of view are not redrawn (drawing costs CPU on the machine showing the page,
+// which may be the one running the game); they are redrawn as soon as they scroll back in.
+const visible = new Set();
+const visibility = new IntersectionObserver((entries) => {
+  for (const entry of entries) {
+    if (entry.isIntersecting) visible.add(entry.target); else visible.delete(entry.target);
+  }
+  if (entries.some((entry) => entry.isIntersecting)) drawCharts();
+});
+function shown(canvas) {
+  if (!canvas.dataset.observed) { canvas.dataset.observed = "1"; visibility.observe(canvas); return false; }
+  return visible.has(canvas);
+}
+
 function prepare(canvas) {
   const ratio = window.devicePixelRatio || 1;
   const width = canvas.clientWidth, height = canvas.clientHeight;
@@ -118,6 +132,7 @@ function drawLegend(ctx, series, box) {
 
 // series: [{name, color, dash, points: [[x, y], ...]}]; x is Unix seconds (time) or a number.
 function lineChart(canvas, series, options) {
+  if (!shown(canvas)) return;
   const { ctx, width, height } = prepare(canvas);
   const box = { left: 46, right: width - 10, top: 18, bottom: height - 20 };
   const all = series.flatMap((s) => s.points).filter((p) => p[1] !== null && p[1] !== undefined);
@@ -162,6 +177,7 @@ function lineChart(canvas, series, options) {
 
 // groups: [{label, sublabel}], series: [{name, color, values: [per group]}]
 function barChart(canvas, groups, series, options) {
+  if (!shown(canvas)) return;
   const { ctx, width, height } = prepare(canvas);
   const box = { left: 46, right: width - 10, top: 18, bottom: height - (options.twoLineLabels ? 32 : 20) };
   const stacked = Boolean(options.stacked);
@@ -315,6 +331,9 @@ function replicaRows(state) {
 function showReplicas(state) {
   const body = document.querySelector("#replicas tbody");
   const rows = replicaRows(state);
+  const key = JSON.stringify(rows);
+  if (body.dataset.key === key) return rows;
+  body.dataset.key = key;
   body.replaceChildren(...rows.map((row, i) => {
     const tr = el("tr", { "data-replica": row.address });
     const status = row.own && row.own.status;
