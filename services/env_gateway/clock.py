@@ -31,9 +31,17 @@ reply could still start a step (frame obs + S in the default S = L + k), minus `
 Mailbox. Replies arrive on gRPC threads and are kept, each with its observation frame, episode,
 arrival time, policy version and log-probability (`ActionMailbox`). At the first tick of step j
 (frame e + j*k + L) the clock takes the newest pending reply whose staleness (this frame - its
-observation frame) is <= S: that is the step's action (fresh). Older pending replies count as
-`replies_superseded`. Replies whose staleness already exceeds S when they arrive or when a step
-starts, and replies of a previous episode, count as `replies_late` and are dropped. Without a
+observation frame) is <= S and at least the usual staleness D: that is the step's action (fresh).
+Older pending replies count as `replies_superseded`; newer ones (staleness < D, "early") stay for
+the next step. D is the median arrival staleness of the last `ARRIVAL_WINDOW` replies (a reply
+offered during tick f has arrival staleness f + 1 - its observation frame), 0 until `ARRIVAL_MIN`
+have arrived. Why: replies come
+back a round trip after their observation, so each lands a fixed time after one tick; when that
+tick starts late (a busy machine), the reply meant for the next tick is already there, and taking
+the newest would spend two replies on one tick and leave the next without any. With nothing due
+the newest early reply is taken and older ones are superseded. Replies whose staleness already
+exceeds S when they arrive or when a step starts, and replies of a previous episode, count as
+`replies_late` and are dropped. Without a
 usable reply the fallback policy chooses: noop -> `fallback_action`, repeat_last -> the last applied
 action (`fallback_action` at the start of an episode), random -> uniform. The step's action is held
 for all its k frames.
@@ -80,6 +88,10 @@ log = logging.getLogger(__name__)
 DEADLINE_MARGIN_S = 0.002
 # Frames the clock may tick back-to-back to recover from an overrun before it moves its schedule.
 CATCH_UP_LIMIT_FRAMES = 2
+# Recent replies whose arrival staleness gives the mailbox its usual staleness D (see Mailbox above),
+# and how many it needs before D is trusted (until then every reply is due: the newest wins).
+ARRIVAL_WINDOW = 64
+ARRIVAL_MIN = 16
 RECENT_RETURNS = 100
 
 
@@ -227,6 +239,7 @@ class ActionMailbox:
         self._now_s = now_s
         self._lock = threading.Lock()
         self._pending: list[PendingReply] = []
+        self._arrival_staleness: deque[int] = deque(maxlen=ARRIVAL_WINDOW)
         self._episode = -1
         self._frame = -1
         self.replies_accepted = 0
@@ -251,25 +264,44 @@ class ActionMailbox:
         """Keeps `reply` if it can still be applied; returns whether it was kept."""
         arrived_s = self._now_s()
         with self._lock:
-            if episode != self._episode or self._frame + 1 - obs_frame > self.max_staleness_frames:
+            arrival_staleness = self._frame + 1 - obs_frame
+            if episode != self._episode or arrival_staleness > self.max_staleness_frames:
                 self.replies_late += 1
                 return False
+            self._arrival_staleness.append(arrival_staleness)
             self._pending.append(PendingReply(episode, obs_frame, arrived_s, reply))
             self.replies_accepted += 1
         self.decision_overhead_ms.add((arrived_s - obs_produced_s) * 1000.0)
         return True
 
+    def usual_staleness(self) -> int:
+        """D: the median arrival staleness of recent replies (0 before any), see Mailbox in the module docstring."""
+        with self._lock:
+            return self._usual_staleness()
+
+    def _usual_staleness(self) -> int:
+        if len(self._arrival_staleness) < ARRIVAL_MIN:
+            return 0
+        recent = sorted(self._arrival_staleness)
+        return recent[len(recent) // 2]
+
     def take(self, frame: int) -> PendingReply | None:
-        """At the first tick of a step: the newest reply with staleness <= S, or None. Empties the box."""
+        """At the first tick of a step: the newest reply with D <= staleness <= S (else the newest with
+        staleness < D), or None. Older replies are superseded, newer ones wait for the next step."""
         with self._lock:
             self._frame = frame
             usable = [p for p in self._pending if frame - p.obs_frame <= self.max_staleness_frames]
             self.replies_late += len(self._pending) - len(usable)
-            self._pending = []
             if not usable:
+                self._pending = []
                 return None
-            self.replies_superseded += len(usable) - 1
-            return max(usable, key=lambda p: p.obs_frame)
+            usual = self._usual_staleness()
+            due = [p for p in usable if frame - p.obs_frame >= usual]
+            chosen = max(due or usable, key=lambda p: p.obs_frame)
+            # Early replies (only when one is due) wait for the next step; everything else is used up.
+            self._pending = [p for p in usable if p.obs_frame > chosen.obs_frame] if due else []
+            self.replies_superseded += len(usable) - 1 - len(self._pending)
+            return chosen
 
     def pending_count(self) -> int:
         with self._lock:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.env_gateway.clock import ActionMailbox, ActionReply
+from services.env_gateway.clock import ARRIVAL_MIN, ActionMailbox, ActionReply
 
 
 def reply(action: int) -> ActionReply:
@@ -63,3 +63,44 @@ def test_overhead_is_recorded_for_accepted_replies_only(mailbox: ActionMailbox) 
     mailbox.offer(0, 0, 9.996, reply(1))
     mailbox.offer(7, 0, 9.0, reply(1))  # wrong episode: dropped, not measured
     assert list(mailbox.decision_overhead_ms.values()) == pytest.approx([4.0])
+
+
+def steady_replies(mailbox: ActionMailbox, count: int, staleness: int) -> int:
+    """`count` steps (k = 1) whose replies each arrive during the tick `staleness` - 1 frames after their
+    observation, so each is taken at staleness `staleness`; returns the next frame."""
+    frame = 1
+    for _ in range(count):
+        mailbox.advance(frame - 1)
+        mailbox.offer(0, frame - staleness, 9.9, reply(1))
+        assert mailbox.take(frame) is not None
+        frame += 1
+    return frame
+
+
+def test_a_reply_early_because_its_tick_started_late_waits_for_the_next_step() -> None:
+    mailbox = ActionMailbox(max_staleness_frames=8, now_s=lambda: 10.0)
+    mailbox.begin_episode(episode=0, frame=0)
+    frame = steady_replies(mailbox, ARRIVAL_MIN, staleness=5)
+    assert mailbox.usual_staleness() == 5
+    # Tick `frame` starts late, after the reply meant for the tick after it has arrived as well.
+    mailbox.advance(frame - 1)
+    mailbox.offer(0, frame - 5, 9.9, reply(1))
+    mailbox.offer(0, frame - 4, 9.9, reply(2))
+    taken = mailbox.take(frame)
+    assert taken is not None and taken.obs_frame == frame - 5
+    assert mailbox.pending_count() == 1  # the early one is kept, not superseded
+    taken = mailbox.take(frame + 1)  # nothing new arrived in time for this tick: the kept reply serves it
+    assert taken is not None and (taken.obs_frame, taken.reply.action) == (frame - 4, 2)
+    assert (mailbox.replies_superseded, mailbox.replies_late) == (0, 0)
+
+
+def test_with_nothing_due_the_newest_early_reply_is_taken() -> None:
+    mailbox = ActionMailbox(max_staleness_frames=8, now_s=lambda: 10.0)
+    mailbox.begin_episode(episode=0, frame=0)
+    frame = steady_replies(mailbox, ARRIVAL_MIN, staleness=5)
+    mailbox.advance(frame - 1)
+    mailbox.offer(0, frame - 3, 9.9, reply(1))
+    mailbox.offer(0, frame - 2, 9.9, reply(2))
+    taken = mailbox.take(frame)
+    assert taken is not None and taken.obs_frame == frame - 2
+    assert (mailbox.replies_superseded, mailbox.pending_count()) == (1, 0)
