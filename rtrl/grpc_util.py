@@ -13,7 +13,7 @@ that would come too late with DEADLINE_EXCEEDED, each with a sentence saying wha
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent import futures
 from typing import Any
 
@@ -134,3 +134,74 @@ def health_status(address: str, timeout_s: float = 1.0, security: SecuritySettin
         except grpc.RpcError:
             return "UNREACHABLE"
     return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
+
+
+class _Undecodable:
+    """Stands in for a request whose bytes are not the expected message."""
+
+    def __init__(self, error: str) -> None:
+        self.error = error
+
+
+class _RefusingMalformedRequests:
+    """What the generated `add_*Servicer_to_server` functions see instead of the server: each method's
+    request decoding becomes tolerant, and the method answers INVALID_ARGUMENT for bytes that are not its
+    message. gRPC would otherwise answer INTERNAL ("Exception deserializing request!") before any servicer
+    code runs, which tells a client nothing about what to fix."""
+
+    def __init__(self, server: grpc.Server) -> None:
+        self._server = server
+        self._registered = False
+        self._generic: list[Any] = []
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        # Replaced by the tolerant handlers registered below; kept in case a generator stops registering.
+        self._generic.extend(handlers)
+
+    def add_registered_method_handlers(self, service_name: str, method_handlers: dict[str, Any]) -> None:
+        tolerant = {name: _tolerant(f"{service_name}/{name}", h) for name, h in method_handlers.items()}
+        self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service_name, tolerant),))
+        self._server.add_registered_method_handlers(service_name, tolerant)
+        self._registered = True
+
+    def finish(self) -> None:
+        if not self._registered and self._generic:
+            self._server.add_generic_rpc_handlers(tuple(self._generic))
+
+
+def _tolerant(method: str, handler: Any) -> Any:
+    if handler.request_streaming or handler.request_deserializer is None:
+        return handler
+    decode = handler.request_deserializer
+
+    def tolerant_decode(data: bytes) -> Any:
+        try:
+            return decode(data)
+        except Exception as error:  # protobuf's DecodeError, or whatever a custom decoder raises
+            return _Undecodable(str(error))
+
+    def refusing(behavior: Any) -> Any:
+        def serve(request: Any, context: grpc.ServicerContext) -> Any:
+            if isinstance(request, _Undecodable):
+                context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"the request to {method} is not a valid message ({request.error}); "
+                    "build it from protos/rtrl/v1 (server reflection lists them)",
+                )
+            return behavior(request, context)
+
+        return serve
+
+    return handler._replace(
+        request_deserializer=tolerant_decode,
+        unary_unary=refusing(handler.unary_unary) if handler.unary_unary else None,
+        unary_stream=refusing(handler.unary_stream) if handler.unary_stream else None,
+    )
+
+
+def add_servicer(add_to_server: Callable[[Any, Any], None], servicer: Any, server: grpc.Server) -> None:
+    """Registers `servicer` with a generated `add_*Servicer_to_server`, refusing malformed request bytes
+    with INVALID_ARGUMENT instead of gRPC's INTERNAL."""
+    proxy = _RefusingMalformedRequests(server)
+    add_to_server(servicer, proxy)
+    proxy.finish()

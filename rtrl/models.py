@@ -8,6 +8,7 @@ value, V-trace); both share the same torsos, so arch and width mean the same for
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -27,6 +28,10 @@ HEADS = ("q", "actor_critic")
 # publishes; inference uses it for the fresh policy it serves before the first checkpoint.
 ALGORITHM_HEADS = {"dqn": "q", "vtrace": "actor_critic"}
 ALGORITHMS = tuple(ALGORITHM_HEADS)
+# Model size bounds (ModelConfig.validate): Atari has 18 actions, a downscaled frame stack is 4x84x84.
+MAX_ACTION_COUNT = 4096
+MAX_MLP_INPUTS = 65_536
+MAX_IMAGE_SIDE = 512
 
 
 @dataclass(frozen=True)
@@ -77,6 +82,22 @@ class ModelConfig:
             raise ValueError(f"model head {self.head!r} is unknown; use one of {', '.join(HEADS)}")
         if self.action_count < 1:
             raise ValueError("a model needs at least one action")
+        # Bounds on what a request may make a replica build (a fresh policy is built for the first
+        # request's game): far above any game's needs, far below what would exhaust memory.
+        if self.action_count > MAX_ACTION_COUNT:
+            raise ValueError(f"{self.action_count} actions is more than the {MAX_ACTION_COUNT} a model may have")
+        if not self.observation_shape or min(self.observation_shape) < 1:
+            raise ValueError(f"observation shape {list(self.observation_shape)} needs at least one element per axis")
+        if self.arch == "mlp" and math.prod(self.observation_shape) > MAX_MLP_INPUTS:
+            raise ValueError(
+                f"an mlp takes at most {MAX_MLP_INPUTS} inputs, got {math.prod(self.observation_shape)} "
+                f"({list(self.observation_shape)}); downscale the observation or use a CNN on [channels, height, width]"
+            )
+        if len(self.observation_shape) == 3 and max(self.observation_shape) > MAX_IMAGE_SIDE:
+            raise ValueError(
+                f"observations shaped {list(self.observation_shape)} exceed {MAX_IMAGE_SIDE} channels or pixels "
+                "per side; downscale them (RTRL_OBS_WIDTH / RTRL_OBS_HEIGHT)"
+            )
         if self.width < 1:
             raise ValueError(f"width must be at least 1, got {self.width}")
         if self.width != 1 and self.arch != "impala_cnn":

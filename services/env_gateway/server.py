@@ -55,6 +55,9 @@ START_TIMEOUT_S = 10.0
 _VIEWER_POLL_S = 0.25
 # Each StreamFrames call holds a server thread for its lifetime, so leave room beside unary calls.
 _SERVER_WORKERS = 16
+# Each open StreamFrames holds a server thread; beyond this many, new streams are refused so that
+# GetSpec, GetStats and health keep threads to answer with, however many viewers a client opens.
+MAX_VIEWERS = _SERVER_WORKERS // 2
 
 
 class LearnerTrainer:
@@ -362,6 +365,12 @@ class EnvGatewayServicer(env_gateway_pb2_grpc.EnvGatewayServiceServicer):
         if self._gateway.stopped:
             abort_for(context, Unavailable("the gateway is shutting down; connect to another gateway"))
         frames = self._gateway.frames
+        if len(frames) >= MAX_VIEWERS:
+            context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"the gateway already streams frames to {MAX_VIEWERS} viewers, its most at once; "
+                "close one of them (or watch through it) and try again",
+            )
         viewer = frames.subscribe(request.every_nth_frame)
         # Wakes the loop below as soon as the client cancels or the call ends.
         context.add_callback(viewer.close)
@@ -391,7 +400,9 @@ def create_server(settings: GatewaySettings, gateway: Gateway) -> tuple[grpc.Ser
     server, port = grpc_util.create_server(
         settings.host, settings.port, max_workers=_SERVER_WORKERS, security=settings.security
     )
-    env_gateway_pb2_grpc.add_EnvGatewayServiceServicer_to_server(EnvGatewayServicer(gateway), server)
+    grpc_util.add_servicer(
+        env_gateway_pb2_grpc.add_EnvGatewayServiceServicer_to_server, EnvGatewayServicer(gateway), server
+    )
     gateway.attach_health(grpc_util.add_health_and_reflection(server, [SERVICE_NAME]))
     return server, port
 

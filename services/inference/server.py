@@ -137,7 +137,7 @@ class InferenceServer:
         if settings.redis_url:
             self.heartbeat = Heartbeat(settings.redis_url, self.advertised_address, settings.replica_registry)
         servicer = InferenceServicer(self.policy, self.advertised_address if self.heartbeat else "", self.heartbeat)
-        inference_pb2_grpc.add_InferenceServiceServicer_to_server(servicer, self.grpc_server)
+        grpc_util.add_servicer(inference_pb2_grpc.add_InferenceServiceServicer_to_server, servicer, self.grpc_server)
         self.health = grpc_util.add_health_and_reflection(self.grpc_server, [SERVICE_NAME])
         self._stopped = False
 

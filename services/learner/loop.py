@@ -27,7 +27,8 @@ caller's thread; a lock keeps them apart from the loop adding to the replay buff
 
 Errors: `LearnerError` when the learner cannot start (an unusable checkpoint, no such device);
 `TrainRefused` for Train in async mode, `TrainTimeout` when its transition was not consumed in time,
-`LearnerStopped` for Train while the learner is not running. At
+`LearnerStopped` for Train while the learner is not running, `TrainInvalid` for more updates than
+`MAX_UPDATES_PER_TRAIN`. At
 run time nothing from outside stops it: Redis failures are counted and retried with back-off (training
 continues on the replay buffer meanwhile), unusable transitions are dead-lettered and counted, and a
 failed checkpoint publication is counted and retried at the next interval.
@@ -91,6 +92,17 @@ class TrainTimeout(LearnerError):
 
 class LearnerStopped(LearnerError):
     """Train was called while the learner is not running (not started yet, or stopping)."""
+
+
+class TrainInvalid(LearnerError):
+    """A Train request asks for something no learner should do (more updates than one call may run)."""
+
+
+# One Train call runs at most this many updates, and waits at most this long for its transition even
+# when the caller sets no (or a longer) deadline: a call must never hold the model or a server thread
+# indefinitely.
+MAX_UPDATES_PER_TRAIN = 10_000
+MAX_TRAIN_WAIT_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -480,20 +492,36 @@ class Learner:
 
     # -- sequential mode -----------------------------------------------------------------------------
 
-    def train_through(self, gateway_id: str, through_seq: int, updates: int, timeout_s: float | None) -> TrainResult:
-        """Sequential mode: waits (at most `timeout_s`) until transition `through_seq` of `gateway_id` (or a
-        later one) was consumed, then performs `updates` updates (0: RTRL_SEQUENTIAL_UPDATES) here."""
+    def train_through(
+        self,
+        gateway_id: str,
+        through_seq: int,
+        updates: int,
+        timeout_s: float | None,
+        cancelled: Callable[[], bool] = lambda: False,
+    ) -> TrainResult:
+        """Sequential mode: waits (at most `timeout_s`, never more than MAX_TRAIN_WAIT_S, and not after
+        `cancelled()` turns true) until transition `through_seq` of `gateway_id` (or a later one) was
+        consumed, then performs `updates` updates (0: RTRL_SEQUENTIAL_UPDATES) here, stopping at the deadline."""
         if not self.sequential:
             raise TrainRefused(
                 "this learner trains without pause (RTRL_LEARNER_MODE=async); Train is only served in "
                 "sequential mode: restart it with RTRL_LEARNER_MODE=sequential"
             )
+        if updates > MAX_UPDATES_PER_TRAIN:
+            raise TrainInvalid(
+                f"Train asked for {updates} updates; one call runs at most {MAX_UPDATES_PER_TRAIN}: "
+                "ask for fewer and call again"
+            )
         started_s = time.monotonic()
-        give_up_s = math.inf if timeout_s is None else started_s + timeout_s
+        timeout_s = MAX_TRAIN_WAIT_S if timeout_s is None else min(timeout_s, MAX_TRAIN_WAIT_S)
+        give_up_s = started_s + timeout_s
         with self._consumed_cond:
             while self._consumed_seq.get(gateway_id, -1) < through_seq:
                 if self._stop.is_set() or not self._thread.is_alive():
                     raise LearnerStopped("the learner is not running; call Train again once it is")
+                if cancelled():
+                    raise TrainTimeout(f"the caller gave up waiting for transition {through_seq} of {gateway_id!r}")
                 remaining_s = give_up_s - time.monotonic()
                 if remaining_s <= 0:
                     raise TrainTimeout(
@@ -508,7 +536,7 @@ class Learner:
         with self._model_lock:
             trained_s = time.monotonic()
             done = 0
-            while done < wanted and self._can_train():
+            while done < wanted and self._can_train() and time.monotonic() < give_up_s:
                 self._train()
                 done += 1
             train_ms = (time.monotonic() - trained_s) * 1000.0

@@ -5,7 +5,7 @@ NOT_SERVING again when Redis is lost or shutdown begins.
 
 Train (sequential mode only) maps the loop's errors to status codes here: TrainRefused ->
 FAILED_PRECONDITION (the call can never succeed against an async learner, retrying is pointless),
-TrainTimeout -> DEADLINE_EXCEEDED, LearnerStopped -> UNAVAILABLE.
+TrainTimeout -> DEADLINE_EXCEEDED, LearnerStopped -> UNAVAILABLE, TrainInvalid -> INVALID_ARGUMENT.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from services.learner.loop import (
     LearnerError,
     LearnerStatus,
     LearnerStopped,
+    TrainInvalid,
     TrainRefused,
     TrainTimeout,
     status_line,
@@ -119,8 +120,14 @@ class LearnerServicer(learner_pb2_grpc.LearnerServiceServicer):
     def Train(self, request: learner_pb2.TrainRequest, context: grpc.ServicerContext) -> learner_pb2.TrainResponse:
         try:
             result = self.learner.train_through(
-                request.gateway_id, request.through_seq, request.updates, context.time_remaining()
+                request.gateway_id,
+                request.through_seq,
+                request.updates,
+                context.time_remaining(),
+                cancelled=lambda: not context.is_active(),
             )
+        except TrainInvalid as error:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
         except TrainRefused as error:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(error))
         except TrainTimeout as error:
@@ -142,7 +149,7 @@ def create_server(settings: LearnerSettings, learner: Learner) -> tuple[grpc.Ser
     Health follows the learner's readiness from here on; start the learner and the server separately.
     """
     server, port = grpc_util.create_server(settings.host, settings.port, security=settings.security)
-    learner_pb2_grpc.add_LearnerServiceServicer_to_server(LearnerServicer(learner), server)
+    grpc_util.add_servicer(learner_pb2_grpc.add_LearnerServiceServicer_to_server, LearnerServicer(learner), server)
     health = grpc_util.add_health_and_reflection(server, [SERVICE_NAME])
     learner.watch_ready(lambda ready: grpc_util.set_serving(health, [SERVICE_NAME], ready))
     return server, port

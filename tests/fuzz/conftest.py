@@ -1,0 +1,190 @@
+"""Real servers on port 0 for the fuzz suite: an inference replica serving a small checkpoint, a fresh
+replica with no checkpoint, a gateway on ALE Pong, a sequential learner; and the reply checker.
+
+Every reply to a hostile request must be OK or a clear refusal: one of `CLEAR_CODES` with a details
+sentence, never UNKNOWN or INTERNAL (an unhandled exception), never a hang (each call has a deadline and
+must come back within it, plus a margin for a busy machine).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+import redis
+import torch
+
+from rtrl.checkpoints import CheckpointStore
+from rtrl.local_redis import LocalRedis
+from rtrl.models import ModelConfig, build_model
+from rtrl.transitions import STREAM_FIELD, Transition, encode
+from services.env_gateway.server import Gateway
+from services.env_gateway.server import create_server as create_gateway_server
+from services.env_gateway.settings import EnvSpec, GatewaySettings
+from services.inference.server import InferenceServer
+from services.inference.server import create_server as create_inference_server
+from services.inference.settings import InferenceSettings
+from services.learner.dqn import DQNConfig
+from services.learner.loop import Learner
+from services.learner.server import create_server as create_learner_server
+from services.learner.settings import LearnerSettings
+
+CLEAR_CODES = {
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.OUT_OF_RANGE,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.UNAVAILABLE,
+}
+# A call may come back this much later than its deadline on a loaded 2-core machine; a hang would not.
+LATE_MARGIN_S = 3.0
+SERVED_CONFIG = ModelConfig(arch="mlp", observation_shape=(3,), action_count=4, hidden_size=16)
+FUZZ_GATEWAY = "gw-fuzz"
+CONSUMED_SEQS = 40
+
+
+def check_reply(call: Callable[[float], Any], timeout_s: float) -> grpc.StatusCode:
+    """Runs `call(timeout_s)` and checks the outcome is OK or a clear refusal, in time; returns the code."""
+    started_s = time.monotonic()
+    try:
+        call(timeout_s)
+        code = grpc.StatusCode.OK
+    except grpc.RpcError as error:
+        code = error.code()
+        assert code in CLEAR_CODES, f"{code}: {error.details()}"
+        assert error.details(), f"{code} came without a sentence saying what is wrong"
+    elapsed_s = time.monotonic() - started_s
+    assert elapsed_s <= timeout_s + LATE_MARGIN_S, f"the call took {elapsed_s:.1f} s with a {timeout_s:.1f} s deadline"
+    return code
+
+
+@pytest.fixture(scope="session")
+def fuzz_redis() -> Iterator[LocalRedis]:
+    with LocalRedis() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def served_replica(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InferenceServer]:
+    checkpoint_dir = tmp_path_factory.mktemp("fuzz-checkpoints")
+    torch.set_num_threads(1)
+    model = build_model(SERVED_CONFIG)
+    CheckpointStore(checkpoint_dir).publish(1, model.state_dict(), {"model": SERVED_CONFIG.to_json(), "epsilon": 0.0})
+    yield from _replica(checkpoint_dir)
+
+
+@pytest.fixture
+def fresh_replica(tmp_path: Path) -> Iterator[InferenceServer]:
+    """A replica with no checkpoint: it builds a fresh policy for the first request's game."""
+    yield from _replica(tmp_path / "empty")
+
+
+def _replica(checkpoint_dir: Path) -> Iterator[InferenceServer]:
+    settings = InferenceSettings(
+        host="127.0.0.1",
+        port=0,
+        replica_id="fuzz",
+        checkpoint_dir=str(checkpoint_dir),
+        device="cpu",
+        epsilon_start=0.0,
+        redis_url="",
+    )
+    server, _ = create_inference_server(settings)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop(0.5).wait()
+
+
+@pytest.fixture(scope="module")
+def gateway(fuzz_redis: LocalRedis) -> Iterator[tuple[Gateway, str]]:
+    settings = replace(
+        GatewaySettings(),
+        port=0,
+        gateway_id="gateway-fuzz",
+        env=EnvSpec.parse("ale:Pong"),
+        redis_url=fuzz_redis.url,
+        stream=f"fuzz:gateway:{uuid.uuid4().hex[:8]}",
+        replica_registry=f"fuzz:replicas:{uuid.uuid4().hex[:8]}",
+    )
+    gateway = Gateway(settings)
+    server, port = create_gateway_server(settings, gateway)
+    server.start()
+    gateway.start()
+    try:
+        yield gateway, f"127.0.0.1:{port}"
+    finally:
+        gateway.stop()
+        server.stop(None).wait()
+
+
+def _transition(seq: int) -> Transition:
+    return Transition(
+        gateway_id=FUZZ_GATEWAY,
+        seq=seq,
+        episode=0,
+        step=seq,
+        obs_frame=seq,
+        observation=np.full((8,), seq, dtype=np.uint8),
+        action=seq % 3,
+        action_count=3,
+        reward=0.0,
+        terminated=False,
+        truncated=False,
+        fresh=True,
+        fallback_policy=1,
+        staleness_frames=2,
+        policy_version=-1,
+        behaviour_log_prob=0.0,
+        obs_captured_unix_ns=0,
+        action_applied_unix_ns=0,
+    )
+
+
+@pytest.fixture(scope="module")
+def sequential_learner(
+    fuzz_redis: LocalRedis, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Learner, str]]:
+    """A learner in sequential mode (Train does work there) that has consumed seqs 0..39 of FUZZ_GATEWAY."""
+    stream = f"fuzz:learner:{uuid.uuid4().hex[:8]}"
+    client = redis.Redis.from_url(fuzz_redis.url)
+    try:
+        for seq in range(CONSUMED_SEQS):
+            client.xadd(stream, {STREAM_FIELD: encode(_transition(seq))})
+    finally:
+        client.close()
+    settings = LearnerSettings(
+        host="127.0.0.1",
+        port=0,
+        redis_url=fuzz_redis.url,
+        stream=stream,
+        consumer_name="learner-fuzz",
+        checkpoint_dir=tmp_path_factory.mktemp("fuzz-learner"),
+        checkpoint_every_updates=1000,
+        torch_threads=1,
+        device="cpu",
+        mode="sequential",
+        dqn=DQNConfig(learning_starts=16, batch_size=8, buffer_size=1000),
+    )
+    learner = Learner(settings)
+    server, port = create_learner_server(settings, learner)
+    server.start()
+    learner.start()
+    deadline = time.monotonic() + 60
+    while learner.status().transitions_consumed < CONSUMED_SEQS:
+        assert time.monotonic() < deadline, "the fuzz learner never consumed its transitions"
+        time.sleep(0.05)
+    try:
+        yield learner, f"127.0.0.1:{port}"
+    finally:
+        learner.stop()
+        server.stop(0).wait()
