@@ -34,9 +34,9 @@ from services.inference.server import InferenceServer
 
 # The make_replica fixture (conftest.py): a started replica with the security settings of an RTRL_* mapping.
 MakeReplica = Callable[[Mapping[str, str]], InferenceServer]
-CALL_TIMEOUT_S = 10.0
+CALL_TIMEOUT_S = 30.0
 # A refused handshake fails fast; the bound only keeps a broken test from hanging.
-REFUSED_TIMEOUT_S = 5.0
+REFUSED_TIMEOUT_S = 20.0
 OBS = np.array([0.1, -0.4, 0.7], dtype=np.float32)
 
 
