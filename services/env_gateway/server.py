@@ -28,6 +28,8 @@ from grpc_health.v1 import health
 from rtrl import grpc_util
 from rtrl.config import PREFIX, SettingsError
 from rtrl.grpc_util import Unavailable, abort_for
+from rtrl.redis_client import redacted_url
+from rtrl.security import SecuritySettings
 from rtrl.security import SecuritySettings
 from rtrl.tensors import dtype_code
 from rtrl.transitions import encode
@@ -159,7 +161,7 @@ class Gateway:
                 )
             except ValueError as error:
                 raise SettingsError(
-                    f"{PREFIX}REDIS_URL={settings.redis_url!r} is not a Redis URL ({error}); "
+                    f"{PREFIX}REDIS_URL={redacted_url(settings.redis_url)!r} is not a Redis URL ({error}); "
                     "set it like redis://127.0.0.1:6379/0."
                 ) from error
             self.frames = FrameFanout()
