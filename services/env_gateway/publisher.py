@@ -34,6 +34,12 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 BATCH_SIZE = 64
+# What the gateway passes as `batch_interval_s` in async interaction: the thread then wakes at most this
+# often instead of once per transition, because each wake-up and its Redis round trip compete for the
+# CPU with the Act calls in flight (measured on 2 loaded cores: zero-cost decision overhead p50 1.97 ->
+# 1.77 ms, p90 5.0 -> 3.8 ms, about what publishing nothing gives). The learner does not notice 50 ms;
+# sequential interaction, whose Train waits for the transition, publishes at once.
+BATCH_INTERVAL_S = 0.05
 MIN_BACKOFF_S = 0.1
 MAX_BACKOFF_S = 2.0
 _POLL_S = 0.1
@@ -50,11 +56,13 @@ class TransitionPublisher(Generic[T]):
         queue_size: int,
         encode: Callable[[T], bytes],
         batch_size: int = BATCH_SIZE,
+        batch_interval_s: float = 0.0,
     ) -> None:
         self.stream = stream
         self._maxlen = maxlen
         self._encode = encode
         self._batch_size = batch_size
+        self._batch_interval_s = batch_interval_s
         self._queue: queue.Queue[T] = queue.Queue(maxsize=queue_size)
         # Our own loop backs off between attempts, so the client must fail fast instead of retrying.
         self._client = connect_redis(
@@ -110,6 +118,8 @@ class TransitionPublisher(Generic[T]):
         self._client.close()
 
     def _next_batch(self) -> list[T]:
+        if self._batch_interval_s:
+            self._stop.wait(self._batch_interval_s)  # a stop request ends the wait: flushing starts at once
         try:
             batch = [self._queue.get(timeout=_POLL_S)]
         except queue.Empty:

@@ -30,7 +30,6 @@ from rtrl.config import PREFIX, SettingsError
 from rtrl.grpc_util import Unavailable, abort_for
 from rtrl.redis_client import redacted_url
 from rtrl.security import SecuritySettings
-from rtrl.security import SecuritySettings
 from rtrl.tensors import dtype_code
 from rtrl.transitions import encode
 from rtrl.v1 import env_gateway_pb2, env_gateway_pb2_grpc, learner_pb2, learner_pb2_grpc
@@ -40,7 +39,7 @@ from services.env_gateway.dispatcher import Dispatcher, SequentialDispatcher, Tr
 from services.env_gateway.membership import REGISTRY_SOURCE, Membership, RegistryWatcher
 from services.env_gateway.metrics import start_metrics
 from services.env_gateway.preprocess import Preprocessor
-from services.env_gateway.publisher import TransitionPublisher
+from services.env_gateway.publisher import BATCH_INTERVAL_S, TransitionPublisher
 from services.env_gateway.replicas import AddressResolver, ReplicaPool
 from services.env_gateway.scheduler import SchedulerKind, make_scheduler
 from services.env_gateway.settings import GatewaySettings
@@ -153,6 +152,8 @@ class Gateway:
                     settings.stream_maxlen,
                     settings.publish_queue_size,
                     encode=self._encode,
+                    # Fewer wake-ups beside the calls in flight; a sequential Train waits for each transition.
+                    batch_interval_s=0.0 if settings.interaction == "sequential" else BATCH_INTERVAL_S,
                 )
                 self.registry = RegistryWatcher(
                     settings.redis_url,
