@@ -1,30 +1,23 @@
 """Real servers on port 0 for the fuzz suite: an inference replica serving a small checkpoint, a fresh
-replica with no checkpoint, a gateway on ALE Pong, a sequential learner; and the reply checker.
-
-Every reply to a hostile request must be OK or a clear refusal: one of `CLEAR_CODES` with a details
-sentence, never UNKNOWN or INTERNAL (an unhandled exception), never a hang (each call has a deadline and
-must come back within it, plus a margin for a busy machine).
-"""
+replica with no checkpoint, a gateway on ALE Pong, and a sequential learner that has consumed data."""
 
 from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
-import grpc
-import numpy as np
 import pytest
 import redis
 import torch
+from fuzz_support import CONSUMED_SEQS, SERVED_CONFIG, vector_transition
 
 from rtrl.checkpoints import CheckpointStore
 from rtrl.local_redis import LocalRedis
-from rtrl.models import ModelConfig, build_model
-from rtrl.transitions import STREAM_FIELD, Transition, encode
+from rtrl.models import build_model
+from rtrl.transitions import STREAM_FIELD, encode
 from services.env_gateway.server import Gateway
 from services.env_gateway.server import create_server as create_gateway_server
 from services.env_gateway.settings import EnvSpec, GatewaySettings
@@ -35,35 +28,6 @@ from services.learner.dqn import DQNConfig
 from services.learner.loop import Learner
 from services.learner.server import create_server as create_learner_server
 from services.learner.settings import LearnerSettings
-
-CLEAR_CODES = {
-    grpc.StatusCode.INVALID_ARGUMENT,
-    grpc.StatusCode.FAILED_PRECONDITION,
-    grpc.StatusCode.OUT_OF_RANGE,
-    grpc.StatusCode.RESOURCE_EXHAUSTED,
-    grpc.StatusCode.DEADLINE_EXCEEDED,
-    grpc.StatusCode.UNAVAILABLE,
-}
-# A call may come back this much later than its deadline on a loaded 2-core machine; a hang would not.
-LATE_MARGIN_S = 3.0
-SERVED_CONFIG = ModelConfig(arch="mlp", observation_shape=(3,), action_count=4, hidden_size=16)
-FUZZ_GATEWAY = "gw-fuzz"
-CONSUMED_SEQS = 40
-
-
-def check_reply(call: Callable[[float], Any], timeout_s: float) -> grpc.StatusCode:
-    """Runs `call(timeout_s)` and checks the outcome is OK or a clear refusal, in time; returns the code."""
-    started_s = time.monotonic()
-    try:
-        call(timeout_s)
-        code = grpc.StatusCode.OK
-    except grpc.RpcError as error:
-        code = error.code()
-        assert code in CLEAR_CODES, f"{code}: {error.details()}"
-        assert error.details(), f"{code} came without a sentence saying what is wrong"
-    elapsed_s = time.monotonic() - started_s
-    assert elapsed_s <= timeout_s + LATE_MARGIN_S, f"the call took {elapsed_s:.1f} s with a {timeout_s:.1f} s deadline"
-    return code
 
 
 @pytest.fixture(scope="session")
@@ -127,29 +91,6 @@ def gateway(fuzz_redis: LocalRedis) -> Iterator[tuple[Gateway, str]]:
         server.stop(None).wait()
 
 
-def _transition(seq: int) -> Transition:
-    return Transition(
-        gateway_id=FUZZ_GATEWAY,
-        seq=seq,
-        episode=0,
-        step=seq,
-        obs_frame=seq,
-        observation=np.full((8,), seq, dtype=np.uint8),
-        action=seq % 3,
-        action_count=3,
-        reward=0.0,
-        terminated=False,
-        truncated=False,
-        fresh=True,
-        fallback_policy=1,
-        staleness_frames=2,
-        policy_version=-1,
-        behaviour_log_prob=0.0,
-        obs_captured_unix_ns=0,
-        action_applied_unix_ns=0,
-    )
-
-
 @pytest.fixture(scope="module")
 def sequential_learner(
     fuzz_redis: LocalRedis, tmp_path_factory: pytest.TempPathFactory
@@ -159,7 +100,7 @@ def sequential_learner(
     client = redis.Redis.from_url(fuzz_redis.url)
     try:
         for seq in range(CONSUMED_SEQS):
-            client.xadd(stream, {STREAM_FIELD: encode(_transition(seq))})
+            client.xadd(stream, {STREAM_FIELD: encode(vector_transition(seq))})
     finally:
         client.close()
     settings = LearnerSettings(

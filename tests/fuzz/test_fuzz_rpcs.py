@@ -14,7 +14,7 @@ import time
 import grpc
 import numpy as np
 import pytest
-from conftest import CONSUMED_SEQS, FUZZ_GATEWAY, SERVED_CONFIG, check_reply
+from fuzz_support import CONSUMED_SEQS, FUZZ_GATEWAY, SERVED_CONFIG, check_reply
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st

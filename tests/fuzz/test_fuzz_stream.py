@@ -7,13 +7,13 @@ from __future__ import annotations
 import time
 
 import redis
-from conftest import _transition
+from fuzz_support import vector_transition
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rtrl.transitions import STREAM_FIELD, encode
 
-VALID = encode(_transition(0))
+VALID = encode(vector_transition(0))
 
 
 @st.composite
