@@ -31,6 +31,14 @@ send the newest sample to now, or says when to ask again. Three policies:
   the round trips. Fewer replicas reach full coverage, but a call longer than the mean finds its
   replica's next turn while it is still busy.
 
+The default is `next_idle`. In the benchmark (bench/staggering.py, docs/staggering-benchmark.md) it
+reaches the highest coverage at N = ceil(t_infer/t_frame) + 1 with the lowest staleness, and keeps it
+on a loaded machine: it sends each observation the moment its frame is produced (measured 0.3 ms
+after the frame at the median), while the staggering schedulers send on their own time grid, so the
+observation they send is on average half a frame old (8 ms) and their replies land at any phase of
+the frame; and it needs no estimate of T, so a slow call costs its own decision, not the spacing of
+the calls after it. max_time and mean_time are there to reproduce the paper and compare with it.
+
 A replica still busy at its turn is passed over for the next idle one in the rotation
 (`turns_passed`); when none is idle the call waits for the first replica to become idle
 (`slots_waited`). Each replica's first round trip is not counted in T: it includes building or
