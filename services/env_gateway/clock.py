@@ -31,20 +31,20 @@ reply could still start a step (frame obs + S in the default S = L + k), minus `
 Mailbox. Replies arrive on gRPC threads and are kept, each with its observation frame, episode,
 arrival time, policy version and log-probability (`ActionMailbox`). At the first tick of step j
 (frame e + j*k + L) the clock takes the newest pending reply whose staleness (this frame - its
-observation frame) is <= S and at least the usual staleness D: that is the step's action (fresh).
-Older pending replies count as `replies_superseded`; newer ones (staleness < D, "early") stay for
-the next step. D is the median arrival staleness of the last `ARRIVAL_WINDOW` replies (a reply
-offered during tick f has arrival staleness f + 1 - its observation frame), 0 until `ARRIVAL_MIN`
-have arrived. Why: replies come
-back a round trip after their observation, so each lands a fixed time after one tick; when that
-tick starts late (a busy machine), the reply meant for the next tick is already there, and taking
-the newest would spend two replies on one tick and leave the next without any. With nothing due
-the newest early reply is taken and older ones are superseded. Replies whose staleness already
+observation frame) is <= S: that is the step's action (fresh), except that a reply which arrived
+early, with a staleness that will still be at most the usual staleness D at the next step (this
+staleness + k <= D, so in practice with k = 1), waits for that step when another pending reply can
+serve this one. Older pending replies count as `replies_superseded`. D is the median arrival
+staleness of the last `ARRIVAL_WINDOW` replies (a reply offered during tick f has arrival staleness
+f + 1 - its observation frame), 0 until `ARRIVAL_MIN` have arrived. Why: replies come back a round
+trip after their observation, so each lands a fixed time after one tick; when that tick starts late
+(a busy machine), the reply meant for the next tick is already there, and taking the newest would
+spend two replies on one tick and leave the next without any (measured: about half of the fallback
+decisions at N = ceil(t_infer/t_frame) + 1 on a loaded machine). Replies whose staleness already
 exceeds S when they arrive or when a step starts, and replies of a previous episode, count as
-`replies_late` and are dropped. Without a
-usable reply the fallback policy chooses: noop -> `fallback_action`, repeat_last -> the last applied
-action (`fallback_action` at the start of an episode), random -> uniform. The step's action is held
-for all its k frames.
+`replies_late` and are dropped. Without a usable reply the fallback policy chooses: noop ->
+`fallback_action`, repeat_last -> the last applied action (`fallback_action` at the start of an
+episode), random -> uniform. The step's action is held for all its k frames.
 
 Measurements. Staleness of a fresh step = its first applied frame - its observation frame.
 Decision overhead = time from the observation frame being produced to its reply being placed in
@@ -285,9 +285,10 @@ class ActionMailbox:
         recent = sorted(self._arrival_staleness)
         return recent[len(recent) // 2]
 
-    def take(self, frame: int) -> PendingReply | None:
-        """At the first tick of a step: the newest reply with D <= staleness <= S (else the newest with
-        staleness < D), or None. Older replies are superseded, newer ones wait for the next step."""
+    def take(self, frame: int, interval_frames: int = 1) -> PendingReply | None:
+        """At the first tick of a step (the next one `interval_frames` later): the newest usable reply,
+        except that an early one (staleness < D) that will be due, not beyond D, at the next step
+        waits for it when another reply can serve this one. Older replies are superseded."""
         with self._lock:
             self._frame = frame
             usable = [p for p in self._pending if frame - p.obs_frame <= self.max_staleness_frames]
@@ -296,10 +297,11 @@ class ActionMailbox:
                 self._pending = []
                 return None
             usual = self._usual_staleness()
-            due = [p for p in usable if frame - p.obs_frame >= usual]
-            chosen = max(due or usable, key=lambda p: p.obs_frame)
-            # Early replies (only when one is due) wait for the next step; everything else is used up.
-            self._pending = [p for p in usable if p.obs_frame > chosen.obs_frame] if due else []
+            # With k > 1 an early reply would be k frames staler at the next step: then it is used now.
+            for_later = [p for p in usable if frame - p.obs_frame + interval_frames <= usual]
+            for_now = [p for p in usable if frame - p.obs_frame + interval_frames > usual]
+            chosen = max(for_now or usable, key=lambda p: p.obs_frame)
+            self._pending = [p for p in for_later if p.obs_frame > chosen.obs_frame] if for_now else []
             self.replies_superseded += len(usable) - 1 - len(self._pending)
             return chosen
 
@@ -563,7 +565,7 @@ class RealtimeClock:
         return self.config.fallback_action, 0.0
 
     def _open_step(self, index: int, frame: int) -> None:
-        pending = self.mailbox.take(frame)
+        pending = self.mailbox.take(frame, self.config.decision_interval_frames)
         self.decisions += 1
         if pending is None:
             action, log_prob = self._fallback()

@@ -104,3 +104,15 @@ def test_with_nothing_due_the_newest_early_reply_is_taken() -> None:
     taken = mailbox.take(frame)
     assert taken is not None and taken.obs_frame == frame - 2
     assert (mailbox.replies_superseded, mailbox.pending_count()) == (1, 0)
+
+
+def test_with_several_frames_per_step_an_early_reply_is_used_at_once() -> None:
+    mailbox = ActionMailbox(max_staleness_frames=8, now_s=lambda: 10.0)
+    mailbox.begin_episode(episode=0, frame=0)
+    frame = steady_replies(mailbox, ARRIVAL_MIN, staleness=3)
+    mailbox.advance(frame - 1)
+    mailbox.offer(0, frame - 6, 9.9, reply(1))
+    mailbox.offer(0, frame - 2, 9.9, reply(2))  # at the next step, 4 frames on, it would be 6 > 3 old
+    taken = mailbox.take(frame, interval_frames=4)
+    assert taken is not None and taken.obs_frame == frame - 2
+    assert (mailbox.replies_superseded, mailbox.pending_count()) == (1, 0)
