@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -37,10 +38,26 @@ def free_pair() -> int:
         return port
 
 
+def wait_for_dashboard_state(url: str) -> dict:
+    """The dashboard's state once it has heard from the gateway and the learner (bounded)."""
+    deadline = time.monotonic() + 60
+    state: dict = {}
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                state = json.loads(response.read())["state"]
+        except (OSError, ValueError):
+            state = {}
+        if state.get("learner", {}).get("status") and state.get("gateways", [{}])[0].get("stats"):
+            return state
+        time.sleep(0.5)
+    return state
+
+
 @pytest.mark.parametrize("interaction", ["async", "sequential"])
 def test_rtrl_up_runs_with_mutual_tls_and_token(tmp_path: Path, pki: Pki, interaction: str) -> None:
     """async: the gateway calls replicas from the registry; sequential: it also calls the learner's Train."""
-    gateway_port, learner_port, inference_port = free_port(), free_port(), free_pair()
+    gateway_port, learner_port, inference_port, dashboard_port = free_port(), free_port(), free_pair(), free_port()
     summary = tmp_path / "summary.json"
     security_env = tls_env(pki, mutual=True, token=TOKEN)
     settings = [arg for name, value in security_env.items() for arg in ("--set", f"{name}={value}")]
@@ -55,6 +72,7 @@ def test_rtrl_up_runs_with_mutual_tls_and_token(tmp_path: Path, pki: Pki, intera
         "--run-dir", str(tmp_path / "runs"),
         "--summary-json", str(summary),
         "--interaction", interaction,
+        "--dashboard-port", str(dashboard_port),
         "--set", "RTRL_CHECKPOINT_EVERY_UPDATES=20",
         *settings,
     ]  # fmt: skip
@@ -75,6 +93,10 @@ def test_rtrl_up_runs_with_mutual_tls_and_token(tmp_path: Path, pki: Pki, intera
             served = grpcurl(*tls, "-H", f"authorization: Bearer {TOKEN}", gateway, "rtrl.v1.EnvGatewayService/GetSpec")
             assert served.returncode == 0, served.stderr
             assert json.loads(served.stdout)["env_id"] == "ale:Pong"
+            # The dashboard is a client too: its view of the gateway and the learner came over mutual TLS.
+            state = wait_for_dashboard_state(f"http://127.0.0.1:{dashboard_port}/api/state")
+            assert state["learner"]["status"] is not None, state["learner"]
+            assert state["gateways"][0]["stats"] is not None, state["gateways"]
             output, _ = process.communicate(timeout=RUN_SECONDS + 120)
         finally:
             if process.poll() is None:
