@@ -118,8 +118,9 @@ class TransitionPublisher(Generic[T]):
         self._client.close()
 
     def _next_batch(self) -> list[T]:
-        if self._batch_interval_s:
-            self._stop.wait(self._batch_interval_s)  # a stop request ends the wait: flushing starts at once
+        # A stop request ends the wait (flushing starts at once); a queue half full is not left to fill.
+        if self._batch_interval_s and self._queue.qsize() < self._queue.maxsize // 2:
+            self._stop.wait(self._batch_interval_s)
         try:
             batch = [self._queue.get(timeout=_POLL_S)]
         except queue.Empty:

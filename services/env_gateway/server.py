@@ -152,8 +152,11 @@ class Gateway:
                     settings.stream_maxlen,
                     settings.publish_queue_size,
                     encode=self._encode,
-                    # Fewer wake-ups beside the calls in flight; a sequential Train waits for each transition.
-                    batch_interval_s=0.0 if settings.interaction == "sequential" else BATCH_INTERVAL_S,
+                    # Fewer wake-ups beside the calls in flight in realtime; a sequential Train waits for each
+                    # transition, and a simulated clock runs as fast as the publisher keeps up.
+                    batch_interval_s=(
+                        BATCH_INTERVAL_S if settings.interaction == "async" and settings.clock == "realtime" else 0.0
+                    ),
                 )
                 self.registry = RegistryWatcher(
                     settings.redis_url,
