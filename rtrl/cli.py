@@ -157,11 +157,17 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if status == "SERVING" else 1
 
     if args.command == "status":
+        from rtrl.grpc_util import create_channel
+        from rtrl.security import SecuritySettings
         from rtrl.status_table import StatusError, StatusPoller, resolve_addresses, run
 
         try:
             addresses = resolve_addresses(args.gateway, args.learner, args.replica, args.addresses, args.run_dir)
-            poller = StatusPoller(addresses, redis_url=args.redis_url)
+            # Read (and check) the TLS and token settings once, before any poll, so a bad one is a message.
+            security = SecuritySettings.from_env()
+            poller = StatusPoller(
+                addresses, redis_url=args.redis_url, open_channel=lambda address: create_channel(address, security)
+            )
         except (StatusError, ValueError) as e:  # ValueError: a bad --redis-url or RTRL_TLS_* setting
             print(f"rtrl status: {e}", file=sys.stderr)
             return 1

@@ -18,9 +18,14 @@ from rtrl.registry import register
 from rtrl.status_table import StackAddresses, write_addresses
 
 
-def rtrl_status(*args: str) -> subprocess.CompletedProcess[str]:
+def rtrl_status(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "rtrl.cli", "status", *args], capture_output=True, text=True, timeout=60, check=False
+        [sys.executable, "-m", "rtrl.cli", "status", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=env,
     )
 
 
@@ -105,3 +110,12 @@ def test_nothing_answering_is_an_error_that_says_what_to_check(tmp_path: Path) -
     result = rtrl_status("--once", "--run-dir", str(tmp_path / "runs"))
     assert result.returncode == 1
     assert "is no longer running" in result.stderr
+
+
+def test_a_bad_tls_setting_is_a_message_not_a_traceback(tmp_path: Path) -> None:
+    missing = tmp_path / "missing-ca.pem"
+    env = {**os.environ, "RTRL_TLS_CA_FILE": str(missing)}
+    result = rtrl_status("--once", "--gateway", f"127.0.0.1:{free_port()}", env=env)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert f"RTRL_TLS_CA_FILE='{missing}' cannot be read" in result.stderr
