@@ -36,7 +36,8 @@ early, with a staleness that will still be at most the usual staleness D at the 
 staleness + k <= D, so in practice with k = 1), waits for that step when another pending reply can
 serve this one. Older pending replies count as `replies_superseded`. D is the median arrival
 staleness of the last `ARRIVAL_WINDOW` replies (a reply offered during tick f has arrival staleness
-f + 1 - its observation frame), 0 until `ARRIVAL_MIN` have arrived. Why: replies come back a round
+f + 1 - its observation frame), 0 until `ARRIVAL_MIN` have arrived, and 0 (every reply due) while
+more than `SCARCE_ARRIVALS_PER_STEP` replies arrive per step. Why: replies come back a round
 trip after their observation, so each lands a fixed time after one tick; when that tick starts late
 (a busy machine), the reply meant for the next tick is already there, and taking the newest would
 spend two replies on one tick and leave the next without any (measured: about half of the fallback
@@ -92,6 +93,11 @@ CATCH_UP_LIMIT_FRAMES = 2
 # and how many it needs before D is trusted (until then every reply is due: the newest wins).
 ARRIVAL_WINDOW = 64
 ARRIVAL_MIN = 16
+# An early reply is held back only while replies are scarce: at most this many arrive per step on
+# average (next_idle sends each observation once, about one per step). With more (the staggering
+# schedulers resend), the next step is likely to get its own reply, and holding back would only add
+# a frame of staleness (measured: mean 1.2-1.6 -> 2.0 frames at t_infer = half a frame, same coverage).
+SCARCE_ARRIVALS_PER_STEP = 1.2
 RECENT_RETURNS = 100
 
 
@@ -240,6 +246,8 @@ class ActionMailbox:
         self._lock = threading.Lock()
         self._pending: list[PendingReply] = []
         self._arrival_staleness: deque[int] = deque(maxlen=ARRIVAL_WINDOW)
+        self._arrivals_per_step: deque[int] = deque(maxlen=ARRIVAL_WINDOW)
+        self._arrivals_since_take = 0
         self._episode = -1
         self._frame = -1
         self.replies_accepted = 0
@@ -269,19 +277,22 @@ class ActionMailbox:
                 self.replies_late += 1
                 return False
             self._arrival_staleness.append(arrival_staleness)
+            self._arrivals_since_take += 1
             self._pending.append(PendingReply(episode, obs_frame, arrived_s, reply))
             self.replies_accepted += 1
         self.decision_overhead_ms.add((arrived_s - obs_produced_s) * 1000.0)
         return True
 
     def usual_staleness(self) -> int:
-        """D: the median arrival staleness of recent replies (0 before any), see Mailbox in the module docstring."""
+        """D: the median arrival staleness of recent replies (0: none is held back); see Mailbox above."""
         with self._lock:
             return self._usual_staleness()
 
     def _usual_staleness(self) -> int:
-        if len(self._arrival_staleness) < ARRIVAL_MIN:
+        if len(self._arrival_staleness) < ARRIVAL_MIN or len(self._arrivals_per_step) < ARRIVAL_MIN:
             return 0
+        if sum(self._arrivals_per_step) > SCARCE_ARRIVALS_PER_STEP * len(self._arrivals_per_step):
+            return 0  # plenty of replies: every one is due, the newest wins
         recent = sorted(self._arrival_staleness)
         return recent[len(recent) // 2]
 
@@ -291,6 +302,8 @@ class ActionMailbox:
         waits for it when another reply can serve this one. Older replies are superseded."""
         with self._lock:
             self._frame = frame
+            self._arrivals_per_step.append(self._arrivals_since_take)
+            self._arrivals_since_take = 0
             usable = [p for p in self._pending if frame - p.obs_frame <= self.max_staleness_frames]
             self.replies_late += len(self._pending) - len(usable)
             if not usable:

@@ -116,3 +116,22 @@ def test_with_several_frames_per_step_an_early_reply_is_used_at_once() -> None:
     taken = mailbox.take(frame, interval_frames=4)
     assert taken is not None and taken.obs_frame == frame - 2
     assert (mailbox.replies_superseded, mailbox.pending_count()) == (1, 0)
+
+
+def test_with_plenty_of_replies_per_step_the_newest_wins_as_always() -> None:
+    mailbox = ActionMailbox(max_staleness_frames=8, now_s=lambda: 10.0)
+    mailbox.begin_episode(episode=0, frame=0)
+    frame = 1
+    for _ in range(ARRIVAL_MIN):  # two replies a step (a staggering scheduler resending), taken 2 frames old
+        mailbox.advance(frame - 1)
+        mailbox.offer(0, frame - 2, 9.9, reply(1))
+        mailbox.offer(0, frame - 2, 9.9, reply(1))
+        mailbox.take(frame)
+        frame += 1
+    assert mailbox.usual_staleness() == 0
+    mailbox.advance(frame - 1)
+    mailbox.offer(0, frame - 2, 9.9, reply(1))
+    mailbox.offer(0, frame - 1, 9.9, reply(2))
+    taken = mailbox.take(frame)
+    assert taken is not None and taken.obs_frame == frame - 1
+    assert mailbox.pending_count() == 0
