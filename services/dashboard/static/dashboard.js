@@ -187,7 +187,13 @@ function barChart(canvas, groups, series, options) {
   const yMax = niceMax(Math.max(0, ...values));
   const slot = (box.right - box.left) / Math.max(groups.length, 1);
   const barWidth = stacked ? Math.min(36, slot * 0.6) : Math.min(28, (slot * 0.8) / Math.max(series.length, 1));
-  const xLabels = groups.map((g, i) => [box.left + slot * (i + 0.5), g.label]);
+  // A label wider than its slot is cut (with many replicas, ids stay readable in the table below).
+  const fit = (text) => {
+    if (ctx.measureText(text).width <= slot - 4) return text;
+    while (text.length > 1 && ctx.measureText(text + "…").width > slot - 4) text = text.slice(0, -1);
+    return text + "…";
+  };
+  const xLabels = groups.map((g, i) => [box.left + slot * (i + 0.5), fit(g.label)]);
   drawAxes(ctx, box, 0, yMax, options.yFormat || fmtCompact, xLabels);
   groups.forEach((g, i) => {
     const center = box.left + slot * (i + 0.5);
@@ -415,7 +421,10 @@ function drawCharts() {
 
   const rows = replicaRows(state).filter((r) => r.gw);
   barChart(document.getElementById("chart-replicas"),
-    rows.map((r) => ({ label: r.address.length > 18 ? "…" + r.address.slice(-17) : r.address, sublabel: `v${r.gw.checkpoint_version}` })),
+    rows.map((r) => ({
+      label: r.own && r.own.status ? r.own.status.replica_id : ":" + r.address.split(":").pop(),
+      sublabel: `v${r.gw.checkpoint_version}`,
+    })),
     [
       { name: "p50", color: "#2563eb", values: rows.map((r) => r.gw.latency_ms.p50) },
       { name: "p99", color: "#93c5fd", values: rows.map((r) => r.gw.latency_ms.p99) },
