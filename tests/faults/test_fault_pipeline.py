@@ -1,8 +1,9 @@
 """Faults along the data path of a running stack: the learner SIGKILLed mid-batch, Redis stopped for
 10 s, Redis restarted; then every transition is accounted for.
 
-One stack for the module, run as in production: a real Redis, an inference replica process, a learner
-process and a gateway (in this process, so its counters are read directly) playing ALE Pong. The tests
+One stack for the module, run as in production: a real Redis, two inference replica processes (so that a
+loaded machine does not make one replica's misses look like an effect of the fault), a learner process
+and a gateway (in this process, so its counters are read directly) playing ALE Pong. The tests
 run in order on it; the accounting test needs the faults before it, the restart comes last because a
 Redis without persistence (as rtrl's embedded one is) forgets the stream when it restarts.
 
@@ -46,6 +47,8 @@ OUTAGE_S = 10.0
 PUBLISH_QUEUE = 64
 PUBLISH_BATCH = 64
 NO_TRIM = 1_000_000
+# "Coverage unchanged": at most about one more fallback decision in a window of 30 to 150 decisions.
+UNCHANGED = 0.03
 
 
 @dataclass
@@ -53,7 +56,7 @@ class Pipeline:
     redis_server: LocalRedis
     client: redis.Redis
     group: ProcessGroup
-    replica: ServiceProcess
+    replicas: list[ServiceProcess]
     learner: ServiceProcess
     learner_port: int
     learner_env: dict[str, str]
@@ -81,7 +84,10 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
     gateway = None
     server = None
     try:
-        replica = group.start("replica", "services.inference", replica_env(redis_server.url, REGISTRY, checkpoint_dir))
+        replicas = [
+            group.start(f"replica{i}", "services.inference", replica_env(redis_server.url, REGISTRY, checkpoint_dir))
+            for i in range(2)
+        ]
         port = free_port()
         env = learner_env(redis_server.url, STREAM, checkpoint_dir, port)
         learner = group.start("learner", "services.learner", env, port=port)
@@ -99,8 +105,11 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
         server, _ = create_server(settings, gateway)
         server.start()
         gateway.start()
-        wait_until(lambda: gateway.stats().decisions_fresh > 20, "the gateway to act through the replica")
-        state = Pipeline(redis_server, client, group, replica, learner, port, env, checkpoint_dir, gateway)
+        wait_until(
+            lambda: sum(r.replies > 0 for r in gateway.stats().replicas) == 2,
+            "the gateway to act through both replicas",
+        )
+        state = Pipeline(redis_server, client, group, replicas, learner, port, env, checkpoint_dir, gateway)
         yield state
         # The restart test replaced the server; the one running now is the one to stop.
         redis_server = state.redis_server
@@ -173,7 +182,7 @@ def test_redis_stopped_for_10_s_leaves_acting_alone_buffers_to_the_bound_and_cou
     redis_process = pipeline.redis_server.process
     assert redis_process is not None
     with resilience_ledger.fault(f"SIGSTOP Redis for {OUTAGE_S:.0f} s") as notes:
-        coverage_before = coverage(gateway, 1.0)
+        coverage_before = coverage(gateway, 2.0)
         before = gateway.stats()
         redis_process.send_signal(signal.SIGSTOP)
         try:
@@ -192,7 +201,7 @@ def test_redis_stopped_for_10_s_leaves_acting_alone_buffers_to_the_bound_and_cou
         wait_until(lambda: gateway.stats().transitions_queued < 8, "the gateway to publish its buffer", 30)
         assert gateway.stats().transitions_published > during.transitions_published + PUBLISH_QUEUE / 2
         # Acting never waited for Redis.
-        assert coverage_during >= coverage_before - 0.02, (coverage_before, coverage_during)
+        assert coverage_during >= coverage_before - UNCHANGED, (coverage_before, coverage_during)
         notes.append(
             f"{produced} transitions during the outage, {dropped} dropped and counted, "
             f"coverage {coverage_before:.1%} before and {coverage_during:.1%} during"
@@ -239,12 +248,12 @@ def test_redis_restarted_on_its_port_is_found_again_by_gateway_and_learner(
     try:
         wait_until(lambda: gateway.stats().transitions_published > 10, "the new gateway to publish")
         with resilience_ledger.fault("restart Redis on its port") as notes:
-            coverage_before = coverage(gateway, 1.0)
+            coverage_before = coverage(gateway, 2.0)
             consumed_before = learner_status(address).transitions_consumed
             old.stop()
             restarted_at = time.monotonic()
             pipeline.redis_server = LocalRedis(port=old.port).start()
-            coverage_around = coverage(gateway, 2.0)
+            coverage_around = coverage(gateway, 3.0)
             published_at_restart = gateway.stats().transitions_published
             wait_until(
                 lambda: gateway.stats().transitions_published > published_at_restart + 10,
@@ -257,7 +266,7 @@ def test_redis_restarted_on_its_port_is_found_again_by_gateway_and_learner(
                 30,
             )
             resumed_s = time.monotonic() - restarted_at
-            assert coverage_around >= coverage_before - 0.02, (coverage_before, coverage_around)
+            assert coverage_around >= coverage_before - UNCHANGED, (coverage_before, coverage_around)
             notes.append(f"publishing and consuming again {resumed_s:.1f} s after the restart")
     finally:
         gateway.stop()

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Callable
-from pathlib import Path
+import uuid
+from collections.abc import Callable, Iterator
 
 import pytest
 from fault_processes import ProcessGroup, ServiceProcess, gateway_stats, replica_env, wait_until
@@ -59,48 +59,29 @@ def windows(samples: list[tuple[float, int, int]], origin_s: float) -> list[str]
     return out
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
+def registry_key() -> str:
+    return f"faults:replicas:{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="module")
 def three_replicas(
-    processes: ProcessGroup, local_redis: LocalRedis, registry_key: str, tmp_path: Path
-) -> list[ServiceProcess]:
-    env = replica_env(local_redis.url, registry_key, tmp_path / "checkpoints")
-    return [processes.start(f"replica{i}", "services.inference", env) for i in range(REPLICAS)]
+    local_redis: LocalRedis, registry_key: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[list[ServiceProcess]]:
+    """Shared by the module's tests (starting processes is most of their time): the stall test runs first
+    and continues its replica; the kill test, last, kills another."""
+    work = tmp_path_factory.mktemp("replicas")
+    group = ProcessGroup(work)
+    env = replica_env(local_redis.url, registry_key, work / "checkpoints")
+    try:
+        yield [group.start(f"replica{i}", "services.inference", env) for i in range(REPLICAS)]
+    finally:
+        group.stop_all()
 
 
 def in_use(gateway_address: str, replicas: list[ServiceProcess]) -> bool:
     replies = {r.address: r.replies for r in gateway_stats(gateway_address).replicas}
     return all(replies.get(replica.address, 0) > 0 for replica in replicas)
-
-
-def test_a_sigkilled_replica_costs_no_error_and_coverage_is_back_within_a_second(
-    three_replicas: list[ServiceProcess],
-    local_redis: LocalRedis,
-    registry_key: str,
-    start_gateway: Callable[..., tuple],
-    resilience_ledger,
-) -> None:
-    gateway, _, address = start_gateway(local_redis.url, replica_registry=registry_key)
-    wait_until(lambda: in_use(address, three_replicas), "the gateway to use all three replicas")
-    with resilience_ledger.fault("SIGKILL one of 3 inference replicas mid-run") as notes:
-        before_samples = sample(address, 1.0)
-        before = coverage_between(before_samples, before_samples[0][0], before_samples[-1][0])
-        frames_before = gateway.stats().frames
-        victim = three_replicas[0]
-        killed_at = time.monotonic()
-        victim.kill()
-        samples = sample(address, RECOVERY_S + MEASURE_AFTER_RECOVERY_S)
-        after, decisions_after = coverage_between(
-            samples, killed_at + RECOVERY_S, killed_at + RECOVERY_S + MEASURE_AFTER_RECOVERY_S
-        )
-        notes.append(f"coverage before {before[0]:.1%}, 250 ms windows after the kill {windows(samples, killed_at)}")
-        # Never errors: it kept serving (every GetStats above answered), kept its clock, stayed healthy.
-        assert health_status(address) == "SERVING"
-        assert gateway.clock.failure is None
-        assert gateway.stats().frames - frames_before >= 0.8 * 60 * (RECOVERY_S + MEASURE_AFTER_RECOVERY_S)
-        assert decisions_after >= 20
-        stats = gateway.stats()
-        assert after >= 0.99, (notes, stats.requests_failed, stats.replies_late, stats.replicas)
-        assert victim.address not in [v.address for v in gateway.replicas.views(time.monotonic())]
 
 
 @pytest.mark.xfail(
@@ -141,3 +122,34 @@ def test_a_stalled_replica_never_blanks_a_decision_while_the_others_are_healthy(
         assert decisions >= 20
         assert during >= 0.99, notes
         assert gateway.clock.failure is None
+
+
+def test_a_sigkilled_replica_costs_no_error_and_coverage_is_back_within_a_second(
+    three_replicas: list[ServiceProcess],
+    local_redis: LocalRedis,
+    registry_key: str,
+    start_gateway: Callable[..., tuple],
+    resilience_ledger,
+) -> None:
+    gateway, _, address = start_gateway(local_redis.url, replica_registry=registry_key)
+    wait_until(lambda: in_use(address, three_replicas), "the gateway to use all three replicas")
+    with resilience_ledger.fault("SIGKILL one of 3 inference replicas mid-run") as notes:
+        before_samples = sample(address, 1.0)
+        before = coverage_between(before_samples, before_samples[0][0], before_samples[-1][0])
+        frames_before = gateway.stats().frames
+        victim = three_replicas[0]
+        killed_at = time.monotonic()
+        victim.kill()
+        samples = sample(address, RECOVERY_S + MEASURE_AFTER_RECOVERY_S)
+        after, decisions_after = coverage_between(
+            samples, killed_at + RECOVERY_S, killed_at + RECOVERY_S + MEASURE_AFTER_RECOVERY_S
+        )
+        notes.append(f"coverage before {before[0]:.1%}, 250 ms windows after the kill {windows(samples, killed_at)}")
+        # Never errors: it kept serving (every GetStats above answered), kept its clock, stayed healthy.
+        assert health_status(address) == "SERVING"
+        assert gateway.clock.failure is None
+        assert gateway.stats().frames - frames_before >= 0.8 * 60 * (RECOVERY_S + MEASURE_AFTER_RECOVERY_S)
+        assert decisions_after >= 20
+        stats = gateway.stats()
+        assert after >= 0.99, (notes, stats.requests_failed, stats.replies_late, stats.replicas)
+        assert victim.address not in [v.address for v in gateway.replicas.views(time.monotonic())]

@@ -66,7 +66,7 @@ def mutated_profile(draw: st.DrawFn) -> tuple[str, dict[str, Any]]:
     return name, data
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(case=mutated_profile())
 def test_a_profile_with_any_value_anywhere_parses_or_names_what_is_wrong(case, resilience_ledger) -> None:
     name, data = case

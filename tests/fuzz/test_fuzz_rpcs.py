@@ -31,7 +31,7 @@ from rtrl.v1 import (
     learner_pb2_grpc,
 )
 
-FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 UINT32 = st.one_of(st.integers(0, 8), st.integers(0, 2**32 - 1))
 UINT64 = st.one_of(st.integers(0, 64), st.integers(0, 2**64 - 1))
 DEADLINES_S = st.one_of(st.floats(0.0005, 1.0), st.just(1e6))

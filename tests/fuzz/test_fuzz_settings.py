@@ -48,7 +48,7 @@ def test_any_value_of_any_variable_gives_settings_or_a_settings_error(
     names = variables_read_by(settings_file)
     assert len(names) >= 10, names
 
-    @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
     @given(env=st.dictionaries(st.sampled_from(names), VALUES, min_size=1, max_size=3))
     def start(env: dict[str, str]) -> None:
         resilience_ledger.inputs[f"{service} settings (RTRL_* values)"] += 1

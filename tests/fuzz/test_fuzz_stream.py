@@ -38,7 +38,7 @@ def test_junk_from_a_foreign_producer_is_dead_lettered_counted_and_never_stops_t
     stream = learner.settings.stream
     client = redis.Redis.from_url(fuzz_redis.url)
 
-    @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
     @given(entries=st.lists(junk_entry(), min_size=1, max_size=5))
     def produce(entries: list[dict[bytes, bytes]]) -> None:
         resilience_ledger.inputs["learner stream entries (junk from a foreign producer)"] += len(entries)
