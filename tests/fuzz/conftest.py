@@ -12,11 +12,12 @@ from pathlib import Path
 import pytest
 import redis
 import torch
-from fuzz_support import CONSUMED_SEQS, SERVED_CONFIG, vector_transition
+from fuzz_support import CONSUMED_SEQS, SERVED_CONFIG, SMALL_MESSAGE_BYTES, vector_transition
 
 from rtrl.checkpoints import CheckpointStore
 from rtrl.local_redis import LocalRedis
 from rtrl.models import build_model
+from rtrl.security import SecuritySettings
 from rtrl.transitions import STREAM_FIELD, encode
 from services.env_gateway.server import Gateway
 from services.env_gateway.server import create_server as create_gateway_server
@@ -51,7 +52,13 @@ def fresh_replica(tmp_path: Path) -> Iterator[InferenceServer]:
     yield from _replica(tmp_path / "empty")
 
 
-def _replica(checkpoint_dir: Path) -> Iterator[InferenceServer]:
+@pytest.fixture
+def small_message_replica(tmp_path: Path) -> Iterator[InferenceServer]:
+    """A replica configured with RTRL_GRPC_MAX_MESSAGE_BYTES of 64 KiB."""
+    yield from _replica(tmp_path / "empty", SecuritySettings(max_message_bytes=SMALL_MESSAGE_BYTES))
+
+
+def _replica(checkpoint_dir: Path, security: SecuritySettings | None = None) -> Iterator[InferenceServer]:
     settings = InferenceSettings(
         host="127.0.0.1",
         port=0,
@@ -60,6 +67,7 @@ def _replica(checkpoint_dir: Path) -> Iterator[InferenceServer]:
         device="cpu",
         epsilon_start=0.0,
         redis_url="",
+        security=security or SecuritySettings(),
     )
     server, _ = create_inference_server(settings)
     server.start()

@@ -30,6 +30,7 @@ LATE_MARGIN_S = 3.0
 SERVED_CONFIG = ModelConfig(arch="mlp", observation_shape=(3,), action_count=4, hidden_size=16)
 FUZZ_GATEWAY = "gw-fuzz"
 CONSUMED_SEQS = 40
+SMALL_MESSAGE_BYTES = 64 * 1024
 
 
 def check_reply(call: Callable[[float], Any], timeout_s: float) -> grpc.StatusCode:

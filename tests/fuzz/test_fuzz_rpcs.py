@@ -168,6 +168,29 @@ def test_a_message_over_the_size_limit_is_resource_exhausted(served_replica, res
     assert act_normally(address).checkpoint_version == 1
 
 
+def test_a_configured_max_message_size_refuses_bigger_requests_and_serves_smaller_ones(
+    small_message_replica, resilience_ledger
+) -> None:
+    """RTRL_GRPC_MAX_MESSAGE_BYTES set to 64 KiB: 65 KiB is RESOURCE_EXHAUSTED before any servicer runs,
+    60 KiB reaches the replica (and is answered, here with a clear INVALID_ARGUMENT for its shape)."""
+    address = f"127.0.0.1:{small_message_replica.port}"
+    with grpc.insecure_channel(address) as channel:
+        stub = inference_pb2_grpc.InferenceServiceStub(channel)
+        for size, expected in [(65 * 1024, grpc.StatusCode.RESOURCE_EXHAUSTED), (60 * 1024, None)]:
+            resilience_ledger.inputs["inference Act (configured max message size)"] += 1
+            request = inference_pb2.ActRequest(
+                observation=to_proto(np.zeros((1, 1, size), dtype=np.uint8)), action_count=4
+            )
+            if expected is None:
+                code = check_reply(lambda t, r=request: stub.Act(r, timeout=t), 10.0)
+                assert code != grpc.StatusCode.RESOURCE_EXHAUSTED
+            else:
+                with pytest.raises(grpc.RpcError) as refused:
+                    stub.Act(request, timeout=10)
+                assert refused.value.code() == expected and refused.value.details()
+    assert healthy(address)
+
+
 @FUZZ
 @given(junk=st.binary(min_size=1, max_size=200))
 def test_bytes_that_are_not_a_message_are_refused_clearly(served_replica, resilience_ledger, junk: bytes) -> None:
