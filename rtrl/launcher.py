@@ -6,6 +6,8 @@ same RTRL_* environment variables docker compose uses. Replicas get RTRL_REDIS_U
 in the replica registry there and the gateway finds them the way it finds replicas started by hand
 or by `docker compose --scale`: no address list is passed. `--interaction sequential` runs the
 act -> learn -> act baseline (RTRL_INTERACTION on the gateway, RTRL_LEARNER_MODE on the learner).
+With `--dashboard` (the default) the dashboard's web page watches the stack; it is optional: one that
+cannot start is reported and the stack runs on without it, and it is stopped first.
 It shows a live status line, and on `--duration` or Ctrl-C shuts down in the order that loses
 nothing: the gateway first (no new transitions; its publisher flushes), then the replicas, then the
 learner once it has consumed the stream (its final checkpoint is written on the way out), then Redis.
