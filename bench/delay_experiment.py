@@ -248,9 +248,19 @@ def report(results_path: Path, out_dir: Path) -> str:
         f"python bench/delay_experiment.py --frames {meta['frames']} --train-every {meta['train_every']} "
         f"--obs-size {meta['obs_size']} --seeds {' '.join(map(str, seeds))} --delays {' '.join(map(str, delays))}"
     )
+
+    def mean_of(field: str, interaction: str, delay: int) -> float:
+        values = [
+            float(r[field])
+            for r in runs
+            if r["policy"] == "dqn" and r["interaction"] == interaction and r["delay_frames"] == delay
+        ]
+        return statistics.fmean(values) if values else float("nan")
+
     lines = [
-        "| d (frames) | async mean ± std | sequential mean ± std | gap (async - sequential) | runs |",
-        "|---:|---:|---:|---:|---:|",
+        "| d (frames) | async mean ± std | sequential mean ± std | gap (async - sequential) | runs "
+        "| decisions async / sequential | updates async / sequential |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
     ]
     rows = []
     for delay in delays:
@@ -258,12 +268,15 @@ def report(results_path: Path, out_dir: Path) -> str:
         s_mean, s_std = mean_std(returns_of("dqn", "sequential", delay))
         count = f"{len(returns_of('dqn', 'async', delay))} + {len(returns_of('dqn', 'sequential', delay))}"
         rows.append((delay, a_mean, a_std, s_mean, s_std))
+        decisions = f"{mean_of('decisions', 'async', delay):.0f} / {mean_of('decisions', 'sequential', delay):.0f}"
+        updates = f"{mean_of('updates', 'async', delay):.0f} / {mean_of('updates', 'sequential', delay):.0f}"
         lines.append(
-            f"| {delay} | {a_mean:.2f} ± {a_std:.2f} | {s_mean:.2f} ± {s_std:.2f} | {a_mean - s_mean:+.2f} | {count} |"
+            f"| {delay} | {a_mean:.2f} ± {a_std:.2f} | {s_mean:.2f} ± {s_std:.2f} | {a_mean - s_mean:+.2f} | {count} "
+            f"| {decisions} | {updates} |"
         )
     for baseline in BASELINES:
         b_mean, b_std = mean_std(returns_of(baseline))
-        lines.append(f"| {baseline} (every frame) | {b_mean:.2f} ± {b_std:.2f} | | | {len(returns_of(baseline))} |")
+        lines.append(f"| {baseline} (every frame) | {b_mean:.2f} ± {b_std:.2f} | | | {len(returns_of(baseline))} | | |")
     table = "\n".join(lines)
 
     import matplotlib
@@ -340,10 +353,10 @@ Measured:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--frames", type=int, default=100_000, help="frames per run (frameskip 1)")
+    parser.add_argument("--frames", type=int, default=60_000, help="frames per run (frameskip 1)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--delays", type=int, nargs="+", default=list(DELAYS))
-    parser.add_argument("--train-every", type=int, default=4, help="frames between two DQN updates")
+    parser.add_argument("--train-every", type=int, default=8, help="frames between two DQN updates")
     parser.add_argument("--obs-size", type=int, default=42, help="observation width and height in pixels")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (one core each)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for the results, table and plot")
