@@ -279,6 +279,26 @@ def report(results_path: Path, out_dir: Path) -> str:
         lines.append(f"| {baseline} (every frame) | {b_mean:.2f} ± {b_std:.2f} | | | {len(returns_of(baseline))} | | |")
     table = "\n".join(lines)
 
+    # Exploration decays over the first half of the budget: the second half shows the greedy policy's returns.
+    def halves(interaction: str, delay: int) -> str:
+        first, second = [], []
+        for r in runs:
+            if r["policy"] == "dqn" and r["interaction"] == interaction and r["delay_frames"] == delay:
+                episode_returns = [float(x) for x in r["episode_returns"]]
+                middle = len(episode_returns) // 2
+                first += episode_returns[:middle]
+                second += episode_returns[middle:]
+        if not first or not second:
+            return "- / -"
+        return f"{statistics.fmean(first):.2f} / {statistics.fmean(second):.2f}"
+
+    halves_lines = [
+        "| d (frames) | async: first half / second half of episodes | sequential: first half / second half |",
+        "|---:|---:|---:|",
+    ]
+    halves_lines += [f"| {delay} | {halves('async', delay)} | {halves('sequential', delay)} |" for delay in delays]
+    halves_table = "\n".join(halves_lines)
+
     import matplotlib
 
     matplotlib.use("Agg")
@@ -346,6 +366,11 @@ Direction expected from the paper (Figure 6): async >= sequential at every d, th
 Measured:
 
 {chr(10).join(checks)}
+
+Mean return of the episodes in the first half of each run (epsilon still high) against the second half
+(epsilon near 0.05, the greedy policy acting), all seeds pooled:
+
+{halves_table}
 """
     )
     return table
