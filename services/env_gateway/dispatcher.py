@@ -10,7 +10,9 @@ there is no dispatcher thread: the thread that brings the change plans and sends
 a new sample, a replica's caller thread for a call that ended. For the clock that is about 0.2 ms
 of preprocessing and a hand-over to a caller thread, nothing that blocks: if another thread is
 already planning, that thread plans again for it. It saves a thread wake-up on the path from frame
-to action (0.1 ms typically, milliseconds on a busy machine).
+to action (0.1 ms typically, milliseconds on a busy machine). A small watchdog thread wakes when the
+newest sample's call is overdue (`NextIdleScheduler.hedge_after_s`) and has it hedged: sent once more
+to another idle replica, so a replica that stalls mid-call does not blank the decision.
 
 `SequentialDispatcher` (RTRL_INTERACTION=sequential) reproduces act -> learn -> act, the pattern of
 frameworks that stop acting while they train: it sends one sample, waits for its reply, waits until
@@ -135,8 +137,15 @@ class Dispatcher:
         self.requests_not_sent = 0
         """Samples replaced by a newer one before they were sent anywhere."""
         self.requests_failed = 0
+        self.requests_hedged = 0
+        """Calls that sent an overdue sample again to a second replica (next_idle; part of requests_resent)."""
         self.replica_count = 0
         """Replicas in rotation at the last plan."""
+        # Hedging (next_idle): the newest sent sample while none of its calls has answered, when to hedge it.
+        self._awaited: ObservationSample | None = None
+        self._hedge_at_s: float | None = None
+        self._hedge_due = False
+        self._watchdog: threading.Thread | None = None
 
     # -- the clock's side and the gRPC threads' side ---------------------------------------------------
 
@@ -161,6 +170,8 @@ class Dispatcher:
         with self._changed:
             if outcome.reply is None:
                 self.requests_failed += 1
+            elif self._awaited is sample:
+                self._awaited = self._hedge_at_s = None
             self._outcomes.append(outcome)
             self._changes += 1
             self._changed.notify()
@@ -189,6 +200,9 @@ class Dispatcher:
 
     def start(self) -> None:
         if self.inline:
+            if isinstance(self.scheduler, NextIdleScheduler):
+                self._watchdog = threading.Thread(target=self._watch, name="rtrl-hedge", daemon=True)
+                self._watchdog.start()
             return
         self._thread = threading.Thread(target=self._run, name="rtrl-dispatcher", daemon=True)
         self._thread.start()
@@ -196,9 +210,30 @@ class Dispatcher:
     def stop(self) -> None:
         with self._changed:
             self._stopping = True
-            self._changed.notify()
-        if self._thread is not None:
-            self._thread.join()
+            self._changed.notify_all()
+        for thread in (self._thread, self._watchdog):
+            if thread is not None:
+                thread.join()
+
+    def _watch(self) -> None:
+        """Inline next_idle: waits for the newest sample's call to be overdue, then has it hedged."""
+        while True:
+            with self._changed:
+                while not self._stopping:
+                    hedge_at_s = self._hedge_at_s
+                    if hedge_at_s is None:
+                        self._changed.wait()
+                        continue
+                    remaining_s = hedge_at_s - self._now_s()
+                    if remaining_s <= 0:
+                        break
+                    self._changed.wait(remaining_s)
+                if self._stopping:
+                    return
+                self._hedge_at_s = None
+                self._hedge_due = True
+                self._changes += 1
+            self._step_here()
 
     def _run(self) -> None:
         while True:
@@ -229,11 +264,21 @@ class Dispatcher:
             sample, sample_unsent = self._latest, not self._latest_sent
             self._planned_changes = self._changes
             self._wake_at_s = None
+            hedge = self._hedge_due and sample is not None and self._awaited is sample
+            self._hedge_due = False
         for outcome in outcomes:
             if outcome.reply is not None:
                 self.scheduler.on_reply(outcome.address, outcome.round_trip_s)
             else:
                 self.scheduler.on_failure(outcome.address)
+        if hedge and sample is not None and isinstance(self.scheduler, NextIdleScheduler):
+            now_s = self._now_s()
+            overdue = SampleView(sample.produced_s, sample.deadline_s, unsent=False)
+            address = self.scheduler.plan_hedge(now_s, overdue, self._replicas.views(now_s))
+            if address is not None and self._send(address, sample):
+                self.scheduler.on_sent(address, now_s, self.replica_count)
+                with self._changed:
+                    self.requests_hedged += 1
         while True:
             now_s = self._now_s()
             views = self._replicas.views(now_s)
@@ -268,6 +313,12 @@ class Dispatcher:
                 self.requests_resent += 1
             if self._latest is sample:
                 self._latest_sent = True
+            if self._watchdog is not None and not prepared.sends and isinstance(self.scheduler, NextIdleScheduler):
+                # The first call of a sample arms the hedge (at most one hedge per sample).
+                hedge_after_s = self.scheduler.hedge_after_s()
+                self._awaited = sample
+                self._hedge_at_s = None if hedge_after_s is None else self._now_s() + hedge_after_s
+                self._changed.notify_all()
         prepared.sends += 1
         return True
 

@@ -6,9 +6,13 @@ send the newest sample to now, or says when to ask again. Three policies:
 
 - `next_idle`: the newest sample goes to the next idle replica in round-robin order as soon as there
   is one: when the sample is taken, or when a call ends while it is still unsent and a reply could
-  still come in time (its deadline is at least the mean round trip away). At most one call per
-  sample; a sample replaced while every replica was busy is not sent. With a decision every frame
+  still come in time (its deadline is at least the mean round trip away). One call per sample (a
+  hedge aside, below); a sample replaced while every replica was busy is not sent. With a decision every frame
   this staggers the replicas by itself, on the frame grid, with no estimate of T.
+  A call still unanswered after `HEDGE_AFTER_MEANS` mean round trips is hedged: its sample goes once
+  more, to another idle replica that has not failed recently, so a replica that stalls mid-call
+  (a GC pause, a slow disk, a stopped process) costs a few milliseconds instead of the decision.
+  Whichever reply comes first is used; the other counts as superseded, and the call as resent.
 - `max_time` (Riemer et al. 2024, Algorithm 1): T is the longest round trip, so that every replica
   has answered by its next turn. Calls are spaced T/N apart in a fixed rotation of the N usable
   replicas, so each replica is called once every T and, together, they deliver one action every T/N.
@@ -64,6 +68,12 @@ MEAN_WEIGHT = 0.1
 NO_REPLICA_RETRY_S = 0.05
 # Round trips of a replica that are not counted in T (see the module docstring).
 WARMUP_REPLIES = 1
+# next_idle hedging: a call unanswered after this many mean round trips (and at least HEDGE_MIN_S) is
+# sent again to another idle replica. A healthy call's tail under load is a few means (p99 about 5x
+# the mean on a loaded 2-core machine), so this hedges a few percent of calls at most; a stalled
+# replica (a GC pause, a slow disk, SIGSTOP) is answered for by another within a frame or so.
+HEDGE_AFTER_MEANS = 4.0
+HEDGE_MIN_S = 0.004
 # max_time: T is the longest of this many recent counted round trips ... (see the module docstring)
 MAX_TIME_WINDOW = 64
 # ... once this many of the longest are set aside as outliers (3 of 64: about the 95th percentile).
@@ -222,6 +232,23 @@ class NextIdleScheduler(Scheduler):
             return Plan()
         chosen = next_in_rotation(replicas, self._last_address)
         return Plan(send_to=chosen.address if chosen is not None else None)
+
+    def hedge_after_s(self) -> float | None:
+        """How long a call may stay unanswered before its sample goes to a second replica (None: not yet
+        known, before the first counted round trip)."""
+        if self._mean_s == 0.0:
+            return None
+        return max(HEDGE_MIN_S, HEDGE_AFTER_MEANS * self._mean_s)
+
+    def plan_hedge(self, now_s: float, sample: SampleView, replicas: Sequence[ReplicaView]) -> str | None:
+        """Where to send a sample whose call is overdue (see `hedge_after_s`): an idle replica that has not
+        failed recently, while a reply can still come in time; None: nowhere."""
+        if not sample.worth_sending(now_s, self._mean_s):
+            return None
+        chosen = next_in_rotation(replicas, self._last_address)
+        if chosen is None or chosen.recently_failed:
+            return None
+        return chosen.address
 
     def _observe(self, round_trip_s: float) -> None:
         previous_s = self._mean_s

@@ -87,13 +87,6 @@ def in_use(gateway_address: str, replicas: list[ServiceProcess]) -> bool:
     return all(after.get(replica.address, 0) > before.get(replica.address, 0) for replica in replicas)
 
 
-@pytest.mark.xfail(
-    reason="known gap: the gateway does not hedge (resend a sample whose call has not answered to an idle replica), "
-    "so each call that goes to a stalled replica blanks its decision: about one per second (RECENT_FAILURE_S) "
-    "until its heartbeat is 2 s old and the registry drops it; measured 86-96% coverage during a 3 s stall of "
-    "one of 3 replicas. Needs a timed resend in the next_idle dispatcher (dispatcher.py, scheduler.py).",
-    strict=False,
-)
 def test_a_stalled_replica_never_blanks_a_decision_while_the_others_are_healthy(
     three_replicas: list[ServiceProcess],
     local_redis: LocalRedis,

@@ -19,7 +19,13 @@ from services.env_gateway.dispatcher import (
     TrainResult,
 )
 from services.env_gateway.preprocess import Preprocessor, SampledFrame
-from services.env_gateway.scheduler import MaxTimeScheduler, ReplicaView
+from services.env_gateway.scheduler import (
+    HEDGE_AFTER_MEANS,
+    WARMUP_REPLIES,
+    MaxTimeScheduler,
+    NextIdleScheduler,
+    ReplicaView,
+)
 
 
 def sample(frame_index: int, episode: int = 0, deadline_s: float = 100.08) -> ObservationSample:
@@ -143,6 +149,69 @@ def test_inline_next_idle_sends_on_the_submitting_thread_and_an_unsent_sample_wh
     assert [s[1] for s in replicas.sends] == [("request", 0), ("request", 1)]
     assert mailbox.pending_count() == 1
     dispatcher.stop()
+
+
+def inline_next_idle(
+    replicas: FakeReplicas, now: FakeTime, mean_round_trip_s: float
+) -> tuple[Dispatcher, ActionMailbox]:
+    scheduler = NextIdleScheduler()
+    for _ in range(WARMUP_REPLIES + 1):  # the first reply of a replica is its warm-up and does not count
+        scheduler.on_reply("warm", mean_round_trip_s)
+    mailbox = ActionMailbox(5, now)
+    mailbox.begin_episode(0, 0)
+    dispatcher = Dispatcher(Preprocessor(10, 8), mailbox, replicas, scheduler, now_s=now, inline=True)
+    dispatcher.start()
+    return dispatcher, mailbox
+
+
+def test_a_call_overdue_by_several_mean_round_trips_is_hedged_once_to_another_idle_replica() -> None:
+    now = FakeTime(100.002)
+    replicas = FakeReplicas(("a", "b", "c"))
+    dispatcher, mailbox = inline_next_idle(replicas, now, mean_round_trip_s=0.002)
+    try:
+        dispatcher.submit(sample(0))  # to "a", which stalls: it never answers
+        assert [s[0] for s in replicas.sends] == ["a"]
+        now.advance(0.002 * HEDGE_AFTER_MEANS + 0.001)
+        assert wait_for(lambda: len(replicas.sends) == 2)
+        hedge_address, hedge_request = replicas.sends[1][0], replicas.sends[1][1]
+        assert hedge_address in ("b", "c") and hedge_request == ("request", 0)
+        assert len(replicas.prepared) == 1  # the same prepared request, not preprocessed again
+        assert (dispatcher.requests_hedged, dispatcher.requests_resent) == (1, 1)
+        replicas.finish(1, ActionReply(4, 2, -0.2))
+        taken = mailbox.take(2)
+        assert taken is not None and taken.reply.action == 4
+        now.advance(1.0)  # at most one hedge per sample, however long "a" stays silent
+        threading.Event().wait(0.05)
+        assert len(replicas.sends) == 2
+    finally:
+        dispatcher.stop()
+
+
+def test_a_call_answered_in_time_is_not_hedged_and_nothing_is_hedged_before_a_round_trip_counts() -> None:
+    now = FakeTime(100.002)
+    replicas = FakeReplicas(("a", "b"))
+    dispatcher, _ = inline_next_idle(replicas, now, mean_round_trip_s=0.002)
+    try:
+        dispatcher.submit(sample(0))
+        replicas.finish(0, ActionReply(1, 0, 0.0), 0.002)
+        now.advance(0.05)
+        threading.Event().wait(0.05)
+        assert len(replicas.sends) == 1 and dispatcher.requests_hedged == 0
+    finally:
+        dispatcher.stop()
+
+    unmeasured = FakeReplicas(("a", "b"))
+    mailbox = ActionMailbox(5, now)
+    mailbox.begin_episode(0, 0)
+    dispatcher = Dispatcher(Preprocessor(10, 8), mailbox, unmeasured, now_s=now, inline=True)
+    dispatcher.start()
+    try:
+        dispatcher.submit(sample(4, deadline_s=now() + 1.0))
+        now.advance(0.5)
+        threading.Event().wait(0.05)
+        assert len(unmeasured.sends) == 1  # no mean round trip yet: no basis for calling a call overdue
+    finally:
+        dispatcher.stop()
 
 
 def test_dispatcher_thread_sends_what_the_clock_submits() -> None:
