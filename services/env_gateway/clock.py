@@ -61,7 +61,9 @@ record created, across episodes, so a consumer sees dropped records as gaps. The
 to `publish`, which must not block (it drops and counts when full).
 
 Only the clock thread touches the backend. This module does not import grpc: replicas are reached
-through the dispatcher, the publisher and viewers through injected callables.
+through the dispatcher, the publisher and viewers through injected callables. `EpisodeSteps` keeps
+the episodes, steps, records and counters described here for this clock and for the simulated clock
+(simulated_clock.py), which differ only in their schedule and where replies come from.
 """
 
 from __future__ import annotations
@@ -359,25 +361,28 @@ class _OpenStep:
         self.applied_unix_ns = 0
 
 
-class RealtimeClock:
-    """Steps `backend` one frame per tick; `start()` runs ticks on its own thread at the frame rate.
+class EpisodeSteps:
+    """What both clocks keep the same way: the episode, its decision steps and the counters GetStats reads.
 
-    Tests drive it with `run_frames(n)` (no sleeping) and an injected `now_s`.
+    The realtime clock (below) and the simulated clock (simulated_clock.py) differ only in when they
+    produce a frame and where a step's reply comes from; both derive from this class for the rest:
+    beginning and ending episodes, the fallback policy, opening a step with a reply or the fallback,
+    sampling observations into the frame history, closing a step into a `StepRecord` for `publish`,
+    and the measurements. Each clock's `tick` uses these attributes directly (it is the hot path).
+    Clock thread only: nothing here locks or waits (except what `publish` itself does).
     """
 
     def __init__(
         self,
         backend: Backend,
         config: ClockConfig,
+        lead_frames: int,
         *,
-        dispatch: Callable[[ObservationSample], None],
-        publish: Callable[[StepRecord], bool],
-        show_frame: Callable[[ViewerFrame], None] | None = None,
-        mailbox: ActionMailbox | None = None,
-        lead_for_episode: Callable[[], int | None] | None = None,
-        now_s: Callable[[], float] = time.monotonic,
-        wall_ns: Callable[[], int] = time.time_ns,
-        sleep: Callable[[float], None] = time.sleep,
+        send: Callable[[ObservationSample], None],
+        publish: Callable[[StepRecord], object],
+        show_frame: Callable[[ViewerFrame], None] | None,
+        now_s: Callable[[], float],
+        wall_ns: Callable[[], int],
     ) -> None:
         if not 0 <= config.fallback_action < backend.action_count:
             raise ValueError(
@@ -386,20 +391,14 @@ class RealtimeClock:
         self.config = config
         self.action_count = backend.action_count
         self._backend = backend
-        self._dispatch = dispatch
+        self._send = send
         self._publish = publish
         self._show_frame = show_frame
-        self._lead_for_episode = lead_for_episode
         self._now_s = now_s
         self._wall_ns = wall_ns
-        self._sleep = sleep
         self._rng = np.random.default_rng(config.seed)
         self._random_log_prob = -math.log(backend.action_count)
-        self.mailbox = mailbox or ActionMailbox(config.max_staleness_frames, now_s)
         self._history = FrameHistory(config.frame_stack)
-
-        self._period_s = 1.0 / config.frame_rate_hz
-        self._t0_s: float | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self.ticking = threading.Event()
@@ -409,13 +408,12 @@ class RealtimeClock:
         self.frame = 0
         """Index of the next frame to produce (= frames produced so far)."""
         self.episode = -1
-        self.lead_frames = config.lead_frames
+        self.lead_frames = lead_frames
         """L of the current episode (see Lead in the module docstring)."""
         self._episode_start = 0
         self._needs_reset = True
         self.episode_frames = 0
         self._episode_return = 0.0
-        self._lead_action = config.fallback_action
         self._last_applied = config.fallback_action
         self._step: _OpenStep | None = None
         self._samples: dict[int, ObservationSample] = {}
@@ -423,9 +421,9 @@ class RealtimeClock:
 
         # Measurements, written by the clock thread only and read by anyone.
         self.started_s: float | None = None
-        """Clock time the first frame was produced (the schedule's anchor)."""
+        """Clock time the first frame was produced."""
         self.frames_late = 0
-        self.schedule_moves = 0
+        """Ticks that started more than a frame time late (always 0 in the simulated clock)."""
         self.decisions = 0
         self.decisions_fresh = 0
         self.episodes = 0
@@ -435,131 +433,26 @@ class RealtimeClock:
         self.tick_cpu_us = Window()
         self.frame_rate = RateMeter()
 
-    # -- schedule ---------------------------------------------------------------------------------
-
-    def due_s(self, frame: int) -> float:
-        """Clock time at which `frame` is due."""
-        assert self._t0_s is not None, "the schedule starts when the first frame is produced"
-        return self._t0_s + frame * self._period_s
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="rtrl-clock", daemon=True)
-        self._thread.start()
-
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
-
-    def _run(self) -> None:
-        try:
-            # The first frame anchors the schedule (see the module docstring).
-            self.tick()
-            self.ticking.set()
-            while not self._stop.is_set():
-                due = self.due_s(self.frame)
-                now = self._now_s()
-                if now < due:
-                    self._sleep(due - now)
-                    now = self._now_s()
-                late_s = now - due
-                if late_s > self._period_s:
-                    self.frames_late += 1
-                if late_s > CATCH_UP_LIMIT_FRAMES * self._period_s:
-                    self._t0_s = now - self.frame * self._period_s
-                    self.schedule_moves += 1
-                self.tick()
-            self.finish()
-        except Exception as error:
-            self.failure = error
-            log.exception("the game clock stopped because the backend failed at frame %d", self.frame)
-
-    def run_frames(self, count: int) -> None:
-        """Ticks `count` frames back-to-back (tests and benchmarks)."""
-        for _ in range(count):
-            self.tick()
-
-    # -- one frame --------------------------------------------------------------------------------
-
-    def tick(self) -> None:
-        """Produces frame `self.frame`: chooses its action, steps the backend, records what happened."""
-        cpu_start_ns = time.thread_time_ns()
-        frame = self.frame
-        config = self.config
-        resetting = self._needs_reset
-        if resetting:
-            self._begin_episode(frame)
-        k, lead = config.decision_interval_frames, self.lead_frames
-        position = frame - self._episode_start
-        # The action for this frame: fallback in the lead frames, else the open step's.
-        opens_step = position >= lead and (position - lead) % k == 0
-        if opens_step:
-            self._open_step((position - lead) // k, frame)
-        elif not resetting:
-            self.mailbox.advance(frame)
-        step = self._step
-        if step is None:
-            action, fresh = self._lead_action, False
-        else:
-            action, fresh = step.action, step.fresh
-
-        if resetting:
-            rgb = self._backend.reset(config.seed if self.episode == 0 else None)
-            reward, terminated, truncated = 0.0, False, False
-        else:
-            rgb, reward, terminated, truncated = self._backend.step(action)
-            self._last_applied = action
-        produced_s = self._now_s()
-        wall_ns = self._wall_ns()
-        if self._t0_s is None:
-            self._t0_s = produced_s - frame * self._period_s
-            self.started_s = produced_s
-        self.episode_frames += 1
-        self._episode_return += reward
-        if config.max_episode_frames and self.episode_frames >= config.max_episode_frames:
-            truncated = True
-        ended = terminated or truncated
-
-        if step is not None:
-            step.reward += reward
-            if opens_step:
-                step.applied_unix_ns = wall_ns
-        if position % k == 0:
-            self._sample(position // k, frame, rgb, produced_s, wall_ns, ended)
-        if step is not None and (ended or (position - lead + 1) % k == 0):
-            self._close_step(step, terminated, truncated)
-        if ended:
-            self._end_episode()
-        if self._show_frame is not None:
-            self._show_frame(ViewerFrame(frame, rgb, action, fresh, self.episode, wall_ns))
-        self.frame = frame + 1
-        self.frame_rate.add(produced_s)
-        self.tick_cpu_us.add((time.thread_time_ns() - cpu_start_ns) / 1000.0)
 
     def finish(self) -> None:
         """Ends the run: the step in progress becomes a truncated transition, so every decision is published."""
         if self._step is not None:
             self._close_step(self._step, terminated=False, truncated=True)
 
-    def _begin_episode(self, frame: int) -> None:
+    def _begin_episode_steps(self, frame: int) -> None:
+        """Starts the next episode at `frame`: no step open, no sample kept, the fallback's last action reset."""
         self._needs_reset = False
         self.episode += 1
         self._episode_start = frame
-        self.lead_frames = self._episode_lead()
         self.episode_frames = 0
         self._episode_return = 0.0
         self._step = None
         self._samples.clear()
-        self.mailbox.begin_episode(self.episode, frame)
         self._last_applied = self.config.fallback_action
-        self._lead_action, _ = self._fallback()
-
-    def _episode_lead(self) -> int:
-        suggested = self._lead_for_episode() if self._lead_for_episode is not None else None
-        if suggested is None:
-            return self.config.lead_frames
-        # Beyond S no reply could ever be applied; below 0 is meaningless.
-        return min(max(suggested, 0), self.config.max_staleness_frames)
 
     def _end_episode(self) -> None:
         self.episodes += 1
@@ -577,30 +470,33 @@ class RealtimeClock:
             return self._last_applied, 0.0
         return self.config.fallback_action, 0.0
 
-    def _open_step(self, index: int, frame: int) -> None:
-        pending = self.mailbox.take(frame, self.config.decision_interval_frames)
+    def _open_fallback_step(self, index: int) -> None:
+        """Opens step `index` with the fallback policy's action (there is no usable reply)."""
         self.decisions += 1
-        if pending is None:
-            action, log_prob = self._fallback()
-            self._step = _OpenStep(index, action, False, 0, -1, log_prob)
-            return
-        staleness = frame - pending.obs_frame
+        action, log_prob = self._fallback()
+        self._step = _OpenStep(index, action, False, 0, -1, log_prob)
+
+    def _open_fresh_step(self, index: int, frame: int, reply: ActionReply, obs_frame: int) -> None:
+        """Opens step `index` at `frame` with `reply`, computed from the observation of `obs_frame`."""
+        staleness = frame - obs_frame
+        self.decisions += 1
         self.decisions_fresh += 1
         self.staleness_frames.add(staleness)
-        reply = pending.reply
         self._step = _OpenStep(
-            index, reply.action, True, staleness, reply.policy_version, reply.behaviour_log_prob, pending.obs_frame
+            index, reply.action, True, staleness, reply.policy_version, reply.behaviour_log_prob, obs_frame
         )
 
-    def _sample(self, step: int, frame: int, rgb: np.ndarray, produced_s: float, wall_ns: int, ended: bool) -> None:
+    def _sample(
+        self, step: int, frame: int, rgb: np.ndarray, produced_s: float, wall_ns: int, deadline_s: float, ended: bool
+    ) -> None:
+        """Keeps frame `frame` as the observation of step `step` and sends it to be answered by `deadline_s`."""
         sampled = SampledFrame(frame, rgb)
         frames = self._history.reset(sampled) if step == 0 else self._history.add(sampled)
-        deadline_s = self.due_s(self.config.last_usable_frame(frame, self.lead_frames)) - DEADLINE_MARGIN_S
         sample = ObservationSample(self.episode, step, frame, frames, produced_s, wall_ns, deadline_s)
         self._samples[step] = sample
         # A step whose observation is the episode's last frame never runs: asking would waste a replica.
         if not ended:
-            self._dispatch(sample)
+            self._send(sample)
 
     def _close_step(self, step: _OpenStep, terminated: bool, truncated: bool) -> None:
         sample = self._samples.pop(step.index)
@@ -646,3 +542,157 @@ class RealtimeClock:
 
     def uptime_s(self) -> float:
         return 0.0 if self.started_s is None else self._now_s() - self.started_s
+
+
+class RealtimeClock(EpisodeSteps):
+    """Steps `backend` one frame per tick; `start()` runs ticks on its own thread at the frame rate.
+
+    Tests drive it with `run_frames(n)` (no sleeping) and an injected `now_s`.
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        config: ClockConfig,
+        *,
+        dispatch: Callable[[ObservationSample], None],
+        publish: Callable[[StepRecord], bool],
+        show_frame: Callable[[ViewerFrame], None] | None = None,
+        mailbox: ActionMailbox | None = None,
+        lead_for_episode: Callable[[], int | None] | None = None,
+        now_s: Callable[[], float] = time.monotonic,
+        wall_ns: Callable[[], int] = time.time_ns,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        super().__init__(
+            backend,
+            config,
+            config.lead_frames,
+            send=dispatch,
+            publish=publish,
+            show_frame=show_frame,
+            now_s=now_s,
+            wall_ns=wall_ns,
+        )
+        self._lead_for_episode = lead_for_episode
+        self._sleep = sleep
+        self.mailbox = mailbox or ActionMailbox(config.max_staleness_frames, now_s)
+        self._period_s = 1.0 / config.frame_rate_hz
+        self._t0_s: float | None = None
+        """The schedule's anchor: frame f is due at t0 + f / rate."""
+        self._lead_action = config.fallback_action
+        self.schedule_moves = 0
+
+    # -- schedule ---------------------------------------------------------------------------------
+
+    def due_s(self, frame: int) -> float:
+        """Clock time at which `frame` is due."""
+        assert self._t0_s is not None, "the schedule starts when the first frame is produced"
+        return self._t0_s + frame * self._period_s
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="rtrl-clock", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            # The first frame anchors the schedule (see the module docstring).
+            self.tick()
+            self.ticking.set()
+            while not self._stop.is_set():
+                due = self.due_s(self.frame)
+                now = self._now_s()
+                if now < due:
+                    self._sleep(due - now)
+                    now = self._now_s()
+                late_s = now - due
+                if late_s > self._period_s:
+                    self.frames_late += 1
+                if late_s > CATCH_UP_LIMIT_FRAMES * self._period_s:
+                    self._t0_s = now - self.frame * self._period_s
+                    self.schedule_moves += 1
+                self.tick()
+            self.finish()
+        except Exception as error:
+            self.failure = error
+            log.exception("the game clock stopped because the backend failed at frame %d", self.frame)
+
+    def run_frames(self, count: int) -> None:
+        """Ticks `count` frames back-to-back (tests and benchmarks)."""
+        for _ in range(count):
+            self.tick()
+
+    # -- one frame --------------------------------------------------------------------------------
+
+    def tick(self) -> None:
+        """Produces frame `self.frame`: chooses its action, steps the backend, records what happened."""
+        cpu_start_ns = time.thread_time_ns()
+        frame = self.frame
+        config = self.config
+        resetting = self._needs_reset
+        if resetting:
+            self._begin_episode(frame)
+        k, lead = config.decision_interval_frames, self.lead_frames
+        position = frame - self._episode_start
+        # The action for this frame: fallback in the lead frames, else the open step's.
+        opens_step = position >= lead and (position - lead) % k == 0
+        if opens_step:
+            pending = self.mailbox.take(frame, k)
+            if pending is None:
+                self._open_fallback_step((position - lead) // k)
+            else:
+                self._open_fresh_step((position - lead) // k, frame, pending.reply, pending.obs_frame)
+        elif not resetting:
+            self.mailbox.advance(frame)
+        step = self._step
+        if step is None:
+            action, fresh = self._lead_action, False
+        else:
+            action, fresh = step.action, step.fresh
+
+        if resetting:
+            rgb = self._backend.reset(config.seed if self.episode == 0 else None)
+            reward, terminated, truncated = 0.0, False, False
+        else:
+            rgb, reward, terminated, truncated = self._backend.step(action)
+            self._last_applied = action
+        produced_s = self._now_s()
+        wall_ns = self._wall_ns()
+        if self._t0_s is None:
+            self._t0_s = produced_s - frame * self._period_s
+            self.started_s = produced_s
+        self.episode_frames += 1
+        self._episode_return += reward
+        if config.max_episode_frames and self.episode_frames >= config.max_episode_frames:
+            truncated = True
+        ended = terminated or truncated
+
+        if step is not None:
+            step.reward += reward
+            if opens_step:
+                step.applied_unix_ns = wall_ns
+        if position % k == 0:
+            deadline_s = self.due_s(config.last_usable_frame(frame, lead)) - DEADLINE_MARGIN_S
+            self._sample(position // k, frame, rgb, produced_s, wall_ns, deadline_s, ended)
+        if step is not None and (ended or (position - lead + 1) % k == 0):
+            self._close_step(step, terminated, truncated)
+        if ended:
+            self._end_episode()
+        if self._show_frame is not None:
+            self._show_frame(ViewerFrame(frame, rgb, action, fresh, self.episode, wall_ns))
+        self.frame = frame + 1
+        self.frame_rate.add(produced_s)
+        self.tick_cpu_us.add((time.thread_time_ns() - cpu_start_ns) / 1000.0)
+
+    def _begin_episode(self, frame: int) -> None:
+        self._begin_episode_steps(frame)
+        self.lead_frames = self._episode_lead()
+        self.mailbox.begin_episode(self.episode, frame)
+        self._lead_action, _ = self._fallback()
+
+    def _episode_lead(self) -> int:
+        suggested = self._lead_for_episode() if self._lead_for_episode is not None else None
+        if suggested is None:
+            return self.config.lead_frames
+        # Beyond S no reply could ever be applied; below 0 is meaningless.
+        return min(max(suggested, 0), self.config.max_staleness_frames)

@@ -17,7 +17,8 @@ an action and produces frame f, whose observation is sampled right after.
 
 Both are the realtime clock's step structure with L = d and k as above; a step's reward is summed
 over its k frames (the action's frame and, in sequential, the d fallback frames after it), and each
-step becomes the same `StepRecord` as in realtime mode, with staleness d.
+step becomes the same `StepRecord` as in realtime mode, with staleness d. Episodes, steps, records
+and counters are kept by clock.py's `EpisodeSteps`, as for the realtime clock.
 
 The clock asks for each observation's action through `request_action`, which returns a Future; it
 sends the observation as soon as it is sampled and, at the tick that must apply it, waits for it.
@@ -33,30 +34,25 @@ replica of the pool, waiting for one, so that no observation is skipped.
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, replace
 
-import numpy as np
-
-from rtrl.metrics import RateMeter, Window
 from services.env_gateway.backends.base import Backend
 from services.env_gateway.clock import (
-    RECENT_RETURNS,
     ActionReply,
     ClockConfig,
+    EpisodeSteps,
     ObservationSample,
     StepRecord,
     ViewerFrame,
 )
 from services.env_gateway.dispatcher import CallOutcome, ReplicaLink
-from services.env_gateway.preprocess import FrameHistory, Preprocessor, SampledFrame
-from services.env_gateway.settings import FallbackPolicy, GatewaySettings
+from services.env_gateway.preprocess import Preprocessor
+from services.env_gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
 
@@ -98,27 +94,11 @@ class SimulatedTiming:
         return self.delay_frames
 
 
-class _OpenStep:
-    """The decision step being executed (see clock.py's `_OpenStep`)."""
-
-    __slots__ = ("action", "action_obs_frame", "applied_unix_ns", "fresh", "index", "log_prob", "reward", "version")
-
-    def __init__(self, index: int, action: int, fresh: bool, version: int, log_prob: float, obs_frame: int) -> None:
-        self.index = index
-        self.action = action
-        self.fresh = fresh
-        self.version = version
-        self.log_prob = log_prob
-        self.action_obs_frame = obs_frame
-        self.reward = 0.0
-        self.applied_unix_ns = 0
-
-
-class SimulatedClock:
+class SimulatedClock(EpisodeSteps):
     """Steps `backend` one frame per tick as fast as it can; `start()` runs on its own thread.
 
-    Same measurements as `RealtimeClock` (decisions, coverage, staleness, episodes), so the gateway's
-    GetStats reads either. Tests and the delay benchmark drive it with `run_frames(n)`.
+    Its episodes, steps and measurements are kept by `EpisodeSteps`, as in `RealtimeClock`, so the
+    gateway's GetStats reads either. Tests and the delay benchmark drive it with `run_frames(n)`.
     """
 
     def __init__(
@@ -135,68 +115,32 @@ class SimulatedClock:
         now_s: Callable[[], float] = time.monotonic,
         wall_ns: Callable[[], int] = time.time_ns,
     ) -> None:
-        if not 0 <= config.fallback_action < backend.action_count:
-            raise ValueError(
-                f"fallback action {config.fallback_action} is out of range for {backend.action_count} actions"
-            )
-        self.config = config
+        super().__init__(
+            backend,
+            config,
+            timing.lead_frames,
+            send=self._send_request,
+            publish=self._publish_when_room,
+            show_frame=show_frame,
+            now_s=now_s,
+            wall_ns=wall_ns,
+        )
         self.timing = timing
-        self.action_count = backend.action_count
-        self._backend = backend
         self._request_action = request_action
-        self._publish = publish
-        self._show_frame = show_frame
+        self._publish_record = publish
         self._reply_timeout_s = reply_timeout_s
         self._has_room = has_room
-        self._now_s = now_s
-        self._wall_ns = wall_ns
-        self._rng = np.random.default_rng(config.seed)
-        self._random_log_prob = -math.log(backend.action_count)
-        self._history = FrameHistory(config.frame_stack)
-        self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
-        self.ticking = threading.Event()
-        self.failure: BaseException | None = None
-
-        self.frame = 0
-        self.episode = -1
-        self.lead_frames = timing.lead_frames
-        self._episode_start = 0
-        self._needs_reset = True
-        self.episode_frames = 0
-        self._episode_return = 0.0
-        self._last_applied = config.fallback_action
-        self._step: _OpenStep | None = None
-        self._samples: dict[int, ObservationSample] = {}
         self._requests: dict[int, Future[ActionReply | None]] = {}
-        self.seq = 0
-
-        self.started_s: float | None = None
-        self.frames_late = 0
-        """Always 0: a simulated frame is never late. Kept so GetStats reads either clock."""
-        self.decisions = 0
-        self.decisions_fresh = 0
         self.replies_missing = 0
         """Decision steps whose reply failed or did not come within the reply timeout (fallback applied)."""
         self.fallback_frames = 0
         """Frames that applied the fallback policy (episode leads, sequential waits, missing replies)."""
-        self.episodes = 0
-        self.last_episode_return = 0.0
-        self.recent_returns: deque[float] = deque(maxlen=RECENT_RETURNS)
-        self.staleness_frames = Window()
-        self.tick_cpu_us = Window()
-        self.frame_rate = RateMeter()
 
     # -- running ----------------------------------------------------------------------------------
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="rtrl-simulated-clock", daemon=True)
         self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
 
     def _run(self) -> None:
         try:
@@ -258,7 +202,7 @@ class SimulatedClock:
             if opens_step:
                 step.applied_unix_ns = wall_ns
         if position % k == 0:
-            self._sample(position // k, frame, rgb, produced_s, wall_ns, ended)
+            self._sample(position // k, frame, rgb, produced_s, wall_ns, produced_s + self._reply_timeout_s, ended)
         if step is not None and (ended or (position - lead + 1) % k == 0):
             self._close_step(step, terminated, truncated)
         if ended:
@@ -269,38 +213,14 @@ class SimulatedClock:
         self.frame_rate.add(produced_s)
         self.tick_cpu_us.add((time.thread_time_ns() - cpu_start_ns) / 1000.0)
 
-    def finish(self) -> None:
-        """Ends the run: the step in progress becomes a truncated transition."""
-        if self._step is not None:
-            self._close_step(self._step, terminated=False, truncated=True)
-
     def _begin_episode(self, frame: int) -> None:
-        self._needs_reset = False
-        self.episode += 1
-        self._episode_start = frame
-        self.episode_frames = 0
-        self._episode_return = 0.0
-        self._step = None
-        self._samples.clear()
+        self._begin_episode_steps(frame)
         # Replies to the previous episode's last observations can never be applied; they are let go
         # (not cancelled: whoever answers them must still be able to set their result).
         self._requests.clear()
-        self._last_applied = self.config.fallback_action
 
-    def _end_episode(self) -> None:
-        self.episodes += 1
-        self.last_episode_return = self._episode_return
-        self.recent_returns.append(self._episode_return)
-        self._needs_reset = True
-        self._step = None
-
-    def _fallback(self) -> tuple[int, float]:
-        policy = self.config.fallback_policy
-        if policy is FallbackPolicy.RANDOM:
-            return int(self._rng.integers(self.action_count)), self._random_log_prob
-        if policy is FallbackPolicy.REPEAT_LAST:
-            return self._last_applied, 0.0
-        return self.config.fallback_action, 0.0
+    def _send_request(self, sample: ObservationSample) -> None:
+        self._requests[sample.step] = self._request_action(sample)
 
     def _await_reply(self, future: Future[ActionReply | None]) -> ActionReply | None:
         deadline_s = self._now_s() + self._reply_timeout_s
@@ -314,77 +234,17 @@ class SimulatedClock:
     def _open_step(self, index: int, frame: int) -> None:
         future = self._requests.pop(index, None)
         reply = self._await_reply(future) if future is not None else None
-        sample = self._samples[index]
-        self.decisions += 1
         if reply is None:
             self.replies_missing += 1
-            action, log_prob = self._fallback()
-            self._step = _OpenStep(index, action, False, -1, log_prob, -1)
-            return
-        self.decisions_fresh += 1
-        self.staleness_frames.add(frame - sample.frame_index)
-        self._step = _OpenStep(
-            index, reply.action, True, reply.policy_version, reply.behaviour_log_prob, sample.frame_index
-        )
+            self._open_fallback_step(index)
+        else:
+            self._open_fresh_step(index, frame, reply, self._samples[index].frame_index)
 
-    def _sample(self, step: int, frame: int, rgb: np.ndarray, produced_s: float, wall_ns: int, ended: bool) -> None:
-        sampled = SampledFrame(frame, rgb)
-        frames = self._history.reset(sampled) if step == 0 else self._history.add(sampled)
-        sample = ObservationSample(
-            self.episode, step, frame, frames, produced_s, wall_ns, produced_s + self._reply_timeout_s
-        )
-        self._samples[step] = sample
-        # A step whose observation is the episode's last frame never runs: asking would waste a replica.
-        if not ended:
-            self._requests[step] = self._request_action(sample)
-
-    def _close_step(self, step: _OpenStep, terminated: bool, truncated: bool) -> None:
-        sample = self._samples.pop(step.index)
-        record = StepRecord(
-            gateway_id=self.config.gateway_id,
-            seq=self.seq,
-            episode=self.episode,
-            step=step.index,
-            obs_frame=sample.frame_index,
-            frames=sample.frames,
-            action=step.action,
-            action_count=self.action_count,
-            reward=step.reward,
-            terminated=terminated,
-            truncated=truncated,
-            fresh=step.fresh,
-            fallback_policy=int(self.config.fallback_policy),
-            staleness_frames=self.timing.lead_frames if step.fresh else 0,
-            policy_version=step.version,
-            behaviour_log_prob=step.log_prob,
-            obs_captured_unix_ns=sample.captured_unix_ns,
-            action_applied_unix_ns=step.applied_unix_ns,
-            action_obs_frame=step.action_obs_frame,
-        )
-        self.seq += 1
-        self._step = None
+    def _publish_when_room(self, record: StepRecord) -> None:
         # Simulated time can wait: a full publisher queue slows the game down rather than losing transitions.
         while self._has_room is not None and not self._has_room() and not self._stop.is_set():
             self._stop.wait(_PUBLISH_POLL_S)
-        self._publish(record)
-
-    # -- measurements -----------------------------------------------------------------------------
-
-    @property
-    def decisions_fallback(self) -> int:
-        return self.decisions - self.decisions_fresh
-
-    @property
-    def coverage(self) -> float:
-        return self.decisions_fresh / self.decisions if self.decisions else 1.0
-
-    @property
-    def mean_episode_return(self) -> float:
-        returns = list(self.recent_returns)
-        return float(np.mean(returns)) if returns else 0.0
-
-    def uptime_s(self) -> float:
-        return 0.0 if self.started_s is None else self._now_s() - self.started_s
+        self._publish_record(record)
 
 
 def completed(reply: ActionReply | None) -> Future[ActionReply | None]:
