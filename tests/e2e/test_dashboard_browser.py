@@ -98,7 +98,8 @@ def stack(tmp_path_factory) -> Iterator[dict[str, Any]]:
         )
         assert process.poll() is None, f"rtrl up exited early:\n{log_path.read_text()}"
         assert health_status(info["gateway"]) == "SERVING"
-        assert f"dashboard: {url}" in log_path.read_text(), "rtrl up prints the dashboard's URL"
+        # rtrl up prints the URL once the dashboard answers and the rest of the stack has started.
+        wait_until(lambda: f"dashboard: {url}" in log_path.read_text(), 30, "rtrl up to print the dashboard's URL")
         yield info
     finally:
         process.terminate()

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from fuzz_support import CONSUMED_SEQS, FUZZ_GATEWAY, SERVED_CONFIG, check_reply
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from rtrl.grpc_util import MAX_MESSAGE_BYTES
@@ -96,8 +96,16 @@ def test_act_answers_every_request_clearly(served_replica, resilience_ledger) ->
     stub = inference_pb2_grpc.InferenceServiceStub(channel)
     codes: set[grpc.StatusCode] = set()
 
+    # A well-formed request among the generated ones, so the success path is always exercised: random
+    # draws rarely make one (the served shape, a matching action count, and no NaN or infinity).
+    valid = inference_pb2.ActRequest(
+        observation=to_proto(np.zeros(SERVED_CONFIG.observation_shape, dtype=np.float32)),
+        action_count=SERVED_CONFIG.action_count,
+    )
+
     @FUZZ
     @given(request=act_requests, deadline_s=DEADLINES_S)
+    @example(request=valid, deadline_s=5.0)
     def act(request: inference_pb2.ActRequest, deadline_s: float) -> None:
         resilience_ledger.inputs["inference Act"] += 1
         codes.add(check_reply(lambda t: stub.Act(request, timeout=t), deadline_s))
