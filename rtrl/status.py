@@ -33,18 +33,20 @@ class StackStatus:
     replicas: dict[str, inference_pb2.InferenceServiceGetStatusResponse | None] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        def dump(message: Message | None) -> dict[str, Any] | None:
-            if message is None:
-                return None
-            return json_format.MessageToDict(
-                message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
-            )
-
         return {
-            "gateway": dump(self.gateway),
-            "learner": dump(self.learner),
-            "replicas": {address: dump(status) for address, status in self.replicas.items()},
+            "gateway": message_json(self.gateway),
+            "learner": message_json(self.learner),
+            "replicas": {address: message_json(status) for address, status in self.replicas.items()},
         }
+
+
+def message_json(message: Message | None) -> dict[str, Any] | None:
+    """A status message as JSON-ready data with proto field names and every field present (None: no answer)."""
+    if message is None:
+        return None
+    return json_format.MessageToDict(
+        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
 
 
 class StackClient:

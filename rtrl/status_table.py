@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from rtrl.grpc_util import create_channel
 from rtrl.redis_client import connect_redis
 from rtrl.registry import DEFAULT_REPLICA_REGISTRY, RegistryError, live_replicas
+from rtrl.status import STATUS_TIMEOUT_S, message_json
 from rtrl.v1 import (
     env_gateway_pb2,
     env_gateway_pb2_grpc,
@@ -38,7 +38,6 @@ from rtrl.v1 import (
 
 ADDRESSES_FILE = "addresses.json"
 LATEST_LINK = "latest"
-STATUS_TIMEOUT_S = 1.0
 
 
 class StatusError(RuntimeError):
@@ -98,14 +97,6 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _dump(message: Message | None) -> dict[str, Any] | None:
-    if message is None:
-        return None
-    return json_format.MessageToDict(
-        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
-    )
-
-
 class StatusPoller:
     """Polls every service of a stack; channels stay open between polls.
 
@@ -148,7 +139,7 @@ class StatusPoller:
                     env_gateway_pb2.GetStatsRequest(), timeout=STATUS_TIMEOUT_S
                 ),
             )
-            snapshot["gateways"][address] = {"stats": _dump(stats), "error": error}
+            snapshot["gateways"][address] = {"stats": message_json(stats), "error": error}
             if isinstance(stats, env_gateway_pb2.GetStatsResponse):
                 replicas += [r.address for r in stats.replicas]
         if self._redis is not None:
@@ -164,7 +155,7 @@ class StatusPoller:
                     inference_pb2.InferenceServiceGetStatusRequest(), timeout=STATUS_TIMEOUT_S
                 ),
             )
-            snapshot["replicas"][address] = {"status": _dump(status), "error": error}
+            snapshot["replicas"][address] = {"status": message_json(status), "error": error}
         if self.addresses.learner:
             status, error = self._call(
                 self.addresses.learner,
@@ -172,7 +163,7 @@ class StatusPoller:
                     learner_pb2.LearnerServiceGetStatusRequest(), timeout=STATUS_TIMEOUT_S
                 ),
             )
-            snapshot["learner"][self.addresses.learner] = {"status": _dump(status), "error": error}
+            snapshot["learner"][self.addresses.learner] = {"status": message_json(status), "error": error}
         return snapshot
 
     def close(self) -> None:

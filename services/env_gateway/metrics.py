@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from rtrl.metrics import HistogramSnapshot, Window
 from rtrl.prometheus import MS_PER_S, MetricsServer, counter, gauge, histogram, serve_metrics
 
 if TYPE_CHECKING:
@@ -110,7 +109,9 @@ class GatewayCollector:
             for r in replica_stats:
                 family.add_metric([gateway_id, r.address], float(getattr(r, field)))
             yield family
-        round_trips = [({"gateway_id": gateway_id, "replica": a}, h) for a, h in self._round_trip_histograms()]
+        round_trips = [
+            ({"gateway_id": gateway_id, "replica": a}, h) for a, h in self.gateway.replicas.round_trip_histograms()
+        ]
         yield histogram(
             "rtrl_gateway_replica_act_round_trip_seconds",
             "Act round trip to this replica as the gateway measured it (answered calls).",
@@ -118,14 +119,6 @@ class GatewayCollector:
             scale=MS_PER_S,
             label_names=names,
         )
-
-    def _round_trip_histograms(self) -> list[tuple[str, HistogramSnapshot]]:
-        pool = self.gateway.replicas
-        # ReplicaPool keeps each replica's round-trip Window on its private records; reading them under the
-        # pool's lock here keeps replicas.py (the clock's hot path) untouched by the metrics.
-        with pool._lock:
-            windows: list[tuple[str, Window]] = [(r.address, r.latency_ms) for r in pool._replicas.values()]
-        return [(address, window.histogram()) for address, window in windows]
 
 
 def start_metrics(gateway: Gateway, host: str, port: int) -> MetricsServer | None:

@@ -31,7 +31,7 @@ import grpc
 import numpy as np
 
 from rtrl.grpc_util import create_channel
-from rtrl.metrics import Window
+from rtrl.metrics import HistogramSnapshot, Window
 from rtrl.security import SecuritySettings
 from rtrl.tensors import to_proto
 from rtrl.v1 import env_gateway_pb2, inference_pb2, inference_pb2_grpc
@@ -309,6 +309,12 @@ class ReplicaPool:
             )
             for replica in replicas
         ]
+
+    def round_trip_histograms(self) -> list[tuple[str, HistogramSnapshot]]:
+        """Each replica's Act round-trip histogram (ms), for /metrics; read off the clock's thread."""
+        with self._lock:
+            replicas = list(self._replicas.values())
+        return [(replica.address, replica.latency_ms.histogram()) for replica in replicas]
 
     def close(self) -> None:
         """Closes every channel (cancelling calls in flight); statistics stay readable."""

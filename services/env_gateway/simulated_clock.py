@@ -52,13 +52,11 @@ from services.env_gateway.clock import (
 )
 from services.env_gateway.dispatcher import CallOutcome, ReplicaLink
 from services.env_gateway.preprocess import Preprocessor
-from services.env_gateway.settings import GatewaySettings
+from services.env_gateway.settings import DEFAULT_SIMULATED_REPLY_TIMEOUT_S, GatewaySettings
 
 log = logging.getLogger(__name__)
 
 INTERACTIONS = ("async", "sequential")
-# A replica loads its model on its first call; beyond this, a missing reply makes a fallback step.
-DEFAULT_REPLY_TIMEOUT_S = 30.0
 # How often waits re-check that the clock is being stopped.
 _STOP_POLL_S = 0.1
 # How often a clock waiting for room in the publisher's queue looks again.
@@ -110,7 +108,7 @@ class SimulatedClock(EpisodeSteps):
         request_action: RequestAction,
         publish: Callable[[StepRecord], bool],
         show_frame: Callable[[ViewerFrame], None] | None = None,
-        reply_timeout_s: float = DEFAULT_REPLY_TIMEOUT_S,
+        reply_timeout_s: float = DEFAULT_SIMULATED_REPLY_TIMEOUT_S,
         has_room: Callable[[], bool] | None = None,
         now_s: Callable[[], float] = time.monotonic,
         wall_ns: Callable[[], int] = time.time_ns,
