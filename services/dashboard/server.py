@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import json
 import logging
-import signal
 import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import FrameType
 from typing import Any
 from urllib.parse import urlsplit
 
+from rtrl.shutdown import stop_on_signals
 from services.dashboard.feeds import FrameFeed, Poller
 from services.dashboard.settings import DashboardSettings
 
@@ -227,13 +226,7 @@ def serve(settings: DashboardSettings) -> None:
     dashboard = Dashboard(settings)
     server, port = create_server(settings, dashboard)
     stop_requested = threading.Event()
-
-    def request_stop(signum: int, frame: FrameType | None) -> None:
-        log.info("received %s; shutting down", signal.Signals(signum).name)
-        stop_requested.set()
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
+    stop_on_signals(stop_requested)
     dashboard.start()
     thread = threading.Thread(target=server.serve_forever, name="dashboard http", daemon=True)
     thread.start()

@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import json
 import logging
-import signal
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from types import FrameType
 
 import grpc
 import numpy as np
@@ -30,6 +28,7 @@ from rtrl.config import PREFIX, SettingsError
 from rtrl.grpc_util import Unavailable, abort_for
 from rtrl.redis_client import redacted_url
 from rtrl.security import SecuritySettings
+from rtrl.shutdown import stop_on_signals
 from rtrl.tensors import dtype_code
 from rtrl.transitions import encode
 from rtrl.v1 import env_gateway_pb2, env_gateway_pb2_grpc, learner_pb2, learner_pb2_grpc
@@ -422,13 +421,7 @@ def serve(settings: GatewaySettings) -> None:
         gateway.stop()
         raise
     stop_requested = threading.Event()
-
-    def request_stop(signum: int, frame: FrameType | None) -> None:
-        log.info("received %s; shutting down", signal.Signals(signum).name)
-        stop_requested.set()
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
+    stop_on_signals(stop_requested)
     server.start()
     metrics = None
     try:

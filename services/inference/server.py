@@ -15,11 +15,9 @@ retried; serving never waits for Redis.
 from __future__ import annotations
 
 import logging
-import signal
 import socket
 import threading
 import time
-from types import FrameType
 
 import grpc
 import torch
@@ -27,6 +25,7 @@ import torch
 from rtrl import grpc_util
 from rtrl.grpc_util import DeadlineTooShort, InvalidArgument, Unavailable, abort_for, set_serving
 from rtrl.registry import Heartbeat, advertised_address
+from rtrl.shutdown import stop_on_signals
 from rtrl.tensors import from_proto
 from rtrl.v1 import inference_pb2, inference_pb2_grpc
 from services.inference.metrics import start_metrics
@@ -232,13 +231,7 @@ def serve(settings: InferenceSettings) -> None:
     """Runs a replica until SIGTERM or SIGINT, then drains it gracefully."""
     server, port = create_server(settings)
     stop_requested = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        log.info("received %s; shutting down", signal.Signals(signum).name)
-        stop_requested.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop_on_signals(stop_requested)
     # Before the replica answers anything, so that its histograms count every call.
     metrics = start_metrics(server, settings.host, settings.metrics_port)
     server.listen()

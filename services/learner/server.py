@@ -11,15 +11,13 @@ TrainTimeout -> DEADLINE_EXCEEDED, LearnerStopped -> UNAVAILABLE, TrainInvalid -
 from __future__ import annotations
 
 import logging
-import signal
 import threading
 import time
-from types import FrameType
-from typing import Any
 
 import grpc
 
 from rtrl import grpc_util
+from rtrl.shutdown import stop_on_signals
 from rtrl.v1 import common_pb2, learner_pb2, learner_pb2_grpc
 from services.learner.lag import LagStats
 from services.learner.loop import (
@@ -169,15 +167,7 @@ def serve(settings: LearnerSettings, stop: threading.Event | None = None) -> Non
     server.start()
     log.info("learner gRPC server listening on %s:%d", settings.host, port)
 
-    previous_handlers: dict[signal.Signals, Any] = {}
-    if threading.current_thread() is threading.main_thread():
-
-        def on_signal(signum: int, frame: FrameType | None) -> None:
-            log.info("received %s, shutting down", signal.Signals(signum).name)
-            stop.set()
-
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            previous_handlers[signum] = signal.signal(signum, on_signal)
+    restore_signal_handlers = stop_on_signals(stop)
     try:
         next_status_s = time.monotonic() + STATUS_LOG_INTERVAL_S
         # Short waits so a signal is acted on promptly; the status line still comes every few seconds.
@@ -196,7 +186,6 @@ def serve(settings: LearnerSettings, stop: threading.Event | None = None) -> Non
         if metrics is not None:
             metrics.close()
         log.info("learner stopped: %s", status_line(learner.status()))
-        for handled, handler in previous_handlers.items():
-            signal.signal(handled, handler)
+        restore_signal_handlers()
     if learner.failure is not None:
         raise LearnerError(f"the learner loop failed: {learner.failure}") from learner.failure
