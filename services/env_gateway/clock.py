@@ -432,11 +432,20 @@ class EpisodeSteps:
         self.staleness_frames = Window()
         self.tick_cpu_us = Window()
         self.frame_rate = RateMeter()
+        self.stopped_s: float | None = None
+        """Clock time `stop()` ended the ticks; None while running."""
 
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
+        if self.stopped_s is None:
+            self.stopped_s = self._now_s()
+
+    def frame_rate_hz(self) -> float:
+        """Frames per second over the last seconds; once stopped, over the seconds before the stop, so the
+        final figure does not fall with the time between the stop and the reading."""
+        return self.frame_rate.rate(self.stopped_s if self.stopped_s is not None else self._now_s())
 
     def finish(self) -> None:
         """Ends the run: the step in progress becomes a truncated transition, so every decision is published."""

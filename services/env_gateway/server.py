@@ -296,7 +296,7 @@ class Gateway:
             gateway_id=self.settings.gateway_id,
             uptime_s=clock.uptime_s(),
             frames=clock.frame,
-            measured_frame_rate_hz=clock.frame_rate.rate(time.monotonic()),
+            measured_frame_rate_hz=clock.frame_rate_hz(),
             frames_late=clock.frames_late,
             decisions=clock.decisions,
             decisions_fresh=clock.decisions_fresh,

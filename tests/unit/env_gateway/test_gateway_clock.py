@@ -262,3 +262,16 @@ def test_finishing_mid_step_publishes_the_step_as_truncated(make_clock: MakeHarn
     assert (last.step, last.truncated, last.terminated, last.seq) == (1, True, False, 1)
     h.clock.finish()
     assert len(h.records) == 2, "finishing twice publishes nothing more"
+
+
+def test_frame_rate_after_stop_is_measured_up_to_the_stop(make_clock: MakeHarness) -> None:
+    h = make_clock()
+    for _ in range(120):  # 2 s of frames at 60 fps on the fake clock
+        h.clock.tick()
+        h.time.advance(1 / 60)
+    running = h.clock.frame_rate_hz()
+    assert running == pytest.approx(60.0, rel=0.02)
+    h.clock.stop()
+    h.time.advance(0.5)  # the final stats are read a while after the stop
+    assert h.clock.frame_rate_hz() == pytest.approx(running, rel=1e-6)
+    assert h.clock.frame_rate.rate(h.time()) < 0.9 * running  # what the reading was before the fix
