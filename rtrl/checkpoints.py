@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import os
+import random
 import re
 import tempfile
 import threading
@@ -195,6 +196,13 @@ class CheckpointWatcher:
 
     `on_checkpoint(checkpoint, weights)` runs off the request path; a version that fails to load is
     counted and skipped, and the previously loaded version keeps serving. Versions never go backwards.
+
+    With `load_spread_s`, the background thread waits a random time up to that long between seeing a
+    new version and loading it. Every replica of a pool sees a publication within one poll, and
+    loading takes CPU (reading, building, a first forward pass: 10-40 ms on a 2-core machine); on a machine
+    shared with the gateway, all of them loading at once delayed replies by 2-3 frames and left
+    frames without an action (bench/staggering.py, 8-frame inference with 9 replicas). Spread out,
+    the same work does not pile up. A version published meanwhile is loaded at the same due time.
     """
 
     def __init__(
@@ -202,10 +210,18 @@ class CheckpointWatcher:
         store: CheckpointStore,
         on_checkpoint: Callable[[Checkpoint, dict[str, torch.Tensor]], None],
         poll_interval_s: float = 0.1,
+        load_spread_s: float = 0.0,
+        rng: random.Random | None = None,
+        now_s: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
         self.on_checkpoint = on_checkpoint
         self.poll_interval_s = poll_interval_s
+        self.load_spread_s = load_spread_s
+        self._rng = rng or random.Random()
+        self._now_s = now_s
+        self._load_at_s: float | None = None
+        """When the newer version seen by a spread poll is due to be loaded (None: none is waiting)."""
         self.loaded_version = 0
         self.loads = 0
         self.failures = 0
@@ -222,8 +238,9 @@ class CheckpointWatcher:
         if self._thread.is_alive():
             self._thread.join(timeout=5)
 
-    def poll_once(self) -> bool:
-        """Loads a newer checkpoint if there is one; True when one was loaded."""
+    def poll_once(self, spread: bool = False) -> bool:
+        """Loads a newer checkpoint if there is one (with `spread`, once its random wait is over); True when
+        one was loaded."""
         checkpoint: Checkpoint | None = None
         try:
             checkpoint = self.store.latest()
@@ -231,6 +248,13 @@ class CheckpointWatcher:
                 return False
             if checkpoint.version in self._failed_versions:
                 return False
+            if spread and self.load_spread_s > 0:
+                now_s = self._now_s()
+                if self._load_at_s is None:
+                    self._load_at_s = now_s + self._rng.uniform(0.0, self.load_spread_s)
+                if now_s < self._load_at_s:
+                    return False
+            self._load_at_s = None
             weights = self.store.load_weights(checkpoint)
             self.on_checkpoint(checkpoint, weights)
         except CheckpointError as e:
@@ -249,4 +273,4 @@ class CheckpointWatcher:
 
     def _run(self) -> None:
         while not self._stop.wait(self.poll_interval_s):
-            self.poll_once()
+            self.poll_once(spread=True)

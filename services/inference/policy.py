@@ -156,6 +156,7 @@ class Policy:
         epsilon_start: float = 1.0,
         replica_id: str = "",
         poll_interval_s: float = 0.1,
+        load_spread_s: float = 0.0,
         max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
         max_wait_ms: float = DEFAULT_MAX_WAIT_MS,
         occupy_ms: float = 0.0,
@@ -176,7 +177,7 @@ class Policy:
         # Only a Q-network explores with epsilon; an actor-critic samples its own policy.
         self.fresh_epsilon = epsilon_start if self.fresh_head == "q" else 0.0
         self.store = CheckpointStore(checkpoint_dir)
-        self.watcher = CheckpointWatcher(self.store, self._install_checkpoint, poll_interval_s)
+        self.watcher = CheckpointWatcher(self.store, self._install_checkpoint, poll_interval_s, load_spread_s)
         # Compute time of each answer's batch (forward pass, exploration, occupancy), one entry per
         # answer, and time spent in act (queueing for a batch included).
         self.inference_ms = Window()
@@ -213,6 +214,7 @@ class Policy:
             epsilon_start=settings.epsilon_start,
             replica_id=settings.replica_id if replica_id is None else replica_id,
             poll_interval_s=settings.checkpoint_poll_s,
+            load_spread_s=settings.checkpoint_load_spread_s,
             max_batch_size=settings.max_batch_size,
             max_wait_ms=settings.max_wait_ms,
             occupy_ms=settings.occupy_ms,

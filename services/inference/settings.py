@@ -31,6 +31,9 @@ from rtrl.registry import DEFAULT_REPLICA_REGISTRY
 from rtrl.security import SecuritySettings
 
 DEFAULT_CHECKPOINT_POLL_S = 0.1
+# Replicas of a pool load a new checkpoint at random times within this window rather than all at once
+# (rtrl/checkpoints.py, CheckpointWatcher, says what that bought).
+DEFAULT_CHECKPOINT_LOAD_SPREAD_S = 0.4
 DEFAULT_DEVICE = "auto"
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 DEFAULT_TORCH_THREADS = 1
@@ -71,6 +74,8 @@ class InferenceSettings:
     """RTRL_CHECKPOINT_DIR: directory the learner publishes checkpoints into."""
     checkpoint_poll_s: float = DEFAULT_CHECKPOINT_POLL_S
     """RTRL_CHECKPOINT_POLL_S: seconds between looks for a newer checkpoint."""
+    checkpoint_load_spread_s: float = DEFAULT_CHECKPOINT_LOAD_SPREAD_S
+    """RTRL_CHECKPOINT_LOAD_SPREAD_S: a new checkpoint is loaded a random time up to this long after it is seen."""
     device: str = "cpu"
     """RTRL_INFERENCE_DEVICE resolved to "cpu" or "cuda" ("auto" picks cuda when there is one)."""
     torch_threads: int = DEFAULT_TORCH_THREADS
@@ -121,6 +126,12 @@ class InferenceSettings:
                 f"{PREFIX}CHECKPOINT_POLL_S={poll_s} is out of range; set it to more than 0 and at most "
                 f"{MAX_CHECKPOINT_POLL_S} seconds so that new checkpoints are served within a second."
             )
+        load_spread_s = env_float(env, "CHECKPOINT_LOAD_SPREAD_S", DEFAULT_CHECKPOINT_LOAD_SPREAD_S, minimum=0.0)
+        if poll_s + load_spread_s > MAX_CHECKPOINT_POLL_S:
+            raise SettingsError(
+                f"{PREFIX}CHECKPOINT_POLL_S={poll_s} plus {PREFIX}CHECKPOINT_LOAD_SPREAD_S={load_spread_s} is more "
+                f"than {MAX_CHECKPOINT_POLL_S} seconds; lower them so that new checkpoints are served within a second."
+            )
         epsilon_start = env_float(env, "EPSILON_START", DEFAULT_EPSILON_START)
         if not 0.0 <= epsilon_start <= 1.0:
             raise SettingsError(
@@ -149,6 +160,7 @@ class InferenceSettings:
             replica_id=env_str(env, "REPLICA_ID", f"{socket.gethostname()}:{port}" if port else ""),
             checkpoint_dir=env_str(env, "CHECKPOINT_DIR", DEFAULT_CHECKPOINT_DIR),
             checkpoint_poll_s=poll_s,
+            checkpoint_load_spread_s=load_spread_s,
             device=resolve_device(env_choice(env, "INFERENCE_DEVICE", DEFAULT_DEVICE, DEVICE_CHOICES)),
             torch_threads=env_int(env, "TORCH_THREADS", DEFAULT_TORCH_THREADS, minimum=1),
             seed=env_int(env, "SEED", DEFAULT_SEED, minimum=0),

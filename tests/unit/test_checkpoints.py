@@ -1,6 +1,7 @@
 """Checkpoint publication: atomic, verified, confined to its directory, never unpickled."""
 
 import json
+import random
 import threading
 
 import pytest
@@ -122,6 +123,42 @@ def test_watcher_loads_newer_versions_and_skips_broken_ones(tmp_path):
     store.publish(3, weights(3.0), {"model": {}})
     assert watcher.poll_once() is True
     assert loaded == [1, 3]
+
+
+class DrawnDelays(random.Random):
+    """Draws the given fractions of the spread, in order."""
+
+    def __init__(self, *fractions: float) -> None:
+        super().__init__()
+        self.fractions = list(fractions)
+
+    def uniform(self, a: float, b: float) -> float:
+        return a + self.fractions.pop(0) * (b - a)
+
+
+def test_a_spread_watcher_loads_a_new_version_after_its_drawn_wait(tmp_path):
+    store = CheckpointStore(tmp_path)
+    loaded: list[int] = []
+    clock = [10.0]
+    watcher = CheckpointWatcher(
+        store,
+        lambda checkpoint, w: loaded.append(checkpoint.version),
+        load_spread_s=0.4,
+        rng=DrawnDelays(0.5, 0.25),
+        now_s=lambda: clock[0],
+    )
+    store.publish(1, weights(1.0), {"model": {}})
+    assert watcher.poll_once(spread=True) is False  # seen at 10.0: due at 10.2
+    clock[0] = 10.19
+    store.publish(2, weights(2.0), {"model": {}})  # a newer version does not restart the wait
+    assert watcher.poll_once(spread=True) is False
+    clock[0] = 10.2
+    assert watcher.poll_once(spread=True) is True
+    assert loaded == [2]
+    store.publish(3, weights(3.0), {"model": {}})
+    assert watcher.poll_once(spread=True) is False  # a fresh wait: due at 10.3
+    assert watcher.poll_once() is True, "an unspread poll (before serving) loads at once"
+    assert loaded == [2, 3]
 
 
 def test_an_unreadable_latest_pointer_counts_once_however_often_it_is_polled(tmp_path):

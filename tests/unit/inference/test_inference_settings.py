@@ -48,6 +48,7 @@ def test_every_variable_is_read() -> None:
             "RTRL_REPLICA_ID": "replica-3",
             "RTRL_CHECKPOINT_DIR": "/shared/checkpoints",
             "RTRL_CHECKPOINT_POLL_S": "0.5",
+            "RTRL_CHECKPOINT_LOAD_SPREAD_S": "0.25",
             "RTRL_INFERENCE_DEVICE": "cpu",
             "RTRL_TORCH_THREADS": "2",
             "RTRL_SEED": "42",
@@ -71,6 +72,7 @@ def test_every_variable_is_read() -> None:
         replica_id="replica-3",
         checkpoint_dir="/shared/checkpoints",
         checkpoint_poll_s=0.5,
+        checkpoint_load_spread_s=0.25,
         device="cpu",
         torch_threads=2,
         seed=42,
@@ -100,6 +102,7 @@ def test_port_zero_leaves_the_replica_name_to_the_bound_port() -> None:
         ("INFERENCE_PORT", "-1"),
         ("CHECKPOINT_POLL_S", "0"),
         ("CHECKPOINT_POLL_S", "5"),
+        ("CHECKPOINT_LOAD_SPREAD_S", "-1"),
         ("INFERENCE_DEVICE", "tpu"),
         ("TORCH_THREADS", "0"),
         ("SEED", "-3"),
@@ -155,3 +158,8 @@ def test_algorithm_takes_the_same_choices_as_the_learner_and_each_has_a_head() -
     for algorithm in ALGORITHMS:
         assert InferenceSettings.from_env({"RTRL_ALGORITHM": algorithm.upper()}).algorithm == algorithm
     assert ALGORITHM_HEADS == {"dqn": "q", "vtrace": "actor_critic"}
+
+
+def test_a_poll_and_load_spread_beyond_a_second_fail_because_hot_reload_would_be_slower() -> None:
+    with pytest.raises(SettingsError, match=r"^RTRL_CHECKPOINT_POLL_S=0.5 plus RTRL_CHECKPOINT_LOAD_SPREAD_S=0.6 "):
+        InferenceSettings.from_env({"RTRL_CHECKPOINT_POLL_S": "0.5", "RTRL_CHECKPOINT_LOAD_SPREAD_S": "0.6"})
