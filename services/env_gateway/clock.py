@@ -18,7 +18,11 @@ frame (or `max_episode_frames` frames) ends the episode; the next tick resets.
 Lead. L is fixed for an episode. With a staggering scheduler it follows the scheduler's round trip T
 (`lead_for_episode`, T rounded up to frames, at most S): the replies that act on an episode's steps
 come from observations about T old, so the observation recorded with a step is then, in the steady
-state, the one its action was computed from. Otherwise L is the configured lead.
+state, the one its action was computed from. With next_idle (asynchronous) it is the larger of the
+configured lead and the mailbox's usual staleness D (below) up to S - k, for the same reason, and
+because the first D frames of an episode cannot have a reply: they are lead, not decisions left on
+the fallback (S - k: a reply that misses its step can still serve the next one).
+Otherwise L is the configured lead.
 
 Decisions. Decision step j of an episode samples its observation at frame e + j*k, right after that
 frame is produced, and executes its action over frames [e + j*k + L, e + (j+1)*k + L). The first L
@@ -41,7 +45,14 @@ more than `SCARCE_ARRIVALS_PER_STEP` replies arrive per step. Why: replies come 
 trip after their observation, so each lands a fixed time after one tick; when that tick starts late
 (a busy machine), the reply meant for the next tick is already there, and taking the newest would
 spend two replies on one tick and leave the next without any (measured: about half of the fallback
-decisions at N = ceil(t_infer/t_frame) + 1 on a loaded machine). Replies whose staleness already
+decisions at N = ceil(t_infer/t_frame) + 1 on a loaded machine). The jitter reserve R
+(`jitter_reserve_frames`, default 0) adds R frames to D (at most S) and holds early replies even when
+no other reply serves this step: every fresh action then lands D + R frames after its observation,
+so a reply up to R frames late still finds its step (the other half of those misses: a reply that
+comes back a frame late). The reserve costs R frames of staleness on every action, and one step the
+first time D grows. A reply to an observation older than (or the same as) the last one acted on in
+the episode, such as the second answer to a hedged call, counts as superseded: actions are applied
+in the order of their observations. Replies whose staleness already
 exceeds S when they arrive or when a step starts, and replies of a previous episode, count as
 `replies_late` and are dropped. Without a usable reply the fallback policy chooses: noop ->
 `fallback_action`, repeat_last -> the last applied action (`fallback_action` at the start of an
@@ -242,8 +253,11 @@ class ActionMailbox:
     of each tick, so a reply offered during tick f can first be applied at frame f + 1.
     """
 
-    def __init__(self, max_staleness_frames: int, now_s: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, max_staleness_frames: int, now_s: Callable[[], float] = time.monotonic, jitter_reserve_frames: int = 0
+    ) -> None:
         self.max_staleness_frames = max_staleness_frames
+        self.jitter_reserve_frames = jitter_reserve_frames
         self._now_s = now_s
         self._lock = threading.Lock()
         self._pending: list[PendingReply] = []
@@ -252,6 +266,7 @@ class ActionMailbox:
         self._arrivals_since_take = 0
         self._episode = -1
         self._frame = -1
+        self._last_taken_obs_frame = -math.inf
         self.replies_accepted = 0
         self.replies_late = 0
         self.replies_superseded = 0
@@ -264,6 +279,7 @@ class ActionMailbox:
             self._pending.clear()
             self._episode = episode
             self._frame = frame
+            self._last_taken_obs_frame = -math.inf
 
     def advance(self, frame: int) -> None:
         """Marks the start of tick `frame` (so later arrivals are judged against frame + 1)."""
@@ -286,7 +302,8 @@ class ActionMailbox:
         return True
 
     def usual_staleness(self) -> int:
-        """D: the median arrival staleness of recent replies (0: none is held back); see Mailbox above."""
+        """D: the median arrival staleness of recent replies plus the jitter reserve, at most S (0: none is
+        held back); see Mailbox above."""
         with self._lock:
             return self._usual_staleness()
 
@@ -296,18 +313,25 @@ class ActionMailbox:
         if sum(self._arrivals_per_step) > SCARCE_ARRIVALS_PER_STEP * len(self._arrivals_per_step):
             return 0  # plenty of replies: every one is due, the newest wins
         recent = sorted(self._arrival_staleness)
-        return recent[len(recent) // 2]
+        return min(recent[len(recent) // 2] + self.jitter_reserve_frames, self.max_staleness_frames)
 
     def take(self, frame: int, interval_frames: int = 1) -> PendingReply | None:
         """At the first tick of a step (the next one `interval_frames` later): the newest usable reply,
         except that an early one (staleness < D) that will be due, not beyond D, at the next step
-        waits for it when another reply can serve this one. Older replies are superseded."""
+        waits for it when another reply can serve this one, or always with a jitter reserve. Older
+        replies, and replies to observations older than one already acted on, are superseded."""
         with self._lock:
             self._frame = frame
             self._arrivals_per_step.append(self._arrivals_since_take)
             self._arrivals_since_take = 0
             usable = [p for p in self._pending if frame - p.obs_frame <= self.max_staleness_frames]
             self.replies_late += len(self._pending) - len(usable)
+            # Actions are applied in the order of their observations: a reply that comes back after a
+            # newer observation's action was applied (a slow call, the second answer of a hedged one)
+            # would take the game back in time.
+            in_order = [p for p in usable if p.obs_frame > self._last_taken_obs_frame]
+            self.replies_superseded += len(usable) - len(in_order)
+            usable = in_order
             if not usable:
                 self._pending = []
                 return None
@@ -315,9 +339,15 @@ class ActionMailbox:
             # With k > 1 an early reply would be k frames staler at the next step: then it is used now.
             for_later = [p for p in usable if frame - p.obs_frame + interval_frames <= usual]
             for_now = [p for p in usable if frame - p.obs_frame + interval_frames > usual]
+            if not for_now and usual and self.jitter_reserve_frames:
+                # The reserve: early replies keep their place in the line even when this step goes
+                # without, so one that comes back late later still finds its step waiting.
+                self._pending = usable
+                return None
             chosen = max(for_now or usable, key=lambda p: p.obs_frame)
             self._pending = [p for p in for_later if p.obs_frame > chosen.obs_frame] if for_now else []
             self.replies_superseded += len(usable) - 1 - len(self._pending)
+            self._last_taken_obs_frame = chosen.obs_frame
             return chosen
 
     def pending_count(self) -> int:

@@ -12,7 +12,15 @@ of preprocessing and a hand-over to a caller thread, nothing that blocks: if ano
 already planning, that thread plans again for it. It saves a thread wake-up on the path from frame
 to action (0.1 ms typically, milliseconds on a busy machine). A small watchdog thread wakes when the
 newest sample's call is overdue (`NextIdleScheduler.hedge_after_s`) and has it hedged: sent once more
-to another idle replica, so a replica that stalls mid-call does not blank the decision.
+to another idle replica, so a replica that stalls mid-call does not blank the decision. next_idle also
+keeps a backlog of one: a sample replaced while every replica was busy goes to the next replica that
+becomes idle once the newest has been sent, if a reply (a mean round trip away) can still come before
+its own step, usual staleness D after it (see clock.py, Mailbox). A replica that answers late (a busy
+machine) also misses its next turn; without the backlog the sample of that turn is never sent. With
+the mailbox's jitter reserve the backlog's reply lands on its own step (measured: about half of the
+misses left at N = ceil(t_infer/t_frame) + 1 with a one-frame reserve). Without a reserve it would
+come after its step, when the newer sample's reply has been applied, and waste the replica, so
+the backlog sample is then dropped (counted in `requests_not_sent`).
 
 `SequentialDispatcher` (RTRL_INTERACTION=sequential) reproduces act -> learn -> act, the pattern of
 frameworks that stop acting while they train: it sends one sample, waits for its reply, waits until
@@ -113,8 +121,10 @@ class Dispatcher:
         scheduler: Scheduler | None = None,
         now_s: Callable[[], float] = time.monotonic,
         inline: bool = False,
+        frame_period_s: float = 1.0 / 60.0,
     ) -> None:
         self._preprocessor = preprocessor
+        self._frame_period_s = frame_period_s
         self._mailbox = mailbox
         self._replicas = replicas
         self.scheduler = scheduler or NextIdleScheduler()
@@ -122,6 +132,8 @@ class Dispatcher:
         self._now_s = now_s
         self._changed = threading.Condition()
         self._latest: ObservationSample | None = None
+        self._backlog: ObservationSample | None = None
+        """next_idle: the sample `_latest` replaced before it was sent anywhere, sent when a replica is free."""
         self._changes = 0
         self._planned_changes = 0
         self._stepping = False
@@ -135,7 +147,7 @@ class Dispatcher:
         self.requests_resent = 0
         """Calls that carried a sample already sent to another replica (staggering schedulers)."""
         self.requests_not_sent = 0
-        """Samples replaced by a newer one before they were sent anywhere."""
+        """Samples never sent anywhere: replaced by a newer one (out of next_idle's backlog), or too late."""
         self.requests_failed = 0
         self.requests_hedged = 0
         """Calls that sent an overdue sample again to a second replica (next_idle; part of requests_resent)."""
@@ -153,7 +165,10 @@ class Dispatcher:
         """Called by the clock; never blocks beyond a short lock."""
         with self._changed:
             if self._latest is not None and not self._latest_sent:
-                self.requests_not_sent += 1
+                if self._backlog is not None or not isinstance(self.scheduler, NextIdleScheduler):
+                    self.requests_not_sent += 1
+                if isinstance(self.scheduler, NextIdleScheduler):
+                    self._backlog = self._latest
             self._latest = sample
             self._latest_sent = False
             self._changes += 1
@@ -288,6 +303,8 @@ class Dispatcher:
             if plan.send_to is None or sample is None:
                 with self._changed:
                     self._wake_at_s = plan.wake_at_s
+                if sample is not None and not sample_unsent:
+                    self._send_backlog()
                 return
             sample_unsent = False
             if self._send(plan.send_to, sample):
@@ -295,6 +312,31 @@ class Dispatcher:
             else:
                 # Too late for this sample, or the replica just left: wait for the next sample.
                 return
+
+    def _send_backlog(self) -> None:
+        """next_idle, once the newest sample is sent: the backlog sample to an idle replica, if still in time."""
+        with self._changed:
+            backlog, self._backlog = self._backlog, None
+        if backlog is None or not isinstance(self.scheduler, NextIdleScheduler):
+            return
+        now_s = self._now_s()
+        view = SampleView(backlog.produced_s, backlog.deadline_s, unsent=True)
+        own_step_s = backlog.produced_s + self._mailbox.usual_staleness() * self._frame_period_s
+        if now_s + self.scheduler.mean_round_trip_s < own_step_s and view.worth_sending(
+            now_s, self.scheduler.mean_round_trip_s
+        ):
+            plan = self.scheduler.plan(now_s, view, self._replicas.views(now_s))
+            if plan.send_to is None:
+                # Every replica is busy: the next one to finish may still take it.
+                with self._changed:
+                    if self._backlog is None:
+                        self._backlog = backlog
+                        return
+            elif self._send(plan.send_to, backlog):
+                self.scheduler.on_sent(plan.send_to, now_s, self.replica_count)
+                return
+        with self._changed:
+            self.requests_not_sent += 1
 
     def _send(self, address: str, sample: ObservationSample) -> bool:
         prepared = self._prepared
@@ -313,7 +355,8 @@ class Dispatcher:
                 self.requests_resent += 1
             if self._latest is sample:
                 self._latest_sent = True
-            if self._watchdog is not None and not prepared.sends and isinstance(self.scheduler, NextIdleScheduler):
+            is_first_call_of_newest = not prepared.sends and self._latest is sample
+            if self._watchdog is not None and is_first_call_of_newest and isinstance(self.scheduler, NextIdleScheduler):
                 # The first call of a sample arms the hedge (at most one hedge per sample).
                 hedge_after_s = self.scheduler.hedge_after_s()
                 self._awaited = sample

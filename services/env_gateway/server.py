@@ -40,7 +40,7 @@ from services.env_gateway.metrics import start_metrics
 from services.env_gateway.preprocess import Preprocessor
 from services.env_gateway.publisher import BATCH_INTERVAL_S, TransitionPublisher
 from services.env_gateway.replicas import AddressResolver, ReplicaPool
-from services.env_gateway.scheduler import SchedulerKind, make_scheduler
+from services.env_gateway.scheduler import NextIdleScheduler, SchedulerKind, make_scheduler
 from services.env_gateway.settings import GatewaySettings
 from services.env_gateway.simulated_clock import SimulatedClock, SimulatedDispatch, simulated_clock
 from services.env_gateway.viewers import FrameFanout
@@ -109,7 +109,11 @@ class Gateway:
                 )
             self.clock_config = ClockConfig.from_settings(settings, self.backend.native_frame_rate_hz)
             self.preprocessor = Preprocessor(settings.obs_width, settings.obs_height, settings.obs_grayscale)
-            self.mailbox = ActionMailbox(settings.max_staleness_frames)
+            # Sequential interaction applies each reply as soon as it can, as the frameworks it reproduces do.
+            self.mailbox = ActionMailbox(
+                settings.max_staleness_frames,
+                jitter_reserve_frames=settings.jitter_reserve_frames if settings.interaction == "async" else 0,
+            )
             self.replicas = ReplicaPool(settings.gateway_id, self.backend.action_count, security=settings.security)
             self.membership = Membership(self.replicas.set_members)
             self.resolver = AddressResolver(settings.inference_addresses, self.membership.static_addresses())
@@ -143,6 +147,7 @@ class Gateway:
                     make_scheduler(kind),
                     # next_idle acts only on a new sample, so it can act on the clock's thread (see dispatcher.py).
                     inline=kind is SchedulerKind.NEXT_IDLE,
+                    frame_period_s=1.0 / self.clock_config.frame_rate_hz,
                 )
             try:
                 self.publisher: TransitionPublisher[StepRecord] = TransitionPublisher(
@@ -190,7 +195,11 @@ class Gateway:
                     publish=self._publish,
                     show_frame=self.frames.publish,
                     mailbox=self.mailbox,
-                    lead_for_episode=lambda: scheduler.lead_frames(frame_period_s),
+                    lead_for_episode=(
+                        self._usual_lead
+                        if isinstance(scheduler, NextIdleScheduler) and settings.interaction == "async"
+                        else lambda: scheduler.lead_frames(frame_period_s)
+                    ),
                 )
         except BaseException:
             self.backend.close()
@@ -204,6 +213,15 @@ class Gateway:
         # The sequential dispatcher waits for the step that applied its action (clock thread; never blocks).
         self.dispatcher.on_record(record)
         return self.publisher.publish(record)
+
+    def _usual_lead(self) -> int:
+        """next_idle's lead for an episode: the configured L, or the usual staleness D when replies take longer
+        (so the first D frames of an episode, which no reply can reach, are lead, not decisions, and the
+        observation recorded with a step is the one its action was computed from), but at most S - k, so
+        that a reply that misses its step can still serve the next one."""
+        settings = self.settings
+        room = settings.max_staleness_frames - settings.decision_interval_frames
+        return max(settings.lead_frames, min(self.mailbox.usual_staleness(), room))
 
     def _encode(self, record: StepRecord) -> bytes:
         return encode(record.to_transition(self.preprocessor))

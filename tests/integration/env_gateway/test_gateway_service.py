@@ -112,6 +112,29 @@ def test_get_stats_lists_the_returns_of_recent_episodes(
     assert sum(returns) / len(returns) == pytest.approx(stats.mean_episode_return)
 
 
+def test_next_idle_makes_the_usual_staleness_each_episodes_lead(
+    local_redis: LocalRedis,
+    start_replica: Callable[..., Replica],
+    start_gateway: Callable[..., Stack],
+    channel_to: Callable[[str], grpc.Channel],
+) -> None:
+    replica = start_replica(delay_s=0.06)  # replies about 4 frames after their observation
+    stack = start_gateway(
+        local_redis.url,
+        [replica.address],
+        decision_interval_frames=1,
+        lead_frames=1,
+        max_staleness_frames=8,
+        max_episode_frames=60,
+    )
+    run_for(3.5)
+    stats = get_stats(channel_to(stack.address))
+    assert stats.episodes >= 3
+    # Configured L = 1, but no reply can reach an episode's first 4 frames: the later episodes' lead is D
+    # (4 or 5 frames of round trip plus the one-frame jitter reserve), at most S - k = 7.
+    assert 5 <= stats.lead_frames <= 7, stats.lead_frames
+
+
 def test_get_spec_describes_pong(
     local_redis: LocalRedis, start_gateway: Callable[..., Stack], channel_to: Callable[[str], grpc.Channel]
 ) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 from gateway_fakes import FakeTime, wait_for
 
-from services.env_gateway.clock import ActionMailbox, ActionReply, ObservationSample, StepRecord
+from services.env_gateway.clock import ARRIVAL_MIN, ActionMailbox, ActionReply, ObservationSample, StepRecord
 from services.env_gateway.dispatcher import (
     CallOutcome,
     Dispatcher,
@@ -28,9 +28,22 @@ from services.env_gateway.scheduler import (
 )
 
 
-def sample(frame_index: int, episode: int = 0, deadline_s: float = 100.08) -> ObservationSample:
+def sample(
+    frame_index: int, episode: int = 0, deadline_s: float = 100.08, produced_s: float = 100.0
+) -> ObservationSample:
     frames = tuple(SampledFrame(frame_index, np.full((20, 30, 3), frame_index, np.uint8)) for _ in range(2))
-    return ObservationSample(episode, 0, frame_index, frames, 100.0, 0, deadline_s=deadline_s)
+    return ObservationSample(episode, 0, frame_index, frames, produced_s, 0, deadline_s=deadline_s)
+
+
+def settle(mailbox: ActionMailbox, staleness: int, episode: int) -> None:
+    """Gives the mailbox a usual staleness D (one reply a step, each `staleness` frames old), then starts
+    `episode` at frame 0."""
+    for frame in range(1, ARRIVAL_MIN + 1):
+        mailbox.advance(frame - 1)
+        mailbox.offer(0, frame - staleness, 100.0, ActionReply(0, 0, 0.0))
+        assert mailbox.take(frame) is not None
+    assert mailbox.usual_staleness() == staleness
+    mailbox.begin_episode(episode, 0)
 
 
 class FakeReplicas:
@@ -103,9 +116,78 @@ def test_sample_replaced_before_it_was_sent_counts_as_not_sent() -> None:
     dispatcher, _ = make(replicas)
     dispatcher.submit(sample(0))
     dispatcher.step()  # no replica: not sent
-    dispatcher.submit(sample(4))
-    dispatcher.submit(sample(8))  # sample 4 never reached the dispatcher thread
+    dispatcher.submit(sample(4))  # sample 0 waits in the backlog
+    dispatcher.submit(sample(8))  # sample 4 never reached the dispatcher thread and replaces 0 there
+    assert (dispatcher.requests_sent, dispatcher.requests_not_sent) == (0, 1)
+    dispatcher.submit(sample(12))
     assert (dispatcher.requests_sent, dispatcher.requests_not_sent) == (0, 2)
+
+
+def test_staggered_schedulers_keep_no_backlog() -> None:
+    replicas = FakeReplicas(addresses=())
+    dispatcher, _ = make(replicas, MaxTimeScheduler())
+    for frame in (0, 4, 8):
+        dispatcher.submit(sample(frame))
+    assert dispatcher.requests_not_sent == 2
+
+
+def test_a_sample_replaced_while_every_replica_was_busy_goes_to_the_next_one_to_finish() -> None:
+    replicas = FakeReplicas(("a", "b"))
+    dispatcher, mailbox = make(replicas)
+    settle(mailbox, staleness=5, episode=1)  # D = 5 frames: sample 2's own step is 83 ms after it
+    for frame in (0, 1, 2, 3):
+        dispatcher.submit(sample(frame, episode=1))
+        dispatcher.step()
+    # 0 -> a, 1 -> b; 2 found both busy and was replaced by 3, which waits too.
+    assert [s[1][1] for s in replicas.sends] == [0, 1]
+    replicas.finish(0, ActionReply(1, 0, 0.0))
+    dispatcher.step()  # a is idle: the newest (3) first; the backlog (2) waits for another replica
+    assert [(s[0], s[1][1]) for s in replicas.sends] == [("a", 0), ("b", 1), ("a", 3)]
+    replicas.finish(1, ActionReply(1, 0, 0.0))
+    dispatcher.step()
+    assert [(s[0], s[1][1]) for s in replicas.sends] == [("a", 0), ("b", 1), ("a", 3), ("b", 2)]
+    assert (dispatcher.requests_sent, dispatcher.requests_not_sent) == (4, 0)
+    replicas.finish(3, ActionReply(7, 0, 0.0))  # sample 2's reply
+    taken = mailbox.take(4)
+    assert taken is not None and (taken.obs_frame, taken.reply.action) == (2, 7)
+
+
+def test_a_backlog_sample_too_late_for_a_reply_is_counted_not_sent() -> None:
+    replicas = FakeReplicas(("a", "b"))
+    dispatcher, mailbox = make(replicas)
+    settle(mailbox, staleness=5, episode=1)
+    dispatcher.submit(sample(0, episode=1))
+    dispatcher.step()
+    dispatcher.submit(sample(1, episode=1))
+    dispatcher.step()
+    dispatcher.submit(sample(2, episode=1, deadline_s=100.001))  # already past when a replica is free
+    dispatcher.submit(sample(3, episode=1))
+    replicas.finish(0, ActionReply(1, 0, 0.0))
+    dispatcher.step()
+    replicas.finish(1, ActionReply(1, 0, 0.0))
+    dispatcher.step()
+    assert [s[1][1] for s in replicas.sends] == [0, 1, 3]
+    assert dispatcher.requests_not_sent == 1
+
+
+def test_a_backlog_sample_whose_reply_would_come_after_its_own_step_is_not_sent() -> None:
+    replicas = FakeReplicas(("a", "b"))
+    dispatcher, mailbox = make(replicas)  # the time is 100.002
+    settle(mailbox, staleness=2, episode=1)
+    dispatcher.submit(sample(0, episode=1))
+    dispatcher.step()
+    dispatcher.submit(sample(1, episode=1))
+    dispatcher.step()
+    # Produced 40 ms ago: its own step (D = 2 frames, 33 ms on) has begun, so a reply could only be
+    # superseded by the newer sample's.
+    dispatcher.submit(sample(2, episode=1, produced_s=99.962))
+    dispatcher.submit(sample(3, episode=1))
+    replicas.finish(0, ActionReply(1, 0, 0.0))
+    dispatcher.step()
+    replicas.finish(1, ActionReply(1, 0, 0.0))
+    dispatcher.step()
+    assert [s[1][1] for s in replicas.sends] == [0, 1, 3]
+    assert dispatcher.requests_not_sent == 1
 
 
 def test_sample_past_its_deadline_is_not_sent() -> None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
+
 import pytest
 
-from services.env_gateway.clock import ARRIVAL_MIN, ActionMailbox, ActionReply
+from services.env_gateway.clock import ARRIVAL_MIN, ActionMailbox, ActionReply, PendingReply
 
 
 def reply(action: int) -> ActionReply:
@@ -135,3 +137,66 @@ def test_with_plenty_of_replies_per_step_the_newest_wins_as_always() -> None:
     taken = mailbox.take(frame)
     assert taken is not None and taken.obs_frame == frame - 1
     assert mailbox.pending_count() == 0
+
+
+def every_frame(mailbox: ActionMailbox, arrival_staleness: list[int]) -> list[PendingReply | None]:
+    """A step every frame; observation o's reply arrives during tick o + arrival_staleness[o] - 1 (so its
+    arrival staleness is arrival_staleness[o]). Returns what each tick took, from tick 0."""
+    arrivals: dict[int, list[int]] = defaultdict(list)
+    for obs_frame, staleness in enumerate(arrival_staleness):
+        arrivals[obs_frame + staleness - 1].append(obs_frame)
+    taken = []
+    for frame in range(len(arrival_staleness) + max(arrival_staleness)):
+        taken.append(mailbox.take(frame))
+        for obs_frame in arrivals[frame]:
+            mailbox.offer(0, obs_frame, 9.9, reply(obs_frame))
+    return taken
+
+
+# Replies about 4.5 frames after their observation; the one to observation 40 comes a frame late.
+JITTERED = [5] * 40 + [6] + [5] * 20
+
+
+def test_without_a_reserve_a_reply_a_frame_late_leaves_its_step_without_an_action() -> None:
+    mailbox = ActionMailbox(max_staleness_frames=8, now_s=lambda: 10.0)
+    mailbox.begin_episode(episode=0, frame=0)
+    taken = every_frame(mailbox, JITTERED)
+    assert mailbox.usual_staleness() == 5
+    steady = taken[30:61]  # ticks 30..60 apply observations 25..55
+    assert [t is None for t in steady].count(True) == 1
+    assert taken[45] is None  # observation 40's step
+    assert taken[46] is not None and taken[46].obs_frame == 41  # 40 arrived with 41 and is superseded
+    assert mailbox.replies_superseded == 1
+
+
+def test_a_reserve_of_one_frame_lands_the_late_reply_on_its_step_one_frame_staler() -> None:
+    mailbox = ActionMailbox(max_staleness_frames=8, now_s=lambda: 10.0, jitter_reserve_frames=1)
+    mailbox.begin_episode(episode=0, frame=0)
+    taken = every_frame(mailbox, JITTERED)
+    assert mailbox.usual_staleness() == 6
+    steady = taken[30:61]
+    assert all(t is not None for t in steady)
+    assert [frame - t.obs_frame for frame, t in enumerate(taken[30:61], start=30) if t is not None] == [6] * 31
+    assert mailbox.replies_superseded == 0
+    # Going from 5 to 6 frames once cost one step (the reply held back left its own tick empty).
+    assert [t is None for t in taken[5:30]].count(True) == 1
+
+
+def test_the_reserve_never_holds_a_reply_past_the_staleness_bound() -> None:
+    mailbox = ActionMailbox(max_staleness_frames=5, now_s=lambda: 10.0, jitter_reserve_frames=3)
+    mailbox.begin_episode(episode=0, frame=0)
+    taken = every_frame(mailbox, [4] * 40)
+    assert mailbox.usual_staleness() == 5  # 4 + 3, capped at S
+    assert all(t is not None and frame - t.obs_frame == 5 for frame, t in enumerate(taken[25:44], start=25))
+    assert mailbox.replies_late == 0
+
+
+def test_a_reply_to_an_observation_older_than_the_last_acted_on_is_superseded(mailbox: ActionMailbox) -> None:
+    mailbox.advance(11)
+    mailbox.offer(0, 10, 9.9, reply(1))
+    taken = mailbox.take(12)
+    assert taken is not None and taken.obs_frame == 10
+    mailbox.offer(0, 10, 9.9, reply(2))  # the second answer of a hedged call
+    mailbox.offer(0, 9, 9.9, reply(3))  # a slow call to an older observation
+    assert mailbox.take(13) is None
+    assert (mailbox.replies_superseded, mailbox.replies_late, mailbox.pending_count()) == (2, 0, 0)

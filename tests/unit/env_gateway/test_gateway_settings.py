@@ -84,3 +84,10 @@ def test_invalid_values_fail_naming_the_variable(name: str, value: str) -> None:
 def test_staleness_below_lead_is_refused() -> None:
     with pytest.raises(SettingsError, match="RTRL_MAX_STALENESS_FRAMES"):
         GatewaySettings.from_env({"RTRL_LEAD_FRAMES": "3", "RTRL_MAX_STALENESS_FRAMES": "2"})
+
+
+def test_a_jitter_reserve_beyond_the_staleness_bound_is_refused() -> None:
+    with pytest.raises(SettingsError, match="RTRL_JITTER_RESERVE_FRAMES=7 is above RTRL_MAX_STALENESS_FRAMES=6"):
+        GatewaySettings.from_env({"RTRL_MAX_STALENESS_FRAMES": "6", "RTRL_JITTER_RESERVE_FRAMES": "7"})
+    settings = GatewaySettings.from_env({"RTRL_MAX_STALENESS_FRAMES": "6", "RTRL_JITTER_RESERVE_FRAMES": "1"})
+    assert settings.jitter_reserve_frames == 1
