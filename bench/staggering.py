@@ -53,12 +53,13 @@ import numpy as np
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from rtrl.grpc_util import health_status  # noqa: E402
+from rtrl.grpc_util import create_channel, health_status  # noqa: E402
 from rtrl.local_redis import LocalRedis, free_port  # noqa: E402
 from rtrl.metrics import Window  # noqa: E402
+from rtrl.tensors import to_proto  # noqa: E402
 from rtrl.v1 import inference_pb2, inference_pb2_grpc  # noqa: E402
 from services.env_gateway.server import Gateway  # noqa: E402
-from services.env_gateway.settings import GatewaySettings  # noqa: E402
+from services.env_gateway.settings import DEFAULT_JITTER_RESERVE_FRAMES, GatewaySettings  # noqa: E402
 
 FRAME_RATE_HZ = 60.0
 FRAME_MS = 1000.0 / FRAME_RATE_HZ
@@ -92,6 +93,8 @@ class Row:
     frames_late: int
     load: float = math.nan
     """The machine's 1-minute load average at the end of the row (2 cores: above 2 means queueing)."""
+    reserve: int = 0
+    """RTRL_JITTER_RESERVE_FRAMES of the row's gateway."""
     t_learn_ms: float = 0.0
     round_trip_ms: float = 0.0
     predicted_coverage: float = 0.0
@@ -234,8 +237,10 @@ def run_gateway(
     interaction: str = "async",
     learner_address: str = "",
     stream: str = STREAM,
+    jitter_reserve: int = DEFAULT_JITTER_RESERVE_FRAMES,
 ) -> dict:
     env = {
+        "RTRL_JITTER_RESERVE_FRAMES": str(jitter_reserve),
         "RTRL_ENV": "ale:Pong",
         "RTRL_GATEWAY_ID": gateway_id,
         "RTRL_DECISION_INTERVAL_FRAMES": "1",
@@ -284,6 +289,39 @@ def run_gateway(
         "cycles": after.sequential_cycles - before.sequential_cycles,
         "fps": after.measured_frame_rate_hz,
     }
+
+
+def paced_act_calls(address: str, seconds: float) -> dict:
+    """The floor under the zero-cost rows: bare Act calls to the same zero-cost replica, paced at the frame
+    rate from one thread of this process, each building its 84x84x4 request as the gateway does. Its
+    "overhead" is request built -> reply back; the gateway's adds sampling, preprocessing and a hand-over."""
+    channel = create_channel(address)
+    stub = inference_pb2_grpc.InferenceServiceStub(channel)
+    observation = np.zeros((4, 84, 84), np.uint8)
+    round_trips_ms: list[float] = []
+    try:
+        stub.Act(inference_pb2.ActRequest(observation=to_proto(observation), action_count=6), timeout=5.0)
+        start_s = time.monotonic()
+        call = 0
+        while time.monotonic() < start_s + seconds:
+            wait_s = start_s + call / FRAME_RATE_HZ - time.monotonic()
+            if wait_s > 0:
+                time.sleep(wait_s)
+            sent_s = time.monotonic()
+            request = inference_pb2.ActRequest(
+                observation=to_proto(observation), gateway_id="bench-bare", action_count=6, frame_index=call
+            )
+            stub.Act(request, timeout=1.0)
+            round_trips_ms.append((time.monotonic() - sent_s) * 1000.0)
+            call += 1
+    finally:
+        channel.close()
+    nan = math.nan
+    return {
+        "decisions": len(round_trips_ms), "coverage": nan, "staleness_mean": nan, "staleness_p99": nan,
+        "wasted_per_100": nan, "late_per_100": nan, "overhead_p50_ms": float(np.percentile(round_trips_ms, 50)),
+        "overhead_p99_ms": float(np.percentile(round_trips_ms, 99)), "period_ms": nan, "frames_late": 0,
+    }  # fmt: skip
 
 
 def replica_counts(t_infer_frames: float, limit: int) -> list[int]:
@@ -343,7 +381,15 @@ class Bench:
         return process, address
 
     def record(
-        self, kind: str, label: str, t_infer: float, replicas: int, scheduler: str, m: dict, **extra: float
+        self,
+        kind: str,
+        label: str,
+        t_infer: float,
+        replicas: int,
+        scheduler: str,
+        m: dict,
+        reserve: int = 0,
+        **extra: float,
     ) -> Row:
         row = Row(
             kind=kind,
@@ -362,12 +408,14 @@ class Bench:
             period_ms=m["period_ms"],
             frames_late=m["frames_late"],
             load=os.getloadavg()[0],
+            reserve=reserve,
             **extra,
         )
         self.rows.append(row)
         self.row_count += 1
         log(
-            f"{label:>14} N={replicas:<2} {scheduler:<9} coverage {100 * row.coverage:7.3f}% of {row.decisions} "
+            f"{label:>14} N={replicas:<2} {scheduler:<9} r{row.reserve} "
+            f"coverage {100 * row.coverage:7.3f}% of {row.decisions} "
             f"staleness {row.staleness_mean:5.2f}/{row.staleness_p99:4.1f} wasted {row.wasted_per_100:5.1f} "
             f"late {row.late_per_100:5.1f} overhead {row.overhead_p50_ms:6.2f}/{row.overhead_p99_ms:6.2f} ms "
             f"T {row.period_ms:6.1f} ms, frames late {row.frames_late}, load {row.load:.1f} "
@@ -390,22 +438,24 @@ class Bench:
         args = self.args
         for n in counts:
             for scheduler in args.schedulers:
-                if self.over_budget():
-                    log("time budget spent; skipping the remaining rows")
-                    return
-                self.wait_for_calm()
-                # Rows below ceil(t_infer/t_frame) cannot cover every frame; a shorter window shows that.
-                measure_s = args.measure_s if n >= math.ceil(t_infer) else args.short_measure_s
-                m = run_gateway(
-                    self.redis.url,
-                    addresses[:n],
-                    scheduler,
-                    staleness_bound(t_infer),
-                    args.warmup_s + t_infer * FRAME_MS * n / 1000.0,
-                    measure_s,
-                    f"bench-{label}-{n}-{scheduler}".replace(" ", ""),
-                )
-                self.record(kind, label, t_infer, n, scheduler, m)
+                for reserve in args.jitter_reserve:
+                    if self.over_budget():
+                        log("time budget spent; skipping the remaining rows")
+                        return
+                    self.wait_for_calm()
+                    # Rows below ceil(t_infer/t_frame) cannot cover every frame; a shorter window shows that.
+                    measure_s = args.measure_s if n >= math.ceil(t_infer) else args.short_measure_s
+                    m = run_gateway(
+                        self.redis.url,
+                        addresses[:n],
+                        scheduler,
+                        staleness_bound(t_infer),
+                        args.warmup_s + t_infer * FRAME_MS * n / 1000.0,
+                        measure_s,
+                        f"bench-{label}-{n}-{scheduler}-r{reserve}".replace(" ", ""),
+                        jitter_reserve=reserve,
+                    )
+                    self.record(kind, label, t_infer, n, scheduler, m, reserve=reserve)
 
     def run(self) -> None:
         args = self.args
@@ -415,18 +465,23 @@ class Bench:
         try:
             if args.zero_cost:
                 with replica_pool(self.procs, 2, {}, "zero-cost", zero_cost=True) as addresses:
+                    self.wait_for_calm()
+                    bare = paced_act_calls(addresses[0], args.measure_s)
+                    self.record("zero-cost", "bare Act call", 0.0, 1, "-", bare)
                     for n in (1, 2):
-                        self.wait_for_calm()
-                        m = run_gateway(
-                            self.redis.url,
-                            addresses[:n],
-                            "next_idle",
-                            6,
-                            args.warmup_s,
-                            args.measure_s,
-                            f"bench-zero-{n}",
-                        )
-                        self.record("zero-cost", "zero-cost", 0.0, n, "next_idle", m)
+                        for reserve in args.jitter_reserve:
+                            self.wait_for_calm()
+                            m = run_gateway(
+                                self.redis.url,
+                                addresses[:n],
+                                "next_idle",
+                                6,
+                                args.warmup_s,
+                                args.measure_s,
+                                f"bench-zero-{n}-r{reserve}",
+                                jitter_reserve=reserve,
+                            )
+                            self.record("zero-cost", "zero-cost", 0.0, n, "next_idle", m, reserve=reserve)
             for t_infer in args.t_infer:
                 counts = [
                     n for n in replica_counts(t_infer, args.max_replicas) if not args.replicas or n in args.replicas
@@ -564,9 +619,9 @@ frames late: frames the clock itself started late (the machine was too busy); lo
 
 def table(rows: list[Row]) -> str:
     head = (
-        "rows", "t_infer (frames)", "N", "ceil(t/f)", "scheduler", "decisions", "coverage %", "staleness mean",
-        "staleness p99", "wasted /100", "late /100", "overhead p50 ms", "overhead p99 ms", "T ms", "frames late",
-        "load",
+        "rows", "t_infer (frames)", "N", "ceil(t/f)", "scheduler", "reserve", "decisions", "coverage %",
+        "staleness mean", "staleness p99", "wasted /100", "late /100", "overhead p50 ms", "overhead p99 ms", "T ms",
+        "frames late", "load",
     )  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|---|---:|---:|---:|---|" + "---:|" * (len(head) - 5)]
     for r in rows:
@@ -578,6 +633,7 @@ def table(rows: list[Row]) -> str:
             str(r.replicas),
             str(math.ceil(r.t_infer_frames)) if r.replicas else "-",
             r.scheduler,
+            str(r.reserve),
             str(r.decisions),
             fmt(100 * r.coverage, ".2f"),
             fmt(r.staleness_mean, ".2f"),
@@ -593,13 +649,17 @@ def table(rows: list[Row]) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     lines += [
         "",
-        "| t_infer | scheduler | ceil(t_infer/t_frame) | smallest N with coverage >= 99% | coverage at ceil+1 |",
-        "|---|---|---:|---:|---:|",
+        "| t_infer | scheduler | reserve | ceil(t_infer/t_frame) | smallest N with coverage >= 99% "
+        "| coverage at ceil+1 |",
+        "|---|---|---:|---:|---:|---:|",
     ]
     labels = list(dict.fromkeys(r.label for r in rows if r.kind in ("occupy", "model") and r.replicas))
+    reserves = sorted({r.reserve for r in rows})
     for label in labels:
-        for scheduler in SCHEDULERS:
-            group = [r for r in rows if r.label == label and r.scheduler == scheduler and r.replicas]
+        for scheduler, reserve in [(s, r) for s in SCHEDULERS for r in reserves]:
+            group = [
+                r for r in rows if r.label == label and r.scheduler == scheduler and r.reserve == reserve and r.replicas
+            ]
             if not group:
                 continue
             needed = math.ceil(group[0].t_infer_frames)
@@ -607,7 +667,7 @@ def table(rows: list[Row]) -> str:
             smallest = str(min(reaching)) if reaching else f"> {max(r.replicas for r in group)}"
             at_plus_one = [r for r in group if r.replicas == needed + 1]
             coverage = fmt(100 * at_plus_one[0].coverage, ".2f") + "%" if at_plus_one else "-"
-            lines.append(f"| {label} | {scheduler} | {needed} | {smallest} | {coverage} |")
+            lines.append(f"| {label} | {scheduler} | {reserve} | {needed} | {smallest} | {coverage} |")
     sequential = [r for r in rows if r.kind == "sequential"]
     if sequential:
         lines += [
@@ -639,6 +699,14 @@ def main() -> None:
     parser.add_argument("--replicas", type=int, nargs="*", default=[], help="only these N (default: around ceil)")
     parser.add_argument("--max-replicas", type=int, default=10)
     parser.add_argument("--schedulers", nargs="+", default=list(SCHEDULERS), choices=SCHEDULERS)
+    parser.add_argument(
+        "--jitter-reserve",
+        type=int,
+        nargs="+",
+        default=[DEFAULT_JITTER_RESERVE_FRAMES],
+        help=f"RTRL_JITTER_RESERVE_FRAMES values, each row measured once per value (default "
+        f"{DEFAULT_JITTER_RESERVE_FRAMES}, the gateway's)",
+    )
     parser.add_argument("--model-widths", type=int, nargs="+", default=list(MODEL_WIDTHS))
     parser.add_argument("--no-models", dest="models", action="store_false")
     parser.add_argument("--no-sequential", dest="sequential", action="store_false")
@@ -670,10 +738,11 @@ def main() -> None:
         serve_zero_cost()
         return
     if args.table_from is not None:
-        merged: dict[tuple[str, str, int, str], Row] = {}
+        merged: dict[tuple[str, str, int, str, int], Row] = {}
         for path in args.table_from:
             for row in json.loads(path.read_text()):
-                merged[(row["kind"], row["label"], row["replicas"], row["scheduler"])] = Row(**row)
+                key = (row["kind"], row["label"], row["replicas"], row["scheduler"], row.get("reserve", 0))
+                merged[key] = Row(**row)
         rows = list(merged.values())
         print(table(rows))
         if args.out is not None:
