@@ -7,7 +7,8 @@ send the newest sample to now, or says when to ask again. Three policies:
 - `next_idle`: the newest sample goes to the next idle replica in round-robin order as soon as there
   is one: when the sample is taken, or when a call ends while it is still unsent and a reply could
   still come in time (its deadline is at least the mean round trip away). One call per sample (a
-  hedge aside, below); a sample replaced while every replica was busy is not sent. With a decision every frame
+  hedge aside, below); a sample replaced while every replica was busy waits in the dispatcher's backlog
+  of one for the next replica to finish (dispatcher.py), or is not sent. With a decision every frame
   this staggers the replicas by itself, on the frame grid, with no estimate of T.
   A call still unanswered after `HEDGE_AFTER_MEANS` mean round trips is hedged: its sample goes once
   more, to another idle replica that has not failed recently, so a replica that stalls mid-call
