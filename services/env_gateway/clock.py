@@ -46,13 +46,13 @@ trip after their observation, so each lands a fixed time after one tick; when th
 (a busy machine), the reply meant for the next tick is already there, and taking the newest would
 spend two replies on one tick and leave the next without any (measured: about half of the fallback
 decisions at N = ceil(t_infer/t_frame) + 1 on a loaded machine). The jitter reserve R
-(`jitter_reserve_frames`, default 0) adds R frames to D (at most S) and holds early replies even when
-no other reply serves this step: every fresh action then lands D + R frames after its observation,
-so a reply up to R frames late still finds its step (the other half of those misses: a reply that
-comes back a frame late). The reserve costs R frames of staleness on every action, and one step the
-first time D grows. A reply to an observation older than (or the same as) the last one acted on in
-the episode, such as the second answer to a hedged call, counts as superseded: actions are applied
-in the order of their observations. Replies whose staleness already
+(RTRL_JITTER_RESERVE_FRAMES, 1 unless set; the gateway gives 0 in sequential interaction) adds R frames
+to D (at most S) and holds early replies even when no other reply serves this step: every fresh action
+then lands D + R frames after its observation, so a reply up to R frames late still finds its step (the
+other half of those misses: a reply that comes back a frame late). The reserve costs R frames of
+staleness on every action, and one step the first time D grows. A reply to an observation older than (or
+the same as) the last one acted on in the episode, such as the second answer to a hedged call, counts as
+superseded: actions are applied in the order of their observations. Replies whose staleness already
 exceeds S when they arrive or when a step starts, and replies of a previous episode, count as
 `replies_late` and are dropped. Without a usable reply the fallback policy chooses: noop ->
 `fallback_action`, repeat_last -> the last applied action (`fallback_action` at the start of an
@@ -184,6 +184,8 @@ class ObservationSample:
     captured_unix_ns: int
     deadline_s: float
     """Clock time after which a reply could no longer be applied."""
+    step_due_s: float = math.inf
+    """Clock time by which a reply must be in the mailbox to act on the step it is meant for (obs + L)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -526,12 +528,20 @@ class EpisodeSteps:
         )
 
     def _sample(
-        self, step: int, frame: int, rgb: np.ndarray, produced_s: float, wall_ns: int, deadline_s: float, ended: bool
+        self,
+        step: int,
+        frame: int,
+        rgb: np.ndarray,
+        produced_s: float,
+        wall_ns: int,
+        deadline_s: float,
+        ended: bool,
+        step_due_s: float = math.inf,
     ) -> None:
         """Keeps frame `frame` as the observation of step `step` and sends it to be answered by `deadline_s`."""
         sampled = SampledFrame(frame, rgb)
         frames = self._history.reset(sampled) if step == 0 else self._history.add(sampled)
-        sample = ObservationSample(self.episode, step, frame, frames, produced_s, wall_ns, deadline_s)
+        sample = ObservationSample(self.episode, step, frame, frames, produced_s, wall_ns, deadline_s, step_due_s)
         self._samples[step] = sample
         # A step whose observation is the episode's last frame never runs: asking would waste a replica.
         if not ended:
@@ -712,7 +722,8 @@ class RealtimeClock(EpisodeSteps):
                 step.applied_unix_ns = wall_ns
         if position % k == 0:
             deadline_s = self.due_s(config.last_usable_frame(frame, lead)) - DEADLINE_MARGIN_S
-            self._sample(position // k, frame, rgb, produced_s, wall_ns, deadline_s, ended)
+            step_due_s = self.due_s(frame + lead) - DEADLINE_MARGIN_S
+            self._sample(position // k, frame, rgb, produced_s, wall_ns, deadline_s, ended, step_due_s)
         if step is not None and (ended or (position - lead + 1) % k == 0):
             self._close_step(step, terminated, truncated)
         if ended:

@@ -16,10 +16,10 @@ to another idle replica, so a replica that stalls mid-call does not blank the de
 keeps a backlog of one: a sample replaced while every replica was busy goes to the next replica that
 becomes idle once the newest has been sent, if a reply (a mean round trip away) can still come before
 its own step, usual staleness D after it (see clock.py, Mailbox). A replica that answers late (a busy
-machine) also misses its next turn; without the backlog the sample of that turn is never sent. With
-the mailbox's jitter reserve the backlog's reply lands on its own step (measured: about half of the
-misses left at N = ceil(t_infer/t_frame) + 1 with a one-frame reserve). Without a reserve it would
-come after its step, when the newer sample's reply has been applied, and waste the replica, so
+machine) also misses its next turn; without the backlog the sample of that turn is never sent. With the
+mailbox's jitter reserve the backlog's reply lands on its own step (in a trace at 8-frame inference with
+9 replicas and a one-frame reserve, half of the misses left were such unsent samples). Without a reserve
+it would come after its step, when the newer sample's reply has been applied, and waste the replica, so
 the backlog sample is then dropped (counted in `requests_not_sent`).
 
 `SequentialDispatcher` (RTRL_INTERACTION=sequential) reproduces act -> learn -> act, the pattern of
@@ -165,10 +165,11 @@ class Dispatcher:
         """Called by the clock; never blocks beyond a short lock."""
         with self._changed:
             if self._latest is not None and not self._latest_sent:
-                if self._backlog is not None or not isinstance(self.scheduler, NextIdleScheduler):
-                    self.requests_not_sent += 1
-                if isinstance(self.scheduler, NextIdleScheduler):
-                    self._backlog = self._latest
+                # Only next_idle keeps a backlog, and only within an episode (a reply to the previous
+                # episode's observation would be dropped as late).
+                keep = isinstance(self.scheduler, NextIdleScheduler) and self._latest.episode == sample.episode
+                self.requests_not_sent += (self._backlog is not None) + (not keep)
+                self._backlog = self._latest if keep else None
             self._latest = sample
             self._latest_sent = False
             self._changes += 1
@@ -358,7 +359,7 @@ class Dispatcher:
             is_first_call_of_newest = not prepared.sends and self._latest is sample
             if self._watchdog is not None and is_first_call_of_newest and isinstance(self.scheduler, NextIdleScheduler):
                 # The first call of a sample arms the hedge (at most one hedge per sample).
-                hedge_after_s = self.scheduler.hedge_after_s()
+                hedge_after_s = self.scheduler.hedge_after_s(sample.step_due_s - self._now_s())
                 self._awaited = sample
                 self._hedge_at_s = None if hedge_after_s is None else self._now_s() + hedge_after_s
                 self._changed.notify_all()

@@ -10,7 +10,8 @@ send the newest sample to now, or says when to ask again. Three policies:
   hedge aside, below); a sample replaced while every replica was busy waits in the dispatcher's backlog
   of one for the next replica to finish (dispatcher.py), or is not sent. With a decision every frame
   this staggers the replicas by itself, on the frame grid, with no estimate of T.
-  A call still unanswered after `HEDGE_AFTER_MEANS` mean round trips is hedged: its sample goes once
+  A call still unanswered after `HEDGE_AFTER_MEANS` mean round trips (sooner when a second answer would
+  otherwise miss the step it is meant for, never before `HEDGE_LATE_MEANS`) is hedged: its sample goes once
   more, to another idle replica that has not failed recently, so a replica that stalls mid-call
   (a GC pause, a slow disk, a stopped process) costs a few milliseconds instead of the decision.
   Whichever reply comes first is used; the other counts as superseded, and the call as resent.
@@ -74,6 +75,11 @@ WARMUP_REPLIES = 1
 # the mean on a loaded 2-core machine), so this hedges a few percent of calls at most; a stalled
 # replica (a GC pause, a slow disk, SIGSTOP) is answered for by another within a frame or so.
 HEDGE_AFTER_MEANS = 4.0
+# ... or sooner, when a second replica's answer would otherwise miss the step the reply is meant for, but
+# never before the call has taken this many mean round trips (sooner, normal jitter would be hedged).
+# With the default lead of 2 frames and 8 ms round trips, 4 means (32 ms) left a stalled replica's step
+# without an action: the second answer came after it started.
+HEDGE_LATE_MEANS = 1.5
 HEDGE_MIN_S = 0.004
 # max_time: T is the longest of this many recent counted round trips ... (see the module docstring)
 MAX_TIME_WINDOW = 64
@@ -234,12 +240,16 @@ class NextIdleScheduler(Scheduler):
         chosen = next_in_rotation(replicas, self._last_address)
         return Plan(send_to=chosen.address if chosen is not None else None)
 
-    def hedge_after_s(self) -> float | None:
+    def hedge_after_s(self, time_left_s: float = math.inf) -> float | None:
         """How long a call may stay unanswered before its sample goes to a second replica (None: not yet
-        known, before the first counted round trip)."""
+        known, before the first counted round trip): `HEDGE_AFTER_MEANS` mean round trips, but early
+        enough that the second replica's answer can still come within `time_left_s` (the time to the
+        step the reply is meant for), as long as the call is already `HEDGE_LATE_MEANS` means late."""
         if self._mean_s == 0.0:
             return None
-        return max(HEDGE_MIN_S, HEDGE_AFTER_MEANS * self._mean_s)
+        mean_s = self._mean_s
+        in_time_s = max(time_left_s - mean_s, HEDGE_LATE_MEANS * mean_s)
+        return max(HEDGE_MIN_S, min(HEDGE_AFTER_MEANS * mean_s, in_time_s))
 
     def plan_hedge(self, now_s: float, sample: SampleView, replicas: Sequence[ReplicaView]) -> str | None:
         """Where to send a sample whose call is overdue (see `hedge_after_s`): an idle replica that has not

@@ -59,7 +59,7 @@ DEFAULT_INFERENCE_ADDRESSES: tuple[str, ...] = ()
 # Chosen from bench/staggering.py (docs/staggering-benchmark.md says why).
 DEFAULT_SCHEDULER = "next_idle"
 # One frame of staleness for a reply that comes back up to a frame late: coverage at N = ceil(t_infer/
-# t_frame) + 1 went from 99.7 / 98.9 / 98.8% to 100 / 99.97 / 100% at 1 / 4 / 8-frame inference
+# t_frame) + 1 went from 99.96 / 99.71 / 99.46% to 100.00% at 1 / 4 / 8-frame inference, side by side
 # (docs/staggering-benchmark.md); 0 applies each reply as early as it can.
 DEFAULT_JITTER_RESERVE_FRAMES = 1
 INTERACTION_NAMES = ("async", "sequential")

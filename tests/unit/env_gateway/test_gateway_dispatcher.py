@@ -123,6 +123,17 @@ def test_sample_replaced_before_it_was_sent_counts_as_not_sent() -> None:
     assert (dispatcher.requests_sent, dispatcher.requests_not_sent) == (0, 2)
 
 
+def test_a_new_episode_empties_the_backlog() -> None:
+    replicas = FakeReplicas(addresses=())
+    dispatcher, _ = make(replicas)
+    dispatcher.submit(sample(0))
+    dispatcher.submit(sample(1))  # 0 waits in the backlog
+    dispatcher.submit(sample(0, episode=1))  # 1 is of the old episode: not kept, and 0 leaves with it
+    assert dispatcher.requests_not_sent == 2
+    dispatcher.submit(sample(1, episode=1))  # 0 of episode 1 waits: nothing more is counted
+    assert dispatcher.requests_not_sent == 2
+
+
 def test_staggered_schedulers_keep_no_backlog() -> None:
     replicas = FakeReplicas(addresses=())
     dispatcher, _ = make(replicas, MaxTimeScheduler())

@@ -7,6 +7,9 @@ import itertools
 import pytest
 
 from services.env_gateway.scheduler import (
+    HEDGE_AFTER_MEANS,
+    HEDGE_LATE_MEANS,
+    HEDGE_MIN_S,
     MAX_TIME_OUTLIERS,
     MAX_TIME_WINDOW,
     WARMUP_REPLIES,
@@ -104,6 +107,22 @@ def test_next_idle_sends_an_unsent_sample_when_a_call_ends_if_a_reply_can_still_
     # Produced at 0.5 with a 100 ms budget: at 0.57 only 30 ms are left, less than a round trip.
     assert send_if_planned(scheduler, pool, 0.57, deadline_s=0.6, produced_s=0.5).send_to is None
     assert send_if_planned(scheduler, pool, 0.55, deadline_s=0.6, produced_s=0.5).send_to == "a"
+
+
+def test_next_idle_hedges_in_time_for_the_step_but_never_a_call_that_is_not_yet_late() -> None:
+    scheduler = NextIdleScheduler()
+    assert scheduler.hedge_after_s(0.03) is None  # no round trip counted yet
+    scheduler.on_reply("a", 0.5)  # warm-up
+    scheduler.on_reply("a", 0.008)
+    assert scheduler.hedge_after_s() == pytest.approx(HEDGE_AFTER_MEANS * 0.008)  # plenty of time: 32 ms
+    # 30 ms to the step: a second replica asked at 22 ms answers by 30 ms.
+    assert scheduler.hedge_after_s(0.030) == pytest.approx(0.022)
+    # Too little time for that: still not before the call is 1.5 means late (12 ms).
+    assert scheduler.hedge_after_s(0.015) == pytest.approx(HEDGE_LATE_MEANS * 0.008)
+    fast = NextIdleScheduler()
+    fast.on_reply("a", 0.5)
+    fast.on_reply("a", 0.0005)
+    assert fast.hedge_after_s(0.030) == HEDGE_MIN_S  # 2 ms would hedge a healthy call's jitter
 
 
 def test_an_estimate_longer_than_any_samples_budget_does_not_stop_all_calls() -> None:
