@@ -199,7 +199,7 @@ class CheckpointWatcher:
 
     With `load_spread_s`, the background thread waits a random time up to that long between seeing a
     new version and loading it. Every replica of a pool sees a publication within one poll, and
-    loading takes CPU (reading, building, a first forward pass: 10-40 ms on a 2-core machine); on a machine
+    loading takes CPU (reading, building, a first forward pass: 10-40 ms each on 2 cores); on a machine
     shared with the gateway, all of them loading at once delayed replies by 2-3 frames and left
     frames without an action (bench/staggering.py, 8-frame inference with 9 replicas). Spread out,
     the same work does not pile up. A version published meanwhile is loaded at the same due time.
