@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import pytest
 from gateway_fakes import FakeTime, wait_for
 
 from services.env_gateway.clock import ARRIVAL_MIN, ActionMailbox, ActionReply, ObservationSample, StepRecord
@@ -163,40 +164,31 @@ def test_a_sample_replaced_while_every_replica_was_busy_goes_to_the_next_one_to_
     assert taken is not None and (taken.obs_frame, taken.reply.action) == (2, 7)
 
 
-def test_a_backlog_sample_too_late_for_a_reply_is_counted_not_sent() -> None:
+@pytest.mark.parametrize(
+    ("staleness", "late_sample"),
+    [
+        # Its deadline has passed when a replica is free.
+        (5, sample(2, episode=1, deadline_s=100.001)),
+        # Produced 40 ms before the time (100.002): its own step (D = 2 frames, 33 ms on) has begun, so
+        # a reply could only be superseded by the newer sample's.
+        (2, sample(2, episode=1, produced_s=99.962)),
+    ],
+    ids=["past its deadline", "after its own step"],
+)
+def test_a_backlog_sample_whose_reply_could_not_serve_is_counted_not_sent(
+    staleness: int, late_sample: ObservationSample
+) -> None:
     replicas = FakeReplicas(("a", "b"))
     dispatcher, mailbox = make(replicas)
-    settle(mailbox, staleness=5, episode=1)
-    dispatcher.submit(sample(0, episode=1))
-    dispatcher.step()
-    dispatcher.submit(sample(1, episode=1))
-    dispatcher.step()
-    dispatcher.submit(sample(2, episode=1, deadline_s=100.001))  # already past when a replica is free
+    settle(mailbox, staleness=staleness, episode=1)
+    for frame in (0, 1):
+        dispatcher.submit(sample(frame, episode=1))
+        dispatcher.step()
+    dispatcher.submit(late_sample)
     dispatcher.submit(sample(3, episode=1))
-    replicas.finish(0, ActionReply(1, 0, 0.0))
-    dispatcher.step()
-    replicas.finish(1, ActionReply(1, 0, 0.0))
-    dispatcher.step()
-    assert [s[1][1] for s in replicas.sends] == [0, 1, 3]
-    assert dispatcher.requests_not_sent == 1
-
-
-def test_a_backlog_sample_whose_reply_would_come_after_its_own_step_is_not_sent() -> None:
-    replicas = FakeReplicas(("a", "b"))
-    dispatcher, mailbox = make(replicas)  # the time is 100.002
-    settle(mailbox, staleness=2, episode=1)
-    dispatcher.submit(sample(0, episode=1))
-    dispatcher.step()
-    dispatcher.submit(sample(1, episode=1))
-    dispatcher.step()
-    # Produced 40 ms ago: its own step (D = 2 frames, 33 ms on) has begun, so a reply could only be
-    # superseded by the newer sample's.
-    dispatcher.submit(sample(2, episode=1, produced_s=99.962))
-    dispatcher.submit(sample(3, episode=1))
-    replicas.finish(0, ActionReply(1, 0, 0.0))
-    dispatcher.step()
-    replicas.finish(1, ActionReply(1, 0, 0.0))
-    dispatcher.step()
+    for call in (0, 1):
+        replicas.finish(call, ActionReply(1, 0, 0.0))
+        dispatcher.step()
     assert [s[1][1] for s in replicas.sends] == [0, 1, 3]
     assert dispatcher.requests_not_sent == 1
 
