@@ -125,6 +125,20 @@ def test_next_idle_hedges_in_time_for_the_step_but_never_a_call_that_is_not_yet_
     assert fast.hedge_after_s(0.030) == HEDGE_MIN_S  # 2 ms would hedge a healthy call's jitter
 
 
+def test_next_idle_hedges_early_enough_for_a_slow_second_answer_not_only_an_average_one() -> None:
+    """On a loaded machine round trips spread: hedging one mean before the step was a coin toss."""
+    scheduler = NextIdleScheduler()
+    scheduler.on_reply("a", 0.5)  # warm-up
+    for round_trip_s in [0.015, 0.015] + [0.005] * 18:
+        scheduler.on_reply("a", round_trip_s)
+    assert scheduler.tail_round_trip_s == pytest.approx(0.015)  # the 90th percentile of the 20
+    # 30 ms to the step: hedged at 15 ms, so a second answer as slow as 9 in 10 recent ones makes it.
+    assert scheduler.hedge_after_s(0.030) == pytest.approx(0.015)
+    assert scheduler.hedge_after_s(0.030) < 0.030 - scheduler.mean_round_trip_s
+    # Still never before the call is 1.5 means late.
+    assert scheduler.hedge_after_s(0.016) == pytest.approx(HEDGE_LATE_MEANS * scheduler.mean_round_trip_s)
+
+
 def test_an_estimate_longer_than_any_samples_budget_does_not_stop_all_calls() -> None:
     scheduler, pool = NextIdleScheduler(), Pool("a")
     scheduler.on_reply("a", 0.01)  # warm-up
