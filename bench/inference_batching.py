@@ -1,6 +1,7 @@
 """Measures one inference replica's dynamic batching over real gRPC: callers with deadlines, a busy model.
 
     python bench/inference_batching.py --occupy-ms 33 --callers 4 --period-ms 16.7 --deadline-ms 50
+    python bench/inference_batching.py --device cuda --occupy-ms 0 --arch impala_cnn --width 29 --callers 16
 
 Starts a replica in this process on a free port (RTRL_INFERENCE_OCCUPY_MS makes each forward pass hold
 it for at least --occupy-ms, like an accelerator running a big model), then `--callers` threads each
@@ -22,7 +23,7 @@ import numpy as np
 from rtrl.tensors import to_proto
 from rtrl.v1 import inference_pb2, inference_pb2_grpc
 from services.inference.server import create_server
-from services.inference.settings import InferenceSettings
+from services.inference.settings import InferenceSettings, resolve_device
 
 OBSERVATION = np.zeros((4, 84, 84), dtype=np.uint8)
 ACTIONS = 6
@@ -53,7 +54,7 @@ def run(args: argparse.Namespace, max_batch: int, checkpoint_dir: str) -> None:
         port=0,
         replica_id="bench",
         checkpoint_dir=checkpoint_dir,
-        device="cpu",
+        device=resolve_device(args.device),
         epsilon_start=0.0,
         workers=max(16, max_batch, args.callers),
         max_batch_size=max_batch,
@@ -100,7 +101,9 @@ def run(args: argparse.Namespace, max_batch: int, checkpoint_dir: str) -> None:
         f"max batch {max_batch:>2}: sent {sent:>5}, answered {answered / max(sent, 1):6.1%}, refused {refused:>4}, "
         f"other errors {sent - answered - refused:>3}; batch mean {status.batch_size.mean:.2f} "
         f"max {status.batch_size.max:.0f}; latency p50 {status.latency_ms.p50:.1f} p99 {status.latency_ms.p99:.1f} ms; "
-        f"forward estimate {status.expected_forward_ms:.1f} ms; answered late {status.requests_answered_late}",
+        f"forward estimate {status.expected_forward_ms:.1f} ms; answered late {status.requests_answered_late}; "
+        # Refusals the replica counted: fewer than the callers saw means calls ran out of time on the way.
+        f"refused by the replica {status.requests_refused_deadline}",
         flush=True,
     )
 
@@ -116,10 +119,12 @@ def main() -> None:
     parser.add_argument("--arch", default="nature_cnn")
     parser.add_argument("--width", type=int, default=1)
     parser.add_argument("--duration", type=float, default=5.0)
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto: cuda if present")
     args = parser.parse_args()
     print(
         f"{args.callers} callers, one Act each per {args.period_ms:.1f} ms with a {args.deadline_ms:.0f} ms deadline; "
-        f"{args.arch} width {args.width}, every forward pass occupies the replica >= {args.occupy_ms:.0f} ms",
+        f"{args.arch} width {args.width} on {resolve_device(args.device)}, every forward pass occupies the replica"
+        f" >= {args.occupy_ms:.0f} ms",
         flush=True,
     )
     with tempfile.TemporaryDirectory() as checkpoint_dir:
