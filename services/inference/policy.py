@@ -294,16 +294,26 @@ class Policy:
         except RuntimeError as e:
             raise CheckpointError(f"checkpoint {version} weights do not fit its model config: {e}") from e
         served = self._prepare(model, config, version, epsilon)
-        # The first forward pass of a new network allocates and (on cuda) picks kernels; doing it here
-        # keeps that cost off the first request the new version answers.
-        with torch.inference_mode():
-            served.model(torch.zeros((1, *config.observation_shape), device=self.device))
+        self._warm_up(served)
         return served
 
     def _prepare(self, model: nn.Module, config: ModelConfig, version: int, epsilon: float) -> ServedModel:
         model = model.to(self.device).eval()
         model.requires_grad_(False)
         return ServedModel(model, config, version, epsilon, parameter_count(model))
+
+    def _warm_up(self, served: ServedModel) -> None:
+        """One forward pass per observation dtype a call may send, before the network answers any.
+
+        The first pass of a new network allocates and (on cuda) loads and picks kernels; measured as a
+        call's, it would set the batcher's cost estimate past every deadline and the replica would refuse
+        calls until its next probe. A uint8 observation runs kernels a float one does not (the
+        conversion and scaling in front of the network), so both are warmed.
+        """
+        with torch.inference_mode():
+            for dtype in SUPPORTED_DTYPES:
+                observation = np.zeros((1, *served.config.observation_shape), dtype=dtype)
+                served.model(torch.from_numpy(observation).to(self.device))
 
     def _fresh_policy(self, observation_shape: tuple[int, ...], action_count: int) -> ServedModel:
         """The policy served before any checkpoint: the default network for the first request's game."""
@@ -324,9 +334,7 @@ class Policy:
             torch.manual_seed(self.seed)
             model = build_model(config)
         served = self._prepare(model, config, FRESH_VERSION, self.fresh_epsilon)
-        # As for a checkpoint: the first pass picks kernels and is slow; it must not be measured as a call's.
-        with torch.inference_mode():
-            served.model(torch.zeros((1, *config.observation_shape), device=self.device))
+        self._warm_up(served)
         log.info(
             "serving a fresh policy (%s width %d %s, %d parameters, for %s, %d actions, epsilon %.3f; built and "
             "warmed up in %.0f ms) until a checkpoint is published",

@@ -74,6 +74,38 @@ def test_observation_that_no_network_fits_is_invalid_and_builds_nothing(make_pol
     assert policy.status().requests_invalid == 1
 
 
+def record_input_dtypes(monkeypatch: pytest.MonkeyPatch) -> list[torch.dtype]:
+    """Every network the policy builds from now on records the dtype of each input it is given."""
+    import services.inference.policy as policy_module
+
+    seen: list[torch.dtype] = []
+    build = policy_module.build_model
+
+    def build_and_record(config: ModelConfig) -> torch.nn.Module:
+        model = build(config)
+        model.register_forward_pre_hook(lambda _module, inputs: seen.append(inputs[0].dtype))
+        return model
+
+    monkeypatch.setattr(policy_module, "build_model", build_and_record)
+    return seen
+
+
+def test_a_new_network_has_run_on_every_observation_dtype_before_its_first_answer(
+    make_policy: MakePolicy, publish: Callable, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On cuda the first uint8 pass loads kernels a float pass does not: measured as a call's, it made a
+    replica refuse calls for seconds. The warm-up runs both, for a fresh policy and for each checkpoint."""
+    seen = record_input_dtypes(monkeypatch)
+    fresh = make_policy()
+    fresh.act(OBS, ACTIONS, None)
+    assert seen[:2] == [torch.uint8, torch.float32] and len(seen) == 3
+
+    seen.clear()
+    publish(1)
+    assert make_policy().load_initial()
+    assert seen == [torch.uint8, torch.float32]
+
+
 # -- epsilon-greedy answers ----------------------------------------------------------------------------
 
 
