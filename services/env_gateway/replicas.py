@@ -274,6 +274,10 @@ class ReplicaPool:
             replica.in_flight -= 1
             if code is None:
                 replica.replies += 1
+                # "Recently failed" is about the last call: one answered since a failure clears it. Each
+                # replica's first call, which builds its network, can outlast its deadline; counted for a
+                # second, it left every replica a second choice and a stalled one could not be hedged.
+                replica.failed_at_s = -math.inf
                 replica.latency_ms.add(round_trip_s * 1000.0)
                 if response is not None:
                     replica.checkpoint_version = response.checkpoint_version

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import grpc
 
+from rtrl.v1 import inference_pb2
 from services.env_gateway.membership import REGISTRY_SOURCE, STATIC_SOURCE, Membership
 from services.env_gateway.replicas import ReplicaPool
 
@@ -52,5 +53,20 @@ def test_a_call_that_failed_otherwise_keeps_the_replica_in_rotation_as_a_second_
         pool._finish(pool._replicas["a:1"], 9.9, None, grpc.StatusCode.DEADLINE_EXCEEDED)
         (view,) = pool.views(10.0)
         assert view.recently_failed and view.in_flight == 0
+    finally:
+        pool.close()
+
+
+def test_an_answer_after_a_failure_makes_the_replica_a_first_choice_again() -> None:
+    """Only the last call counts: a replica that answered since its failure is as good as any."""
+    pool = ReplicaPool("gw", 4, now_s=lambda: 10.0)
+    try:
+        pool.set_members({"a:1": 9.0})
+        replica = pool._replicas["a:1"]
+        replica.in_flight = 2
+        pool._finish(replica, 9.8, None, grpc.StatusCode.DEADLINE_EXCEEDED)
+        pool._finish(replica, 9.9, inference_pb2.ActResponse(action=1), None)
+        (view,) = pool.views(10.0)
+        assert not view.recently_failed
     finally:
         pool.close()
