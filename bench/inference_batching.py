@@ -13,17 +13,22 @@ would, for `--duration` seconds, once per --max-batch value. Prints per run: ans
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import threading
 import time
+from pathlib import Path
 
 import grpc
 import numpy as np
 
-from rtrl.tensors import to_proto
-from rtrl.v1 import inference_pb2, inference_pb2_grpc
-from services.inference.server import create_server
-from services.inference.settings import InferenceSettings, resolve_device
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+from rtrl.tensors import to_proto  # noqa: E402
+from rtrl.v1 import inference_pb2, inference_pb2_grpc  # noqa: E402
+from services.inference.server import create_server  # noqa: E402
+from services.inference.settings import InferenceSettings, resolve_device  # noqa: E402
 
 OBSERVATION = np.zeros((4, 84, 84), dtype=np.uint8)
 ACTIONS = 6

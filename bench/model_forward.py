@@ -12,12 +12,17 @@ or a deadline for a given model on a given machine; they are only comparable wit
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from rtrl.models import QNetwork, default_model_config, parameter_count
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+from rtrl.models import QNetwork, default_model_config, parameter_count  # noqa: E402
 
 OBSERVATION_SHAPE = (4, 84, 84)
 ACTIONS = 6
