@@ -93,8 +93,8 @@ def record_input_dtypes(monkeypatch: pytest.MonkeyPatch) -> list[torch.dtype]:
 def test_a_new_network_has_run_on_every_observation_dtype_before_its_first_answer(
     make_policy: MakePolicy, publish: Callable, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """On cuda the first uint8 pass loads kernels a float pass does not: measured as a call's, it made a
-    replica refuse calls for seconds. The warm-up runs both, for a fresh policy and for each checkpoint."""
+    """On cuda a first uint8 pass runs kernels a float pass does not; measured as a call's, a slow first
+    pass makes the replica refuse calls until its next probe. Both run first, for every new network."""
     seen = record_input_dtypes(monkeypatch)
     fresh = make_policy()
     fresh.act(OBS, ACTIONS, None)
