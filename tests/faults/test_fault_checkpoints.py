@@ -40,7 +40,7 @@ from rtrl.v1 import inference_pb2, inference_pb2_grpc
 CONFIG = ModelConfig(arch="mlp", observation_shape=(3,), action_count=4, hidden_size=16)
 OTHER_CONFIG = ModelConfig(arch="mlp", observation_shape=(3,), action_count=4, hidden_size=32)
 # Room for about three versions of the learner's small model (weights and learner state, ~5 MB each).
-TMPFS_SIZE = "24m"
+TMPFS_SIZE = "64m"
 
 
 def served_version(replica: ServiceProcess, observation: np.ndarray | None = None, action_count: int = 4) -> int:
@@ -218,9 +218,12 @@ def test_a_full_disk_fails_publications_visibly_leaves_nothing_partial_and_publi
         client.close()
     port = free_port()
     address = f"127.0.0.1:{port}"
-    processes.start(
-        "learner", "services.learner", learner_env(local_redis.url, stream_name, small_tmpfs, port), port=port
-    )
+    # A checkpoint here is about 2 MB (weights and learner state) and all are kept (RTRL_CHECKPOINT_KEEP
+    # 1000), so at one every 10 updates the learner's own checkpoints filled most of a 24 MB tmpfs before
+    # the ballast, which then freed too little for two more: publishing never resumed (2 of 2 runs here,
+    # 1 of 5 clean-clone CI runs). One every 100 updates, in 64 MB, leaves the filling to the ballast.
+    learner = learner_env(local_redis.url, stream_name, small_tmpfs, port, RTRL_CHECKPOINT_EVERY_UPDATES="100")
+    processes.start("learner", "services.learner", learner, port=port)
     replica = processes.start(
         "replica",
         "services.inference",
