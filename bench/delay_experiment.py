@@ -72,7 +72,7 @@ BUDGET_STEP_FRAMES = 10_000
 # Each run prints a progress line to stderr this often.
 PROGRESS_EVERY_S = 30.0
 # The DQN hyperparameters this experiment sets (the others are services/learner/dqn.py's defaults); the
-# results of earlier versions of this script (docs/delay-experiment.json) ran with these and did not record them.
+# results' meta records them all.
 LEARNING_RATE = 1e-4
 BATCH_SIZE = 32
 BUFFER_SIZE = 100_000
@@ -276,8 +276,8 @@ def planned_runs(args: argparse.Namespace) -> list[RunSpec]:
 
 
 def spec_key(values: dict[str, Any]) -> str:
-    """A run's identity, for --resume; results from before a field existed count as its default."""
-    return json.dumps({f.name: values.get(f.name, f.default) for f in fields(RunSpec)}, sort_keys=True)
+    """A run's identity, for --resume."""
+    return json.dumps({f.name: values[f.name] for f in fields(RunSpec)}, sort_keys=True)
 
 
 def run_all(args: argparse.Namespace, results_path: Path) -> list[dict[str, object]]:
@@ -344,8 +344,8 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def frames_reached(run: dict[str, Any]) -> int:
-    """Frames a run played (results from before wall-clock limits always played their `frames`)."""
-    return int(run.get("frames_reached", run["frames"]))
+    """Frames a run played."""
+    return int(run["frames_reached"])
 
 
 def common_budget(runs: list[dict[str, Any]]) -> tuple[int, bool]:
@@ -365,9 +365,7 @@ def common_budget(runs: list[dict[str, Any]]) -> tuple[int, bool]:
 def returns_within(run: dict[str, Any], budget: int) -> list[float]:
     """The returns of the run's episodes that ended within `budget` frames."""
     returns = [float(x) for x in run["episode_returns"]]
-    end_frames = run.get("episode_end_frames")
-    if end_frames is None:  # results from before end frames were recorded played exactly their budget
-        return returns
+    end_frames = run["episode_end_frames"]
     return [value for value, end in zip(returns, end_frames, strict=True) if end <= budget]
 
 
@@ -377,7 +375,7 @@ def counter_at(run: dict[str, Any], field: str, budget: int) -> float:
     column = {"decisions": 1, "updates": 2}[field]
     points = [
         [0, 0, 0],
-        *run.get("counters_every_10k_frames", []),
+        *run["counters_every_10k_frames"],
         [frames_reached(run), run["decisions"], run["updates"]],
     ]
     return float(np.interp(budget, [p[0] for p in points], [p[column] for p in points]))
@@ -391,32 +389,28 @@ def short_float(value: float) -> str:
 
 def command_of(meta: dict[str, Any], seeds: list[int], delays: list[int]) -> str:
     """The command that reproduces the runs (the results file keeps no record of how it was invoked)."""
-    frames, dqn = meta["frames"], meta.get("dqn", {})
+    frames, dqn = meta["frames"], meta["dqn"]
     command = (
         f"python bench/delay_experiment.py --frames {frames} --train-every {meta['train_every']} "
         f"--obs-size {meta['obs_size']} --seeds {' '.join(map(str, seeds))} --delays {' '.join(map(str, delays))}"
     )
     options = {
-        "--device": meta.get("device") if meta.get("device", "cpu") != "cpu" else None,
-        "--jobs": meta.get("jobs") if meta.get("wall_s") is not None else None,
-        "--wall-s": meta.get("wall_s"),
-        "--epsilon-frames": (
-            dqn["epsilon_decay_steps"] if dqn and dqn["epsilon_decay_steps"] != max(1, frames // 2) else None
-        ),
-        "--learning-rate": (
-            short_float(dqn["learning_rate"]) if dqn and dqn["learning_rate"] != LEARNING_RATE else None
-        ),
+        "--device": meta["device"] if meta["device"] != "cpu" else None,
+        "--jobs": meta["jobs"] if meta["wall_s"] is not None else None,
+        "--wall-s": meta["wall_s"],
+        "--epsilon-frames": (dqn["epsilon_decay_steps"] if dqn["epsilon_decay_steps"] != max(1, frames // 2) else None),
+        "--learning-rate": (short_float(dqn["learning_rate"]) if dqn["learning_rate"] != LEARNING_RATE else None),
         "--target-copy-every": (
-            dqn["target_network_frequency"] if dqn and dqn["target_network_frequency"] != TARGET_COPY_EVERY else None
+            dqn["target_network_frequency"] if dqn["target_network_frequency"] != TARGET_COPY_EVERY else None
         ),
-        "--baseline-frames": meta.get("baseline_frames") if meta.get("baseline_frames", frames) != frames else None,
+        "--baseline-frames": meta["baseline_frames"] if meta["baseline_frames"] != frames else None,
     }
     command += "".join(
         f" {option} {value:g}" if isinstance(value, float) else f" {option} {value}"
         for option, value in options.items()
         if value is not None
     )
-    return command if meta.get("device", "cpu") != "cpu" else f"nice -n 19 {command}"
+    return command if meta["device"] != "cpu" else f"nice -n 19 {command}"
 
 
 def report(results_path: Path, out_dir: Path) -> str:
@@ -424,16 +418,7 @@ def report(results_path: Path, out_dir: Path) -> str:
     data = json.loads(results_path.read_text())
     meta, runs = data["meta"], data["runs"]
     budget, wall_limited = common_budget(runs)
-    # Results from before the hyperparameters were recorded ran with the legacy ones.
-    dqn = {
-        "learning_rate": LEARNING_RATE,
-        "batch_size": BATCH_SIZE,
-        "buffer_size": BUFFER_SIZE,
-        "learning_starts": LEARNING_STARTS,
-        "target_network_frequency": TARGET_COPY_EVERY,
-        "epsilon_decay_steps": max(1, meta["frames"] // 2),
-        **meta.get("dqn", {}),
-    }
+    dqn = meta["dqn"]
 
     def score(run: dict[str, Any]) -> float:
         returns = returns_within(run, budget)
@@ -532,23 +517,20 @@ def report(results_path: Path, out_dir: Path) -> str:
     gap_list = ", ".join(f"{gap:+.2f}" for gap in gaps)
     checks.append(f"- the gap {'grows' if growing else 'does not grow'} with d at every step: {gap_list}")
 
-    # Sentences that results from before wall-clock limits and recorded hyperparameters do not need.
     epsilon_frames = int(dqn["epsilon_decay_steps"])
     half_of_frames = epsilon_frames == max(1, meta["frames"] // 2)
     epsilon_span = "the first half of the frames" if half_of_frames else f"the first {epsilon_frames:,} frames"
     buffer = f"{dqn['buffer_size'] // 1000}k" if dqn["buffer_size"] % 1000 == 0 else f"{dqn['buffer_size']:,}"
-    budget_note = ""
-    if "device" in meta:
-        budget_note += f" Runs: {meta.get('jobs', 1)} at a time, on {meta.get('device_name') or meta['device']}."
+    budget_note = f" Runs: {meta['jobs']} at a time, on {meta['device_name']}."
     if wall_limited:
         fewest = min(frames_reached(r) for r in runs if r["policy"] == "dqn")
         rounded = f" rounded down to a multiple of {BUDGET_STEP_FRAMES:,}," if budget != fewest else ""
         budget_note += (
-            f"\n  **The runs were limited by wall clock** ({meta.get('wall_s') or 0:.0f} s each), not by frames: the"
+            f"\n  **The runs were limited by wall clock** ({meta['wall_s']:.0f} s each), not by frames: the"
             f" budget is the fewest\n  frames a DQN run reached ({fewest:,}),{rounded}\n  and only the episodes that"
             " ended within it count (frames reached by each run: the last table)."
         )
-    baseline_frames = meta.get("baseline_frames") or meta["frames"]
+    baseline_frames = meta["baseline_frames"]
     baseline_note = ""
     if baseline_frames != meta["frames"]:
         baseline_note = (
@@ -564,7 +546,7 @@ def report(results_path: Path, out_dir: Path) -> str:
     )
     if epsilon_frames > budget:
         # Said outright: with most actions still random, the table measures how often the agent acts.
-        start, end = dqn.get("epsilon_start", 1.0), dqn.get("epsilon_end", 0.05)
+        start, end = dqn["epsilon_start"], dqn["epsilon_end"]
         epsilon_left = start - (start - end) * budget / epsilon_frames
         halves_intro = (
             f"**Epsilon was still {epsilon_left:.2f} at the end of the budget**: most actions were random, so the\n"
@@ -573,7 +555,7 @@ def report(results_path: Path, out_dir: Path) -> str:
     reached = ""
     if wall_limited:
         reached_lines = [
-            f"Frames each run reached in its {meta.get('wall_s') or 0:.0f} s, and its episodes that ended within the"
+            f"Frames each run reached in its {meta['wall_s']:.0f} s, and its episodes that ended within the"
             f" budget of {budget:,} frames:",
             "",
             "| run | seed | frames reached | stopped by | episodes within budget / all | updates within budget / all |",
@@ -582,7 +564,7 @@ def report(results_path: Path, out_dir: Path) -> str:
         for r in sorted(runs, key=lambda r: (r["policy"] != "dqn", r["policy"], r["delay_frames"], r["interaction"])):
             name = f"dqn {r['interaction']} d={r['delay_frames']}" if r["policy"] == "dqn" else r["policy"]
             reached_lines.append(
-                f"| {name} | {r['seed']} | {frames_reached(r):,} | {r.get('stopped_by', 'frames')} "
+                f"| {name} | {r['seed']} | {frames_reached(r):,} | {r['stopped_by']} "
                 f"| {len(returns_within(r, budget))} / {len(r['episode_returns'])} "
                 f"| {counter_at(r, 'updates', budget):,.0f} / {r['updates']:,} |"
             )
