@@ -209,6 +209,7 @@ def gateway_stats_json(stats: env_gateway_pb2.GetStatsResponse, coverage_recent:
                 "latency_ms": distribution(r.latency_ms),
                 "checkpoint_version": r.checkpoint_version,
                 "excluded": r.excluded,
+                "warming_up": r.warming_up,
             }
             for r in stats.replicas
         ],

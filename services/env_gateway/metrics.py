@@ -98,6 +98,7 @@ class GatewayCollector:
             "in_flight": ("Act calls to this replica in flight.", "gauge"),
             "checkpoint_version": ("Checkpoint version of this replica's latest reply (-1: none yet).", "gauge"),
             "excluded": ("1 while this replica is out of rotation after UNAVAILABLE.", "gauge"),
+            "warming_up": ("1 while this replica's warm-up call is in flight (it is not in rotation yet).", "gauge"),
         }
         for field, (documentation, kind) in families.items():
             family: Metric

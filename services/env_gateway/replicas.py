@@ -1,8 +1,14 @@
 """Inference replicas as the gateway sees them: a channel per address, Act with a deadline, membership.
 
 `ReplicaPool` keeps one channel per replica address and sends Act calls where the dispatcher (with its
-scheduler, see scheduler.py) says; `stub.Act.future(timeout=...)` sends without blocking and the
-outcome is delivered on a gRPC thread through the caller's `on_done`.
+scheduler, see scheduler.py) says. `send` never blocks: each replica's calls are made, one after the
+other, by a thread of its own (`_Caller`), which delivers the outcome through the sender's `on_done`.
+
+Warm-up: a replica's first call builds its network (the observation's shape is known only then), which
+can take longer than a decision's deadline, so that call would be lost. Given the observation's shape,
+the pool first sends a joining replica one call on a blank observation with a generous deadline
+(`WARM_UP_TIMEOUT_S`), and the replica enters rotation when that call has ended. The same happens when
+a replica comes back after UNAVAILABLE (it may be a new process).
 
 Membership: the pool is told which addresses exist and when each was last seen alive
 (`set_members`, fed by membership.py from the Redis registry and RTRL_INFERENCE_ADDRESSES). A replica
@@ -44,6 +50,17 @@ log = logging.getLogger(__name__)
 
 RECENT_FAILURE_S = 1.0
 RESOLVE_INTERVAL_S = 1.0
+# How often a channel whose replica cannot be reached tries to connect again. gRPC's default backs off
+# up to 120 s, so a replica restarted on the same address (docker compose, a pod) could stay unreachable
+# for minutes after it is seen alive again; retrying every second costs nothing against a dead address.
+RECONNECT_BACKOFF_OPTIONS = (
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+)
+# Long enough for a replica to build and warm up a large network on a CPU (the 100M-parameter impala_cnn
+# takes seconds); a replica that has not answered by then enters rotation anyway and is judged by its calls.
+WARM_UP_TIMEOUT_S = 10.0
 
 
 @dataclass(eq=False)
@@ -62,7 +79,21 @@ class _Replica:
     failed_at_s: float = -math.inf
     excluded_since_s: float | None = None
     """Set when a call failed with UNAVAILABLE; cleared when the replica is seen alive after it."""
+    warming_up: bool = False
+    """Its warm-up call is queued or in flight; it is out of rotation until that call ends."""
     caller: _Caller | None = None
+
+
+@dataclass(frozen=True)
+class _Call:
+    request: inference_pb2.ActRequest
+    sent_s: float
+    deadline_s: float
+    on_done: OnCallDone
+
+
+class _WarmUp:
+    """The work item of a warm-up call (see the module docstring)."""
 
 
 class _Caller:
@@ -79,20 +110,20 @@ class _Caller:
     thread, and puts the reply into the mailbox itself.
     """
 
-    def __init__(self, address: str, work: Callable[[tuple], None]) -> None:
+    def __init__(self, address: str, work: Callable[[_Call | _WarmUp], None]) -> None:
         self._work = work
-        self._queue: list[tuple] = []
+        self._queue: list[_Call | _WarmUp] = []
         self._ready = threading.Condition()
         self._closed = False
         self._thread = threading.Thread(target=self._run, name=f"rtrl-act {address}", daemon=True)
         self._thread.start()
 
-    def put(self, item: tuple) -> None:
+    def put(self, item: _Call | _WarmUp) -> None:
         with self._ready:
             self._queue.append(item)
             self._ready.notify()
 
-    def close(self) -> list[tuple]:
+    def close(self) -> list[_Call | _WarmUp]:
         """Stops taking calls; returns the ones that were queued and never sent."""
         with self._ready:
             self._closed = True
@@ -121,8 +152,12 @@ class ReplicaPool:
         addresses: Iterable[str] = (),
         now_s: Callable[[], float] = time.monotonic,
         security: SecuritySettings | None = None,
+        observation_shape: Sequence[int] | None = None,
     ) -> None:
+        """`observation_shape` (uint8 observations): warm every replica up before it enters rotation
+        (see the module docstring); None puts replicas in rotation at once."""
         self._gateway_id = gateway_id
+        self._observation_shape = None if observation_shape is None else tuple(observation_shape)
         # TLS, token and message size of every channel to a replica (by default from the RTRL_* environment).
         self._security = security if security is not None else SecuritySettings.from_env()
         self._action_count = action_count
@@ -152,10 +187,14 @@ class ReplicaPool:
             readmitted = []
             replicas: dict[str, _Replica] = {}
             for address, seen_s in last_seen_s.items():
-                replica = current.get(address) or self._connect(address)
-                if replica.excluded_since_s is not None and seen_s > replica.excluded_since_s:
+                replica = current.get(address)
+                if replica is None:
+                    replica = self._connect(address)
+                    self._warm_up(replica)
+                elif replica.excluded_since_s is not None and seen_s > replica.excluded_since_s:
                     replica.excluded_since_s = None
                     readmitted.append(address)
+                    self._warm_up(replica)
                 replicas[address] = replica
             self._replicas = replicas
         if added or removed:
@@ -172,16 +211,25 @@ class ReplicaPool:
             self._close_replica(replica)
 
     def _connect(self, address: str) -> _Replica:
-        channel = create_channel(address, self._security)
+        channel = create_channel(address, self._security, RECONNECT_BACKOFF_OPTIONS)
         replica = _Replica(address, channel, inference_pb2_grpc.InferenceServiceStub(channel))
-        replica.caller = _Caller(address, lambda item: self._call(replica, *item))
+        replica.caller = _Caller(address, lambda item: self._work(replica, item))
         return replica
+
+    def _warm_up(self, replica: _Replica) -> None:
+        """Queues `replica`'s warm-up call, if this pool warms replicas up; called with the lock held."""
+        if self._observation_shape is None or replica.warming_up:
+            return
+        assert replica.caller is not None
+        replica.warming_up = True
+        replica.caller.put(_WarmUp())
 
     def _close_replica(self, replica: _Replica) -> None:
         assert replica.caller is not None
-        for _request, sent_s, _deadline_s, on_done in replica.caller.close():
-            round_trip_s = self._finish(replica, sent_s, None, grpc.StatusCode.CANCELLED)
-            on_done(CallOutcome(replica.address, None, round_trip_s))
+        for item in replica.caller.close():
+            if isinstance(item, _Call):
+                round_trip_s = self._finish(replica, item.sent_s, None, grpc.StatusCode.CANCELLED)
+                item.on_done(CallOutcome(replica.address, None, round_trip_s))
         replica.channel.close()
 
     @property
@@ -193,12 +241,12 @@ class ReplicaPool:
         return len(self._replicas)
 
     def views(self, now_s: float) -> list[ReplicaView]:
-        """The replicas in rotation (not dropped after UNAVAILABLE), in a stable order."""
+        """The replicas in rotation (warmed up, not dropped after UNAVAILABLE), in a stable order."""
         with self._lock:
             return [
                 ReplicaView(replica.address, replica.in_flight, now_s - replica.failed_at_s < RECENT_FAILURE_S)
                 for replica in self._replicas.values()
-                if replica.excluded_since_s is None
+                if replica.excluded_since_s is None and not replica.warming_up
             ]
 
     def prepare(self, observation: np.ndarray, frame_index: int) -> inference_pb2.ActRequest:
@@ -222,8 +270,50 @@ class ReplicaPool:
                 return False
             replica.in_flight += 1
             replica.requests += 1
-            replica.caller.put((request, sent_s, deadline_s, on_done))
+            replica.caller.put(_Call(request, sent_s, deadline_s, on_done))
         return True
+
+    def _work(self, replica: _Replica, item: _Call | _WarmUp) -> None:
+        """Runs on the replica's caller thread."""
+        if isinstance(item, _Call):
+            self._call(replica, item.request, item.sent_s, item.deadline_s, item.on_done)
+        else:
+            self._call_warm_up(replica)
+
+    def _call_warm_up(self, replica: _Replica) -> None:
+        assert self._observation_shape is not None
+        request = self.prepare(np.zeros(self._observation_shape, np.uint8), 0)
+        started_s = self._now_s()
+        code: grpc.StatusCode | None = None
+        details = ""
+        try:
+            replica.stub.Act(request, timeout=WARM_UP_TIMEOUT_S)
+        except grpc.RpcError as error:
+            code = error.code() if isinstance(error, grpc.Call) else grpc.StatusCode.UNKNOWN
+            details = error.details() if isinstance(error, grpc.Call) else str(error)
+        except ValueError:  # the channel was closed under the call (the replica left the membership)
+            code, details = grpc.StatusCode.CANCELLED, "the replica left"
+        took_ms = (self._now_s() - started_s) * 1000.0
+        with self._lock:
+            replica.warming_up = False
+            if code == grpc.StatusCode.UNAVAILABLE and replica.excluded_since_s is None:
+                replica.excluded_since_s = self._now_s()
+        if code is None:
+            log.info("inference replica %s answered its warm-up call in %.0f ms; in rotation", replica.address, took_ms)
+        elif code == grpc.StatusCode.UNAVAILABLE:
+            log.info(
+                "inference replica %s is unavailable (%s); out of rotation until it is seen alive",
+                replica.address,
+                details,
+            )
+        elif code != grpc.StatusCode.CANCELLED:
+            log.warning(
+                "inference replica %s failed its warm-up call after %.0f ms (%s: %s); in rotation, judged by its calls",
+                replica.address,
+                took_ms,
+                code.name,
+                details,
+            )
 
     def _call(
         self,
@@ -310,6 +400,7 @@ class ReplicaPool:
                 batch_size=replica.batch_size.summary(),
                 inference_ms=replica.inference_ms.summary(),
                 excluded=replica.excluded_since_s is not None,
+                warming_up=replica.warming_up,
             )
             for replica in replicas
         ]

@@ -114,7 +114,12 @@ class Gateway:
                 settings.max_staleness_frames,
                 jitter_reserve_frames=settings.jitter_reserve_frames if settings.interaction == "async" else 0,
             )
-            self.replicas = ReplicaPool(settings.gateway_id, self.backend.action_count, security=settings.security)
+            self.replicas = ReplicaPool(
+                settings.gateway_id,
+                self.backend.action_count,
+                security=settings.security,
+                observation_shape=self.preprocessor.observation_shape(settings.frame_stack),
+            )
             self.membership = Membership(self.replicas.set_members)
             self.resolver = AddressResolver(settings.inference_addresses, self.membership.static_addresses())
             self.trainer: LearnerTrainer | None = None

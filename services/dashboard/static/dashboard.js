@@ -348,6 +348,7 @@ function showReplicas(state) {
     name.append(el("span", { class: "swatch", style: `background:${colorOf(i)}` }), row.address);
     let state = "ok", css = "state-ok";
     if (gw && gw.excluded) { state = "excluded"; css = "state-bad"; }
+    else if (gw && gw.warming_up) state = "warming up";
     else if (row.own && row.own.error) { state = row.own.error.split(":")[0].toLowerCase(); css = "state-bad"; }
     else if (row.own && !row.own.in_registry && !row.own.called_by_gateway) state = "static";
     const cells = [

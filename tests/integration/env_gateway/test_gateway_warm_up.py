@@ -1,0 +1,144 @@
+"""Warm-up calls: a replica enters the gateway's rotation only after answering one call on a blank
+observation, so the slow first call that builds its network never costs a decision.
+
+The replicas here are real gRPC servers on loopback whose first Act call takes `BUILD_S` (as a real
+replica's first call does while it builds its network), and later ones answer at once.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent import futures
+
+import grpc
+import numpy as np
+import pytest
+from gateway_doubles import Stack
+
+from rtrl.local_redis import LocalRedis, free_port
+from rtrl.tensors import from_proto
+from rtrl.v1 import inference_pb2, inference_pb2_grpc
+from services.env_gateway.replicas import ReplicaPool
+
+# Longer than any decision's deadline at 60 fps (the default staleness bound is 6 frames, 100 ms).
+BUILD_S = 0.5
+SHAPE = (4, 84, 84)
+# Generous bound for background work on a busy machine; not a measurement.
+BOUND_S = 10.0
+
+
+class FirstCallBuilds(inference_pb2_grpc.InferenceServiceServicer):
+    """Answers action 1 at once, except the first call: it waits for `release`, or `BUILD_S` when not held."""
+
+    def __init__(self, hold_first_call: bool) -> None:
+        self.observations: list[np.ndarray] = []
+        self.first_call_arrived = threading.Event()
+        self.release = threading.Event()
+        self._hold = hold_first_call
+        self._lock = threading.Lock()
+
+    def Act(self, request: inference_pb2.ActRequest, context: grpc.ServicerContext) -> inference_pb2.ActResponse:
+        with self._lock:
+            first = not self.observations
+            self.observations.append(from_proto(request.observation))
+        if first:
+            self.first_call_arrived.set()
+            if self._hold:
+                self.release.wait(BOUND_S)
+            else:
+                time.sleep(BUILD_S)
+        return inference_pb2.ActResponse(action=1, checkpoint_version=3, frame_index=request.frame_index, batch_size=1)
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[..., str]]:
+    servers: list[grpc.Server] = []
+
+    def start(servicer: FirstCallBuilds, port: int = 0) -> str:
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+        inference_pb2_grpc.add_InferenceServiceServicer_to_server(servicer, server)
+        port = server.add_insecure_port(f"127.0.0.1:{port}")
+        server.start()
+        servers.append(server)
+        return f"127.0.0.1:{port}"
+
+    yield start
+    for server in servers:
+        server.stop(None).wait()
+
+
+def wait_until(condition: Callable[[], bool]) -> None:
+    give_up_at = time.monotonic() + BOUND_S
+    while not condition():
+        assert time.monotonic() < give_up_at, "not reached within the bound"
+        time.sleep(0.01)
+
+
+def test_a_joining_replica_is_out_of_rotation_until_it_answers_its_warm_up_call(
+    serve: Callable[..., str],
+) -> None:
+    servicer = FirstCallBuilds(hold_first_call=True)
+    address = serve(servicer)
+    pool = ReplicaPool("gw", 6, observation_shape=SHAPE)
+    try:
+        pool.set_members({address: time.monotonic()})
+        assert servicer.first_call_arrived.wait(BOUND_S)
+        assert pool.views(time.monotonic()) == []
+        (stats,) = pool.stats()
+        assert stats.warming_up and not stats.excluded
+        servicer.release.set()
+        wait_until(lambda: len(pool.views(time.monotonic())) == 1)
+        (view,) = pool.views(time.monotonic())
+        assert (view.address, view.in_flight, view.recently_failed) == (address, 0, False)
+        (stats,) = pool.stats()
+        # The warm-up is not a decision's call: it counts neither as a request nor as a failure.
+        assert (stats.warming_up, stats.requests, stats.failures) == (False, 0, 0)
+        (observation,) = servicer.observations
+        assert observation.shape == SHAPE and observation.dtype == np.uint8 and not observation.any()
+    finally:
+        pool.close()
+
+
+def test_a_replica_not_listening_yet_is_warmed_up_when_it_is_seen_alive(serve: Callable[..., str]) -> None:
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    pool = ReplicaPool("gw", 6, observation_shape=SHAPE)
+    try:
+        pool.set_members({address: time.monotonic()})
+        # Connection refused: out of rotation, as after any UNAVAILABLE, and no decision was sent there.
+        wait_until(lambda: pool.stats()[0].excluded and not pool.stats()[0].warming_up)
+        assert pool.views(time.monotonic()) == []
+        servicer = FirstCallBuilds(hold_first_call=False)
+        serve(servicer, port)
+
+        def seen_alive_and_in_rotation() -> bool:
+            # As membership hands the pool its replicas: again and again, each time seen alive now.
+            pool.set_members({address: time.monotonic()})
+            time.sleep(0.1)
+            return len(pool.views(time.monotonic())) == 1
+
+        wait_until(seen_alive_and_in_rotation)
+        assert len(servicer.observations) == 1
+        (stats,) = pool.stats()
+        assert (stats.excluded, stats.requests, stats.failures) == (False, 0, 0)
+    finally:
+        pool.close()
+
+
+def test_the_gateway_loses_no_call_to_a_replica_building_its_network(
+    serve: Callable[..., str], local_redis: LocalRedis, start_gateway: Callable[..., Stack]
+) -> None:
+    servicer = FirstCallBuilds(hold_first_call=False)
+    address = serve(servicer)
+    stack = start_gateway(local_redis.url, [address])
+    gateway = stack.gateway
+    wait_until(lambda: gateway.stats().decisions_fresh >= 30)
+    stats = gateway.stats()
+    # Without the warm-up the first decision's call would wait out the BUILD_S build and fail.
+    assert stats.requests_failed == 0 and stats.replies_late == 0
+    (replica,) = stats.replicas
+    assert replica.failures == 0 and replica.replies == replica.requests - replica.in_flight
+    warm_up = servicer.observations[0]
+    assert list(warm_up.shape) == list(gateway.spec().observation_shape) and not warm_up.any()
