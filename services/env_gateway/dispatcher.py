@@ -35,6 +35,7 @@ module does not import grpc.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -49,6 +50,10 @@ from services.env_gateway.scheduler import NextIdleScheduler, ReplicaView, Sampl
 
 log = logging.getLogger(__name__)
 
+# Inline next_idle with no hedge armed: the hedge watchdog plans to wake when the next sample's hedge is
+# this share due, past that sample's usual answer (a hedge waits 4 mean round trips, or less when the
+# step is near) and before the hedge itself, even if it comes a little sooner than the last (see `_watch`).
+IDLE_WAKE_HEDGE_SHARE = 0.75
 # Sequential mode: how long past a reply's arrival to wait for the step that applies it, in frames
 # beyond the staleness bound (the clock applies it at its next step boundary or drops it as late).
 APPLY_WAIT_EXTRA_FRAMES = 2
@@ -130,7 +135,15 @@ class Dispatcher:
         self.scheduler = scheduler or NextIdleScheduler()
         self.inline = inline
         self._now_s = now_s
-        self._changed = threading.Condition()
+        lock = threading.RLock()
+        self._changed = threading.Condition(lock)
+        # The hedge watchdog's own condition (same lock), notified only when a hedge is armed earlier than
+        # the watchdog planned to wake (see `_watch`).
+        self._hedge_armed = threading.Condition(lock)
+        self._watch_until_s = -math.inf
+        self._sample_interval_s: float | None = None
+        self._hedge_delay_s: float | None = None
+        """From the newest armed sample's production to its hedge time."""
         self._latest: ObservationSample | None = None
         self._backlog: ObservationSample | None = None
         """next_idle: the sample `_latest` replaced before it was sent anywhere, sent when a replica is free."""
@@ -164,6 +177,9 @@ class Dispatcher:
     def submit(self, sample: ObservationSample) -> None:
         """Called by the clock; never blocks beyond a short lock."""
         with self._changed:
+            previous = self._latest
+            if previous is not None and previous.episode == sample.episode and sample.produced_s > previous.produced_s:
+                self._sample_interval_s = sample.produced_s - previous.produced_s
             if self._latest is not None and not self._latest_sent:
                 # Only next_idle keeps a backlog, and only within an episode (a reply to the previous
                 # episode's observation would be dropped as late).
@@ -227,29 +243,48 @@ class Dispatcher:
         with self._changed:
             self._stopping = True
             self._changed.notify_all()
+            self._hedge_armed.notify_all()
         for thread in (self._thread, self._watchdog):
             if thread is not None:
                 thread.join()
 
     def _watch(self) -> None:
-        """Inline next_idle: waits for the newest sample's call to be overdue, then has it hedged."""
+        """Inline next_idle: waits for the newest sample's call to be overdue, then has it hedged.
+
+        It is woken only by time and by a hedge armed earlier than it planned to wake, not by every
+        sample and reply: those come while a call is on its way, and a wake-up then competes with the
+        call for the CPU. Measured with a zero-cost replica (60 decisions/s, 2 cores), waking on every
+        change made the decision overhead p50 about 0.2 ms longer. With no hedge armed it plans to wake
+        when the next sample's hedge is `IDLE_WAKE_HEDGE_SHARE` due (predicted from the last one): after
+        that sample's call has usually been answered, and before its hedge is due. A hedge due before
+        the planned wake is armed with a notify.
+        """
         while True:
             with self._changed:
                 while not self._stopping:
+                    now_s = self._now_s()
                     hedge_at_s = self._hedge_at_s
-                    if hedge_at_s is None:
-                        self._changed.wait()
-                        continue
-                    remaining_s = hedge_at_s - self._now_s()
-                    if remaining_s <= 0:
+                    if hedge_at_s is not None and hedge_at_s <= now_s:
                         break
-                    self._changed.wait(remaining_s)
+                    wake_at_s = hedge_at_s if hedge_at_s is not None else self._idle_wake_at_s(now_s)
+                    self._watch_until_s = wake_at_s
+                    self._hedge_armed.wait(None if wake_at_s == math.inf else wake_at_s - now_s)
+                # Not waiting until the next turn of the loop, which reads the state again: nothing to notify.
+                self._watch_until_s = -math.inf
                 if self._stopping:
                     return
                 self._hedge_at_s = None
                 self._hedge_due = True
                 self._changes += 1
             self._step_here()
+
+    def _idle_wake_at_s(self, now_s: float) -> float:
+        """When the watchdog with no hedge armed wakes by itself: see `_watch` (inf: only when notified)."""
+        latest, interval_s, delay_s = self._latest, self._sample_interval_s, self._hedge_delay_s
+        if latest is None or interval_s is None or delay_s is None:
+            return math.inf
+        wake_at_s = latest.produced_s + interval_s + IDLE_WAKE_HEDGE_SHARE * delay_s
+        return wake_at_s if wake_at_s > now_s else math.inf
 
     def _run(self) -> None:
         while True:
@@ -362,7 +397,10 @@ class Dispatcher:
                 hedge_after_s = self.scheduler.hedge_after_s(sample.step_due_s - self._now_s())
                 self._awaited = sample
                 self._hedge_at_s = None if hedge_after_s is None else self._now_s() + hedge_after_s
-                self._changed.notify_all()
+                if self._hedge_at_s is not None:
+                    self._hedge_delay_s = self._hedge_at_s - sample.produced_s
+                    if self._hedge_at_s < self._watch_until_s:
+                        self._hedge_armed.notify()
         prepared.sends += 1
         return True
 

@@ -272,6 +272,29 @@ def test_a_call_overdue_by_several_mean_round_trips_is_hedged_once_to_another_id
         dispatcher.stop()
 
 
+def test_a_hedge_due_before_the_watchdogs_planned_wake_still_goes_out_in_time() -> None:
+    """The watchdog is not woken by every sample and reply (see Dispatcher._watch): with samples 100 s
+    apart it plans to sleep about 100 s. A sample that comes sooner arms a hedge due before then, which
+    must wake it: here the hedge goes out at once instead of 100 s later."""
+    now = FakeTime(100.0)
+    replicas = FakeReplicas(("a", "b"))
+    dispatcher, _ = inline_next_idle(replicas, now, mean_round_trip_s=0.002)
+    try:
+        for index in range(2):
+            dispatcher.submit(sample(index, deadline_s=now() + 1000.0, produced_s=now()))
+            replicas.finish(index, ActionReply(1, 0, 0.0), 0.002)
+            threading.Event().wait(0.05)  # the watchdog wakes at the answered sample's hedge time and plans
+            now.advance(100.0)
+        now.advance(-99.9)  # the third sample comes 0.1 s after the second, not 100 s
+        dispatcher.submit(sample(2, deadline_s=now() + 1000.0, produced_s=now()))
+        assert [s[0] for s in replicas.sends] == ["a", "b", "a"]
+        now.advance(0.002 * HEDGE_AFTER_MEANS + 0.001)
+        assert wait_for(lambda: len(replicas.sends) == 4, timeout_s=10.0)
+        assert replicas.sends[3][0] == "b" and dispatcher.requests_hedged == 1
+    finally:
+        dispatcher.stop()
+
+
 def test_a_call_answered_in_time_is_not_hedged_and_nothing_is_hedged_before_a_round_trip_counts() -> None:
     now = FakeTime(100.002)
     replicas = FakeReplicas(("a", "b"))
