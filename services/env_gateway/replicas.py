@@ -81,6 +81,8 @@ class _Replica:
     """Set when a call failed with UNAVAILABLE; cleared when the replica is seen alive after it."""
     warming_up: bool = False
     """Its warm-up call is queued or in flight; it is out of rotation until that call ends."""
+    unreachable_warm_ups: int = 0
+    """Warm-up calls failed with UNAVAILABLE in a row: a dead static address is logged once, not every second."""
     caller: _Caller | None = None
 
 
@@ -184,7 +186,8 @@ class ReplicaPool:
             current = self._replicas
             removed = [replica for address, replica in current.items() if address not in last_seen_s]
             added = [address for address in last_seen_s if address not in current]
-            readmitted = []
+            readmitted: list[str] = []
+            retried: list[str] = []
             replicas: dict[str, _Replica] = {}
             for address, seen_s in last_seen_s.items():
                 replica = current.get(address)
@@ -193,7 +196,7 @@ class ReplicaPool:
                     self._warm_up(replica)
                 elif replica.excluded_since_s is not None and seen_s > replica.excluded_since_s:
                     replica.excluded_since_s = None
-                    readmitted.append(address)
+                    (retried if replica.unreachable_warm_ups else readmitted).append(address)
                     self._warm_up(replica)
                 replicas[address] = replica
             self._replicas = replicas
@@ -205,7 +208,10 @@ class ReplicaPool:
                 [replica.address for replica in removed],
             )
         if readmitted:
-            log.info("inference replicas %s are alive again and back in rotation", readmitted)
+            verb = "warming them up before they rejoin the rotation" if self._observation_shape else "back in rotation"
+            log.info("inference replicas %s are seen alive again; %s", readmitted, verb)
+        if retried:
+            log.debug("inference replicas %s are seen alive again; trying their warm-up call again", retried)
         # Closing cancels a removed replica's call in flight; it completes as a failure.
         for replica in removed:
             self._close_replica(replica)
@@ -296,13 +302,17 @@ class ReplicaPool:
         took_ms = (self._now_s() - started_s) * 1000.0
         with self._lock:
             replica.warming_up = False
-            if code == grpc.StatusCode.UNAVAILABLE and replica.excluded_since_s is None:
+            unreachable = code == grpc.StatusCode.UNAVAILABLE
+            replica.unreachable_warm_ups = replica.unreachable_warm_ups + 1 if unreachable else 0
+            if unreachable and replica.excluded_since_s is None:
                 replica.excluded_since_s = self._now_s()
+            first_unreachable = replica.unreachable_warm_ups == 1
         if code is None:
             log.info("inference replica %s answered its warm-up call in %.0f ms; in rotation", replica.address, took_ms)
-        elif code == grpc.StatusCode.UNAVAILABLE:
-            log.info(
-                "inference replica %s is unavailable (%s); out of rotation until it is seen alive",
+        elif unreachable:
+            log.log(
+                logging.INFO if first_unreachable else logging.DEBUG,
+                "inference replica %s is unavailable (%s); out of rotation until it is seen alive and warmed up",
                 replica.address,
                 details,
             )
