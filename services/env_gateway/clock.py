@@ -404,6 +404,10 @@ class EpisodeSteps:
     Clock thread only: nothing here locks or waits (except what `publish` itself does).
     """
 
+    THREAD_NAME = "rtrl-clock"
+    NAME = "game clock"
+    """What its thread and its failure log call this clock."""
+
     def __init__(
         self,
         backend: Backend,
@@ -478,6 +482,37 @@ class EpisodeSteps:
         """Frames per second over the last seconds; once stopped, over the seconds before the stop, so the
         final figure does not fall with the time between the stop and the reading."""
         return self.frame_rate.rate(self.stopped_s if self.stopped_s is not None else self._now_s())
+
+    # -- running ----------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=self.THREAD_NAME, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            # The first frame anchors the realtime schedule (see the module docstring).
+            self.tick()
+            self.ticking.set()
+            while not self._stop.is_set():
+                self._wait_for_next_frame()
+                self.tick()
+            self.finish()
+        except Exception as error:
+            self.failure = error
+            log.exception("the %s stopped because the backend failed at frame %d", self.NAME, self.frame)
+
+    def run_frames(self, count: int) -> None:
+        """Ticks `count` frames back-to-back (tests and benchmarks)."""
+        for _ in range(count):
+            self.tick()
+
+    def tick(self) -> None:
+        """Produces frame `self.frame` (each clock's own)."""
+        raise NotImplementedError
+
+    def _wait_for_next_frame(self) -> None:
+        """Between two ticks on the clock's thread: by default the next frame comes at once."""
 
     def finish(self) -> None:
         """Ends the run: the step in progress becomes a truncated transition, so every decision is published."""
@@ -639,37 +674,19 @@ class RealtimeClock(EpisodeSteps):
         assert self._t0_s is not None, "the schedule starts when the first frame is produced"
         return self._t0_s + frame * self._period_s
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="rtrl-clock", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        try:
-            # The first frame anchors the schedule (see the module docstring).
-            self.tick()
-            self.ticking.set()
-            while not self._stop.is_set():
-                due = self.due_s(self.frame)
-                now = self._now_s()
-                if now < due:
-                    self._sleep(due - now)
-                    now = self._now_s()
-                late_s = now - due
-                if late_s > self._period_s:
-                    self.frames_late += 1
-                if late_s > CATCH_UP_LIMIT_FRAMES * self._period_s:
-                    self._t0_s = now - self.frame * self._period_s
-                    self.schedule_moves += 1
-                self.tick()
-            self.finish()
-        except Exception as error:
-            self.failure = error
-            log.exception("the game clock stopped because the backend failed at frame %d", self.frame)
-
-    def run_frames(self, count: int) -> None:
-        """Ticks `count` frames back-to-back (tests and benchmarks)."""
-        for _ in range(count):
-            self.tick()
+    def _wait_for_next_frame(self) -> None:
+        """Sleeps until the next frame is due; counts it late, and moves the schedule when far behind."""
+        due = self.due_s(self.frame)
+        now = self._now_s()
+        if now < due:
+            self._sleep(due - now)
+            now = self._now_s()
+        late_s = now - due
+        if late_s > self._period_s:
+            self.frames_late += 1
+        if late_s > CATCH_UP_LIMIT_FRAMES * self._period_s:
+            self._t0_s = now - self.frame * self._period_s
+            self.schedule_moves += 1
 
     # -- one frame --------------------------------------------------------------------------------
 

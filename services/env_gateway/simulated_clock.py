@@ -99,6 +99,10 @@ class SimulatedClock(EpisodeSteps):
     gateway's GetStats reads either. Tests and the delay benchmark drive it with `run_frames(n)`.
     """
 
+    # Its thread (`EpisodeSteps._run`) ticks back to back: `tick` itself waits for the replies it needs.
+    THREAD_NAME = "rtrl-simulated-clock"
+    NAME = "simulated clock"
+
     def __init__(
         self,
         backend: Backend,
@@ -133,28 +137,6 @@ class SimulatedClock(EpisodeSteps):
         """Decision steps whose reply failed or did not come within the reply timeout (fallback applied)."""
         self.fallback_frames = 0
         """Frames that applied the fallback policy (episode leads, sequential waits, missing replies)."""
-
-    # -- running ----------------------------------------------------------------------------------
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="rtrl-simulated-clock", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        try:
-            self.tick()
-            self.ticking.set()
-            while not self._stop.is_set():
-                self.tick()
-            self.finish()
-        except Exception as error:
-            self.failure = error
-            log.exception("the simulated clock stopped because the backend failed at frame %d", self.frame)
-
-    def run_frames(self, count: int) -> None:
-        """Ticks `count` frames (tests and benchmarks)."""
-        for _ in range(count):
-            self.tick()
 
     # -- one frame --------------------------------------------------------------------------------
 
