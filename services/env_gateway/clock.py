@@ -398,10 +398,12 @@ class EpisodeSteps:
 
     The realtime clock (below) and the simulated clock (simulated_clock.py) differ only in when they
     produce a frame and where a step's reply comes from; both derive from this class for the rest:
-    beginning and ending episodes, the fallback policy, opening a step with a reply or the fallback,
-    sampling observations into the frame history, closing a step into a `StepRecord` for `publish`,
-    and the measurements. Each clock's `tick` uses these attributes directly (it is the hot path).
-    Clock thread only: nothing here locks or waits (except what `publish` itself does).
+    the thread that runs ticks (`_run`: a tick, then `_wait_for_next_frame`, where the realtime clock
+    sleeps until the next frame is due), beginning and ending episodes, the fallback policy, opening a
+    step with a reply or the fallback, sampling observations into the frame history, closing a step
+    into a `StepRecord` for `publish`, and the measurements. Each clock's `tick` uses these attributes
+    directly (it is the hot path). Clock thread only: apart from that sleep, nothing here locks or
+    waits (except what `publish` itself does).
     """
 
     THREAD_NAME = "rtrl-clock"
