@@ -81,8 +81,8 @@ class _Replica:
     """Set when a call failed with UNAVAILABLE; cleared when the replica is seen alive after it."""
     warming_up: bool = False
     """Its warm-up call is queued or in flight; it is out of rotation until that call ends."""
-    unreachable_warm_ups: int = 0
-    """Warm-up calls failed with UNAVAILABLE in a row: a dead static address is logged once, not every second."""
+    warm_up_unreachable: bool = False
+    """Its last warm-up call failed with UNAVAILABLE: a dead static address is logged once, not every second."""
     caller: _Caller | None = None
 
 
@@ -159,10 +159,12 @@ class ReplicaPool:
         """`observation_shape` (uint8 observations): warm every replica up before it enters rotation
         (see the module docstring); None puts replicas in rotation at once."""
         self._gateway_id = gateway_id
-        self._observation_shape = None if observation_shape is None else tuple(observation_shape)
         # TLS, token and message size of every channel to a replica (by default from the RTRL_* environment).
         self._security = security if security is not None else SecuritySettings.from_env()
         self._action_count = action_count
+        self._warm_up_request = (
+            None if observation_shape is None else self.prepare(np.zeros(tuple(observation_shape), np.uint8), 0)
+        )
         self._now_s = now_s
         self._lock = threading.Lock()
         self._replicas: dict[str, _Replica] = {}
@@ -196,7 +198,7 @@ class ReplicaPool:
                     self._warm_up(replica)
                 elif replica.excluded_since_s is not None and seen_s > replica.excluded_since_s:
                     replica.excluded_since_s = None
-                    (retried if replica.unreachable_warm_ups else readmitted).append(address)
+                    (retried if replica.warm_up_unreachable else readmitted).append(address)
                     self._warm_up(replica)
                 replicas[address] = replica
             self._replicas = replicas
@@ -208,7 +210,11 @@ class ReplicaPool:
                 [replica.address for replica in removed],
             )
         if readmitted:
-            verb = "warming them up before they rejoin the rotation" if self._observation_shape else "back in rotation"
+            verb = (
+                "back in rotation"
+                if self._warm_up_request is None
+                else "warming them up before they rejoin the rotation"
+            )
             log.info("inference replicas %s are seen alive again; %s", readmitted, verb)
         if retried:
             log.debug("inference replicas %s are seen alive again; trying their warm-up call again", retried)
@@ -224,7 +230,7 @@ class ReplicaPool:
 
     def _warm_up(self, replica: _Replica) -> None:
         """Queues `replica`'s warm-up call, if this pool warms replicas up; called with the lock held."""
-        if self._observation_shape is None or replica.warming_up:
+        if self._warm_up_request is None or replica.warming_up:
             return
         assert replica.caller is not None
         replica.warming_up = True
@@ -282,31 +288,30 @@ class ReplicaPool:
     def _work(self, replica: _Replica, item: _Call | _WarmUp) -> None:
         """Runs on the replica's caller thread."""
         if isinstance(item, _Call):
-            self._call(replica, item.request, item.sent_s, item.deadline_s, item.on_done)
+            self._call(replica, item)
         else:
             self._call_warm_up(replica)
 
     def _call_warm_up(self, replica: _Replica) -> None:
-        assert self._observation_shape is not None
-        request = self.prepare(np.zeros(self._observation_shape, np.uint8), 0)
+        assert self._warm_up_request is not None
         started_s = self._now_s()
         code: grpc.StatusCode | None = None
         details = ""
         try:
-            replica.stub.Act(request, timeout=WARM_UP_TIMEOUT_S)
+            replica.stub.Act(self._warm_up_request, timeout=WARM_UP_TIMEOUT_S)
         except grpc.RpcError as error:
             code = error.code() if isinstance(error, grpc.Call) else grpc.StatusCode.UNKNOWN
             details = error.details() if isinstance(error, grpc.Call) else str(error)
         except ValueError:  # the channel was closed under the call (the replica left the membership)
             code, details = grpc.StatusCode.CANCELLED, "the replica left"
-        took_ms = (self._now_s() - started_s) * 1000.0
+        now_s = self._now_s()
+        took_ms = (now_s - started_s) * 1000.0
+        unreachable = code == grpc.StatusCode.UNAVAILABLE
         with self._lock:
             replica.warming_up = False
-            unreachable = code == grpc.StatusCode.UNAVAILABLE
-            replica.unreachable_warm_ups = replica.unreachable_warm_ups + 1 if unreachable else 0
-            if unreachable and replica.excluded_since_s is None:
-                replica.excluded_since_s = self._now_s()
-            first_unreachable = replica.unreachable_warm_ups == 1
+            first_unreachable = unreachable and not replica.warm_up_unreachable
+            replica.warm_up_unreachable = unreachable
+            self._exclude_if_unavailable(replica, code, now_s)
         if code is None:
             log.info("inference replica %s answered its warm-up call in %.0f ms; in rotation", replica.address, took_ms)
         elif unreachable:
@@ -325,20 +330,14 @@ class ReplicaPool:
                 details,
             )
 
-    def _call(
-        self,
-        replica: _Replica,
-        request: inference_pb2.ActRequest,
-        sent_s: float,
-        deadline_s: float,
-        on_done: OnCallDone,
-    ) -> None:
+    def _call(self, replica: _Replica, call: _Call) -> None:
         """Runs on the replica's caller thread: the blocking call and its outcome."""
+        sent_s, on_done = call.sent_s, call.on_done
         try:
-            timeout_s = deadline_s - self._now_s()
+            timeout_s = call.deadline_s - self._now_s()
             if timeout_s <= 0:
                 raise _TooLate
-            response: inference_pb2.ActResponse = replica.stub.Act(request, timeout=timeout_s)
+            response: inference_pb2.ActResponse = replica.stub.Act(call.request, timeout=timeout_s)
         except (grpc.RpcError, ValueError, _TooLate) as error:
             # ValueError: the channel was closed under the call (the replica left the membership).
             code = error.code() if isinstance(error, grpc.Call) else grpc.StatusCode.CANCELLED
@@ -386,14 +385,19 @@ class ReplicaPool:
                 return round_trip_s
             replica.failures += 1
             replica.failed_at_s = now_s
-            if code == grpc.StatusCode.UNAVAILABLE and replica.excluded_since_s is None:
-                replica.excluded_since_s = now_s
-                excluded = True
-            else:
-                excluded = False
+            excluded = self._exclude_if_unavailable(replica, code, now_s)
         if excluded:
             log.info("inference replica %s is unavailable; out of rotation until it is seen alive", replica.address)
         return round_trip_s
+
+    @staticmethod
+    def _exclude_if_unavailable(replica: _Replica, code: grpc.StatusCode | None, now_s: float) -> bool:
+        """A call (or warm-up) that failed with UNAVAILABLE takes `replica` out of rotation until it is seen
+        alive after `now_s`; True when that happened now. Called with the lock held."""
+        if code != grpc.StatusCode.UNAVAILABLE or replica.excluded_since_s is not None:
+            return False
+        replica.excluded_since_s = now_s
+        return True
 
     def stats(self) -> list[env_gateway_pb2.ReplicaStats]:
         with self._lock:

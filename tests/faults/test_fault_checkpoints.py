@@ -39,7 +39,8 @@ from rtrl.v1 import inference_pb2, inference_pb2_grpc
 
 CONFIG = ModelConfig(arch="mlp", observation_shape=(3,), action_count=4, hidden_size=16)
 OTHER_CONFIG = ModelConfig(arch="mlp", observation_shape=(3,), action_count=4, hidden_size=32)
-# Room for about three versions of the learner's small model (weights and learner state, ~5 MB each).
+# Small enough for the test's ballast to fill, roomy beside the learner's own checkpoints (about 2 MB each,
+# weights and learner state; the full-disk test publishes one every 100 updates).
 TMPFS_SIZE = "64m"
 
 

@@ -18,21 +18,31 @@ from services.env_gateway.settings import EnvSpec, GatewaySettings
 
 
 @pytest.fixture
-def start_replica() -> Iterator[Callable[..., Replica]]:
+def serve_inference() -> Iterator[Callable[..., tuple[str, grpc.Server]]]:
+    """Serves an InferenceService servicer on loopback (`port` 0: a free one); stopped after the test."""
     servers: list[grpc.Server] = []
 
-    def start(delay_s: float = 0.002, action: int = 2, checkpoint_version: int = 7) -> Replica:
-        servicer = FakeInference(delay_s, action, checkpoint_version)
+    def serve(servicer: inference_pb2_grpc.InferenceServiceServicer, port: int = 0) -> tuple[str, grpc.Server]:
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
         inference_pb2_grpc.add_InferenceServiceServicer_to_server(servicer, server)
-        port = server.add_insecure_port("127.0.0.1:0")
+        port = server.add_insecure_port(f"127.0.0.1:{port}")
         server.start()
         servers.append(server)
-        return Replica(f"127.0.0.1:{port}", servicer, server)
+        return f"127.0.0.1:{port}", server
 
-    yield start
+    yield serve
     for server in servers:
         server.stop(None).wait()
+
+
+@pytest.fixture
+def start_replica(serve_inference: Callable[..., tuple[str, grpc.Server]]) -> Callable[..., Replica]:
+    def start(delay_s: float = 0.002, action: int = 2, checkpoint_version: int = 7) -> Replica:
+        servicer = FakeInference(delay_s, action, checkpoint_version)
+        address, server = serve_inference(servicer)
+        return Replica(address, servicer, server)
+
+    return start
 
 
 @pytest.fixture(scope="module")

@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
-from concurrent import futures
+from collections.abc import Callable
 
 import grpc
 import numpy as np
-import pytest
 from gateway_doubles import Stack
 
 from rtrl.local_redis import LocalRedis, free_port
@@ -52,21 +50,7 @@ class FirstCallBuilds(inference_pb2_grpc.InferenceServiceServicer):
         return inference_pb2.ActResponse(action=1, checkpoint_version=3, frame_index=request.frame_index, batch_size=1)
 
 
-@pytest.fixture
-def serve() -> Iterator[Callable[..., str]]:
-    servers: list[grpc.Server] = []
-
-    def start(servicer: FirstCallBuilds, port: int = 0) -> str:
-        server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-        inference_pb2_grpc.add_InferenceServiceServicer_to_server(servicer, server)
-        port = server.add_insecure_port(f"127.0.0.1:{port}")
-        server.start()
-        servers.append(server)
-        return f"127.0.0.1:{port}"
-
-    yield start
-    for server in servers:
-        server.stop(None).wait()
+Serve = Callable[..., tuple[str, grpc.Server]]
 
 
 def wait_until(condition: Callable[[], bool]) -> None:
@@ -77,10 +61,10 @@ def wait_until(condition: Callable[[], bool]) -> None:
 
 
 def test_a_joining_replica_is_out_of_rotation_until_it_answers_its_warm_up_call(
-    serve: Callable[..., str],
+    serve_inference: Serve,
 ) -> None:
     servicer = FirstCallBuilds(hold_first_call=True)
-    address = serve(servicer)
+    address, _ = serve_inference(servicer)
     pool = ReplicaPool("gw", 6, observation_shape=SHAPE)
     try:
         pool.set_members({address: time.monotonic()})
@@ -101,7 +85,7 @@ def test_a_joining_replica_is_out_of_rotation_until_it_answers_its_warm_up_call(
         pool.close()
 
 
-def test_a_replica_not_listening_yet_is_warmed_up_when_it_is_seen_alive(serve: Callable[..., str]) -> None:
+def test_a_replica_not_listening_yet_is_warmed_up_when_it_is_seen_alive(serve_inference: Serve) -> None:
     port = free_port()
     address = f"127.0.0.1:{port}"
     pool = ReplicaPool("gw", 6, observation_shape=SHAPE)
@@ -111,7 +95,7 @@ def test_a_replica_not_listening_yet_is_warmed_up_when_it_is_seen_alive(serve: C
         wait_until(lambda: pool.stats()[0].excluded and not pool.stats()[0].warming_up)
         assert pool.views(time.monotonic()) == []
         servicer = FirstCallBuilds(hold_first_call=False)
-        serve(servicer, port)
+        serve_inference(servicer, port)
 
         def seen_alive_and_in_rotation() -> bool:
             # As membership hands the pool its replicas: again and again, each time seen alive now.
@@ -128,10 +112,10 @@ def test_a_replica_not_listening_yet_is_warmed_up_when_it_is_seen_alive(serve: C
 
 
 def test_the_gateway_loses_no_call_to_a_replica_building_its_network(
-    serve: Callable[..., str], local_redis: LocalRedis, start_gateway: Callable[..., Stack]
+    serve_inference: Serve, local_redis: LocalRedis, start_gateway: Callable[..., Stack]
 ) -> None:
     servicer = FirstCallBuilds(hold_first_call=False)
-    address = serve(servicer)
+    address, _ = serve_inference(servicer)
     stack = start_gateway(local_redis.url, [address])
     gateway = stack.gateway
     wait_until(lambda: gateway.stats().decisions_fresh >= 30)
