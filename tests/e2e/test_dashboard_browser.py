@@ -146,6 +146,8 @@ def frame_data_url(driver) -> tuple[int, str]:
     return tuple(  # type: ignore[return-value]
         driver.execute_script(
             "const c = document.getElementById('gw-0-canvas');"
+            # The page builds a gateway's view when its first stats arrive: until then, no frame yet.
+            "if (c === null) return [-1, ''];"
             "return [Number(c.dataset.frameIndex || -1), c.toDataURL('image/png')];"
         )
     )
