@@ -1,6 +1,7 @@
 """The floor under the gateway's decision overhead: one request and its reply between two processes.
 
     python bench/paced_round_trip.py --calls 600 --rounds 3
+    python bench/paced_round_trip.py --calls 600 --rounds 3 --beside-training   # the same, with a learner's load
 
 The gateway asks for an action once per decision, so its calls are paced (60 per second at most) and
 both processes go idle between them. This measures what that costs, against the same exchange made
@@ -12,6 +13,11 @@ The server is another process of this script. Its handler stamps the time the re
 (CLOCK_MONOTONIC, shared by both processes), which splits the round trip into send -> handler and
 handler -> reply. Ways and pacings alternate round by round so that they share the machine's
 conditions; compare rows with each other.
+
+With --beside-training, every paced exchange is also measured with a training loop running beside
+both processes, as the learner runs beside the gateway and the replicas: a third process, at the
+learner's niceness (RTRL_LEARNER_NICE's default, 10), training rtrl's Nature CNN on random batches of
+32 with one torch thread (what services/learner does between its reads from Redis).
 """
 
 from __future__ import annotations
@@ -26,10 +32,15 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent import futures
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
+from pathlib import Path
 
 import grpc
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from services.learner.settings import DEFAULT_NICE
 
 OBSERVATION_BYTES = 4 * 84 * 84
 RATE_HZ = 60.0
@@ -62,6 +73,25 @@ def serve_grpc() -> None:
     server.wait_for_termination()
 
 
+def train_beside() -> None:
+    """A learner's CPU load: one torch thread training the Nature CNN on random batches, until killed."""
+    import torch
+
+    from rtrl.models import build_model, default_model_config
+
+    os.nice(DEFAULT_NICE)
+    torch.set_num_threads(1)
+    model = build_model(default_model_config((4, 84, 84), 6))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    batch = torch.rand(32, 4, 84, 84)
+    print("training", flush=True)
+    while True:
+        loss = model(batch).square().mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+
 def serve_tcp() -> None:
     listener = socket.create_server(("127.0.0.1", 0))
     print(listener.getsockname()[1], flush=True)
@@ -74,11 +104,12 @@ def serve_tcp() -> None:
 
 
 @contextmanager
-def server_process(kind: str) -> Iterator[int]:
+def server_process(kind: str) -> Iterator[str]:
+    """Runs this script with --serve `kind`; gives the first line it prints (a port, or "training")."""
     process = subprocess.Popen([sys.executable, __file__, "--serve", kind], stdout=subprocess.PIPE, text=True)
     try:
         assert process.stdout is not None
-        yield int(process.stdout.readline())
+        yield process.stdout.readline().strip()
     finally:
         process.terminate()
         process.wait(10)
@@ -162,33 +193,47 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=600, help="exchanges per way, pacing and round (default 600)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--payload-bytes", type=int, default=OBSERVATION_BYTES)
-    parser.add_argument("--serve", choices=["tcp", "grpc"], help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--beside-training", action="store_true", help="also measure the paced exchanges beside a training loop"
+    )
+    parser.add_argument("--serve", choices=["tcp", "grpc", "training"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        serve_tcp() if args.serve == "tcp" else serve_grpc()
+        {"tcp": serve_tcp, "grpc": serve_grpc, "training": train_beside}[args.serve]()
         return
     payload = os.urandom(args.payload_bytes)
-    results: dict[tuple[str, bool], list[tuple[float, float]]] = {}
+    # (pacing, beside) in the order each round measures them.
+    conditions = [("back to back", "nothing"), (f"{RATE_HZ:.0f}/s", "nothing")]
+    if args.beside_training:
+        conditions.append((f"{RATE_HZ:.0f}/s", "training"))
+    results: dict[tuple[str, str, str], list[tuple[float, float]]] = {}
     for _ in range(args.rounds):
         for way, (kind, connect) in WAYS.items():
-            for paced in (False, True):
+            for pacing, beside in conditions:
                 # A fresh server each time: the tcp one serves one connection, and none carries state over.
-                with server_process(kind) as port, connect(port) as exchange:
-                    results.setdefault((way, paced), []).extend(measure(exchange, args.calls, paced, payload))
+                with ExitStack() as stack:
+                    if beside == "training":
+                        stack.enter_context(server_process("training"))
+                    port = int(stack.enter_context(server_process(kind)))
+                    exchange = stack.enter_context(connect(port))
+                    samples = measure(exchange, args.calls, pacing != "back to back", payload)
+                results.setdefault((way, pacing, beside), []).extend(samples)
     print(f"{args.rounds} rounds of {args.calls} exchanges, {args.payload_bytes} bytes sent and 8 bytes back")
     print()
-    print("| way | pacing | round trip p50 ms | round trip p99 ms | send -> handler p50 ms | send -> handler p99 ms "
-          "| round trip p50 / back to back |")  # fmt: skip
-    print("|---|---|---:|---:|---:|---:|---:|")
+    print("| way | pacing | beside | round trip p50 ms | round trip p99 ms | send -> handler p50 ms "
+          "| send -> handler p99 ms | round trip p50 / back to back |")  # fmt: skip
+    print("|---|---|---|---:|---:|---:|---:|---:|")
     for way in WAYS:
-        back_to_back_p50 = float(np.percentile([t for _, t in results[(way, False)]], 50))
-        for paced in (False, True):
-            to_handler, round_trip = (np.array(column) * 1000.0 for column in zip(*results[(way, paced)], strict=True))
+        back_to_back_p50 = float(np.percentile([t for _, t in results[(way, *conditions[0])]], 50))
+        for pacing, beside in conditions:
+            to_handler, round_trip = (
+                np.array(column) * 1000.0 for column in zip(*results[(way, pacing, beside)], strict=True)
+            )
             p50 = float(np.percentile(round_trip, 50))
             print(
-                f"| {way} | {f'{RATE_HZ:.0f}/s' if paced else 'back to back'} | {p50:.3f} "
-                f"| {np.percentile(round_trip, 99):.3f} | {np.percentile(to_handler, 50):.3f} "
-                f"| {np.percentile(to_handler, 99):.3f} | x{p50 / (back_to_back_p50 * 1000.0):.2f} |"
+                f"| {way} | {pacing} | {beside} | {p50:.3f} | {np.percentile(round_trip, 99):.3f} "
+                f"| {np.percentile(to_handler, 50):.3f} | {np.percentile(to_handler, 99):.3f} "
+                f"| x{p50 / (back_to_back_p50 * 1000.0):.2f} |"
             )
 
 
