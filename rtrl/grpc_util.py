@@ -48,11 +48,19 @@ _CODES: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
 )
 
 
-def abort_for(context: grpc.ServicerContext, error: BaseException) -> None:
-    """Ends the call with the status code that matches `error` (re-raises errors it does not know)."""
+def status_code_for(error: BaseException) -> grpc.StatusCode | None:
+    """The status code that matches `error`, or None for an error this module does not map."""
     for kind, code in _CODES:
         if isinstance(error, kind):
-            context.abort(code, str(error))
+            return code
+    return None
+
+
+def abort_for(context: grpc.ServicerContext, error: BaseException) -> None:
+    """Ends the call with the status code that matches `error` (re-raises errors it does not know)."""
+    code = status_code_for(error)
+    if code is not None:
+        context.abort(code, str(error))
     raise error
 
 

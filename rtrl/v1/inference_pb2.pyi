@@ -41,12 +41,30 @@ class ActResponse(_message.Message):
     batch_size: int
     def __init__(self, action: _Optional[int] = ..., behaviour_log_prob: _Optional[float] = ..., action_values: _Optional[_Iterable[float]] = ..., checkpoint_version: _Optional[int] = ..., explored: _Optional[bool] = ..., epsilon: _Optional[float] = ..., inference_ms: _Optional[float] = ..., frame_index: _Optional[int] = ..., batch_size: _Optional[int] = ...) -> None: ...
 
+class ActStreamRequest(_message.Message):
+    __slots__ = ("request", "timeout_ms")
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    request: ActRequest
+    timeout_ms: float
+    def __init__(self, request: _Optional[_Union[ActRequest, _Mapping]] = ..., timeout_ms: _Optional[float] = ...) -> None: ...
+
+class ActStreamResponse(_message.Message):
+    __slots__ = ("response", "error_code", "error_message")
+    RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    response: ActResponse
+    error_code: int
+    error_message: str
+    def __init__(self, response: _Optional[_Union[ActResponse, _Mapping]] = ..., error_code: _Optional[int] = ..., error_message: _Optional[str] = ...) -> None: ...
+
 class InferenceServiceGetStatusRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class InferenceServiceGetStatusResponse(_message.Message):
-    __slots__ = ("replica_id", "checkpoint_version", "model_arch", "parameter_count", "requests_answered", "requests_refused_deadline", "requests_invalid", "in_flight", "inference_ms", "checkpoints_loaded", "checkpoint_load_failures", "epsilon", "observation_shape", "action_count", "batch_size", "max_batch_size", "max_wait_ms", "occupy_ms", "advertised_address", "requests_per_second", "latency_ms", "model_width", "requests_answered_late", "expected_forward_ms", "batches_run", "registered", "checkpoint_load_last_error")
+    __slots__ = ("replica_id", "checkpoint_version", "model_arch", "parameter_count", "requests_answered", "requests_refused_deadline", "requests_invalid", "in_flight", "inference_ms", "checkpoints_loaded", "checkpoint_load_failures", "epsilon", "observation_shape", "action_count", "batch_size", "max_batch_size", "max_wait_ms", "occupy_ms", "advertised_address", "requests_per_second", "latency_ms", "model_width", "requests_answered_late", "expected_forward_ms", "batches_run", "registered", "checkpoint_load_last_error", "open_streams", "max_open_streams")
     REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_VERSION_FIELD_NUMBER: _ClassVar[int]
     MODEL_ARCH_FIELD_NUMBER: _ClassVar[int]
@@ -74,6 +92,8 @@ class InferenceServiceGetStatusResponse(_message.Message):
     BATCHES_RUN_FIELD_NUMBER: _ClassVar[int]
     REGISTERED_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_LOAD_LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    OPEN_STREAMS_FIELD_NUMBER: _ClassVar[int]
+    MAX_OPEN_STREAMS_FIELD_NUMBER: _ClassVar[int]
     replica_id: str
     checkpoint_version: int
     model_arch: str
@@ -101,4 +121,6 @@ class InferenceServiceGetStatusResponse(_message.Message):
     batches_run: int
     registered: bool
     checkpoint_load_last_error: str
-    def __init__(self, replica_id: _Optional[str] = ..., checkpoint_version: _Optional[int] = ..., model_arch: _Optional[str] = ..., parameter_count: _Optional[int] = ..., requests_answered: _Optional[int] = ..., requests_refused_deadline: _Optional[int] = ..., requests_invalid: _Optional[int] = ..., in_flight: _Optional[int] = ..., inference_ms: _Optional[_Union[_common_pb2.Distribution, _Mapping]] = ..., checkpoints_loaded: _Optional[int] = ..., checkpoint_load_failures: _Optional[int] = ..., epsilon: _Optional[float] = ..., observation_shape: _Optional[_Iterable[int]] = ..., action_count: _Optional[int] = ..., batch_size: _Optional[_Union[_common_pb2.Distribution, _Mapping]] = ..., max_batch_size: _Optional[int] = ..., max_wait_ms: _Optional[float] = ..., occupy_ms: _Optional[float] = ..., advertised_address: _Optional[str] = ..., requests_per_second: _Optional[float] = ..., latency_ms: _Optional[_Union[_common_pb2.Distribution, _Mapping]] = ..., model_width: _Optional[int] = ..., requests_answered_late: _Optional[int] = ..., expected_forward_ms: _Optional[float] = ..., batches_run: _Optional[int] = ..., registered: _Optional[bool] = ..., checkpoint_load_last_error: _Optional[str] = ...) -> None: ...
+    open_streams: int
+    max_open_streams: int
+    def __init__(self, replica_id: _Optional[str] = ..., checkpoint_version: _Optional[int] = ..., model_arch: _Optional[str] = ..., parameter_count: _Optional[int] = ..., requests_answered: _Optional[int] = ..., requests_refused_deadline: _Optional[int] = ..., requests_invalid: _Optional[int] = ..., in_flight: _Optional[int] = ..., inference_ms: _Optional[_Union[_common_pb2.Distribution, _Mapping]] = ..., checkpoints_loaded: _Optional[int] = ..., checkpoint_load_failures: _Optional[int] = ..., epsilon: _Optional[float] = ..., observation_shape: _Optional[_Iterable[int]] = ..., action_count: _Optional[int] = ..., batch_size: _Optional[_Union[_common_pb2.Distribution, _Mapping]] = ..., max_batch_size: _Optional[int] = ..., max_wait_ms: _Optional[float] = ..., occupy_ms: _Optional[float] = ..., advertised_address: _Optional[str] = ..., requests_per_second: _Optional[float] = ..., latency_ms: _Optional[_Union[_common_pb2.Distribution, _Mapping]] = ..., model_width: _Optional[int] = ..., requests_answered_late: _Optional[int] = ..., expected_forward_ms: _Optional[float] = ..., batches_run: _Optional[int] = ..., registered: _Optional[bool] = ..., checkpoint_load_last_error: _Optional[str] = ..., open_streams: _Optional[int] = ..., max_open_streams: _Optional[int] = ...) -> None: ...

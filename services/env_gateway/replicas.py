@@ -1,8 +1,18 @@
 """Inference replicas as the gateway sees them: a channel per address, Act with a deadline, membership.
 
-`ReplicaPool` keeps one channel per replica address and sends Act calls where the dispatcher (with its
-scheduler, see scheduler.py) says. `send` never blocks: each replica's calls are made, one after the
-other, by a thread of its own (`_Caller`), which delivers the outcome through the sender's `on_done`.
+`ReplicaPool` keeps one channel per replica address and sends Act requests where the dispatcher (with
+its scheduler, see scheduler.py) says. `send` never blocks, and each outcome comes through the sender's
+`on_done`.
+
+Each replica gets one long-lived ActStream (`_Stream`): `send` puts the request on it from the deciding
+thread, gRPC's thread writes it, and a thread reading the stream delivers the answers, which come in
+the order of the requests. A message on an open stream skips a call's set-up, about 0.4 ms of each
+round trip (bench/paced_round_trip.py). Each request carries its timeout and each answer its error.
+The pool checks every `STREAM_DEADLINE_CHECK_S` that no stream's oldest request is past its deadline;
+when one is (a stalled replica), the stream's requests fail with DEADLINE_EXCEEDED and the stream is
+cancelled; the next request opens a new one. A replica that refuses the stream (UNIMPLEMENTED: an older
+replica; RESOURCE_EXHAUSTED: no worker thread to spare) gets its requests, those refused included, as
+unary Act calls made one after the other by a thread of its own (`_Caller`), until it rejoins.
 
 Warm-up: a replica's first call builds its network (the observation's shape is known only then), which
 can take longer than a decision's deadline, so that call would be lost. Given the observation's shape,
@@ -27,9 +37,11 @@ from __future__ import annotations
 
 import logging
 import math
+import queue
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -58,6 +70,12 @@ RECONNECT_BACKOFF_OPTIONS = (
     ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1000),
 )
+# How often the pool looks for an ActStream whose oldest request is past its deadline (a stalled replica):
+# such a request fails at most this long after its deadline, against exactly at it for a unary call.
+STREAM_DEADLINE_CHECK_S = 0.01
+# The replica's answers to ActStream that mean "call Act instead".
+STREAM_REFUSALS = (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.RESOURCE_EXHAUSTED)
+_STATUS_CODES = {code.value[0]: code for code in grpc.StatusCode}
 # Long enough for a replica to build and warm up a large network on a CPU (the 100M-parameter impala_cnn
 # takes seconds); a replica that has not answered by then enters rotation anyway and is judged by its calls.
 WARM_UP_TIMEOUT_S = 10.0
@@ -83,6 +101,10 @@ class _Replica:
     """Its warm-up call is queued or in flight; it is out of rotation until that call ends."""
     warm_up_unreachable: bool = False
     """Its last warm-up call failed with UNAVAILABLE: a dead static address is logged once, not every second."""
+    stream: _Stream | None = None
+    """Its open ActStream; None until the next request opens one."""
+    unary: bool = False
+    """It refused ActStream: its requests go by Act on its caller thread until it rejoins."""
     caller: _Caller | None = None
 
 
@@ -98,8 +120,51 @@ class _WarmUp:
     """The work item of a warm-up call (see the module docstring)."""
 
 
+class _Stream:
+    """One replica's ActStream: requests go out in order, and a thread of its own reads their answers.
+
+    `pending` holds the requests sent and not answered, oldest first, and is guarded by the pool's lock.
+    The requests' writer is gRPC's thread for the stream, so `put` only queues.
+    """
+
+    def __init__(
+        self,
+        stub: inference_pb2_grpc.InferenceServiceStub,
+        on_answer: Callable[[_Stream, inference_pb2.ActStreamResponse], None],
+        on_end: Callable[[_Stream, grpc.StatusCode], None],
+        name: str,
+    ) -> None:
+        self.pending: deque[_Call] = deque()
+        self._requests: queue.SimpleQueue[inference_pb2.ActStreamRequest | None] = queue.SimpleQueue()
+        self._answers = stub.ActStream(iter(self._requests.get, None))
+        threading.Thread(target=self._read, args=(on_answer, on_end), name=name, daemon=True).start()
+
+    def put(self, request: inference_pb2.ActStreamRequest) -> None:
+        self._requests.put(request)
+
+    def close(self) -> None:
+        """Cancels the stream; its reader ends with CANCELLED."""
+        self._requests.put(None)
+        self._answers.cancel()
+
+    def _read(
+        self,
+        on_answer: Callable[[_Stream, inference_pb2.ActStreamResponse], None],
+        on_end: Callable[[_Stream, grpc.StatusCode], None],
+    ) -> None:
+        try:
+            for answer in self._answers:
+                on_answer(self, answer)
+        except grpc.RpcError as error:
+            on_end(self, error.code() if isinstance(error, grpc.Call) else grpc.StatusCode.UNKNOWN)
+            return
+        # The replica ended the stream without an error: it is shutting down.
+        on_end(self, grpc.StatusCode.UNAVAILABLE)
+
+
 class _Caller:
-    """A thread that makes one replica's calls, blocking, one after the other.
+    """A thread that makes one replica's unary calls, blocking, one after the other: its warm-up, and its
+    requests when it refused ActStream.
 
     Why not `stub.Act.future` from the thread that decides (the clock's, for next_idle): the sync API
     then polls completions on a channel "spin" thread that exits whenever no call is in flight and is
@@ -169,6 +234,8 @@ class ReplicaPool:
         self._lock = threading.Lock()
         self._replicas: dict[str, _Replica] = {}
         self._closed = False
+        self._closing = threading.Event()
+        self._stream_watch: threading.Thread | None = None
         self.set_addresses(addresses)
 
     def set_addresses(self, addresses: Iterable[str]) -> None:
@@ -229,7 +296,10 @@ class ReplicaPool:
         return replica
 
     def _warm_up(self, replica: _Replica) -> None:
-        """Queues `replica`'s warm-up call, if this pool warms replicas up; called with the lock held."""
+        """Queues `replica`'s warm-up call, if this pool warms replicas up; called with the lock held.
+
+        A replica that (re)joins may be a new version, so it is offered ActStream again."""
+        replica.unary = False
         if self._warm_up_request is None or replica.warming_up:
             return
         assert replica.caller is not None
@@ -238,11 +308,24 @@ class ReplicaPool:
 
     def _close_replica(self, replica: _Replica) -> None:
         assert replica.caller is not None
-        for item in replica.caller.close():
-            if isinstance(item, _Call):
-                round_trip_s = self._finish(replica, item.sent_s, None, grpc.StatusCode.CANCELLED)
-                item.on_done(CallOutcome(replica.address, None, round_trip_s))
+        with self._lock:
+            stream, replica.stream = replica.stream, None
+            unanswered = self._take_pending(stream)
+        if stream is not None:
+            stream.close()
+        unanswered += [item for item in replica.caller.close() if isinstance(item, _Call)]
+        for call in unanswered:
+            self._complete(replica, call, None, grpc.StatusCode.CANCELLED)
         replica.channel.close()
+
+    @staticmethod
+    def _take_pending(stream: _Stream | None) -> list[_Call]:
+        """Empties `stream`'s unanswered requests (an answer that still comes is then ignored); lock held."""
+        if stream is None:
+            return []
+        calls = list(stream.pending)
+        stream.pending.clear()
+        return calls
 
     @property
     def addresses(self) -> list[str]:
@@ -282,8 +365,80 @@ class ReplicaPool:
                 return False
             replica.in_flight += 1
             replica.requests += 1
-            replica.caller.put(_Call(request, sent_s, deadline_s, on_done))
+            call = _Call(request, sent_s, deadline_s, on_done)
+            if replica.unary:
+                replica.caller.put(call)
+                return True
+            stream = replica.stream if replica.stream is not None else self._open_stream(replica)
+            stream.pending.append(call)
+            # Under the lock, so that the requests go out in the order of `pending`.
+            stream.put(inference_pb2.ActStreamRequest(request=request, timeout_ms=timeout_s * 1000.0))
         return True
+
+    def _open_stream(self, replica: _Replica) -> _Stream:
+        """Opens `replica`'s ActStream; called with the lock held, for a replica in the pool."""
+        stream = _Stream(
+            replica.stub,
+            lambda stream, answer: self._on_answer(replica, stream, answer),
+            lambda stream, code: self._on_stream_end(replica, stream, code),
+            name=f"rtrl-act-stream {replica.address}",
+        )
+        replica.stream = stream
+        if self._stream_watch is None:
+            self._stream_watch = threading.Thread(target=self._watch_streams, name="rtrl-act-deadlines", daemon=True)
+            self._stream_watch.start()
+        return stream
+
+    def _on_answer(self, replica: _Replica, stream: _Stream, answer: inference_pb2.ActStreamResponse) -> None:
+        """Runs on the stream's reader thread: the answer to the stream's oldest request."""
+        with self._lock:
+            if not stream.pending:
+                return  # its request already failed (deadline passed, or the replica left)
+            call = stream.pending.popleft()
+        if answer.error_code:
+            self._complete(replica, call, None, _STATUS_CODES.get(answer.error_code, grpc.StatusCode.UNKNOWN))
+        else:
+            self._complete(replica, call, answer.response, None)
+
+    def _on_stream_end(self, replica: _Replica, stream: _Stream, code: grpc.StatusCode) -> None:
+        """Runs on the stream's reader thread when the stream ended: its unanswered requests fail with `code`,
+        or, when the replica refused the stream, go again as unary calls (it answered none of them)."""
+        with self._lock:
+            if replica.stream is stream:
+                replica.stream = None
+            unanswered = self._take_pending(stream)
+            refused = code in STREAM_REFUSALS and not replica.unary
+            if refused:
+                replica.unary = True
+                assert replica.caller is not None
+                for call in unanswered:
+                    replica.caller.put(call)
+                unanswered = []
+        if refused:
+            log.info(
+                "inference replica %s refused ActStream (%s); calling Act instead until it rejoins",
+                replica.address,
+                code.name,
+            )
+        for call in unanswered:
+            self._complete(replica, call, None, code)
+
+    def _watch_streams(self) -> None:
+        """Fails the requests of every stream whose oldest request is past its deadline, and cancels it."""
+        while not self._closing.wait(STREAM_DEADLINE_CHECK_S):
+            now_s = self._now_s()
+            overdue: list[tuple[_Replica, _Stream, list[_Call]]] = []
+            with self._lock:
+                for replica in self._replicas.values():
+                    stream = replica.stream
+                    if stream is not None and stream.pending and stream.pending[0].deadline_s <= now_s:
+                        replica.stream = None
+                        overdue.append((replica, stream, self._take_pending(stream)))
+            for replica, stream, calls in overdue:
+                stream.close()
+                # The ones behind the oldest waited for a stalled replica: they fail with it.
+                for call in calls:
+                    self._complete(replica, call, None, grpc.StatusCode.DEADLINE_EXCEEDED)
 
     def _work(self, replica: _Replica, item: _Call | _WarmUp) -> None:
         """Runs on the replica's caller thread."""
@@ -312,6 +467,10 @@ class ReplicaPool:
             first_unreachable = unreachable and not replica.warm_up_unreachable
             replica.warm_up_unreachable = unreachable
             self._exclude_if_unavailable(replica, code, now_s)
+            # Opened now, so that the first decision's request does not wait for the stream's set-up.
+            joined = code is None and not self._closed and self._replicas.get(replica.address) is replica
+            if joined and not replica.unary and replica.stream is None:
+                self._open_stream(replica)
         if code is None:
             log.info("inference replica %s answered its warm-up call in %.0f ms; in rotation", replica.address, took_ms)
         elif unreachable:
@@ -331,8 +490,7 @@ class ReplicaPool:
             )
 
     def _call(self, replica: _Replica, call: _Call) -> None:
-        """Runs on the replica's caller thread: the blocking call and its outcome."""
-        sent_s, on_done = call.sent_s, call.on_done
+        """Runs on the replica's caller thread: the blocking unary call and its outcome."""
         try:
             timeout_s = call.deadline_s - self._now_s()
             if timeout_s <= 0:
@@ -343,22 +501,31 @@ class ReplicaPool:
             code = error.code() if isinstance(error, grpc.Call) else grpc.StatusCode.CANCELLED
             if isinstance(error, _TooLate):
                 code = grpc.StatusCode.DEADLINE_EXCEEDED
-            round_trip_s = self._finish(replica, sent_s, None, code)
-            on_done(CallOutcome(replica.address, None, round_trip_s))
+            self._complete(replica, call, None, code)
             return
-        if response.action >= self._action_count:
+        self._complete(replica, call, response, None)
+
+    def _complete(
+        self,
+        replica: _Replica,
+        call: _Call,
+        response: inference_pb2.ActResponse | None,
+        code: grpc.StatusCode | None,
+    ) -> None:
+        """Records how `call` ended (an answer, or the status `code`) and tells its sender."""
+        if response is not None and response.action >= self._action_count:
             log.warning(
                 "replica %s answered action %d for a game with %d actions; counting it as a failure",
                 replica.address,
                 response.action,
                 self._action_count,
             )
-            round_trip_s = self._finish(replica, sent_s, None, grpc.StatusCode.OUT_OF_RANGE)
-            on_done(CallOutcome(replica.address, None, round_trip_s))
-            return
-        round_trip_s = self._finish(replica, sent_s, response, None)
-        reply = ActionReply(response.action, response.checkpoint_version, response.behaviour_log_prob)
-        on_done(CallOutcome(replica.address, reply, round_trip_s))
+            response, code = None, grpc.StatusCode.OUT_OF_RANGE
+        round_trip_s = self._finish(replica, call.sent_s, response, code)
+        reply = None
+        if response is not None:
+            reply = ActionReply(response.action, response.checkpoint_version, response.behaviour_log_prob)
+        call.on_done(CallOutcome(replica.address, reply, round_trip_s))
 
     def _finish(
         self,
@@ -430,6 +597,7 @@ class ReplicaPool:
         with self._lock:
             self._closed = True
             replicas = list(self._replicas.values())
+        self._closing.set()
         for replica in replicas:
             self._close_replica(replica)
 

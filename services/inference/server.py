@@ -18,12 +18,14 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import grpc
 import torch
 
 from rtrl import grpc_util
-from rtrl.grpc_util import DeadlineTooShort, InvalidArgument, Unavailable, abort_for, set_serving
+from rtrl.grpc_util import DeadlineTooShort, InvalidArgument, Unavailable, abort_for, set_serving, status_code_for
 from rtrl.registry import Heartbeat, advertised_address
 from rtrl.shutdown import stop_on_signals
 from rtrl.tensors import from_proto
@@ -40,24 +42,126 @@ DRAIN_S = 1.0
 SERVICE_NAME = inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name
 STATUS_INTERVAL_S = 10.0
 SHUTDOWN_GRACE_S = 5.0
+# Worker threads that ActStreams never take (each open stream holds one for its whole life): they serve
+# warm-up Act calls, GetStatus, health and reflection.
+WORKERS_KEPT_FROM_STREAMS = 2
+
+
+class OpenStreams:
+    """The replica's open ActStreams. Each holds a worker thread, so at most `limit` are open at once;
+    `stop` ends them: an idle one at once, one computing an answer after sending it."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._lock = threading.Lock()
+        self._idle: set[grpc.ServicerContext] = set()
+        self._busy: set[grpc.ServicerContext] = set()
+        self._stopping = False
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._idle) + len(self._busy)
+
+    @contextmanager
+    def open(self, context: grpc.ServicerContext) -> Iterator[None]:
+        """Holds one of the `limit` places for the stream of `context`; refuses the stream when none is left."""
+        with self._lock:
+            refusal = None
+            if self._stopping:
+                refusal = (grpc.StatusCode.UNAVAILABLE, "this replica is shutting down; use another replica")
+            elif len(self._idle) + len(self._busy) >= self.limit:
+                refusal = (
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"this replica already holds {self.limit} open ActStreams, one per worker thread it can "
+                    "spare; call Act instead, or raise RTRL_INFERENCE_WORKERS",
+                )
+            else:
+                self._idle.add(context)
+        if refusal is not None:
+            context.abort(*refusal)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._idle.discard(context)
+                self._busy.discard(context)
+
+    def busy(self, context: grpc.ServicerContext) -> None:
+        """The stream has a request to answer: `stop` lets it send that answer."""
+        with self._lock:
+            self._idle.discard(context)
+            self._busy.add(context)
+
+    def idle(self, context: grpc.ServicerContext) -> bool:
+        """The stream's answer went out; False when the replica is stopping and the stream must end."""
+        with self._lock:
+            self._busy.discard(context)
+            if self._stopping:
+                return False
+            self._idle.add(context)
+            return True
+
+    def stop(self) -> None:
+        """Refuses new streams and ends the open ones (those waiting for a request are cancelled now)."""
+        with self._lock:
+            self._stopping = True
+            idle = list(self._idle)
+        for context in idle:
+            context.cancel()
 
 
 class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     """Translates between the wire and `Policy`; every error is mapped to a status code in `Act`."""
 
-    def __init__(self, policy: Policy, advertised_address: str = "", heartbeat: Heartbeat | None = None) -> None:
+    def __init__(
+        self,
+        policy: Policy,
+        advertised_address: str = "",
+        heartbeat: Heartbeat | None = None,
+        streams: OpenStreams | None = None,
+    ) -> None:
         self.policy = policy
         self.advertised_address = advertised_address
         self.heartbeat = heartbeat
+        self.streams = streams if streams is not None else OpenStreams(limit=0)
 
     def Act(self, request: inference_pb2.ActRequest, context: grpc.ServicerContext) -> inference_pb2.ActResponse:
         try:
-            return self._act(request, context)
+            return self._act(request, context.time_remaining())
         except (InvalidArgument, Unavailable, DeadlineTooShort) as error:
             abort_for(context, error)
             raise  # not reached: abort_for always raises
 
-    def _act(self, request: inference_pb2.ActRequest, context: grpc.ServicerContext) -> inference_pb2.ActResponse:
+    def ActStream(
+        self, requests: Iterator[inference_pb2.ActStreamRequest], context: grpc.ServicerContext
+    ) -> Iterator[inference_pb2.ActStreamResponse]:
+        """Answers each request in turn, on this worker thread; the stream's calls batch with every other call."""
+        with self.streams.open(context):
+            try:
+                for message in requests:
+                    self.streams.busy(context)
+                    yield self._answer(message)
+                    if not self.streams.idle(context):
+                        return
+            except grpc.RpcError:
+                return  # cancelled: the caller closed it, or `OpenStreams.stop` ended it while idle
+
+    def _answer(self, message: inference_pb2.ActStreamRequest) -> inference_pb2.ActStreamResponse:
+        """Act's answer to one ActStream request, its error included in the response."""
+        try:
+            if not message.timeout_ms > 0:
+                self.policy.record_invalid()
+                raise InvalidArgument(
+                    f"ActStreamRequest.timeout_ms is {message.timeout_ms}; set it to the milliseconds you will "
+                    "wait for this answer, more than 0"
+                )
+            return inference_pb2.ActStreamResponse(response=self._act(message.request, message.timeout_ms / 1000.0))
+        except (InvalidArgument, Unavailable, DeadlineTooShort) as error:
+            code = status_code_for(error)
+            assert code is not None
+            return inference_pb2.ActStreamResponse(error_code=code.value[0], error_message=str(error))
+
+    def _act(self, request: inference_pb2.ActRequest, time_remaining_s: float | None) -> inference_pb2.ActResponse:
         try:
             if not request.HasField("observation"):
                 raise InvalidArgument(
@@ -68,7 +172,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         except InvalidArgument:
             self.policy.record_invalid()
             raise
-        result = self.policy.act(observation, request.action_count, context.time_remaining())
+        result = self.policy.act(observation, request.action_count, time_remaining_s)
         return inference_pb2.ActResponse(
             action=result.action,
             behaviour_log_prob=result.behaviour_log_prob,
@@ -113,6 +217,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             expected_forward_ms=status.expected_forward_ms,
             batches_run=status.batches_run,
             registered=self.heartbeat is not None and self.heartbeat.registered,
+            open_streams=len(self.streams),
+            max_open_streams=self.streams.limit,
         )
 
 
@@ -135,7 +241,10 @@ class InferenceServer:
         self.heartbeat: Heartbeat | None = None
         if settings.redis_url:
             self.heartbeat = Heartbeat(settings.redis_url, self.advertised_address, settings.replica_registry)
-        servicer = InferenceServicer(self.policy, self.advertised_address if self.heartbeat else "", self.heartbeat)
+        self.streams = OpenStreams(limit=max(settings.workers - WORKERS_KEPT_FROM_STREAMS, 0))
+        servicer = InferenceServicer(
+            self.policy, self.advertised_address if self.heartbeat else "", self.heartbeat, self.streams
+        )
         grpc_util.add_servicer(inference_pb2_grpc.add_InferenceServiceServicer_to_server, servicer, self.grpc_server)
         self.health = grpc_util.add_health_and_reflection(self.grpc_server, [SERVICE_NAME])
         self._stopped = False
@@ -178,7 +287,8 @@ class InferenceServer:
         Leaving the registry comes first, then the replica keeps answering for `DRAIN_S` so that every
         gateway has re-read the registry and stopped choosing it before it stops answering (without
         the drain, calls sent in that window fail and cost decisions). Calls already waiting for a
-        batch are still answered; new ones get UNAVAILABLE.
+        batch are still answered; new ones get UNAVAILABLE. Open ActStreams end then: one computing
+        an answer after sending it, one waiting for a request at once (it would hold the grace).
         """
         if self._stopped:
             return self.grpc_server.stop(grace)
@@ -189,6 +299,7 @@ class InferenceServer:
             self.heartbeat.stop(unregister_address=True)
             if was_registered:
                 time.sleep(DRAIN_S)
+        self.streams.stop()
         stopped = self.grpc_server.stop(grace)
         self.policy.close(grace)
         return stopped
@@ -211,7 +322,7 @@ class InferenceServer:
             f"p50 {latency.p50:.2f} ms, p99 {latency.p99:.2f} ms, "
             f"batch mean {batch.mean:.2f} max {batch.max:.0f}, "
             f"refused {status.requests_refused_deadline} (deadline) {status.requests_invalid} (invalid), "
-            f"late {status.requests_answered_late}, in flight {status.in_flight}, "
+            f"late {status.requests_answered_late}, in flight {status.in_flight}, open streams {len(self.streams)}, "
             f"checkpoint loads {status.checkpoints_loaded} (failed {status.checkpoint_load_failures}){registry}"
         )
 

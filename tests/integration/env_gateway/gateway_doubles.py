@@ -1,12 +1,13 @@
 """Test doubles for the gateway's integration tests.
 
 `FakeInference` is a real rtrl.v1.InferenceService servicer (the real replica is built elsewhere):
-it answers Act after a configurable delay with a fixed action and checkpoint version.
+it answers Act and ActStream after a configurable delay with a fixed action and checkpoint version.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import grpc
@@ -18,7 +19,7 @@ from services.env_gateway.settings import GatewaySettings
 
 
 class FakeInference(inference_pb2_grpc.InferenceServiceServicer):
-    """Answers every Act after `delay_s` with `action`; records the frame indices it saw."""
+    """Answers every Act and ActStream request after `delay_s` with `action`; records the frame indices it saw."""
 
     def __init__(self, delay_s: float, action: int, checkpoint_version: int) -> None:
         self.delay_s = delay_s
@@ -28,12 +29,26 @@ class FakeInference(inference_pb2_grpc.InferenceServiceServicer):
         self.observation_shapes: set[tuple[int, ...]] = set()
 
     def Act(self, request: inference_pb2.ActRequest, context: grpc.ServicerContext) -> inference_pb2.ActResponse:
+        return self._answer(request, self._ended(context))
+
+    def ActStream(
+        self, requests: Iterator[inference_pb2.ActStreamRequest], context: grpc.ServicerContext
+    ) -> Iterator[inference_pb2.ActStreamResponse]:
+        ended = self._ended(context)
+        for message in requests:
+            yield inference_pb2.ActStreamResponse(response=self._answer(message.request, ended))
+
+    @staticmethod
+    def _ended(context: grpc.ServicerContext) -> threading.Event:
+        """Set when the call ends: the caller gave up, or the server stops. A hung replica holds no thread."""
+        ended = threading.Event()
+        context.add_callback(ended.set)
+        return ended
+
+    def _answer(self, request: inference_pb2.ActRequest, ended: threading.Event) -> inference_pb2.ActResponse:
         self.frame_indices.append(request.frame_index)
         self.observation_shapes.add(from_proto(request.observation).shape)
         if self.delay_s:
-            # Wakes early when the caller gives up or the server stops, so a hung replica holds no thread.
-            ended = threading.Event()
-            context.add_callback(ended.set)
             ended.wait(self.delay_s)
         return inference_pb2.ActResponse(
             action=self.action,
