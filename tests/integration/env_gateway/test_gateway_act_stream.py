@@ -1,0 +1,181 @@
+"""The gateway's requests on each replica's ActStream: one stream per replica, answers back to their
+senders, a stalled stream failed at its deadline and replaced, and a replica without ActStream served
+by Act without losing a request.
+
+The replicas are real gRPC servers on loopback; the pool is the gateway's own `ReplicaPool`.
+"""
+
+from __future__ import annotations
+
+import functools
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import grpc
+import numpy as np
+from gateway_doubles import FakeInference
+
+from rtrl.tensors import to_proto
+from rtrl.v1 import inference_pb2, inference_pb2_grpc
+from services.env_gateway.dispatcher import CallOutcome
+from services.env_gateway.replicas import STREAM_DEADLINE_CHECK_S, ReplicaPool
+
+ACTIONS = 6
+ACTION = 4
+# Generous bound for background work on a busy machine; not a measurement.
+BOUND_S = 10.0
+
+Serve = Callable[..., tuple[str, grpc.Server]]
+
+
+class CountingInference(FakeInference):
+    """FakeInference that counts the ActStreams opened and the Act calls made."""
+
+    def __init__(self) -> None:
+        super().__init__(delay_s=0.0, action=ACTION, checkpoint_version=5)
+        self.streams_opened = 0
+        self.act_calls = 0
+
+    def Act(self, request: inference_pb2.ActRequest, context: grpc.ServicerContext) -> inference_pb2.ActResponse:
+        self.act_calls += 1
+        return super().Act(request, context)
+
+    def ActStream(
+        self, requests: Iterator[inference_pb2.ActStreamRequest], context: grpc.ServicerContext
+    ) -> Iterator[inference_pb2.ActStreamResponse]:
+        self.streams_opened += 1
+        return super().ActStream(requests, context)
+
+
+class ActOnly(CountingInference):
+    """A replica from before ActStream: the stream is UNIMPLEMENTED."""
+
+    ActStream = inference_pb2_grpc.InferenceServiceServicer.ActStream  # type: ignore[assignment]
+
+
+class FirstStreamStalls(CountingInference):
+    """The first stream's first request is never answered (a stalled replica); later streams answer at once."""
+
+    def ActStream(
+        self, requests: Iterator[inference_pb2.ActStreamRequest], context: grpc.ServicerContext
+    ) -> Iterator[inference_pb2.ActStreamResponse]:
+        self.streams_opened += 1
+        if self.streams_opened == 1:
+            next(requests)
+            ended = threading.Event()
+            context.add_callback(ended.set)
+            ended.wait(BOUND_S)
+            return
+        yield from FakeInference.ActStream(self, requests, context)
+
+
+def request(frame_index: int) -> inference_pb2.ActRequest:
+    return inference_pb2.ActRequest(
+        observation=to_proto(np.zeros((4, 84, 84), np.uint8)), frame_index=frame_index, action_count=ACTIONS
+    )
+
+
+def send(pool: ReplicaPool, address: str, frame_index: int, timeout_s: float = BOUND_S) -> CallOutcome:
+    """Sends one request and waits for its outcome."""
+    outcomes: queue.SimpleQueue[CallOutcome] = queue.SimpleQueue()
+    assert pool.send(address, request(frame_index), time.monotonic() + timeout_s, outcomes.put)
+    return outcomes.get(timeout=BOUND_S + timeout_s)
+
+
+def test_requests_go_on_one_stream_and_each_answer_reaches_its_sender(serve_inference: Serve) -> None:
+    servicer = CountingInference()
+    address, _ = serve_inference(servicer)
+    pool = ReplicaPool("gw", ACTIONS, [address])
+    try:
+        outcomes = [send(pool, address, frame_index) for frame_index in range(5)]
+    finally:
+        pool.close()
+
+    assert [outcome.reply.action if outcome.reply else None for outcome in outcomes] == [ACTION] * 5
+    assert servicer.frame_indices == list(range(5))
+    assert (servicer.streams_opened, servicer.act_calls) == (1, 0)
+    (stats,) = pool.stats()
+    assert (stats.requests, stats.replies, stats.failures, stats.in_flight) == (5, 5, 0, 0)
+    assert stats.checkpoint_version == 5
+
+
+def test_requests_sent_together_are_answered_in_their_order(serve_inference: Serve) -> None:
+    servicer = CountingInference()
+    servicer.delay_s = 0.01
+    address, _ = serve_inference(servicer)
+    pool = ReplicaPool("gw", ACTIONS, [address])
+    outcomes: queue.SimpleQueue[tuple[int, CallOutcome]] = queue.SimpleQueue()
+    try:
+        for frame_index in range(4):
+            assert pool.send(
+                address,
+                request(frame_index),
+                time.monotonic() + BOUND_S,
+                functools.partial(lambda index, outcome: outcomes.put((index, outcome)), frame_index),
+            )
+        answered = [outcomes.get(timeout=BOUND_S) for _ in range(4)]
+    finally:
+        pool.close()
+
+    assert [frame_index for frame_index, _ in answered] == [0, 1, 2, 3]
+    assert all(outcome.reply is not None for _, outcome in answered)
+    assert servicer.frame_indices == [0, 1, 2, 3]
+
+
+def test_a_replica_without_act_stream_gets_every_request_by_act_and_loses_none(serve_inference: Serve) -> None:
+    servicer = ActOnly()
+    address, _ = serve_inference(servicer)
+    pool = ReplicaPool("gw", ACTIONS, [address])
+    try:
+        outcomes = [send(pool, address, frame_index) for frame_index in range(3)]
+    finally:
+        pool.close()
+
+    # The first request was refused on the stream and went again by Act.
+    assert all(outcome.reply is not None and outcome.reply.action == ACTION for outcome in outcomes)
+    assert servicer.frame_indices == [0, 1, 2]
+    assert servicer.act_calls == 3
+    (stats,) = pool.stats()
+    assert (stats.requests, stats.replies, stats.failures) == (3, 3, 0)
+
+
+def test_a_stalled_stream_fails_its_request_by_its_deadline_and_the_next_request_opens_a_new_stream(
+    serve_inference: Serve,
+) -> None:
+    servicer = FirstStreamStalls()
+    address, _ = serve_inference(servicer)
+    pool = ReplicaPool("gw", ACTIONS, [address])
+    deadline_s = 0.2
+    try:
+        stalled = send(pool, address, 0, timeout_s=deadline_s)
+        after = send(pool, address, 1)
+    finally:
+        pool.close()
+
+    assert stalled.reply is None
+    # Failed after its deadline, within the pool's check interval (plus a busy machine's slack).
+    assert deadline_s <= stalled.round_trip_s < deadline_s + STREAM_DEADLINE_CHECK_S + 1.0
+    assert after.reply is not None and after.reply.action == ACTION
+    assert servicer.streams_opened == 2
+    (stats,) = pool.stats()
+    assert (stats.requests, stats.replies, stats.failures, stats.in_flight) == (2, 1, 1, 0)
+
+
+def test_closing_the_pool_fails_a_request_waiting_on_a_stream_at_once(serve_inference: Serve) -> None:
+    servicer = FirstStreamStalls()
+    address, _ = serve_inference(servicer)
+    pool = ReplicaPool("gw", ACTIONS, [address])
+    outcomes: queue.SimpleQueue[CallOutcome] = queue.SimpleQueue()
+    assert pool.send(address, request(0), time.monotonic() + BOUND_S, outcomes.put)
+    while servicer.streams_opened == 0:
+        time.sleep(0.01)
+
+    pool.close()
+
+    # Delivered by close() itself, long before the request's deadline.
+    outcome = outcomes.get_nowait()
+    assert outcome.reply is None
+    (stats,) = pool.stats()
+    assert (stats.failures, stats.in_flight) == (1, 0)
