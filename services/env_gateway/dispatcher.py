@@ -7,10 +7,10 @@ It preprocesses a sample once, however many replicas it goes to, and replies go 
 mailbox from the thread that receives them. A sample replaced before it was sent anywhere counts in
 `requests_not_sent`. With `inline` (used for next_idle, which never needs to be woken at a time)
 there is no dispatcher thread: the thread that brings the change plans and sends, the clock's for
-a new sample, a replica's caller thread for a call that ended. For the clock that is about 0.2 ms
-of preprocessing and a hand-over to a caller thread, nothing that blocks: if another thread is
-already planning, that thread plans again for it. It saves a thread wake-up on the path from frame
-to action (0.1 ms typically, milliseconds on a busy machine). A small watchdog thread wakes when the
+a new sample, the thread that received a call's answer for a call that ended. For the clock that is
+about 0.2 ms of preprocessing and putting the request on a replica's stream, nothing that blocks: if
+another thread is already planning, that thread plans again for it. It saves a thread wake-up on the
+path from frame to action (0.1 ms typically, milliseconds on a busy machine). A small watchdog thread wakes when the
 newest sample's call is overdue (`NextIdleScheduler.hedge_after_s`) and has it hedged: sent once more
 to another idle replica, so a replica that stalls mid-call does not blank the decision. next_idle also
 keeps a backlog of one: a sample replaced while every replica was busy goes to the next replica that
@@ -220,7 +220,7 @@ class Dispatcher:
             try:
                 self.step()
             except Exception:
-                # The clock (or a caller thread) must go on whatever happens here.
+                # The clock (or a thread delivering an answer) must go on whatever happens here.
                 log.exception("the dispatcher failed to plan or send a call")
             with self._changed:
                 # Checked and released together, so a change arriving now is planned by its own thread.

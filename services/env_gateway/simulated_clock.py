@@ -254,7 +254,7 @@ class SimulatedDispatch:
 
     Called on the clock thread, it waits for an idle replica (one without a call of this gateway in
     flight), so the number of requests in flight is at most the number of replicas and no
-    observation is skipped. Replies come back on the replicas' caller threads into the Future.
+    observation is skipped. Replies come back on the threads that receive them into the Future.
     """
 
     def __init__(

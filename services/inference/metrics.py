@@ -60,6 +60,7 @@ class ReplicaCollector:
                 policy.answer_rate.rate(time.monotonic()),
             ),
             ("registered", "1 while registered in the replica registry.", float(registered)),
+            ("open_streams", "ActStreams open; each holds a worker thread.", len(server.streams)),
         )
         for name, documentation, value in gauges:
             yield gauge(f"rtrl_inference_{name}", documentation, value, labels)
