@@ -9,10 +9,12 @@ thread, gRPC's thread writes it, and a thread reading the stream delivers the an
 the order of the requests. A message on an open stream skips a call's set-up, about 0.4 ms of each
 round trip (bench/paced_round_trip.py). Each request carries its timeout and each answer its error.
 The pool checks every `STREAM_DEADLINE_CHECK_S` that no stream's oldest request is past its deadline;
-when one is (a stalled replica), the stream's requests fail with DEADLINE_EXCEEDED and the stream is
-cancelled; the next request opens a new one. A replica that refuses the stream (UNIMPLEMENTED: an older
+when one is (a stalled replica), the stream's requests fail with DEADLINE_EXCEEDED, the stream is
+cancelled and a new one opened. A replica that refuses the stream (UNIMPLEMENTED: an older
 replica; RESOURCE_EXHAUSTED: no worker thread to spare) gets its requests, those refused included, as
-unary Act calls made one after the other by a thread of its own (`_Caller`), until it rejoins.
+unary Act calls made one after the other by a thread of its own (`_Caller`), until it rejoins. A replica
+that ends its stream (it died, or it is shutting down) leaves the rotation at once, without a request
+lost to it.
 
 Warm-up: a replica's first call builds its network (the observation's shape is known only then), which
 can take longer than a decision's deadline, so that call would be lost. Given the observation's shape,
@@ -402,10 +404,21 @@ class ReplicaPool:
 
     def _on_stream_end(self, replica: _Replica, stream: _Stream, code: grpc.StatusCode) -> None:
         """Runs on the stream's reader thread when the stream ended: its unanswered requests fail with `code`,
-        or, when the replica refused the stream, go again as unary calls (it answered none of them)."""
+        or, when the replica refused the stream, go again as unary calls (it answered none of them).
+
+        A stream this pool did not close that ends unavailable or cancelled means the replica went away
+        (it died, or it is shutting down): it leaves the rotation now, before a request is lost to it."""
         with self._lock:
-            if replica.stream is stream:
+            ended_by_replica = replica.stream is stream
+            if ended_by_replica:
                 replica.stream = None
+                if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
+                    code = grpc.StatusCode.UNAVAILABLE
+                    if self._exclude_if_unavailable(replica, code, self._now_s()):
+                        log.info(
+                            "inference replica %s ended its stream; out of rotation until it is seen alive",
+                            replica.address,
+                        )
             unanswered = self._take_pending(stream)
             refused = code in STREAM_REFUSALS and not replica.unary
             if refused:
@@ -432,8 +445,9 @@ class ReplicaPool:
                 for replica in self._replicas.values():
                     stream = replica.stream
                     if stream is not None and stream.pending and stream.pending[0].deadline_s <= now_s:
-                        replica.stream = None
                         overdue.append((replica, stream, self._take_pending(stream)))
+                        # Its replacement opens here rather than on the thread that decides next.
+                        self._open_stream(replica)
             for replica, stream, calls in overdue:
                 stream.close()
                 # The ones behind the oldest waited for a stalled replica: they fail with it.

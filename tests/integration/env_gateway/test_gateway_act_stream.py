@@ -1,6 +1,6 @@
 """The gateway's requests on each replica's ActStream: one stream per replica, answers back to their
-senders, a stalled stream failed at its deadline and replaced, and a replica without ActStream served
-by Act without losing a request.
+senders, a stalled stream failed at its deadline and replaced, a replica that ends its stream out of
+rotation at once, and a replica without ActStream served by Act without losing a request.
 
 The replicas are real gRPC servers on loopback; the pool is the gateway's own `ReplicaPool`.
 """
@@ -141,7 +141,7 @@ def test_a_replica_without_act_stream_gets_every_request_by_act_and_loses_none(s
     assert (stats.requests, stats.replies, stats.failures) == (3, 3, 0)
 
 
-def test_a_stalled_stream_fails_its_request_by_its_deadline_and_the_next_request_opens_a_new_stream(
+def test_a_stalled_stream_fails_its_request_by_its_deadline_and_a_new_stream_replaces_it(
     serve_inference: Serve,
 ) -> None:
     servicer = FirstStreamStalls()
@@ -179,3 +179,26 @@ def test_closing_the_pool_fails_a_request_waiting_on_a_stream_at_once(serve_infe
     assert outcome.reply is None
     (stats,) = pool.stats()
     assert (stats.failures, stats.in_flight) == (1, 0)
+
+
+def test_a_replica_that_ends_its_stream_leaves_the_rotation_before_a_request_is_lost_to_it(
+    serve_inference: Serve,
+) -> None:
+    servicer = CountingInference()
+    address, server = serve_inference(servicer)
+    pool = ReplicaPool("gw", ACTIONS, [address])
+    try:
+        assert send(pool, address, 0).reply is not None
+        assert [view.address for view in pool.views(time.monotonic())] == [address]
+
+        server.stop(None).wait()
+
+        give_up_at = time.monotonic() + BOUND_S
+        while pool.views(time.monotonic()):
+            assert time.monotonic() < give_up_at, "the replica stayed in rotation"
+            time.sleep(0.01)
+        (stats,) = pool.stats()
+        assert stats.excluded
+        assert (stats.requests, stats.failures) == (1, 0)
+    finally:
+        pool.close()
