@@ -535,41 +535,31 @@ class ReplicaPool:
                 self._action_count,
             )
             response, code = None, grpc.StatusCode.OUT_OF_RANGE
-        round_trip_s = self._finish(replica, call.sent_s, response, code)
-        reply = None
-        if response is not None:
-            reply = ActionReply(response.action, response.checkpoint_version, response.behaviour_log_prob)
-        call.on_done(CallOutcome(replica.address, reply, round_trip_s))
-
-    def _finish(
-        self,
-        replica: _Replica,
-        sent_s: float,
-        response: inference_pb2.ActResponse | None,
-        code: grpc.StatusCode | None,
-    ) -> float:
         now_s = self._now_s()
-        round_trip_s = now_s - sent_s
+        round_trip_s = now_s - call.sent_s
+        excluded = False
         with self._lock:
             replica.in_flight -= 1
-            if code is None:
+            if response is not None:
                 replica.replies += 1
                 # "Recently failed" is about the last call: one answered since a failure clears it. Each
                 # replica's first call, which builds its network, can outlast its deadline; counted for a
                 # second, it left every replica a second choice and a stalled one could not be hedged.
                 replica.failed_at_s = -math.inf
                 replica.latency_ms.add(round_trip_s * 1000.0)
-                if response is not None:
-                    replica.checkpoint_version = response.checkpoint_version
-                    replica.batch_size.add(response.batch_size)
-                    replica.inference_ms.add(response.inference_ms)
-                return round_trip_s
-            replica.failures += 1
-            replica.failed_at_s = now_s
-            excluded = self._exclude_if_unavailable(replica, code, now_s)
+                replica.checkpoint_version = response.checkpoint_version
+                replica.batch_size.add(response.batch_size)
+                replica.inference_ms.add(response.inference_ms)
+            else:
+                replica.failures += 1
+                replica.failed_at_s = now_s
+                excluded = self._exclude_if_unavailable(replica, code, now_s)
         if excluded:
             log.info("inference replica %s is unavailable; out of rotation until it is seen alive", replica.address)
-        return round_trip_s
+        reply = None
+        if response is not None:
+            reply = ActionReply(response.action, response.checkpoint_version, response.behaviour_log_prob)
+        call.on_done(CallOutcome(replica.address, reply, round_trip_s))
 
     @staticmethod
     def _exclude_if_unavailable(replica: _Replica, code: grpc.StatusCode | None, now_s: float) -> bool:

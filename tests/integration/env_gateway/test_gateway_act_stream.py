@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 
 import grpc
 import numpy as np
+import pytest
 from gateway_doubles import FakeInference
 
 from rtrl.tensors import to_proto
@@ -28,6 +29,7 @@ ACTION = 4
 BOUND_S = 10.0
 
 Serve = Callable[..., tuple[str, grpc.Server]]
+Pooled = Callable[[FakeInference], tuple[str, ReplicaPool, grpc.Server]]
 
 
 class CountingInference(FakeInference):
@@ -77,6 +79,21 @@ def request(frame_index: int) -> inference_pb2.ActRequest:
     )
 
 
+@pytest.fixture
+def pooled(serve_inference: Serve) -> Iterator[Pooled]:
+    """Serves a servicer and gives its address, a gateway's pool of just it, and its server; closes the pools."""
+    pools: list[ReplicaPool] = []
+
+    def make(servicer: FakeInference) -> tuple[str, ReplicaPool, grpc.Server]:
+        address, server = serve_inference(servicer)
+        pools.append(ReplicaPool("gw", ACTIONS, [address]))
+        return address, pools[-1], server
+
+    yield make
+    for pool in pools:
+        pool.close()
+
+
 def send(pool: ReplicaPool, address: str, frame_index: int, timeout_s: float = BOUND_S) -> CallOutcome:
     """Sends one request and waits for its outcome."""
     outcomes: queue.SimpleQueue[CallOutcome] = queue.SimpleQueue()
@@ -84,14 +101,10 @@ def send(pool: ReplicaPool, address: str, frame_index: int, timeout_s: float = B
     return outcomes.get(timeout=BOUND_S + timeout_s)
 
 
-def test_requests_go_on_one_stream_and_each_answer_reaches_its_sender(serve_inference: Serve) -> None:
+def test_requests_go_on_one_stream_and_each_answer_reaches_its_sender(pooled: Pooled) -> None:
     servicer = CountingInference()
-    address, _ = serve_inference(servicer)
-    pool = ReplicaPool("gw", ACTIONS, [address])
-    try:
-        outcomes = [send(pool, address, frame_index) for frame_index in range(5)]
-    finally:
-        pool.close()
+    address, pool, _ = pooled(servicer)
+    outcomes = [send(pool, address, frame_index) for frame_index in range(5)]
 
     assert [outcome.reply.action if outcome.reply else None for outcome in outcomes] == [ACTION] * 5
     assert servicer.frame_indices == list(range(5))
@@ -101,37 +114,29 @@ def test_requests_go_on_one_stream_and_each_answer_reaches_its_sender(serve_infe
     assert stats.checkpoint_version == 5
 
 
-def test_requests_sent_together_are_answered_in_their_order(serve_inference: Serve) -> None:
+def test_requests_sent_together_are_answered_in_their_order(pooled: Pooled) -> None:
     servicer = CountingInference()
     servicer.delay_s = 0.01
-    address, _ = serve_inference(servicer)
-    pool = ReplicaPool("gw", ACTIONS, [address])
+    address, pool, _ = pooled(servicer)
     outcomes: queue.SimpleQueue[tuple[int, CallOutcome]] = queue.SimpleQueue()
-    try:
-        for frame_index in range(4):
-            assert pool.send(
-                address,
-                request(frame_index),
-                time.monotonic() + BOUND_S,
-                functools.partial(lambda index, outcome: outcomes.put((index, outcome)), frame_index),
-            )
-        answered = [outcomes.get(timeout=BOUND_S) for _ in range(4)]
-    finally:
-        pool.close()
+    for frame_index in range(4):
+        assert pool.send(
+            address,
+            request(frame_index),
+            time.monotonic() + BOUND_S,
+            functools.partial(lambda index, outcome: outcomes.put((index, outcome)), frame_index),
+        )
+    answered = [outcomes.get(timeout=BOUND_S) for _ in range(4)]
 
     assert [frame_index for frame_index, _ in answered] == [0, 1, 2, 3]
     assert all(outcome.reply is not None for _, outcome in answered)
     assert servicer.frame_indices == [0, 1, 2, 3]
 
 
-def test_a_replica_without_act_stream_gets_every_request_by_act_and_loses_none(serve_inference: Serve) -> None:
+def test_a_replica_without_act_stream_gets_every_request_by_act_and_loses_none(pooled: Pooled) -> None:
     servicer = ActOnly()
-    address, _ = serve_inference(servicer)
-    pool = ReplicaPool("gw", ACTIONS, [address])
-    try:
-        outcomes = [send(pool, address, frame_index) for frame_index in range(3)]
-    finally:
-        pool.close()
+    address, pool, _ = pooled(servicer)
+    outcomes = [send(pool, address, frame_index) for frame_index in range(3)]
 
     # The first request was refused on the stream and went again by Act.
     assert all(outcome.reply is not None and outcome.reply.action == ACTION for outcome in outcomes)
@@ -141,18 +146,12 @@ def test_a_replica_without_act_stream_gets_every_request_by_act_and_loses_none(s
     assert (stats.requests, stats.replies, stats.failures) == (3, 3, 0)
 
 
-def test_a_stalled_stream_fails_its_request_by_its_deadline_and_a_new_stream_replaces_it(
-    serve_inference: Serve,
-) -> None:
+def test_a_stalled_stream_fails_its_request_by_its_deadline_and_a_new_stream_replaces_it(pooled: Pooled) -> None:
     servicer = FirstStreamStalls()
-    address, _ = serve_inference(servicer)
-    pool = ReplicaPool("gw", ACTIONS, [address])
+    address, pool, _ = pooled(servicer)
     deadline_s = 0.2
-    try:
-        stalled = send(pool, address, 0, timeout_s=deadline_s)
-        after = send(pool, address, 1)
-    finally:
-        pool.close()
+    stalled = send(pool, address, 0, timeout_s=deadline_s)
+    after = send(pool, address, 1)
 
     assert stalled.reply is None
     # Failed after its deadline, within the pool's check interval (plus a busy machine's slack).
@@ -163,10 +162,9 @@ def test_a_stalled_stream_fails_its_request_by_its_deadline_and_a_new_stream_rep
     assert (stats.requests, stats.replies, stats.failures, stats.in_flight) == (2, 1, 1, 0)
 
 
-def test_closing_the_pool_fails_a_request_waiting_on_a_stream_at_once(serve_inference: Serve) -> None:
+def test_closing_the_pool_fails_a_request_waiting_on_a_stream_at_once(pooled: Pooled) -> None:
     servicer = FirstStreamStalls()
-    address, _ = serve_inference(servicer)
-    pool = ReplicaPool("gw", ACTIONS, [address])
+    address, pool, _ = pooled(servicer)
     outcomes: queue.SimpleQueue[CallOutcome] = queue.SimpleQueue()
     assert pool.send(address, request(0), time.monotonic() + BOUND_S, outcomes.put)
     while servicer.streams_opened == 0:
@@ -181,24 +179,18 @@ def test_closing_the_pool_fails_a_request_waiting_on_a_stream_at_once(serve_infe
     assert (stats.failures, stats.in_flight) == (1, 0)
 
 
-def test_a_replica_that_ends_its_stream_leaves_the_rotation_before_a_request_is_lost_to_it(
-    serve_inference: Serve,
-) -> None:
+def test_a_replica_that_ends_its_stream_leaves_the_rotation_before_a_request_is_lost_to_it(pooled: Pooled) -> None:
     servicer = CountingInference()
-    address, server = serve_inference(servicer)
-    pool = ReplicaPool("gw", ACTIONS, [address])
-    try:
-        assert send(pool, address, 0).reply is not None
-        assert [view.address for view in pool.views(time.monotonic())] == [address]
+    address, pool, server = pooled(servicer)
+    assert send(pool, address, 0).reply is not None
+    assert [view.address for view in pool.views(time.monotonic())] == [address]
 
-        server.stop(None).wait()
+    server.stop(None).wait()
 
-        give_up_at = time.monotonic() + BOUND_S
-        while pool.views(time.monotonic()):
-            assert time.monotonic() < give_up_at, "the replica stayed in rotation"
-            time.sleep(0.01)
-        (stats,) = pool.stats()
-        assert stats.excluded
-        assert (stats.requests, stats.failures) == (1, 0)
-    finally:
-        pool.close()
+    give_up_at = time.monotonic() + BOUND_S
+    while pool.views(time.monotonic()):
+        assert time.monotonic() < give_up_at, "the replica stayed in rotation"
+        time.sleep(0.01)
+    (stats,) = pool.stats()
+    assert stats.excluded
+    assert (stats.requests, stats.failures) == (1, 0)

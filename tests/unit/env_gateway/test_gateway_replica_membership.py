@@ -6,7 +6,19 @@ import grpc
 
 from rtrl.v1 import inference_pb2
 from services.env_gateway.membership import REGISTRY_SOURCE, STATIC_SOURCE, Membership
-from services.env_gateway.replicas import ReplicaPool
+from services.env_gateway.replicas import ReplicaPool, _Call
+
+
+def complete(
+    pool: ReplicaPool,
+    address: str,
+    sent_s: float,
+    response: inference_pb2.ActResponse | None,
+    code: grpc.StatusCode | None,
+) -> None:
+    """What the pool does when a call to `address` sent at `sent_s` ends with `response` or `code`."""
+    call = _Call(inference_pb2.ActRequest(), sent_s, float("inf"), lambda outcome: None)
+    pool._complete(pool._replicas[address], call, response, code)
 
 
 def test_sources_are_merged_with_the_latest_sighting_of_each_address() -> None:
@@ -34,7 +46,7 @@ def test_unavailable_replica_leaves_rotation_until_it_is_seen_alive_after_the_fa
         assert [v.address for v in pool.views(now[0])] == ["a:1", "b:2"]
         # What ReplicaPool does when a call to b fails with UNAVAILABLE (e.g. the process was killed).
         pool._replicas["b:2"].in_flight = 1
-        pool._finish(pool._replicas["b:2"], 9.9, None, grpc.StatusCode.UNAVAILABLE)
+        complete(pool, "b:2", 9.9, None, grpc.StatusCode.UNAVAILABLE)
         assert [v.address for v in pool.views(now[0])] == ["a:1"]
         pool.set_members({"a:1": 10.2, "b:2": 9.8})  # b's last heartbeat predates the failure
         assert [v.address for v in pool.views(now[0])] == ["a:1"]
@@ -50,7 +62,7 @@ def test_a_call_that_failed_otherwise_keeps_the_replica_in_rotation_as_a_second_
     try:
         pool.set_members({"a:1": 9.0})
         pool._replicas["a:1"].in_flight = 1
-        pool._finish(pool._replicas["a:1"], 9.9, None, grpc.StatusCode.DEADLINE_EXCEEDED)
+        complete(pool, "a:1", 9.9, None, grpc.StatusCode.DEADLINE_EXCEEDED)
         (view,) = pool.views(10.0)
         assert view.recently_failed and view.in_flight == 0
     finally:
@@ -64,8 +76,8 @@ def test_an_answer_after_a_failure_makes_the_replica_a_first_choice_again() -> N
         pool.set_members({"a:1": 9.0})
         replica = pool._replicas["a:1"]
         replica.in_flight = 2
-        pool._finish(replica, 9.8, None, grpc.StatusCode.DEADLINE_EXCEEDED)
-        pool._finish(replica, 9.9, inference_pb2.ActResponse(action=1), None)
+        complete(pool, "a:1", 9.8, None, grpc.StatusCode.DEADLINE_EXCEEDED)
+        complete(pool, "a:1", 9.9, inference_pb2.ActResponse(action=1), None)
         (view,) = pool.views(10.0)
         assert not view.recently_failed
     finally:
