@@ -217,6 +217,7 @@ def render_table(snapshot: dict[str, Any]) -> str:
             f"checkpoint v{r['checkpoint_version']}, {_number(r['requests_per_second'], 1)} answers/s, "
             f"latency p50 {_number(r['latency_ms']['p50'], 2)} p99 {_number(r['latency_ms']['p99'], 2)} ms, "
             f"batch mean {_number(r['batch_size']['mean'], 2)}, in flight {r['in_flight']}, "
+            f"streams {r['open_streams']}/{r['max_open_streams']}, "
             f"refused {r['requests_refused_deadline']}, {'registered' if r['registered'] else 'not registered'}",
         ])  # fmt: skip
     for address, entry in snapshot["learner"].items():

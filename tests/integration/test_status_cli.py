@@ -44,6 +44,7 @@ def test_json_reports_every_service_and_finds_the_replica_through_the_gateway(ob
     replica = snapshot["replicas"][stack.replica_address]["status"]
     assert replica["replica_id"] == "replica-m"
     assert int(replica["requests_answered"]) <= replica_status(stack).requests_answered
+    assert replica["open_streams"] == 1  # the gateway asks it on one ActStream
     learner = snapshot["learner"][stack.learner_address]["status"]
     assert 1 <= int(learner["checkpoint_version"]) <= learner_status(stack).checkpoint_version
 
@@ -58,7 +59,7 @@ def test_table_has_one_row_per_service_and_says_which_did_not_answer(observed_st
     assert lines[0].split() == ["SERVICE", "ADDRESS", "STATE", "DETAILS"]
     rows = {line.split()[0] + " " + line.split()[1]: line for line in lines[1:]}
     assert "fps, coverage" in rows["gateway gateway-m"] and stack.gateway_address in rows["gateway gateway-m"]
-    assert "checkpoint v" in rows["inference replica-m"]
+    assert "checkpoint v" in rows["inference replica-m"] and "streams " in rows["inference replica-m"]
     assert "upd/s" in rows["learner dqn"]
     assert "UNAVAILABLE" in rows[f"inference {silent}"]
 
