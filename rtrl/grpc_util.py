@@ -13,7 +13,7 @@ that would come too late with DEADLINE_EXCEEDED, each with a sentence saying wha
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent import futures
 from typing import Any
 
@@ -178,7 +178,7 @@ class _RefusingMalformedRequests:
 
 
 def _tolerant(method: str, handler: Any) -> Any:
-    if handler.request_streaming or handler.request_deserializer is None:
+    if handler.request_deserializer is None:
         return handler
     decode = handler.request_deserializer
 
@@ -188,15 +188,25 @@ def _tolerant(method: str, handler: Any) -> Any:
         except Exception as error:  # protobuf's DecodeError, or whatever a custom decoder raises
             return _Undecodable(str(error))
 
+    def refuse_if_undecodable(request: Any, context: grpc.ServicerContext) -> Any:
+        if isinstance(request, _Undecodable):
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"the request to {method} is not a valid message ({request.error}); "
+                "build it from protos/rtrl/v1 (server reflection lists them)",
+            )
+        return request
+
     def refusing(behavior: Any) -> Any:
         def serve(request: Any, context: grpc.ServicerContext) -> Any:
-            if isinstance(request, _Undecodable):
-                context.abort(
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    f"the request to {method} is not a valid message ({request.error}); "
-                    "build it from protos/rtrl/v1 (server reflection lists them)",
-                )
-            return behavior(request, context)
+            return behavior(refuse_if_undecodable(request, context), context)
+
+        return serve
+
+    def refusing_in_stream(behavior: Any) -> Any:
+        # A request stream ends with INVALID_ARGUMENT at its first message that does not decode.
+        def serve(requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
+            return behavior((refuse_if_undecodable(request, context) for request in requests), context)
 
         return serve
 
@@ -204,6 +214,8 @@ def _tolerant(method: str, handler: Any) -> Any:
         request_deserializer=tolerant_decode,
         unary_unary=refusing(handler.unary_unary) if handler.unary_unary else None,
         unary_stream=refusing(handler.unary_stream) if handler.unary_stream else None,
+        stream_unary=refusing_in_stream(handler.stream_unary) if handler.stream_unary else None,
+        stream_stream=refusing_in_stream(handler.stream_stream) if handler.stream_stream else None,
     )
 
 

@@ -8,13 +8,14 @@ is OK or a clear refusal (conftest.check_reply), and the server answers normally
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 
 import grpc
 import numpy as np
 import pytest
-from fuzz_support import CONSUMED_SEQS, FUZZ_GATEWAY, SERVED_CONFIG, check_reply
+from fuzz_support import CLEAR_CODES, CONSUMED_SEQS, FUZZ_GATEWAY, SERVED_CONFIG, check_reply
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -208,6 +209,58 @@ def test_bytes_that_are_not_a_message_are_refused_clearly(served_replica, resili
             "/rtrl.v1.InferenceService/Act", request_serializer=lambda b: b, response_deserializer=lambda b: b
         )
         check_reply(lambda t: raw(junk, timeout=t), 5.0)
+
+
+def test_act_stream_answers_every_request_clearly_and_stays_open(served_replica, resilience_ledger) -> None:
+    address = f"127.0.0.1:{served_replica.port}"
+    channel = grpc.insecure_channel(address)
+    requests: queue.SimpleQueue[inference_pb2.ActStreamRequest | None] = queue.SimpleQueue()
+    # One deadline for the whole stream, so that a hang fails the test instead of holding it.
+    answers = inference_pb2_grpc.InferenceServiceStub(channel).ActStream(iter(requests.get, None), timeout=600)
+    codes: set[int] = set()
+    clear = {code.value[0] for code in CLEAR_CODES}
+    valid = inference_pb2.ActRequest(
+        observation=to_proto(np.zeros(SERVED_CONFIG.observation_shape, dtype=np.float32)),
+        action_count=SERVED_CONFIG.action_count,
+    )
+
+    @FUZZ
+    @given(request=act_requests, timeout_ms=st.floats(allow_nan=True, allow_infinity=True))
+    @example(request=valid, timeout_ms=5000.0)
+    def act(request: inference_pb2.ActRequest, timeout_ms: float) -> None:
+        resilience_ledger.inputs["inference ActStream"] += 1
+        requests.put(inference_pb2.ActStreamRequest(request=request, timeout_ms=timeout_ms))
+        answer = next(answers)
+        codes.add(answer.error_code)
+        if answer.error_code:
+            assert answer.error_code in clear and answer.error_message, answer
+            assert not answer.HasField("response")
+        else:
+            assert 0 <= answer.response.action < SERVED_CONFIG.action_count
+
+    try:
+        act()
+        requests.put(inference_pb2.ActStreamRequest(request=valid, timeout_ms=5000.0))
+        after = next(answers)  # the same stream still answers
+    finally:
+        requests.put(None)
+        answers.cancel()
+        channel.close()
+    assert (after.error_code, after.response.checkpoint_version) == (0, 1)
+    assert grpc.StatusCode.INVALID_ARGUMENT.value[0] in codes and 0 in codes, codes
+    assert healthy(address)
+
+
+@FUZZ
+@given(junk=st.binary(min_size=1, max_size=200))
+def test_junk_bytes_end_an_act_stream_clearly(served_replica, resilience_ledger, junk: bytes) -> None:
+    resilience_ledger.inputs["inference ActStream (raw bytes)"] += 1
+    with grpc.insecure_channel(f"127.0.0.1:{served_replica.port}") as channel:
+        raw = channel.stream_stream(
+            "/rtrl.v1.InferenceService/ActStream", request_serializer=lambda b: b, response_deserializer=lambda b: b
+        )
+        # Bytes that happen to decode are answered like any request; the others end the stream clearly.
+        check_reply(lambda t: next(raw(iter([junk]), timeout=t)), 5.0)
 
 
 # -- gateway ----------------------------------------------------------------------------------------
