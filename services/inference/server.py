@@ -111,19 +111,16 @@ class OpenStreams:
 
 
 class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
-    """Translates between the wire and `Policy`; every error is mapped to a status code in `Act`."""
+    """Translates between the wire and `Policy`; every error becomes a status code: Act's, or an ActStream
+    answer's `error_code`."""
 
     def __init__(
-        self,
-        policy: Policy,
-        advertised_address: str = "",
-        heartbeat: Heartbeat | None = None,
-        streams: OpenStreams | None = None,
+        self, policy: Policy, streams: OpenStreams, advertised_address: str = "", heartbeat: Heartbeat | None = None
     ) -> None:
         self.policy = policy
+        self.streams = streams
         self.advertised_address = advertised_address
         self.heartbeat = heartbeat
-        self.streams = streams if streams is not None else OpenStreams(limit=0)
 
     def Act(self, request: inference_pb2.ActRequest, context: grpc.ServicerContext) -> inference_pb2.ActResponse:
         try:
@@ -243,7 +240,7 @@ class InferenceServer:
             self.heartbeat = Heartbeat(settings.redis_url, self.advertised_address, settings.replica_registry)
         self.streams = OpenStreams(limit=max(settings.workers - WORKERS_KEPT_FROM_STREAMS, 0))
         servicer = InferenceServicer(
-            self.policy, self.advertised_address if self.heartbeat else "", self.heartbeat, self.streams
+            self.policy, self.streams, self.advertised_address if self.heartbeat else "", self.heartbeat
         )
         grpc_util.add_servicer(inference_pb2_grpc.add_InferenceServiceServicer_to_server, servicer, self.grpc_server)
         self.health = grpc_util.add_health_and_reflection(self.grpc_server, [SERVICE_NAME])
