@@ -298,7 +298,7 @@ def run_gateway(
     }
 
 
-def paced_act_calls(address: str, seconds: float) -> dict:
+def paced_stream_messages(address: str, seconds: float) -> dict:
     """The floor under the zero-cost rows: bare ActStream messages to the same zero-cost replica, as the
     gateway sends them, paced at the frame rate from one thread of this process, each building its
     84x84x4 request. Its "overhead" is request built -> answer back; the gateway's adds sampling,
@@ -307,7 +307,8 @@ def paced_act_calls(address: str, seconds: float) -> dict:
     stub = inference_pb2_grpc.InferenceServiceStub(channel)
     observation = np.zeros((4, 84, 84), np.uint8)
     requests: queue.SimpleQueue[inference_pb2.ActStreamRequest | None] = queue.SimpleQueue()
-    answers = stub.ActStream(iter(requests.get, None))
+    # A deadline for the whole stream, so that a hung replica ends the benchmark instead of holding it.
+    answers = stub.ActStream(iter(requests.get, None), timeout=seconds + 60.0)
     round_trips_ms: list[float] = []
 
     def ask(frame_index: int) -> None:
@@ -483,7 +484,7 @@ class Bench:
             if args.zero_cost:
                 with replica_pool(self.procs, 2, {}, "zero-cost", zero_cost=True) as addresses:
                     self.wait_for_calm()
-                    bare = paced_act_calls(addresses[0], args.measure_s)
+                    bare = paced_stream_messages(addresses[0], args.measure_s)
                     self.record("zero-cost", "bare ActStream message", 0.0, 1, "-", bare)
                     for n in (1, 2):
                         for reserve in args.jitter_reserve:

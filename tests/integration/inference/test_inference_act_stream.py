@@ -10,13 +10,11 @@ from collections.abc import Callable, Iterator
 import grpc
 import numpy as np
 import pytest
+from test_inference_server import CALL_TIMEOUT_S, Connect, MakeServer, act_request
 
 from rtrl.v1 import inference_pb2, inference_pb2_grpc
 from services.inference.server import WORKERS_KEPT_FROM_STREAMS, InferenceServer
-from tests.integration.inference.test_inference_server import CALL_TIMEOUT_S, act_request
 
-MakeServer = Callable[..., InferenceServer]
-Connect = Callable[[InferenceServer], grpc.Channel]
 TIMEOUT_MS = CALL_TIMEOUT_S * 1000.0
 INVALID_ARGUMENT = grpc.StatusCode.INVALID_ARGUMENT.value[0]
 DEADLINE_EXCEEDED = grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
