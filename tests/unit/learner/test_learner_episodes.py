@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import numpy as np
+from learner_transitions import make_transition
 
 from rtrl.transitions import Transition
 from services.learner.episodes import EpisodeReturns
 
 
 def step(gateway: str, seq: int, episode: int, index: int, reward: float, done: bool = False) -> Transition:
-    return Transition(
-        gateway_id=gateway, seq=seq, episode=episode, step=index, obs_frame=seq, observation=np.zeros(1, np.uint8),
-        action=0, action_count=2, reward=reward, terminated=done, truncated=False, fresh=True, fallback_policy=1,
-        staleness_frames=2, policy_version=0, behaviour_log_prob=0.0, obs_captured_unix_ns=0, action_applied_unix_ns=0,
-    )  # fmt: skip
+    return make_transition(gateway, seq, episode=episode, step=index, reward=reward, terminated=done)
 
 
 def test_interleaved_gateways_each_get_their_own_return():

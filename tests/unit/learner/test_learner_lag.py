@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
-import numpy as np
 import pytest
+from learner_transitions import make_transition
 
 from rtrl.transitions import Transition
 from services.learner.lag import LagWindow, lag_stats, too_old
@@ -17,24 +17,10 @@ MS = 1_000_000
 def transition(
     *, fresh: bool = True, policy_version: int = 0, staleness_frames: int = 0, applied_ms_ago: float | None = 0.0
 ) -> Transition:
-    return Transition(
-        gateway_id="gw-a",
-        seq=0,
-        episode=0,
-        step=0,
-        obs_frame=0,
-        observation=np.zeros(3, dtype=np.float32),
-        action=0,
-        action_count=2,
-        reward=0.0,
-        terminated=False,
-        truncated=False,
+    return make_transition(
         fresh=fresh,
-        fallback_policy=1,
         staleness_frames=staleness_frames if fresh else 0,
         policy_version=policy_version if fresh else -1,
-        behaviour_log_prob=0.0,
-        obs_captured_unix_ns=0,
         action_applied_unix_ns=0 if applied_ms_ago is None else NOW_NS - int(applied_ms_ago * MS),
     )
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from learner_transitions import make_transition, marked_observation
 
 from rtrl.models import ModelConfig, QNetwork
 from rtrl.transitions import Transition
@@ -29,25 +30,14 @@ def one_thread() -> None:
 def transition(
     gateway: str, seq: int, episode: int = 0, terminated: bool = False, truncated: bool = False
 ) -> Transition:
-    return Transition(
-        gateway_id=gateway,
-        seq=seq,
+    return make_transition(
+        gateway,
+        seq,
         episode=episode,
-        step=seq,
-        obs_frame=seq,
-        observation=np.array([GATEWAYS.index(gateway), seq, episode], dtype=np.float32),
-        action=0,
-        action_count=2,
+        observation=marked_observation(GATEWAYS, gateway, seq, episode),
         reward=float(2**seq),
         terminated=terminated,
         truncated=truncated,
-        fresh=True,
-        fallback_policy=1,
-        staleness_frames=0,
-        policy_version=1,
-        behaviour_log_prob=0.0,
-        obs_captured_unix_ns=0,
-        action_applied_unix_ns=0,
     )
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from learner_transitions import make_transition, marked_observation
 
 from rtrl.transitions import Transition
 from services.learner.replay import ReplayBuffer
@@ -20,25 +21,17 @@ GATEWAYS = ("gw-a", "gw-b", "gw-c")
 def transition(
     gateway: str, seq: int, episode: int = 0, terminated: bool = False, truncated: bool = False, action: int = 0
 ) -> Transition:
-    return Transition(
-        gateway_id=gateway,
-        seq=seq,
+    return make_transition(
+        gateway,
+        seq,
         episode=episode,
-        step=seq,
         obs_frame=seq * 4,
-        observation=np.array([GATEWAYS.index(gateway), seq, episode], dtype=np.float32),
+        observation=marked_observation(GATEWAYS, gateway, seq, episode),
         action=action,
         action_count=4,
         reward=float(seq),
         terminated=terminated,
         truncated=truncated,
-        fresh=True,
-        fallback_policy=1,
-        staleness_frames=0,
-        policy_version=1,
-        behaviour_log_prob=0.0,
-        obs_captured_unix_ns=0,
-        action_applied_unix_ns=0,
     )
 
 

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from learner_transitions import make_transition, marked_observation
 
 from rtrl.transitions import Transition
 from services.learner.trajectories import Unroll, UnrollBuffer
@@ -27,25 +28,21 @@ def transition(
     truncated: bool = False,
     fresh: bool = True,
 ) -> Transition:
-    return Transition(
-        gateway_id=gateway,
-        seq=seq,
+    return make_transition(
+        gateway,
+        seq,
         episode=episode,
-        step=seq,
         obs_frame=seq * 4,
-        observation=np.array([GATEWAYS.index(gateway), seq, episode], dtype=np.float32),
+        observation=marked_observation(GATEWAYS, gateway, seq, episode),
         action=seq % 3,
         action_count=3,
         reward=float(seq),
         terminated=terminated,
         truncated=truncated,
         fresh=fresh,
-        fallback_policy=1,
         staleness_frames=2 if fresh else 0,
         policy_version=seq // 10 if fresh else -1,
         behaviour_log_prob=-0.1 * seq if fresh else 0.0,
-        obs_captured_unix_ns=0,
-        action_applied_unix_ns=0,
     )
 
 
