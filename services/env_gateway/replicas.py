@@ -442,6 +442,8 @@ class ReplicaPool:
             now_s = self._now_s()
             overdue: list[tuple[_Replica, _Stream, list[_Call]]] = []
             with self._lock:
+                if self._closed:
+                    return  # the channels are being closed: no stream may open now
                 for replica in self._replicas.values():
                     stream = replica.stream
                     if stream is not None and stream.pending and stream.pending[0].deadline_s <= now_s:
