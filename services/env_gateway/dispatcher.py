@@ -10,10 +10,10 @@ there is no dispatcher thread: the thread that brings the change plans and sends
 a new sample, the thread that received a call's answer for a call that ended. For the clock that is
 about 0.2 ms of preprocessing and putting the request on a replica's stream, nothing that blocks: if
 another thread is already planning, that thread plans again for it. It saves a thread wake-up on the
-path from frame to action (0.1 ms typically, milliseconds on a busy machine). A small watchdog thread wakes when the
-newest sample's call is overdue (`NextIdleScheduler.hedge_after_s`) and has it hedged: sent once more
-to another idle replica, so a replica that stalls mid-call does not blank the decision. next_idle also
-keeps a backlog of one: a sample replaced while every replica was busy goes to the next replica that
+path from frame to action (0.1 ms typically, milliseconds on a busy machine). A small watchdog thread
+wakes when the newest sample's call is overdue (`NextIdleScheduler.hedge_after_s`) and has it hedged:
+sent once more to another idle replica, so a replica that stalls mid-call does not blank the decision.
+next_idle also keeps a backlog of one: a sample replaced while every replica was busy goes to the next replica that
 becomes idle once the newest has been sent, if a reply (a mean round trip away) can still come before
 its own step, usual staleness D after it (see clock.py, Mailbox). A replica that answers late (a busy
 machine) also misses its next turn; without the backlog the sample of that turn is never sent. With the

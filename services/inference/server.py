@@ -54,13 +54,13 @@ class OpenStreams:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self._lock = threading.Lock()
-        self._idle: set[grpc.ServicerContext] = set()
-        self._busy: set[grpc.ServicerContext] = set()
+        self._busy: dict[grpc.ServicerContext, bool] = {}
+        """Each open stream, and whether it is computing an answer."""
         self._stopping = False
 
     def __len__(self) -> int:
         with self._lock:
-            return len(self._idle) + len(self._busy)
+            return len(self._busy)
 
     @contextmanager
     def open(self, context: grpc.ServicerContext) -> Iterator[None]:
@@ -69,43 +69,38 @@ class OpenStreams:
             refusal = None
             if self._stopping:
                 refusal = (grpc.StatusCode.UNAVAILABLE, "this replica is shutting down; use another replica")
-            elif len(self._idle) + len(self._busy) >= self.limit:
+            elif len(self._busy) >= self.limit:
                 refusal = (
                     grpc.StatusCode.RESOURCE_EXHAUSTED,
                     f"this replica already holds {self.limit} open ActStreams, one per worker thread it can "
                     "spare; call Act instead, or raise RTRL_INFERENCE_WORKERS",
                 )
             else:
-                self._idle.add(context)
+                self._busy[context] = False
         if refusal is not None:
             context.abort(*refusal)
         try:
             yield
         finally:
             with self._lock:
-                self._idle.discard(context)
-                self._busy.discard(context)
+                self._busy.pop(context, None)
 
     def busy(self, context: grpc.ServicerContext) -> None:
         """The stream has a request to answer: `stop` lets it send that answer."""
         with self._lock:
-            self._idle.discard(context)
-            self._busy.add(context)
+            self._busy[context] = True
 
     def idle(self, context: grpc.ServicerContext) -> bool:
         """The stream's answer went out; False when the replica is stopping and the stream must end."""
         with self._lock:
-            self._busy.discard(context)
-            if self._stopping:
-                return False
-            self._idle.add(context)
-            return True
+            self._busy[context] = False
+            return not self._stopping
 
     def stop(self) -> None:
         """Refuses new streams and ends the open ones (those waiting for a request are cancelled now)."""
         with self._lock:
             self._stopping = True
-            idle = list(self._idle)
+            idle = [context for context, busy in self._busy.items() if not busy]
         for context in idle:
             context.cancel()
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import queue
-import threading
 import time
 from collections.abc import Callable, Iterator
 
@@ -66,9 +65,7 @@ class FirstStreamStalls(CountingInference):
         self.streams_opened += 1
         if self.streams_opened == 1:
             next(requests)
-            ended = threading.Event()
-            context.add_callback(ended.set)
-            ended.wait(BOUND_S)
+            self._ended(context).wait(BOUND_S)
             return
         yield from FakeInference.ActStream(self, requests, context)
 

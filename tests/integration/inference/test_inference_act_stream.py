@@ -4,7 +4,7 @@ batching across streams, the limit of one stream per spare worker thread, and sh
 from __future__ import annotations
 
 import queue
-import threading
+import time
 from collections.abc import Callable, Iterator
 
 import grpc
@@ -155,10 +155,10 @@ def test_a_stream_computing_an_answer_when_the_replica_stops_sends_it_and_then_e
     server.start()
     stream = Stream(connect(server))
     stream.send(act_request(frame_index=7))
-    computing = threading.Event()
-    while not computing.wait(0.005):
-        if server.policy.status().in_flight == 1:
-            computing.set()
+    give_up_at = time.monotonic() + CALL_TIMEOUT_S
+    while server.policy.status().in_flight != 1:
+        assert time.monotonic() < give_up_at, "the request never reached the policy"
+        time.sleep(0.005)
 
     stopped = server.stop(grace=60.0)
     answer = stream.answer()
