@@ -10,11 +10,12 @@ the order of the requests. A message on an open stream skips a call's set-up, ab
 round trip (bench/paced_round_trip.py). Each request carries its timeout and each answer its error.
 The pool checks every `STREAM_DEADLINE_CHECK_S` that no stream's oldest request is past its deadline;
 when one is (a stalled replica), the stream's requests fail with DEADLINE_EXCEEDED, the stream is
-cancelled and a new one opened. A replica that refuses the stream (UNIMPLEMENTED: an older
-replica; RESOURCE_EXHAUSTED: no worker thread to spare) gets its requests, those refused included, as
-unary Act calls made one after the other by a thread of its own (`_Caller`), until it rejoins. A replica
-that ends its stream (it died, or it is shutting down) leaves the rotation at once, without a request
-lost to it.
+cancelled and a new one opened. Streams open off the deciding thread (`_ensure_stream`), except when a
+request finds none (a pool that does not warm replicas up, or a stream that ended otherwise). A
+replica that refuses the stream (UNIMPLEMENTED: an older replica; RESOURCE_EXHAUSTED: no worker thread
+to spare) gets its requests, those refused included, as unary Act calls made one after the other by a
+thread of its own (`_Caller`), until it rejoins. A replica that ends its stream (it died, or it is
+shutting down) leaves the rotation at once, without a request lost to it.
 
 Warm-up: a replica's first call builds its network (the observation's shape is known only then), which
 can take longer than a decision's deadline, so that call would be lost. Given the observation's shape,
@@ -104,7 +105,7 @@ class _Replica:
     warm_up_unreachable: bool = False
     """Its last warm-up call failed with UNAVAILABLE: a dead static address is logged once, not every second."""
     stream: _Stream | None = None
-    """Its open ActStream; None until the next request opens one."""
+    """Its open ActStream; None until one opens (after its warm-up, or with the next request)."""
     unary: bool = False
     """It refused ActStream: its requests go by Act on its caller thread until it rejoins."""
     caller: _Caller | None = None
@@ -371,25 +372,62 @@ class ReplicaPool:
             if replica.unary:
                 replica.caller.put(call)
                 return True
-            stream = replica.stream if replica.stream is not None else self._open_stream(replica)
+            watch = None
+            stream = replica.stream
+            if stream is None:
+                # Rare: streams open after the warm-up and after a stall, off this thread (`_ensure_stream`).
+                stream = self._new_stream(replica)
+                watch = self._attach(replica, stream)
             stream.pending.append(call)
             # Under the lock, so that the requests go out in the order of `pending`.
             stream.put(inference_pb2.ActStreamRequest(request=request, timeout_ms=timeout_s * 1000.0))
+        if watch is not None:
+            watch.start()
         return True
 
-    def _open_stream(self, replica: _Replica) -> _Stream:
-        """Opens `replica`'s ActStream; called with the lock held, for a replica in the pool."""
-        stream = _Stream(
+    def _wants_stream(self, replica: _Replica) -> bool:
+        """`replica` is in rotation by ActStream and has no stream; called with the lock held."""
+        return (
+            not self._closed
+            and self._replicas.get(replica.address) is replica
+            and replica.stream is None
+            and not replica.unary
+            and not replica.warming_up
+            and replica.excluded_since_s is None
+        )
+
+    def _ensure_stream(self, replica: _Replica) -> None:
+        """Opens `replica`'s ActStream if it should have one and has none. Its threads start outside the
+        lock: starting a thread can take milliseconds on a busy machine, and the deciding thread's `send`
+        takes the lock."""
+        with self._lock:
+            if not self._wants_stream(replica):
+                return
+        stream = self._new_stream(replica)
+        with self._lock:
+            opened = self._wants_stream(replica)
+            watch = self._attach(replica, stream) if opened else None
+        if not opened:
+            stream.close()  # another thread opened one meanwhile, or the replica left
+        if watch is not None:
+            watch.start()
+
+    def _new_stream(self, replica: _Replica) -> _Stream:
+        return _Stream(
             replica.stub,
             lambda stream, answer: self._on_answer(replica, stream, answer),
             lambda stream, code: self._on_stream_end(replica, stream, code),
             name=f"rtrl-act-stream {replica.address}",
         )
+
+    def _attach(self, replica: _Replica, stream: _Stream) -> threading.Thread | None:
+        """Makes `stream` the replica's; lock held. Returns the deadline check's thread for the caller to
+        start after the lock when this is the pool's first stream."""
         replica.stream = stream
-        if self._stream_watch is None:
-            self._stream_watch = threading.Thread(target=self._watch_streams, name="rtrl-act-deadlines", daemon=True)
-            self._stream_watch.start()
-        return stream
+        if self._stream_watch is not None:
+            return None
+        self._stream_watch = threading.Thread(target=self._watch_streams, name="rtrl-act-deadlines", daemon=True)
+        return self._stream_watch
 
     def _on_answer(self, replica: _Replica, stream: _Stream, answer: inference_pb2.ActStreamResponse) -> None:
         """Runs on the stream's reader thread: the answer to the stream's oldest request."""
@@ -447,21 +485,25 @@ class ReplicaPool:
                 for replica in self._replicas.values():
                     stream = replica.stream
                     if stream is not None and stream.pending and stream.pending[0].deadline_s <= now_s:
+                        replica.stream = None
                         overdue.append((replica, stream, self._take_pending(stream)))
-                        # Its replacement opens here rather than on the thread that decides next.
-                        self._open_stream(replica)
             for replica, stream, calls in overdue:
                 stream.close()
+                # Its replacement opens here, before the failures below make the dispatcher send again, so
+                # that the deciding thread finds it open.
+                self._ensure_stream(replica)
                 # The ones behind the oldest waited for a stalled replica: they fail with it.
                 for call in calls:
                     self._complete(replica, call, None, grpc.StatusCode.DEADLINE_EXCEEDED)
 
     def _work(self, replica: _Replica, item: _Call | _WarmUp) -> None:
-        """Runs on the replica's caller thread."""
+        """Runs on the replica's caller thread. After a warm-up, opens the replica's stream, so that the first
+        decision's request does not wait for the stream's set-up."""
         if isinstance(item, _Call):
             self._call(replica, item)
         else:
             self._call_warm_up(replica)
+            self._ensure_stream(replica)
 
     def _call_warm_up(self, replica: _Replica) -> None:
         assert self._warm_up_request is not None
@@ -483,10 +525,6 @@ class ReplicaPool:
             first_unreachable = unreachable and not replica.warm_up_unreachable
             replica.warm_up_unreachable = unreachable
             self._exclude_if_unavailable(replica, code, now_s)
-            # Opened now, so that the first decision's request does not wait for the stream's set-up.
-            joined = code is None and not self._closed and self._replicas.get(replica.address) is replica
-            if joined and not replica.unary and replica.stream is None:
-                self._open_stream(replica)
         if code is None:
             log.info("inference replica %s answered its warm-up call in %.0f ms; in rotation", replica.address, took_ms)
         elif unreachable:
