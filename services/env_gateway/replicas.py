@@ -386,13 +386,12 @@ class ReplicaPool:
         return True
 
     def _wants_stream(self, replica: _Replica) -> bool:
-        """`replica` is in rotation by ActStream and has no stream; called with the lock held."""
+        """`replica` is in the pool, not out of rotation, asked by ActStream, and has no stream; lock held."""
         return (
             not self._closed
             and self._replicas.get(replica.address) is replica
             and replica.stream is None
             and not replica.unary
-            and not replica.warming_up
             and replica.excluded_since_s is None
         )
 
@@ -458,14 +457,15 @@ class ReplicaPool:
                             replica.address,
                         )
             unanswered = self._take_pending(stream)
-            refused = code in STREAM_REFUSALS and not replica.unary
+            refused = code in STREAM_REFUSALS
+            newly_refused = refused and not replica.unary
             if refused:
                 replica.unary = True
                 assert replica.caller is not None
                 for call in unanswered:
                     replica.caller.put(call)
                 unanswered = []
-        if refused:
+        if newly_refused:
             log.info(
                 "inference replica %s refused ActStream (%s); calling Act instead until it rejoins",
                 replica.address,
@@ -497,13 +497,11 @@ class ReplicaPool:
                     self._complete(replica, call, None, grpc.StatusCode.DEADLINE_EXCEEDED)
 
     def _work(self, replica: _Replica, item: _Call | _WarmUp) -> None:
-        """Runs on the replica's caller thread. After a warm-up, opens the replica's stream, so that the first
-        decision's request does not wait for the stream's set-up."""
+        """Runs on the replica's caller thread."""
         if isinstance(item, _Call):
             self._call(replica, item)
         else:
             self._call_warm_up(replica)
-            self._ensure_stream(replica)
 
     def _call_warm_up(self, replica: _Replica) -> None:
         assert self._warm_up_request is not None
@@ -517,6 +515,10 @@ class ReplicaPool:
             details = error.details() if isinstance(error, grpc.Call) else str(error)
         except ValueError:  # the channel was closed under the call (the replica left the membership)
             code, details = grpc.StatusCode.CANCELLED, "the replica left"
+        if code is None:
+            # Opened before the replica enters the rotation, so that the first decision's request finds it
+            # open (and no request opens a second one meanwhile).
+            self._ensure_stream(replica)
         now_s = self._now_s()
         took_ms = (now_s - started_s) * 1000.0
         unreachable = code == grpc.StatusCode.UNAVAILABLE
