@@ -7,6 +7,11 @@ Layout of the checkpoint directory:
     v000000012.json                 metadata of version 12 (model config, counters, file hashes)
     latest.json                     a copy of the newest version's metadata: the `latest` pointer
 
+A version may carry no learner state of its own and name an earlier version's instead: the replicas
+need only the weights, and the learner's state is 3 times their size (Adam's two moments and the target
+network), so writing it with every version tripled the disk writes of a training run. Pruning keeps
+every file that a kept version's metadata names.
+
 Every file is written under a temporary name, flushed to disk and renamed into place, and
 `latest.json` is replaced only after the files it names are complete, so a reader either sees the
 previous version or the new one, never a partial file. Readers verify the SHA-256 named in the
@@ -38,6 +43,7 @@ log = logging.getLogger(__name__)
 FORMAT = "rtrl.checkpoint/1"
 LATEST = "latest.json"
 _FILE_NAME = re.compile(r"^v\d{9}(\.learner)?\.safetensors$")
+_VERSION_FILE = re.compile(r"^v(\d{9})(\.json|\.safetensors|\.learner\.safetensors)$")
 
 
 class CheckpointError(RuntimeError):
@@ -88,10 +94,17 @@ class CheckpointStore:
         weights: dict[str, torch.Tensor],
         metadata: dict[str, Any],
         learner_state: dict[str, torch.Tensor] | None = None,
+        learner_state_of: Checkpoint | None = None,
     ) -> Checkpoint:
-        """Writes version `version` and then points `latest.json` at it. Raises CheckpointError on failure."""
+        """Writes version `version` and then points `latest.json` at it. Raises CheckpointError on failure.
+
+        `learner_state` is written with this version; `learner_state_of`, an earlier version, is named
+        instead: the new version then names the same learner-state file as that one does (none if it
+        names none)."""
         if version < 1:
             raise ValueError("checkpoint versions start at 1")
+        if learner_state is not None and learner_state_of is not None:
+            raise ValueError("give either learner_state or learner_state_of, not both")
         stem = f"v{version:09d}"
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
@@ -100,12 +113,15 @@ class CheckpointStore:
             if learner_state is not None:
                 state_bytes = save_safetensors({k: v.detach().cpu().contiguous() for k, v in learner_state.items()})
                 files["learner_state"] = (f"{stem}.learner.safetensors", state_bytes)
+            entries = {role: {"name": name, "sha256": _sha256(data)} for role, (name, data) in files.items()}
+            if learner_state_of is not None and "learner_state" in learner_state_of.metadata["files"]:
+                entries["learner_state"] = dict(learner_state_of.metadata["files"]["learner_state"])
             meta = {
                 **metadata,
                 "format": FORMAT,
                 "version": version,
                 "created_unix_ms": int(time.time() * 1000),
-                "files": {role: {"name": name, "sha256": _sha256(data)} for role, (name, data) in files.items()},
+                "files": entries,
             }
             for name, data in files.values():
                 _write_atomically(self.directory / name, data)
@@ -118,12 +134,24 @@ class CheckpointStore:
         return Checkpoint(version, meta)
 
     def _prune(self, newest: int) -> None:
-        for path in self.directory.glob("v*.json"):
-            match = re.match(r"^v(\d{9})\.json$", path.name)
-            if match and int(match.group(1)) <= newest - self.keep:
-                stem = path.name[: -len(".json")]
-                for suffix in (".json", ".safetensors", ".learner.safetensors"):
-                    (self.directory / f"{stem}{suffix}").unlink(missing_ok=True)
+        """Deletes the files of versions `keep` or more below `newest`, except those a kept version names."""
+        old: list[Path] = []
+        named: set[str] = set()
+        for path in self.directory.glob("v*"):
+            match = _VERSION_FILE.match(path.name)
+            if not match:
+                continue
+            if int(match.group(1)) <= newest - self.keep:
+                old.append(path)
+            elif path.name.endswith(".json"):
+                try:
+                    files = self._parse_metadata(path.read_bytes(), path).metadata["files"]
+                    named.update(entry["name"] for entry in files.values())
+                except (CheckpointError, OSError):
+                    return  # a kept version we cannot read may name any file: delete nothing this time
+        for path in old:
+            if path.name not in named:
+                path.unlink(missing_ok=True)
 
     # -- reading (inference, a restarting learner) -------------------------------------------------
 

@@ -7,6 +7,7 @@ Settings that several services share (Redis, checkpoints, stream) are read by th
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Mapping
 from typing import TypeVar
@@ -48,6 +49,13 @@ def _parse(env: Mapping[str, str], name: str, default: T, parse: Callable[[str],
         raise SettingsError(f"{PREFIX}{name}={raw!r} is not valid; set it to {expected}.") from None
 
 
+def _number(raw: str) -> float:
+    value = float(raw)
+    if math.isnan(value):
+        raise ValueError("not a number")
+    return value
+
+
 def env_str(env: Mapping[str, str], name: str, default: str) -> str:
     raw = _raw(env, name)
     return default if raw is None else raw
@@ -61,7 +69,7 @@ def env_int(env: Mapping[str, str], name: str, default: int, minimum: int | None
 
 
 def env_float(env: Mapping[str, str], name: str, default: float, minimum: float | None = None) -> float:
-    value = _parse(env, name, default, float, "a number")
+    value = _parse(env, name, default, _number, "a number")
     if minimum is not None and value < minimum:
         raise SettingsError(f"{PREFIX}{name}={value} is too small; set it to {minimum} or more.")
     return value

@@ -3,7 +3,10 @@
 `Learner` runs on its own thread. Each iteration reads from the stream (blocking briefly only while
 there is nothing to train on), adds what it read to the replay, acknowledges it, then performs one
 update; so updates run back to back while the stream keeps flowing between them. Every
-`checkpoint_every_updates` updates it publishes a checkpoint; `stop()` publishes a final one.
+`checkpoint_every_updates` updates it publishes a checkpoint; `stop()` publishes a final one. The
+replicas need only the weights, so a checkpoint carries the learner's state (optimizer, target network:
+3 times the weights' size) only every `checkpoint_state_interval_s` and at the stop; the others name
+the last one's, which a learner resumed from them loads with their newer weights.
 
 The algorithm is RTRL_ALGORITHM: "dqn" (dqn.py, a ReplayBuffer of transitions, n-step optional) or
 "vtrace" (vtrace.py, an UnrollBuffer of fixed-length unrolls). Both modules offer the same functions
@@ -47,7 +50,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from rtrl.checkpoints import LATEST, CheckpointError, CheckpointStore
+from rtrl.checkpoints import LATEST, Checkpoint, CheckpointError, CheckpointStore
 from rtrl.metrics import RateMeter, Window
 from rtrl.models import ALGORITHM_HEADS, ModelConfig, default_model_config
 from rtrl.transitions import Transition, encode
@@ -240,6 +243,11 @@ class Learner:
         self._backlog_skips = 0
         self._version = 0
         self._updates_at_last_publish = 0
+        # The newest checkpoint naming a learner state (written by us, or resumed from), and when its
+        # state was written or read: checkpoints in between name that one's (settings.checkpoint_state_interval_s).
+        self._state_checkpoint: Checkpoint | None = None
+        self._state_written_s = 0.0
+        self._published_without_state = False
         self._published = 0
         self._published_unix_ms = 0
         self._published_epsilon: float | None = None
@@ -329,6 +337,10 @@ class Learner:
             ) from e
         if learner_state is None:
             log.warning("checkpoint %d has no learner state: the optimizer starts fresh", latest.version)
+        else:
+            log.info("learner state resumed from %s", metadata["files"]["learner_state"]["name"])
+            self._state_checkpoint = latest
+            self._state_written_s = time.monotonic()
         self._agent = agent
         self._env_steps = env_steps
         self._consumed_before_start = consumed
@@ -370,12 +382,13 @@ class Learner:
             with self._consumed_cond:
                 self._consumed_cond.notify_all()  # Train calls waiting for a transition give up now
             with self._model_lock:
+                # A stop leaves an exact resume point: the last version names its own learner state.
                 if (
                     self.failure is None
                     and self._agent is not None
-                    and self._agent.updates != self._updates_at_last_publish
+                    and (self._agent.updates != self._updates_at_last_publish or self._published_without_state)
                 ):
-                    self._publish()
+                    self._publish(final=True)
             self.stream.close()
 
     def _iterate(self) -> None:
@@ -632,12 +645,19 @@ class Learner:
 
     # -- checkpoints -------------------------------------------------------------------------------
 
-    def _publish(self) -> None:
+    def _publish(self, final: bool = False) -> None:
+        """Publishes the next version; with the learner's state when `final`, when none was written yet or
+        when the last was written `checkpoint_state_interval_s` ago, else naming the last one's."""
         assert self._agent is not None
         agent = self._agent
         version = self._version + 1
         started_s = time.monotonic()
         learner_state, counters = self.algo.export_learner_state(agent)
+        with_state = (
+            final
+            or self._state_checkpoint is None
+            or started_s - self._state_written_s >= self.settings.checkpoint_state_interval_s
+        )
         metadata = {
             "algorithm": self.algo.ALGORITHM,
             "model": agent.model_config.to_json(),
@@ -650,7 +670,11 @@ class Learner:
         }
         try:
             checkpoint = self.store.publish(
-                version, self.algo.policy_weights(agent), metadata, learner_state=learner_state
+                version,
+                self.algo.policy_weights(agent),
+                metadata,
+                learner_state=learner_state if with_state else None,
+                learner_state_of=None if with_state else self._state_checkpoint,
             )
         except (CheckpointError, OSError) as e:  # CheckpointStore lets an OSError from mkdir through
             self._publish_failures += 1
@@ -669,14 +693,19 @@ class Learner:
             self._publish_last_error = ""
         self._version = version
         self._updates_at_last_publish = agent.updates
+        if with_state:
+            self._state_checkpoint = checkpoint
+            self._state_written_s = started_s
+        self._published_without_state = not with_state
         self._published += 1
         self._published_unix_ms = int(checkpoint.metadata["created_unix_ms"])
         self._published_epsilon = float(metadata["epsilon"])
         log.info(
-            "published checkpoint %d at %d updates in %.0f ms",
+            "published checkpoint %d at %d updates in %.0f ms (%s)",
             version,
             agent.updates,
             (time.monotonic() - started_s) * 1000.0,
+            "with the learner state" if with_state else "weights only",
         )
 
     # -- observing ---------------------------------------------------------------------------------

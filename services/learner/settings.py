@@ -42,6 +42,7 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_CONSUMER_GROUP = "learner"
 DEFAULT_CHECKPOINT_EVERY_UPDATES = 100
 DEFAULT_CHECKPOINT_KEEP = 5
+DEFAULT_CHECKPOINT_STATE_INTERVAL_S = 60.0
 MODES = ("async", "sequential")
 DEFAULT_SEQUENTIAL_UPDATES = 1
 DEFAULT_TORCH_THREADS = 1
@@ -89,6 +90,10 @@ class LearnerSettings:
     """A checkpoint is published every this many updates (RTRL_CHECKPOINT_EVERY_UPDATES)."""
     checkpoint_keep: int = DEFAULT_CHECKPOINT_KEEP
     """Published versions kept on disk, at least 2 (RTRL_CHECKPOINT_KEEP)."""
+    checkpoint_state_interval_s: float = DEFAULT_CHECKPOINT_STATE_INTERVAL_S
+    """Seconds between two checkpoints that carry the learner's state (optimizer, target network); the
+    checkpoints between carry only the policy weights and name the last state written. The final
+    checkpoint of a stop always carries it. 0: every checkpoint does (RTRL_CHECKPOINT_STATE_INTERVAL_S)."""
     algorithm: str = "dqn"
     """Learning algorithm, one of rtrl.models.ALGORITHMS: "dqn" or "vtrace" (RTRL_ALGORITHM)."""
     torch_threads: int = DEFAULT_TORCH_THREADS
@@ -147,6 +152,9 @@ class LearnerSettings:
                 env, "CHECKPOINT_EVERY_UPDATES", DEFAULT_CHECKPOINT_EVERY_UPDATES, minimum=1
             ),
             checkpoint_keep=env_int(env, "CHECKPOINT_KEEP", DEFAULT_CHECKPOINT_KEEP, minimum=2),
+            checkpoint_state_interval_s=env_float(
+                env, "CHECKPOINT_STATE_INTERVAL_S", DEFAULT_CHECKPOINT_STATE_INTERVAL_S, minimum=0.0
+            ),
             algorithm=env_choice(env, "ALGORITHM", "dqn", ALGORITHMS),
             torch_threads=env_int(env, "TORCH_THREADS", DEFAULT_TORCH_THREADS, minimum=1),
             device=device,

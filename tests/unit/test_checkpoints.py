@@ -42,6 +42,41 @@ def test_old_versions_are_pruned_but_latest_kept(tmp_path):
     ]
 
 
+def test_a_version_can_name_an_earlier_learner_state_which_pruning_keeps_while_named(tmp_path):
+    store = CheckpointStore(tmp_path, keep=2)
+    first = store.publish(1, weights(1.0), {"model": {}}, learner_state={"opt": torch.ones(3)})
+    for version in range(2, 5):
+        store.publish(version, weights(version), {"model": {}}, learner_state_of=first)
+    latest = store.latest()
+    assert latest is not None and latest.version == 4
+    assert torch.equal(store.load_weights(latest)["layer.weight"], torch.full((64, 64), 4.0))
+    assert torch.equal(store.load_learner_state(latest)["opt"], torch.ones(3))
+    # Version 1 is pruned but its learner state stays: versions 3 and 4 name it.
+    assert sorted(p.name for p in tmp_path.glob("v*")) == [
+        "v000000001.learner.safetensors",
+        "v000000003.json",
+        "v000000003.safetensors",
+        "v000000004.json",
+        "v000000004.safetensors",
+    ]
+    fifth = store.publish(5, weights(5.0), {"model": {}}, learner_state={"opt": torch.zeros(3)})
+    store.publish(6, weights(6.0), {"model": {}}, learner_state_of=fifth)
+    # No kept version names version 1's state any more.
+    assert sorted(p.name for p in tmp_path.glob("*.learner.safetensors")) == ["v000000005.learner.safetensors"]
+    assert torch.equal(store.load_learner_state(store.latest())["opt"], torch.zeros(3))
+
+
+def test_a_version_names_no_learner_state_when_the_one_it_follows_has_none(tmp_path):
+    store = CheckpointStore(tmp_path)
+    first = store.publish(1, weights(1.0), {"model": {}})
+    second = store.publish(2, weights(2.0), {"model": {}}, learner_state_of=first)
+    assert "learner_state" not in second.metadata["files"]
+    with pytest.raises(CheckpointError, match="no learner_state file"):
+        store.load_learner_state(second)
+    with pytest.raises(ValueError, match="not both"):
+        store.publish(3, weights(3.0), {"model": {}}, learner_state={"opt": torch.ones(1)}, learner_state_of=first)
+
+
 def test_corrupted_weights_are_refused(tmp_path):
     store = CheckpointStore(tmp_path)
     store.publish(1, weights(1.0), {"model": {}})

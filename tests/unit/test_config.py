@@ -28,6 +28,7 @@ def test_values_are_parsed():
         ),
         (lambda: env_int({"RTRL_N": "0"}, "N", 1, minimum=1), "RTRL_N=0 is too small; set it to 1 or more"),
         (lambda: env_float({"RTRL_X": "fast"}, "X", 1.0), "set it to a number"),
+        (lambda: env_float({"RTRL_X": "nan"}, "X", 1.0, minimum=0.0), "RTRL_X='nan' is not valid; set it to a number"),
         (lambda: env_bool({"RTRL_B": "maybe"}, "B", True), "set it to true or false"),
         (lambda: env_choice({"RTRL_C": "x"}, "C", "a", ("a", "b")), "set it to one of: a, b"),
     ],

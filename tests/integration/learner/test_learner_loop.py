@@ -116,6 +116,56 @@ def test_a_new_learner_resumes_versions_and_counters_and_gets_what_a_crashed_one
     assert after.metadata["transitions_consumed"] == 60
 
 
+def learner_state_file(store: CheckpointStore, version: int) -> str | None:
+    metadata = json.loads((store.directory / f"v{version:09d}.json").read_text())
+    entry = metadata["files"].get("learner_state")
+    return None if entry is None else str(entry["name"])
+
+
+def test_checkpoints_between_learner_states_name_the_last_one_a_stop_writes_its_own_and_a_resume_follows_it(
+    make_settings, publish, transition, wait_until
+) -> None:
+    settings = make_settings(checkpoint_state_interval_s=3600.0)
+    store = CheckpointStore(settings.checkpoint_dir)
+    publish([transition(seq) for seq in range(40)])
+    first = Learner(settings)
+    first.start()
+    try:
+        wait_until(lambda: first.status().checkpoints_published >= 3, "three publications")
+    finally:
+        first.stop()
+    versions = published_versions(settings.checkpoint_dir)
+    first_state = "v000000001.learner.safetensors"
+    # The first version writes the state; those until the stop name it; the stop's version writes its own.
+    assert [learner_state_file(store, v) for v in versions] == (
+        [first_state] * (len(versions) - 1) + [f"v{versions[-1]:09d}.learner.safetensors"]
+    )
+    assert sorted(p.name for p in settings.checkpoint_dir.glob("*.learner.safetensors")) == [
+        first_state,
+        f"v{versions[-1]:09d}.learner.safetensors",
+    ]
+
+    # As a crash would leave it: the newest version is one that names an earlier state.
+    for path in settings.checkpoint_dir.glob(f"v{versions[-1]:09d}.*"):
+        path.unlink()
+    (settings.checkpoint_dir / "latest.json").write_bytes(
+        (settings.checkpoint_dir / f"v{versions[-2]:09d}.json").read_bytes()
+    )
+    publish([transition(seq) for seq in range(40, 60)])
+    second = Learner(settings)
+    second.start()
+    try:
+        assert second.status().updates == json.loads((settings.checkpoint_dir / "latest.json").read_text())["updates"]
+        wait_until(lambda: second.status().checkpoints_published >= 2, "two publications after the resume")
+    finally:
+        second.stop()
+    # The resumed learner loaded the state that version named, and names it until its own stop.
+    resumed = published_versions(settings.checkpoint_dir)[len(versions) - 1 :]
+    assert resumed[0] == versions[-1]
+    assert [learner_state_file(store, v) for v in resumed[:-1]] == [first_state] * (len(resumed) - 1)
+    assert learner_state_file(store, resumed[-1]) == f"v{resumed[-1]:09d}.learner.safetensors"
+
+
 def test_entries_pending_for_a_dead_consumer_are_reclaimed(
     make_settings, publish, transition, wait_until, pending_count, redis_client, stream_name
 ) -> None:
