@@ -676,6 +676,18 @@ class RealtimeClock(EpisodeSteps):
         assert self._t0_s is not None, "the schedule starts when the first frame is produced"
         return self._t0_s + frame * self._period_s
 
+    def quiet_after(self, not_before_s: float) -> float:
+        """The first middle of a frame period at or after `not_before_s` (itself before the first frame).
+
+        A frame's step, its decision's request and, with a fast policy, the reply all come in the first
+        milliseconds after the frame is due; background work started mid-period (the publisher's writes
+        to Redis, and the learner's reads that they wake) keeps out of their way."""
+        t0_s = self._t0_s
+        if t0_s is None:
+            return not_before_s
+        periods = math.ceil((not_before_s - t0_s) / self._period_s - 0.5)
+        return t0_s + (periods + 0.5) * self._period_s
+
     def _wait_for_next_frame(self) -> None:
         """Sleeps until the next frame is due; counts it late, and moves the schedule when far behind."""
         due = self.due_s(self.frame)

@@ -154,6 +154,9 @@ class Gateway:
                     inline=kind is SchedulerKind.NEXT_IDLE,
                     frame_period_s=1.0 / self.clock_config.frame_rate_hz,
                 )
+            # Fewer wake-ups, mid-frame, beside the calls in flight in realtime; a sequential Train waits for
+            # each transition, and a simulated clock runs as fast as the publisher keeps up.
+            batching = settings.interaction == "async" and settings.clock == "realtime"
             try:
                 self.publisher: TransitionPublisher[StepRecord] = TransitionPublisher(
                     settings.redis_url,
@@ -161,11 +164,8 @@ class Gateway:
                     settings.stream_maxlen,
                     settings.publish_queue_size,
                     encode=self._encode,
-                    # Fewer wake-ups beside the calls in flight in realtime; a sequential Train waits for each
-                    # transition, and a simulated clock runs as fast as the publisher keeps up.
-                    batch_interval_s=(
-                        BATCH_INTERVAL_S if settings.interaction == "async" and settings.clock == "realtime" else 0.0
-                    ),
+                    batch_interval_s=BATCH_INTERVAL_S if batching else 0.0,
+                    quiet_after=self._quiet_after if batching else None,
                 )
                 self.registry = RegistryWatcher(
                     settings.redis_url,
@@ -227,6 +227,10 @@ class Gateway:
         settings = self.settings
         room = settings.max_staleness_frames - settings.decision_interval_frames
         return max(settings.lead_frames, min(self.mailbox.usual_staleness(), room))
+
+    def _quiet_after(self, not_before_s: float) -> float:
+        assert isinstance(self.clock, RealtimeClock), "the publisher batches only beside a realtime clock"
+        return self.clock.quiet_after(not_before_s)
 
     def _encode(self, record: StepRecord) -> bytes:
         return encode(record.to_transition(self.preprocessor))

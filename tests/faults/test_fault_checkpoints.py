@@ -219,11 +219,18 @@ def test_a_full_disk_fails_publications_visibly_leaves_nothing_partial_and_publi
         client.close()
     port = free_port()
     address = f"127.0.0.1:{port}"
-    # A checkpoint here is about 2 MB (weights and learner state) and all are kept (RTRL_CHECKPOINT_KEEP
-    # 1000), so at one every 10 updates the learner's own checkpoints filled most of a 24 MB tmpfs before
-    # the ballast, which then freed too little for two more: publishing never resumed (2 of 2 runs here,
-    # 1 of 5 clean-clone CI runs). One every 100 updates, in 64 MB, leaves the filling to the ballast.
-    learner = learner_env(local_redis.url, stream_name, small_tmpfs, port, RTRL_CHECKPOINT_EVERY_UPDATES="100")
+    # The learner's own checkpoints must not fill the tmpfs before the ballast does, or the ballast frees
+    # too little for publishing to resume (24 MB, all versions kept, one every 10 updates: 2 of 2 runs
+    # here); nor fill it completely before the test looks (64 MB, all kept, one every 100 updates: the
+    # ballast could not even be created, 1 run on a busy machine). Five kept versions stay under 10 MB.
+    learner = learner_env(
+        local_redis.url,
+        stream_name,
+        small_tmpfs,
+        port,
+        RTRL_CHECKPOINT_EVERY_UPDATES="100",
+        RTRL_CHECKPOINT_KEEP="5",
+    )
     processes.start("learner", "services.learner", learner, port=port)
     replica = processes.start(
         "replica",

@@ -194,6 +194,18 @@ def test_request_deadline_is_the_due_time_of_the_last_usable_frame(make_clock: M
     assert h.sample_at(4).deadline_s == pytest.approx(start_s + (4 + 5) / 60.0 - DEADLINE_MARGIN_S)
 
 
+def test_quiet_moments_are_the_middles_of_frame_periods(make_clock: MakeHarness) -> None:
+    h = make_clock()
+    assert h.clock.quiet_after(5.0) == 5.0  # no schedule before the first frame
+    start_s = h.time.now_s
+    h.tick_until(2)
+    period_s = 1.0 / 60.0
+    assert h.clock.quiet_after(start_s) == pytest.approx(start_s + 0.5 * period_s)
+    assert h.clock.quiet_after(start_s + 0.49 * period_s) == pytest.approx(start_s + 0.5 * period_s)
+    assert h.clock.quiet_after(start_s + 0.51 * period_s) == pytest.approx(start_s + 1.5 * period_s)
+    assert h.clock.quiet_after(start_s + 3.2 * period_s) == pytest.approx(start_s + 3.5 * period_s)
+
+
 def test_decision_overhead_runs_from_frame_produced_to_reply_in_mailbox(make_clock: MakeHarness) -> None:
     h = make_clock()
     h.tick_until(0)

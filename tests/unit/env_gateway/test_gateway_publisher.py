@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import cast
 
@@ -120,3 +121,33 @@ def test_publisher_reconnects_by_itself_after_redis_returns() -> None:
         publisher.stop(flush_timeout_s=0.5)
         if second is not None:
             second.stop()
+
+
+def test_batches_wait_for_the_quiet_moment_the_clock_names(local_redis: LocalRedis) -> None:
+    """Each batch is written at the first moment `quiet_after` names past the batch interval."""
+    asked: list[float] = []
+    written_s: list[float] = []
+
+    def quiet_after(not_before_s: float) -> float:
+        asked.append(not_before_s)
+        return not_before_s + 0.2
+
+    publisher: TransitionPublisher[Transition] = TransitionPublisher(
+        local_redis.url, "publisher:quiet", 100, 100, encode=encode, batch_interval_s=0.01, quiet_after=quiet_after
+    )
+    send = publisher._send
+
+    def timed_send(entries: list[bytes]) -> bool:
+        written_s.append(time.monotonic())
+        return send(entries)
+
+    publisher._send = timed_send  # type: ignore[method-assign]
+    publisher.start()
+    try:
+        publisher.publish(transition(0))
+        wait_for(lambda: publisher.published == 1, timeout_s=5.0)
+    finally:
+        publisher.stop()
+    assert read_stream(local_redis.url, "publisher:quiet")[0].seq == 0
+    # The write waited for the named moment: past the 10 ms batch interval by the 200 ms the clock added.
+    assert written_s[0] >= asked[0] + 0.2
