@@ -347,6 +347,19 @@ class ReplicaPool:
                 if replica.excluded_since_s is None and not replica.warming_up
             ]
 
+    def wait_for_rotation(self, timeout_s: float) -> bool:
+        """Waits until a replica is in rotation, while any is still warming up, at most `timeout_s`; True
+        when one is in rotation."""
+        give_up_s = time.monotonic() + timeout_s
+        while True:
+            with self._lock:
+                replicas = list(self._replicas.values())
+                if any(r.excluded_since_s is None and not r.warming_up for r in replicas):
+                    return True
+                if not any(r.warming_up for r in replicas) or time.monotonic() >= give_up_s:
+                    return False
+            time.sleep(0.01)
+
     def prepare(self, observation: np.ndarray, frame_index: int) -> inference_pb2.ActRequest:
         """The Act request for an observation; built once, sent to as many replicas as the scheduler says."""
         return inference_pb2.ActRequest(

@@ -39,7 +39,7 @@ from services.env_gateway.membership import REGISTRY_SOURCE, Membership, Registr
 from services.env_gateway.metrics import start_metrics
 from services.env_gateway.preprocess import Preprocessor
 from services.env_gateway.publisher import BATCH_INTERVAL_S, TransitionPublisher
-from services.env_gateway.replicas import AddressResolver, ReplicaPool
+from services.env_gateway.replicas import WARM_UP_TIMEOUT_S, AddressResolver, ReplicaPool
 from services.env_gateway.scheduler import NextIdleScheduler, SchedulerKind, make_scheduler
 from services.env_gateway.settings import GatewaySettings
 from services.env_gateway.simulated_clock import SimulatedClock, SimulatedDispatch, simulated_clock
@@ -254,6 +254,7 @@ class Gateway:
             self.registry.start()
             self.publisher.start()
             self.dispatcher.start()
+            self._wait_for_a_warm_replica()
             self.clock.start()
         deadline = time.monotonic() + timeout_s
         while not self.clock.ticking.wait(0.05):
@@ -277,6 +278,20 @@ class Gateway:
             self.replicas.addresses or "none yet",
             list(self.settings.inference_addresses),
             self.settings.replica_registry,
+        )
+
+    def _wait_for_a_warm_replica(self) -> None:
+        """Before the first frame, waits for a replica known now to end its warm-up call (bounded by that
+        call's timeout), so that the first decisions are not left to the fallback while it builds its
+        network. With no replica known yet, the clock starts at once."""
+        if not self.replicas.addresses:
+            return
+        started_s = time.monotonic()
+        in_rotation = self.replicas.wait_for_rotation(WARM_UP_TIMEOUT_S + 1.0)
+        log.info(
+            "%s after %.0f ms; the game clock starts",
+            "a replica is in rotation" if in_rotation else "no replica answered its warm-up call",
+            (time.monotonic() - started_s) * 1000.0,
         )
 
     def stop(self, flush_timeout_s: float = FLUSH_TIMEOUT_S) -> None:

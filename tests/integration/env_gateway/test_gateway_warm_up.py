@@ -126,3 +126,27 @@ def test_the_gateway_loses_no_call_to_a_replica_building_its_network(
     assert replica.failures == 0 and replica.replies == replica.requests - replica.in_flight
     warm_up = servicer.observations[0]
     assert list(warm_up.shape) == list(gateway.spec().observation_shape) and not warm_up.any()
+
+
+def test_the_game_clock_starts_once_a_replica_is_warm_so_even_the_first_decision_is_fresh(
+    serve_inference: Serve, local_redis: LocalRedis, start_gateway: Callable[..., Stack]
+) -> None:
+    servicer = FirstCallBuilds(hold_first_call=False)
+    address, _ = serve_inference(servicer)
+    gateway = start_gateway(local_redis.url, [address]).gateway
+    wait_until(lambda: gateway.stats().decisions >= 30)
+    stats = gateway.stats()
+    # Started at once, the clock's first decisions would fall back for the BUILD_S of the warm-up call.
+    assert stats.decisions_fallback == 0, stats
+
+
+def test_waiting_for_a_warm_replica_ends_when_no_replica_is_warming_up_any_more() -> None:
+    pool = ReplicaPool("gw", 6, observation_shape=SHAPE)
+    try:
+        pool.set_members({f"127.0.0.1:{free_port()}": time.monotonic()})  # nothing listens there
+        started_s = time.monotonic()
+        assert pool.wait_for_rotation(BOUND_S) is False
+        # Its warm-up failed (connection refused): nothing left to wait for, long before the bound.
+        assert time.monotonic() - started_s < BOUND_S / 2
+    finally:
+        pool.close()
