@@ -31,6 +31,7 @@ conditions; compare them with each other, not with another day's numbers.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -54,6 +55,8 @@ import numpy as np
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
+from rtrl.config import SettingsError  # noqa: E402
+from rtrl.cpus import checked_cpus, format_cpu_list, usable_cpus  # noqa: E402
 from rtrl.grpc_util import create_channel, health_status  # noqa: E402
 from rtrl.local_redis import LocalRedis, free_port  # noqa: E402
 from rtrl.metrics import Window  # noqa: E402
@@ -342,6 +345,13 @@ def paced_stream_messages(address: str, seconds: float) -> dict:
     }  # fmt: skip
 
 
+def set_affinity(pid: int, cpus: set[int]) -> None:
+    """Every thread of process `pid` runs on `cpus` (and threads it starts later inherit them)."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(ProcessLookupError):  # the thread ended meanwhile
+            os.sched_setaffinity(int(tid), cpus)
+
+
 def replica_counts(t_infer_frames: float, limit: int) -> list[int]:
     """1, and around ceil(t_infer / t_frame): enough to find the smallest N reaching 99% coverage."""
     needed = math.ceil(t_infer_frames)
@@ -368,6 +378,13 @@ class Bench:
         self.checkpoints = workdir / "checkpoints"
         self.learner: subprocess.Popen[bytes] | None = None
         self.row_count = 0
+        self.cpus = usable_cpus()
+        try:
+            self.learner_cpus = checked_cpus(args.learner_cpus, self.cpus, "--learner-cpus") if args.learner_cpus else None
+        except SettingsError as e:
+            raise SystemExit(str(e)) from None
+        if self.learner_cpus == self.cpus:
+            raise SystemExit(f"--learner-cpus {args.learner_cpus} leaves no CPU for the gateway and the replicas")
 
     def replica_dir(self) -> str:
         """The learner's checkpoint directory (replicas hot-reload what it publishes), or one of their own."""
@@ -475,6 +492,16 @@ class Bench:
                     )
                     self.record(kind, label, t_infer, n, scheduler, m, reserve=reserve)
 
+    def partition(self, learner_cpus: set[int] | None) -> None:
+        """Moves the learner to `learner_cpus` and every other process of the run (this one, whose gateway
+        threads inherit it, Redis, the replicas) to the other CPUs, as `rtrl up --learner-cpus` starts
+        them; None puts everything back on every CPU."""
+        learner = learner_cpus or self.cpus
+        others = self.cpus - learner if learner_cpus else self.cpus
+        assert self.redis.process is not None and self.learner is not None
+        for pid in (os.getpid(), self.redis.process.pid, *(p.pid for p in self.procs.started if p.poll() is None)):
+            set_affinity(pid, learner if pid == self.learner.pid else others)
+
     def run(self) -> None:
         args = self.args
         log(f"work directory {self.workdir}; Redis {self.redis.url}")
@@ -486,20 +513,28 @@ class Bench:
                     self.wait_for_calm()
                     bare = paced_stream_messages(addresses[0], args.measure_s)
                     self.record("zero-cost", "bare ActStream message", 0.0, 1, "-", bare)
+                    # With --learner-cpus, each row is measured unpinned and then pinned, side by side.
+                    partitions = [None, *([self.learner_cpus] if self.learner_cpus else [])]
                     for n in (1, 2):
                         for reserve in args.jitter_reserve:
-                            self.wait_for_calm()
-                            m = run_gateway(
-                                self.redis.url,
-                                addresses[:n],
-                                "next_idle",
-                                6,
-                                args.warmup_s,
-                                args.measure_s,
-                                f"bench-zero-{n}-r{reserve}",
-                                jitter_reserve=reserve,
-                            )
-                            self.record("zero-cost", "zero-cost", 0.0, n, "next_idle", m, reserve=reserve)
+                            for learner_cpus in partitions:
+                                self.partition(learner_cpus)
+                                self.wait_for_calm()
+                                m = run_gateway(
+                                    self.redis.url,
+                                    addresses[:n],
+                                    "next_idle",
+                                    6,
+                                    args.warmup_s,
+                                    args.measure_s,
+                                    f"bench-zero-{n}-r{reserve}",
+                                    jitter_reserve=reserve,
+                                )
+                                label = "zero-cost" + (
+                                    f", learner on CPU {format_cpu_list(learner_cpus)}" if learner_cpus else ""
+                                )
+                                self.record("zero-cost", label, 0.0, n, "next_idle", m, reserve=reserve)
+                    self.partition(None)
             for t_infer in args.t_infer:
                 counts = [
                     n for n in replica_counts(t_infer, args.max_replicas) if not args.replicas or n in args.replicas
@@ -726,6 +761,13 @@ def main() -> None:
         f"{DEFAULT_JITTER_RESERVE_FRAMES}, the gateway's)",
     )
     parser.add_argument("--model-widths", type=int, nargs="+", default=list(MODEL_WIDTHS))
+    parser.add_argument(
+        "--learner-cpus",
+        default="",
+        metavar="LIST",
+        help="also measure each zero-cost row with the learner on these CPUs and everything else on the others "
+        "(as rtrl up --learner-cpus runs them), right after the same row unpinned",
+    )
     parser.add_argument("--no-models", dest="models", action="store_false")
     parser.add_argument("--no-sequential", dest="sequential", action="store_false")
     parser.add_argument("--no-zero-cost", dest="zero_cost", action="store_false")

@@ -20,6 +20,7 @@ from rtrl.config import (
     DEFAULT_INFERENCE_PORT,
     DEFAULT_LEARNER_PORT,
 )
+from rtrl.cpus import parse_cpu_list
 
 SERVICES = {
     "gateway": ("services.env_gateway", "the env gateway: owns the game clock, asks inference for actions"),
@@ -41,6 +42,16 @@ def _replica_count(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError("at least 1 inference replica is needed for the gateway to act")
     return value
+
+
+def _cpu_list(text: str) -> str:
+    if not text:
+        return text  # the default: no pinning
+    try:
+        parse_cpu_list(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{e}; give CPUs like 1, 2-3 or 0,2") from None
+    return text
 
 
 def _key_value(text: str) -> tuple[str, str]:
@@ -99,6 +110,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--scheduler",
         choices=("next_idle", "max_time", "mean_time"),
         help="when observations go to which replica (RTRL_SCHEDULER; default: the gateway's)",
+    )
+    up.add_argument(
+        "--learner-cpus",
+        type=_cpu_list,
+        default="",
+        metavar="LIST",
+        help="run the learner on these CPUs only (like taskset: 1, 2-3, 0,2) and everything else on the others, "
+        "so that training never shares a core with acting (RTRL_CPUS of each service; default: no pinning)",
     )
     up.add_argument(
         "--set",
@@ -193,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         dashboard_port=args.dashboard_port,
         interaction=args.interaction,
         scheduler=args.scheduler,
+        learner_cpus=args.learner_cpus,
         extra_env=dict(args.settings),
     )
     return up(options)

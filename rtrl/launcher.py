@@ -38,6 +38,7 @@ from rtrl.config import (
     DEFAULT_LEARNER_PORT,
     SettingsError,
 )
+from rtrl.cpus import checked_cpus, format_cpu_list, usable_cpus
 from rtrl.grpc_util import health_status
 from rtrl.local_redis import LocalRedis, free_port
 from rtrl.redis_client import redacted_url
@@ -79,6 +80,8 @@ class UpOptions:
     dashboard_port: int = DEFAULT_DASHBOARD_PORT
     interaction: str = "async"
     scheduler: str | None = None
+    learner_cpus: str = ""
+    """CPUs for the learner alone ("1", "2-3"); everything else runs on the others. Empty: no pinning."""
     extra_env: dict[str, str] = field(default_factory=dict)
 
 
@@ -161,10 +164,32 @@ class Stack:
             )
         return Child(name, address, process, log_path)
 
+    def _partition_cpus(self) -> tuple[dict[str, str], dict[str, str]]:
+        """With --learner-cpus: RTRL_CPUS for the learner and for everything else. This process moves to
+        the others first, so Redis, started here, runs there too."""
+        o = self.options
+        if not o.learner_cpus:
+            return {}, {}
+        if not hasattr(os, "sched_setaffinity"):
+            raise LaunchError("--learner-cpus is not supported on this platform; leave it out.")
+        try:
+            learner = checked_cpus(o.learner_cpus, usable_cpus(), "--learner-cpus")
+        except SettingsError as e:
+            raise LaunchError(str(e)) from None
+        others = usable_cpus() - learner
+        if not others:
+            raise LaunchError(
+                f"--learner-cpus {o.learner_cpus} leaves no CPU for the gateway and the replicas; name fewer "
+                f"CPUs (this machine lets rtrl use {format_cpu_list(usable_cpus())})."
+            )
+        os.sched_setaffinity(0, others)
+        return {"RTRL_CPUS": format_cpu_list(learner)}, {"RTRL_CPUS": format_cpu_list(others)}
+
     def start(self) -> None:
         o = self.options
         if o.inference_replicas < 1:
             raise LaunchError("--inference-replicas must be at least 1: the gateway needs a replica to act")
+        learner_cpus, other_cpus = self._partition_cpus()
         if not self.redis_url:
             # A fresh password per run: other users of this machine cannot write into the stream.
             self.redis = LocalRedis(password=secrets.token_urlsafe(24)).start()
@@ -174,7 +199,9 @@ class Stack:
             "RTRL_LEARNER_METRICS_PORT": str(self.metrics_ports["learner"]),
             "RTRL_LEARNER_TENSORBOARD_DIR": str(self.tensorboard_dir.resolve()),
             **env,
+            **learner_cpus,
         }
+        env = {**env, **other_cpus}  # everything but the learner
         self.learner = self._spawn("learner", "services.learner", self.learner_address, learner_env)
         for i, address in enumerate(self.replica_addresses):
             replica_env = {

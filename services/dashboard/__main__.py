@@ -6,6 +6,7 @@ import logging
 import sys
 
 from rtrl.config import SettingsError
+from rtrl.cpus import apply_cpus_from_env
 from services.dashboard.server import serve
 from services.dashboard.settings import DashboardSettings
 
@@ -13,6 +14,7 @@ from services.dashboard.settings import DashboardSettings
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        apply_cpus_from_env()
         settings = DashboardSettings.from_env()
     except SettingsError as e:
         print(f"dashboard: {e}", file=sys.stderr)

@@ -6,6 +6,7 @@ import logging
 import sys
 
 from rtrl.config import SettingsError
+from rtrl.cpus import apply_cpus_from_env
 from services.env_gateway.backends import BackendError
 from services.env_gateway.server import serve
 from services.env_gateway.settings import GatewaySettings
@@ -14,6 +15,7 @@ from services.env_gateway.settings import GatewaySettings
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        apply_cpus_from_env()
         serve(GatewaySettings.from_env())
     except SettingsError as error:
         print(f"env_gateway: {error}", file=sys.stderr)

@@ -6,6 +6,7 @@ import logging
 import sys
 
 from rtrl.config import SettingsError
+from rtrl.cpus import apply_cpus_from_env
 from services.inference.server import serve
 from services.inference.settings import InferenceSettings
 
@@ -13,6 +14,7 @@ from services.inference.settings import InferenceSettings
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        apply_cpus_from_env()
         settings = InferenceSettings.from_env()
     except SettingsError as e:
         print(f"inference: {e}", file=sys.stderr)

@@ -7,6 +7,7 @@ import os
 import sys
 
 from rtrl.config import SettingsError
+from rtrl.cpus import apply_cpus_from_env
 from services.learner.loop import LearnerError
 from services.learner.server import serve
 from services.learner.settings import LearnerSettings
@@ -15,6 +16,7 @@ from services.learner.settings import LearnerSettings
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        apply_cpus_from_env()
         settings = LearnerSettings.from_env()
     except SettingsError as e:
         print(f"learner: {e}", file=sys.stderr)

@@ -5,6 +5,7 @@ gateway on ALE Pong at 60 fps, inspected with the real grpcurl binary while it r
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -15,12 +16,15 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from rtrl.cpus import usable_cpus
 from rtrl.grpc_util import health_status
 from rtrl.local_redis import free_port
 
 pytestmark = pytest.mark.e2e
 
 RUN_SECONDS = 45
+# The learner gets a CPU of its own (`--learner-cpus`) and everything else the others, on a machine that has two.
+LEARNER_CPU = max(usable_cpus()) if len(usable_cpus()) > 1 else None
 
 
 def grpcurl(*args: str) -> str:
@@ -67,6 +71,8 @@ def stack(tmp_path_factory):
         "--summary-json", str(summary),
         "--set", "RTRL_CHECKPOINT_EVERY_UPDATES=50",
     ]  # fmt: skip
+    if LEARNER_CPU is not None:
+        command += ["--learner-cpus", str(LEARNER_CPU)]
     log_path = tmp / "rtrl-up.log"
     with open(log_path, "w") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
@@ -111,6 +117,27 @@ def test_grpcurl_lists_describes_and_invokes_every_service(stack):
     assert spec["observation_shape"] == [4, 84, 84]
     assert spec["action_meanings"][0] == "NOOP"
     assert spec["frame_rate_hz"] == 60
+
+
+def test_the_learner_runs_on_its_own_cpu_and_every_other_process_on_the_others(stack):
+    if LEARNER_CPU is None:
+        pytest.skip("this machine lets rtrl use one CPU: there is nothing to partition")
+    launcher = stack["process"].pid
+    children = [int(pid) for pid in Path(f"/proc/{launcher}/task/{launcher}/children").read_text().split()]
+    affinity: dict[str, set[int]] = {}
+    for pid in children:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        name = next(
+            (part.decode() for part in command if part.startswith(b"services.")), Path(command[0].decode()).name
+        )
+        # Every thread, not only the main one: threads started after RTRL_CPUS was applied inherit it.
+        threads = {frozenset(os.sched_getaffinity(int(tid))) for tid in os.listdir(f"/proc/{pid}/task")}
+        assert len(threads) == 1, f"{name}'s threads run on different CPUs: {threads}"
+        affinity[f"{name} {pid}"] = set(threads.pop())
+    others = usable_cpus() - {LEARNER_CPU}
+    assert {name for name in affinity if name.startswith("services.learner")}, affinity
+    for name, cpus in affinity.items():
+        assert cpus == ({LEARNER_CPU} if name.startswith("services.learner") else others), (name, affinity)
 
 
 def test_replicas_serve_the_newest_checkpoint_while_the_learner_publishes(stack):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+from rtrl.cpus import format_cpu_list, usable_cpus
 from rtrl.local_redis import free_port
 
 
@@ -24,6 +25,19 @@ def test_settings_must_be_rtrl_settings():
     result = rtrl("up", "--set", "PATH=/tmp")
     assert result.returncode == 2
     assert "settings start with RTRL_" in result.stderr
+
+
+def test_learner_cpus_must_be_a_cpu_list_and_leave_cpus_for_acting():
+    result = rtrl("up", "--learner-cpus", "3-1")
+    assert result.returncode == 2
+    assert "runs backwards" in result.stderr
+    every_cpu = format_cpu_list(usable_cpus())
+    result = rtrl("up", "--learner-cpus", every_cpu, "--duration", "5")
+    assert result.returncode == 1
+    assert f"--learner-cpus {every_cpu} leaves no CPU for the gateway and the replicas" in result.stderr
+    result = rtrl("up", "--learner-cpus", "4096", "--duration", "5")
+    assert result.returncode == 1
+    assert "--learner-cpus='4096' names CPUs that are not here" in result.stderr
 
 
 def test_health_of_an_unreachable_server_fails():
