@@ -379,10 +379,12 @@ class Bench:
         self.learner: subprocess.Popen[bytes] | None = None
         self.row_count = 0
         self.cpus = usable_cpus()
-        try:
-            self.learner_cpus = checked_cpus(args.learner_cpus, self.cpus, "--learner-cpus") if args.learner_cpus else None
-        except SettingsError as e:
-            raise SystemExit(str(e)) from None
+        self.learner_cpus: set[int] | None = None
+        if args.learner_cpus:
+            try:
+                self.learner_cpus = checked_cpus(args.learner_cpus, self.cpus, "--learner-cpus")
+            except SettingsError as e:
+                raise SystemExit(str(e)) from None
         if self.learner_cpus == self.cpus:
             raise SystemExit(f"--learner-cpus {args.learner_cpus} leaves no CPU for the gateway and the replicas")
 
