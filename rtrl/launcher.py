@@ -172,15 +172,16 @@ class Stack:
             return {}, {}
         if not hasattr(os, "sched_setaffinity"):
             raise LaunchError("--learner-cpus is not supported on this platform; leave it out.")
+        usable = usable_cpus()
         try:
-            learner = checked_cpus(o.learner_cpus, usable_cpus(), "--learner-cpus")
+            learner = checked_cpus(o.learner_cpus, usable, "--learner-cpus")
         except SettingsError as e:
             raise LaunchError(str(e)) from None
-        others = usable_cpus() - learner
+        others = usable - learner
         if not others:
             raise LaunchError(
                 f"--learner-cpus {o.learner_cpus} leaves no CPU for the gateway and the replicas; name fewer "
-                f"CPUs (this machine lets rtrl use {format_cpu_list(usable_cpus())})."
+                f"CPUs (this machine lets rtrl use {format_cpu_list(usable)})."
             )
         os.sched_setaffinity(0, others)
         return {"RTRL_CPUS": format_cpu_list(learner)}, {"RTRL_CPUS": format_cpu_list(others)}

@@ -688,8 +688,14 @@ class _Table:
             raise self.bad(key, value, "true or false")
         return value
 
+    def _value(self, key: str, default: Any) -> Any:
+        """The key's value, or `default` when it is absent or None (a parsed TOML file has no None, but a
+        profile given as a dict may)."""
+        value = self._data.get(key)
+        return default if value is None else value
+
     def integer(self, key: str, default: int | None = None, minimum: int | None = None) -> Any:
-        value = self._data.get(key, default)
+        value = self._value(key, default)
         if value is None:
             return None
         if not isinstance(value, int) or isinstance(value, bool):
@@ -706,7 +712,7 @@ class _Table:
         minimum: float | None = None,
         exclusive: bool = False,
     ) -> Any:
-        value = self._data.get(key, default)
+        value = self._value(key, default)
         if value is None:
             if required:
                 raise self.missing(key, "a number")

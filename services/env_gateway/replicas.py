@@ -108,6 +108,12 @@ class _Replica:
     """Its open ActStream; None until one opens (after its warm-up, or with the next request)."""
     unary: bool = False
     """It refused ActStream: its requests go by Act on its caller thread until it rejoins."""
+
+    @property
+    def in_rotation(self) -> bool:
+        """Warmed up, and not dropped after UNAVAILABLE."""
+        return self.excluded_since_s is None and not self.warming_up
+
     caller: _Caller | None = None
 
 
@@ -344,7 +350,7 @@ class ReplicaPool:
             return [
                 ReplicaView(replica.address, replica.in_flight, now_s - replica.failed_at_s < RECENT_FAILURE_S)
                 for replica in self._replicas.values()
-                if replica.excluded_since_s is None and not replica.warming_up
+                if replica.in_rotation
             ]
 
     def wait_for_rotation(self, timeout_s: float) -> bool:
@@ -354,9 +360,9 @@ class ReplicaPool:
         while True:
             with self._lock:
                 replicas = list(self._replicas.values())
-                if any(r.excluded_since_s is None and not r.warming_up for r in replicas):
+                if any(replica.in_rotation for replica in replicas):
                     return True
-                if not any(r.warming_up for r in replicas) or time.monotonic() >= give_up_s:
+                if not any(replica.warming_up for replica in replicas) or time.monotonic() >= give_up_s:
                     return False
             time.sleep(0.01)
 

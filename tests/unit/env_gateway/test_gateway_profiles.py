@@ -173,6 +173,14 @@ def test_an_invalid_field_is_named_with_what_was_expected(
     assert isinstance(raised.value, SettingsError)
 
 
+def test_a_none_value_in_a_profile_given_as_a_dict_counts_as_absent() -> None:
+    """TOML has no None, but a profile built in Python may; a number or integer then takes its default."""
+    profile = parse_profile(with_change(PYBOY_PROFILE, "actions.fallback", None), Path("/somewhere/p.toml"))
+    assert profile.actions.fallback == 0
+    profile = parse_profile(with_change(PYBOY_PROFILE, "rewards.0.scale", None), Path("/somewhere/p.toml"))
+    assert profile.rewards[0].scale == 1.0
+
+
 def test_invalid_toml_and_a_missing_profile_say_what_to_fix(tmp_path: Path) -> None:
     broken = tmp_path / "broken.toml"
     broken.write_text("[game\n", encoding="utf-8")
