@@ -3,6 +3,7 @@ scheduler, and the sequential act -> learn -> act baseline, with the learner tra
 
     python bench/staggering.py                          # the whole table (about 40 minutes)
     python bench/staggering.py --t-infer 2 --replicas 2 3 --schedulers max_time --no-models --no-sequential
+    python bench/staggering.py --t-infer --no-models --no-sequential --learner-cpus 1   # zero-cost rows, pinned too
 
 Everything is real except the game clock's opponent: real ALE Pong at 60 fps stepped by the gateway
 (in this process, deciding every frame: RTRL_DECISION_INTERVAL_FRAMES=1), real inference replicas
@@ -515,10 +516,12 @@ class Bench:
                     self.wait_for_calm()
                     bare = paced_stream_messages(addresses[0], args.measure_s)
                     self.record("zero-cost", "bare ActStream message", 0.0, 1, "-", bare)
-                    # With --learner-cpus, each row is measured unpinned and then pinned, side by side.
+                    # With --learner-cpus, each row is measured unpinned and pinned, side by side, first one
+                    # way round and then the other, so that neither always comes first.
                     partitions = [None, *([self.learner_cpus] if self.learner_cpus else [])]
                     for n in (1, 2):
                         for reserve in args.jitter_reserve:
+                            partitions.reverse()
                             for learner_cpus in partitions:
                                 self.partition(learner_cpus)
                                 self.wait_for_calm()
@@ -768,7 +771,7 @@ def main() -> None:
         default="",
         metavar="LIST",
         help="also measure each zero-cost row with the learner on these CPUs and everything else on the others "
-        "(as rtrl up --learner-cpus runs them), right after the same row unpinned",
+        "(as rtrl up --learner-cpus runs them), beside the same row unpinned",
     )
     parser.add_argument("--no-models", dest="models", action="store_false")
     parser.add_argument("--no-sequential", dest="sequential", action="store_false")

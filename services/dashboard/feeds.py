@@ -256,6 +256,8 @@ def replica_status_json(status: inference_pb2.InferenceServiceGetStatusResponse)
         "requests_refused_deadline": status.requests_refused_deadline,
         "requests_per_second": status.requests_per_second,
         "in_flight": status.in_flight,
+        "open_streams": status.open_streams,
+        "max_open_streams": status.max_open_streams,
         "inference_ms": distribution(status.inference_ms),
         "latency_ms": distribution(status.latency_ms),
         "batch_size": distribution(status.batch_size),

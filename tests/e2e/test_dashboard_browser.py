@@ -196,6 +196,7 @@ def test_coverage_and_versions_on_the_page_match_get_stats(stack, browser, stubs
           learnerVersion: document.getElementById('learner-version').textContent,
           replicas: [...document.querySelectorAll('#replicas tbody tr')].map((tr) => [
             tr.dataset.replica, Number(tr.querySelector('.gateway-version').dataset.version)]),
+          openStreams: [...document.querySelectorAll('#replicas .open-streams')].map((td) => td.dataset.open),
         };
         """
     )
@@ -216,6 +217,8 @@ def test_coverage_and_versions_on_the_page_match_get_stats(stack, browser, stubs
     assert set(shown) == set(versions_before) == set(versions_after), "every replica the gateway calls is listed"
     for address, version in shown.items():
         assert versions_before[address] <= version <= versions_after[address], (address, version)
+    # The one gateway asks each replica on one ActStream, and the page shows the replica's own count.
+    assert page["openStreams"] == ["1"] * len(shown), page["openStreams"]
     shown_learner = int(page["learnerVersion"].split()[0].lstrip("v"))
     assert learner_before.checkpoint_version <= shown_learner <= learner_after.checkpoint_version
 

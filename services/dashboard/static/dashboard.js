@@ -360,6 +360,8 @@ function showReplicas(state) {
       el("td", {}, status && status.inference_ms.count ? `${fmt(status.inference_ms.p50)} ms` : "–"),
       el("td", {}, status ? fmt(status.requests_per_second) : "–"),
       el("td", {}, gw ? String(gw.in_flight) : "–"),
+      el("td", { class: "open-streams", "data-open": status ? String(status.open_streams) : "" },
+        status ? `${status.open_streams}/${status.max_open_streams}` : "–"),
       el("td", {}, gw ? fmtInt(gw.failures) : "–"),
       el("td", { class: css }, state),
     ];
