@@ -21,6 +21,8 @@ log = logging.getLogger(__name__)
 
 CPUS_VARIABLE = "CPUS"
 _RANGE = re.compile(r"^(\d+)(?:-(\d+))?$")
+# Far beyond any machine's CPU count (Linux builds allow 8192); a list past it is a typo, not a machine.
+_MAX_CPU = 65535
 
 
 def parse_cpu_list(text: str) -> set[int]:
@@ -34,6 +36,8 @@ def parse_cpu_list(text: str) -> set[int]:
         last = int(match.group(2)) if match.group(2) is not None else first
         if last < first:
             raise ValueError(f"the range {part.strip()!r} runs backwards")
+        if last > _MAX_CPU:
+            raise ValueError(f"{part.strip()!r} goes past CPU {_MAX_CPU}")
         cpus.update(range(first, last + 1))
     return cpus
 

@@ -30,7 +30,13 @@ def test_cpu_lists_read_like_tasksets_and_print_shortest(text, cpus, shortest):
 
 @pytest.mark.parametrize(
     ("text", "message"),
-    [("", "'' is not a CPU number"), ("one", "'one' is not"), ("3-1", "runs backwards"), ("1,,2", "'' is not")],
+    [
+        ("", "'' is not a CPU number"),
+        ("one", "'one' is not"),
+        ("3-1", "runs backwards"),
+        ("0-99999999", "goes past CPU 65535"),
+        ("1,,2", "'' is not"),
+    ],
 )
 def test_malformed_cpu_lists_say_what_is_wrong(text, message):
     with pytest.raises(ValueError, match=message):
