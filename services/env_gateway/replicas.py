@@ -353,9 +353,9 @@ class ReplicaPool:
                 if replica.in_rotation
             ]
 
-    def wait_for_rotation(self, timeout_s: float) -> bool:
-        """Waits until a replica is in rotation, while any is still warming up, at most `timeout_s`; True
-        when one is in rotation."""
+    def wait_for_rotation(self, timeout_s: float, interrupt: threading.Event) -> bool:
+        """Waits until a replica is in rotation, while any is still warming up, at most `timeout_s` and not
+        once `interrupt` is set; True when one is in rotation."""
         give_up_s = time.monotonic() + timeout_s
         while True:
             with self._lock:
@@ -364,7 +364,8 @@ class ReplicaPool:
                     return True
                 if not any(replica.warming_up for replica in replicas) or time.monotonic() >= give_up_s:
                     return False
-            time.sleep(0.01)
+            if interrupt.wait(0.01):
+                return False
 
     def prepare(self, observation: np.ndarray, frame_index: int) -> inference_pb2.ActRequest:
         """The Act request for an observation; built once, sent to as many replicas as the scheduler says."""

@@ -211,6 +211,8 @@ class Gateway:
             raise
         self._health: health.HealthServicer | None = None
         self._lifecycle = threading.Lock()
+        self.stop_requested = threading.Event()
+        """Set by `stop()`, or by a signal in `serve`; it also ends the wait for a warm replica at start."""
         self.started = False
         self.stopped = False
 
@@ -243,7 +245,8 @@ class Gateway:
             grpc_util.set_serving(self._health, [SERVICE_NAME], serving)
 
     def start(self, timeout_s: float = START_TIMEOUT_S) -> None:
-        """Starts every thread and returns once the clock ticks; then health says SERVING."""
+        """Starts every thread and returns once the clock ticks; then health says SERVING. A stop requested
+        while it waits for a warm replica ends the wait, and the clock never starts."""
         with self._lifecycle:
             if self.started:
                 return
@@ -254,7 +257,11 @@ class Gateway:
             self.registry.start()
             self.publisher.start()
             self.dispatcher.start()
-            self._wait_for_a_warm_replica()
+        # Outside the lock, so that a stop (SIGTERM while a replica builds its network) need not wait for it.
+        self._wait_for_a_warm_replica()
+        with self._lifecycle:
+            if self.stopped or self.stop_requested.is_set():
+                return
             self.clock.start()
         deadline = time.monotonic() + timeout_s
         while not self.clock.ticking.wait(0.05):
@@ -287,7 +294,7 @@ class Gateway:
         if not self.replicas.addresses:
             return
         started_s = time.monotonic()
-        in_rotation = self.replicas.wait_for_rotation(WARM_UP_TIMEOUT_S + 1.0)
+        in_rotation = self.replicas.wait_for_rotation(WARM_UP_TIMEOUT_S + 1.0, self.stop_requested)
         log.info(
             "%s after %.0f ms; the game clock starts",
             "a replica is in rotation" if in_rotation else "no replica answered its warm-up call",
@@ -296,6 +303,7 @@ class Gateway:
 
     def stop(self, flush_timeout_s: float = FLUSH_TIMEOUT_S) -> None:
         """NOT_SERVING, stop the clock, flush transitions for at most `flush_timeout_s`, close all."""
+        self.stop_requested.set()
         with self._lifecycle:
             if self.stopped:
                 return
@@ -462,7 +470,7 @@ def serve(settings: GatewaySettings) -> None:
     except BaseException:
         gateway.stop()
         raise
-    stop_requested = threading.Event()
+    stop_requested = gateway.stop_requested
     stop_on_signals(stop_requested)
     server.start()
     metrics = None

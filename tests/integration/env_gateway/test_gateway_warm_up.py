@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 import grpc
 import numpy as np
@@ -19,6 +20,8 @@ from rtrl.local_redis import LocalRedis, free_port
 from rtrl.tensors import from_proto
 from rtrl.v1 import inference_pb2, inference_pb2_grpc
 from services.env_gateway.replicas import ReplicaPool
+from services.env_gateway.server import Gateway
+from services.env_gateway.settings import EnvSpec, GatewaySettings
 
 # Longer than any decision's deadline at 60 fps (the default staleness bound is 6 frames, 100 ms).
 BUILD_S = 0.5
@@ -145,8 +148,38 @@ def test_waiting_for_a_warm_replica_ends_when_no_replica_is_warming_up_any_more(
     try:
         pool.set_members({f"127.0.0.1:{free_port()}": time.monotonic()})  # nothing listens there
         started_s = time.monotonic()
-        assert pool.wait_for_rotation(BOUND_S) is False
+        assert pool.wait_for_rotation(BOUND_S, threading.Event()) is False
         # Its warm-up failed (connection refused): nothing left to wait for, long before the bound.
         assert time.monotonic() - started_s < BOUND_S / 2
     finally:
         pool.close()
+
+
+def test_a_stop_requested_while_the_gateway_waits_for_a_warm_replica_ends_the_wait_at_once(
+    serve_inference: Serve, local_redis: LocalRedis
+) -> None:
+    servicer = FirstCallBuilds(hold_first_call=True)
+    address, _ = serve_inference(servicer)
+    settings = replace(
+        GatewaySettings(),
+        port=0,
+        gateway_id="test-gateway",
+        env=EnvSpec.parse("ale:Pong"),
+        inference_addresses=(address,),
+        redis_url=local_redis.url,
+        stream="test:gateway:stop-at-start",
+    )
+    gateway = Gateway(settings)
+    starting = threading.Thread(target=gateway.start)
+    try:
+        starting.start()
+        assert servicer.first_call_arrived.wait(BOUND_S)
+        requested_s = time.monotonic()
+        gateway.stop_requested.set()  # what SIGTERM does in `serve`
+        starting.join(BOUND_S)
+        # Not the warm-up's 10 s timeout: the wait ends at once, and the game clock never starts.
+        assert not starting.is_alive() and time.monotonic() - requested_s < 1.0
+        assert not gateway.clock.ticking.is_set() and gateway.clock.frame == 0
+    finally:
+        servicer.release.set()
+        gateway.stop()
