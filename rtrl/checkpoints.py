@@ -9,8 +9,8 @@ Layout of the checkpoint directory:
 
 A version may carry no learner state of its own and name an earlier version's instead: the replicas
 need only the weights, and the learner's state is 3 times their size (Adam's two moments and the target
-network), so writing it with every version tripled the disk writes of a training run. Pruning keeps
-every file that a kept version's metadata names.
+network), so writing it with every version made each publication 4 times what the replicas read.
+Pruning keeps every file that a kept version's metadata names.
 
 Every file is written under a temporary name, flushed to disk and renamed into place, and
 `latest.json` is replaced only after the files it names are complete, so a reader either sees the
