@@ -57,7 +57,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from rtrl.config import SettingsError  # noqa: E402
-from rtrl.cpus import checked_cpus, format_cpu_list, usable_cpus  # noqa: E402
+from rtrl.cpus import format_cpu_list, split_cpus, usable_cpus  # noqa: E402
 from rtrl.grpc_util import create_channel, health_status  # noqa: E402
 from rtrl.local_redis import LocalRedis, free_port  # noqa: E402
 from rtrl.metrics import Window  # noqa: E402
@@ -383,11 +383,9 @@ class Bench:
         self.learner_cpus: set[int] | None = None
         if args.learner_cpus:
             try:
-                self.learner_cpus = checked_cpus(args.learner_cpus, self.cpus, "--learner-cpus")
+                self.learner_cpus, _ = split_cpus(args.learner_cpus)
             except SettingsError as e:
                 raise SystemExit(str(e)) from None
-        if self.learner_cpus == self.cpus:
-            raise SystemExit(f"--learner-cpus {args.learner_cpus} leaves no CPU for the gateway and the replicas")
 
     def replica_dir(self) -> str:
         """The learner's checkpoint directory (replicas hot-reload what it publishes), or one of their own."""

@@ -71,6 +71,20 @@ def checked_cpus(text: str, allowed: set[int], name: str = PREFIX + CPUS_VARIABL
     return cpus
 
 
+def split_cpus(learner_cpus: str, flag: str = "--learner-cpus") -> tuple[set[int], set[int]]:
+    """The learner's CPUs named by `learner_cpus` and the rest of this process's, for everything else;
+    SettingsError when the list is bad or leaves nothing for the rest."""
+    usable = usable_cpus()
+    learner = checked_cpus(learner_cpus, usable, flag)
+    others = usable - learner
+    if not others:
+        raise SettingsError(
+            f"{flag} {learner_cpus} leaves no CPU for the gateway and the replicas; name fewer CPUs (this "
+            f"machine lets rtrl use {format_cpu_list(usable)})."
+        )
+    return learner, others
+
+
 def apply_cpus_from_env(env: Mapping[str, str] = os.environ) -> set[int] | None:
     """Restricts this process to RTRL_CPUS when it is set; returns the CPUs, or None when unset."""
     text = env.get(PREFIX + CPUS_VARIABLE, "").strip()

@@ -38,7 +38,7 @@ from rtrl.config import (
     DEFAULT_LEARNER_PORT,
     SettingsError,
 )
-from rtrl.cpus import checked_cpus, format_cpu_list, usable_cpus
+from rtrl.cpus import format_cpu_list, split_cpus
 from rtrl.grpc_util import health_status
 from rtrl.local_redis import LocalRedis, free_port
 from rtrl.redis_client import redacted_url
@@ -172,17 +172,10 @@ class Stack:
             return {}, {}
         if not hasattr(os, "sched_setaffinity"):
             raise LaunchError("--learner-cpus is not supported on this platform; leave it out.")
-        usable = usable_cpus()
         try:
-            learner = checked_cpus(o.learner_cpus, usable, "--learner-cpus")
+            learner, others = split_cpus(o.learner_cpus)
         except SettingsError as e:
             raise LaunchError(str(e)) from None
-        others = usable - learner
-        if not others:
-            raise LaunchError(
-                f"--learner-cpus {o.learner_cpus} leaves no CPU for the gateway and the replicas; name fewer "
-                f"CPUs (this machine lets rtrl use {format_cpu_list(usable)})."
-            )
         os.sched_setaffinity(0, others)
         return {"RTRL_CPUS": format_cpu_list(learner)}, {"RTRL_CPUS": format_cpu_list(others)}
 

@@ -53,11 +53,12 @@ def local_redis() -> Iterator[LocalRedis]:
 
 @pytest.fixture
 def start_gateway() -> Iterator[Callable[..., Stack]]:
-    """Starts a gateway on the real ALE Pong backend with its gRPC server on port 0."""
+    """Starts a gateway on the real ALE Pong backend with its gRPC server on port 0 (with `started` False,
+    only its server: the test starts the gateway itself)."""
     stacks: list[Stack] = []
     stream_numbers = itertools.count()
 
-    def start(redis_url: str, replica_addresses: list[str], **overrides: object) -> Stack:
+    def start(redis_url: str, replica_addresses: list[str], started: bool = True, **overrides: object) -> Stack:
         values: dict[str, object] = {
             "port": 0,
             "gateway_id": "test-gateway",
@@ -72,7 +73,8 @@ def start_gateway() -> Iterator[Callable[..., Stack]]:
         server.start()
         stack = Stack(gateway, server, f"127.0.0.1:{port}", settings)
         stacks.append(stack)
-        gateway.start()
+        if started:
+            gateway.start()
         return stack
 
     yield start

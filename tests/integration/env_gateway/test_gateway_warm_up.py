@@ -10,7 +10,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import replace
 
 import grpc
 import numpy as np
@@ -20,8 +19,6 @@ from rtrl.local_redis import LocalRedis, free_port
 from rtrl.tensors import from_proto
 from rtrl.v1 import inference_pb2, inference_pb2_grpc
 from services.env_gateway.replicas import ReplicaPool
-from services.env_gateway.server import Gateway
-from services.env_gateway.settings import EnvSpec, GatewaySettings
 
 # Longer than any decision's deadline at 60 fps (the default staleness bound is 6 frames, 100 ms).
 BUILD_S = 0.5
@@ -156,20 +153,11 @@ def test_waiting_for_a_warm_replica_ends_when_no_replica_is_warming_up_any_more(
 
 
 def test_a_stop_requested_while_the_gateway_waits_for_a_warm_replica_ends_the_wait_at_once(
-    serve_inference: Serve, local_redis: LocalRedis
+    serve_inference: Serve, local_redis: LocalRedis, start_gateway: Callable[..., Stack]
 ) -> None:
     servicer = FirstCallBuilds(hold_first_call=True)
     address, _ = serve_inference(servicer)
-    settings = replace(
-        GatewaySettings(),
-        port=0,
-        gateway_id="test-gateway",
-        env=EnvSpec.parse("ale:Pong"),
-        inference_addresses=(address,),
-        redis_url=local_redis.url,
-        stream="test:gateway:stop-at-start",
-    )
-    gateway = Gateway(settings)
+    gateway = start_gateway(local_redis.url, [address], started=False).gateway
     starting = threading.Thread(target=gateway.start)
     try:
         starting.start()
@@ -182,4 +170,3 @@ def test_a_stop_requested_while_the_gateway_waits_for_a_warm_replica_ends_the_wa
         assert not gateway.clock.ticking.is_set() and gateway.clock.frame == 0
     finally:
         servicer.release.set()
-        gateway.stop()
