@@ -70,7 +70,8 @@ class InferenceServiceServicer:
         call, about 0.4 ms of each round trip here (bench/paced_round_trip.py). Each request carries its
         own timeout and each response its own error, so a refused request does not end the stream. The
         stream is refused with RESOURCE_EXHAUSTED when the replica has no worker thread to give it (each
-        open stream holds one), and ends when the replica shuts down.
+        open stream holds one), and ends when the replica shuts down. The same messages also go on the
+        replica's act socket (GetStatus's act_socket_port), a faster way for the gateway to ask.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -50,7 +50,10 @@ from dataclasses import dataclass, field
 
 import grpc
 import numpy as np
+from google.protobuf.message import DecodeError
 
+from rtrl.act_socket import HELLO, ConnectionEnded, configure, frame, receive_exactly, receive_length, shut
+from rtrl.config import SettingsError
 from rtrl.grpc_util import create_channel
 from rtrl.metrics import HistogramSnapshot, Window
 from rtrl.security import SecuritySettings
@@ -82,6 +85,10 @@ _STATUS_CODES = {code.value[0]: code for code in grpc.StatusCode}
 # Long enough for a replica to build and warm up a large network on a CPU (the 100M-parameter impala_cnn
 # takes seconds); a replica that has not answered by then enters rotation anyway and is judged by its calls.
 WARM_UP_TIMEOUT_S = 10.0
+# How long an act socket may take to connect and answer the hello before the replica gets ActStream.
+ACT_SOCKET_CONNECT_TIMEOUT_S = 1.0
+# The largest answer an act socket may send; answers are a few hundred bytes.
+ACT_SOCKET_MAX_ANSWER_BYTES = 1 << 20
 
 
 @dataclass(eq=False)
@@ -104,8 +111,11 @@ class _Replica:
     """Its warm-up call is queued or in flight; it is out of rotation until that call ends."""
     warm_up_unreachable: bool = False
     """Its last warm-up call failed with UNAVAILABLE: a dead static address is logged once, not every second."""
-    stream: _Stream | None = None
-    """Its open ActStream; None until one opens (after its warm-up, or with the next request)."""
+    stream: _Stream | _SocketStream | None = None
+    """Its open ActStream, on gRPC or on its act socket; None until one opens (after its warm-up, or with
+    the next request)."""
+    act_socket: tuple[str, int] | None = None
+    """Where its act socket is, when its warm-up found it offers one and none failed since."""
     unary: bool = False
     """It refused ActStream: its requests go by Act on its caller thread until it rejoins."""
 
@@ -169,6 +179,135 @@ class _Stream:
             return
         # The replica ended the stream without an error: it is shutting down.
         on_end(self, grpc.StatusCode.UNAVAILABLE)
+
+
+class _SocketStream:
+    """One replica's act socket (rtrl/act_socket.py): the same messages as ActStream on a TCP connection.
+    `put` writes a request from the deciding thread itself, and a thread of its own connects, then
+    reads the answers, which come in the order of the requests.
+
+    `pending` is guarded by the pool's lock, as `_Stream`'s. Connecting happens on the stream's thread,
+    so `put` never waits: the requests put before the handshake are sent when it ends. A socket that
+    cannot be used (no connection or hello within ACT_SOCKET_CONNECT_TIMEOUT_S, or an answer that is not
+    the protocol's) ends the stream with `refused` set, and the pool gives the replica ActStream instead.
+    `put` never blocks either: a request the connection cannot take whole at once (the replica stopped
+    reading) closes the stream, as a stalled replica's would be.
+    """
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        on_answer: Callable[[_SocketStream, inference_pb2.ActStreamResponse], None],
+        on_end: Callable[[_SocketStream, grpc.StatusCode], None],
+        name: str,
+    ) -> None:
+        self.pending: deque[_Call] = deque()
+        self.refused = ""
+        """Why the socket could not be used; "" while it can."""
+        self._address = address
+        self._lock = threading.Lock()
+        self._unsent: list[bytes] | None = []
+        """Requests put before the handshake ended; None once connected."""
+        self._connection: socket.socket | None = None
+        self._closed = False
+        threading.Thread(target=self._run, args=(on_answer, on_end), name=name, daemon=True).start()
+
+    def put(self, request: inference_pb2.ActStreamRequest) -> None:
+        data = frame(request.SerializeToString())
+        with self._lock:
+            if self._closed:
+                return  # its reader ends the stream, and the request fails with the others
+            if self._unsent is not None:
+                self._unsent.append(data)
+                return
+            connection = self._connection
+        assert connection is not None
+        self._send_or_close(connection, data)
+
+    def close(self) -> None:
+        """Closes the connection; its reader ends with CANCELLED."""
+        with self._lock:
+            self._closed = True
+            connection = self._connection
+        if connection is not None:
+            shut(connection)
+
+    def _send_or_close(self, connection: socket.socket, data: bytes) -> None:
+        try:
+            sent = connection.send(data, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            return  # the connection broke: its reader ends the stream
+        if sent < len(data):
+            log.warning(
+                "inference replica at %s:%d stopped reading its act socket (%d of %d bytes of a request went); "
+                "closing it",
+                *self._address,
+                sent,
+                len(data),
+            )
+            self.close()
+
+    def _connect(self) -> socket.socket:
+        connection = socket.create_connection(self._address, timeout=ACT_SOCKET_CONNECT_TIMEOUT_S)
+        try:
+            configure(connection)
+            connection.sendall(HELLO)
+            hello = receive_exactly(connection, len(HELLO))
+            if hello != HELLO:
+                raise ConnectionError(f"it answered the hello with {hello!r}, not {HELLO!r}")
+            connection.settimeout(None)
+        except BaseException:
+            connection.close()
+            raise
+        return connection
+
+    def _run(
+        self,
+        on_answer: Callable[[_SocketStream, inference_pb2.ActStreamResponse], None],
+        on_end: Callable[[_SocketStream, grpc.StatusCode], None],
+    ) -> None:
+        try:
+            connection = self._connect()
+        except (OSError, ConnectionEnded) as error:
+            self.refused = f"{type(error).__name__}: {error}" if str(error) else "it closed the connection"
+            on_end(self, grpc.StatusCode.UNAVAILABLE)
+            return
+        with self._lock:
+            unsent, self._unsent = self._unsent, None
+            self._connection = connection
+            closed = self._closed
+        if closed:
+            # Closed while connecting: its oldest request's deadline passed before the handshake ended.
+            self.refused = "no handshake before the first request's deadline"
+            connection.close()
+            on_end(self, grpc.StatusCode.CANCELLED)
+            return
+        for data in unsent or ():
+            self._send_or_close(connection, data)
+        code = self._read(connection, on_answer)
+        connection.close()
+        on_end(self, code)
+
+    def _read(
+        self,
+        connection: socket.socket,
+        on_answer: Callable[[_SocketStream, inference_pb2.ActStreamResponse], None],
+    ) -> grpc.StatusCode:
+        """Delivers the answers until the connection ends; how it ended, as ActStream's reader would say."""
+        try:
+            while True:
+                length = receive_length(connection)
+                if length > ACT_SOCKET_MAX_ANSWER_BYTES:
+                    raise ValueError(f"an answer of {length} bytes is over the limit of {ACT_SOCKET_MAX_ANSWER_BYTES}")
+                on_answer(self, inference_pb2.ActStreamResponse.FromString(receive_exactly(connection, length)))
+        except (ConnectionEnded, OSError):
+            with self._lock:
+                return grpc.StatusCode.CANCELLED if self._closed else grpc.StatusCode.UNAVAILABLE
+        except (ValueError, DecodeError) as error:
+            self.refused = f"it broke the protocol: {error}"
+            return grpc.StatusCode.INTERNAL
 
 
 class _Caller:
@@ -328,7 +467,7 @@ class ReplicaPool:
         replica.channel.close()
 
     @staticmethod
-    def _take_pending(stream: _Stream | None) -> list[_Call]:
+    def _take_pending(stream: _Stream | _SocketStream | None) -> list[_Call]:
         """Empties `stream`'s unanswered requests (an answer that still comes is then ignored); lock held."""
         if stream is None:
             return []
@@ -431,7 +570,15 @@ class ReplicaPool:
         if watch is not None:
             watch.start()
 
-    def _new_stream(self, replica: _Replica) -> _Stream:
+    def _new_stream(self, replica: _Replica) -> _Stream | _SocketStream:
+        """An ActStream to `replica`: on its act socket when it offers one, else on gRPC."""
+        if replica.act_socket is not None:
+            return _SocketStream(
+                replica.act_socket,
+                lambda stream, answer: self._on_answer(replica, stream, answer),
+                lambda stream, code: self._on_stream_end(replica, stream, code),
+                name=f"rtrl-act-socket {replica.address}",
+            )
         return _Stream(
             replica.stub,
             lambda stream, answer: self._on_answer(replica, stream, answer),
@@ -439,7 +586,7 @@ class ReplicaPool:
             name=f"rtrl-act-stream {replica.address}",
         )
 
-    def _attach(self, replica: _Replica, stream: _Stream) -> threading.Thread | None:
+    def _attach(self, replica: _Replica, stream: _Stream | _SocketStream) -> threading.Thread | None:
         """Makes `stream` the replica's; lock held. Returns the deadline check's thread for the caller to
         start after the lock when this is the pool's first stream."""
         replica.stream = stream
@@ -448,7 +595,9 @@ class ReplicaPool:
         self._stream_watch = threading.Thread(target=self._watch_streams, name="rtrl-act-deadlines", daemon=True)
         return self._stream_watch
 
-    def _on_answer(self, replica: _Replica, stream: _Stream, answer: inference_pb2.ActStreamResponse) -> None:
+    def _on_answer(
+        self, replica: _Replica, stream: _Stream | _SocketStream, answer: inference_pb2.ActStreamResponse
+    ) -> None:
         """Runs on the stream's reader thread: the answer to the stream's oldest request."""
         with self._lock:
             if not stream.pending:
@@ -459,12 +608,15 @@ class ReplicaPool:
         else:
             self._complete(replica, call, answer.response, None)
 
-    def _on_stream_end(self, replica: _Replica, stream: _Stream, code: grpc.StatusCode) -> None:
+    def _on_stream_end(self, replica: _Replica, stream: _Stream | _SocketStream, code: grpc.StatusCode) -> None:
         """Runs on the stream's reader thread when the stream ended: its unanswered requests fail with `code`,
         or, when the replica refused the stream, go again as unary calls (it answered none of them).
 
         A stream this pool did not close that ends unavailable or cancelled means the replica went away
         (it died, or it is shutting down): it leaves the rotation now, before a request is lost to it."""
+        if isinstance(stream, _SocketStream) and stream.refused:
+            self._leave_act_socket(replica, stream)
+            return
         with self._lock:
             ended_by_replica = replica.stream is stream
             if ended_by_replica:
@@ -494,11 +646,40 @@ class ReplicaPool:
         for call in unanswered:
             self._complete(replica, call, None, code)
 
+    def _leave_act_socket(self, replica: _Replica, stream: _SocketStream) -> None:
+        """`replica`'s act socket could not be used: it gets ActStream on gRPC until it rejoins, and the
+        requests left on the socket go again there (none went out, or none was answered properly)."""
+        with self._lock:
+            logged = replica.act_socket is not None
+            replica.act_socket = None
+            unanswered = self._take_pending(stream)
+            if replica.stream is stream:
+                replica.stream = None
+        if logged:
+            log.warning(
+                "inference replica %s offers an act socket that cannot be used (%s); using ActStream instead",
+                replica.address,
+                stream.refused,
+            )
+        self._ensure_stream(replica)
+        failed: list[_Call] = []
+        with self._lock:
+            actstream, now_s = replica.stream, self._now_s()
+            for call in unanswered:
+                if actstream is None or call.deadline_s <= now_s:
+                    failed.append(call)
+                    continue
+                actstream.pending.append(call)
+                timeout_ms = (call.deadline_s - now_s) * 1000.0
+                actstream.put(inference_pb2.ActStreamRequest(request=call.request, timeout_ms=timeout_ms))
+        for call in failed:
+            self._complete(replica, call, None, grpc.StatusCode.DEADLINE_EXCEEDED)
+
     def _watch_streams(self) -> None:
         """Fails the requests of every stream whose oldest request is past its deadline, and cancels it."""
         while not self._closing.wait(STREAM_DEADLINE_CHECK_S):
             now_s = self._now_s()
-            overdue: list[tuple[_Replica, _Stream, list[_Call]]] = []
+            overdue: list[tuple[_Replica, _Stream | _SocketStream, list[_Call]]] = []
             with self._lock:
                 if self._closed:
                     return  # the channels are being closed: no stream may open now
@@ -536,6 +717,7 @@ class ReplicaPool:
         except ValueError:  # the channel was closed under the call (the replica left the membership)
             code, details = grpc.StatusCode.CANCELLED, "the replica left"
         if code is None:
+            self._find_act_socket(replica)
             # Opened before the replica enters the rotation, so that the first decision's request finds it
             # open (and no request opens a second one meanwhile).
             self._ensure_stream(replica)
@@ -564,6 +746,21 @@ class ReplicaPool:
                 code.name,
                 details,
             )
+
+    def _find_act_socket(self, replica: _Replica) -> None:
+        """Asks `replica` (GetStatus, on its caller thread, during its warm-up) whether it offers an act
+        socket. A pool with TLS or a token uses none: the socket carries neither."""
+        if self._security.tls or self._security.token:
+            return
+        try:
+            status = replica.stub.GetStatus(inference_pb2.InferenceServiceGetStatusRequest(), timeout=WARM_UP_TIMEOUT_S)
+            address = (split_host_port(replica.address)[0], status.act_socket_port) if status.act_socket_port else None
+        except (grpc.RpcError, ValueError, SettingsError) as error:
+            # ValueError: the channel was closed under the call (the replica left the membership).
+            log.debug("inference replica %s did not say whether it offers an act socket (%s)", replica.address, error)
+            address = None
+        with self._lock:
+            replica.act_socket = address
 
     def _call(self, replica: _Replica, call: _Call) -> None:
         """Runs on the replica's caller thread: the blocking unary call and its outcome."""

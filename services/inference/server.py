@@ -19,7 +19,6 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 
 import grpc
 import torch
@@ -30,9 +29,11 @@ from rtrl.registry import Heartbeat, advertised_address
 from rtrl.shutdown import stop_on_signals
 from rtrl.tensors import from_proto
 from rtrl.v1 import inference_pb2, inference_pb2_grpc
+from services.inference.act_socket import ActSocketServer
 from services.inference.metrics import start_metrics
 from services.inference.policy import Policy
-from services.inference.settings import InferenceSettings
+from services.inference.settings import ACT_SOCKET_OFF, InferenceSettings
+from services.inference.streams import OpenStreams, StreamRefused
 
 log = logging.getLogger(__name__)
 # Longer than the gateways' registry poll (services/env_gateway/membership.py, 0.5 s): a stopping
@@ -47,64 +48,6 @@ SHUTDOWN_GRACE_S = 5.0
 WORKERS_KEPT_FROM_STREAMS = 2
 
 
-class OpenStreams:
-    """The replica's open ActStreams. Each holds a worker thread, so at most `limit` are open at once;
-    `stop` ends them: an idle one at once, one computing an answer after sending it."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self._lock = threading.Lock()
-        self._busy: dict[grpc.ServicerContext, bool] = {}
-        """Each open stream, and whether it is computing an answer."""
-        self._stopping = False
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._busy)
-
-    @contextmanager
-    def open(self, context: grpc.ServicerContext) -> Iterator[None]:
-        """Holds one of the `limit` places for the stream of `context`; refuses the stream when none is left."""
-        with self._lock:
-            refusal = None
-            if self._stopping:
-                refusal = (grpc.StatusCode.UNAVAILABLE, "this replica is shutting down; use another replica")
-            elif len(self._busy) >= self.limit:
-                refusal = (
-                    grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    f"this replica already holds {self.limit} open ActStreams, one per worker thread it can "
-                    "spare; call Act instead, or raise RTRL_INFERENCE_WORKERS",
-                )
-            else:
-                self._busy[context] = False
-        if refusal is not None:
-            context.abort(*refusal)
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._busy.pop(context, None)
-
-    def busy(self, context: grpc.ServicerContext) -> None:
-        """The stream has a request to answer: `stop` lets it send that answer."""
-        with self._lock:
-            self._busy[context] = True
-
-    def idle(self, context: grpc.ServicerContext) -> bool:
-        """The stream's answer went out; False when the replica is stopping and the stream must end."""
-        with self._lock:
-            self._busy[context] = False
-            return not self._stopping
-
-    def stop(self) -> None:
-        """Refuses new streams and ends the open ones (those waiting for a request are cancelled now)."""
-        with self._lock:
-            self._stopping = True
-            idle = [context for context, busy in self._busy.items() if not busy]
-        for context in idle:
-            context.cancel()
-
-
 class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     """Translates between the wire and `Policy`; every error becomes a status code: Act's, or an ActStream
     answer's `error_code`."""
@@ -116,6 +59,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         self.streams = streams
         self.advertised_address = advertised_address
         self.heartbeat = heartbeat
+        self.act_socket_port = 0
+        """Port of the replica's act socket, for GetStatus (0: none)."""
 
     def Act(self, request: inference_pb2.ActRequest, context: grpc.ServicerContext) -> inference_pb2.ActResponse:
         try:
@@ -128,17 +73,19 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         self, requests: Iterator[inference_pb2.ActStreamRequest], context: grpc.ServicerContext
     ) -> Iterator[inference_pb2.ActStreamResponse]:
         """Answers each request in turn, on this worker thread; the stream's calls batch with every other call."""
-        with self.streams.open(context):
-            try:
+        try:
+            with self.streams.open(context, context.cancel):
                 for message in requests:
                     self.streams.busy(context)
-                    yield self._answer(message)
+                    yield self.answer(message)
                     if not self.streams.idle(context):
                         return
-            except grpc.RpcError:
-                return  # cancelled: the caller closed it, or `OpenStreams.stop` ended it while idle
+        except StreamRefused as refused:
+            context.abort(refused.code, refused.message)
+        except grpc.RpcError:
+            return  # cancelled: the caller closed it, or `OpenStreams.stop` ended it while idle
 
-    def _answer(self, message: inference_pb2.ActStreamRequest) -> inference_pb2.ActStreamResponse:
+    def answer(self, message: inference_pb2.ActStreamRequest) -> inference_pb2.ActStreamResponse:
         """Act's answer to one ActStream request, its error included in the response."""
         try:
             if not message.timeout_ms > 0:
@@ -211,6 +158,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             registered=self.heartbeat is not None and self.heartbeat.registered,
             open_streams=len(self.streams),
             max_open_streams=self.streams.limit,
+            act_socket_port=self.act_socket_port,
         )
 
 
@@ -237,13 +185,37 @@ class InferenceServer:
         servicer = InferenceServicer(
             self.policy, self.streams, self.advertised_address if self.heartbeat else "", self.heartbeat
         )
+        self.act_socket = self._open_act_socket(servicer)
+        if self.act_socket is not None:
+            servicer.act_socket_port = self.act_socket.port
         grpc_util.add_servicer(inference_pb2_grpc.add_InferenceServiceServicer_to_server, servicer, self.grpc_server)
         self.health = grpc_util.add_health_and_reflection(self.grpc_server, [SERVICE_NAME])
         self._stopped = False
 
+    def _open_act_socket(self, servicer: InferenceServicer) -> ActSocketServer | None:
+        """Binds the act socket (rtrl/act_socket.py) unless it is off, or TLS or a token is on: the socket
+        has neither, so such a replica's gateways use ActStream, which has both."""
+        settings = self.settings
+        if settings.act_socket_port == ACT_SOCKET_OFF:
+            return None
+        if settings.security.tls or settings.security.token:
+            log.info("no act socket: TLS or a token is on, which only gRPC carries; gateways use ActStream")
+            return None
+        return ActSocketServer(
+            servicer.answer,
+            self.streams,
+            settings.host,
+            settings.act_socket_port,
+            settings.security.max_message_bytes,
+            self.policy.record_invalid,
+        )
+
     def listen(self) -> None:
         """Starts answering RPCs; health stays NOT_SERVING until `become_ready`."""
         self.grpc_server.start()
+        if self.act_socket is not None:
+            self.act_socket.start()
+            log.info("act socket on port %d", self.act_socket.port)
 
     def become_ready(self) -> None:
         """Loads the newest checkpoint if one was published, starts watching for newer ones, reports SERVING.
@@ -292,6 +264,8 @@ class InferenceServer:
             if was_registered:
                 time.sleep(DRAIN_S)
         self.streams.stop()
+        if self.act_socket is not None:
+            self.act_socket.stop()
         stopped = self.grpc_server.stop(grace)
         self.policy.close(grace)
         return stopped

@@ -54,6 +54,7 @@ DEFAULT_ALGORITHM = "dqn"
 # Hot reload must happen within 1 s of publication, so a slower poll is refused at start.
 MAX_CHECKPOINT_POLL_S = 1.0
 MAX_PORT = 65535
+ACT_SOCKET_OFF = -1
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,9 @@ class InferenceSettings:
     """RTRL_INFERENCE_HOST: address the gRPC server listens on."""
     port: int = DEFAULT_INFERENCE_PORT
     """RTRL_INFERENCE_PORT: port the gRPC server listens on (0 picks a free one)."""
+    act_socket_port: int = 0
+    """RTRL_INFERENCE_ACT_SOCKET_PORT: port of the act socket on `host` (rtrl/act_socket.py), the gateway's
+    faster way to ask for actions (0 picks a free one; -1: none). None is opened with TLS or a token."""
     metrics_port: int = METRICS_DISABLED
     """RTRL_INFERENCE_METRICS_PORT: Prometheus /metrics on `host` (0 picks a free port; unset or -1: off)."""
     replica_id: str = ""
@@ -120,6 +124,12 @@ class InferenceSettings:
         port = env_int(env, "INFERENCE_PORT", DEFAULT_INFERENCE_PORT, minimum=0)
         if port > MAX_PORT:
             raise SettingsError(f"{PREFIX}INFERENCE_PORT={port} is too large; set it to a port from 0 to {MAX_PORT}.")
+        act_socket_port = env_int(env, "INFERENCE_ACT_SOCKET_PORT", 0, minimum=ACT_SOCKET_OFF)
+        if act_socket_port > MAX_PORT:
+            raise SettingsError(
+                f"{PREFIX}INFERENCE_ACT_SOCKET_PORT={act_socket_port} is too large; set it to a port from 1 to "
+                f"{MAX_PORT}, 0 for a free one, or -1 for no act socket."
+            )
         poll_s = env_float(env, "CHECKPOINT_POLL_S", DEFAULT_CHECKPOINT_POLL_S)
         if not 0 < poll_s <= MAX_CHECKPOINT_POLL_S:
             raise SettingsError(
@@ -155,6 +165,7 @@ class InferenceSettings:
         return cls(
             host=env_str(env, "INFERENCE_HOST", DEFAULT_HOST),
             port=port,
+            act_socket_port=act_socket_port,
             metrics_port=env_metrics_port(env, "INFERENCE_METRICS_PORT"),
             # With port 0 the port is only known once bound; the server then names the replica itself.
             replica_id=env_str(env, "REPLICA_ID", f"{socket.gethostname()}:{port}" if port else ""),

@@ -10,7 +10,7 @@ import torch
 
 from rtrl.config import DEFAULT_CHECKPOINT_DIR, DEFAULT_HOST, DEFAULT_INFERENCE_PORT, SettingsError
 from rtrl.models import ALGORITHM_HEADS, ALGORITHMS
-from services.inference.settings import InferenceSettings
+from services.inference.settings import ACT_SOCKET_OFF, InferenceSettings
 from services.learner.settings import ALGORITHMS as LEARNER_ALGORITHMS
 
 
@@ -100,6 +100,9 @@ def test_port_zero_leaves_the_replica_name_to_the_bound_port() -> None:
         ("INFERENCE_PORT", "notaport"),
         ("INFERENCE_PORT", "70000"),
         ("INFERENCE_PORT", "-1"),
+        ("INFERENCE_ACT_SOCKET_PORT", "-2"),
+        ("INFERENCE_ACT_SOCKET_PORT", "70000"),
+        ("INFERENCE_ACT_SOCKET_PORT", "off"),
         ("CHECKPOINT_POLL_S", "0"),
         ("CHECKPOINT_POLL_S", "5"),
         ("CHECKPOINT_LOAD_SPREAD_S", "-1"),
@@ -121,6 +124,12 @@ def test_port_zero_leaves_the_replica_name_to_the_bound_port() -> None:
 def test_invalid_value_names_the_variable_and_what_to_set(name: str, value: str) -> None:
     with pytest.raises(SettingsError, match=rf"^RTRL_{name}=.*; set it to "):
         InferenceSettings.from_env({f"RTRL_{name}": value})
+
+
+def test_the_act_socket_takes_a_port_or_is_turned_off() -> None:
+    assert InferenceSettings.from_env({}).act_socket_port == 0
+    assert InferenceSettings.from_env({"RTRL_INFERENCE_ACT_SOCKET_PORT": "50071"}).act_socket_port == 50071
+    assert InferenceSettings.from_env({"RTRL_INFERENCE_ACT_SOCKET_PORT": "-1"}).act_socket_port == ACT_SOCKET_OFF
 
 
 def test_fewer_workers_than_the_batch_size_fails_because_a_batch_could_never_fill() -> None:

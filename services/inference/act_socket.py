@@ -1,0 +1,142 @@
+"""The replica's act socket: ActStream's messages on a plain TCP connection (protocol: rtrl/act_socket.py).
+
+One thread accepts connections and one thread per connection reads its requests and answers each in
+turn with the same answer ActStream gives (`InferenceServicer.answer`), so its calls batch with every
+other call. Each connection counts as an open stream (`OpenStreams`): it takes one of the same places
+and ends the same way when the replica stops, an idle one at once, one computing an answer after
+sending it. A connection that does not open with the protocol's hello is closed and logged; an
+undecodable request gets an INVALID_ARGUMENT answer and the connection goes on; a frame over the size
+limit gets one and the connection is closed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import threading
+from collections.abc import Callable
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from rtrl.act_socket import HELLO, ConnectionEnded, configure, frame, receive_exactly, receive_length, shut
+from rtrl.v1 import inference_pb2
+from services.inference.streams import OpenStreams, StreamRefused
+
+log = logging.getLogger(__name__)
+
+# How long a new connection may take to send the hello before it is closed.
+HELLO_TIMEOUT_S = 5.0
+
+Answer = Callable[[inference_pb2.ActStreamRequest], inference_pb2.ActStreamResponse]
+
+
+def refusal(message: str) -> bytes:
+    """An INVALID_ARGUMENT answer, as a frame ready to send."""
+    answer = inference_pb2.ActStreamResponse(
+        error_code=grpc.StatusCode.INVALID_ARGUMENT.value[0], error_message=message
+    )
+    return frame(answer.SerializeToString())
+
+
+class ActSocketServer:
+    """Listens on `host:port` (0 picks a free port; `port` then says which) and answers with `answer`."""
+
+    def __init__(
+        self,
+        answer: Answer,
+        streams: OpenStreams,
+        host: str,
+        port: int,
+        max_frame_bytes: int,
+        on_invalid: Callable[[], None],
+    ) -> None:
+        self._answer = answer
+        self._streams = streams
+        self._max_frame_bytes = max_frame_bytes
+        self._on_invalid = on_invalid
+        family, _, _, _, address = socket.getaddrinfo(
+            host.strip("[]") or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        self._listener = socket.create_server(address, family=family)
+        self.port: int = self._listener.getsockname()[1]
+        self._accepting = threading.Thread(target=self._accept, name="rtrl-act-socket", daemon=True)
+
+    def start(self) -> None:
+        self._accepting.start()
+
+    def stop(self) -> None:
+        """Takes no new connection; the open ones end with `OpenStreams.stop`, which the server calls."""
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)
+        self._listener.close()
+        if self._accepting.is_alive():
+            self._accepting.join(timeout=5.0)
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                connection, peer = self._listener.accept()
+            except OSError:
+                return  # closed by `stop`
+            threading.Thread(
+                target=self._serve, args=(connection, peer), name=f"rtrl-act-socket {peer}", daemon=True
+            ).start()
+
+    def _serve(self, connection: socket.socket, peer: tuple) -> None:
+        with connection:
+            configure(connection)
+            connection.settimeout(HELLO_TIMEOUT_S)
+            try:
+                hello = receive_exactly(connection, len(HELLO))
+            except (ConnectionEnded, OSError):
+                return  # gone, or silent for HELLO_TIMEOUT_S
+            if hello != HELLO:
+                self._on_invalid()
+                log.warning(
+                    "act socket: %s opened with %r, not the rtrl act socket's hello %r; connection closed",
+                    peer[0],
+                    hello,
+                    HELLO,
+                )
+                return
+            connection.settimeout(None)
+            try:
+                with self._streams.open(connection, lambda: shut(connection)):
+                    connection.sendall(HELLO)
+                    self._answer_requests(connection)
+            except StreamRefused as refused:
+                log.info("act socket: refused %s (%s)", peer[0], refused.message)
+            except (ConnectionEnded, OSError):
+                pass  # the gateway closed it, or `OpenStreams.stop` ended it while idle
+
+    def _answer_requests(self, connection: socket.socket) -> None:
+        while True:
+            length = receive_length(connection)
+            self._streams.busy(connection)
+            if length > self._max_frame_bytes:
+                self._on_invalid()
+                connection.sendall(
+                    refusal(
+                        f"a frame of {length} bytes is over this replica's limit of {self._max_frame_bytes} "
+                        "bytes (RTRL_GRPC_MAX_MESSAGE_BYTES); send smaller observations or raise the limit; "
+                        "the connection is closed"
+                    )
+                )
+                return
+            body = receive_exactly(connection, length)
+            try:
+                request = inference_pb2.ActStreamRequest.FromString(body)
+            except DecodeError:
+                self._on_invalid()
+                connection.sendall(
+                    refusal(
+                        f"the frame of {length} bytes is not a serialized rtrl.v1.ActStreamRequest; send "
+                        "ActStreamRequest messages, each prefixed with its length (rtrl/act_socket.py)"
+                    )
+                )
+            else:
+                connection.sendall(frame(self._answer(request).SerializeToString()))
+            if not self._streams.idle(connection):
+                return

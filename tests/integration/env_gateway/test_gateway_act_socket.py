@@ -1,0 +1,193 @@
+"""The gateway's requests on a replica's act socket: used when the replica offers one, ActStream instead
+when it cannot be used (nothing listening, not the protocol), a stalled socket failed at its deadline
+and replaced, a replica that closes its socket out of rotation at once, and no socket with a token.
+
+The replica is a real gRPC server whose GetStatus offers a real act socket (services/inference's
+`ActSocketServer`); the pool is the gateway's own `ReplicaPool`, warming replicas up as the gateway does.
+"""
+
+from __future__ import annotations
+
+import queue
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import grpc
+import pytest
+from gateway_doubles import FakeInference
+from test_gateway_act_stream import ACTION, ACTIONS, BOUND_S, CountingInference, Serve, request
+
+from rtrl.security import SecuritySettings
+from rtrl.v1 import inference_pb2
+from services.env_gateway.dispatcher import CallOutcome
+from services.env_gateway.replicas import STREAM_DEADLINE_CHECK_S, ReplicaPool
+from services.inference.act_socket import ActSocketServer
+from services.inference.streams import OpenStreams
+
+SHAPE = (4, 84, 84)
+
+
+class SocketInference(CountingInference):
+    """A replica that offers an act socket answering as its ActStream does; counts the socket's answers.
+    `offered_port` overrides the port GetStatus names (a socket that cannot be used)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.streams = OpenStreams(limit=4)
+        self.socket = ActSocketServer(self.answer, self.streams, "127.0.0.1", 0, 1 << 22, lambda: None)
+        self.socket.start()
+        self.offered_port = self.socket.port
+        self.socket_answers = 0
+        self.hold_first_answer = threading.Event()
+        """Set by a test to make the socket's first answer wait (a stalled replica) until `release`."""
+        self.release = threading.Event()
+
+    def answer(self, message: inference_pb2.ActStreamRequest) -> inference_pb2.ActStreamResponse:
+        self.socket_answers += 1
+        if self.hold_first_answer.is_set() and self.socket_answers == 1:
+            self.release.wait(BOUND_S)
+        return inference_pb2.ActStreamResponse(response=self._answer(message.request, threading.Event()))
+
+    def GetStatus(
+        self, request: inference_pb2.InferenceServiceGetStatusRequest, context: grpc.ServicerContext
+    ) -> inference_pb2.InferenceServiceGetStatusResponse:
+        return inference_pb2.InferenceServiceGetStatusResponse(act_socket_port=self.offered_port)
+
+    def stop(self) -> None:
+        self.release.set()
+        self.streams.stop()
+        self.socket.stop()
+
+
+Pooled = Callable[..., tuple[str, ReplicaPool, grpc.Server]]
+
+
+@pytest.fixture
+def pooled(serve_inference: Serve) -> Iterator[Pooled]:
+    """Serves a servicer; gives its address, a warmed-up pool of just it, and its server; closes them."""
+    pools: list[ReplicaPool] = []
+    servicers: list[FakeInference] = []
+
+    def make(servicer: FakeInference, security: SecuritySettings | None = None) -> tuple[str, ReplicaPool, grpc.Server]:
+        address, server = serve_inference(servicer)
+        servicers.append(servicer)
+        pool = ReplicaPool("gw", ACTIONS, [address], security=security or SecuritySettings(), observation_shape=SHAPE)
+        pools.append(pool)
+        wait_until(lambda: bool(pool.views(time.monotonic())), "the replica never entered the rotation")
+        return address, pool, server
+
+    yield make
+    for pool in pools:
+        pool.close()
+    for servicer in servicers:
+        if isinstance(servicer, SocketInference):
+            servicer.stop()
+
+
+def wait_until(condition: Callable[[], bool], why: str) -> None:
+    give_up_at = time.monotonic() + BOUND_S
+    while not condition():
+        assert time.monotonic() < give_up_at, why
+        time.sleep(0.005)
+
+
+def send(pool: ReplicaPool, address: str, frame_index: int, timeout_s: float = BOUND_S) -> CallOutcome:
+    outcomes: queue.SimpleQueue[CallOutcome] = queue.SimpleQueue()
+    assert pool.send(address, request(frame_index), time.monotonic() + timeout_s, outcomes.put)
+    return outcomes.get(timeout=BOUND_S + timeout_s)
+
+
+def test_requests_go_on_the_act_socket_when_the_replica_offers_one(pooled: Pooled) -> None:
+    servicer = SocketInference()
+    address, pool, _ = pooled(servicer)
+
+    outcomes = [send(pool, address, frame_index) for frame_index in range(5)]
+
+    assert [outcome.reply.action if outcome.reply else None for outcome in outcomes] == [ACTION] * 5
+    # The warm-up went by Act, the five requests by the socket, none by ActStream.
+    assert (servicer.socket_answers, servicer.streams_opened, servicer.act_calls) == (5, 0, 1)
+    assert servicer.frame_indices[1:] == list(range(5))
+    assert servicer.observation_shapes == {SHAPE}
+    (stats,) = pool.stats()
+    assert (stats.requests, stats.replies, stats.failures, stats.in_flight) == (5, 5, 0, 0)
+
+
+def unused_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def not_the_protocol() -> int:
+    """A listener that answers every connection with an HTTP error, as a wrong port would."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        while True:
+            connection, _ = listener.accept()
+            with connection:
+                connection.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+
+    threading.Thread(target=serve, daemon=True).start()
+    return int(listener.getsockname()[1])
+
+
+@pytest.mark.parametrize("port", [unused_port, not_the_protocol], ids=["nothing listening", "not the protocol"])
+def test_a_socket_that_cannot_be_used_gives_the_replica_act_stream_and_loses_no_request(
+    pooled: Pooled, port: Callable[[], int], caplog: pytest.LogCaptureFixture
+) -> None:
+    servicer = SocketInference()
+    servicer.offered_port = port()
+    address, pool, _ = pooled(servicer)
+
+    outcomes = [send(pool, address, frame_index) for frame_index in range(4)]
+
+    assert all(outcome.reply is not None for outcome in outcomes)
+    assert (servicer.socket_answers, servicer.streams_opened) == (0, 1)
+    assert "offers an act socket that cannot be used" in caplog.text
+    (stats,) = pool.stats()
+    assert (stats.replies, stats.failures) == (4, 0)
+
+
+def test_a_stalled_socket_fails_its_request_by_its_deadline_and_a_new_one_replaces_it(pooled: Pooled) -> None:
+    servicer = SocketInference()
+    servicer.hold_first_answer.set()
+    address, pool, _ = pooled(servicer)
+    deadline_s = 0.2
+
+    stalled = send(pool, address, 0, timeout_s=deadline_s)
+    servicer.release.set()
+    after = send(pool, address, 1)
+
+    assert stalled.reply is None
+    assert deadline_s <= stalled.round_trip_s < deadline_s + STREAM_DEADLINE_CHECK_S + 1.0
+    assert after.reply is not None and after.reply.action == ACTION
+    assert servicer.streams_opened == 0
+    (stats,) = pool.stats()
+    assert (stats.requests, stats.replies, stats.failures, stats.in_flight) == (2, 1, 1, 0)
+
+
+def test_a_replica_that_closes_its_socket_leaves_the_rotation_before_a_request_is_lost_to_it(pooled: Pooled) -> None:
+    servicer = SocketInference()
+    address, pool, _ = pooled(servicer)
+    assert send(pool, address, 0).reply is not None
+
+    servicer.stop()
+
+    wait_until(lambda: not pool.views(time.monotonic()), "the replica stayed in rotation")
+    (stats,) = pool.stats()
+    assert stats.excluded
+    assert (stats.requests, stats.failures) == (1, 0)
+
+
+def test_a_pool_with_a_token_never_uses_a_socket(pooled: Pooled) -> None:
+    # The socket carries no token; the replica's gRPC server here asks for none, so only the pool decides.
+    servicer = SocketInference()
+    address, pool, _ = pooled(servicer, security=SecuritySettings(token="secret"))
+
+    outcomes = [send(pool, address, frame_index) for frame_index in range(3)]
+
+    assert all(outcome.reply is not None for outcome in outcomes)
+    assert (servicer.socket_answers, servicer.streams_opened) == (0, 1)
