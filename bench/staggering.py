@@ -39,6 +39,7 @@ import os
 import queue
 import re
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -56,6 +57,7 @@ import numpy as np
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
+from rtrl.act_socket import HELLO, configure, frame, receive_exactly, receive_length  # noqa: E402
 from rtrl.config import SettingsError  # noqa: E402
 from rtrl.cpus import format_cpu_list, split_cpus, usable_cpus  # noqa: E402
 from rtrl.grpc_util import create_channel, health_status  # noqa: E402
@@ -75,6 +77,7 @@ MODEL_WIDTHS = (1, 7, 29)
 # each holding a core that the machine does not have).
 MAX_MODEL_FORWARD_MS = 600.0
 STREAM = "bench:transitions"
+ACT_SOCKET, ACT_STREAM = "act socket", "ActStream"
 SEQUENTIAL_STREAM = "bench:sequential"
 
 
@@ -114,23 +117,43 @@ def log(message: str) -> None:
 
 
 class ZeroCostInference(inference_pb2_grpc.InferenceServiceServicer):
-    """Answers at once: the policy costs nothing, so what is measured is the gateway and gRPC."""
+    """Answers at once: the policy costs nothing, so what is measured is the gateway and the way it asks
+    (the act socket, or ActStream when `act_socket_port` is 0)."""
+
+    act_socket_port = 0
 
     def Act(self, request: inference_pb2.ActRequest, context: grpc.ServicerContext) -> inference_pb2.ActResponse:
         return inference_pb2.ActResponse(action=0, checkpoint_version=0, frame_index=request.frame_index, batch_size=1)
+
+    def answer(self, message: inference_pb2.ActStreamRequest) -> inference_pb2.ActStreamResponse:
+        response = inference_pb2.ActResponse(action=0, frame_index=message.request.frame_index, batch_size=1)
+        return inference_pb2.ActStreamResponse(response=response)
 
     def ActStream(
         self, requests: Iterator[inference_pb2.ActStreamRequest], context: grpc.ServicerContext
     ) -> Iterator[inference_pb2.ActStreamResponse]:
         for message in requests:
-            yield inference_pb2.ActStreamResponse(response=self.Act(message.request, context))
+            yield self.answer(message)
+
+    def GetStatus(
+        self, request: inference_pb2.InferenceServiceGetStatusRequest, context: grpc.ServicerContext
+    ) -> inference_pb2.InferenceServiceGetStatusResponse:
+        return inference_pb2.InferenceServiceGetStatusResponse(act_socket_port=self.act_socket_port)
 
 
-def serve_zero_cost() -> None:
+def serve_zero_cost(act_socket: bool) -> None:
     from rtrl import grpc_util
+    from services.inference.act_socket import ActSocketServer
+    from services.inference.streams import OpenStreams
 
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    inference_pb2_grpc.add_InferenceServiceServicer_to_server(ZeroCostInference(), server)
+    servicer = ZeroCostInference()
+    streams = OpenStreams(limit=4)
+    if act_socket:
+        sockets = ActSocketServer(servicer.answer, streams, "127.0.0.1", 0, 1 << 22, lambda: None)
+        sockets.start()
+        servicer.act_socket_port = sockets.port
+    inference_pb2_grpc.add_InferenceServiceServicer_to_server(servicer, server)
     health = grpc_util.add_health_and_reflection(server, ["rtrl.v1.InferenceService"])
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
@@ -139,6 +162,7 @@ def serve_zero_cost() -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     stop.wait()
+    streams.stop()
     server.stop(0).wait()
 
 
@@ -205,14 +229,16 @@ def wait_serving(addresses: list[str], timeout_s: float = 180.0) -> None:
 
 @contextmanager
 def replica_pool(
-    procs: Processes, count: int, env: dict[str, str], name: str, zero_cost: bool = False
+    procs: Processes, count: int, env: dict[str, str], name: str, zero_cost: str = ""
 ) -> Iterator[list[str]]:
-    """Starts `count` replicas (real ones with `env`, or zero-cost stubs); yields their addresses."""
+    """Starts `count` replicas (real ones with `env`, or zero-cost stubs answering on `zero_cost`, "act
+    socket" or "ActStream"); yields their addresses."""
     started = []
     addresses = []
     for i in range(count):
         if zero_cost:
-            process, log_path = procs.spawn(f"{name}-{i}", [__file__, "--serve-zero-cost"], {})
+            way = ["--serve-zero-cost", *([] if zero_cost == ACT_SOCKET else ["--no-act-socket"])]
+            process, log_path = procs.spawn(f"{name}-{i}", [__file__, *way], {})
         else:
             replica_env = {
                 "RTRL_INFERENCE_HOST": "127.0.0.1",
@@ -302,27 +328,45 @@ def run_gateway(
     }
 
 
-def paced_stream_messages(address: str, seconds: float) -> dict:
-    """The floor under the zero-cost rows: bare ActStream messages to the same zero-cost replica, as the
-    gateway sends them, paced at the frame rate from one thread of this process, each building its
-    84x84x4 request. Its "overhead" is request built -> answer back; the gateway's adds sampling,
-    preprocessing and the reading thread's hand-over of the answer."""
+def paced_messages(address: str, way: str, seconds: float) -> dict:
+    """The floor under the zero-cost rows: bare messages to the same zero-cost replica, on `way` (the act
+    socket or ActStream), as the gateway sends them, paced at the frame rate from one thread of this
+    process, each building its 84x84x4 request. Its "overhead" is request built -> answer back; the
+    gateway's adds sampling, preprocessing and the reading thread's hand-over of the answer."""
     channel = create_channel(address)
     stub = inference_pb2_grpc.InferenceServiceStub(channel)
     observation = np.zeros((4, 84, 84), np.uint8)
-    requests: queue.SimpleQueue[inference_pb2.ActStreamRequest | None] = queue.SimpleQueue()
-    # A deadline for the whole stream, so that a hung replica ends the benchmark instead of holding it.
-    answers = stub.ActStream(iter(requests.get, None), timeout=seconds + 60.0)
     round_trips_ms: list[float] = []
+    with contextlib.ExitStack() as cleanup:
+        cleanup.callback(channel.close)
+        if way == ACT_SOCKET:
+            port = stub.GetStatus(inference_pb2.InferenceServiceGetStatusRequest(), timeout=10.0).act_socket_port
+            connection = cleanup.enter_context(socket.create_connection(("127.0.0.1", port), timeout=10.0))
+            configure(connection)
+            connection.sendall(HELLO)
+            assert receive_exactly(connection, len(HELLO)) == HELLO
 
-    def ask(frame_index: int) -> None:
-        request = inference_pb2.ActRequest(
-            observation=to_proto(observation), gateway_id="bench-bare", action_count=6, frame_index=frame_index
-        )
-        requests.put(inference_pb2.ActStreamRequest(request=request, timeout_ms=1000.0))
-        next(answers)
+            def exchange(message: inference_pb2.ActStreamRequest) -> None:
+                connection.sendall(frame(message.SerializeToString()))
+                receive_exactly(connection, receive_length(connection))
 
-    try:
+        else:
+            requests: queue.SimpleQueue[inference_pb2.ActStreamRequest | None] = queue.SimpleQueue()
+            # A deadline for the whole stream, so that a hung replica ends the benchmark instead of holding it.
+            answers = stub.ActStream(iter(requests.get, None), timeout=seconds + 60.0)
+            cleanup.callback(answers.cancel)
+            cleanup.callback(requests.put, None)
+
+            def exchange(message: inference_pb2.ActStreamRequest) -> None:
+                requests.put(message)
+                next(answers)
+
+        def ask(frame_index: int) -> None:
+            request = inference_pb2.ActRequest(
+                observation=to_proto(observation), gateway_id="bench-bare", action_count=6, frame_index=frame_index
+            )
+            exchange(inference_pb2.ActStreamRequest(request=request, timeout_ms=1000.0))
+
         ask(0)
         start_s = time.monotonic()
         call = 0
@@ -334,10 +378,6 @@ def paced_stream_messages(address: str, seconds: float) -> dict:
             ask(call)
             round_trips_ms.append((time.monotonic() - sent_s) * 1000.0)
             call += 1
-    finally:
-        requests.put(None)
-        answers.cancel()
-        channel.close()
     nan = math.nan
     return {
         "decisions": len(round_trips_ms), "coverage": nan, "staleness_mean": nan, "staleness_p99": nan,
@@ -503,6 +543,45 @@ class Bench:
         for pid in (os.getpid(), self.redis.process.pid, *(p.pid for p in self.procs.started if p.poll() is None)):
             set_affinity(pid, learner if pid == self.learner.pid else others)
 
+    def run_zero_cost(self) -> None:
+        """The gateway's own overhead, on each way of asking (the act socket, ActStream) side by side."""
+        args = self.args
+        with contextlib.ExitStack() as stack:
+            pools = {
+                way: stack.enter_context(replica_pool(self.procs, 2, {}, f"zero-cost-{way}".replace(" ", "-"), way))
+                for way in args.ways
+            }
+            for way, addresses in pools.items():
+                self.wait_for_calm()
+                bare = paced_messages(addresses[0], way, args.measure_s)
+                self.record("zero-cost", f"bare {way} message", 0.0, 1, "-", bare)
+            # Each row is measured each way (and, with --learner-cpus, unpinned and pinned), side by side,
+            # first in one order and then in the other, so that none always comes first.
+            ways = list(pools)
+            partitions = [None, *([self.learner_cpus] if self.learner_cpus else [])]
+            for n in (1, 2):
+                for reserve in args.jitter_reserve:
+                    ways.reverse()
+                    partitions.reverse()
+                    for way in ways:
+                        for learner_cpus in partitions:
+                            self.partition(learner_cpus)
+                            self.wait_for_calm()
+                            m = run_gateway(
+                                self.redis.url,
+                                pools[way][:n],
+                                "next_idle",
+                                6,
+                                args.warmup_s,
+                                args.measure_s,
+                                f"bench-zero-{n}-r{reserve}-{way}".replace(" ", ""),
+                                jitter_reserve=reserve,
+                            )
+                            pinned = f", learner on CPU {format_cpu_list(learner_cpus)}" if learner_cpus else ""
+                            label = f"zero-cost, {way}{pinned}"
+                            self.record("zero-cost", label, 0.0, n, "next_idle", m, reserve=reserve)
+            self.partition(None)
+
     def run(self) -> None:
         args = self.args
         log(f"work directory {self.workdir}; Redis {self.redis.url}")
@@ -510,34 +589,7 @@ class Bench:
         log("the learner trains on every row's transitions from now on")
         try:
             if args.zero_cost:
-                with replica_pool(self.procs, 2, {}, "zero-cost", zero_cost=True) as addresses:
-                    self.wait_for_calm()
-                    bare = paced_stream_messages(addresses[0], args.measure_s)
-                    self.record("zero-cost", "bare ActStream message", 0.0, 1, "-", bare)
-                    # With --learner-cpus, each row is measured unpinned and pinned, side by side, first one
-                    # way round and then the other, so that neither always comes first.
-                    partitions = [None, *([self.learner_cpus] if self.learner_cpus else [])]
-                    for n in (1, 2):
-                        for reserve in args.jitter_reserve:
-                            partitions.reverse()
-                            for learner_cpus in partitions:
-                                self.partition(learner_cpus)
-                                self.wait_for_calm()
-                                m = run_gateway(
-                                    self.redis.url,
-                                    addresses[:n],
-                                    "next_idle",
-                                    6,
-                                    args.warmup_s,
-                                    args.measure_s,
-                                    f"bench-zero-{n}-r{reserve}",
-                                    jitter_reserve=reserve,
-                                )
-                                label = "zero-cost" + (
-                                    f", learner on CPU {format_cpu_list(learner_cpus)}" if learner_cpus else ""
-                                )
-                                self.record("zero-cost", label, 0.0, n, "next_idle", m, reserve=reserve)
-                    self.partition(None)
+                self.run_zero_cost()
             for t_infer in args.t_infer:
                 counts = [
                     n for n in replica_counts(t_infer, args.max_replicas) if not args.replicas or n in args.replicas
@@ -751,6 +803,14 @@ def interrupt(signum: int, frame: object) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--serve-zero-cost", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--no-act-socket", dest="act_socket", action="store_false", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--ways",
+        nargs="+",
+        default=[ACT_SOCKET, ACT_STREAM],
+        choices=(ACT_SOCKET, ACT_STREAM),
+        help="how the gateway asks the zero-cost replicas, each a row of its own (default: both)",
+    )
     parser.add_argument("--t-infer", type=float, nargs="*", default=list(T_INFER_FRAMES), help="in frames")
     parser.add_argument("--replicas", type=int, nargs="*", default=[], help="only these N (default: around ceil)")
     parser.add_argument("--max-replicas", type=int, default=10)
@@ -798,7 +858,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.serve_zero_cost:
-        serve_zero_cost()
+        serve_zero_cost(args.act_socket)
         return
     if args.table_from is not None:
         merged: dict[tuple[str, str, int, str, int], Row] = {}

@@ -84,7 +84,7 @@ class GetStatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ReplicaStats(_message.Message):
-    __slots__ = ("address", "requests", "replies", "failures", "in_flight", "latency_ms", "checkpoint_version", "batch_size", "inference_ms", "excluded", "warming_up")
+    __slots__ = ("address", "requests", "replies", "failures", "in_flight", "latency_ms", "checkpoint_version", "batch_size", "inference_ms", "excluded", "warming_up", "transport")
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     REQUESTS_FIELD_NUMBER: _ClassVar[int]
     REPLIES_FIELD_NUMBER: _ClassVar[int]
@@ -96,6 +96,7 @@ class ReplicaStats(_message.Message):
     INFERENCE_MS_FIELD_NUMBER: _ClassVar[int]
     EXCLUDED_FIELD_NUMBER: _ClassVar[int]
     WARMING_UP_FIELD_NUMBER: _ClassVar[int]
+    TRANSPORT_FIELD_NUMBER: _ClassVar[int]
     address: str
     requests: int
     replies: int
@@ -107,7 +108,8 @@ class ReplicaStats(_message.Message):
     inference_ms: _common_pb2.Distribution
     excluded: bool
     warming_up: bool
-    def __init__(self, address: _Optional[str] = ..., requests: _Optional[int] = ..., replies: _Optional[int] = ..., failures: _Optional[int] = ..., in_flight: _Optional[int] = ..., latency_ms: _Optional[_Union[_common_pb2.Distribution, _Mapping]] = ..., checkpoint_version: _Optional[int] = ..., batch_size: _Optional[_Union[_common_pb2.Distribution, _Mapping]] = ..., inference_ms: _Optional[_Union[_common_pb2.Distribution, _Mapping]] = ..., excluded: _Optional[bool] = ..., warming_up: _Optional[bool] = ...) -> None: ...
+    transport: str
+    def __init__(self, address: _Optional[str] = ..., requests: _Optional[int] = ..., replies: _Optional[int] = ..., failures: _Optional[int] = ..., in_flight: _Optional[int] = ..., latency_ms: _Optional[_Union[_common_pb2.Distribution, _Mapping]] = ..., checkpoint_version: _Optional[int] = ..., batch_size: _Optional[_Union[_common_pb2.Distribution, _Mapping]] = ..., inference_ms: _Optional[_Union[_common_pb2.Distribution, _Mapping]] = ..., excluded: _Optional[bool] = ..., warming_up: _Optional[bool] = ..., transport: _Optional[str] = ...) -> None: ...
 
 class GetStatsResponse(_message.Message):
     __slots__ = ("gateway_id", "uptime_s", "frames", "measured_frame_rate_hz", "frames_late", "decisions", "decisions_fresh", "decisions_fallback", "coverage", "requests_sent", "requests_not_sent", "requests_failed", "replies_late", "replies_superseded", "staleness_frames", "decision_overhead_ms", "replicas", "episodes", "last_episode_return", "mean_episode_return", "transitions_published", "transitions_dropped", "transitions_queued", "replica_count", "episode_frames", "scheduler", "scheduler_period_ms", "scheduler_spacing_ms", "scheduler_turns_passed", "scheduler_slots_waited", "requests_resent", "lead_frames", "interaction", "sequential_cycles", "train_ms", "train_failures", "cycle_ms", "staleness_frames_histogram", "recent_episode_returns")

@@ -210,6 +210,7 @@ def gateway_stats_json(stats: env_gateway_pb2.GetStatsResponse, coverage_recent:
                 "checkpoint_version": r.checkpoint_version,
                 "excluded": r.excluded,
                 "warming_up": r.warming_up,
+                "transport": r.transport,
             }
             for r in stats.replicas
         ],

@@ -4,10 +4,18 @@
 its scheduler, see scheduler.py) says. `send` never blocks, and each outcome comes through the sender's
 `on_done`.
 
-Each replica gets one long-lived ActStream (`_Stream`): `send` puts the request on it from the deciding
-thread, gRPC's thread writes it, and a thread reading the stream delivers the answers, which come in
-the order of the requests. A message on an open stream skips a call's set-up, about 0.4 ms of each
-round trip (bench/paced_round_trip.py). Each request carries its timeout and each answer its error.
+Each replica gets one long-lived stream of requests and answers, which come in the order of the
+requests; each request carries its timeout and each answer its error. When the replica offers an act
+socket (rtrl/act_socket.py; its GetStatus, asked during its warm-up), that is the stream
+(`_SocketStream`): `send` writes the request from the deciding thread itself, without waiting, and a
+thread reading the socket delivers the answers. Otherwise it is an ActStream (`_Stream`): `send` puts
+the request on it, gRPC's thread writes it, and a thread reading the stream delivers the answers. A
+message on an open ActStream skips a call's set-up, about 0.4 ms of each round trip
+(bench/paced_round_trip.py); the act socket also skips the hand-overs between gRPC's threads, which
+halved the zero-cost round trip again (docs/staggering-benchmark.md). An act socket that cannot be
+used (nothing listening, no hello, an answer that is not the protocol's) gives that replica ActStream
+until it rejoins, with the requests that were waiting on the socket sent again there. A pool with TLS
+or a token never uses an act socket: it carries neither.
 The pool checks every `STREAM_DEADLINE_CHECK_S` that no stream's oldest request is past its deadline;
 when one is (a stalled replica), the stream's requests fail with DEADLINE_EXCEEDED, the stream is
 cancelled and a new one opened. Streams open off the deciding thread (`_ensure_stream`), except when a
@@ -181,6 +189,10 @@ class _Stream:
         on_end(self, grpc.StatusCode.UNAVAILABLE)
 
 
+class _Unusable(Exception):
+    """An act socket that cannot be used: not listening, unreachable, or not speaking the protocol."""
+
+
 class _SocketStream:
     """One replica's act socket (rtrl/act_socket.py): the same messages as ActStream on a TCP connection.
     `put` writes a request from the deciding thread itself, and a thread of its own connects, then
@@ -188,8 +200,10 @@ class _SocketStream:
 
     `pending` is guarded by the pool's lock, as `_Stream`'s. Connecting happens on the stream's thread,
     so `put` never waits: the requests put before the handshake are sent when it ends. A socket that
-    cannot be used (no connection or hello within ACT_SOCKET_CONNECT_TIMEOUT_S, or an answer that is not
-    the protocol's) ends the stream with `refused` set, and the pool gives the replica ActStream instead.
+    cannot be used (no connection within ACT_SOCKET_CONNECT_TIMEOUT_S, closed before the hello, or an
+    answer that is not the protocol's) ends the stream with `refused` set, and the pool gives the
+    replica ActStream instead. A replica that accepts the connection but does not answer the hello is
+    stalled, not refusing (its kernel accepts for it): that stream ends as a stalled ActStream does.
     `put` never blocks either: a request the connection cannot take whole at once (the replica stopped
     reading) closes the stream, as a stalled replica's would be.
     """
@@ -220,9 +234,11 @@ class _SocketStream:
             if self._unsent is not None:
                 self._unsent.append(data)
                 return
-            connection = self._connection
-        assert connection is not None
-        self._send_or_close(connection, data)
+            # Under the lock (a write that never waits), so that the reader cannot close the socket under it.
+            assert self._connection is not None
+            sent = self._send_now(self._connection, data)
+        if not sent:
+            self.close()
 
     def close(self) -> None:
         """Closes the connection; its reader ends with CANCELLED."""
@@ -232,13 +248,15 @@ class _SocketStream:
         if connection is not None:
             shut(connection)
 
-    def _send_or_close(self, connection: socket.socket, data: bytes) -> None:
+    def _send_now(self, connection: socket.socket, data: bytes) -> bool:
+        """Writes `data` without waiting; False when the connection could not take all of it (the replica
+        stopped reading), and a request cannot be sent in part."""
         try:
             sent = connection.send(data, socket.MSG_DONTWAIT)
         except BlockingIOError:
             sent = 0
         except OSError:
-            return  # the connection broke: its reader ends the stream
+            return True  # the connection broke: its reader ends the stream
         if sent < len(data):
             log.warning(
                 "inference replica at %s:%d stopped reading its act socket (%d of %d bytes of a request went); "
@@ -247,20 +265,31 @@ class _SocketStream:
                 sent,
                 len(data),
             )
-            self.close()
+            return False
+        return True
 
-    def _connect(self) -> socket.socket:
-        connection = socket.create_connection(self._address, timeout=ACT_SOCKET_CONNECT_TIMEOUT_S)
+    def _handshake(self) -> socket.socket:
+        """Connects and exchanges the hello. Raises _Unusable when the socket cannot be used, TimeoutError
+        when the replica accepted but did not answer the hello in time, and ConnectionEnded or OSError
+        when the connection ended during the hello."""
         try:
-            configure(connection)
-            connection.sendall(HELLO)
-            hello = receive_exactly(connection, len(HELLO))
-            if hello != HELLO:
-                raise ConnectionError(f"it answered the hello with {hello!r}, not {HELLO!r}")
-            connection.settimeout(None)
-        except BaseException:
-            connection.close()
-            raise
+            connection = socket.create_connection(self._address, timeout=ACT_SOCKET_CONNECT_TIMEOUT_S)
+        except OSError as error:
+            # Refused, unreachable, or no answer to the connection itself. A stalled replica's kernel still
+            # accepts connections, so this is not a stall.
+            raise _Unusable(f"{type(error).__name__}: {error}") from error
+        with self._lock:
+            # From now on `close` interrupts the hello.
+            self._connection = connection
+            closed = self._closed
+        if closed:
+            raise ConnectionEnded
+        configure(connection)
+        connection.sendall(HELLO)
+        hello = receive_exactly(connection, len(HELLO))
+        if hello != HELLO:
+            raise _Unusable(f"it answered the hello with {hello!r}, not {HELLO!r}")
+        connection.settimeout(None)
         return connection
 
     def _run(
@@ -269,25 +298,32 @@ class _SocketStream:
         on_end: Callable[[_SocketStream, grpc.StatusCode], None],
     ) -> None:
         try:
-            connection = self._connect()
-        except (OSError, ConnectionEnded) as error:
-            self.refused = f"{type(error).__name__}: {error}" if str(error) else "it closed the connection"
-            on_end(self, grpc.StatusCode.UNAVAILABLE)
-            return
+            connection = self._handshake()
+        except _Unusable as error:
+            self.refused = str(error)
+            code = grpc.StatusCode.UNAVAILABLE
+        except TimeoutError:
+            # Accepted but no hello back (a stalled replica): the stream ends as a stalled ActStream does.
+            code = grpc.StatusCode.DEADLINE_EXCEEDED
+        except (ConnectionEnded, OSError):
+            with self._lock:
+                closed = self._closed
+            # Closed by the pool while connecting (its first request's deadline passed), or by the replica
+            # before its hello: it has no room for another stream, or it does not speak the protocol.
+            code = grpc.StatusCode.CANCELLED if closed else grpc.StatusCode.UNAVAILABLE
+            if not closed:
+                self.refused = "it closed the connection instead of answering the hello"
+        else:
+            with self._lock:
+                # Under the lock, so that no request put meanwhile overtakes these.
+                sent = all(self._send_now(connection, data) for data in self._unsent or ())
+                self._unsent = None
+            if not sent:
+                self.close()
+            code = self._read(connection, on_answer)
         with self._lock:
-            unsent, self._unsent = self._unsent, None
-            self._connection = connection
-            closed = self._closed
-        if closed:
-            # Closed while connecting: its oldest request's deadline passed before the handshake ended.
-            self.refused = "no handshake before the first request's deadline"
-            connection.close()
-            on_end(self, grpc.StatusCode.CANCELLED)
-            return
-        for data in unsent or ():
-            self._send_or_close(connection, data)
-        code = self._read(connection, on_answer)
-        connection.close()
+            if self._connection is not None:
+                self._connection.close()
         on_end(self, code)
 
     def _read(
@@ -831,7 +867,7 @@ class ReplicaPool:
 
     def stats(self) -> list[env_gateway_pb2.ReplicaStats]:
         with self._lock:
-            replicas = list(self._replicas.values())
+            transports = [(replica, _transport(replica)) for replica in self._replicas.values()]
         return [
             env_gateway_pb2.ReplicaStats(
                 address=replica.address,
@@ -845,8 +881,9 @@ class ReplicaPool:
                 inference_ms=replica.inference_ms.summary(),
                 excluded=replica.excluded_since_s is not None,
                 warming_up=replica.warming_up,
+                transport=transport,
             )
-            for replica in replicas
+            for replica, transport in transports
         ]
 
     def round_trip_histograms(self) -> list[tuple[str, HistogramSnapshot]]:
@@ -863,6 +900,15 @@ class ReplicaPool:
         self._closing.set()
         for replica in replicas:
             self._close_replica(replica)
+
+
+def _transport(replica: _Replica) -> str:
+    """How `replica` is asked now (ReplicaStats.transport); lock held."""
+    if replica.unary:
+        return "Act"
+    if isinstance(replica.stream, _SocketStream):
+        return "act socket"
+    return "ActStream" if replica.stream is not None else ""
 
 
 class _TooLate(Exception):

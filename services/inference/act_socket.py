@@ -60,6 +60,7 @@ class ActSocketServer:
             host.strip("[]") or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )[0]
         self._listener = socket.create_server(address, family=family)
+        self.host: str = self._listener.getsockname()[0]
         self.port: int = self._listener.getsockname()[1]
         self._accepting = threading.Thread(target=self._accept, name="rtrl-act-socket", daemon=True)
 

@@ -197,6 +197,7 @@ def test_coverage_and_versions_on_the_page_match_get_stats(stack, browser, stubs
           replicas: [...document.querySelectorAll('#replicas tbody tr')].map((tr) => [
             tr.dataset.replica, Number(tr.querySelector('.gateway-version').dataset.version)]),
           openStreams: [...document.querySelectorAll('#replicas .open-streams')].map((td) => td.dataset.open),
+          streamsText: [...document.querySelectorAll('#replicas .open-streams')].map((td) => td.textContent),
         };
         """
     )
@@ -217,8 +218,10 @@ def test_coverage_and_versions_on_the_page_match_get_stats(stack, browser, stubs
     assert set(shown) == set(versions_before) == set(versions_after), "every replica the gateway calls is listed"
     for address, version in shown.items():
         assert versions_before[address] <= version <= versions_after[address], (address, version)
-    # The one gateway asks each replica on one ActStream, and the page shows the replica's own count.
+    # The one gateway asks each replica on one stream, its act socket, and the page shows the replica's
+    # own count and how the gateway asks it.
     assert page["openStreams"] == ["1"] * len(shown), page["openStreams"]
+    assert all(text.endswith(" · act socket") for text in page["streamsText"]), page["streamsText"]
     shown_learner = int(page["learnerVersion"].split()[0].lstrip("v"))
     assert learner_before.checkpoint_version <= shown_learner <= learner_after.checkpoint_version
 

@@ -87,6 +87,12 @@ def in_use(gateway_address: str, replicas: list[ServiceProcess]) -> bool:
     return all(after.get(replica.address, 0) > before.get(replica.address, 0) for replica in replicas)
 
 
+def transports(gateway_address: str, replicas: list[ServiceProcess]) -> set[str]:
+    """How the gateway asks each of `replicas` (ReplicaStats.transport)."""
+    wanted = {replica.address for replica in replicas}
+    return {r.transport for r in gateway_stats(gateway_address).replicas if r.address in wanted}
+
+
 def test_a_stalled_replica_never_blanks_a_decision_while_the_others_are_healthy(
     three_replicas: list[ServiceProcess],
     local_redis: LocalRedis,
@@ -98,6 +104,8 @@ def test_a_stalled_replica_never_blanks_a_decision_while_the_others_are_healthy(
     calls to it simply never answer, the hardest case for a gateway (no error arrives until the deadline)."""
     gateway, _, address = start_gateway(local_redis.url, replica_registry=registry_key)
     wait_until(lambda: in_use(address, three_replicas), "the gateway to use all three replicas")
+    # So the faults below are faults of act sockets, the way the gateway asks replicas that offer one.
+    assert transports(address, three_replicas) == {"act socket"}
     staller = three_replicas[1]
     with resilience_ledger.fault(f"SIGSTOP one of 3 inference replicas for {STALL_S:.0f} s") as notes:
         # The pool forgets a replica's counters when the registry drops it, so count the hedges instead.
@@ -117,6 +125,11 @@ def test_a_stalled_replica_never_blanks_a_decision_while_the_others_are_healthy(
         assert decisions >= 20
         assert during >= 0.99, notes
         assert gateway.clock.failure is None
+    # Continued, it is asked on its act socket again (a stall is not a socket that cannot be used).
+    wait_until(
+        lambda: in_use(address, [staller]) and transports(address, [staller]) == {"act socket"},
+        "the stalled replica to answer on its act socket again",
+    )
 
 
 def test_a_sigkilled_replica_costs_no_error_and_coverage_is_back_within_a_second(

@@ -1,5 +1,6 @@
-"""Every server rtrl starts listens on loopback unless told otherwise: the gRPC services, their
-Prometheus endpoints (which bind the service's host), the dashboard's web page and the embedded Redis.
+"""Every server rtrl starts listens on loopback unless told otherwise: the gRPC services, the replicas'
+act sockets and the Prometheus endpoints (which bind the service's host), the dashboard's web page and
+the embedded Redis.
 A deployment opens them on purpose (compose sets RTRL_*_HOST=0.0.0.0 inside its network)."""
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from rtrl.local_redis import LocalRedis
 from rtrl.redis_client import connect_redis
 from services.dashboard.settings import DashboardSettings
 from services.env_gateway.settings import GatewaySettings
+from services.inference.server import InferenceServer
 from services.inference.settings import InferenceSettings
 from services.learner.settings import LearnerSettings
 
@@ -27,6 +29,14 @@ def test_grpc_services_and_the_dashboard_bind_loopback_by_default() -> None:
         DashboardSettings.from_env({}),
     ):
         assert is_loopback(settings.host), f"{type(settings).__name__} binds {settings.host} by default"
+
+
+def test_a_replicas_act_socket_binds_its_host_so_loopback_by_default() -> None:
+    server = InferenceServer(InferenceSettings.from_env({"RTRL_INFERENCE_PORT": "0"}))
+    try:
+        assert server.act_socket is not None and is_loopback(server.act_socket.host)
+    finally:
+        server.stop(grace=None)
 
 
 def test_metrics_endpoints_are_off_by_default_and_would_bind_the_service_host() -> None:

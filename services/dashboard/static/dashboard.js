@@ -361,7 +361,7 @@ function showReplicas(state) {
       el("td", {}, status ? fmt(status.requests_per_second) : "–"),
       el("td", {}, gw ? String(gw.in_flight) : "–"),
       el("td", { class: "open-streams", "data-open": status ? String(status.open_streams) : "" },
-        status ? `${status.open_streams}/${status.max_open_streams}` : "–"),
+        (status ? `${status.open_streams}/${status.max_open_streams}` : "–") + (gw && gw.transport ? ` · ${gw.transport}` : "")),
       el("td", {}, gw ? fmtInt(gw.failures) : "–"),
       el("td", { class: css }, state),
     ];

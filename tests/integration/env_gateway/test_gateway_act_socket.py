@@ -112,6 +112,7 @@ def test_requests_go_on_the_act_socket_when_the_replica_offers_one(pooled: Poole
     assert servicer.observation_shapes == {SHAPE}
     (stats,) = pool.stats()
     assert (stats.requests, stats.replies, stats.failures, stats.in_flight) == (5, 5, 0, 0)
+    assert stats.transport == "act socket"
 
 
 def unused_port() -> int:
@@ -148,7 +149,7 @@ def test_a_socket_that_cannot_be_used_gives_the_replica_act_stream_and_loses_no_
     assert (servicer.socket_answers, servicer.streams_opened) == (0, 1)
     assert "offers an act socket that cannot be used" in caplog.text
     (stats,) = pool.stats()
-    assert (stats.replies, stats.failures) == (4, 0)
+    assert (stats.replies, stats.failures, stats.transport) == (4, 0, "ActStream")
 
 
 def test_a_stalled_socket_fails_its_request_by_its_deadline_and_a_new_one_replaces_it(pooled: Pooled) -> None:
@@ -191,3 +192,4 @@ def test_a_pool_with_a_token_never_uses_a_socket(pooled: Pooled) -> None:
 
     assert all(outcome.reply is not None for outcome in outcomes)
     assert (servicer.socket_answers, servicer.streams_opened) == (0, 1)
+    assert pool.stats()[0].transport == "ActStream"

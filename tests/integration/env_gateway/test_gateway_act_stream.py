@@ -108,7 +108,7 @@ def test_requests_go_on_one_stream_and_each_answer_reaches_its_sender(pooled: Po
     assert (servicer.streams_opened, servicer.act_calls) == (1, 0)
     (stats,) = pool.stats()
     assert (stats.requests, stats.replies, stats.failures, stats.in_flight) == (5, 5, 0, 0)
-    assert stats.checkpoint_version == 5
+    assert (stats.checkpoint_version, stats.transport) == (5, "ActStream")
 
 
 def test_requests_sent_together_are_answered_in_their_order(pooled: Pooled) -> None:
@@ -140,7 +140,7 @@ def test_a_replica_without_act_stream_gets_every_request_by_act_and_loses_none(p
     assert servicer.frame_indices == [0, 1, 2]
     assert servicer.act_calls == 3
     (stats,) = pool.stats()
-    assert (stats.requests, stats.replies, stats.failures) == (3, 3, 0)
+    assert (stats.requests, stats.replies, stats.failures, stats.transport) == (3, 3, 0, "Act")
 
 
 def test_a_stalled_stream_fails_its_request_by_its_deadline_and_a_new_stream_replaces_it(pooled: Pooled) -> None:
