@@ -162,6 +162,8 @@ class _Stream:
         name: str,
     ) -> None:
         self.pending: deque[_Call] = deque()
+        self.ended = False
+        """Set (under the pool's lock) when its reader saw it end: it must not become a replica's stream."""
         self._requests: queue.SimpleQueue[inference_pb2.ActStreamRequest | None] = queue.SimpleQueue()
         self._answers = stub.ActStream(iter(self._requests.get, None))
         threading.Thread(target=self._read, args=(on_answer, on_end), name=name, daemon=True).start()
@@ -216,6 +218,8 @@ class _SocketStream:
         name: str,
     ) -> None:
         self.pending: deque[_Call] = deque()
+        self.ended = False
+        """As `_Stream.ended`."""
         self.refused = ""
         """Why the socket could not be used; "" while it can."""
         self._address = address
@@ -599,10 +603,12 @@ class ReplicaPool:
                 return
         stream = self._new_stream(replica)
         with self._lock:
-            opened = self._wants_stream(replica)
+            # A stream that already ended (an act socket refused at once) is not attached: its end was
+            # handled while it was nobody's stream, and no request may wait on it.
+            opened = self._wants_stream(replica) and not stream.ended
             watch = self._attach(replica, stream) if opened else None
         if not opened:
-            stream.close()  # another thread opened one meanwhile, or the replica left
+            stream.close()  # another thread opened one meanwhile, the replica left, or it ended
         if watch is not None:
             watch.start()
 
@@ -650,6 +656,8 @@ class ReplicaPool:
 
         A stream this pool did not close that ends unavailable or cancelled means the replica went away
         (it died, or it is shutting down): it leaves the rotation now, before a request is lost to it."""
+        with self._lock:
+            stream.ended = True
         if isinstance(stream, _SocketStream) and stream.refused:
             self._leave_act_socket(replica, stream)
             return

@@ -175,7 +175,10 @@ def test_every_service_serves_metrics_on_a_port_exposed_only_inside_the_network(
             continue
         settings = read_settings(command, environment(service)).settings
         assert settings.metrics_port > 0, f"{name} must serve /metrics on a fixed port for Prometheus to scrape"
-        assert service.get("expose") == [str(settings.metrics_port)], f"{name} must expose its metrics port"
+        # A replica also exposes its act socket, on the port it binds (the gateway dials the port it names).
+        act_socket = [str(settings.act_socket_port)] if command == "inference" else []
+        exposed = [*act_socket, str(settings.metrics_port)]
+        assert service.get("expose") == exposed, f"{name} must expose its metrics port"
         published = [str(port).rsplit(":", 1)[-1] for port in service.get("ports", [])]
         assert str(settings.metrics_port) not in published, f"{name}'s metrics are for the compose network only"
         served.add(command)

@@ -17,6 +17,7 @@ from fault_processes import ProcessGroup, ServiceProcess, gateway_stats, replica
 
 from rtrl.grpc_util import health_status
 from rtrl.local_redis import LocalRedis
+from services.env_gateway.replicas import ACT_SOCKET_CONNECT_TIMEOUT_S
 
 REPLICAS = 3
 WINDOW_S = 0.25
@@ -130,6 +131,32 @@ def test_a_stalled_replica_never_blanks_a_decision_while_the_others_are_healthy(
         lambda: in_use(address, [staller]) and transports(address, [staller]) == {"act socket"},
         "the stalled replica to answer on its act socket again",
     )
+
+
+def test_a_replica_stalled_past_the_act_sockets_hello_timeout_is_asked_on_its_act_socket_again(
+    three_replicas: list[ServiceProcess],
+    local_redis: LocalRedis,
+    registry_key: str,
+    start_gateway: Callable[..., tuple],
+) -> None:
+    """Stalled longer than the gateway waits for a new act socket's hello, but not long enough to leave
+    the registry: the replacement socket's connection is accepted by the stopped replica's kernel and
+    its hello goes unanswered. That is a stall, not a socket that cannot be used, so once continued the
+    replica is asked on its act socket again (not on ActStream until it rejoins)."""
+    gateway, _, address = start_gateway(local_redis.url, replica_registry=registry_key)
+    wait_until(lambda: in_use(address, three_replicas), "the gateway to use all three replicas")
+    staller = three_replicas[2]
+    staller.signal(signal.SIGSTOP)
+    try:
+        time.sleep(ACT_SOCKET_CONNECT_TIMEOUT_S + 0.3)
+    finally:
+        staller.signal(signal.SIGCONT)
+
+    wait_until(
+        lambda: in_use(address, [staller]) and transports(address, [staller]) == {"act socket"},
+        "the stalled replica to answer on its act socket again",
+    )
+    assert gateway.clock.failure is None
 
 
 def test_a_sigkilled_replica_costs_no_error_and_coverage_is_back_within_a_second(

@@ -122,13 +122,15 @@ def unused_port() -> int:
 
 
 def not_the_protocol() -> int:
-    """A listener that answers every connection with an HTTP error, as a wrong port would."""
+    """A listener that answers every connection with an HTTP error, as a wrong port would; late enough
+    that the test's requests are already waiting on the socket, so they must go again on ActStream."""
     listener = socket.create_server(("127.0.0.1", 0))
 
     def serve() -> None:
         while True:
             connection, _ = listener.accept()
             with connection:
+                time.sleep(0.3)
                 connection.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n")
 
     threading.Thread(target=serve, daemon=True).start()
@@ -143,10 +145,15 @@ def test_a_socket_that_cannot_be_used_gives_the_replica_act_stream_and_loses_no_
     servicer.offered_port = port()
     address, pool, _ = pooled(servicer)
 
-    outcomes = [send(pool, address, frame_index) for frame_index in range(4)]
+    waiting: queue.SimpleQueue[CallOutcome] = queue.SimpleQueue()
+    for frame_index in range(3):
+        assert pool.send(address, request(frame_index), time.monotonic() + BOUND_S, waiting.put)
+    outcomes = [waiting.get(timeout=2 * BOUND_S) for _ in range(3)]
+    outcomes.append(send(pool, address, 3))
 
     assert all(outcome.reply is not None for outcome in outcomes)
     assert (servicer.socket_answers, servicer.streams_opened) == (0, 1)
+    assert servicer.frame_indices[1:] == [0, 1, 2, 3]
     assert "offers an act socket that cannot be used" in caplog.text
     (stats,) = pool.stats()
     assert (stats.replies, stats.failures, stats.transport) == (4, 0, "ActStream")
