@@ -56,10 +56,16 @@ class ActSocketServer:
         self._streams = streams
         self._max_frame_bytes = max_frame_bytes
         self._on_invalid = on_invalid
-        family, _, _, _, address = socket.getaddrinfo(
-            host.strip("[]") or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )[0]
-        self._listener = socket.create_server(address, family=family)
+        try:
+            family, _, _, _, address = socket.getaddrinfo(
+                host.strip("[]") or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            )[0]
+            self._listener = socket.create_server(address, family=family)
+        except OSError as error:
+            raise OSError(
+                f"cannot listen for the act socket on {host}:{port} ({error.strerror or error}); set "
+                "RTRL_INFERENCE_ACT_SOCKET_PORT to a free port, 0 for any free one, or -1 for no act socket"
+            ) from error
         self.host: str = self._listener.getsockname()[0]
         self.port: int = self._listener.getsockname()[1]
         self._accepting = threading.Thread(target=self._accept, name="rtrl-act-socket", daemon=True)

@@ -209,3 +209,14 @@ def test_no_socket_is_opened_when_a_token_is_on(make_server: MakeServer) -> None
     server = make_server(security=SecuritySettings(token="secret"))
 
     assert server.act_socket is None
+
+
+def test_an_act_socket_port_in_use_fails_the_start_with_a_sentence(make_server: MakeServer) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        with pytest.raises(
+            OSError,
+            match=rf"cannot listen for the act socket on 127.0.0.1:{port} .*; set "
+            "RTRL_INFERENCE_ACT_SOCKET_PORT to a free port",
+        ):
+            make_server(act_socket_port=port)
