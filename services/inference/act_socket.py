@@ -28,6 +28,10 @@ log = logging.getLogger(__name__)
 
 # How long a new connection may take to send the hello before it is closed.
 HELLO_TIMEOUT_S = 5.0
+# After refusing a frame over the limit, how long (and how much) the replica reads on before it closes,
+# so that the bytes left unread do not reset the connection before the client has read the refusal.
+DRAIN_S = 1.0
+DRAIN_BYTES = 1 << 20
 
 Answer = Callable[[inference_pb2.ActStreamRequest], inference_pb2.ActStreamResponse]
 
@@ -131,6 +135,7 @@ class ActSocketServer:
                         "the connection is closed"
                     )
                 )
+                _drain(connection)
                 return
             body = receive_exactly(connection, length)
             try:
@@ -147,3 +152,15 @@ class ActSocketServer:
                 connection.sendall(frame(self._answer(request).SerializeToString()))
             if not self._streams.idle(connection):
                 return
+
+
+def _drain(connection: socket.socket) -> None:
+    """Ends the replica's side and discards what the client still sends, for DRAIN_S or DRAIN_BYTES at
+    most: closing with unread bytes would reset the connection, and the client could lose the answer
+    sent just before."""
+    connection.shutdown(socket.SHUT_WR)
+    connection.settimeout(DRAIN_S)
+    drained = 0
+    with contextlib.suppress(OSError):
+        while drained < DRAIN_BYTES and (chunk := connection.recv(65536)):
+            drained += len(chunk)

@@ -9,6 +9,7 @@ is OK or a clear refusal (conftest.check_reply), and the server answers normally
 from __future__ import annotations
 
 import queue
+import socket
 import threading
 import time
 
@@ -20,6 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from rtrl.act_socket import HELLO, LENGTH, frame, receive_exactly, receive_length
 from rtrl.grpc_util import MAX_MESSAGE_BYTES
 from rtrl.tensors import to_proto
 from rtrl.v1 import (
@@ -31,6 +33,7 @@ from rtrl.v1 import (
     learner_pb2,
     learner_pb2_grpc,
 )
+from services.inference.server import InferenceServer
 
 FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 UINT32 = st.one_of(st.integers(0, 8), st.integers(0, 2**32 - 1))
@@ -261,6 +264,75 @@ def test_junk_bytes_end_an_act_stream_clearly(served_replica, resilience_ledger,
         )
         # Bytes that happen to decode are answered like any request; the others end the stream clearly.
         check_reply(lambda t: next(raw(iter([junk]), timeout=t)), 5.0)
+
+
+def act_socket(replica: InferenceServer, hello: bytes = HELLO) -> socket.socket:
+    assert replica.act_socket is not None
+    connection = socket.create_connection(("127.0.0.1", replica.act_socket.port), timeout=10.0)
+    connection.sendall(hello)
+    return connection
+
+
+def test_the_act_socket_answers_every_request_clearly_and_stays_open(served_replica, resilience_ledger) -> None:
+    clear = {code.value[0] for code in CLEAR_CODES}
+    codes: set[int] = set()
+    with act_socket(served_replica) as connection:
+        assert receive_exactly(connection, len(HELLO)) == HELLO
+
+        def ask(message: inference_pb2.ActStreamRequest) -> inference_pb2.ActStreamResponse:
+            connection.sendall(frame(message.SerializeToString()))
+            return inference_pb2.ActStreamResponse.FromString(receive_exactly(connection, receive_length(connection)))
+
+        @FUZZ
+        @given(request=act_requests, timeout_ms=st.floats(allow_nan=True, allow_infinity=True))
+        def act(request: inference_pb2.ActRequest, timeout_ms: float) -> None:
+            resilience_ledger.inputs["inference act socket"] += 1
+            answer = ask(inference_pb2.ActStreamRequest(request=request, timeout_ms=timeout_ms))
+            codes.add(answer.error_code)
+            if answer.error_code:
+                assert answer.error_code in clear and answer.error_message, answer
+            else:
+                assert 0 <= answer.response.action < SERVED_CONFIG.action_count
+
+        act()
+        valid = inference_pb2.ActRequest(
+            observation=to_proto(np.zeros(SERVED_CONFIG.observation_shape, dtype=np.float32)),
+            action_count=SERVED_CONFIG.action_count,
+        )
+        after = ask(inference_pb2.ActStreamRequest(request=valid, timeout_ms=5000.0))  # the same connection
+    assert (after.error_code, after.response.checkpoint_version) == (0, 1)
+    assert grpc.StatusCode.INVALID_ARGUMENT.value[0] in codes, codes
+
+
+@FUZZ
+@given(junk=st.binary(min_size=1, max_size=200), after_hello=st.booleans())
+def test_junk_on_the_act_socket_gets_clear_answers_or_a_closed_connection_never_a_hang(
+    served_replica, resilience_ledger, junk: bytes, after_hello: bool
+) -> None:
+    """Junk in place of the hello, or after it: once the client has sent all it will, the replica
+    answers every whole frame clearly and closes the connection; it never waits for more."""
+    resilience_ledger.inputs["inference act socket (raw bytes)"] += 1
+    says_hello = after_hello or junk[: len(HELLO)] == HELLO
+    with act_socket(served_replica, HELLO + junk if after_hello else junk) as connection:
+        connection.shutdown(socket.SHUT_WR)
+        received = b""
+        try:
+            while chunk := connection.recv(65536):  # a hang fails with the socket's 10 s timeout
+                received += chunk
+        except ConnectionResetError:
+            # Closed with bytes of ours unread: only when the bytes were not the protocol at all.
+            assert not says_hello
+    if not says_hello:
+        assert received == b""  # no whole hello: closed without a word
+        return
+    assert received[: len(HELLO)] == HELLO
+    clear = {code.value[0] for code in CLEAR_CODES}
+    answers = received[len(HELLO) :]
+    while answers:
+        (length,) = LENGTH.unpack(answers[: LENGTH.size])
+        answer = inference_pb2.ActStreamResponse.FromString(answers[LENGTH.size : LENGTH.size + length])
+        assert answer.error_code == 0 or (answer.error_code in clear and answer.error_message), answer
+        answers = answers[LENGTH.size + length :]
 
 
 # -- gateway ----------------------------------------------------------------------------------------
