@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 import grpc
 import pytest
 from gateway_doubles import FakeInference
-from test_gateway_act_stream import ACTION, ACTIONS, BOUND_S, CountingInference, Serve, request
+from test_gateway_act_stream import ACTION, ACTIONS, BOUND_S, CountingInference, Serve, request, send
 
 from rtrl.security import SecuritySettings
 from rtrl.v1 import inference_pb2
@@ -91,12 +91,6 @@ def wait_until(condition: Callable[[], bool], why: str) -> None:
     while not condition():
         assert time.monotonic() < give_up_at, why
         time.sleep(0.005)
-
-
-def send(pool: ReplicaPool, address: str, frame_index: int, timeout_s: float = BOUND_S) -> CallOutcome:
-    outcomes: queue.SimpleQueue[CallOutcome] = queue.SimpleQueue()
-    assert pool.send(address, request(frame_index), time.monotonic() + timeout_s, outcomes.put)
-    return outcomes.get(timeout=BOUND_S + timeout_s)
 
 
 def test_requests_go_on_the_act_socket_when_the_replica_offers_one(pooled: Pooled) -> None:

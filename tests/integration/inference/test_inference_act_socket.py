@@ -7,11 +7,17 @@ The client here speaks the protocol of rtrl/act_socket.py byte by byte, as the g
 from __future__ import annotations
 
 import socket
-import time
 from collections.abc import Iterator
 
 import pytest
-from test_inference_act_stream import DEADLINE_EXCEEDED, INVALID_ARGUMENT, TIMEOUT_MS, Stream, status
+from test_inference_act_stream import (
+    DEADLINE_EXCEEDED,
+    INVALID_ARGUMENT,
+    TIMEOUT_MS,
+    Stream,
+    status,
+    wait_until_computing,
+)
 from test_inference_server import CALL_TIMEOUT_S, Connect, MakeServer, act_request
 
 from rtrl.act_socket import HELLO, ConnectionEnded, frame, receive_exactly, receive_length
@@ -183,10 +189,7 @@ def test_a_connection_computing_an_answer_when_the_replica_stops_sends_it_and_th
     client = SocketClient(server)
     client.handshake()
     client.send(act_request(frame_index=7))
-    give_up_at = time.monotonic() + CALL_TIMEOUT_S
-    while server.policy.status().in_flight != 1:
-        assert time.monotonic() < give_up_at, "the request never reached the policy"
-        time.sleep(0.005)
+    wait_until_computing(server)
 
     stopped = server.stop(grace=60.0)
     answer = client.answer()

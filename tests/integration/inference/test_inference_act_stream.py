@@ -49,6 +49,14 @@ class Stream:
         return self.answer()
 
 
+def wait_until_computing(server: InferenceServer) -> None:
+    """Returns once one request is in the replica's policy (computing its answer)."""
+    give_up_at = time.monotonic() + CALL_TIMEOUT_S
+    while server.policy.status().in_flight != 1:
+        assert time.monotonic() < give_up_at, "the request never reached the policy"
+        time.sleep(0.005)
+
+
 def status(server: InferenceServer, connect: Connect) -> inference_pb2.InferenceServiceGetStatusResponse:
     stub = inference_pb2_grpc.InferenceServiceStub(connect(server))
     return stub.GetStatus(inference_pb2.InferenceServiceGetStatusRequest(), timeout=CALL_TIMEOUT_S)
@@ -155,10 +163,7 @@ def test_a_stream_computing_an_answer_when_the_replica_stops_sends_it_and_then_e
     server.start()
     stream = Stream(connect(server))
     stream.send(act_request(frame_index=7))
-    give_up_at = time.monotonic() + CALL_TIMEOUT_S
-    while server.policy.status().in_flight != 1:
-        assert time.monotonic() < give_up_at, "the request never reached the policy"
-        time.sleep(0.005)
+    wait_until_computing(server)
 
     stopped = server.stop(grace=60.0)
     answer = stream.answer()
