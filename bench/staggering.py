@@ -22,7 +22,8 @@ is exact), `--warmup-s` to let the scheduler measure T, then `--measure-s` measu
 - wasted: replies superseded by a newer one before being applied, per 100 decisions;
 - late: replies that arrived too late to be applied, per 100 decisions;
 - overhead p50/p99: ms from an observation frame being produced to its reply being in the mailbox
-  (includes t_infer; the zero-cost rows show what the gateway itself adds);
+  (includes t_infer; the zero-cost rows show what the gateway itself adds, asking on the replicas' act
+  sockets and on ActStream, side by side);
 - T: the round trip the scheduler spaces calls by (max_time, mean_time).
 Then, per t_infer and scheduler, the smallest N reaching 99% coverage next to ceil(t_infer/t_frame),
 and the sequential rows next to the paper's t_frame / (t_infer + t_learn). Rows share this run's

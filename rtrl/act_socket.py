@@ -3,22 +3,23 @@
 A gateway asks a replica for actions once per decision, 60 times a second, and waits for each answer.
 On gRPC's sync API each such message passes through several threads on both sides (the stream's
 writer, the server's poller and worker, the channel's poller, the reader), and each hand-over wakes a
-thread: paced as the gateway sends them, a message and its answer took 0.77 ms at the median and
+thread: paced as the gateway sends them, a message and its answer took 0.78 ms at the median and
 1.33 ms at p99 with a learner training beside them, against 0.28 / 0.74 ms for the same messages on a
 plain socket, written by the deciding thread and read by one thread on each side
-(docs/staggering-benchmark.md, "Session of 2026-12-05"). So a replica also answers on an act socket,
+(docs/staggering-benchmark.md, "the act socket"). So a replica also answers on an act socket,
 and the gateway uses it when the replica offers one; everything else (Act, GetStatus, health,
 reflection) stays on gRPC, and so do TLS and token authentication: a replica with either offers no
 act socket, and the gateway then uses ActStream.
 
 The protocol, version 1:
 1. The client connects and sends `HELLO` (8 bytes: "rtrlact" and the version byte 1); the server
-   answers with the same 8 bytes, or closes the connection (not this protocol or version, or no room
-   for another connection).
+   answers with the same 8 bytes, or closes the connection (not this protocol or version, no hello
+   within 5 s, or no room for another connection).
 2. The client sends frames, each one `rtrl.v1.ActStreamRequest` serialized and prefixed with its length
    (4 bytes, unsigned, big-endian); the server answers each with one `rtrl.v1.ActStreamResponse` frame,
    in the order of the requests, exactly as on ActStream: a refused request gets an answer with its
-   `error_code` and `error_message`, and the connection goes on.
+   `error_code` and `error_message`, and the connection goes on. So does a frame that is not an
+   `ActStreamRequest` (an INVALID_ARGUMENT answer).
 3. A frame longer than the server's limit (RTRL_GRPC_MAX_MESSAGE_BYTES, as for gRPC) gets an
    INVALID_ARGUMENT answer and the connection is closed, since the bytes that follow cannot be read.
 4. Either side may close the connection at any time; the server closes its connections when it stops.
