@@ -93,7 +93,8 @@ _STATUS_CODES = {code.value[0]: code for code in grpc.StatusCode}
 # Long enough for a replica to build and warm up a large network on a CPU (the 100M-parameter impala_cnn
 # takes seconds); a replica that has not answered by then enters rotation anyway and is judged by its calls.
 WARM_UP_TIMEOUT_S = 10.0
-# How long an act socket may take to connect and answer the hello before the replica gets ActStream.
+# How long a warmed-up replica may take to name its act socket (GetStatus) and a socket to connect, before
+# the replica gets ActStream; and an accepted socket to answer the hello, before it counts as stalled.
 ACT_SOCKET_CONNECT_TIMEOUT_S = 1.0
 # The largest answer an act socket may send; answers are a few hundred bytes.
 ACT_SOCKET_MAX_ANSWER_BYTES = 1 << 20
@@ -797,7 +798,9 @@ class ReplicaPool:
         if self._security.tls or self._security.token:
             return
         try:
-            status = replica.stub.GetStatus(inference_pb2.InferenceServiceGetStatusRequest(), timeout=WARM_UP_TIMEOUT_S)
+            status = replica.stub.GetStatus(
+                inference_pb2.InferenceServiceGetStatusRequest(), timeout=ACT_SOCKET_CONNECT_TIMEOUT_S
+            )
             address = (split_host_port(replica.address)[0], status.act_socket_port) if status.act_socket_port else None
         except (grpc.RpcError, ValueError, SettingsError) as error:
             # ValueError: the channel was closed under the call (the replica left the membership).
