@@ -190,17 +190,15 @@ def vector_transition(seq: int) -> Transition:
     )
 
 
-def fill(directory: Path) -> Path:
-    """Writes a ballast file until the file system is full; returns it."""
-    ballast = directory / "ballast"
-    with open(ballast, "wb") as f:
+def fill(ballast: Path) -> None:
+    """Appends to `ballast` until the file system is full. Unbuffered: a buffered file that met the full
+    disk would raise ENOSPC again when closed, flushing what it still held."""
+    with open(ballast, "ab", buffering=0) as f:
         try:
-            while True:
-                f.write(b"\0" * 65536)
-                f.flush()
+            while f.write(b"\0" * 65536):
+                pass
         except OSError:
             pass
-    return ballast
 
 
 def test_a_full_disk_fails_publications_visibly_leaves_nothing_partial_and_publishing_resumes(
@@ -221,8 +219,7 @@ def test_a_full_disk_fails_publications_visibly_leaves_nothing_partial_and_publi
     address = f"127.0.0.1:{port}"
     # The learner's own checkpoints must not fill the tmpfs before the ballast does, or the ballast frees
     # too little for publishing to resume (24 MB, all versions kept, one every 10 updates: 2 of 2 runs
-    # here); nor fill it completely before the test looks (64 MB, all kept, one every 100 updates: the
-    # ballast could not even be created, 1 run on a busy machine). Five kept versions stay under 10 MB.
+    # here). Five kept versions stay under 10 MB.
     learner = learner_env(
         local_redis.url,
         stream_name,
@@ -231,6 +228,7 @@ def test_a_full_disk_fails_publications_visibly_leaves_nothing_partial_and_publi
         RTRL_CHECKPOINT_EVERY_UPDATES="100",
         RTRL_CHECKPOINT_KEEP="5",
     )
+    ballast = small_tmpfs / "ballast"
     processes.start("learner", "services.learner", learner, port=port)
     replica = processes.start(
         "replica",
@@ -246,7 +244,7 @@ def test_a_full_disk_fails_publications_visibly_leaves_nothing_partial_and_publi
     with resilience_ledger.fault(
         f"checkpoint directory full ({TMPFS_SIZE} tmpfs) while the learner publishes"
     ) as notes:
-        ballast = fill(small_tmpfs)
+        fill(ballast)
         published_when_full = learner_status(address).checkpoints_published
         failures_before = learner_status(address).checkpoint_publish_failures
         status = wait_until(
