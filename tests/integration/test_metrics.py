@@ -106,6 +106,9 @@ def test_metrics_bracket_the_grpc_stats_while_running_and_equal_them_once_stoppe
     stack.gateway.stop()
     wait_for(lambda: replica_status(stack).in_flight == 0, "no Act call in flight")
     stack.learner.stop()
+    # The learner's stop publishes a last checkpoint; the replica's load of it would move its counters.
+    final = learner_status(stack).checkpoint_version
+    wait_for(lambda: replica_status(stack).checkpoint_version == final, "the replica to load the last checkpoint")
     stats, replica, learner = gateway_stats(stack), replica_status(stack), learner_status(stack)
     gateway, inference, trained = (scrape(stack.urls[name]) for name in ("gateway", "inference", "learner"))
     for metric, field in GATEWAY_COUNTERS.items():
