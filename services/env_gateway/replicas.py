@@ -578,12 +578,17 @@ class ReplicaPool:
                 # Rare: streams open after the warm-up and after a stall, off this thread (`_ensure_stream`).
                 stream = self._new_stream(replica)
                 watch = self._attach(replica, stream)
-            stream.pending.append(call)
             # Under the lock, so that the requests go out in the order of `pending`.
-            stream.put(inference_pb2.ActStreamRequest(request=request, timeout_ms=timeout_s * 1000.0))
+            self._enqueue(stream, call, sent_s)
         if watch is not None:
             watch.start()
         return True
+
+    @staticmethod
+    def _enqueue(stream: _Stream | _SocketStream, call: _Call, now_s: float) -> None:
+        """Puts `call` on `stream` with the time its deadline leaves from `now_s`; lock held."""
+        stream.pending.append(call)
+        stream.put(inference_pb2.ActStreamRequest(request=call.request, timeout_ms=(call.deadline_s - now_s) * 1000.0))
 
     def _wants_stream(self, replica: _Replica) -> bool:
         """`replica` is in the pool, not out of rotation, asked by ActStream, and has no stream; lock held."""
@@ -714,9 +719,7 @@ class ReplicaPool:
                 if actstream is None or call.deadline_s <= now_s:
                     failed.append(call)
                     continue
-                actstream.pending.append(call)
-                timeout_ms = (call.deadline_s - now_s) * 1000.0
-                actstream.put(inference_pb2.ActStreamRequest(request=call.request, timeout_ms=timeout_ms))
+                self._enqueue(actstream, call, now_s)
         for call in failed:
             self._complete(replica, call, None, grpc.StatusCode.DEADLINE_EXCEEDED)
 
