@@ -2,14 +2,15 @@
 
 One transition is one decision step executed by a gateway: the observation the step started from,
 the action applied for the step, the reward summed over its frames, and where the action came from
-(a fresh inference reply or the fallback policy). The learner pairs consecutive transitions of the
-same gateway (by `seq`) to recover the next observation.
+(a fresh inference reply, with the frame of the observation it was computed from, or the fallback
+policy). The learner pairs consecutive transitions of the same gateway (by `seq`) to recover the next
+observation, and a step with the earlier step whose observation chose its action (`action_obs_frame`).
 
-Encoding, little-endian, version 1:
+Encoding, little-endian, version 2 (version 1 had no `action_obs_frame`):
 
     magic        4s   b"RTRT"
-    version      u8   1
-    header       struct HEADER (fields in `_HEADER_FIELDS` order)
+    version      u8   2
+    header       struct _HEADER (fields in the order of the comment above it)
     gateway_id   u8 length + UTF-8 bytes
     obs dtype    u8   1 = uint8, 2 = float32
     obs ndim     u8
@@ -31,15 +32,15 @@ import numpy as np
 STREAM_FIELD = "transition"
 
 MAGIC = b"RTRT"
-VERSION = 1
+VERSION = 2
 
 FLAG_TERMINATED = 1
 FLAG_TRUNCATED = 2
 FLAG_FRESH = 4
 
 # seq, episode, step, obs_frame, action, action_count, reward, flags, fallback_policy, staleness_frames,
-# policy_version, behaviour_log_prob, obs_captured_unix_ns, action_applied_unix_ns
-_HEADER = struct.Struct("<QQIQHHfBBIqfqq")
+# policy_version, behaviour_log_prob, obs_captured_unix_ns, action_applied_unix_ns, action_obs_frame
+_HEADER = struct.Struct("<QQIQHHfBBIqfqqq")
 _PREFIX = struct.Struct("<4sB")
 _DTYPES: dict[int, np.dtype] = {1: np.dtype(np.uint8), 2: np.dtype(np.float32)}
 _DTYPE_CODES = {dtype: code for code, dtype in _DTYPES.items()}
@@ -90,6 +91,9 @@ class Transition:
     """Wall-clock time the observation was captured."""
     action_applied_unix_ns: int
     """Wall-clock time the action was first applied."""
+    action_obs_frame: int
+    """Frame of the observation `action` was computed from: `obs_frame` when the reply to this step's own
+    observation acted on it, an earlier step's `obs_frame` when a later reply did, -1 for a fallback action."""
 
     @property
     def done(self) -> bool:
@@ -126,6 +130,7 @@ def encode(t: Transition) -> bytes:
         t.behaviour_log_prob,
         t.obs_captured_unix_ns,
         t.action_applied_unix_ns,
+        t.action_obs_frame,
     )
     shape = struct.pack(f"<BB{obs.ndim}I", code, obs.ndim, *obs.shape)
     return b"".join((_PREFIX.pack(MAGIC, VERSION), header, bytes((len(gateway),)), gateway, shape, obs.tobytes()))
@@ -150,7 +155,10 @@ def decode(data: bytes) -> Transition:
     if magic != MAGIC:
         raise TransitionDecodeError(f"not a transition: magic bytes are {bytes(magic)!r}, expected {MAGIC!r}")
     if version != VERSION:
-        raise TransitionDecodeError(f"transition schema version {version} is not supported; expected {VERSION}")
+        raise TransitionDecodeError(
+            f"transition schema version {version} is not supported: this learner reads version {VERSION}, which "
+            "carries the frame each action was computed from; run gateways and learner of the same rtrl release"
+        )
     (
         seq,
         episode,
@@ -166,11 +174,18 @@ def decode(data: bytes) -> Transition:
         behaviour_log_prob,
         obs_captured_unix_ns,
         action_applied_unix_ns,
+        action_obs_frame,
     ) = _HEADER.unpack(take(_HEADER.size, "the header"))
     if action >= action_count:
         raise TransitionDecodeError(f"transition action {action} is out of range for {action_count} actions")
     if flags & ~(FLAG_TERMINATED | FLAG_TRUNCATED | FLAG_FRESH):
         raise TransitionDecodeError(f"transition flags {flags:#x} have unknown bits set")
+    if (action_obs_frame >= 0) != bool(flags & FLAG_FRESH):
+        raise TransitionDecodeError(
+            f"transition action_obs_frame {action_obs_frame} does not fit a "
+            f"{'fresh' if flags & FLAG_FRESH else 'fallback'} action: a fresh action names the frame of the "
+            "observation it was computed from (0 or more), a fallback action names none (-1)"
+        )
     (gateway_len,) = take(1, "the gateway id length")
     try:
         gateway_id = bytes(take(gateway_len, "the gateway id")).decode("utf-8")
@@ -210,4 +225,5 @@ def decode(data: bytes) -> Transition:
         behaviour_log_prob=behaviour_log_prob,
         obs_captured_unix_ns=obs_captured_unix_ns,
         action_applied_unix_ns=action_applied_unix_ns,
+        action_obs_frame=action_obs_frame,
     )

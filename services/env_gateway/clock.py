@@ -66,8 +66,9 @@ which staleness measures).
 Transitions. Each executed step becomes one `StepRecord` (a Transition whose observation is still
 raw frames; the publisher thread preprocesses and encodes it): the step's own observation, its
 action, the reward summed over its frames, terminated/truncated when the episode ended during the
-step (which ends the step early), and where the action came from (the record also keeps the frame
-of the observation the action was computed from, for the sequential dispatcher). `seq` counts every
+step (which ends the step early), and where the action came from, with the frame of the observation
+it was computed from (usually the step's own; an earlier one when a reply missed its step and served
+the next, a later one when a reply overtook). `seq` counts every
 record created, across episodes, so a consumer sees dropped records as gaps. The clock hands records
 to `publish`, which must not block (it drops and counts when full).
 
@@ -211,7 +212,8 @@ class StepRecord:
     obs_captured_unix_ns: int
     action_applied_unix_ns: int
     action_obs_frame: int = -1
-    """Frame of the observation the action was computed from (-1 for a fallback action)."""
+    """Frame of the observation the action was computed from (-1 for a fallback action); it travels in the
+    transition, so the learner can train on the observation that chose the action."""
 
     def to_transition(self, preprocessor: Preprocessor) -> Transition:
         return Transition(
@@ -233,6 +235,7 @@ class StepRecord:
             behaviour_log_prob=self.behaviour_log_prob,
             obs_captured_unix_ns=self.obs_captured_unix_ns,
             action_applied_unix_ns=self.action_applied_unix_ns,
+            action_obs_frame=self.action_obs_frame,
         )
 
 

@@ -68,4 +68,5 @@ def vector_transition(seq: int) -> Transition:
         behaviour_log_prob=0.0,
         obs_captured_unix_ns=0,
         action_applied_unix_ns=0,
+        action_obs_frame=seq,
     )

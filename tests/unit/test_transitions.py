@@ -30,8 +30,11 @@ def make(**overrides):
         behaviour_log_prob=-0.25,
         obs_captured_unix_ns=1_700_000_000_000_000_000,
         action_applied_unix_ns=1_700_000_000_016_000_000,
+        action_obs_frame=1230,
     )
     fields.update(overrides)
+    if not fields["fresh"] and "action_obs_frame" not in overrides:
+        fields["action_obs_frame"] = -1
     return Transition(**fields)
 
 
@@ -105,6 +108,25 @@ def test_unknown_version_is_rejected():
     data[4] = 99
     with pytest.raises(TransitionDecodeError, match="version 99"):
         decode(bytes(data))
+
+
+def test_a_version_1_transition_without_the_action_observation_frame_is_rejected_with_a_sentence():
+    data = bytearray(encode(make()))
+    data[4] = 1
+    with pytest.raises(TransitionDecodeError, match=r"version 1 is not supported: this learner reads version 2"):
+        decode(bytes(data))
+
+
+@pytest.mark.parametrize(("fresh", "action_obs_frame"), [(True, -1), (False, 7)])
+def test_an_action_observation_frame_that_contradicts_the_fresh_flag_is_rejected(fresh, action_obs_frame):
+    data = encode(make(fresh=fresh, action_obs_frame=action_obs_frame))
+    with pytest.raises(TransitionDecodeError, match=f"action_obs_frame {action_obs_frame} does not fit"):
+        decode(data)
+
+
+def test_the_frame_an_action_was_computed_from_travels_earlier_or_later_than_the_steps_own():
+    for action_obs_frame in (1226, 1234, 1238):
+        assert decode(encode(make(action_obs_frame=action_obs_frame))).action_obs_frame == action_obs_frame
 
 
 def test_out_of_range_action_is_rejected():

@@ -77,6 +77,7 @@ def make_transition(
         behaviour_log_prob=0.0,
         obs_captured_unix_ns=0,
         action_applied_unix_ns=0,
+        action_obs_frame=seq * 4,
     )
 
 

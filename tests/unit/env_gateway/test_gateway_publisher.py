@@ -37,6 +37,7 @@ def transition(seq: int) -> Transition:
         behaviour_log_prob=-0.1,
         obs_captured_unix_ns=1,
         action_applied_unix_ns=2,
+        action_obs_frame=4 * seq,
     )
 
 

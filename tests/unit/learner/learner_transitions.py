@@ -12,7 +12,8 @@ from rtrl.transitions import Transition
 
 
 def make_transition(gateway: str = "gw-a", seq: int = 0, **fields: Any) -> Transition:
-    """A fresh, non-terminal transition of `gateway`'s step `seq` (step and obs_frame = seq)."""
+    """A fresh, non-terminal transition of `gateway`'s step `seq` (step and obs_frame = seq), its action
+    computed from its own observation (action_obs_frame = obs_frame; -1 when `fresh=False`)."""
     values: dict[str, Any] = {
         "gateway_id": gateway,
         "seq": seq,
@@ -33,7 +34,10 @@ def make_transition(gateway: str = "gw-a", seq: int = 0, **fields: Any) -> Trans
         "obs_captured_unix_ns": 0,
         "action_applied_unix_ns": 0,
     }
-    return Transition(**{**values, **fields})
+    values.update(fields)
+    if "action_obs_frame" not in fields:
+        values["action_obs_frame"] = values["obs_frame"] if values["fresh"] else -1
+    return Transition(**values)
 
 
 def marked_observation(gateways: Sequence[str], gateway: str, seq: int, episode: int) -> np.ndarray:
