@@ -11,7 +11,7 @@ with random and noop baselines; mean episode return over a fixed budget of frame
 Each run is one process (`--run-one`, results as one JSON line on stdout, no pickle), at most `--jobs`
 at a time, torch on one thread. A run drives the gateway's frame-accurate clock
 (services/env_gateway/simulated_clock.py, the code behind RTRL_CLOCK=simulated) on real ALE Boxing at
-frameskip 1, and the learner's own DQN code (services/learner/dqn.py update and epsilon schedule,
+frameskip 1, and the learner's own DQN code (services/learner/algorithms/dqn.py update and epsilon schedule,
 services/learner/replay.py ReplayBuffer) in the same process, with the policy answering each
 observation at once. The services in simulated mode would run the same clock, but with a free-running
 learner the number of updates per frame would depend on how fast each process happens to be on a
@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from services.learner.dqn import DQNConfig
+    from services.learner.algorithms.dqn import DQNConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
@@ -71,7 +71,7 @@ WALL_EPSILON_FRAMES = 100_000
 BUDGET_STEP_FRAMES = 10_000
 # Each run prints a progress line to stderr this often.
 PROGRESS_EVERY_S = 30.0
-# The DQN hyperparameters this experiment sets (the others are services/learner/dqn.py's defaults); the
+# The DQN hyperparameters this experiment sets (the others are services/learner/algorithms/dqn.py's defaults); the
 # results' meta records them all.
 LEARNING_RATE = 1e-4
 BATCH_SIZE = 32
@@ -104,7 +104,7 @@ class RunSpec:
 
 def dqn_config_of(spec: RunSpec) -> DQNConfig:
     """The DQN hyperparameters of a run (the results' meta records them all)."""
-    from services.learner import dqn
+    from services.learner.algorithms import dqn
 
     return dqn.DQNConfig(
         learning_rate=spec.learning_rate,
@@ -130,8 +130,7 @@ def run_one(spec: RunSpec) -> dict[str, object]:
     from services.env_gateway.preprocess import Preprocessor
     from services.env_gateway.settings import EnvSpec, FallbackPolicy, GatewaySettings
     from services.env_gateway.simulated_clock import SimulatedClock, SimulatedTiming, completed
-    from services.learner import dqn
-    from services.learner.replay import ReplayBuffer
+    from services.learner.algorithms import dqn
 
     torch.set_num_threads(1)
     settings = GatewaySettings(env=EnvSpec.parse(ENV), seed=spec.seed)
@@ -161,8 +160,8 @@ def run_one(spec: RunSpec) -> dict[str, object]:
             # The network's input shapes never change: let cuDNN time its algorithms once and keep the fastest.
             torch.backends.cudnn.benchmark = True
         model_config = default_model_config(observation_shape, backend.action_count)
-        agent = dqn.make_agent(dqn_config, model_config, device, spec.seed)
-        replay = ReplayBuffer(dqn_config.buffer_size, observation_shape, preprocessor.dtype, seed=spec.seed)
+        agent = dqn.DQN(dqn_config, model_config, device, spec.seed)
+        replay = agent.make_source(observation_shape, preprocessor.dtype, seed=spec.seed)
 
     def policy(sample: ObservationSample) -> Future[ActionReply | None]:
         if spec.policy == "noop":
@@ -182,9 +181,6 @@ def run_one(spec: RunSpec) -> dict[str, object]:
         if replay is not None:
             replay.add(record.to_transition(preprocessor))
         return True
-
-    def on_device(array: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(array).to(device)
 
     clock = SimulatedClock(backend, config, timing, request_action=policy, publish=publish)
     returns: list[float] = []
@@ -219,15 +215,7 @@ def run_one(spec: RunSpec) -> dict[str, object]:
                 counters.append([clock.frame, clock.decisions, agent.updates if agent is not None else 0])
             if agent is None or replay is None or replay.trainable_count < dqn_config.learning_starts:
                 continue
-            batch = replay.sample(dqn_config.batch_size)
-            loss = dqn.update(
-                agent,
-                on_device(batch.obs),
-                on_device(batch.actions),
-                on_device(batch.rewards),
-                on_device(batch.next_obs),
-                on_device(batch.terminated),
-            )
+            loss = agent.update(agent.sample(replay))["loss"]
             if agent.updates % 1000 == 0:
                 losses.append(float(loss))
     finally:
@@ -331,7 +319,7 @@ def save(results_path: Path, args: argparse.Namespace, runs: list[dict[str, obje
         "device": args.device,
         "device_name": args.device_name,
         "jobs": args.jobs,
-        # Every DQN hyperparameter (services/learner/dqn.py DQNConfig); epsilon_decay_steps counts frames.
+        # Every DQN hyperparameter (services/learner/algorithms/dqn.py DQNConfig); epsilon_decay_steps counts frames.
         "dqn": asdict(dqn_config_of(RunSpec("dqn", "async", 1, 0, args.frames, **run_options(args)))),
     }
     results_path.write_text(json.dumps({"meta": meta, "runs": runs}, indent=1) + "\n")
@@ -588,7 +576,7 @@ and what they mean in [learning.md](learning.md).
   applied on (1: ordinary RL). **async**: an action every frame, each from a d-frame-old observation.
   **sequential**: the action is applied d frames after its observation, then d noop frames, then the
   next observation (one decision every d + 1 frames). Fallback: noop (action 0).
-- Learner: DQN from services/learner/dqn.py (Huber loss, Adam {short_float(dqn["learning_rate"])}, batch \
+- Learner: DQN from services/learner/algorithms/dqn.py (Huber loss, Adam {short_float(dqn["learning_rate"])}, batch \
 {dqn["batch_size"]}, target copy every {dqn["target_network_frequency"]:,}
   updates, epsilon 1 -> 0.05 over {epsilon_span}, counted in frames in both modes) on the
   learner's ReplayBuffer ({buffer} transitions), Nature CNN on one {meta["obs_size"]}x{meta["obs_size"]} grey

@@ -3,17 +3,20 @@
 A checkpoint's metadata carries the `ModelConfig` as JSON, so a replica rebuilds exactly the network
 the learner published without any code travelling with the weights. Its `head` says which network
 that is: a `QNetwork` (one value per action, DQN) or an `ActorCritic` (policy logits and a state
-value, V-trace); both share the same torsos, so arch and width mean the same for either.
+value, V-trace and PPO); both share the same torsos, so arch and width mean the same for either.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 from torch import nn
+
+from rtrl.config import PREFIX, SettingsError, env_choice, env_int
 
 ARCHS = ("nature_cnn", "mlp", "impala_cnn")
 # The ImpalaCNN's hidden layer in Espeholt et al. 2018 (and what brings k=1/7/29 to about 1M/10M/100M
@@ -22,16 +25,14 @@ IMPALA_HIDDEN_SIZE = 256
 # Channels of the ImpalaCNN's three stages at width 1; width k multiplies each.
 IMPALA_STAGE_CHANNELS = (16, 32, 32)
 # What a network outputs: "q" one value per action (QNetwork), "actor_critic" policy logits and a
-# state value (ActorCritic).
+# state value (ActorCritic). Each learning algorithm names the one it trains (services/learner/algorithms).
 HEADS = ("q", "actor_critic")
-# The head each learning algorithm (RTRL_ALGORITHM, read by the learner and by inference) trains and
-# publishes; inference uses it for the fresh policy it serves before the first checkpoint.
-ALGORITHM_HEADS = {"dqn": "q", "vtrace": "actor_critic"}
-ALGORITHMS = tuple(ALGORITHM_HEADS)
 # Model size bounds (ModelConfig.validate): Atari has 18 actions, a downscaled frame stack is 4x84x84.
 MAX_ACTION_COUNT = 4096
 MAX_MLP_INPUTS = 65_536
 MAX_IMAGE_SIDE = 512
+# RTRL_MODEL_ARCH "" leaves the choice to `default_model_config` (Nature CNN for images, MLP otherwise).
+MODEL_ARCH_CHOICES = ("", *ARCHS)
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,7 @@ class ModelConfig:
     width: int = 1
     """Channel multiplier k of impala_cnn (16k, 32k, 32k channels); the other archs have one size and need 1."""
     head: str = "q"
-    """"q" for a QNetwork (DQN), "actor_critic" for an ActorCritic (V-trace); see `build_model`."""
+    """"q" for a QNetwork (DQN), "actor_critic" for an ActorCritic (V-trace, PPO); see `build_model`."""
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -232,7 +233,7 @@ def default_model_config(
 
     `arch` "" picks a Nature CNN for image stacks and an MLP otherwise; "impala_cnn" gets the paper's
     hidden size of 256 and channel multiplier `width` (1, 7, 29: about 1M, 10M, 100M parameters on
-    4x84x84). `head` is "q" (DQN) or "actor_critic" (V-trace). Raises ValueError for a combination no
+    4x84x84). `head` is "q" (DQN) or "actor_critic" (V-trace, PPO). Raises ValueError for a combination no
     network fits.
     """
     if not arch:
@@ -248,3 +249,16 @@ def default_model_config(
     )
     config.validate()
     return config
+
+
+def env_model(env: Mapping[str, str]) -> tuple[str, int]:
+    """RTRL_MODEL_ARCH and RTRL_MODEL_WIDTH, which the learner builds its network from (and inference its
+    fresh policy before the first checkpoint); raises SettingsError for a combination no network has."""
+    arch = env_choice(env, "MODEL_ARCH", "", MODEL_ARCH_CHOICES)
+    width = env_int(env, "MODEL_WIDTH", 1, minimum=1)
+    if width != 1 and arch != "impala_cnn":
+        raise SettingsError(
+            f"{PREFIX}MODEL_WIDTH={width} only sizes impala_cnn, but {PREFIX}MODEL_ARCH is "
+            f"{arch or 'unset'}; set it to 1, or set {PREFIX}MODEL_ARCH=impala_cnn."
+        )
+    return arch, width

@@ -1,4 +1,5 @@
 from rtrl.v1 import common_pb2 as _common_pb2
+from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Mapping as _Mapping
@@ -35,7 +36,14 @@ class LearnerServiceGetStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class LearnerServiceGetStatusResponse(_message.Message):
-    __slots__ = ("algorithm", "updates", "updates_per_s", "transitions_consumed", "transitions_invalid", "replay_size", "checkpoint_version", "checkpoints_published", "checkpoint_published_unix_ms", "loss", "epsilon", "stream_length", "stream_pending", "stream_lag", "env_steps", "transitions_unpaired", "uptime_s", "checkpoint_publish_failures", "mode", "train_calls", "policy_lag", "transitions_too_old", "transitions_skipped", "transitions_trimmed", "backlog_skips", "max_lag_entries", "checkpoint_publish_last_error")
+    __slots__ = ("algorithm", "updates", "updates_per_s", "transitions_consumed", "transitions_invalid", "replay_size", "checkpoint_version", "checkpoints_published", "checkpoint_published_unix_ms", "loss", "epsilon", "stream_length", "stream_pending", "stream_lag", "env_steps", "transitions_unpaired", "uptime_s", "checkpoint_publish_failures", "mode", "train_calls", "policy_lag", "transitions_too_old", "transitions_skipped", "transitions_trimmed", "backlog_skips", "max_lag_entries", "checkpoint_publish_last_error", "decisions_elsewhere", "decisions_unpaired", "update_metrics")
+    class UpdateMetricsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     ALGORITHM_FIELD_NUMBER: _ClassVar[int]
     UPDATES_FIELD_NUMBER: _ClassVar[int]
     UPDATES_PER_S_FIELD_NUMBER: _ClassVar[int]
@@ -63,6 +71,9 @@ class LearnerServiceGetStatusResponse(_message.Message):
     BACKLOG_SKIPS_FIELD_NUMBER: _ClassVar[int]
     MAX_LAG_ENTRIES_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_PUBLISH_LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    DECISIONS_ELSEWHERE_FIELD_NUMBER: _ClassVar[int]
+    DECISIONS_UNPAIRED_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_METRICS_FIELD_NUMBER: _ClassVar[int]
     algorithm: str
     updates: int
     updates_per_s: float
@@ -90,7 +101,10 @@ class LearnerServiceGetStatusResponse(_message.Message):
     backlog_skips: int
     max_lag_entries: int
     checkpoint_publish_last_error: str
-    def __init__(self, algorithm: _Optional[str] = ..., updates: _Optional[int] = ..., updates_per_s: _Optional[float] = ..., transitions_consumed: _Optional[int] = ..., transitions_invalid: _Optional[int] = ..., replay_size: _Optional[int] = ..., checkpoint_version: _Optional[int] = ..., checkpoints_published: _Optional[int] = ..., checkpoint_published_unix_ms: _Optional[int] = ..., loss: _Optional[float] = ..., epsilon: _Optional[float] = ..., stream_length: _Optional[int] = ..., stream_pending: _Optional[int] = ..., stream_lag: _Optional[int] = ..., env_steps: _Optional[int] = ..., transitions_unpaired: _Optional[int] = ..., uptime_s: _Optional[float] = ..., checkpoint_publish_failures: _Optional[int] = ..., mode: _Optional[str] = ..., train_calls: _Optional[int] = ..., policy_lag: _Optional[_Union[PolicyLag, _Mapping]] = ..., transitions_too_old: _Optional[int] = ..., transitions_skipped: _Optional[int] = ..., transitions_trimmed: _Optional[int] = ..., backlog_skips: _Optional[int] = ..., max_lag_entries: _Optional[int] = ..., checkpoint_publish_last_error: _Optional[str] = ...) -> None: ...
+    decisions_elsewhere: int
+    decisions_unpaired: int
+    update_metrics: _containers.ScalarMap[str, float]
+    def __init__(self, algorithm: _Optional[str] = ..., updates: _Optional[int] = ..., updates_per_s: _Optional[float] = ..., transitions_consumed: _Optional[int] = ..., transitions_invalid: _Optional[int] = ..., replay_size: _Optional[int] = ..., checkpoint_version: _Optional[int] = ..., checkpoints_published: _Optional[int] = ..., checkpoint_published_unix_ms: _Optional[int] = ..., loss: _Optional[float] = ..., epsilon: _Optional[float] = ..., stream_length: _Optional[int] = ..., stream_pending: _Optional[int] = ..., stream_lag: _Optional[int] = ..., env_steps: _Optional[int] = ..., transitions_unpaired: _Optional[int] = ..., uptime_s: _Optional[float] = ..., checkpoint_publish_failures: _Optional[int] = ..., mode: _Optional[str] = ..., train_calls: _Optional[int] = ..., policy_lag: _Optional[_Union[PolicyLag, _Mapping]] = ..., transitions_too_old: _Optional[int] = ..., transitions_skipped: _Optional[int] = ..., transitions_trimmed: _Optional[int] = ..., backlog_skips: _Optional[int] = ..., max_lag_entries: _Optional[int] = ..., checkpoint_publish_last_error: _Optional[str] = ..., decisions_elsewhere: _Optional[int] = ..., decisions_unpaired: _Optional[int] = ..., update_metrics: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class PolicyLag(_message.Message):
     __slots__ = ("transitions", "fresh", "fallback_fraction", "version_lag_min", "version_lag_mean", "version_lag_max", "lag_ms", "staleness_frames")

@@ -46,9 +46,10 @@ from torch import nn
 from rtrl.checkpoints import Checkpoint, CheckpointError, CheckpointStore, CheckpointWatcher
 from rtrl.grpc_util import DeadlineTooShort, InvalidArgument, Unavailable
 from rtrl.metrics import RateMeter, Window
-from rtrl.models import ALGORITHM_HEADS, ModelConfig, build_model, default_model_config, parameter_count
+from rtrl.models import ModelConfig, build_model, default_model_config, parameter_count
 from services.inference.batcher import DynamicBatcher
 from services.inference.settings import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_WAIT_MS, InferenceSettings
+from services.learner.algorithms import ALGORITHMS
 
 log = logging.getLogger(__name__)
 
@@ -164,8 +165,8 @@ class Policy:
         model_width: int = 1,
         algorithm: str = "dqn",
     ) -> None:
-        if algorithm not in ALGORITHM_HEADS:
-            raise ValueError(f"algorithm {algorithm!r} is unknown; use one of {', '.join(ALGORITHM_HEADS)}")
+        if algorithm not in ALGORITHMS:
+            raise ValueError(f"algorithm {algorithm!r} is unknown; use one of {', '.join(ALGORITHMS)}")
         self.replica_id = replica_id
         self.device = torch.device(device)
         self.seed = seed
@@ -173,7 +174,10 @@ class Policy:
         self.occupy_s = occupy_ms / 1000.0
         self.model_arch = model_arch
         self.model_width = model_width
-        self.fresh_head = ALGORITHM_HEADS[algorithm]
+        self.algorithm = algorithm
+        self.fresh_head = ALGORITHMS[algorithm].head
+        # The last checkpoint network reported as differing from this replica's settings (logged once each).
+        self._reported_difference: tuple[str, str, int] | None = None
         # Only a Q-network explores with epsilon; an actor-critic samples its own policy.
         self.fresh_epsilon = epsilon_start if self.fresh_head == "q" else 0.0
         self.store = CheckpointStore(checkpoint_dir)
@@ -269,6 +273,31 @@ class Policy:
             served.parameter_count,
             served.epsilon,
             (time.monotonic() - build_started_s) * 1000.0,
+        )
+        self._report_difference(served.config, checkpoint)
+
+    def _report_difference(self, config: ModelConfig, checkpoint: Checkpoint) -> None:
+        """One log line when the learner's network is not the one this replica's settings name: the
+        checkpoint is what the learner trains, so it is served as it says; the settings only shaped the
+        fresh policy before it."""
+        algorithm = str(checkpoint.metadata.get("algorithm", ""))
+        differs_algorithm = bool(algorithm) and algorithm != self.algorithm
+        differs_model = bool(self.model_arch) and (config.arch, config.width) != (self.model_arch, self.model_width)
+        seen = (algorithm, config.arch, config.width)
+        if not (differs_algorithm or differs_model) or seen == self._reported_difference:
+            return
+        self._reported_difference = seen
+        log.warning(
+            "checkpoint %d is a %s network of width %d trained by %s, but this replica is set to "
+            "RTRL_ALGORITHM=%s RTRL_MODEL_ARCH=%s RTRL_MODEL_WIDTH=%d; serving the checkpoint's network (the "
+            "learner's settings decide it); give the replicas the learner's values to start with the same one",
+            checkpoint.version,
+            config.arch,
+            config.width,
+            algorithm or "an unnamed algorithm",
+            self.algorithm,
+            self.model_arch or "(rtrl's choice)",
+            self.model_width,
         )
 
     def _build_from_checkpoint(self, checkpoint: Checkpoint, weights: dict[str, torch.Tensor]) -> ServedModel:

@@ -25,10 +25,11 @@ from rtrl.config import (
     env_metrics_port,
     env_str,
 )
-from rtrl.models import ALGORITHMS, ARCHS
+from rtrl.models import env_model
 from rtrl.redis_client import env_redis_url
 from rtrl.registry import DEFAULT_REPLICA_REGISTRY
 from rtrl.security import SecuritySettings
+from services.learner.algorithms import ALGORITHMS, DEFAULT_ALGORITHM
 
 DEFAULT_CHECKPOINT_POLL_S = 0.1
 # Replicas of a pool load a new checkpoint at random times within this window rather than all at once
@@ -47,10 +48,7 @@ DEFAULT_MAX_BATCH_SIZE = 8
 # with one gateway (one call at a time) any wait would be pure added latency on every decision.
 DEFAULT_MAX_WAIT_MS = 0.0
 DEFAULT_OCCUPY_MS = 0.0
-# "" leaves the choice to rtrl.models.default_model_config (Nature CNN for images, MLP otherwise).
-MODEL_ARCH_CHOICES = ("", *ARCHS)
 DEFAULT_MODEL_WIDTH = 1
-DEFAULT_ALGORITHM = "dqn"
 # Hot reload must happen within 1 s of publication, so a slower poll is refused at start.
 MAX_CHECKPOINT_POLL_S = 1.0
 MAX_PORT = 65535
@@ -101,12 +99,14 @@ class InferenceSettings:
 
     Simulates an accelerator busy with a big model by sleeping, so it costs no CPU; 0 turns it off."""
     model_arch: str = ""
-    """RTRL_MODEL_ARCH: network of the fresh policy served before any checkpoint ("" = rtrl's default)."""
+    """RTRL_MODEL_ARCH, the learner's variable: network of the fresh policy served before any checkpoint ("" =
+    rtrl's default). Checkpoints are served as they say; a replica set otherwise logs the difference."""
     model_width: int = DEFAULT_MODEL_WIDTH
     """RTRL_MODEL_WIDTH: channel multiplier of impala_cnn (1, 7, 29: about 1M, 10M, 100M parameters)."""
     algorithm: str = DEFAULT_ALGORITHM
-    """RTRL_ALGORITHM, the learner's variable: which network the fresh policy is ("dqn": a Q-network acting
-    epsilon-greedily, "vtrace": an actor-critic sampling its policy). Checkpoints are served as they say."""
+    """RTRL_ALGORITHM, the learner's variable: which network the fresh policy is (its head in
+    services/learner/algorithms: a Q-network acting epsilon-greedily for dqn, an actor-critic sampling its
+    policy for vtrace and ppo). Checkpoints are served as they say."""
     redis_url: str = ""
     """RTRL_REDIS_URL: where to register for live membership; "" registers nowhere."""
     replica_registry: str = DEFAULT_REPLICA_REGISTRY
@@ -155,13 +155,7 @@ class InferenceSettings:
                 "so a batch could never fill (every waiting call holds a worker); set it to "
                 f"{max_batch_size} or more, or lower {PREFIX}INFERENCE_MAX_BATCH."
             )
-        model_arch = env_choice(env, "MODEL_ARCH", "", MODEL_ARCH_CHOICES)
-        model_width = env_int(env, "MODEL_WIDTH", DEFAULT_MODEL_WIDTH, minimum=1)
-        if model_width != 1 and model_arch != "impala_cnn":
-            raise SettingsError(
-                f"{PREFIX}MODEL_WIDTH={model_width} only sizes impala_cnn, but {PREFIX}MODEL_ARCH is "
-                f"{model_arch or 'unset'}; set it to 1, or set {PREFIX}MODEL_ARCH=impala_cnn."
-            )
+        model_arch, model_width = env_model(env)
         return cls(
             host=env_str(env, "INFERENCE_HOST", DEFAULT_HOST),
             port=port,
@@ -182,7 +176,7 @@ class InferenceSettings:
             occupy_ms=env_float(env, "INFERENCE_OCCUPY_MS", DEFAULT_OCCUPY_MS, minimum=0.0),
             model_arch=model_arch,
             model_width=model_width,
-            algorithm=env_choice(env, "ALGORITHM", DEFAULT_ALGORITHM, ALGORITHMS),
+            algorithm=env_choice(env, "ALGORITHM", DEFAULT_ALGORITHM, tuple(ALGORITHMS)),
             redis_url=env_redis_url(env, ""),
             replica_registry=env_str(env, "REPLICA_REGISTRY", DEFAULT_REPLICA_REGISTRY),
             advertise_address=env_str(env, "INFERENCE_ADVERTISE_ADDRESS", ""),

@@ -8,10 +8,11 @@ replicas need only the weights, so a checkpoint carries the learner's state (opt
 3 times the weights' size) only every `checkpoint_state_interval_s` and at the stop; the others name
 the last one's, which a learner resumed from them loads with their newer weights.
 
-The algorithm is RTRL_ALGORITHM: "dqn" (dqn.py, a ReplayBuffer of transitions, n-step optional) or
-"vtrace" (vtrace.py, an UnrollBuffer of fixed-length unrolls). Both modules offer the same functions
-(make_agent, update, policy_weights, export_learner_state, import_state, epsilon_at), so the loop
-differs only in how it stores data and samples a batch.
+The algorithm is RTRL_ALGORITHM, one of services/learner/algorithms (dqn, vtrace, ppo), used only
+through the interface in algorithms/base.py: it makes the source transitions go into (a replay of
+transitions or of unrolls), says when it is ready, samples and updates. The network is the one the
+run names (RTRL_MODEL_ARCH, RTRL_MODEL_WIDTH) with the algorithm's head, for the observation shape and
+action count of the first transition, and every checkpoint carries its config.
 
 Data quality: every used transition feeds a `LagWindow` (policy lag in versions and milliseconds,
 staleness, fallback share, in GetStatus); transitions chosen more than RTRL_MAX_POLICY_LAG_VERSIONS
@@ -20,8 +21,9 @@ stream's backlog: beyond RTRL_LEARNER_MAX_LAG_ENTRIES undelivered entries it jum
 and counts what it skipped (`transitions_skipped`), so a slow learner trains on current data and
 nothing on the acting path ever waits for it.
 
-On start it resumes from the newest checkpoint in the directory (weights, target network, Adam state,
-counters, version sequence, model config); otherwise the model is built from the first transition.
+On start it resumes from the newest checkpoint in the directory (weights, target network, optimizer state,
+counters, version sequence, model config); otherwise the model is built from the first transition. A
+checkpoint of another algorithm or network than the run names is refused with a sentence.
 
 Sequential mode (RTRL_LEARNER_MODE=sequential), the act -> learn -> act baseline: the loop keeps
 consuming the stream but never trains by itself. `train_through(gateway, seq, updates)` (the Train
@@ -44,7 +46,7 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -52,12 +54,12 @@ import torch
 
 from rtrl.checkpoints import LATEST, Checkpoint, CheckpointError, CheckpointStore
 from rtrl.metrics import RateMeter, Window
-from rtrl.models import ALGORITHM_HEADS, ModelConfig, default_model_config
+from rtrl.models import ModelConfig, default_model_config
 from rtrl.transitions import Transition, encode
-from services.learner import dqn, vtrace
+from services.learner.algorithms import ALGORITHMS
+from services.learner.algorithms.base import Algorithm, Source
 from services.learner.episodes import EpisodeReturns
 from services.learner.lag import NS_PER_MS, LagStats, LagWindow, too_old
-from services.learner.replay import ReplayBuffer
 from services.learner.settings import LearnerSettings
 from services.learner.stream import (
     TRANSITION_FIELD,
@@ -66,10 +68,6 @@ from services.learner.stream import (
     TransitionStream,
     redacted_url,
 )
-from services.learner.trajectories import UnrollBuffer
-
-Agent = dqn.DQNAgent | vtrace.VTraceAgent
-Replay = ReplayBuffer | UnrollBuffer
 
 log = logging.getLogger(__name__)
 
@@ -134,9 +132,10 @@ class LearnerStatus:
     transitions_invalid: int
     """Entries since start that could not be decoded or did not fit the model (dead-lettered)."""
     transitions_unpaired: int
-    """Transitions since start that found no successor and are never trained on (V-trace: masked steps)."""
+    """Transitions since start never trained on: no successor (truncation, gap) or no decision observation
+    (unroll algorithms: steps masked)."""
     replay_size: int
-    """Transitions (DQN) or complete unrolls (V-trace) held for sampling."""
+    """Transitions (DQN) or complete unrolls (V-trace, PPO) held for sampling."""
     checkpoint_version: int
     checkpoints_published: int
     checkpoint_published_unix_ms: int
@@ -167,6 +166,12 @@ class LearnerStatus:
     """The threshold of undelivered entries beyond which it jumps (0: never)."""
     lag: LagStats | None = None
     """Lag of the newest transitions used (None before the first)."""
+    decisions_elsewhere: int = 0
+    """Fresh transitions since start whose action came from another step's observation, trained on that one."""
+    decisions_unpaired: int = 0
+    """Fresh transitions since start whose decision observation was not found (also in `transitions_unpaired`)."""
+    metrics: dict[str, float] = field(default_factory=dict)
+    """The newest update's metrics, as the algorithm names them ("loss" among them)."""
 
 
 def resolve_device(setting: str) -> torch.device:
@@ -188,20 +193,17 @@ class Learner:
         stream: TransitionStream | None = None,
         store: CheckpointStore | None = None,
     ) -> None:
-        assert settings.algorithm in ALGORITHM_HEADS, f"algorithm {settings.algorithm!r} is not implemented"
+        assert settings.algorithm in ALGORITHMS, f"algorithm {settings.algorithm!r} is not implemented"
         self.settings = settings
-        # The algorithm module and its hyperparameters; everything below calls through these two.
-        self.algo: Any = dqn if settings.algorithm == dqn.ALGORITHM else vtrace
-        self.config: dqn.DQNConfig | vtrace.VTraceConfig = (
-            settings.dqn if settings.algorithm == dqn.ALGORITHM else settings.vtrace
-        )
+        self.algorithm_class = ALGORITHMS[settings.algorithm]
+        self.config = settings.config
         self.stream = stream or TransitionStream(
             settings.redis_url, settings.stream, settings.consumer_group, settings.consumer_name
         )
         self.store = store or CheckpointStore(settings.checkpoint_dir, keep=settings.checkpoint_keep)
         self.device = torch.device("cpu")
-        self._agent: Agent | None = None
-        self._replay: Replay | None = None
+        self._algorithm: Algorithm | None = None
+        self._source: Source | None = None
         self._lag = LagWindow()
         # The window is a deque: status() on a gRPC thread must not iterate it while the loop appends.
         self._lag_lock = threading.Lock()
@@ -232,7 +234,7 @@ class Learner:
         self.policy_lag_ms = Window()
         """Milliseconds from an action being first applied to the learner receiving its transition."""
         self.episodes = EpisodeReturns()
-        self._loss: torch.Tensor | None = None
+        self._metrics: dict[str, torch.Tensor] = {}
         self._env_steps = 0
         self._consumed = 0
         self._consumed_before_start = 0
@@ -316,21 +318,23 @@ class Learner:
                 log.info("no checkpoint in %s: starting fresh, the model is built from the first transition", directory)
                 return
             metadata = latest.metadata
-            if metadata.get("algorithm") != self.algo.ALGORITHM:
+            name = self.algorithm_class.name
+            if metadata.get("algorithm") != name:
                 raise LearnerError(
                     f"checkpoint {latest.version} in {directory} was trained with {metadata.get('algorithm')!r}, "
-                    f"not {self.algo.ALGORITHM!r} (RTRL_ALGORITHM); set RTRL_ALGORITHM={metadata.get('algorithm')} "
+                    f"not {name!r} (RTRL_ALGORITHM); set RTRL_ALGORITHM={metadata.get('algorithm')} "
                     "to continue it, or set RTRL_CHECKPOINT_DIR to another directory to start afresh"
                 )
             model_config = ModelConfig.from_json(metadata["model"])
+            self._check_model_settings(model_config, f"checkpoint {latest.version} in {directory}")
             weights = self.store.load_weights(latest)
             learner_state = self.store.load_learner_state(latest) if "learner_state" in metadata["files"] else None
-            agent = self.algo.make_agent(self.config, model_config, self.device, self.settings.seed)
-            self.algo.import_state(agent, weights, learner_state, {"updates": metadata.get("updates", 0)})
+            algorithm = self.algorithm_class(self.config, model_config, self.device, self.settings.seed)
+            algorithm.load_state(weights, learner_state, _counter(metadata, "updates"))
             env_steps = _counter(metadata, "env_steps")
             consumed = _counter(metadata, "transitions_consumed")
         except (CheckpointError, ValueError, KeyError, AssertionError) as e:
-            # AssertionError: make_agent refuses a model config of the wrong head (a hand-edited checkpoint).
+            # AssertionError: an algorithm refuses a model config of the wrong head (a hand-edited checkpoint).
             raise LearnerError(
                 f"cannot resume from the checkpoint in {directory}: {e}; "
                 "repair or move that directory away, or set RTRL_CHECKPOINT_DIR to a fresh one"
@@ -341,7 +345,7 @@ class Learner:
             log.info("learner state resumed from %s", metadata["files"]["learner_state"]["name"])
             self._state_checkpoint = latest
             self._state_written_s = time.monotonic()
-        self._agent = agent
+        self._algorithm = algorithm
         self._env_steps = env_steps
         self._consumed_before_start = consumed
         # latest.json may point below a version already on disk (restored from a backup, or written by
@@ -356,17 +360,27 @@ class Learner:
                 directory,
                 self._version + 1,
             )
-        self._updates_at_last_publish = agent.updates
+        self._updates_at_last_publish = algorithm.updates
         epsilon = metadata.get("epsilon")
         self._published_epsilon = float(epsilon) if isinstance(epsilon, int | float) else None
         log.info(
             "resumed from checkpoint %d in %.0f ms: %d updates, %d env steps, model %s",
             latest.version,
             (time.monotonic() - started_s) * 1000.0,
-            agent.updates,
+            algorithm.updates,
             env_steps,
             model_config.to_json(),
         )
+
+    def _check_model_settings(self, model_config: ModelConfig, what: str) -> None:
+        """Refuses a network other than the one RTRL_MODEL_ARCH and RTRL_MODEL_WIDTH name (when they name one)."""
+        arch, width = self.settings.model_arch, self.settings.model_width
+        if arch and (model_config.arch, model_config.width) != (arch, width):
+            raise LearnerError(
+                f"{what} is a {model_config.arch} network of width {model_config.width}, but this run names "
+                f"RTRL_MODEL_ARCH={arch} RTRL_MODEL_WIDTH={width}; set them to the checkpoint's to continue it, "
+                "or set RTRL_CHECKPOINT_DIR to another directory to train the new network from scratch"
+            )
 
     # -- the loop ----------------------------------------------------------------------------------
 
@@ -385,8 +399,8 @@ class Learner:
                 # A stop leaves an exact resume point: the last version names its own learner state.
                 if (
                     self.failure is None
-                    and self._agent is not None
-                    and (self._agent.updates != self._updates_at_last_publish or self._published_without_state)
+                    and self._algorithm is not None
+                    and (self._algorithm.updates != self._updates_at_last_publish or self._published_without_state)
                 ):
                     self._publish(final=True)
             self.stream.close()
@@ -471,8 +485,8 @@ class Learner:
                     # Acknowledged without use: it is valid, only older than this learner wants.
                     dropped.append(entry.entry_id)
                 else:
-                    assert self._replay is not None
-                    self._replay.add(entry.transition)
+                    assert self._source is not None
+                    self._source.add(entry.transition)
                     used.append(entry.entry_id)
                     used_transitions.append(entry.transition)
         # Acknowledge only now that they are in the replay: a crash before this re-delivers them.
@@ -559,87 +573,53 @@ class Learner:
                 train_ms=train_ms,
                 wait_ms=waited_s * 1000.0,
                 checkpoint_version=self._version,
-                updates_total=self._agent.updates if self._agent is not None else 0,
+                updates_total=self._algorithm.updates if self._algorithm is not None else 0,
             )
 
     def _unusable_reason(self, transition: Transition) -> str | None:
         """Why `transition` cannot be trained on, or None (building the model on the first one)."""
         obs = transition.observation
-        if self._agent is None:
+        if self._algorithm is None:
+            settings = self.settings
             try:
                 model_config = default_model_config(
-                    tuple(obs.shape), transition.action_count, head=ALGORITHM_HEADS[self.algo.ALGORITHM]
+                    tuple(obs.shape),
+                    transition.action_count,
+                    arch=settings.model_arch,
+                    width=settings.model_width,
+                    head=self.algorithm_class.head,
                 )
             except ValueError as e:
                 return f"no model can be built for it: {e}"
-            self._agent = self.algo.make_agent(self.config, model_config, self.device, self.settings.seed)
+            self._algorithm = self.algorithm_class(self.config, model_config, self.device, settings.seed)
             log.info("built the model from the first transition: %s", model_config.to_json())
         if not math.isfinite(transition.reward):
             return f"reward {transition.reward} is not a finite number"
         if obs.dtype.kind == "f" and not np.isfinite(obs).all():
             return "the observation contains NaN or infinite values"
-        model_config = self._agent.model_config
+        model_config = self._algorithm.model_config
         if tuple(obs.shape) != model_config.observation_shape or transition.action_count != model_config.action_count:
             return (
                 f"observation shape {list(obs.shape)} with {transition.action_count} actions does not match the "
                 f"model's {list(model_config.observation_shape)} with {model_config.action_count} actions; "
                 "a gateway on another game needs its own RTRL_CHECKPOINT_DIR and stream"
             )
-        if self._replay is None:
-            self._replay = self._make_replay(tuple(obs.shape), obs.dtype)
-        elif not self._replay.accepts(transition):
-            return f"observation dtype {obs.dtype} differs from the replay's {self._replay.observation_dtype}"
+        if self._source is None:
+            self._source = self._algorithm.make_source(tuple(obs.shape), obs.dtype, self.settings.seed)
+        elif not self._source.accepts(transition):
+            return f"observation dtype {obs.dtype} differs from the replay's {self._source.observation_dtype}"
         return None
 
-    def _make_replay(self, shape: tuple[int, ...], dtype: np.dtype) -> Replay:
-        seed = self.settings.seed
-        if isinstance(self.config, vtrace.VTraceConfig):
-            return UnrollBuffer(self.config.unroll_length, self.config.replay_capacity, shape, dtype, seed=seed)
-        return ReplayBuffer(
-            self.config.buffer_size, shape, dtype, seed=seed, n_step=self.config.n_step, gamma=self.config.gamma
-        )
-
     def _can_train(self) -> bool:
-        replay = self._replay
-        if self._agent is None or replay is None:
-            return False
-        if isinstance(replay, UnrollBuffer):
-            assert isinstance(self.config, vtrace.VTraceConfig)
-            return vtrace.ready_to_update(self.config, len(replay), replay.unrolls_added, replay.unrolls_sampled)
-        assert isinstance(self.config, dqn.DQNConfig)
-        return replay.trainable_count >= max(1, self.config.learning_starts)
+        return self._algorithm is not None and self._source is not None and self._algorithm.ready(self._source)
 
     def _train(self) -> None:
         started_s = time.perf_counter()
-        agent, replay, device = self._agent, self._replay, self.device
-        assert agent is not None and replay is not None
-        if isinstance(agent, vtrace.VTraceAgent):
-            assert isinstance(replay, UnrollBuffer)
-            unrolls = replay.sample(agent.config.batch_size)
-            self._loss = vtrace.update(
-                agent,
-                b_obs=torch.from_numpy(unrolls.obs).to(device),
-                b_actions=torch.from_numpy(unrolls.actions).to(device),
-                b_rewards=torch.from_numpy(unrolls.rewards).to(device),
-                b_terminated=torch.from_numpy(unrolls.terminated).to(device),
-                b_behaviour_log_probs=torch.from_numpy(unrolls.behaviour_log_probs).to(device),
-                b_mask=torch.from_numpy(unrolls.mask).to(device),
-            )
-        else:
-            assert isinstance(replay, ReplayBuffer)
-            batch = replay.sample(agent.config.batch_size)
-            self._loss = dqn.update(
-                agent,
-                b_obs=torch.from_numpy(batch.obs).to(device),
-                b_actions=torch.from_numpy(batch.actions).to(device),
-                b_rewards=torch.from_numpy(batch.rewards).to(device),
-                b_next_obs=torch.from_numpy(batch.next_obs).to(device),
-                b_terminated=torch.from_numpy(batch.terminated).to(device),
-                # One-step returns leave it out, so their target is exactly r + gamma * max Q.
-                b_steps=torch.from_numpy(batch.steps).to(device) if agent.config.n_step > 1 else None,
-            )
+        algorithm, source = self._algorithm, self._source
+        assert algorithm is not None and source is not None
+        self._metrics = algorithm.update(algorithm.sample(source))
         self._updates_meter.add(time.monotonic())
-        if agent.updates % self.settings.checkpoint_every_updates == 0:
+        if algorithm.updates % self.settings.checkpoint_every_updates == 0:
             self._publish()
         self.update_ms.add((time.perf_counter() - started_s) * 1000.0)
 
@@ -648,21 +628,20 @@ class Learner:
     def _publish(self, final: bool = False) -> None:
         """Publishes the next version; with the learner's state when `final`, when none was written yet or
         when the last was written `checkpoint_state_interval_s` ago, else naming the last one's."""
-        assert self._agent is not None
-        agent = self._agent
+        algorithm = self._algorithm
+        assert algorithm is not None
         version = self._version + 1
         started_s = time.monotonic()
-        learner_state, counters = self.algo.export_learner_state(agent)
         with_state = (
             final
             or self._state_checkpoint is None
             or started_s - self._state_written_s >= self.settings.checkpoint_state_interval_s
         )
-        metadata = {
-            "algorithm": self.algo.ALGORITHM,
-            "model": agent.model_config.to_json(),
-            "epsilon": self.algo.epsilon_at(self._env_steps, self.config),
-            **counters,
+        metadata: dict[str, Any] = {
+            "algorithm": algorithm.name,
+            "model": algorithm.model_config.to_json(),
+            "epsilon": algorithm.exploration(self.config, self._env_steps),
+            "updates": algorithm.updates,
             "env_steps": self._env_steps,
             # Cumulative over restarts, unlike the per-run `transitions_consumed` of GetStatus.
             "transitions_consumed": self._consumed_before_start + self._consumed,
@@ -671,9 +650,9 @@ class Learner:
         try:
             checkpoint = self.store.publish(
                 version,
-                self.algo.policy_weights(agent),
+                algorithm.policy_weights(),
                 metadata,
-                learner_state=learner_state if with_state else None,
+                learner_state=algorithm.learner_state() if with_state else None,
                 learner_state_of=None if with_state else self._state_checkpoint,
             )
         except (CheckpointError, OSError) as e:  # CheckpointStore lets an OSError from mkdir through
@@ -692,18 +671,18 @@ class Learner:
             log.info("checkpoint %d published again (%d failed publications so far)", version, self._publish_failures)
             self._publish_last_error = ""
         self._version = version
-        self._updates_at_last_publish = agent.updates
+        self._updates_at_last_publish = algorithm.updates
         if with_state:
             self._state_checkpoint = checkpoint
             self._state_written_s = started_s
         self._published_without_state = not with_state
         self._published += 1
         self._published_unix_ms = int(checkpoint.metadata["created_unix_ms"])
-        self._published_epsilon = float(metadata["epsilon"])
+        self._published_epsilon = algorithm.exploration(self.config, self._env_steps)
         log.info(
             "published checkpoint %d at %d updates in %.0f ms (%s)",
             version,
-            agent.updates,
+            algorithm.updates,
             (time.monotonic() - started_s) * 1000.0,
             "with the learner state" if with_state else "weights only",
         )
@@ -712,30 +691,28 @@ class Learner:
 
     def status(self) -> LearnerStatus:
         now = time.monotonic()
-        agent = self._agent
-        replay = self._replay
-        loss = self._loss
+        algorithm = self._algorithm
+        source = self._source
+        metrics = {name: float(value.item()) for name, value in self._metrics.items()}
         with self._lag_lock:
             lag = self._lag.stats()
         return LearnerStatus(
             algorithm=self.settings.algorithm,
-            updates=agent.updates if agent is not None else 0,
+            updates=algorithm.updates if algorithm is not None else 0,
             updates_per_s=self._updates_meter.rate(now),
             transitions_consumed=self._consumed,
             transitions_invalid=self._invalid,
-            transitions_unpaired=(replay.steps_masked if isinstance(replay, UnrollBuffer) else replay.unpaired)
-            if replay is not None
-            else 0,
-            replay_size=len(replay) if replay is not None else 0,
+            transitions_unpaired=source.unpaired if source is not None else 0,
+            replay_size=len(source) if source is not None else 0,
             checkpoint_version=self._version,
             checkpoints_published=self._published,
             checkpoint_published_unix_ms=self._published_unix_ms,
             checkpoint_publish_failures=self._publish_failures,
             checkpoint_publish_last_error=self._publish_last_error,
-            loss=float(loss.item()) if loss is not None else 0.0,
+            loss=metrics.get("loss", 0.0),
             epsilon=self._published_epsilon
             if self._published_epsilon is not None
-            else self.algo.epsilon_at(self._env_steps, self.config),
+            else self.algorithm_class.exploration(self.config, self._env_steps),
             stream_length=self._stream_length,
             stream_pending=self._stream_pending,
             stream_lag=self._stream_lag,
@@ -751,6 +728,9 @@ class Learner:
             backlog_skips=self._backlog_skips,
             max_lag_entries=self.settings.max_lag_entries,
             lag=lag if lag.transitions else None,
+            decisions_elsewhere=getattr(source, "decisions_elsewhere", 0),
+            decisions_unpaired=getattr(source, "decisions_unpaired", 0),
+            metrics=metrics,
         )
 
 

@@ -71,6 +71,9 @@ def status_response(status: LearnerStatus) -> learner_pb2.LearnerServiceGetStatu
         transitions_trimmed=status.transitions_trimmed,
         backlog_skips=status.backlog_skips,
         max_lag_entries=status.max_lag_entries,
+        decisions_elsewhere=status.decisions_elsewhere,
+        decisions_unpaired=status.decisions_unpaired,
+        update_metrics=status.metrics,
     )
 
 

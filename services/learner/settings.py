@@ -1,9 +1,10 @@
 """The learner's settings, read once from RTRL_* environment variables into a frozen object.
 
-Every hyperparameter is also a variable: RTRL_DQN_<FIELD_NAME_UPPER> for `DQNConfig` (e.g.
-RTRL_DQN_LEARNING_RATE) and RTRL_VTRACE_<FIELD_NAME_UPPER> for `VTraceConfig`, mapped generically from
-the dataclass fields so a new hyperparameter needs no settings code. Both configs are read and checked
-whichever algorithm runs, so a typo fails at start rather than when someone switches algorithm.
+Every hyperparameter is also a variable: RTRL_<ALGORITHM>_<FIELD_NAME_UPPER> for each algorithm in
+services/learner/algorithms (e.g. RTRL_DQN_LEARNING_RATE, RTRL_PPO_EPOCHS), mapped generically from the
+fields of its config dataclass, so a new hyperparameter or algorithm needs no settings code. Every
+algorithm's config is read and checked whichever runs, so a bad value fails at start rather than when
+someone switches algorithm.
 """
 
 from __future__ import annotations
@@ -11,10 +12,10 @@ from __future__ import annotations
 import os
 import socket
 import typing
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from rtrl.config import (
     DEFAULT_CHECKPOINT_DIR,
@@ -31,12 +32,10 @@ from rtrl.config import (
     env_metrics_port,
     env_str,
 )
-from rtrl.models import ALGORITHMS
+from rtrl.models import env_model
 from rtrl.redis_client import env_redis_url
 from rtrl.security import SecuritySettings
-from services.learner import dqn, vtrace
-from services.learner.dqn import DQNConfig
-from services.learner.vtrace import VTraceConfig
+from services.learner.algorithms import ALGORITHMS, DEFAULT_ALGORITHM
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_CONSUMER_GROUP = "learner"
@@ -52,8 +51,6 @@ DEFAULT_NICE = 10
 DEFAULT_MAX_POLICY_LAG_VERSIONS = 0
 DEFAULT_MAX_LAG_ENTRIES = 2000
 DEFAULT_TENSORBOARD_INTERVAL_S = 1.0
-DQN_PREFIX = "DQN_"
-VTRACE_PREFIX = "VTRACE_"
 
 
 def default_consumer_name() -> str:
@@ -94,8 +91,14 @@ class LearnerSettings:
     """Seconds between two checkpoints that carry the learner's state (optimizer, target network); the
     checkpoints between carry only the policy weights and name the last state written. The final
     checkpoint of a stop always carries it. 0: every checkpoint does (RTRL_CHECKPOINT_STATE_INTERVAL_S)."""
-    algorithm: str = "dqn"
-    """Learning algorithm, one of rtrl.models.ALGORITHMS: "dqn" or "vtrace" (RTRL_ALGORITHM)."""
+    algorithm: str = DEFAULT_ALGORITHM
+    """Learning algorithm, a name in services/learner/algorithms: "dqn", "vtrace" or "ppo" (RTRL_ALGORITHM)."""
+    model_arch: str = ""
+    """Network torso: "nature_cnn", "impala_cnn", "mlp", or "" for rtrl's choice by observation shape (a
+    Nature CNN for images, an MLP for vectors). Written into every checkpoint; replicas build from that
+    (RTRL_MODEL_ARCH)."""
+    model_width: int = 1
+    """Channel multiplier k of impala_cnn: 1, 7, 29 give about 1M, 10M, 100M parameters (RTRL_MODEL_WIDTH)."""
     torch_threads: int = DEFAULT_TORCH_THREADS
     """CPU threads torch may use (RTRL_TORCH_THREADS)."""
     device: str = DEFAULT_DEVICE
@@ -110,10 +113,10 @@ class LearnerSettings:
     gateway calls Train, the act -> learn -> act baseline (RTRL_LEARNER_MODE)."""
     sequential_updates: int = DEFAULT_SEQUENTIAL_UPDATES
     """Updates per Train call that does not say how many (RTRL_SEQUENTIAL_UPDATES)."""
-    dqn: DQNConfig = field(default_factory=DQNConfig)
-    """DQN hyperparameters (RTRL_DQN_<FIELD>)."""
-    vtrace: VTraceConfig = field(default_factory=VTraceConfig)
-    """V-trace hyperparameters (RTRL_VTRACE_<FIELD>)."""
+    hyperparameters: dict[str, Any] = field(
+        default_factory=lambda: {name: algorithm.config_class() for name, algorithm in ALGORITHMS.items()}
+    )
+    """Each algorithm's config dataclass by name (RTRL_<ALGORITHM>_<FIELD>); `config` is the chosen one's."""
     max_policy_lag_versions: int = DEFAULT_MAX_POLICY_LAG_VERSIONS
     """Fresh transitions chosen more than this many checkpoint versions ago are acknowledged and dropped,
     not trained on; 0 keeps all (RTRL_MAX_POLICY_LAG_VERSIONS)."""
@@ -125,6 +128,16 @@ class LearnerSettings:
     """TLS, token and message size limit of the server (RTRL_TLS_*, RTRL_AUTH_TOKEN,
     RTRL_GRPC_MAX_MESSAGE_BYTES; rtrl/security.py)."""
 
+    @property
+    def config(self) -> Any:
+        """The hyperparameters of the algorithm that runs."""
+        return self.hyperparameters[self.algorithm]
+
+    def with_config(self, config: Any) -> LearnerSettings:
+        """These settings with `config` as its algorithm's hyperparameters (and that algorithm chosen)."""
+        name = next(name for name, algorithm in ALGORITHMS.items() if isinstance(config, algorithm.config_class))
+        return replace(self, algorithm=name, hyperparameters={**self.hyperparameters, name: config})
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> LearnerSettings:
         """Reads the settings; raises SettingsError with a sentence naming the variable to fix."""
@@ -135,6 +148,7 @@ class LearnerSettings:
         device = env_str(env, "LEARNER_DEVICE", DEFAULT_DEVICE).lower()
         if not _is_device(device):
             raise SettingsError(f"{PREFIX}LEARNER_DEVICE={device!r} is not valid; set it to auto, cpu, cuda or cuda:N.")
+        model_arch, model_width = env_model(env)
         return cls(
             host=env_str(env, "LEARNER_HOST", DEFAULT_HOST),
             port=port,
@@ -155,15 +169,19 @@ class LearnerSettings:
             checkpoint_state_interval_s=env_float(
                 env, "CHECKPOINT_STATE_INTERVAL_S", DEFAULT_CHECKPOINT_STATE_INTERVAL_S, minimum=0.0
             ),
-            algorithm=env_choice(env, "ALGORITHM", "dqn", ALGORITHMS),
+            algorithm=env_choice(env, "ALGORITHM", DEFAULT_ALGORITHM, tuple(ALGORITHMS)),
+            model_arch=model_arch,
+            model_width=model_width,
             torch_threads=env_int(env, "TORCH_THREADS", DEFAULT_TORCH_THREADS, minimum=1),
             device=device,
             seed=env_int(env, "SEED", DEFAULT_SEED),
             nice=env_int(env, "LEARNER_NICE", DEFAULT_NICE, minimum=0),
             mode=env_choice(env, "LEARNER_MODE", "async", MODES),
             sequential_updates=env_int(env, "SEQUENTIAL_UPDATES", DEFAULT_SEQUENTIAL_UPDATES, minimum=1),
-            dqn=config_from_env(env, DQNConfig, DQN_PREFIX, dqn.config_problems),
-            vtrace=config_from_env(env, VTraceConfig, VTRACE_PREFIX, vtrace.config_problems),
+            hyperparameters={
+                name: config_from_env(env, algorithm.config_class, f"{name.upper()}_")
+                for name, algorithm in ALGORITHMS.items()
+            },
             max_policy_lag_versions=env_int(env, "MAX_POLICY_LAG_VERSIONS", DEFAULT_MAX_POLICY_LAG_VERSIONS, minimum=0),
             max_lag_entries=env_int(env, "LEARNER_MAX_LAG_ENTRIES", DEFAULT_MAX_LAG_ENTRIES, minimum=0),
             security=SecuritySettings.from_env(env),
@@ -177,17 +195,9 @@ def _is_device(device: str) -> bool:
     return kind == "cuda" and index.isdigit()
 
 
-Config = TypeVar("Config", DQNConfig, VTraceConfig)
-
-
-def config_from_env(
-    env: Mapping[str, str],
-    config_class: type[Config],
-    prefix: str,
-    config_problems: Callable[[Config], dict[str, str]],
-) -> Config:
+def config_from_env(env: Mapping[str, str], config_class: type, prefix: str) -> Any:
     """`config_class` with every field overridable as RTRL_<prefix><FIELD>, parsed by the field's type,
-    then checked by the algorithm's own `config_problems` (the first problem names its variable)."""
+    then checked by the config's own `problems()` (the first problem names its variable)."""
     hints = typing.get_type_hints(config_class)
     values: dict[str, Any] = {}
     for f in fields(config_class):
@@ -203,7 +213,7 @@ def config_from_env(
         else:  # a new field of another type needs a parser here
             raise TypeError(f"{config_class.__name__}.{f.name} has type {kind}, which has no environment parser")
     config = config_class(**values)
-    problems = config_problems(config)
+    problems = config.problems()
     if problems:
         field_name, expected = next(iter(problems.items()))
         name = f"{PREFIX}{prefix}{field_name.upper()}"

@@ -96,6 +96,9 @@ class TensorBoardLog:
         step = status.updates
         w = self.writer
         w.add_scalar("losses/loss", status.loss, step)
+        for name, value in status.metrics.items():
+            if name != "loss":
+                w.add_scalar(f"losses/{name}", value, step)
         w.add_scalar("throughput/updates_per_s", status.updates_per_s, step)
         if self._last_consumed is not None and now_s > self._last_sample_s:
             consumed = status.transitions_consumed - self._last_consumed

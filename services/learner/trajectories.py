@@ -19,8 +19,15 @@ Rules, applied per gateway as transitions arrive in stream order (gateways may i
   terminated or was truncated (x_T is then never used; a copy of x_{T-1} stands in). Unrolls without
   a single learnable step are not kept.
 
+Decision observations (algorithms/base.py): each step records in `decision_index` which of the unroll's
+observations its action was computed from: its own, an earlier step's of the same episode in this
+unroll (a reply that served the step after its own; counted in `decisions_elsewhere`), or none (-1:
+the observation was before the unroll's first, or later, after a reply that overtook; counted in
+`decisions_unpaired`), in which case the policy is not trained on the step. Fallback steps name their own.
+
 Complete unrolls go into a ring of `capacity` unrolls (the oldest leaves first); `sample` draws
-time-major batches uniformly from it, without replacement while there are enough unrolls.
+time-major batches uniformly from it, without replacement while there are enough unrolls (V-trace).
+`take_newest` instead hands out each stored unroll once, newest first (PPO's batches of fresh data).
 """
 
 from __future__ import annotations
@@ -51,6 +58,10 @@ class Unroll(NamedTuple):
     """[T] float32, 1.0 for steps to learn from, 0.0 for steps without a successor."""
     policy_versions: np.ndarray
     """[T] int64, the checkpoint version that chose each action (-1 for a fallback action)."""
+    decision_index: np.ndarray
+    """[T] int64, the index in `obs` of the observation each action was computed from (-1: not in the unroll)."""
+    fresh: np.ndarray
+    """[T] float32, 1.0 where an inference reply chose the action, 0.0 where the fallback policy did."""
 
 
 class UnrollBatch(NamedTuple):
@@ -63,6 +74,8 @@ class UnrollBatch(NamedTuple):
     behaviour_log_probs: np.ndarray
     mask: np.ndarray
     policy_versions: np.ndarray
+    decision_index: np.ndarray
+    fresh: np.ndarray
 
 
 @dataclass
@@ -97,6 +110,8 @@ class UnrollBuffer:
         self.observation_shape = tuple(observation_shape)
         self.observation_dtype = np.dtype(observation_dtype)
         self._unrolls: deque[Unroll] = deque(maxlen=capacity)
+        # Stored unrolls not yet handed out by `take_newest`.
+        self._untaken: deque[Unroll] = deque(maxlen=capacity)
         self._open: dict[str, _OpenUnroll] = {}
         self._rng = np.random.default_rng(seed)
         self.transitions_added = 0
@@ -107,10 +122,26 @@ class UnrollBuffer:
         """Unrolls ever drawn into a batch (with repetitions): over `unrolls_added`, the replay ratio."""
         self.steps_masked = 0
         """Steps that will never be learned from because they have no successor (truncation or gap)."""
+        self.unrolls_skipped = 0
+        """Unrolls `take_newest` passed over because newer ones were waiting (an on-policy learner behind)."""
+        self.decisions_elsewhere = 0
+        """Fresh steps of stored unrolls whose action came from an earlier step's observation, paired with it."""
+        self.decisions_unpaired = 0
+        """Fresh steps of stored unrolls whose decision observation is not in their unroll."""
 
     def __len__(self) -> int:
         """Complete unrolls stored now."""
         return len(self._unrolls)
+
+    @property
+    def unpaired(self) -> int:
+        """Steps whose policy is never trained on: no successor, or no decision observation."""
+        return self.steps_masked + self.decisions_unpaired
+
+    @property
+    def untaken(self) -> int:
+        """Stored unrolls `take_newest` has not handed out yet."""
+        return len(self._untaken)
 
     def accepts(self, transition: Transition) -> bool:
         obs = transition.observation
@@ -156,18 +187,38 @@ class UnrollBuffer:
         if not any(unroll.mask):
             return  # nothing in it can be learned from
         steps = unroll.steps
-        self._unrolls.append(
-            Unroll(
-                obs=np.stack([step.observation for step in steps] + [bootstrap_obs]),
-                actions=np.array([step.action for step in steps], dtype=np.int64),
-                rewards=np.array([step.reward for step in steps], dtype=np.float32),
-                terminated=np.array([1.0 if step.terminated else 0.0 for step in steps], dtype=np.float32),
-                behaviour_log_probs=np.array([step.behaviour_log_prob for step in steps], dtype=np.float32),
-                mask=np.array(unroll.mask, dtype=np.float32),
-                policy_versions=np.array([step.policy_version for step in steps], dtype=np.int64),
-            )
+        decision_index = [self._decision_index(steps, t) for t in range(len(steps))]
+        stored = Unroll(
+            obs=np.stack([step.observation for step in steps] + [bootstrap_obs]),
+            actions=np.array([step.action for step in steps], dtype=np.int64),
+            rewards=np.array([step.reward for step in steps], dtype=np.float32),
+            terminated=np.array([1.0 if step.terminated else 0.0 for step in steps], dtype=np.float32),
+            behaviour_log_probs=np.array([step.behaviour_log_prob for step in steps], dtype=np.float32),
+            mask=np.array(unroll.mask, dtype=np.float32),
+            policy_versions=np.array([step.policy_version for step in steps], dtype=np.int64),
+            decision_index=np.array(decision_index, dtype=np.int64),
+            fresh=np.array([1.0 if step.fresh else 0.0 for step in steps], dtype=np.float32),
         )
+        self._unrolls.append(stored)
+        if len(self._untaken) == self._untaken.maxlen:
+            self.unrolls_skipped += 1  # the oldest untaken one leaves
+        self._untaken.append(stored)
         self.unrolls_added += 1
+
+    def _decision_index(self, steps: list[Transition], t: int) -> int:
+        """Which step's observation chose step `t`'s action (see Decision observations above), or -1."""
+        step = steps[t]
+        if not step.fresh or step.action_obs_frame == step.obs_frame:
+            return t
+        self.decisions_elsewhere += 1
+        for earlier in range(t - 1, -1, -1):
+            if steps[earlier].episode != step.episode:
+                break
+            if steps[earlier].obs_frame == step.action_obs_frame:
+                return earlier
+        self.decisions_elsewhere -= 1
+        self.decisions_unpaired += 1
+        return -1
 
     def sample(self, batch_size: int) -> UnrollBatch:
         """Draws `batch_size` stored unrolls uniformly (with replacement only when fewer are stored), time-major."""
@@ -176,4 +227,19 @@ class UnrollBuffer:
         picks = self._rng.choice(len(self._unrolls), size=batch_size, replace=len(self._unrolls) < batch_size)
         unrolls = [self._unrolls[int(index)] for index in picks]
         self.unrolls_sampled += batch_size
-        return UnrollBatch(*(np.stack(arrays, axis=1) for arrays in zip(*unrolls, strict=True)))
+        return _time_major(unrolls)
+
+    def take_newest(self, count: int) -> UnrollBatch:
+        """The `count` newest unrolls not handed out before, time-major; the older untaken ones are dropped
+        (too old for an on-policy batch). Needs `untaken` >= `count`."""
+        if len(self._untaken) < count:
+            raise ValueError(f"only {len(self._untaken)} new unrolls are stored; wait for {count}")
+        unrolls = [self._untaken.pop() for _ in range(count)][::-1]
+        self.unrolls_skipped += len(self._untaken)
+        self._untaken.clear()
+        self.unrolls_sampled += count
+        return _time_major(unrolls)
+
+
+def _time_major(unrolls: list[Unroll]) -> UnrollBatch:
+    return UnrollBatch(*(np.stack(arrays, axis=1) for arrays in zip(*unrolls, strict=True)))

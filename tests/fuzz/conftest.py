@@ -25,7 +25,7 @@ from services.env_gateway.settings import EnvSpec, GatewaySettings
 from services.inference.server import InferenceServer
 from services.inference.server import create_server as create_inference_server
 from services.inference.settings import InferenceSettings
-from services.learner.dqn import DQNConfig
+from services.learner.algorithms.dqn import DQNConfig
 from services.learner.loop import Learner
 from services.learner.server import create_server as create_learner_server
 from services.learner.settings import LearnerSettings
@@ -122,8 +122,7 @@ def sequential_learner(
         torch_threads=1,
         device="cpu",
         mode="sequential",
-        dqn=DQNConfig(learning_starts=16, batch_size=8, buffer_size=1000),
-    )
+    ).with_config(DQNConfig(learning_starts=16, batch_size=8, buffer_size=1000))
     learner = Learner(settings)
     server, port = create_learner_server(settings, learner)
     server.start()

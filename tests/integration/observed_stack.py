@@ -31,7 +31,7 @@ from services.inference import metrics as inference_metrics
 from services.inference.server import create_server as create_inference_server
 from services.inference.settings import InferenceSettings
 from services.learner import metrics as learner_metrics
-from services.learner.dqn import DQNConfig
+from services.learner.algorithms.dqn import DQNConfig
 from services.learner.loop import Learner
 from services.learner.server import create_server as create_learner_server
 from services.learner.settings import LearnerSettings
@@ -76,8 +76,7 @@ def running_stack(tmp_path: Path) -> Iterator[Running]:
                 checkpoint_every_updates=5,
                 torch_threads=1,
                 device="cpu",
-                dqn=DQNConfig(learning_starts=8, batch_size=4, buffer_size=1000),
-            )
+            ).with_config(DQNConfig(learning_starts=8, batch_size=4, buffer_size=1000))
             learner = Learner(learner_settings)
             learner_server, learner_port = create_learner_server(learner_settings, learner)
             learner_metrics_server = learner_metrics.start_metrics(learner, "127.0.0.1", 0)

@@ -16,7 +16,7 @@ import torch
 
 from rtrl.local_redis import LocalRedis
 from rtrl.transitions import Transition, encode
-from services.learner.dqn import DQNConfig
+from services.learner.algorithms.dqn import DQNConfig
 from services.learner.settings import LearnerSettings
 from services.learner.stream import TRANSITION_FIELD
 
@@ -104,7 +104,8 @@ def publish(redis_client: redis.Redis, stream_name: str) -> Callable[..., list[b
 def make_settings(redis_server: LocalRedis, stream_name: str, tmp_path: Path) -> Callable[..., LearnerSettings]:
     """Settings for a fast learner on the test's stream and a temporary checkpoint directory."""
 
-    def make(**overrides: Any) -> LearnerSettings:
+    def make(config: Any = None, **overrides: Any) -> LearnerSettings:
+        """`config`: another algorithm's hyperparameters (that algorithm runs); `overrides`: any setting."""
         settings = LearnerSettings(
             host="127.0.0.1",
             port=0,
@@ -116,9 +117,8 @@ def make_settings(redis_server: LocalRedis, stream_name: str, tmp_path: Path) ->
             checkpoint_keep=1000,
             torch_threads=1,
             device="cpu",
-            dqn=DQNConfig(learning_starts=16, batch_size=8, buffer_size=1000, target_network_frequency=10),
-        )
-        return replace(settings, **overrides)
+        ).with_config(DQNConfig(learning_starts=16, batch_size=8, buffer_size=1000, target_network_frequency=10))
+        return replace(settings if config is None else settings.with_config(config), **overrides)
 
     return make
 

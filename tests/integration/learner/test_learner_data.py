@@ -15,10 +15,10 @@ from rtrl.models import default_model_config
 from rtrl.transitions import Transition
 from rtrl.v1 import learner_pb2, learner_pb2_grpc
 from services.inference.policy import Policy
-from services.learner import dqn
+from services.learner.algorithms.dqn import DQN
+from services.learner.algorithms.vtrace import VTraceConfig
 from services.learner.loop import Learner, LearnerError
 from services.learner.server import create_server
-from services.learner.vtrace import VTraceConfig
 
 # What conftest's `transition` fixture produces.
 OBS_SHAPE = (4, 36, 36)
@@ -30,13 +30,12 @@ RESUMED_VERSION = 10
 def publish_dqn_checkpoint(settings, version: int = RESUMED_VERSION) -> None:
     """A DQN checkpoint at `version`, as an earlier learner would have left it, so a learner resumes there."""
     model_config = default_model_config(OBS_SHAPE, ACTION_COUNT)
-    agent = dqn.make_agent(settings.dqn, model_config, "cpu", seed=0)
-    learner_state, counters = dqn.export_learner_state(agent)
+    agent = DQN(settings.config, model_config, "cpu", seed=0)
     CheckpointStore(settings.checkpoint_dir).publish(
         version,
-        dqn.policy_weights(agent),
-        {"algorithm": "dqn", "model": model_config.to_json(), **counters},
-        learner_state=learner_state,
+        agent.policy_weights(),
+        {"algorithm": "dqn", "model": model_config.to_json(), "updates": agent.updates},
+        learner_state=agent.learner_state(),
     )
 
 
@@ -46,13 +45,14 @@ def acted(transition: Transition, *, policy_version: int, staleness_frames: int,
         fresh=fresh,
         policy_version=policy_version if fresh else -1,
         staleness_frames=staleness_frames if fresh else 0,
+        action_obs_frame=transition.obs_frame if fresh else -1,
     )
 
 
 def test_vtrace_learner_trains_on_the_stream_and_publishes_an_actor_critic_that_inference_serves(
     make_settings, publish, transition, wait_until, pending_count
 ) -> None:
-    settings = make_settings(algorithm="vtrace", vtrace=VTRACE)
+    settings = make_settings(config=VTRACE)
     publish([replace(transition(seq), behaviour_log_prob=float(-np.log(ACTION_COUNT))) for seq in range(60)])
     learner = Learner(settings)
     learner.start()
@@ -91,7 +91,7 @@ def test_get_status_reports_policy_lag_staleness_and_fallbacks_of_the_transition
     make_settings, publish, transition, wait_until
 ) -> None:
     # learning_starts beyond what is published: the learner stays at the resumed version, so lags are known.
-    settings = make_settings(dqn=replace(make_settings().dqn, learning_starts=1000))
+    settings = make_settings(config=replace(make_settings().config, learning_starts=1000))
     publish_dqn_checkpoint(settings)
     applied_ns = time.time_ns() - 500 * 1_000_000
     batch = [
@@ -137,7 +137,7 @@ def test_get_status_reports_policy_lag_staleness_and_fallbacks_of_the_transition
 def test_transitions_older_than_the_version_limit_are_acknowledged_dropped_and_counted(
     make_settings, publish, transition, wait_until, pending_count
 ) -> None:
-    settings = make_settings(dqn=replace(make_settings().dqn, learning_starts=1000), max_policy_lag_versions=2)
+    settings = make_settings(config=replace(make_settings().config, learning_starts=1000), max_policy_lag_versions=2)
     publish_dqn_checkpoint(settings)
     publish(
         [
@@ -211,7 +211,7 @@ def test_resuming_a_checkpoint_of_the_other_algorithm_says_which_one_and_what_to
     settings = make_settings()
     publish_dqn_checkpoint(settings)
     with pytest.raises(LearnerError) as caught:
-        Learner(replace(settings, algorithm="vtrace", vtrace=VTRACE)).start()
+        Learner(settings.with_config(VTRACE)).start()
     message = str(caught.value)
     assert "trained with 'dqn'" in message
     assert "RTRL_ALGORITHM=dqn" in message and "RTRL_CHECKPOINT_DIR" in message

@@ -12,7 +12,7 @@ import pytest
 from rtrl.checkpoints import CheckpointStore
 from rtrl.local_redis import LocalRedis, free_port
 from rtrl.models import ModelConfig, QNetwork
-from services.learner.dqn import epsilon_at
+from services.learner.algorithms.dqn import epsilon_at
 from services.learner.loop import Learner, LearnerError
 from services.learner.stream import TransitionStream
 
@@ -60,8 +60,8 @@ def test_learner_consumes_everything_trains_and_publishes_increasing_versions(
     assert latest.metadata["algorithm"] == "dqn"
     assert latest.metadata["env_steps"] == 60
     assert latest.metadata["transitions_consumed"] == 62
-    assert latest.metadata["hyperparameters"] == asdict(settings.dqn)
-    assert latest.metadata["epsilon"] == pytest.approx(epsilon_at(60, settings.dqn))
+    assert latest.metadata["hyperparameters"] == asdict(settings.config)
+    assert latest.metadata["epsilon"] == pytest.approx(epsilon_at(60, settings.config))
     # What inference does with it: rebuild the network from the metadata and load the weights strictly.
     network = QNetwork(ModelConfig.from_json(latest.metadata["model"]))
     network.load_state_dict(store.load_weights(latest))
@@ -313,7 +313,50 @@ def test_a_checkpoint_of_another_algorithm_is_not_resumed(make_settings) -> None
     CheckpointStore(settings.checkpoint_dir).publish(
         1,
         {"w": torch.zeros(1)},
-        {"algorithm": "ppo", "model": {"arch": "mlp", "observation_shape": [3], "action_count": 2}},
+        {"algorithm": "vtrace", "model": {"arch": "mlp", "observation_shape": [3], "action_count": 2}},
     )
-    with pytest.raises(LearnerError, match="trained with 'ppo'"):
+    with pytest.raises(LearnerError, match="trained with 'vtrace', not 'dqn'"):
         Learner(settings).start()
+
+
+def test_the_learner_builds_the_network_the_run_names_and_every_checkpoint_says_so(
+    make_settings, publish, transition, wait_until
+) -> None:
+    settings = make_settings(model_arch="impala_cnn", model_width=2)
+    publish([transition(seq) for seq in range(40)])
+    learner = Learner(settings)
+    learner.start()
+    try:
+        wait_until(lambda: learner.status().checkpoints_published >= 1, "a checkpoint")
+    finally:
+        learner.stop()
+    latest = CheckpointStore(settings.checkpoint_dir).latest()
+    assert latest is not None
+    assert (latest.metadata["model"]["arch"], latest.metadata["model"]["width"]) == ("impala_cnn", 2)
+    assert latest.metadata["model"]["observation_shape"] == [4, 36, 36]
+
+
+def test_a_checkpoint_of_another_network_than_the_run_names_is_not_resumed(
+    make_settings, publish, transition, wait_until
+) -> None:
+    first = make_settings()
+    publish([transition(seq) for seq in range(40)])
+    learner = Learner(first)
+    learner.start()
+    try:
+        wait_until(lambda: learner.status().checkpoints_published >= 1, "a checkpoint")
+    finally:
+        learner.stop()
+
+    with pytest.raises(LearnerError) as caught:
+        Learner(make_settings(model_arch="impala_cnn", model_width=7)).start()
+    message = str(caught.value)
+    assert (
+        "is a nature_cnn network of width 1, but this run names RTRL_MODEL_ARCH=impala_cnn RTRL_MODEL_WIDTH=7"
+        in message
+    )
+    assert "RTRL_CHECKPOINT_DIR" in message
+    # Naming no network continues whatever the checkpoint holds.
+    resumed = Learner(make_settings())
+    resumed.start()
+    resumed.stop()

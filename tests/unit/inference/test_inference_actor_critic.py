@@ -120,8 +120,8 @@ def test_the_fresh_policy_of_a_vtrace_replica_is_an_actor_critic_identical_on_ev
 
 
 def test_an_unknown_algorithm_is_refused() -> None:
-    with pytest.raises(ValueError, match="algorithm 'ppo' is unknown; use one of dqn, vtrace"):
-        Policy("unused", algorithm="ppo")
+    with pytest.raises(ValueError, match="algorithm 'a2c' is unknown; use one of dqn, vtrace, ppo"):
+        Policy("unused", algorithm="a2c")
 
 
 @pytest.mark.parametrize("broken", [float("nan"), float("inf")])

@@ -544,6 +544,38 @@ def test_configured_architecture_that_cannot_take_the_observation_says_so(make_p
         policy.act(OBS, ACTIONS, None)
 
 
+def test_a_checkpoint_of_another_network_than_configured_is_served_and_said_once(
+    make_policy: MakePolicy, publish: Callable, caplog: pytest.LogCaptureFixture
+) -> None:
+    policy = make_policy(model_arch="impala_cnn", model_width=7, epsilon_start=0.0)
+    learners = default_model_config(OBS.shape, ACTIONS, "mlp")
+    for version in (1, 2):
+        publish(version, learners, metadata={"model": learners.to_json(), "epsilon": 0.0, "algorithm": "dqn"})
+
+    with caplog.at_level("WARNING", logger="services.inference.policy"):
+        assert policy.poll_once()  # loads version 2, the newest
+        publish(3, learners, metadata={"model": learners.to_json(), "epsilon": 0.0, "algorithm": "dqn"})
+        assert policy.poll_once()
+        answer = policy.act(OBS, ACTIONS, None)
+
+    assert answer.checkpoint_version == 3
+    assert policy.status().model_arch == "mlp"
+    [line] = [record.getMessage() for record in caplog.records]
+    assert "checkpoint 2 is a mlp network of width 1 trained by dqn" in line
+    assert "RTRL_MODEL_ARCH=impala_cnn RTRL_MODEL_WIDTH=7" in line and "serving the checkpoint's network" in line
+
+
+def test_a_checkpoint_of_the_configured_network_says_nothing(
+    make_policy: MakePolicy, publish: Callable, caplog: pytest.LogCaptureFixture
+) -> None:
+    policy = make_policy(model_arch="mlp", epsilon_start=0.0)
+    config = default_model_config(OBS.shape, ACTIONS, "mlp")
+    publish(1, config, metadata={"model": config.to_json(), "epsilon": 0.0, "algorithm": "dqn"})
+    with caplog.at_level("WARNING", logger="services.inference.policy"):
+        assert policy.poll_once()
+    assert not caplog.records
+
+
 def test_closed_policy_refuses_calls_as_unavailable(make_policy: MakePolicy, publish: Callable) -> None:
     publish(1)
     policy = make_policy()

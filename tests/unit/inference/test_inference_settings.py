@@ -9,9 +9,11 @@ import pytest
 import torch
 
 from rtrl.config import DEFAULT_CHECKPOINT_DIR, DEFAULT_HOST, DEFAULT_INFERENCE_PORT, SettingsError
-from rtrl.models import ALGORITHM_HEADS, ALGORITHMS
+from rtrl.models import HEADS
+from services.inference.policy import Policy
 from services.inference.settings import ACT_SOCKET_OFF, InferenceSettings
-from services.learner.settings import ALGORITHMS as LEARNER_ALGORITHMS
+from services.learner.algorithms import ALGORITHMS
+from services.learner.settings import LearnerSettings
 
 
 def test_defaults_when_nothing_is_set() -> None:
@@ -118,7 +120,7 @@ def test_port_zero_leaves_the_replica_name_to_the_bound_port() -> None:
         ("INFERENCE_OCCUPY_MS", "long"),
         ("MODEL_ARCH", "transformer"),
         ("MODEL_WIDTH", "0"),
-        ("ALGORITHM", "ppo"),
+        ("ALGORITHM", "a2c"),
     ],
 )
 def test_invalid_value_names_the_variable_and_what_to_set(name: str, value: str) -> None:
@@ -159,14 +161,27 @@ def test_settings_are_frozen() -> None:
         settings.port = 1  # type: ignore[misc]
 
 
-def test_algorithm_takes_the_same_choices_as_the_learner_and_each_has_a_head() -> None:
-    # RTRL_ALGORITHM is one variable for both services: every algorithm the learner accepts must also
-    # start a replica, with the network that algorithm publishes.
-    assert set(LEARNER_ALGORITHMS) <= set(ALGORITHMS)
-    assert set(ALGORITHMS) == set(ALGORITHM_HEADS)
+def test_algorithm_takes_the_learners_choices_and_the_fresh_policy_has_each_ones_head(tmp_path) -> None:
+    # RTRL_ALGORITHM is one variable for both services, read from one registry: every algorithm the
+    # learner accepts also starts a replica, whose fresh policy is the network that algorithm publishes.
+    assert sorted(ALGORITHMS) == ["dqn", "ppo", "vtrace"]
     for algorithm in ALGORITHMS:
-        assert InferenceSettings.from_env({"RTRL_ALGORITHM": algorithm.upper()}).algorithm == algorithm
-    assert ALGORITHM_HEADS == {"dqn": "q", "vtrace": "actor_critic"}
+        assert LearnerSettings.from_env({"RTRL_ALGORITHM": algorithm}).algorithm == algorithm
+        env = {"RTRL_ALGORITHM": algorithm.upper(), "RTRL_CHECKPOINT_DIR": str(tmp_path)}
+        settings = InferenceSettings.from_env(env)
+        assert settings.algorithm == algorithm
+        policy = Policy.from_settings(settings)
+        try:
+            assert policy.fresh_head == ALGORITHMS[algorithm].head in HEADS
+        finally:
+            policy.close()
+    assert {name: algorithm.head for name, algorithm in ALGORITHMS.items()} == {
+        "dqn": "q",
+        "vtrace": "actor_critic",
+        "ppo": "actor_critic",
+    }
+    with pytest.raises(SettingsError, match=r"RTRL_ALGORITHM='a2c' is not valid; set it to one of: dqn, vtrace, ppo"):
+        InferenceSettings.from_env({"RTRL_ALGORITHM": "a2c"})
 
 
 def test_a_poll_and_load_spread_beyond_a_second_fail_because_hot_reload_would_be_slower() -> None:

@@ -13,8 +13,7 @@ from learner_transitions import make_transition, marked_observation
 
 from rtrl.models import ModelConfig, QNetwork
 from rtrl.transitions import Transition
-from services.learner import dqn
-from services.learner.dqn import DQNConfig
+from services.learner.algorithms.dqn import DQN, DQNConfig
 from services.learner.replay import ReplayBatch, ReplayBuffer
 
 GATEWAYS = ("gw-a", "gw-b")
@@ -179,7 +178,7 @@ def as_tensors(batch: ReplayBatch) -> dict[str, torch.Tensor]:
 
 
 def test_n_step_td_target_discounts_the_bootstrap_by_gamma_to_the_steps_taken() -> None:
-    agent = dqn.make_agent(DQNConfig(gamma=GAMMA, n_step=3), TINY, "cpu", seed=0)
+    agent = DQN(DQNConfig(gamma=GAMMA, n_step=3), TINY, "cpu", seed=0)
     constant_q(agent.target_network, [10.0, 40.0])
     replay = buffer(n_step=3)
     replay.add(transition("gw-a", 0, episode=0))
@@ -189,7 +188,7 @@ def test_n_step_td_target_discounts_the_bootstrap_by_gamma_to_the_steps_taken() 
         replay.add(transition("gw-a", seq, episode=1))
     batch = replay.sample(400)
 
-    target = dqn.td_target(agent, **as_tensors(batch))
+    target = agent.td_target(**as_tensors(batch))
 
     by_start = {int(obs[1]): float(value) for obs, value in zip(batch.obs, target, strict=True)}
     # Terminal inside the window: just the summed rewards (3, 4, 4).
@@ -197,17 +196,19 @@ def test_n_step_td_target_discounts_the_bootstrap_by_gamma_to_the_steps_taken() 
     assert by_start == pytest.approx({0: 3.0, 1: 4.0, 2: 4.0, 3: 29.0, 4: 42.0, 5: 52.0})
 
 
-def test_n_step_update_needs_the_steps_of_each_return() -> None:
-    agent = dqn.make_agent(DQNConfig(n_step=3), TINY, "cpu", seed=0)
-    b_obs = torch.zeros(2, 3)
-    with pytest.raises(AssertionError, match="n_step=3 needs b_steps"):
-        dqn.update(agent, b_obs, torch.zeros(2, dtype=torch.long), torch.zeros(2), b_obs, torch.zeros(2))
+def test_an_n_step_update_discounts_each_bootstrap_by_its_own_number_of_steps() -> None:
+    agent = DQN(DQNConfig(gamma=GAMMA, n_step=3), TINY, "cpu", seed=0)
+    constant_q(agent.target_network, [10.0, 40.0])
+    constant_q(agent.q_network, [0.0, 0.0])
+    obs = np.zeros((2, 3), dtype=np.float32)
+    ones = np.ones(2, dtype=np.float32)
+    batch = ReplayBatch(obs, np.zeros(2, dtype=np.int64), ones, obs, 0 * ones, steps=np.array([3, 1]))
 
-    loss = dqn.update(
-        agent, b_obs, torch.zeros(2, dtype=torch.long), torch.zeros(2), b_obs, torch.zeros(2), torch.tensor([3, 1])
-    )
-    assert torch.isfinite(loss)
+    loss = agent.update(batch)["loss"]
+
+    # Targets 1 + 0.5^3 * 40 = 6 and 1 + 0.5 * 40 = 21 against Q = 0: Huber (6 - 0.5 + 21 - 0.5) / 2.
+    assert loss.item() == pytest.approx(13.0)
 
 
 def test_n_step_must_be_positive() -> None:
-    assert dqn.config_problems(DQNConfig(n_step=0)) == {"n_step": "an integer of 1 or more"}
+    assert DQNConfig(n_step=0).problems() == {"n_step": "an integer of 1 or more"}

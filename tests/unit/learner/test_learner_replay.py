@@ -19,8 +19,15 @@ GATEWAYS = ("gw-a", "gw-b", "gw-c")
 
 
 def transition(
-    gateway: str, seq: int, episode: int = 0, terminated: bool = False, truncated: bool = False, action: int = 0
+    gateway: str,
+    seq: int,
+    episode: int = 0,
+    terminated: bool = False,
+    truncated: bool = False,
+    action: int = 0,
+    decided_on: int | None = None,
 ) -> Transition:
+    """Step `seq` of `gateway`; its action was computed from step `decided_on`'s observation (default: its own)."""
     return make_transition(
         gateway,
         seq,
@@ -32,6 +39,7 @@ def transition(
         reward=float(seq),
         terminated=terminated,
         truncated=truncated,
+        action_obs_frame=(seq if decided_on is None else decided_on) * 4,
     )
 
 
@@ -241,3 +249,92 @@ def test_pairing_matches_the_rules_for_any_stream(steps: list[tuple[int, str]], 
             assert_pairs_are_successors(replay)
             seen = {(int(o[0]), int(o[1]), int(o[2])) for o in replay.sample(256).obs}
             assert seen <= {records[i][:3] for i in expected}
+
+
+# -- decision observations ----------------------------------------------------------------------------
+
+
+def test_an_action_from_the_step_befores_observation_is_learned_as_that_observations_decision() -> None:
+    replay = buffer()
+    replay.add(transition("gw-a", 0))
+    replay.add(transition("gw-a", 1, decided_on=0))  # the reply to step 0 served step 1
+    replay.add(transition("gw-a", 2, decided_on=1))
+
+    # (x_0, a_1, r_1, x_1) and (x_1, a_2, r_2, x_2): trainable at once, the next observation already there;
+    # step 0's action (from x_0 too, in this made-up stream) pairs with its successor as usual.
+    assert replay.decisions_elsewhere == 2 and replay.decisions_unpaired == 0
+    assert replay.trainable_count == 3
+    batch = replay.sample(400)
+    learned = {(int(o[1]), int(r), int(n[1])) for o, r, n in zip(batch.obs, batch.rewards, batch.next_obs, strict=True)}
+    assert learned == {(0, 0, 1), (0, 1, 1), (1, 2, 2)}
+
+
+def test_an_action_from_an_earlier_observation_is_paired_even_when_its_own_step_was_truncated() -> None:
+    replay = buffer()
+    for seq in range(3):
+        replay.add(transition("gw-a", seq))
+    replay.add(transition("gw-a", 3, decided_on=1, truncated=True))
+
+    # x_2 came before the truncation, so the decision (x_1, a_3, r_3, x_2) is complete.
+    assert (replay.unpaired, replay.decisions_elsewhere) == (0, 1)
+    batch = replay.sample(400)
+    assert (1.0, 3.0, 2.0) in {
+        (o[1], r, n[1]) for o, r, n in zip(batch.obs, batch.rewards, batch.next_obs, strict=True)
+    }
+
+
+@pytest.mark.parametrize(
+    ("stream", "why"),
+    [
+        ([(0, None), (1, 2)], "a later observation: a reply that overtook"),
+        ([(0, None), (2, 0)], "an observation before a gap"),
+        ([(0, None), (1, 7)], "an observation never seen"),
+    ],
+)
+def test_an_action_whose_observation_is_not_among_the_gateways_newest_is_never_trained_on(
+    stream: list[tuple[int, int | None]], why: str
+) -> None:
+    replay = buffer()
+    for seq, decided_on in stream:
+        replay.add(transition("gw-a", seq, decided_on=decided_on))
+
+    assert (replay.decisions_unpaired, replay.decisions_elsewhere) == (1, 0), why
+    assert replay.trainable_count == (1 if stream[1][0] == 1 else 0), why  # step 0 pairs only with seq 1
+
+
+def test_an_earlier_episodes_observation_is_never_a_decision_observation() -> None:
+    replay = buffer()
+    replay.add(transition("gw-a", 0, episode=0, terminated=True))
+    replay.add(transition("gw-a", 1, episode=1, decided_on=0))
+    assert replay.decisions_unpaired == 1
+
+
+def test_a_decision_leaves_the_trainable_set_when_the_ring_overwrites_its_observation() -> None:
+    replay = buffer(capacity=4)
+    replay.add(transition("gw-a", 0))
+    replay.add(transition("gw-a", 1, decided_on=0))
+    replay.add(transition("gw-a", 2))
+    replay.add(transition("gw-a", 3))
+    assert replay.trainable_count == 3  # 0->1, the decision (x_0, a_1, x_1), 2->3
+    unpaired = replay.unpaired
+
+    replay.add(transition("gw-a", 4))  # overwrites x_0 (and with it 0->1 and the decision on x_0)
+
+    assert replay.unpaired == unpaired + 1  # the decision; 0->1 left with its slot, as every old pair does
+    assert replay.trainable_count == 2
+    assert all(int(o[1]) >= 2 for o in replay.sample(200).obs)
+
+
+def test_n_step_returns_neither_start_at_nor_pass_through_a_decision_on_an_earlier_observation() -> None:
+    replay = ReplayBuffer(100, (3,), np.dtype(np.float32), seed=0, n_step=3, gamma=0.5)
+    for seq, decided_on in ((0, None), (1, None), (2, 1), (3, None), (4, None), (5, None)):
+        replay.add(transition("gw-a", seq, decided_on=decided_on))
+    batch = replay.sample(400)
+    returns = {
+        (int(o[1]), float(r), int(n[1]), int(m))
+        for o, r, n, m in zip(batch.obs, batch.rewards, batch.next_obs, batch.steps, strict=True)
+    }
+    # (decision observation, return, bootstrap observation, steps). From x_0: r_0 + 0.5 r_1, stopping before
+    # step 2; step 1 alone for the same reason; step 2's decision on x_1 is one step (r_2 = 2, bootstrap x_2);
+    # from x_3 the return runs through step 4 to the newest observation, x_5.
+    assert returns == {(0, 0.5, 2, 2), (1, 1.0, 2, 1), (1, 2.0, 2, 1), (3, 5.0, 5, 2), (4, 4.0, 5, 1)}

@@ -1,4 +1,4 @@
-"""LearnerSettings.from_env: defaults, every DQN field as a variable, and errors that name the variable."""
+"""LearnerSettings.from_env: defaults, every algorithm's fields as variables, and errors that name the variable."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ from pathlib import Path
 import pytest
 
 from rtrl.config import DEFAULT_CHECKPOINT_DIR, DEFAULT_HOST, DEFAULT_LEARNER_PORT, DEFAULT_STREAM, SettingsError
-from services.learner.dqn import DQNConfig
+from services.learner.algorithms import ALGORITHMS
+from services.learner.algorithms.dqn import DQNConfig
+from services.learner.algorithms.ppo import PPOConfig
+from services.learner.algorithms.vtrace import VTraceConfig
 from services.learner.settings import LearnerSettings
-from services.learner.vtrace import VTraceConfig
 
 
 def test_defaults_without_any_variable() -> None:
@@ -25,8 +27,9 @@ def test_defaults_without_any_variable() -> None:
     assert settings.checkpoint_dir == Path(DEFAULT_CHECKPOINT_DIR)
     assert (settings.checkpoint_every_updates, settings.checkpoint_keep) == (100, 5)
     assert (settings.algorithm, settings.torch_threads, settings.device, settings.seed) == ("dqn", 1, "auto", 0)
-    assert settings.dqn == DQNConfig()
-    assert settings.dqn.learning_starts == 256
+    assert settings.config == settings.hyperparameters["dqn"] == DQNConfig()
+    assert settings.hyperparameters == {"dqn": DQNConfig(), "vtrace": VTraceConfig(), "ppo": PPOConfig()}
+    assert (settings.model_arch, settings.model_width) == ("", 1)
 
 
 def test_every_variable_is_read() -> None:
@@ -45,6 +48,8 @@ def test_every_variable_is_read() -> None:
             "RTRL_TORCH_THREADS": "2",
             "RTRL_LEARNER_DEVICE": "cuda:1",
             "RTRL_SEED": "42",
+            "RTRL_MODEL_ARCH": "impala_cnn",
+            "RTRL_MODEL_WIDTH": "7",
         }
     )
     assert settings == LearnerSettings(
@@ -61,6 +66,8 @@ def test_every_variable_is_read() -> None:
         torch_threads=2,
         device="cuda:1",
         seed=42,
+        model_arch="impala_cnn",
+        model_width=7,
     )
 
 
@@ -82,7 +89,7 @@ def test_every_dqn_field_is_a_variable_parsed_by_its_type() -> None:
     }
     assert set(overrides) == {f.name for f in fields(DQNConfig)}, "a new DQN field needs a case here"
     env = {f"RTRL_DQN_{name.upper()}": raw for name, (raw, _) in overrides.items()}
-    config = LearnerSettings.from_env(env).dqn
+    config = LearnerSettings.from_env(env).hyperparameters["dqn"]
     for name, (_, value) in overrides.items():
         assert getattr(config, name) == value, name
 
@@ -94,7 +101,7 @@ def test_every_dqn_field_is_a_variable_parsed_by_its_type() -> None:
         ("RTRL_CHECKPOINT_EVERY_UPDATES", "0", "1 or more"),
         ("RTRL_LEARNER_PORT", "70000", "0..65535"),
         ("RTRL_REDIS_URL", "localhost:6379", "redis://"),
-        ("RTRL_ALGORITHM", "ppo", "dqn, vtrace"),
+        ("RTRL_ALGORITHM", "a2c", "dqn, vtrace, ppo"),
         ("RTRL_LEARNER_DEVICE", "tpu", "auto, cpu, cuda"),
         ("RTRL_TORCH_THREADS", "0", "1 or more"),
         ("RTRL_DQN_GAMMA", "1.5", "between 0 and 1"),
@@ -102,6 +109,10 @@ def test_every_dqn_field_is_a_variable_parsed_by_its_type() -> None:
         ("RTRL_DQN_DOUBLE_DQN", "maybe", "true or false"),
         ("RTRL_DQN_LEARNING_RATE", "0", "greater than 0"),
         ("RTRL_DQN_BUFFER_SIZE", "8", "batch size"),
+        ("RTRL_PPO_CLIP_COEF", "0", "greater than 0"),
+        ("RTRL_PPO_MINIBATCHES", "100000", "at most the steps of a batch"),
+        ("RTRL_MODEL_ARCH", "resnet", "nature_cnn, mlp, impala_cnn"),
+        ("RTRL_MODEL_WIDTH", "7", "only sizes impala_cnn"),
     ],
 )
 def test_invalid_values_raise_a_settings_error_naming_the_variable(variable: str, value: str, says: str) -> None:
@@ -122,10 +133,10 @@ def test_vtrace_lag_and_backpressure_settings_are_read() -> None:
         }
     )
     assert settings.algorithm == "vtrace"
-    assert settings.vtrace == VTraceConfig(unroll_length=8, rho_bar=2.0)
+    assert settings.config == VTraceConfig(unroll_length=8, rho_bar=2.0)
     assert (settings.max_policy_lag_versions, settings.max_lag_entries) == (3, 0)
     defaults = LearnerSettings.from_env({})
-    assert defaults.vtrace == VTraceConfig()
+    assert defaults.hyperparameters["vtrace"] == VTraceConfig()
     assert (defaults.max_policy_lag_versions, defaults.max_lag_entries) == (0, 2000)
 
 
@@ -142,3 +153,22 @@ def test_invalid_vtrace_and_data_settings_name_the_variable(variable: str, value
     with pytest.raises(SettingsError) as caught:
         LearnerSettings.from_env({variable: value})
     assert variable in str(caught.value) and says in str(caught.value)
+
+
+@pytest.mark.parametrize("name", sorted(ALGORITHMS))
+def test_every_field_of_every_algorithm_is_a_variable_of_its_name(name: str) -> None:
+    # A value unlike the default for each field, of the field's type and valid for the algorithm.
+    config_class = ALGORITHMS[name].config_class
+    default = config_class()
+    changed: dict[str, object] = {}
+    for f in fields(config_class):
+        value = getattr(default, f.name)
+        if isinstance(value, bool):
+            changed[f.name] = not value
+        elif isinstance(value, int):
+            changed[f.name] = value + 1
+        else:
+            changed[f.name] = value * 0.5
+    env = {f"RTRL_{name.upper()}_{field.upper()}": str(value).lower() for field, value in changed.items()}
+    config = LearnerSettings.from_env({**env, "RTRL_ALGORITHM": name}).config
+    assert config == config_class(**changed)

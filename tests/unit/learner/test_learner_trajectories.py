@@ -27,7 +27,9 @@ def transition(
     terminated: bool = False,
     truncated: bool = False,
     fresh: bool = True,
+    decided_on: int | None = None,
 ) -> Transition:
+    """Step `seq` of `gateway`; a fresh action computed from step `decided_on`'s observation (default: its own)."""
     return make_transition(
         gateway,
         seq,
@@ -43,6 +45,7 @@ def transition(
         staleness_frames=2 if fresh else 0,
         policy_version=seq // 10 if fresh else -1,
         behaviour_log_prob=-0.1 * seq if fresh else 0.0,
+        action_obs_frame=(seq if decided_on is None else decided_on) * 4 if fresh else -1,
     )
 
 
@@ -275,3 +278,51 @@ def test_exactly_the_steps_followed_by_their_successor_or_terminal_are_learnable
                 assert unroll.rewards[t + 1] == unroll.obs[t + 1][1]
     learnable_steps = sum(int(unroll.mask.sum()) for unroll in stored(unrolls))
     assert learnable_steps + unrolls.steps_masked <= len(stream)
+
+
+# -- decision observations ------------------------------------------------------------------------------
+
+
+def test_each_step_names_the_observation_of_its_unroll_its_action_was_computed_from() -> None:
+    unrolls = buffer(unroll_length=4)
+    steps = [(0, None, True), (1, 0, True), (2, None, False), (3, 2, True), (4, None, True)]
+    for seq, decided_on, fresh in steps:
+        unrolls.add(transition("gw-a", seq, decided_on=decided_on, fresh=fresh))
+
+    [unroll] = stored(unrolls)
+    # Step 1 came from step 0's observation, step 3 from step 2's; the fallback at step 2 names its own.
+    assert unroll.decision_index.tolist() == [0, 0, 2, 2]
+    assert unroll.fresh.tolist() == [1.0, 1.0, 0.0, 1.0]
+    assert (unrolls.decisions_elsewhere, unrolls.decisions_unpaired, unrolls.unpaired) == (2, 0, 0)
+
+
+@pytest.mark.parametrize(
+    ("decided_on", "why"), [(2, "in the unroll before this one"), (5, "a later one"), (3, "of the episode before")]
+)
+def test_a_step_whose_decision_observation_is_not_in_its_unroll_is_not_paired(decided_on: int, why: str) -> None:
+    unrolls = buffer(unroll_length=3)
+    for seq in range(3):  # the first unroll: 0, 1, 2
+        unrolls.add(transition("gw-a", seq))
+    unrolls.add(transition("gw-a", 3, terminated=True))  # the second unroll starts with step 3, episode 0's last
+    unrolls.add(transition("gw-a", 4, episode=1, decided_on=decided_on))
+    for seq in range(5, 7):
+        unrolls.add(transition("gw-a", seq, episode=1))
+
+    second = stored(unrolls)[-1]
+    assert seqs(second)[:3] == [3, 4, 5]
+    assert second.decision_index.tolist() == [0, -1, 2], why
+    assert (unrolls.decisions_unpaired, unrolls.decisions_elsewhere, unrolls.unpaired) == (1, 0, 1), why
+
+
+def test_take_newest_hands_out_each_unroll_once_newest_first_and_counts_the_older_ones_skipped() -> None:
+    unrolls = buffer(unroll_length=2, capacity=3)
+    for seq in range(9):  # four complete unrolls: seqs 0-1, 2-3, 4-5, 6-7 (3 untaken fit)
+        unrolls.add(transition("gw-a", seq))
+    assert (len(unrolls), unrolls.untaken, unrolls.unrolls_skipped) == (3, 3, 1)
+
+    batch = unrolls.take_newest(2)
+
+    assert [int(obs[1]) for obs in batch.obs[0]] == [4, 6]  # time-major: the first observation of each
+    assert (unrolls.untaken, unrolls.unrolls_skipped) == (0, 2)
+    with pytest.raises(ValueError, match="only 0 new unrolls are stored; wait for 1"):
+        unrolls.take_newest(1)

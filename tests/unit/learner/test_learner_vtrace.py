@@ -7,12 +7,15 @@ import math
 import numpy as np
 import pytest
 import torch
+from actor_critic_batches import TINY as TINY_AC
+from actor_critic_batches import A, B, input_dependent, one_unroll
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from rtrl.models import ModelConfig
-from services.learner import vtrace
-from services.learner.vtrace import VTraceConfig
+from services.learner.algorithms import vtrace
+from services.learner.algorithms.vtrace import VTrace, VTraceConfig
+from services.learner.trajectories import UnrollBatch
 
 TINY = ModelConfig(arch="mlp", observation_shape=(3,), action_count=2, hidden_size=8, head="actor_critic")
 
@@ -196,20 +199,20 @@ def test_no_gradient_flows_through_the_targets() -> None:
 
 
 def test_config_problems_name_the_fields_vtrace_cannot_train_with() -> None:
-    assert vtrace.config_problems(VTraceConfig()) == {}
-    problems = vtrace.config_problems(VTraceConfig(unroll_length=0, gamma=2.0, rho_bar=-1.0, entropy_coef=-0.1))
+    assert VTraceConfig().problems() == {}
+    problems = VTraceConfig(unroll_length=0, gamma=2.0, rho_bar=-1.0, entropy_coef=-0.1).problems()
     assert set(problems) == {"unroll_length", "gamma", "rho_bar", "entropy_coef"}
-    assert vtrace.config_problems(VTraceConfig(rho_bar=1.0, c_bar=2.0)) == {"c_bar": "at most rho_bar (1.0)"}
-    assert vtrace.config_problems(VTraceConfig(learning_starts=9, replay_capacity=8)) == {
+    assert VTraceConfig(rho_bar=1.0, c_bar=2.0).problems() == {"c_bar": "at most rho_bar (1.0)"}
+    assert VTraceConfig(learning_starts=9, replay_capacity=8).problems() == {
         "learning_starts": "at most replay_capacity (8)"
     }
 
 
-def test_make_agent_refuses_a_q_network_config_and_an_unusable_config() -> None:
+def test_vtrace_refuses_a_q_network_config_and_an_unusable_config() -> None:
     with pytest.raises(AssertionError, match=r"head 'q'.*head='actor_critic'"):
-        vtrace.make_agent(VTraceConfig(), ModelConfig("mlp", (3,), 2, hidden_size=8), "cpu", seed=0)
+        VTrace(VTraceConfig(), ModelConfig("mlp", (3,), 2, hidden_size=8), "cpu", seed=0)
     with pytest.raises(AssertionError, match=r"V-trace cannot train with.*batch_size"):
-        vtrace.make_agent(VTraceConfig(batch_size=0), TINY, "cpu", seed=0)
+        VTrace(VTraceConfig(batch_size=0), TINY, "cpu", seed=0)
 
 
 def test_ready_to_update_waits_for_learning_starts_and_respects_the_replay_ratio_cap() -> None:
@@ -224,14 +227,40 @@ def test_ready_to_update_waits_for_learning_starts_and_respects_the_replay_ratio
 
 
 def test_epsilon_is_always_zero() -> None:
-    assert vtrace.epsilon_at(0, VTraceConfig()) == 0.0
-    assert vtrace.epsilon_at(10**9, VTraceConfig()) == 0.0
+    assert VTrace.exploration(VTraceConfig(), 0) == 0.0
+    assert VTrace.exploration(VTraceConfig(), 10**9) == 0.0
 
 
 # -- update -------------------------------------------------------------------------------------------
 
 
-def bandit_batch(generator: torch.Generator, steps: int = 4, batch: int = 8) -> tuple[torch.Tensor, ...]:
+def unroll_batch(
+    b_obs: torch.Tensor,
+    b_actions: torch.Tensor,
+    b_rewards: torch.Tensor,
+    b_terminated: torch.Tensor,
+    b_behaviour: torch.Tensor,
+    b_mask: torch.Tensor,
+    b_decision_index: torch.Tensor | None = None,
+) -> UnrollBatch:
+    """A time-major UnrollBatch of fresh steps, each decided on its own observation unless told otherwise."""
+    steps, batch = b_actions.shape
+    if b_decision_index is None:
+        b_decision_index = torch.arange(steps).unsqueeze(1).expand(steps, batch)
+    return UnrollBatch(
+        obs=b_obs.numpy(),
+        actions=b_actions.numpy(),
+        rewards=b_rewards.numpy(),
+        terminated=b_terminated.numpy(),
+        behaviour_log_probs=b_behaviour.numpy(),
+        mask=b_mask.numpy(),
+        policy_versions=np.zeros((steps, batch), dtype=np.int64),
+        decision_index=b_decision_index.numpy().copy(),
+        fresh=np.ones((steps, batch), dtype=np.float32),
+    )
+
+
+def bandit_tensors(generator: torch.Generator, steps: int = 4, batch: int = 8) -> tuple[torch.Tensor, ...]:
     """One state, two actions, action 1 pays 1: uniformly random behaviour, every step terminal."""
     b_obs = torch.tensor([1.0, 0.0, 0.0]).expand(steps + 1, batch, 3).clone()
     b_actions = torch.randint(0, 2, (steps, batch), generator=generator)
@@ -245,19 +274,23 @@ def bandit_batch(generator: torch.Generator, steps: int = 4, batch: int = 8) -> 
     )
 
 
-def policy_and_value(agent: vtrace.VTraceAgent) -> tuple[float, float]:
+def bandit_batch(generator: torch.Generator, steps: int = 4, batch: int = 8) -> UnrollBatch:
+    return unroll_batch(*bandit_tensors(generator, steps, batch))
+
+
+def policy_and_value(agent: VTrace) -> tuple[float, float]:
     with torch.no_grad():
         logits, value = agent.network(torch.tensor([[1.0, 0.0, 0.0]]))
     return torch.softmax(logits, dim=-1)[0, 1].item(), value.item()
 
 
 def test_updates_learn_to_prefer_the_paying_action_from_uniformly_random_behaviour() -> None:
-    agent = vtrace.make_agent(VTraceConfig(learning_rate=1e-3), TINY, "cpu", seed=0)
+    agent = VTrace(VTraceConfig(learning_rate=1e-3), TINY, "cpu", seed=0)
     generator = torch.Generator().manual_seed(0)
     initial_probability, _ = policy_and_value(agent)
 
     for _ in range(300):
-        loss = vtrace.update(agent, *bandit_batch(generator))
+        loss = agent.update(bandit_batch(generator))["loss"]
 
     probability, value = policy_and_value(agent)
     assert agent.updates == 300
@@ -270,27 +303,49 @@ def test_updates_learn_to_prefer_the_paying_action_from_uniformly_random_behavio
 
 def test_masked_steps_do_not_change_the_update() -> None:
     generator = torch.Generator().manual_seed(1)
-    batch = bandit_batch(generator)
-    b_obs, b_actions, b_rewards, b_terminated, b_behaviour, _ = batch
+    b_obs, b_actions, b_rewards, b_terminated, b_behaviour, _ = bandit_tensors(generator)
     b_mask = torch.ones_like(b_rewards)
     b_mask[2, 3] = 0.0
     garbled_rewards, garbled_behaviour = b_rewards.clone(), b_behaviour.clone()
     garbled_rewards[2, 3], garbled_behaviour[2, 3] = 1e6, -1e6
 
-    first = vtrace.make_agent(VTraceConfig(), TINY, "cpu", seed=0)
-    second = vtrace.make_agent(VTraceConfig(), TINY, "cpu", seed=0)
-    vtrace.update(first, b_obs, b_actions, b_rewards, b_terminated, b_behaviour, b_mask)
-    vtrace.update(second, b_obs, b_actions, garbled_rewards, b_terminated, garbled_behaviour, b_mask)
+    first = VTrace(VTraceConfig(), TINY, "cpu", seed=0)
+    second = VTrace(VTraceConfig(), TINY, "cpu", seed=0)
+    first.update(unroll_batch(b_obs, b_actions, b_rewards, b_terminated, b_behaviour, b_mask))
+    second.update(unroll_batch(b_obs, b_actions, garbled_rewards, b_terminated, garbled_behaviour, b_mask))
 
     for x, y in zip(first.network.parameters(), second.network.parameters(), strict=True):
         assert torch.equal(x, y)
 
 
+@pytest.mark.parametrize(("decided_on", "log_pi"), [(0, math.log(0.75)), (1, math.log(0.5)), (-1, None)])
+def test_the_ratio_and_policy_gradient_use_the_observation_the_action_was_computed_from(
+    decided_on: int, log_pi: float | None
+) -> None:
+    # pi(1 | A) = 0.75, pi(1 | B) = 0.5, V = 0. Step 0 at A: a noop fallback (mu = 1), no reward. Step 1,
+    # own observation B, decided at A (0), at B (1) or nowhere known (-1): action 1 with mu = 0.5, reward 1, terminal.
+    agent = VTrace(VTraceConfig(gamma=0.99), TINY_AC, "cpu", seed=0)
+    input_dependent(agent.network)
+    unrolls = one_unroll(
+        [A, B, B], [0, 1], [0.0, 1.0], [0.0, 1.0], [0.0, math.log(0.5)], decision_index=[0, decided_on]
+    )
+
+    policy_loss = agent.update(unrolls)["policy_loss"].item()
+
+    # Step 0: rho_0 = pi(0 | A) / 1 = 0.25. Step 1: rho_1 = min(1, pi(1 | x) / 0.5) = 1, its advantage 1 - 0 = 1,
+    # so vs_1 = 1 and step 0's advantage is rho_0 * 0.99 * vs_1. Without a decision observation step 1 is masked:
+    # rho_1 = 0, vs_1 = V(x_1) = 0, and only step 0's term is left, with advantage 0.
+    if log_pi is None:
+        assert policy_loss == pytest.approx(0.0, abs=1e-7)
+    else:
+        assert policy_loss == pytest.approx(-(math.log(0.25) * 0.25 * 0.99 + log_pi * 1.0), rel=1e-5)
+
+
 def test_update_refuses_a_batch_without_the_bootstrap_observation() -> None:
-    agent = vtrace.make_agent(VTraceConfig(), TINY, "cpu", seed=0)
-    b_obs, *rest = bandit_batch(torch.Generator().manual_seed(0))
+    agent = VTrace(VTraceConfig(), TINY, "cpu", seed=0)
+    b_obs, *rest = bandit_tensors(torch.Generator().manual_seed(0))
     with pytest.raises(AssertionError, match="T \\+ 1 = 5 observations"):
-        vtrace.update(agent, b_obs[:-1], *rest)
+        agent.update(unroll_batch(b_obs[:-1], *rest))
 
 
 # -- state round trip ---------------------------------------------------------------------------------
@@ -302,21 +357,21 @@ def through_safetensors(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Ten
 
 def test_a_resumed_agent_makes_exactly_the_same_next_update_as_the_original() -> None:
     config = VTraceConfig(learning_rate=1e-2)
-    original = vtrace.make_agent(config, TINY, "cpu", seed=0)
+    original = VTrace(config, TINY, "cpu", seed=0)
     generator = torch.Generator().manual_seed(0)
     for _ in range(3):
-        vtrace.update(original, *bandit_batch(generator))
+        original.update(bandit_batch(generator))
 
-    weights = through_safetensors(vtrace.policy_weights(original))
-    learner_state, counters = vtrace.export_learner_state(original)
+    weights = through_safetensors(original.policy_weights())
+    learner_state = original.learner_state()
     assert learner_state, "RMSProp state must be exported"
-    resumed = vtrace.make_agent(config, TINY, "cpu", seed=1)  # different initial weights
-    vtrace.import_state(resumed, weights, through_safetensors(learner_state), counters)
+    resumed = VTrace(config, TINY, "cpu", seed=1)  # different initial weights
+    resumed.load_state(weights, through_safetensors(learner_state), original.updates)
     assert resumed.updates == 3
 
     for _ in range(2):
         batch = bandit_batch(generator)
-        assert torch.equal(vtrace.update(original, *batch), vtrace.update(resumed, *batch))
+        assert torch.equal(original.update(batch)["loss"], resumed.update(batch)["loss"])
     for x, y in zip(original.network.parameters(), resumed.network.parameters(), strict=True):
         assert torch.equal(x, y)
 
@@ -324,34 +379,32 @@ def test_a_resumed_agent_makes_exactly_the_same_next_update_as_the_original() ->
 def test_a_fresh_optimizer_would_not_reproduce_the_update() -> None:
     """Guards the test above: without the RMSProp averages the resumed update really differs."""
     config = VTraceConfig(learning_rate=1e-2)
-    original = vtrace.make_agent(config, TINY, "cpu", seed=0)
+    original = VTrace(config, TINY, "cpu", seed=0)
     generator = torch.Generator().manual_seed(0)
     for _ in range(3):
-        vtrace.update(original, *bandit_batch(generator))
-    resumed = vtrace.make_agent(config, TINY, "cpu", seed=1)
-    vtrace.import_state(resumed, vtrace.policy_weights(original), None, {"updates": 3})
+        original.update(bandit_batch(generator))
+    resumed = VTrace(config, TINY, "cpu", seed=1)
+    resumed.load_state(original.policy_weights(), None, 3)
 
     batch = bandit_batch(generator)
-    vtrace.update(original, *batch)
-    vtrace.update(resumed, *batch)
+    original.update(batch)
+    resumed.update(batch)
     assert not all(
         torch.equal(x, y) for x, y in zip(original.network.parameters(), resumed.network.parameters(), strict=True)
     )
 
 
 def test_importing_state_that_does_not_fit_raises_a_value_error() -> None:
-    agent = vtrace.make_agent(VTraceConfig(), TINY, "cpu", seed=0)
-    vtrace.update(agent, *bandit_batch(torch.Generator().manual_seed(0)))
-    weights = vtrace.policy_weights(agent)
-    learner_state, counters = vtrace.export_learner_state(agent)
+    agent = VTrace(VTraceConfig(), TINY, "cpu", seed=0)
+    agent.update(bandit_batch(torch.Generator().manual_seed(0)))
+    weights = agent.policy_weights()
+    learner_state = agent.learner_state()
 
-    other = vtrace.make_agent(VTraceConfig(), ModelConfig("mlp", (5,), 2, hidden_size=8, head="actor_critic"), "cpu", 0)
+    other = VTrace(VTraceConfig(), ModelConfig("mlp", (5,), 2, hidden_size=8, head="actor_critic"), "cpu", 0)
     with pytest.raises(ValueError, match="do not fit"):
-        vtrace.import_state(agent, vtrace.policy_weights(other), None, counters)
+        agent.load_state(other.policy_weights(), None, 1)
     with pytest.raises(ValueError, match=r"does not know: target_network\.x"):
-        vtrace.import_state(agent, weights, {**learner_state, "target_network.x": torch.zeros(1)}, counters)
+        agent.load_state(weights, {**learner_state, "target_network.x": torch.zeros(1)}, 1)
     incomplete = {k: v for k, v in learner_state.items() if not k.endswith("core.0.weight.square_avg")}
     with pytest.raises(ValueError, match=r"incomplete optimizer state for core\.0\.weight: only step"):
-        vtrace.import_state(agent, weights, incomplete, counters)
-    with pytest.raises(ValueError, match="updates=-1"):
-        vtrace.import_state(agent, weights, learner_state, {"updates": -1})
+        agent.load_state(weights, incomplete, 1)

@@ -5,25 +5,27 @@ checkpoints, from observations several frames old, and on some steps by the gate
 V-trace corrects for that lag with the behaviour log-probability each transition carries, instead of
 ignoring it. This file holds everything that is V-trace: the hyperparameters, the actor-critic network
 (from rtrl.models), the V-trace targets, the update (policy gradient, value and entropy losses,
-gradient clipping, RMSProp step) and the conversion of the training state to flat tensors so that a
-restarted learner continues exactly where it stopped. The learner loop owns the data: trajectories.py
-cuts the stream into unrolls and samples the time-major batches `update` takes.
+gradient clipping, RMSProp step) and the training state a restarted learner continues from. The
+learner loop owns the stream: trajectories.py cuts it into unrolls and samples the time-major batches
+`update` takes. The importance ratio and the policy gradient evaluate pi on each action's decision
+observation (algorithms/base.py), the one mu was evaluated on; the values stay on each step's own.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import ClassVar
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from rtrl.models import ActorCritic, ModelConfig
-
-ALGORITHM = "vtrace"
-HEAD = "actor_critic"
+from services.learner.algorithms.base import decision_rows
+from services.learner.optimizer_state import export_optimizer_state, import_optimizer_state
+from services.learner.trajectories import UnrollBatch, UnrollBuffer
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,10 @@ class VTraceConfig:
     0 = no cap: the learner trains without pause, as DQN does, and V-trace's truncated importance weights
     keep reused (more off-policy) unrolls from biasing the update, at the cost of shorter traces."""
 
+    def problems(self) -> dict[str, str]:
+        """Fields V-trace cannot train with, each mapped to what it should be instead (empty when all are fine)."""
+        return config_problems(self)
+
 
 def config_problems(config: VTraceConfig) -> dict[str, str]:
     """Fields V-trace cannot train with, each mapped to what it should be instead (empty when all are fine)."""
@@ -97,11 +103,6 @@ def config_problems(config: VTraceConfig) -> dict[str, str]:
     return problems
 
 
-def epsilon_at(env_steps: int, config: VTraceConfig) -> float:
-    """Always 0: the policy explores by sampling its own softmax. Here so the loop treats both algorithms alike."""
-    return 0.0
-
-
 def ready_to_update(config: VTraceConfig, unrolls_stored: int, unrolls_added: int, unrolls_sampled: int) -> bool:
     """Whether the next update may run: enough unrolls stored, and the replay ratio cap (if any) not reached."""
     if unrolls_stored < max(1, config.learning_starts):
@@ -109,34 +110,6 @@ def ready_to_update(config: VTraceConfig, unrolls_stored: int, unrolls_added: in
     if config.max_replay_ratio == 0:
         return True
     return unrolls_sampled + config.batch_size <= config.max_replay_ratio * unrolls_added
-
-
-# -- network ---------------------------------------------------------------------------------------
-
-
-@dataclass
-class VTraceAgent:
-    """The actor-critic network, its optimizer and the update counter (what a checkpoint holds)."""
-
-    config: VTraceConfig
-    model_config: ModelConfig
-    network: ActorCritic
-    optimizer: torch.optim.RMSprop
-    updates: int = 0
-
-
-def make_agent(config: VTraceConfig, model_config: ModelConfig, device: torch.device | str, seed: int) -> VTraceAgent:
-    assert not config_problems(config), f"V-trace cannot train with {config_problems(config)}"
-    assert model_config.head == HEAD, (
-        f"V-trace trains an actor-critic network, but the model config has head {model_config.head!r}; "
-        f"build it with head={HEAD!r}"
-    )
-    torch.manual_seed(seed)
-    network = ActorCritic(model_config).to(device)
-    optimizer = torch.optim.RMSprop(
-        network.parameters(), lr=config.learning_rate, alpha=config.rmsprop_alpha, eps=config.rmsprop_eps
-    )
-    return VTraceAgent(config, model_config, network, optimizer)
 
 
 # -- V-trace targets -------------------------------------------------------------------------------
@@ -191,11 +164,11 @@ def vtrace_targets(
     return b_vs, b_pg_advantages
 
 
-# -- update ----------------------------------------------------------------------------------------
+# -- the algorithm ---------------------------------------------------------------------------------
 #
 # Whose policy is mu. The behaviour log-probability of a step is whatever chose its action:
 # - a fresh action: the checkpoint that answered (policy_version), sampling its softmax, evaluated on the
-#   observation it was sent, which may be a step older than the transition's own observation (staleness);
+#   observation it was sent, its decision observation, on which pi is evaluated too;
 # - a fallback action (no reply in time): the gateway's fallback policy, beta in Riemer et al.'s
 #   asynchronous MDP. The gateway records log 1 = 0.0 for the deterministic noop / repeat-last fallbacks
 #   and -log(A) for the uniformly random one.
@@ -208,131 +181,134 @@ def vtrace_targets(
 # fallback steps out of the agent's control, would instead set rho_t = c_t = 1 there and drop their
 # policy-gradient term; not done here.)
 
-
-def update(
-    agent: VTraceAgent,
-    b_obs: torch.Tensor,
-    b_actions: torch.Tensor,
-    b_rewards: torch.Tensor,
-    b_terminated: torch.Tensor,
-    b_behaviour_log_probs: torch.Tensor,
-    b_mask: torch.Tensor,
-) -> torch.Tensor:
-    """One gradient step on a time-major batch of unrolls; returns the total loss as a detached tensor.
-
-    `b_obs` is [T + 1, B, *observation_shape] (x_T only bootstraps), the rest [T, B]. `b_mask` is 1 for
-    steps to learn from. Losses are summed over time and batch, as in IMPALA.
-    """
-    steps, batch = b_actions.shape
-    assert b_obs.shape[:2] == (steps + 1, batch), (
-        f"V-trace needs T + 1 = {steps + 1} observations per unroll for T = {steps} actions, "
-        f"got observations shaped {list(b_obs.shape)}"
-    )
-    b_all_logits, b_all_values = agent.network(b_obs.flatten(0, 1))
-    b_logits = b_all_logits.view(steps + 1, batch, -1)[:-1]
-    b_all_values = b_all_values.view(steps + 1, batch)
-    b_values, b_bootstrap_value = b_all_values[:-1], b_all_values[-1]
-
-    b_log_policy = F.log_softmax(b_logits, dim=-1)
-    b_target_log_probs = b_log_policy.gather(-1, b_actions.long().unsqueeze(-1)).squeeze(-1)
-    b_discounts = agent.config.gamma * (1.0 - b_terminated)
-    b_vs, b_pg_advantages = vtrace_targets(
-        b_behaviour_log_probs,
-        b_target_log_probs.detach(),
-        b_rewards,
-        b_values.detach(),
-        b_bootstrap_value.detach(),
-        b_discounts,
-        agent.config.rho_bar,
-        agent.config.c_bar,
-        b_mask,
-    )
-
-    pg_loss = -(b_target_log_probs * b_pg_advantages * b_mask).sum()
-    value_loss = 0.5 * ((b_vs - b_values) ** 2 * b_mask).sum()
-    entropy = -(b_log_policy.exp() * b_log_policy).sum(dim=-1)
-    entropy_loss = -(entropy * b_mask).sum()
-    loss = pg_loss + agent.config.value_coef * value_loss + agent.config.entropy_coef * entropy_loss
-
-    agent.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    nn.utils.clip_grad_norm_(agent.network.parameters(), agent.config.max_grad_norm)
-    agent.optimizer.step()
-    agent.updates += 1
-    return loss.detach()
-
-
-# -- training state as flat tensors (safetensors) ------------------------------------------------
-
 _RMSPROP_PREFIX = "rmsprop."
 # RMSProp without momentum and not centred keeps only these per parameter.
 _RMSPROP_KEYS = ("step", "square_avg")
 
 
-def policy_weights(agent: VTraceAgent) -> dict[str, torch.Tensor]:
-    """The network's weights: what inference serves (policy logits and value head together)."""
-    return {name: tensor.detach() for name, tensor in agent.network.state_dict().items()}
+class VTrace:
+    """The actor-critic network, its optimizer and the update counter (what a checkpoint holds)."""
 
+    name: ClassVar[str] = "vtrace"
+    head: ClassVar[str] = "actor_critic"
+    config_class: ClassVar[type] = VTraceConfig
 
-def export_learner_state(agent: VTraceAgent) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """RMSProp state as flat tensors keyed by parameter name (`rmsprop.<param>.square_avg`, `.step`), plus counters.
+    def __init__(self, config: VTraceConfig, model_config: ModelConfig, device: torch.device | str, seed: int) -> None:
+        assert not config_problems(config), f"V-trace cannot train with {config_problems(config)}"
+        assert model_config.head == self.head, (
+            f"V-trace trains an actor-critic network, but the model config has head {model_config.head!r}; "
+            f"build it with head={self.head!r}"
+        )
+        self.config = config
+        self.model_config = model_config
+        self.device = torch.device(device)
+        torch.manual_seed(seed)
+        self.network = ActorCritic(model_config).to(self.device)
+        self.optimizer = torch.optim.RMSprop(
+            self.network.parameters(), lr=config.learning_rate, alpha=config.rmsprop_alpha, eps=config.rmsprop_eps
+        )
+        self.updates = 0
 
-    There is no target network: V-trace bootstraps from the network being trained.
-    """
-    tensors: dict[str, torch.Tensor] = {}
-    for name, parameter in agent.network.named_parameters():
-        state = agent.optimizer.state.get(parameter, {})
-        for key in _RMSPROP_KEYS:
-            if key in state:
-                value = state[key]
-                tensors[f"{_RMSPROP_PREFIX}{name}.{key}"] = (
-                    value.detach() if isinstance(value, torch.Tensor) else torch.tensor(float(value))
-                )
-    return tensors, {"updates": agent.updates}
+    def make_source(self, observation_shape: tuple[int, ...], observation_dtype: np.dtype, seed: int) -> UnrollBuffer:
+        config = self.config
+        shape, dtype = observation_shape, observation_dtype
+        return UnrollBuffer(config.unroll_length, config.replay_capacity, shape, dtype, seed=seed)
 
+    def ready(self, source: UnrollBuffer) -> bool:
+        return ready_to_update(self.config, len(source), source.unrolls_added, source.unrolls_sampled)
 
-def import_state(
-    agent: VTraceAgent,
-    weights: dict[str, torch.Tensor],
-    learner_state: dict[str, torch.Tensor] | None,
-    counters: dict[str, Any],
-) -> None:
-    """Restores what `policy_weights` and `export_learner_state` produced. Raises ValueError when it does not fit.
+    def sample(self, source: UnrollBuffer) -> UnrollBatch:
+        return source.sample(self.config.batch_size)
 
-    Without `learner_state` (a checkpoint published by something other than a learner) RMSProp starts fresh.
-    """
-    try:
-        agent.network.load_state_dict(weights)
-    except RuntimeError as e:  # load_state_dict reports missing/unexpected keys and shape mismatches this way
-        raise ValueError(f"checkpoint tensors do not fit the network: {e}") from e
-    agent.optimizer.state.clear()
-    if learner_state is not None:
-        parameters = dict(agent.network.named_parameters())
-        known = {f"{_RMSPROP_PREFIX}{name}.{key}" for name in parameters for key in _RMSPROP_KEYS}
-        unknown = sorted(k for k in learner_state if k not in known)
-        if unknown:
-            raise ValueError(
-                f"checkpoint has learner state this V-trace network does not know: {', '.join(unknown[:5])}"
-            )
-        for name, parameter in parameters.items():
-            keys = {key: f"{_RMSPROP_PREFIX}{name}.{key}" for key in _RMSPROP_KEYS}
-            present = [key for key, full in keys.items() if full in learner_state]
-            if not present:
-                continue  # parameter never stepped
-            if len(present) != len(_RMSPROP_KEYS):
-                raise ValueError(f"checkpoint has incomplete optimizer state for {name}: only {', '.join(present)}")
-            square_avg = learner_state[keys["square_avg"]]
-            if square_avg.shape != parameter.shape:
+    @staticmethod
+    def exploration(config: VTraceConfig, env_steps: int) -> float:
+        return 0.0  # the policy explores by sampling its own softmax
+
+    def update(self, batch: UnrollBatch) -> dict[str, torch.Tensor]:
+        """One gradient step on a time-major batch of unrolls; returns the total loss and its parts.
+
+        `batch.obs` is [T + 1, B, *observation_shape] (x_T only bootstraps), the rest [T, B]. Steps with
+        mask 0 (no successor) or no decision observation are not learned from. Losses are summed over
+        time and batch, as in IMPALA.
+        """
+        device = self.device
+        b_obs = torch.from_numpy(batch.obs).to(device)
+        b_actions = torch.from_numpy(batch.actions).to(device)
+        b_rewards = torch.from_numpy(batch.rewards).to(device)
+        b_terminated = torch.from_numpy(batch.terminated).to(device)
+        b_behaviour_log_probs = torch.from_numpy(batch.behaviour_log_probs).to(device)
+        b_decision_index = torch.from_numpy(batch.decision_index).to(device)
+        b_mask = torch.from_numpy(batch.mask).to(device) * (b_decision_index >= 0).float()
+        steps, batch_size = b_actions.shape
+        assert b_obs.shape[:2] == (steps + 1, batch_size), (
+            f"V-trace needs T + 1 = {steps + 1} observations per unroll for T = {steps} actions, "
+            f"got observations shaped {list(b_obs.shape)}"
+        )
+        b_all_logits, b_all_values = self.network(b_obs.flatten(0, 1))
+        b_all_logits = b_all_logits.view(steps + 1, batch_size, -1)
+        b_all_values = b_all_values.view(steps + 1, batch_size)
+        b_values, b_bootstrap_value = b_all_values[:-1], b_all_values[-1]
+
+        # pi on the observation each action was computed from (the step's own unless a reply was late).
+        b_decision_logits = decision_rows(b_all_logits, b_decision_index)
+        b_log_policy = F.log_softmax(b_decision_logits, dim=-1)
+        b_target_log_probs = b_log_policy.gather(-1, b_actions.long().unsqueeze(-1)).squeeze(-1)
+        b_discounts = self.config.gamma * (1.0 - b_terminated)
+        b_vs, b_pg_advantages = vtrace_targets(
+            b_behaviour_log_probs,
+            b_target_log_probs.detach(),
+            b_rewards,
+            b_values.detach(),
+            b_bootstrap_value.detach(),
+            b_discounts,
+            self.config.rho_bar,
+            self.config.c_bar,
+            b_mask,
+        )
+
+        pg_loss = -(b_target_log_probs * b_pg_advantages * b_mask).sum()
+        value_loss = 0.5 * ((b_vs - b_values) ** 2 * b_mask).sum()
+        entropy = -(b_log_policy.exp() * b_log_policy).sum(dim=-1)
+        entropy_loss = -(entropy * b_mask).sum()
+        loss = pg_loss + self.config.value_coef * value_loss + self.config.entropy_coef * entropy_loss
+
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(self.network.parameters(), self.config.max_grad_norm)
+        self.optimizer.step()
+        self.updates += 1
+        learned = b_mask.sum().clamp(min=1.0)
+        return {
+            "loss": loss.detach(),
+            "policy_loss": pg_loss.detach(),
+            "value_loss": value_loss.detach(),
+            "entropy": (entropy * b_mask).sum().detach() / learned,
+        }
+
+    # -- training state as flat tensors (safetensors) ----------------------------------------------
+
+    def policy_weights(self) -> dict[str, torch.Tensor]:
+        """The network's weights: what inference serves (policy logits and value head together)."""
+        return {name: tensor.detach() for name, tensor in self.network.state_dict().items()}
+
+    def learner_state(self) -> dict[str, torch.Tensor]:
+        """RMSProp's state. There is no target network: V-trace bootstraps from the network being trained."""
+        return export_optimizer_state(self.optimizer, self.network, _RMSPROP_PREFIX, _RMSPROP_KEYS)
+
+    def load_state(
+        self, weights: dict[str, torch.Tensor], learner_state: dict[str, torch.Tensor] | None, updates: int
+    ) -> None:
+        """Without `learner_state` RMSProp starts fresh."""
+        try:
+            self.network.load_state_dict(weights)
+        except RuntimeError as e:  # load_state_dict reports missing/unexpected keys and shape mismatches this way
+            raise ValueError(f"checkpoint tensors do not fit the network: {e}") from e
+        self.optimizer.state.clear()
+        if learner_state is not None:
+            unknown = sorted(k for k in learner_state if not k.startswith(_RMSPROP_PREFIX))
+            if unknown:
                 raise ValueError(
-                    f"checkpoint optimizer state for {name} has shape {list(square_avg.shape)}, "
-                    f"the parameter has {list(parameter.shape)}"
+                    f"checkpoint has learner state this V-trace network does not know: {', '.join(unknown[:5])}"
                 )
-            agent.optimizer.state[parameter] = {
-                # RMSprop keeps `step` as a CPU float tensor unless it is capturable; match that.
-                "step": learner_state[keys["step"]].detach().to("cpu", torch.float32).clone(),
-                "square_avg": square_avg.detach().to(parameter.device, parameter.dtype).clone(),
-            }
-    updates = counters.get("updates", 0)
-    if not isinstance(updates, int) or updates < 0:
-        raise ValueError(f"checkpoint counter updates={updates!r} is not a non-negative integer")
-    agent.updates = updates
+            import_optimizer_state(self.optimizer, self.network, learner_state, _RMSPROP_PREFIX, _RMSPROP_KEYS)
+        self.updates = updates
