@@ -178,7 +178,8 @@ class Gateway:
                     f"{PREFIX}REDIS_URL={redacted_url(settings.redis_url)!r} is not a Redis URL ({error}); "
                     "set it like redis://127.0.0.1:6379/0."
                 ) from error
-            self.frames = FrameFanout()
+            # A state backend's frames are vectors: viewers get its render, made only while someone watches.
+            self.frames = FrameFanout(self.backend.render if self.backend.observation_kind == "state" else None)
             frame_period_s = 1.0 / self.clock_config.frame_rate_hz
             scheduler = self.dispatcher.scheduler
             self.clock: RealtimeClock | SimulatedClock
