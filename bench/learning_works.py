@@ -9,10 +9,9 @@ What runs is the code the services run, in one process: the simulated clock
 computed from the latest observation) steps CartPole-v1, every step becomes a StepRecord and then
 a Transition in the learner's ReplayBuffer (services/learner/replay.py, pairing by seq), and
 services/learner/dqn.py trains the learner's MLP Q-network (rtrl/models.py) with its update, target
-network and epsilon schedule. CartPole's observation is its 4-number state, not pixels: the
-gateway's gym: backend would hand the learner rendered frames, and learning CartPole from pixels
-takes far more than this budget, so the bench reads the state and leaves the pixel path out (the
-Boxing experiment, bench/delay_experiment.py, covers pixels).
+network and epsilon schedule. CartPole's observation is its 4-number state, not pixels, as the
+gateway plays it (RTRL_OBSERVATION=state, the default for CartPole): learning CartPole from pixels
+takes far more than this budget (the Boxing experiment, bench/delay_experiment.py, covers pixels).
 
 After training, the greedy policy (epsilon 0) plays `--eval-episodes` episodes; the random policy
 plays as many. The table prints both and their ratio.

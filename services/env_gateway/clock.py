@@ -93,7 +93,7 @@ import numpy as np
 from rtrl.metrics import RateMeter, Window
 from rtrl.transitions import Transition
 from services.env_gateway.backends.base import Backend
-from services.env_gateway.preprocess import FrameHistory, Preprocessor, SampledFrame
+from services.env_gateway.preprocess import FrameHistory, ObservationPreprocessor, SampledFrame
 from services.env_gateway.settings import FallbackPolicy, GatewaySettings
 
 log = logging.getLogger(__name__)
@@ -215,7 +215,7 @@ class StepRecord:
     """Frame of the observation the action was computed from (-1 for a fallback action); it travels in the
     transition, so the learner can train on the observation that chose the action."""
 
-    def to_transition(self, preprocessor: Preprocessor) -> Transition:
+    def to_transition(self, preprocessor: ObservationPreprocessor) -> Transition:
         return Transition(
             gateway_id=self.gateway_id,
             seq=self.seq,

@@ -45,7 +45,7 @@ from typing import Any, Protocol
 
 from rtrl.metrics import Window
 from services.env_gateway.clock import ActionMailbox, ActionReply, ObservationSample, StepRecord
-from services.env_gateway.preprocess import Preprocessor
+from services.env_gateway.preprocess import ObservationPreprocessor
 from services.env_gateway.scheduler import NextIdleScheduler, ReplicaView, SampleView, Scheduler, next_in_rotation
 
 log = logging.getLogger(__name__)
@@ -120,7 +120,7 @@ class Dispatcher:
 
     def __init__(
         self,
-        preprocessor: Preprocessor,
+        preprocessor: ObservationPreprocessor,
         mailbox: ActionMailbox,
         replicas: ReplicaLink,
         scheduler: Scheduler | None = None,
@@ -410,7 +410,7 @@ class SequentialDispatcher:
 
     def __init__(
         self,
-        preprocessor: Preprocessor,
+        preprocessor: ObservationPreprocessor,
         mailbox: ActionMailbox,
         replicas: ReplicaLink,
         train: Train,

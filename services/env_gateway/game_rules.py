@@ -192,6 +192,14 @@ class RulesBackend:
     def native_frame_rate_hz(self) -> float:
         return self.inner.native_frame_rate_hz
 
+    @property
+    def observation_kind(self) -> str:
+        return self.inner.observation_kind
+
+    @property
+    def state_size(self) -> int:
+        return self.inner.state_size
+
     def _time_s(self) -> float:
         if self._clock is not None:
             return self._clock()
@@ -209,6 +217,9 @@ class RulesBackend:
         outcome = self.engine.step(self.inner.read_variables(), self._time_s())
         self.last_outcome = outcome
         return frame, reward + outcome.reward, terminated or outcome.terminated, truncated or outcome.truncated
+
+    def render(self) -> np.ndarray:
+        return self.inner.render()
 
     def read_variables(self) -> dict[str, float]:
         return self.inner.read_variables()

@@ -58,6 +58,7 @@ from dataclasses import dataclass, field
 
 import grpc
 import numpy as np
+import numpy.typing as npt
 from google.protobuf.message import DecodeError
 
 from rtrl.act_socket import HELLO, ConnectionEnded, configure, frame, receive_exactly, receive_length, shut
@@ -409,15 +410,18 @@ class ReplicaPool:
         now_s: Callable[[], float] = time.monotonic,
         security: SecuritySettings | None = None,
         observation_shape: Sequence[int] | None = None,
+        observation_dtype: npt.DTypeLike = np.uint8,
     ) -> None:
-        """`observation_shape` (uint8 observations): warm every replica up before it enters rotation
-        (see the module docstring); None puts replicas in rotation at once."""
+        """`observation_shape` and `observation_dtype` (the gateway's observations): warm every replica up before it
+        enters rotation (see the module docstring); None puts replicas in rotation at once."""
         self._gateway_id = gateway_id
         # TLS, token and message size of every channel to a replica (by default from the RTRL_* environment).
         self._security = security if security is not None else SecuritySettings.from_env()
         self._action_count = action_count
         self._warm_up_request = (
-            None if observation_shape is None else self.prepare(np.zeros(tuple(observation_shape), np.uint8), 0)
+            None
+            if observation_shape is None
+            else self.prepare(np.zeros(tuple(observation_shape), observation_dtype), 0)
         )
         self._now_s = now_s
         self._lock = threading.Lock()

@@ -37,7 +37,7 @@ from services.env_gateway.clock import ActionMailbox, ClockConfig, RealtimeClock
 from services.env_gateway.dispatcher import Dispatcher, SequentialDispatcher, TrainError, TrainResult
 from services.env_gateway.membership import REGISTRY_SOURCE, Membership, RegistryWatcher
 from services.env_gateway.metrics import start_metrics
-from services.env_gateway.preprocess import Preprocessor
+from services.env_gateway.preprocess import make_preprocessor
 from services.env_gateway.publisher import BATCH_INTERVAL_S, TransitionPublisher
 from services.env_gateway.replicas import WARM_UP_TIMEOUT_S, AddressResolver, ReplicaPool
 from services.env_gateway.scheduler import NextIdleScheduler, SchedulerKind, make_scheduler
@@ -108,7 +108,7 @@ class Gateway:
                     f"set it between 0 and {self.backend.action_count - 1}."
                 )
             self.clock_config = ClockConfig.from_settings(settings, self.backend.native_frame_rate_hz)
-            self.preprocessor = Preprocessor(settings.obs_width, settings.obs_height, settings.obs_grayscale)
+            self.preprocessor = make_preprocessor(settings, self.backend)
             # Sequential interaction applies each reply as soon as it can, as the frameworks it reproduces do.
             self.mailbox = ActionMailbox(
                 settings.max_staleness_frames,
@@ -119,6 +119,7 @@ class Gateway:
                 self.backend.action_count,
                 security=settings.security,
                 observation_shape=self.preprocessor.observation_shape(settings.frame_stack),
+                observation_dtype=self.preprocessor.dtype,
             )
             self.membership = Membership(self.replicas.set_members)
             self.resolver = AddressResolver(settings.inference_addresses, self.membership.static_addresses())
@@ -177,7 +178,8 @@ class Gateway:
                     f"{PREFIX}REDIS_URL={redacted_url(settings.redis_url)!r} is not a Redis URL ({error}); "
                     "set it like redis://127.0.0.1:6379/0."
                 ) from error
-            self.frames = FrameFanout()
+            # A state backend's frames are vectors: viewers get its render, made only while someone watches.
+            self.frames = FrameFanout(self.backend.render if self.backend.observation_kind == "state" else None)
             frame_period_s = 1.0 / self.clock_config.frame_rate_hz
             scheduler = self.dispatcher.scheduler
             self.clock: RealtimeClock | SimulatedClock
@@ -271,10 +273,13 @@ class Gateway:
                 raise RuntimeError(f"the game clock did not tick within {timeout_s} s")
         self._set_serving(True)
         log.info(
-            "gateway %s runs %s at %.1f fps, k=%d L=%d S=%d, fallback %s, %s interaction, scheduler %s; "
-            "replicas %s (static list %s, registry %r)",
+            "gateway %s runs %s from %s (observations %s %s) at %.1f fps, k=%d L=%d S=%d, fallback %s, "
+            "%s interaction, scheduler %s; replicas %s (static list %s, registry %r)",
             self.settings.gateway_id,
             self.settings.env.spec,
+            self.backend.observation_kind,
+            list(self.preprocessor.observation_shape(self.settings.frame_stack)),
+            self.preprocessor.dtype,
             self.clock_config.frame_rate_hz,
             self.clock_config.decision_interval_frames,
             self.clock_config.lead_frames,

@@ -62,6 +62,16 @@ DEFAULT_SCHEDULER = "next_idle"
 # t_frame) + 1 went from 99.96 / 99.71 / 99.46% to 100.00% at 1 / 4 / 8-frame inference, side by side
 # (docs/staggering-benchmark.md); 0 applies each reply as early as it can.
 DEFAULT_JITTER_RESERVE_FRAMES = 1
+# RTRL_OBSERVATION: "auto" (also when unset) plays a gym: env whose observation space is a 1-D Box from its
+# state, and everything else from pixels.
+OBSERVATION_AUTO = "auto"
+OBSERVATION_NAMES = ("pixels", "state")
+# State observations decide every env step with the shortest lead, as gym users expect, and without a jitter
+# reserve: with k = 1 and S = L + k = 2, a reserve of 1 would hold every reply a frame, so every action would
+# land a step late.
+STATE_DECISION_INTERVAL_FRAMES = 1
+STATE_LEAD_FRAMES = 1
+STATE_JITTER_RESERVE_FRAMES = 0
 INTERACTION_NAMES = ("async", "sequential")
 # realtime: the game runs at its frame rate and never waits; simulated: as fast as possible, each action
 # applied exactly RTRL_SIMULATED_DELAY_FRAMES frames after its observation (simulated_clock.py).
@@ -142,6 +152,9 @@ class GatewaySettings:
     """Which game runs."""
     profile: GameProfile | None = None
     """The game profile of a pyboy or desktop game (RTRL_PROFILE, see docs/profiles.md); None for ale/gym."""
+    observation: str = OBSERVATION_AUTO
+    """What the policy sees: "pixels" (pictures, resized and stacked) or "state" (a gym env's state vector, float32,
+    stacked); "auto" lets the backend pick state for a 1-D Box observation space (from_env resolves it)."""
     sticky_actions: float = 0.0
     """ALE repeat_action_probability (0 = deterministic emulator)."""
     frame_rate_hz: float = 0.0
@@ -209,6 +222,10 @@ class GatewaySettings:
         env = environ() if env is None else env
         env_spec = EnvSpec.parse(env_str(env, "ENV", DEFAULT_ENV))
         profile = resolve_profile(env_spec, env_str(env, "PROFILE", ""))
+        observation = resolve_observation(
+            env_spec, env_choice(env, "OBSERVATION", OBSERVATION_AUTO, (OBSERVATION_AUTO, *OBSERVATION_NAMES))
+        )
+        state = observation == "state"
         # A profile's preprocessing and fallback are the defaults; a variable set explicitly still wins.
         shape = (
             profile.preprocess
@@ -218,15 +235,22 @@ class GatewaySettings:
             )
         )
         default_fallback = profile.actions.fallback if profile is not None else DEFAULT_FALLBACK_ACTION
-        decision_interval = env_int(env, "DECISION_INTERVAL_FRAMES", shape.frame_skip, minimum=1)
-        lead = env_int(env, "LEAD_FRAMES", DEFAULT_LEAD_FRAMES, minimum=0)
+        decision_interval = env_int(
+            env, "DECISION_INTERVAL_FRAMES", STATE_DECISION_INTERVAL_FRAMES if state else shape.frame_skip, minimum=1
+        )
+        lead = env_int(env, "LEAD_FRAMES", STATE_LEAD_FRAMES if state else DEFAULT_LEAD_FRAMES, minimum=0)
         max_staleness = env_int(env, "MAX_STALENESS_FRAMES", 0, minimum=0) or lead + decision_interval
         if max_staleness < lead:
             raise SettingsError(
                 f"{PREFIX}MAX_STALENESS_FRAMES={max_staleness} is below {PREFIX}LEAD_FRAMES={lead}, so no "
                 f"action could ever be applied; set it to {lead} or more (0 means lead + decision interval)."
             )
-        jitter_reserve = env_int(env, "JITTER_RESERVE_FRAMES", DEFAULT_JITTER_RESERVE_FRAMES, minimum=0)
+        jitter_reserve = env_int(
+            env,
+            "JITTER_RESERVE_FRAMES",
+            STATE_JITTER_RESERVE_FRAMES if state else DEFAULT_JITTER_RESERVE_FRAMES,
+            minimum=0,
+        )
         if jitter_reserve > max_staleness:
             raise SettingsError(
                 f"{PREFIX}JITTER_RESERVE_FRAMES={jitter_reserve} is above {PREFIX}MAX_STALENESS_FRAMES="
@@ -250,6 +274,7 @@ class GatewaySettings:
             gateway_id=env_str(env, "GATEWAY_ID", "gateway-" + socket.gethostname()),
             env=env_spec,
             profile=profile,
+            observation=observation,
             sticky_actions=sticky,
             frame_rate_hz=env_float(env, "FRAME_RATE_HZ", 0.0, minimum=0.0),
             decision_interval_frames=decision_interval,
@@ -296,8 +321,29 @@ class GatewaySettings:
 
     @property
     def observation_shape(self) -> tuple[int, int, int]:
+        """[channels, height, width] of a pixels observation (a state one is [frame_stack, the env's state size])."""
         channels = self.frame_stack * (1 if self.obs_grayscale else 3)
         return (channels, self.obs_height, self.obs_width)
+
+
+def resolve_observation(spec: EnvSpec, observation: str) -> str:
+    """Resolves RTRL_OBSERVATION (`observation`, "auto" when unset) to "pixels" or "state" for the game `spec` names."""
+    if spec.kind != "gym":
+        if observation == "state":
+            raise SettingsError(
+                f"{PREFIX}OBSERVATION=state is set, but {PREFIX}ENV={spec.spec!r} has no state vector to play from "
+                "(only gym: envs whose observation space is a 1-D Box have one, e.g. gym:CartPole-v1); set "
+                f"{PREFIX}OBSERVATION to pixels or unset it."
+            )
+        return "pixels"
+    if observation == "pixels":
+        return observation
+    # Only the env knows its observation space, and the defaults of k, L and the jitter reserve depend on it: the
+    # simplest correct way is to make the env once here (without rendering) and close it; the backend makes it
+    # again. Imported here because it loads gymnasium and ale-py, and imports this module.
+    from services.env_gateway.backends.gymnasium import gym_observation_kind
+
+    return gym_observation_kind(spec.gymnasium_id, observation)
 
 
 def resolve_profile(spec: EnvSpec, profile_ref: str) -> GameProfile | None:

@@ -51,7 +51,7 @@ from services.env_gateway.clock import (
     ViewerFrame,
 )
 from services.env_gateway.dispatcher import CallOutcome, ReplicaLink
-from services.env_gateway.preprocess import Preprocessor
+from services.env_gateway.preprocess import ObservationPreprocessor
 from services.env_gateway.settings import DEFAULT_SIMULATED_REPLY_TIMEOUT_S, GatewaySettings
 
 log = logging.getLogger(__name__)
@@ -259,7 +259,7 @@ class SimulatedDispatch:
 
     def __init__(
         self,
-        preprocessor: Preprocessor,
+        preprocessor: ObservationPreprocessor,
         replicas: ReplicaLink,
         now_s: Callable[[], float] = time.monotonic,
     ) -> None:

@@ -2,13 +2,19 @@
 
 The clock calls `FrameFanout.publish` once per frame. Without viewers that is one attribute read.
 Each viewer keeps at most `VIEWER_QUEUE_FRAMES` frames; when it reads too slowly the oldest is
-replaced by the newest and counted in its `frames_skipped`.
+replaced by the newest and counted in its `frames_skipped`. Viewers get pictures: when the backend's
+frames are state vectors, `publish` renders one (on the clock's thread, the only one that may touch
+the backend) only while someone watches, so an unwatched game renders nothing.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections import deque
+from collections.abc import Callable
+
+import numpy as np
 
 from services.env_gateway.clock import ViewerFrame
 
@@ -51,15 +57,24 @@ class Viewer:
 
 
 class FrameFanout:
-    """Delivers each frame to every subscribed viewer."""
+    """Delivers each frame to every subscribed viewer; `render` (a state backend's) gives the picture of the
+    frame last produced when frames are not pictures themselves."""
 
-    def __init__(self) -> None:
+    def __init__(self, render: Callable[[], np.ndarray] | None = None) -> None:
         self._lock = threading.Lock()
+        self._render = render
         # Replaced, never mutated, so the clock can iterate it without taking the lock.
         self._viewers: tuple[Viewer, ...] = ()
 
     def publish(self, frame: ViewerFrame) -> None:
-        for viewer in self._viewers:
+        viewers = self._viewers
+        if not viewers:
+            return
+        if self._render is not None:
+            if all(frame.frame_index % viewer.every_nth_frame for viewer in viewers):
+                return  # no viewer takes this frame: no picture to render
+            frame = dataclasses.replace(frame, rgb=self._render())
+        for viewer in viewers:
             viewer.put(frame)
 
     def subscribe(self, every_nth_frame: int = 1) -> Viewer:

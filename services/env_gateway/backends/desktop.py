@@ -355,6 +355,7 @@ class DesktopBackend:
             raise
         self._variables: dict[str, float] = {}
         self._paused = False
+        self._last_frame: np.ndarray | None = None
         log.info(
             "desktop game %r: window %r (pid %s) at %s, %d actions, %d variables, %.0f fps",
             profile.game.name,
@@ -387,6 +388,9 @@ class DesktopBackend:
     @property
     def native_frame_rate_hz(self) -> float:
         return self._frame_rate_hz
+
+    observation_kind = "pixels"
+    state_size = 0
 
     @property
     def failed_reads(self) -> int:
@@ -423,6 +427,10 @@ class DesktopBackend:
             self.keys.hold([self._native[key] for key in self._actions[action]])
         return self._observe(), 0.0, False, False
 
+    def render(self) -> np.ndarray:
+        assert self._last_frame is not None, "render() shows the frame last produced: reset the backend first"
+        return self._last_frame
+
     def read_variables(self) -> dict[str, float]:
         return dict(self._variables)
 
@@ -456,6 +464,7 @@ class DesktopBackend:
         frame = self.capture.grab()
         if self.reader is not None:
             self._variables = self.reader.read_all()
+        self._last_frame = frame
         return frame
 
     def _close_parts(self) -> None:

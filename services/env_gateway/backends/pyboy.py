@@ -72,6 +72,7 @@ class PyBoyBackend:
         self._snapshot: io.BytesIO | None = None
         self._rng = np.random.default_rng()
         self.cartridge_title: str = self._pyboy.cartridge_title
+        self._last_frame: np.ndarray | None = None
 
     def _reader(self, spec: VariableSpec) -> Callable[[], float]:
         """A function reading one variable, chosen once so each frame's reads do no dispatching."""
@@ -117,6 +118,9 @@ class PyBoyBackend:
         assert rate is not None, "pyboy profiles always have a frame rate"
         return rate
 
+    observation_kind = "pixels"
+    state_size = 0
+
     def reset(self, seed: int | None = None) -> np.ndarray:
         if seed is not None:
             self._rng = np.random.default_rng(seed)
@@ -135,6 +139,10 @@ class PyBoyBackend:
     def step(self, action: int) -> tuple[np.ndarray, float, bool, bool]:
         self._hold(self._combos[action])
         return self._tick(), 0.0, False, False
+
+    def render(self) -> np.ndarray:
+        assert self._last_frame is not None, "render() shows the frame last produced: reset the backend first"
+        return self._last_frame
 
     def read_variables(self) -> dict[str, float]:
         return {name: read() for name, read in zip(self._names, self._readers, strict=True)}
@@ -190,7 +198,8 @@ class PyBoyBackend:
         if not self._pyboy.tick(1, True, False):
             raise BackendError("PyBoy stopped emulating")
         # The screen buffer is RGBA and reused by the next tick: the clock needs its own RGB copy.
-        return np.ascontiguousarray(self._pyboy.screen.ndarray[:, :, :3])
+        self._last_frame = np.ascontiguousarray(self._pyboy.screen.ndarray[:, :, :3])
+        return self._last_frame
 
 
 def _check_digest(rom: bytes, path: Path, profile: GameProfile) -> None:

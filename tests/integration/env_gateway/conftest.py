@@ -45,6 +45,21 @@ def start_replica(serve_inference: Callable[..., tuple[str, grpc.Server]]) -> Ca
     return start
 
 
+@pytest.fixture
+def channel_to() -> Iterator[Callable[[str], grpc.Channel]]:
+    """Opens insecure channels to gateways (closed after the test)."""
+    channels: list[grpc.Channel] = []
+
+    def open_channel(address: str) -> grpc.Channel:
+        channel = grpc.insecure_channel(address)
+        channels.append(channel)
+        return channel
+
+    yield open_channel
+    for channel in channels:
+        channel.close()
+
+
 @pytest.fixture(scope="module")
 def local_redis() -> Iterator[LocalRedis]:
     with LocalRedis() as redis_server:

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import grpc
+import numpy as np
 
 from rtrl.tensors import from_proto
 from rtrl.v1 import inference_pb2, inference_pb2_grpc
@@ -27,6 +28,7 @@ class FakeInference(inference_pb2_grpc.InferenceServiceServicer):
         self.checkpoint_version = checkpoint_version
         self.frame_indices: list[int] = []
         self.observation_shapes: set[tuple[int, ...]] = set()
+        self.observation_dtypes: set[np.dtype] = set()
 
     def Act(self, request: inference_pb2.ActRequest, context: grpc.ServicerContext) -> inference_pb2.ActResponse:
         return self._answer(request, self._ended(context))
@@ -47,7 +49,9 @@ class FakeInference(inference_pb2_grpc.InferenceServiceServicer):
 
     def _answer(self, request: inference_pb2.ActRequest, ended: threading.Event) -> inference_pb2.ActResponse:
         self.frame_indices.append(request.frame_index)
-        self.observation_shapes.add(from_proto(request.observation).shape)
+        observation = from_proto(request.observation)
+        self.observation_shapes.add(observation.shape)
+        self.observation_dtypes.add(observation.dtype)
         if self.delay_s:
             ended.wait(self.delay_s)
         return inference_pb2.ActResponse(

@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import cast
 
@@ -25,20 +25,6 @@ from services.env_gateway.server import SERVICE_NAME
 
 RUN_S = 3.0
 REPO_ROOT = Path(__file__).resolve().parents[3]
-
-
-@pytest.fixture
-def channel_to() -> Iterator[Callable[[str], grpc.Channel]]:
-    channels: list[grpc.Channel] = []
-
-    def open_channel(address: str) -> grpc.Channel:
-        channel = grpc.insecure_channel(address)
-        channels.append(channel)
-        return channel
-
-    yield open_channel
-    for channel in channels:
-        channel.close()
 
 
 def get_stats(channel: grpc.Channel) -> env_gateway_pb2.GetStatsResponse:

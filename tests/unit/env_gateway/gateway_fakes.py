@@ -30,6 +30,8 @@ class FakeBackend:
         self.action_count = action_count
         self.action_meanings = tuple(f"A{a}" for a in range(action_count))
         self.native_frame_rate_hz = 60.0
+        self.observation_kind = "pixels"
+        self.state_size = 0
         self.rewards = rewards or {}
         self.terminate_at: set[int] = set()
         self.truncate_at: set[int] = set()
@@ -37,11 +39,12 @@ class FakeBackend:
         self.resets: list[int | None] = []
         self.produced = 0
         self.closed = False
+        self.last_frame = np.zeros(FRAME_SHAPE, np.uint8)
 
     def _frame(self) -> np.ndarray:
-        frame = np.full(FRAME_SHAPE, self.produced % 256, dtype=np.uint8)
+        self.last_frame = np.full(FRAME_SHAPE, self.produced % 256, dtype=np.uint8)
         self.produced += 1
-        return frame
+        return self.last_frame
 
     def reset(self, seed: int | None = None) -> np.ndarray:
         self.resets.append(seed)
@@ -56,6 +59,9 @@ class FakeBackend:
             index in self.terminate_at,
             index in self.truncate_at,
         )
+
+    def render(self) -> np.ndarray:
+        return self.last_frame
 
     def read_variables(self) -> dict[str, float]:
         return {}

@@ -1,10 +1,18 @@
-"""Preprocessing: shapes, stacking order, episode restart, and each frame processed once."""
+"""Preprocessing of pictures and of states: shapes, stacking order, episode restart, each frame processed once."""
 
 from __future__ import annotations
 
 import numpy as np
+from gateway_fakes import FakeBackend
 
-from services.env_gateway.preprocess import FrameHistory, Preprocessor, SampledFrame
+from services.env_gateway.preprocess import (
+    FrameHistory,
+    Preprocessor,
+    SampledFrame,
+    StatePreprocessor,
+    make_preprocessor,
+)
+from services.env_gateway.settings import GatewaySettings
 
 
 def rgb(value: int, shape: tuple[int, int] = (210, 160)) -> np.ndarray:
@@ -54,3 +62,37 @@ def test_sampled_frame_is_preprocessed_once_and_releases_its_raw_pixels() -> Non
     assert len(calls) == 1
     assert (first == second).all()
     assert shared.rgb is None  # the raw pixels are released once processed
+
+
+def state(value: float, size: int = 4) -> np.ndarray:
+    # float64, as many gym envs return it: the preprocessor casts to the float32 observations travel in.
+    return np.full(size, value, dtype=np.float64)
+
+
+def test_state_frames_stack_oldest_first_to_float32_stack_by_state_size() -> None:
+    pre = StatePreprocessor(4)
+    frames = [SampledFrame(i, state(0.5 * i)) for i in range(3)]
+    observation = pre.stack(frames)
+    assert observation.shape == (3, 4) == pre.observation_shape(3)
+    assert observation.dtype == np.float32 == pre.dtype
+    assert observation[:, 0].tolist() == [0.0, 0.5, 1.0]
+    assert pre.frame(state(2.0)).shape == (1, 4)
+
+
+def test_state_history_pads_an_episode_start_with_its_first_state() -> None:
+    pre = StatePreprocessor(2)
+    history = FrameHistory(stack=3)
+    first, second = SampledFrame(0, state(1.0, 2)), SampledFrame(1, state(2.0, 2))
+    assert pre.stack(history.reset(first)).tolist() == [[1.0, 1.0]] * 3
+    assert pre.stack(history.add(second)).tolist() == [[1.0, 1.0], [1.0, 1.0], [2.0, 2.0]]
+
+
+def test_make_preprocessor_follows_the_backends_observation_kind() -> None:
+    settings = GatewaySettings(obs_width=32, obs_height=24, obs_grayscale=False)
+    pixels = make_preprocessor(settings, FakeBackend())
+    assert isinstance(pixels, Preprocessor) and pixels.observation_shape(2) == (6, 24, 32)
+    backend = FakeBackend()
+    backend.observation_kind, backend.state_size = "state", 5
+    states = make_preprocessor(settings, backend)
+    assert isinstance(states, StatePreprocessor)
+    assert (states.observation_shape(2), states.dtype) == ((2, 5), np.float32)

@@ -177,6 +177,8 @@ class ScriptedBackend:
     action_count = 2
     action_meanings = ("noop", "right")
     native_frame_rate_hz = 10.0
+    observation_kind = "pixels"
+    state_size = 0
 
     def __init__(self, script: list[dict[str, float]]) -> None:
         self.script = script
@@ -190,6 +192,9 @@ class ScriptedBackend:
     def step(self, action: int) -> tuple[np.ndarray, float, bool, bool]:
         self.position += 1
         return np.zeros((2, 2, 3), np.uint8), 0.25, False, False
+
+    def render(self) -> np.ndarray:
+        return np.zeros((2, 2, 3), np.uint8)
 
     def read_variables(self) -> dict[str, float]:
         return self.script[self.position]

@@ -27,6 +27,7 @@ def test_values_are_read_with_the_prefix() -> None:
     settings = GatewaySettings.from_env(
         {
             "RTRL_ENV": "gym:CartPole-v1",
+            "RTRL_OBSERVATION": "pixels",
             "RTRL_DECISION_INTERVAL_FRAMES": "2",
             "RTRL_LEAD_FRAMES": "3",
             "RTRL_FALLBACK_POLICY": "repeat_last",
@@ -40,7 +41,7 @@ def test_values_are_read_with_the_prefix() -> None:
             "RTRL_SEQUENTIAL_UPDATES": "8",
         }
     )
-    assert settings.env.gymnasium_id == "CartPole-v1"
+    assert (settings.env.gymnasium_id, settings.observation) == ("CartPole-v1", "pixels")
     assert settings.max_staleness_frames == 5  # 0 means lead + interval
     assert settings.fallback_policy is FallbackPolicy.REPEAT_LAST
     assert settings.observation_shape == (6, 84, 84)
@@ -74,6 +75,7 @@ def test_unknown_env_spec_names_rtrl_env_and_the_accepted_forms(spec: str) -> No
         ("INTERACTION", "turn_based"),
         ("LEARNER_ADDRESS", "learner"),
         ("SEQUENTIAL_UPDATES", "0"),
+        ("OBSERVATION", "vector"),
     ],
 )
 def test_invalid_values_fail_naming_the_variable(name: str, value: str) -> None:
@@ -91,3 +93,56 @@ def test_a_jitter_reserve_beyond_the_staleness_bound_is_refused() -> None:
         GatewaySettings.from_env({"RTRL_MAX_STALENESS_FRAMES": "6", "RTRL_JITTER_RESERVE_FRAMES": "7"})
     settings = GatewaySettings.from_env({"RTRL_MAX_STALENESS_FRAMES": "6", "RTRL_JITTER_RESERVE_FRAMES": "1"})
     assert settings.jitter_reserve_frames == 1
+
+
+def timing(settings: GatewaySettings) -> tuple[int, int, int, int]:
+    """(k, L, S, jitter reserve)."""
+    return (
+        settings.decision_interval_frames,
+        settings.lead_frames,
+        settings.max_staleness_frames,
+        settings.jitter_reserve_frames,
+    )
+
+
+def test_auto_observation_plays_cartpole_from_its_state_deciding_every_step() -> None:
+    settings = GatewaySettings.from_env({"RTRL_ENV": "gym:CartPole-v1"})
+    assert settings.observation == "state"
+    assert timing(settings) == (1, 1, 2, 0)
+
+
+def test_auto_observation_plays_ale_pong_from_pixels_with_the_pixel_defaults() -> None:
+    settings = GatewaySettings.from_env({"RTRL_ENV": "ale:Pong", "RTRL_OBSERVATION": ""})
+    assert settings.observation == "pixels"
+    assert timing(settings) == (4, 2, 6, 1)
+
+
+def test_pixels_asked_for_cartpole_keep_the_pixel_defaults() -> None:
+    settings = GatewaySettings.from_env({"RTRL_ENV": "gym:CartPole-v1", "RTRL_OBSERVATION": "pixels"})
+    assert settings.observation == "pixels"
+    assert timing(settings) == (4, 2, 6, 1)
+
+
+def test_explicit_timing_wins_over_the_state_defaults() -> None:
+    settings = GatewaySettings.from_env(
+        {
+            "RTRL_ENV": "gym:CartPole-v1",
+            "RTRL_DECISION_INTERVAL_FRAMES": "2",
+            "RTRL_LEAD_FRAMES": "3",
+            "RTRL_JITTER_RESERVE_FRAMES": "1",
+        }
+    )
+    assert settings.observation == "state"
+    assert timing(settings) == (2, 3, 5, 1)
+
+
+@pytest.mark.parametrize("spec", ["ale:Pong", "gym:ALE/Pong-v5"])
+def test_state_asked_for_a_game_without_a_state_vector_names_rtrl_observation(spec: str) -> None:
+    with pytest.raises(SettingsError, match="RTRL_OBSERVATION=state") as raised:
+        GatewaySettings.from_env({"RTRL_ENV": spec, "RTRL_OBSERVATION": "state"})
+    assert "RTRL_OBSERVATION to pixels" in str(raised.value)
+
+
+def test_an_unknown_gym_id_fails_naming_rtrl_env_when_its_observation_is_resolved() -> None:
+    with pytest.raises(SettingsError, match="RTRL_ENV"):
+        GatewaySettings.from_env({"RTRL_ENV": "gym:NoSuchEnv-v0"})

@@ -51,3 +51,27 @@ def test_unsubscribed_viewer_gets_nothing_and_close_wakes_a_waiting_reader() -> 
     assert len(fanout) == 0
     fanout.publish(frame(0))
     assert viewer.get(0.0) is None
+
+
+def test_a_state_backend_is_rendered_only_for_frames_a_viewer_takes() -> None:
+    pictures = iter(np.full((2, 2, 3), value, np.uint8) for value in range(100))
+    rendered: list[int] = []
+
+    def render() -> np.ndarray:
+        picture = next(pictures)
+        rendered.append(int(picture[0, 0, 0]))
+        return picture
+
+    fanout = FrameFanout(render)
+    state = np.zeros(4, np.float32)
+    fanout.publish(ViewerFrame(0, state, 0, False, 0, 0))
+    assert rendered == []  # nobody watches: nothing is rendered
+    viewer = fanout.subscribe(every_nth_frame=2)
+    for index in range(1, 5):
+        fanout.publish(ViewerFrame(index, state, 0, False, 0, index))
+    assert rendered == [0, 1]  # frames 2 and 4 only
+    got = [viewer.get(0.0) for _ in range(2)]
+    assert [(f.frame_index, f.rgb.shape, int(f.rgb[0, 0, 0])) for f in got if f] == [
+        (2, (2, 2, 3), 0),
+        (4, (2, 2, 3), 1),
+    ]
