@@ -109,6 +109,8 @@ class Stack:
         self.checkpoint_dir = options.checkpoint_dir or default_checkpoint_dir(options.env)
         # The gateway stops first and writes its final GetStats here, after its publisher flushed.
         self.gateway_final_stats = self.run_dir / "gateway-final-stats.json"
+        # One JSON line per finished episode: the run's learning curve (services/env_gateway/episodes.py).
+        self.episode_log = self.run_dir / "episodes.jsonl"
         o = options
         self.gateway_address = f"{o.host}:{o.gateway_port}"
         self.learner_address = f"{o.host}:{o.learner_port}"
@@ -210,6 +212,7 @@ class Stack:
             "RTRL_GATEWAY_METRICS_PORT": str(self.metrics_ports["gateway"]),
             **env,
             "RTRL_GATEWAY_FINAL_STATS_PATH": str(self.gateway_final_stats.resolve()),
+            "RTRL_GATEWAY_EPISODE_LOG": str(self.episode_log.resolve()),
         }
         self.gateway = self._spawn("gateway", "services.env_gateway", self.gateway_address, gateway_env)
         self._wait_serving([self.gateway])

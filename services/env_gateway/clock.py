@@ -93,6 +93,7 @@ import numpy as np
 from rtrl.metrics import RateMeter, Window
 from rtrl.transitions import Transition
 from services.env_gateway.backends.base import Backend
+from services.env_gateway.episodes import EpisodeEnd
 from services.env_gateway.preprocess import FrameHistory, ObservationPreprocessor, SampledFrame
 from services.env_gateway.settings import FallbackPolicy, GatewaySettings
 
@@ -475,6 +476,10 @@ class EpisodeSteps:
         self.frame_rate = RateMeter()
         self.stopped_s: float | None = None
         """Clock time `stop()` ended the ticks; None while running."""
+        self.on_episode_end: Callable[[EpisodeEnd], None] | None = None
+        """Called on the clock thread with each finished episode (the gateway's episode log); must not block."""
+        self._episode_decisions_before = 0
+        self._episode_fresh_before = 0
 
     def stop(self) -> None:
         self._stop.set()
@@ -534,13 +539,31 @@ class EpisodeSteps:
         self._step = None
         self._samples.clear()
         self._last_applied = self.config.fallback_action
+        self._episode_decisions_before = self.decisions
+        self._episode_fresh_before = self.decisions_fresh
 
-    def _end_episode(self) -> None:
+    def _end_episode(self, frame: int, terminated: bool, truncated: bool, wall_ns: int) -> None:
+        """Ends the episode whose last frame is `frame`; the next tick resets."""
         self.episodes += 1
         self.last_episode_return = self._episode_return
         self.recent_returns.append(self._episode_return)
         self._needs_reset = True
         self._step = None
+        if self.on_episode_end is not None:
+            self.on_episode_end(
+                EpisodeEnd(
+                    gateway_id=self.config.gateway_id,
+                    episode=self.episode,
+                    episode_return=self._episode_return,
+                    frames=self.episode_frames,
+                    decisions=self.decisions - self._episode_decisions_before,
+                    decisions_fresh=self.decisions_fresh - self._episode_fresh_before,
+                    terminated=terminated,
+                    truncated=truncated,
+                    end_frame=frame,
+                    end_unix_ms=wall_ns // 1_000_000,
+                )
+            )
 
     def _fallback(self) -> tuple[int, float]:
         """The fallback policy's action and its log-probability."""
@@ -761,7 +784,7 @@ class RealtimeClock(EpisodeSteps):
         if step is not None and (ended or (position - lead + 1) % k == 0):
             self._close_step(step, terminated, truncated)
         if ended:
-            self._end_episode()
+            self._end_episode(frame, terminated, truncated, wall_ns)
         if self._show_frame is not None:
             self._show_frame(ViewerFrame(frame, rgb, action, fresh, self.episode, wall_ns))
         self.frame = frame + 1

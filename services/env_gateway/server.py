@@ -35,6 +35,7 @@ from rtrl.v1 import env_gateway_pb2, env_gateway_pb2_grpc, learner_pb2, learner_
 from services.env_gateway.backends import Backend, make_backend
 from services.env_gateway.clock import ActionMailbox, ClockConfig, RealtimeClock, StepRecord
 from services.env_gateway.dispatcher import Dispatcher, SequentialDispatcher, TrainError, TrainResult
+from services.env_gateway.episodes import EpisodeLog
 from services.env_gateway.membership import REGISTRY_SOURCE, Membership, RegistryWatcher
 from services.env_gateway.metrics import start_metrics
 from services.env_gateway.preprocess import make_preprocessor
@@ -208,6 +209,9 @@ class Gateway:
                         else lambda: scheduler.lead_frames(frame_period_s)
                     ),
                 )
+            self.episode_log = EpisodeLog(settings.episode_log_path) if settings.episode_log_path else None
+            if self.episode_log is not None:
+                self.clock.on_episode_end = self.episode_log.record
         except BaseException:
             self.backend.close()
             raise
@@ -324,6 +328,8 @@ class Gateway:
             self.replicas.close()
             if self.trainer is not None:
                 self.trainer.close()
+            if self.episode_log is not None:
+                self.episode_log.close()
             self.backend.close()
 
     def spec(self) -> env_gateway_pb2.GetSpecResponse:

@@ -213,6 +213,8 @@ class GatewaySettings:
     """Seed of the first reset and of the random fallback policy."""
     final_stats_path: str = ""
     """When set, GetStats is written here as JSON after a graceful stop (the publisher flushed first)."""
+    episode_log_path: str = ""
+    """When set, one JSON line per finished episode is appended here (services/env_gateway/episodes.py)."""
     security: SecuritySettings = field(default_factory=SecuritySettings)
     """TLS, token and message size limit of the server and of the channels to replicas and learner (RTRL_TLS_*,
     RTRL_AUTH_TOKEN, RTRL_GRPC_MAX_MESSAGE_BYTES; rtrl/security.py)."""
@@ -316,6 +318,7 @@ class GatewaySettings:
             publish_queue_size=env_int(env, "PUBLISH_QUEUE_SIZE", DEFAULT_PUBLISH_QUEUE_SIZE, minimum=1),
             seed=env_int(env, "SEED", 0, minimum=0),
             final_stats_path=env_str(env, "GATEWAY_FINAL_STATS_PATH", ""),
+            episode_log_path=env_str(env, "GATEWAY_EPISODE_LOG", ""),
             security=SecuritySettings.from_env(env),
         )
 

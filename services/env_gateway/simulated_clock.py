@@ -186,7 +186,7 @@ class SimulatedClock(EpisodeSteps):
         if step is not None and (ended or (position - lead + 1) % k == 0):
             self._close_step(step, terminated, truncated)
         if ended:
-            self._end_episode()
+            self._end_episode(frame, terminated, truncated, wall_ns)
         if self._show_frame is not None:
             self._show_frame(ViewerFrame(frame, rgb, action, fresh, self.episode, wall_ns))
         self.frame = frame + 1

@@ -8,6 +8,7 @@ from concurrent import futures
 from dataclasses import replace
 
 import grpc
+import numpy as np
 import pytest
 from gateway_doubles import FakeInference, Replica, Stack
 
@@ -37,8 +38,14 @@ def serve_inference() -> Iterator[Callable[..., tuple[str, grpc.Server]]]:
 
 @pytest.fixture
 def start_replica(serve_inference: Callable[..., tuple[str, grpc.Server]]) -> Callable[..., Replica]:
-    def start(delay_s: float = 0.002, action: int = 2, checkpoint_version: int = 7) -> Replica:
-        servicer = FakeInference(delay_s, action, checkpoint_version)
+    def start(
+        delay_s: float = 0.002,
+        action: int = 2,
+        checkpoint_version: int = 7,
+        policy: Callable[[np.ndarray], int] | None = None,
+        delay_of: Callable[[int], float] | None = None,
+    ) -> Replica:
+        servicer = FakeInference(delay_s, action, checkpoint_version, policy, delay_of)
         address, server = serve_inference(servicer)
         return Replica(address, servicer, server)
 

@@ -7,7 +7,7 @@ it answers Act and ActStream after a configurable delay with a fixed action and 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import grpc
@@ -20,11 +20,23 @@ from services.env_gateway.settings import GatewaySettings
 
 
 class FakeInference(inference_pb2_grpc.InferenceServiceServicer):
-    """Answers every Act and ActStream request after `delay_s` with `action`; records the frame indices it saw."""
+    """Answers every Act and ActStream request after `delay_s` with `action`; records the frame indices it saw.
 
-    def __init__(self, delay_s: float, action: int, checkpoint_version: int) -> None:
+    `policy`, when given, chooses each answer's action from the observation and `delay_of` its delay from
+    the frame index instead."""
+
+    def __init__(
+        self,
+        delay_s: float,
+        action: int,
+        checkpoint_version: int,
+        policy: Callable[[np.ndarray], int] | None = None,
+        delay_of: Callable[[int], float] | None = None,
+    ) -> None:
         self.delay_s = delay_s
         self.action = action
+        self.policy = policy
+        self.delay_of = delay_of
         self.checkpoint_version = checkpoint_version
         self.frame_indices: list[int] = []
         self.observation_shapes: set[tuple[int, ...]] = set()
@@ -52,10 +64,11 @@ class FakeInference(inference_pb2_grpc.InferenceServiceServicer):
         observation = from_proto(request.observation)
         self.observation_shapes.add(observation.shape)
         self.observation_dtypes.add(observation.dtype)
-        if self.delay_s:
-            ended.wait(self.delay_s)
+        delay_s = self.delay_s if self.delay_of is None else self.delay_of(request.frame_index)
+        if delay_s:
+            ended.wait(delay_s)
         return inference_pb2.ActResponse(
-            action=self.action,
+            action=self.action if self.policy is None else self.policy(observation),
             behaviour_log_prob=-0.05,
             checkpoint_version=self.checkpoint_version,
             frame_index=request.frame_index,

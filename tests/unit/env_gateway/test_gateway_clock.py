@@ -12,6 +12,7 @@ import pytest
 from gateway_fakes import FakeBackend, MakeHarness
 
 from services.env_gateway.clock import DEADLINE_MARGIN_S
+from services.env_gateway.episodes import EpisodeEnd
 from services.env_gateway.settings import FallbackPolicy
 
 
@@ -152,6 +153,23 @@ def test_termination_ends_the_step_early_and_a_new_episode_starts(make_clock: Ma
     # Episode 1 starts at frame 7: observations at 7 and 11, steps from frames 8 and 12.
     assert [(r.episode, r.step, r.obs_frame) for r in h.records[2:]] == [(1, 0, 7), (1, 1, 11)]
     assert [r.seq for r in h.records] == list(range(len(h.records)))
+
+
+def test_each_finished_episode_is_reported_with_its_return_length_decisions_and_end(make_clock: MakeHarness) -> None:
+    h = make_clock(max_episode_frames=12)
+    ended: list[EpisodeEnd] = []
+    h.clock.on_episode_end = ended.append
+    h.backend.rewards = {4: 1.0, 5: 2.0}
+    h.backend.terminate_at = {5}  # frame 6 ends episode 0
+    h.tick_until(7)  # nothing answers episode 0; episode 1 resets at frame 7, its first observation
+    h.reply(7, 3)
+    h.tick_until(19)  # episode 1 (frames 7..18) is truncated at 12 frames
+
+    assert [(e.episode, e.episode_return, e.frames, e.end_frame) for e in ended] == [(0, 3.0, 7, 6), (1, 0.0, 12, 18)]
+    assert [(e.terminated, e.truncated) for e in ended] == [(True, False), (False, True)]
+    # Episode 0: steps from frames 1 and 5, both fallback; episode 1: steps from 8, 12 and 16, the first fresh.
+    assert [(e.decisions, e.decisions_fresh) for e in ended] == [(2, 0), (3, 1)]
+    assert all(e.gateway_id == "gw-test" for e in ended)
 
 
 def test_max_episode_frames_truncates_the_running_step(make_clock: MakeHarness) -> None:
