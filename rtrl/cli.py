@@ -135,6 +135,14 @@ def build_parser() -> argparse.ArgumentParser:
         "so that training never shares a core with acting (RTRL_CPUS of each service; default: no pinning)",
     )
     up.add_argument(
+        "--record-every",
+        type=_positive_float,
+        metavar="SECONDS",
+        help="every SECONDS, when the learner has published a newer checkpoint, record one greedy episode of it with "
+        "`rtrl play --fast` (nice 19, off the learner's CPUs, one at a time) to <run dir>/recordings/v<version>.mp4 "
+        "and its return to recordings/index.jsonl; the dashboard links the newest (default: off)",
+    )
+    up.add_argument(
         "--set",
         dest="settings",
         type=_key_value,
@@ -287,6 +295,7 @@ def main(argv: list[str] | None = None) -> int:
         interaction=args.interaction,
         scheduler=args.scheduler,
         learner_cpus=args.learner_cpus,
+        record_every_s=args.record_every,
         extra_env=dict(args.settings),
     )
     return up(options)
