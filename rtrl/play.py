@@ -31,8 +31,6 @@ import numpy as np
 
 from rtrl.config import PREFIX, SettingsError, env_int
 
-log = logging.getLogger(__name__)
-
 RECORD_SUFFIXES = (".mp4", ".gif")
 # `--record` may name the file after the checkpoint it plays (rtrl up --record-every does).
 VERSION_PLACEHOLDER = "{version}"
@@ -68,6 +66,7 @@ class PlayOptions:
     settings: dict[str, str] = field(default_factory=dict)
     """RTRL_* values from --set, over the process environment (RTRL_ENV comes from `env`)."""
     nice: int = 0
+    """Niceness added to this process first (rtrl up's recordings: 19, the lowest priority)."""
 
 
 @dataclass
@@ -584,7 +583,8 @@ def main(options: PlayOptions) -> int:
         print(f"rtrl play: the game failed: {e}", file=sys.stderr)
         return 1
     except (Interrupted, KeyboardInterrupt):
-        print("rtrl play: stopped before the last episode ended; nothing was recorded.", file=sys.stderr)
+        written = "; no video was written" if options.record is not None else ""
+        print(f"rtrl play: stopped before the last episode ended{written}.", file=sys.stderr)
         return INTERRUPTED_EXIT_CODE
     if options.json_output:
         print(json.dumps(result.to_json()), flush=True)

@@ -209,7 +209,7 @@ def test_sigterm_stops_play_and_leaves_no_partial_video(tmp_path):
             process.kill()
             process.wait()
     assert process.returncode == 130
-    assert "stopped before the last episode ended; nothing was recorded" in stderr
+    assert "stopped before the last episode ended; no video was written." in stderr
     assert list(videos.iterdir()) == []
 
 
