@@ -1,4 +1,5 @@
-"""The `rtrl` command: `rtrl up` runs the whole stack; `rtrl gateway|inference|learner` runs one service.
+"""The `rtrl` command: `rtrl up` runs the whole stack; `rtrl gateway|inference|learner` runs one service;
+`rtrl play` plays a checkpoint on its game (rtrl/play.py).
 
 The single-service commands are the entry points docker compose uses; they read only RTRL_*
 environment variables, so a service behaves the same under compose, under `rtrl up` and by hand.
@@ -52,6 +53,20 @@ def _cpu_list(text: str) -> str:
     except ValueError as e:
         raise argparse.ArgumentTypeError(f"{e}; give CPUs like 1, 2-3 or 0,2") from None
     return text
+
+
+def _episode_count(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("play at least 1 episode")
+    return value
+
+
+def _nice(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 19:
+        raise argparse.ArgumentTypeError(f"{text} is not a niceness; give 0 (none) to 19 (lowest priority)")
+    return value
 
 
 def _key_value(text: str) -> tuple[str, str]:
@@ -120,6 +135,14 @@ def build_parser() -> argparse.ArgumentParser:
         "so that training never shares a core with acting (RTRL_CPUS of each service; default: no pinning)",
     )
     up.add_argument(
+        "--record-every",
+        type=_positive_float,
+        metavar="SECONDS",
+        help="every SECONDS, when the learner has published a newer checkpoint, record one greedy episode of it with "
+        "`rtrl play --fast` (nice 19, off the learner's CPUs, one at a time) to <run dir>/recordings/v<version>.mp4 "
+        "and its return to recordings/index.jsonl; the dashboard links the newest (default: off)",
+    )
+    up.add_argument(
         "--set",
         dest="settings",
         type=_key_value,
@@ -127,6 +150,47 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="RTRL_NAME=VALUE",
         help="pass a setting to every service (repeatable), e.g. --set RTRL_DECISION_INTERVAL_FRAMES=2",
+    )
+
+    play = sub.add_parser(
+        "play",
+        help="play the newest checkpoint of a directory on its game and print the returns (or record a video)",
+        description="Plays the newest checkpoint in --checkpoint-dir on --env with the gateway's RTRL_* settings "
+        "(decision interval, lead, frame stack, observation: give them as it was trained, with --set or the "
+        "environment), each action computed as soon as its observation is sampled and applied L frames later. "
+        "Prints each episode's return and length and the mean return.",
+    )
+    play.add_argument("--env", required=True, help="the game the checkpoint was trained on (RTRL_ENV), e.g. ale:Pong")
+    play.add_argument(
+        "--checkpoint-dir", required=True, type=Path, help="where the learner published it (rtrl up: checkpoints/<env>)"
+    )
+    play.add_argument("--episodes", type=_episode_count, default=10, help="episodes to play (default: 10)")
+    play.add_argument(
+        "--greedy",
+        action="store_true",
+        help="always the best action (argmax); default: act as a replica would (epsilon-greedy with the "
+        "checkpoint's epsilon, or sampling an actor-critic's policy), seeded by RTRL_SEED",
+    )
+    play.add_argument(
+        "--fast", action="store_true", help="as fast as possible instead of at the game's frame rate (not desktop:)"
+    )
+    play.add_argument(
+        "--record",
+        type=Path,
+        metavar="PATH",
+        help="write a video of every frame played: .mp4 (OpenCV, mp4v) or .gif (at most 320 px wide, 25 fps); "
+        "{version} in PATH becomes the checkpoint version",
+    )
+    play.add_argument("--json", action="store_true", help="print one JSON object of the results instead")
+    play.add_argument("--nice", type=_nice, default=0, help="lower this process's CPU priority by N (0-19)")
+    play.add_argument(
+        "--set",
+        dest="settings",
+        type=_key_value,
+        action="append",
+        default=[],
+        metavar="RTRL_NAME=VALUE",
+        help="a gateway setting the checkpoint was trained with (repeatable), e.g. --set RTRL_FRAME_STACK=4",
     )
 
     health = sub.add_parser("health", help="exit 0 when the gRPC server at ADDRESS reports SERVING (for probes)")
@@ -175,6 +239,24 @@ def main(argv: list[str] | None = None) -> int:
         print(status)
         return 0 if status == "SERVING" else 1
 
+    if args.command == "play":
+        from rtrl.play import PlayOptions
+        from rtrl.play import main as play
+
+        return play(
+            PlayOptions(
+                env=args.env,
+                checkpoint_dir=args.checkpoint_dir,
+                episodes=args.episodes,
+                greedy=args.greedy,
+                fast=args.fast,
+                record=args.record,
+                json_output=args.json,
+                settings=dict(args.settings),
+                nice=args.nice,
+            )
+        )
+
     if args.command == "status":
         from rtrl.grpc_util import create_channel
         from rtrl.security import SecuritySettings
@@ -213,6 +295,7 @@ def main(argv: list[str] | None = None) -> int:
         interaction=args.interaction,
         scheduler=args.scheduler,
         learner_cpus=args.learner_cpus,
+        record_every_s=args.record_every,
         extra_env=dict(args.settings),
     )
     return up(options)

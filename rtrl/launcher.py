@@ -7,7 +7,9 @@ in the replica registry there and the gateway finds them the way it finds replic
 or by `docker compose --scale`: no address list is passed. `--interaction sequential` runs the
 act -> learn -> act baseline (RTRL_INTERACTION on the gateway, RTRL_LEARNER_MODE on the learner).
 With `--dashboard` (the default) the dashboard's web page watches the stack; it is optional: one that
-cannot start is reported and the stack runs on without it, and it is stopped first.
+cannot start is reported and the stack runs on without it, and it is stopped first. `--record-every`
+records a greedy episode of each newer checkpoint now and then (rtrl/recordings.py) into the run's
+`recordings/`, which the dashboard links.
 It shows a live status line, and on `--duration` or Ctrl-C shuts down in the order that loses
 nothing: the gateway first (no new transitions; its publisher flushes), then the replicas, then the
 learner once it has consumed the stream (its final checkpoint is written on the way out), then Redis.
@@ -41,6 +43,7 @@ from rtrl.config import (
 from rtrl.cpus import format_cpu_list, split_cpus
 from rtrl.grpc_util import health_status
 from rtrl.local_redis import LocalRedis, free_port
+from rtrl.recordings import RecordingEntry, RecordingScheduler
 from rtrl.redis_client import redacted_url
 from rtrl.security import SecuritySettings
 from rtrl.status import StackClient, StackStatus, status_line
@@ -82,6 +85,8 @@ class UpOptions:
     scheduler: str | None = None
     learner_cpus: str = ""
     """CPUs for the learner alone ("1", "2-3"); everything else runs on the others. Empty: no pinning."""
+    record_every_s: float | None = None
+    """Seconds between recordings of the newest checkpoint (one greedy episode each); None: none."""
     extra_env: dict[str, str] = field(default_factory=dict)
 
 
@@ -127,6 +132,8 @@ class Stack:
         self.gateway: Child | None = None
         self.dashboard: Child | None = None
         self.dashboard_url = f"http://{o.host}:{o.dashboard_port}/"
+        self.recordings_dir = self.run_dir / "recordings"
+        self.recordings: RecordingScheduler | None = None
 
     # -- starting ----------------------------------------------------------------------------------
 
@@ -197,7 +204,7 @@ class Stack:
             **env,
             **learner_cpus,
         }
-        env = {**env, **other_cpus}  # everything but the learner
+        env = {**env, **other_cpus}  # everything but the learner, recordings included
         self.learner = self._spawn("learner", "services.learner", self.learner_address, learner_env)
         for i, address in enumerate(self.replica_addresses):
             replica_env = {
@@ -223,6 +230,8 @@ class Stack:
                 "RTRL_DASHBOARD_PORT": str(o.dashboard_port),
                 "RTRL_DASHBOARD_GATEWAYS": self.gateway_address,
             }
+            if o.record_every_s is not None:
+                dashboard_env["RTRL_DASHBOARD_RECORDINGS_DIR"] = str(self.recordings_dir.resolve())
             self.dashboard = self._spawn("dashboard", "services.dashboard", self.dashboard_url, dashboard_env)
             try:
                 self._wait_http(self.dashboard)
@@ -231,6 +240,17 @@ class Stack:
                 print(f"rtrl up: the dashboard did not start, running without it (--dashboard-port): {e}")
                 _terminate([self.dashboard])
                 self.dashboard = None
+        if o.record_every_s is not None:
+            self.recordings = RecordingScheduler(
+                env=o.env,
+                checkpoint_dir=self.checkpoint_dir.resolve(),
+                directory=self.recordings_dir.resolve(),
+                log_dir=self.log_dir,
+                interval_s=o.record_every_s,
+                child_env={**os.environ, **env, "PYTHONUNBUFFERED": "1"},
+                on_recorded=_announce_recording,
+            )
+            self.recordings.start()
 
     def _wait_http(self, child: Child) -> None:
         """Waits until the HTTP service `child` answers GET /healthz (its address is its URL)."""
@@ -295,6 +315,8 @@ class Stack:
     def stop(self, client: StackClient | None) -> StackStatus | None:
         """Stops everything in an order that loses nothing; returns the last status read before the learner stopped."""
         final: StackStatus | None = None
+        if self.recordings is not None:
+            self.recordings.stop()
         if self.dashboard is not None:
             _terminate([self.dashboard])
         if self.gateway is not None:
@@ -387,6 +409,12 @@ def up(options: UpOptions) -> int:
         )
         if stack.dashboard is not None:
             print(f"dashboard: {stack.dashboard_url}", flush=True)
+        if stack.recordings is not None:
+            print(
+                f"recordings: a greedy episode of each newer checkpoint every {options.record_every_s:g} s in "
+                f"{stack.recordings_dir} (index.jsonl)",
+                flush=True,
+            )
         client = StackClient(stack.gateway_address, stack.learner_address, stack.replica_addresses, stack.security)
         exit_code, last = _watch(stack, client, stop_requested)
     except LaunchError as e:
@@ -406,6 +434,16 @@ def up(options: UpOptions) -> int:
     if options.summary_json is not None:
         options.summary_json.write_text(json.dumps(summary, indent=1))
     return exit_code
+
+
+def _announce_recording(entry: RecordingEntry) -> None:
+    # On a line of its own: the interactive status line is redrawn after it.
+    print(
+        ("\n" if sys.stdout.isatty() else "")
+        + f"recorded checkpoint v{entry.checkpoint_version}: greedy return {entry.episode_return:g} in "
+        f"{entry.frames} frames, {entry.path}",
+        flush=True,
+    )
 
 
 def _announce_observability(stack: Stack) -> None:

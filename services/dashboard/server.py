@@ -1,6 +1,7 @@
 """The dashboard service: `Dashboard` runs the feeds (frames, status polls); `create_server` serves the
-page, `/api/state` (JSON: the newest state, chart history and settings) and `/api/events` (Server-Sent
-Events: a `state` event per poll, `refresh_hz` a second, and a `frame` event per new game frame).
+page, `/api/state` (JSON: the newest state, chart history and settings), `/api/events` (Server-Sent
+Events: a `state` event per poll, `refresh_hz` a second, and a `frame` event per new game frame) and
+`/recordings/latest` (the newest recorded episode, recordings.py).
 
 Stdlib HTTP (ThreadingHTTPServer, one thread per browser connection) and a page of plain HTML, one
 script and one stylesheet: nothing to build, nothing fetched from elsewhere, so it works on machines
@@ -11,6 +12,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
 import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -20,6 +23,7 @@ from urllib.parse import urlsplit
 
 from rtrl.shutdown import stop_on_signals
 from services.dashboard.feeds import FrameFeed, Poller
+from services.dashboard.recordings import LATEST_URL, RecordingShelf
 from services.dashboard.settings import DashboardSettings
 
 log = logging.getLogger(__name__)
@@ -74,6 +78,7 @@ class Dashboard:
         ]
         self._frame_json: dict[int, tuple[int, str]] = {}
         self._lock = threading.Lock()
+        self.recordings = RecordingShelf(settings.recordings_dir or None)
 
     def start(self) -> None:
         self.poller.start()
@@ -92,6 +97,7 @@ class Dashboard:
         state["frame_feeds"] = [
             {"address": feed.address, "error": feed.error, "connects": feed.connects} for feed in self.feeds
         ]
+        state["recordings"] = self.recordings.state_json()
         return state
 
     def full_json(self) -> dict[str, Any]:
@@ -103,6 +109,7 @@ class Dashboard:
                 "frame_every": self.settings.frame_every,
                 "gateways": list(self.settings.gateways),
                 "learner_address": self.settings.learner_address,
+                "recordings": self.recordings.enabled,
             },
             "state": self.state_json(),
             "history": self.poller.history.points(),
@@ -122,7 +129,8 @@ class Dashboard:
 
 
 class DashboardHandler(BaseHTTPRequestHandler):
-    """GET only: the page, its two static files, /api/state, /api/events, /api/frame/N.png, /healthz."""
+    """GET only: the page, its two static files, /api/state, /api/events, /api/frame/N.png, /recordings/latest,
+    /healthz."""
 
     server: DashboardHTTPServer
     protocol_version = "HTTP/1.1"
@@ -142,12 +150,15 @@ class DashboardHandler(BaseHTTPRequestHandler):
             self._events(dashboard)
         elif path.startswith("/api/frame/") and path.endswith(".png"):
             self._frame_png(dashboard, path.removeprefix("/api/frame/").removesuffix(".png"))
+        elif path == LATEST_URL:
+            self._recording(dashboard)
         elif path == "/healthz":
             self._send(HTTPStatus.OK, f"ok, {dashboard.poller.polls} polls\n".encode(), "text/plain; charset=utf-8")
         else:
             self._send(
                 HTTPStatus.NOT_FOUND,
-                f"{path} is not a page of the rtrl dashboard; open / (API: /api/state, /api/events).\n".encode(),
+                f"{path} is not a page of the rtrl dashboard; open / (API: /api/state, /api/events, "
+                f"{LATEST_URL}).\n".encode(),
                 "text/plain; charset=utf-8",
             )
 
@@ -166,6 +177,35 @@ class DashboardHandler(BaseHTTPRequestHandler):
             self._send(HTTPStatus.SERVICE_UNAVAILABLE, message.encode(), "text/plain; charset=utf-8")
             return
         self._send(HTTPStatus.OK, frame.png, "image/png")
+
+    def _recording(self, dashboard: Dashboard) -> None:
+        shelf = dashboard.recordings
+        opened = shelf.open_latest()
+        if opened is None:
+            message = (
+                "no recording yet: the dashboard shows recordings when RTRL_DASHBOARD_RECORDINGS_DIR is set "
+                "(rtrl up --record-every SECONDS sets it) and a recording is there.\n"
+                if not shelf.enabled
+                else f"no recording in {shelf.directory} yet; rtrl up --record-every writes one when the learner "
+                "has published a checkpoint.\n"
+            )
+            self._send(HTTPStatus.NOT_FOUND, message.encode(), "text/plain; charset=utf-8")
+            return
+        recording, file = opened
+        with file:
+            self.send_response(HTTPStatus.OK)
+            self.send_header("Content-Type", recording.content_type)
+            self.send_header("Content-Length", str(os.fstat(file.fileno()).st_size))
+            # Browsers play GIFs but not the MPEG-4 Part 2 (mp4v) video OpenCV writes: an mp4 is downloaded, to be
+            # opened in a video player, instead of opening a player that cannot decode it.
+            disposition = "inline" if recording.content_type == "image/gif" else "attachment"
+            self.send_header("Content-Disposition", f'{disposition}; filename="{recording.path.name}"')
+            self.send_header("Cache-Control", "no-store")
+            self.end_headers()
+            try:
+                shutil.copyfileobj(file, self.wfile)
+            except (BrokenPipeError, ConnectionResetError):
+                return  # the browser went away
 
     def _send_json(self, value: Any) -> None:
         self._send(HTTPStatus.OK, json.dumps(value).encode(), "application/json")

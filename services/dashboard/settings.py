@@ -63,6 +63,9 @@ class DashboardSettings:
     """The game view shows one frame out of this many (RTRL_DASHBOARD_FRAME_EVERY)."""
     history_s: float = DEFAULT_HISTORY_S
     """Seconds of chart history kept and shown (RTRL_DASHBOARD_HISTORY_S)."""
+    recordings_dir: str = ""
+    """Directory of recorded episodes (`rtrl up --record-every` sets the run's recordings/); the page links the
+    newest, served read-only at /recordings/latest; empty: none (RTRL_DASHBOARD_RECORDINGS_DIR)."""
     security: SecuritySettings = field(default_factory=SecuritySettings)
     """TLS, token and message size limit of the channels to gateways, replicas and learner (RTRL_TLS_*,
     RTRL_AUTH_TOKEN, RTRL_GRPC_MAX_MESSAGE_BYTES; rtrl/security.py). The web page itself has none: it
@@ -103,6 +106,7 @@ class DashboardSettings:
             refresh_hz=refresh_hz,
             frame_every=env_int(env, "DASHBOARD_FRAME_EVERY", DEFAULT_FRAME_EVERY, minimum=1),
             history_s=env_float(env, "DASHBOARD_HISTORY_S", DEFAULT_HISTORY_S, minimum=10.0),
+            recordings_dir=env_str(env, "DASHBOARD_RECORDINGS_DIR", ""),
             security=SecuritySettings.from_env(env),
         )
 

@@ -1,6 +1,8 @@
 """The dashboard in headless Chromium against the real stack: `rtrl up` (embedded Redis, the learner, two
 replicas, the gateway on ALE Pong at 60 fps, and the dashboard), the page read through Selenium and
-compared with what GetStats and GetStatus answer around the read.
+compared with what GetStats and GetStatus answer around the read. The link to the newest recording is
+checked first, against a dashboard of its own over a recordings directory (the stack's first recording
+would come only after its learner has published and a greedy Pong episode has been played).
 
 A full-page screenshot is kept in artifacts/dashboard/ (the README's docs/dashboard.png is one).
 """
@@ -8,13 +10,16 @@ A full-page screenshot is kept in artifacts/dashboard/ (the README's docs/dashbo
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +32,8 @@ from rtrl.grpc_util import health_status
 from rtrl.local_redis import free_port
 from rtrl.v1 import env_gateway_pb2, env_gateway_pb2_grpc, learner_pb2, learner_pb2_grpc
 from services.dashboard.headless import BrowserMissing, full_page_png, open_chromium
+from services.dashboard.server import Dashboard, create_server
+from services.dashboard.settings import DashboardSettings
 
 pytestmark = pytest.mark.e2e
 
@@ -132,6 +139,70 @@ def stubs(stack) -> Iterator[tuple[Any, Any]]:
     )
     gateway_channel.close()
     learner_channel.close()
+
+
+@pytest.fixture(scope="module")
+def recordings_page(tmp_path_factory) -> Iterator[dict[str, Any]]:
+    """A dashboard over a recordings directory holding a real mp4 and its index line (nothing else answers)."""
+    recordings = tmp_path_factory.mktemp("recordings")
+    writer = cv2.VideoWriter(str(recordings / "v3.mp4"), cv2.VideoWriter.fourcc(*"mp4v"), 60.0, (160, 210))
+    for shade in range(0, 250, 10):
+        writer.write(np.full((210, 160, 3), shade, np.uint8))
+    writer.release()
+    index = {"checkpoint_version": 3, "return": 7.0, "frames": 1234, "path": str(recordings / "v3.mp4"), "unix_ms": 1}
+    (recordings / "index.jsonl").write_text(json.dumps(index) + "\n")
+    settings = replace(
+        DashboardSettings(),
+        port=0,
+        gateways=(f"127.0.0.1:{free_port()}",),
+        learner_address=f"127.0.0.1:{free_port()}",
+        recordings_dir=str(recordings),
+    )
+    dashboard = Dashboard(settings)
+    http, port = create_server(settings, dashboard)
+    dashboard.start()
+    threading.Thread(target=http.serve_forever, daemon=True).start()
+    try:
+        yield {"url": f"http://127.0.0.1:{port}/", "dir": recordings}
+    finally:
+        dashboard.stop()
+        http.shutdown()
+        http.server_close()
+
+
+def recording_link(driver) -> dict[str, Any] | None:
+    return driver.execute_script(
+        "const a = document.getElementById('recording-link');"
+        "return a === null ? null : {name: a.textContent, href: a.getAttribute('href'),"
+        " text: document.getElementById('recording').textContent, version: a.dataset.version};"
+    )
+
+
+def test_the_page_links_the_newest_recording_with_its_version_and_greedy_return(recordings_page, browser):
+    browser.get(recordings_page["url"])
+    link = wait_until(lambda: recording_link(browser), 20, "the recording link")
+    assert link["name"] == "v3.mp4" and link["version"] == "v3"
+    assert "checkpoint v3 · greedy return 7.0 · 1,234 frames" in link["text"], link["text"]
+    # The browser fetches what the link points at: the video file, whole.
+    fetched = browser.execute_async_script(
+        "const done = arguments[arguments.length - 1];"
+        "fetch(document.getElementById('recording-link').href)"
+        ".then((r) => r.arrayBuffer().then((b) => done([r.status, r.headers.get('content-type'), b.byteLength])));"
+    )
+    assert fetched == [200, "video/mp4", (recordings_page["dir"] / "v3.mp4").stat().st_size]
+
+    # A newer recording replaces the link while the page is open.
+    newer = recordings_page["dir"] / "v5.gif"
+    newer.write_bytes(b"GIF89a")
+    os.utime(newer, (time.time() + 5, time.time() + 5))
+
+    def newer_shown() -> dict[str, Any] | None:
+        link = recording_link(browser)
+        return link if link is not None and link["name"] == "v5.gif" else None
+
+    link = wait_until(newer_shown, 20, "the newer recording")
+    assert link["href"] == "/recordings/latest?name=v5.gif" and link["version"] == ""
+    assert severe_console_entries(browser) == []
 
 
 def get_stats(gateway) -> env_gateway_pb2.GetStatsResponse:

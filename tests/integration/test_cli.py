@@ -40,6 +40,15 @@ def test_learner_cpus_must_be_a_cpu_list_and_leave_cpus_for_acting():
     assert "--learner-cpus='4096' names CPUs that are not here" in result.stderr
 
 
+def test_record_every_is_in_up_help_and_must_be_a_positive_number_of_seconds():
+    result = rtrl("up", "--help")
+    assert result.returncode == 0
+    assert "--record-every SECONDS" in result.stdout and "recordings/index.jsonl" in " ".join(result.stdout.split())
+    result = rtrl("up", "--record-every", "0")
+    assert result.returncode == 2
+    assert "0 is not a positive number of seconds" in result.stderr
+
+
 def test_health_of_an_unreachable_server_fails():
     result = rtrl("health", f"127.0.0.1:{free_port()}", "--timeout", "0.5")
     assert result.returncode == 1

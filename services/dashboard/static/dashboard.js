@@ -392,6 +392,26 @@ function showLearner(learner) {
   ]);
 }
 
+// The newest recorded greedy episode (rtrl up --record-every), a link to the file the dashboard serves.
+function showRecording(recordings) {
+  const node = document.getElementById("recording");
+  node.hidden = !(recordings && recordings.enabled);
+  if (node.hidden) return;
+  const latest = recordings.latest;
+  const key = latest ? latest.url : "";
+  if (node.dataset.key === key && node.childNodes.length) return;
+  node.dataset.key = key;
+  if (!latest) {
+    node.replaceChildren("Recordings: none yet (one is made when the learner has published a checkpoint)");
+    return;
+  }
+  const version = latest.checkpoint_version === null ? "" : `v${latest.checkpoint_version}`;
+  const link = el("a", { id: "recording-link", href: latest.url, target: "_blank", "data-version": version }, `${latest.name}`);
+  const facts = [version && `checkpoint ${version}`, latest.return === null ? "" : `greedy return ${fmt(latest.return, 1)}`,
+    latest.frames === null ? "" : `${fmtInt(latest.frames)} frames`].filter(Boolean).join(" · ");
+  node.replaceChildren("Newest recording: ", link, facts ? ` (${facts})` : "");
+}
+
 // ---- charts from state and history --------------------------------------------------------------
 
 function drawCharts() {
@@ -475,6 +495,7 @@ function applyState(state) {
     ? (registry.error ? `registry: ${registry.error}` : "from the registry in Redis and the gateways")
     : "from the gateways and RTRL_INFERENCE_ADDRESSES (no registry: RTRL_REDIS_URL unset)";
   showLearner(state.learner);
+  showRecording(state.recordings);
   showSummary(state, rows);
   drawCharts();
   document.body.dataset.updated = String(state.t);

@@ -17,6 +17,12 @@ def test_defaults_serve_on_loopback_and_watch_the_local_stack():
     assert settings.refresh_hz >= 5.0
 
 
+def test_the_recordings_directory_is_read_and_is_off_unless_set():
+    assert DashboardSettings.from_env({}).recordings_dir == ""
+    settings = DashboardSettings.from_env({"RTRL_DASHBOARD_RECORDINGS_DIR": "runs/x/recordings"})
+    assert settings.recordings_dir == "runs/x/recordings"
+
+
 def test_several_gateways_and_replicas_are_read_as_lists():
     settings = DashboardSettings.from_env(
         {
