@@ -139,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_float,
         metavar="SECONDS",
         help="every SECONDS, when the learner has published a newer checkpoint, record one greedy episode of it with "
-        "`rtrl play --fast` (nice 19, off the learner's CPUs, one at a time) to <run dir>/recordings/v<version>.mp4 "
+        "`rtrl play --fast` (nice 19, off the learner's CPUs, one at a time) to <run dir>/recordings/v<version>.gif "
         "and its return to recordings/index.jsonl; the dashboard links the newest (default: off)",
     )
     up.add_argument(

@@ -125,8 +125,8 @@ def test_each_newer_checkpoint_is_recorded_once_into_the_index(setup):
     recordings = tmp_path / "run" / "recordings"
     entries = read_index(recordings / INDEX)
     assert [(e["checkpoint_version"], e["return"], e["frames"]) for e in entries] == [(1, 10.0, 101), (2, 20.0, 102)]
-    assert [Path(str(e["path"])).name for e in entries] == ["v1.mp4", "v2.mp4"]
-    assert all((recordings / f"v{v}.mp4").read_bytes() == b"video" for v in (1, 2))
+    assert [Path(str(e["path"])).name for e in entries] == ["v1.gif", "v2.gif"]
+    assert all((recordings / f"v{v}.gif").read_bytes() == b"video" for v in (1, 2))
     assert all(isinstance(e["unix_ms"], int) and e["unix_ms"] > 1_600_000_000_000 for e in entries)
     assert scheduler.recorded == 2 and scheduler.failures == 0
 
@@ -144,7 +144,7 @@ def test_the_command_plays_one_greedy_fast_episode_at_nice_19_off_the_learners_c
     assert args[args.index("--episodes") + 1] == "1"
     assert {"--greedy", "--fast", "--json"} <= set(args)
     assert args[args.index("--nice") + 1] == "19"
-    assert args[args.index("--record") + 1] == str(tmp_path / "run" / "recordings" / "v{version}.mp4")
+    assert args[args.index("--record") + 1] == str(tmp_path / "run" / "recordings" / "v{version}.gif")
     assert run["cpus"] == "0", "the child gets the environment rtrl up gives it (RTRL_CPUS: the non-learner CPUs)"
 
 
