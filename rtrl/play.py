@@ -29,6 +29,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from rtrl.acting import epsilon_greedy, sample_softmax
 from rtrl.config import PREFIX, SettingsError, env_int
 
 RECORD_SUFFIXES = (".mp4", ".gif")
@@ -122,26 +123,10 @@ class CheckpointPolicy:
         if self.greedy:
             return int(np.argmax(values)), 0.0
         if self.head == "actor_critic":
-            return self._sample(values)
-        return self._epsilon_greedy(values)
-
-    def _epsilon_greedy(self, values: np.ndarray) -> tuple[int, float]:
+            return sample_softmax(values, self._rng)
         # As services/inference/policy.py explores, so a recording shows what a replica would do.
-        count = int(values.shape[0])
-        greedy = int(np.argmax(values))
-        explored = self.epsilon > 0.0 and bool(self._rng.random() < self.epsilon)
-        action = int(self._rng.integers(count)) if explored else greedy
-        probability = (1.0 - self.epsilon + self.epsilon / count) if action == greedy else self.epsilon / count
-        return action, math.log(probability)
-
-    def _sample(self, logits: np.ndarray) -> tuple[int, float]:
-        shifted = logits.astype(np.float64) - np.max(logits)
-        log_probs = shifted - math.log(float(np.exp(shifted).sum()))
-        cumulative = np.cumsum(np.exp(log_probs))
-        action = min(
-            int(np.searchsorted(cumulative, self._rng.random() * cumulative[-1], side="right")), len(logits) - 1
-        )
-        return action, float(log_probs[action])
+        action, _, log_prob = epsilon_greedy(values, self.epsilon, self._rng)
+        return action, log_prob
 
 
 def shape_advice(trained: tuple[int, ...], played: tuple[int, ...], observation_kind: str) -> str:

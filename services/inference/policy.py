@@ -31,7 +31,6 @@ the previous version keeps serving; it never reaches a caller.
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 import zlib
@@ -43,6 +42,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from rtrl.acting import epsilon_greedy, sample_softmax
 from rtrl.checkpoints import Checkpoint, CheckpointError, CheckpointStore, CheckpointWatcher
 from rtrl.grpc_util import DeadlineTooShort, InvalidArgument, Unavailable
 from rtrl.metrics import RateMeter, Window
@@ -541,32 +541,20 @@ class Policy:
 
     def _choose_action(self, values: np.ndarray, epsilon: float) -> tuple[int, bool, float]:
         """Epsilon-greedy: (action, explored, log-probability of that action under the policy)."""
-        action_count = int(values.shape[0])
-        greedy = int(np.argmax(values))
-        explored = epsilon > 0.0 and bool(self._rng.random() < epsilon)
-        action = int(self._rng.integers(action_count)) if explored else greedy
-        # A random draw can land on the greedy action, which the greedy branch also picks.
-        probability = (1.0 - epsilon + epsilon / action_count) if action == greedy else epsilon / action_count
-        return action, explored, math.log(probability)
+        return epsilon_greedy(values, epsilon, self._rng)
 
     def _sample_action(self, logits: np.ndarray, version: int) -> tuple[int, bool, float] | Unavailable:
         """Samples the actor-critic's softmax: (action, False, log pi(action)), or Unavailable for broken logits.
 
-        Never greedy: V-trace's importance weights pi/mu assume mu is the policy that was sampled.
+        Never greedy: V-trace's and PPO's importance weights pi/mu assume mu is the policy that was sampled.
         """
         if not np.isfinite(logits).all():
             return Unavailable(
                 f"replica {self.replica_id} got non-finite policy logits from checkpoint {version}; "
                 "retry on another replica and check the learner's loss"
             )
-        shifted = logits.astype(np.float64) - np.max(logits)
-        log_probs = shifted - math.log(float(np.exp(shifted).sum()))
-        # Inverse CDF over the float64 cumulative sum: exact enough, and never returns an action whose
-        # probability is 0. The clamp guards against rounding at the very top of the range.
-        cumulative = np.cumsum(np.exp(log_probs))
-        action = int(np.searchsorted(cumulative, self._rng.random() * cumulative[-1], side="right"))
-        action = min(action, len(logits) - 1)
-        return action, False, float(log_probs[action])
+        action, log_prob = sample_softmax(logits, self._rng)
+        return action, False, log_prob
 
     # -- status ------------------------------------------------------------------------------------
 
