@@ -36,7 +36,7 @@ class LearnerServiceGetStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class LearnerServiceGetStatusResponse(_message.Message):
-    __slots__ = ("algorithm", "updates", "updates_per_s", "transitions_consumed", "transitions_invalid", "replay_size", "checkpoint_version", "checkpoints_published", "checkpoint_published_unix_ms", "loss", "epsilon", "stream_length", "stream_pending", "stream_lag", "env_steps", "transitions_unpaired", "uptime_s", "checkpoint_publish_failures", "mode", "train_calls", "policy_lag", "transitions_too_old", "transitions_skipped", "transitions_trimmed", "backlog_skips", "max_lag_entries", "checkpoint_publish_last_error", "decisions_elsewhere", "decisions_unpaired", "update_metrics")
+    __slots__ = ("algorithm", "updates", "updates_per_s", "transitions_consumed", "transitions_invalid", "replay_size", "checkpoint_version", "checkpoints_published", "checkpoint_published_unix_ms", "loss", "epsilon", "stream_length", "stream_pending", "stream_lag", "env_steps", "transitions_unpaired", "uptime_s", "checkpoint_publish_failures", "mode", "train_calls", "policy_lag", "transitions_too_old", "transitions_skipped", "transitions_trimmed", "backlog_skips", "max_lag_entries", "checkpoint_publish_last_error", "decisions_elsewhere", "decisions_unpaired", "update_metrics", "unrolls_skipped")
     class UpdateMetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -74,6 +74,7 @@ class LearnerServiceGetStatusResponse(_message.Message):
     DECISIONS_ELSEWHERE_FIELD_NUMBER: _ClassVar[int]
     DECISIONS_UNPAIRED_FIELD_NUMBER: _ClassVar[int]
     UPDATE_METRICS_FIELD_NUMBER: _ClassVar[int]
+    UNROLLS_SKIPPED_FIELD_NUMBER: _ClassVar[int]
     algorithm: str
     updates: int
     updates_per_s: float
@@ -104,7 +105,8 @@ class LearnerServiceGetStatusResponse(_message.Message):
     decisions_elsewhere: int
     decisions_unpaired: int
     update_metrics: _containers.ScalarMap[str, float]
-    def __init__(self, algorithm: _Optional[str] = ..., updates: _Optional[int] = ..., updates_per_s: _Optional[float] = ..., transitions_consumed: _Optional[int] = ..., transitions_invalid: _Optional[int] = ..., replay_size: _Optional[int] = ..., checkpoint_version: _Optional[int] = ..., checkpoints_published: _Optional[int] = ..., checkpoint_published_unix_ms: _Optional[int] = ..., loss: _Optional[float] = ..., epsilon: _Optional[float] = ..., stream_length: _Optional[int] = ..., stream_pending: _Optional[int] = ..., stream_lag: _Optional[int] = ..., env_steps: _Optional[int] = ..., transitions_unpaired: _Optional[int] = ..., uptime_s: _Optional[float] = ..., checkpoint_publish_failures: _Optional[int] = ..., mode: _Optional[str] = ..., train_calls: _Optional[int] = ..., policy_lag: _Optional[_Union[PolicyLag, _Mapping]] = ..., transitions_too_old: _Optional[int] = ..., transitions_skipped: _Optional[int] = ..., transitions_trimmed: _Optional[int] = ..., backlog_skips: _Optional[int] = ..., max_lag_entries: _Optional[int] = ..., checkpoint_publish_last_error: _Optional[str] = ..., decisions_elsewhere: _Optional[int] = ..., decisions_unpaired: _Optional[int] = ..., update_metrics: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    unrolls_skipped: int
+    def __init__(self, algorithm: _Optional[str] = ..., updates: _Optional[int] = ..., updates_per_s: _Optional[float] = ..., transitions_consumed: _Optional[int] = ..., transitions_invalid: _Optional[int] = ..., replay_size: _Optional[int] = ..., checkpoint_version: _Optional[int] = ..., checkpoints_published: _Optional[int] = ..., checkpoint_published_unix_ms: _Optional[int] = ..., loss: _Optional[float] = ..., epsilon: _Optional[float] = ..., stream_length: _Optional[int] = ..., stream_pending: _Optional[int] = ..., stream_lag: _Optional[int] = ..., env_steps: _Optional[int] = ..., transitions_unpaired: _Optional[int] = ..., uptime_s: _Optional[float] = ..., checkpoint_publish_failures: _Optional[int] = ..., mode: _Optional[str] = ..., train_calls: _Optional[int] = ..., policy_lag: _Optional[_Union[PolicyLag, _Mapping]] = ..., transitions_too_old: _Optional[int] = ..., transitions_skipped: _Optional[int] = ..., transitions_trimmed: _Optional[int] = ..., backlog_skips: _Optional[int] = ..., max_lag_entries: _Optional[int] = ..., checkpoint_publish_last_error: _Optional[str] = ..., decisions_elsewhere: _Optional[int] = ..., decisions_unpaired: _Optional[int] = ..., update_metrics: _Optional[_Mapping[str, float]] = ..., unrolls_skipped: _Optional[int] = ...) -> None: ...
 
 class PolicyLag(_message.Message):
     __slots__ = ("transitions", "fresh", "fallback_fraction", "version_lag_min", "version_lag_mean", "version_lag_max", "lag_ms", "staleness_frames")

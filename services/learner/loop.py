@@ -3,7 +3,8 @@
 `Learner` runs on its own thread. Each iteration reads from the stream (blocking briefly only while
 there is nothing to train on), adds what it read to the replay, acknowledges it, then performs one
 update; so updates run back to back while the stream keeps flowing between them. Every
-`checkpoint_every_updates` updates it publishes a checkpoint; `stop()` publishes a final one. The
+`checkpoint_every_updates` updates it publishes a checkpoint, and whenever the algorithm wants acting to
+use its newest policy at once (PPO at the end of a batch); `stop()` publishes a final one. The
 replicas need only the weights, so a checkpoint carries the learner's state (optimizer, target network:
 3 times the weights' size) only every `checkpoint_state_interval_s` and at the stop; the others name
 the last one's, which a learner resumed from them loads with their newer weights.
@@ -170,6 +171,8 @@ class LearnerStatus:
     """Fresh transitions since start whose action came from another step's observation, trained on that one."""
     decisions_unpaired: int = 0
     """Fresh transitions since start whose decision observation was not found (also in `transitions_unpaired`)."""
+    unrolls_skipped: int = 0
+    """Complete unrolls an on-policy learner (PPO) passed over because newer ones were waiting for its next batch."""
     metrics: dict[str, float] = field(default_factory=dict)
     """The newest update's metrics, as the algorithm names them ("loss" among them)."""
 
@@ -619,7 +622,7 @@ class Learner:
         assert algorithm is not None and source is not None
         self._metrics = algorithm.update(algorithm.sample(source))
         self._updates_meter.add(time.monotonic())
-        if algorithm.updates % self.settings.checkpoint_every_updates == 0:
+        if algorithm.updates % self.settings.checkpoint_every_updates == 0 or algorithm.wants_publication():
             self._publish()
         self.update_ms.add((time.perf_counter() - started_s) * 1000.0)
 
@@ -730,6 +733,7 @@ class Learner:
             lag=lag if lag.transitions else None,
             decisions_elsewhere=getattr(source, "decisions_elsewhere", 0),
             decisions_unpaired=getattr(source, "decisions_unpaired", 0),
+            unrolls_skipped=getattr(source, "unrolls_skipped", 0),
             metrics=metrics,
         )
 

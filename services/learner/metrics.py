@@ -39,6 +39,7 @@ class LearnerCollector:
                 s.decisions_elsewhere,
             ),
             ("decisions_unpaired", "Actions whose observation was not found.", s.decisions_unpaired),
+            ("unrolls_skipped", "Unrolls an on-policy learner passed over for newer ones.", s.unrolls_skipped),
             ("transitions_too_old", "Transitions dropped for exceeding the policy lag limit.", s.transitions_too_old),
             ("transitions_skipped", "Stream entries jumped over while behind.", s.transitions_skipped),
             ("transitions_trimmed", "Skipped entries the stream's MAXLEN had trimmed.", s.transitions_trimmed),

@@ -74,6 +74,7 @@ def status_response(status: LearnerStatus) -> learner_pb2.LearnerServiceGetStatu
         decisions_elsewhere=status.decisions_elsewhere,
         decisions_unpaired=status.decisions_unpaired,
         update_metrics=status.metrics,
+        unrolls_skipped=status.unrolls_skipped,
     )
 
 

@@ -84,6 +84,12 @@ class Algorithm(Protocol):
         than floats, so that on a GPU the caller decides when to pay for a device sync."""
         ...
 
+    def wants_publication(self) -> bool:
+        """Whether acting should use the policy of the update just made at once, before the next checkpoint is
+        due (RTRL_CHECKPOINT_EVERY_UPDATES): true after PPO's last pass over a batch, whose next batch is to
+        be collected with it."""
+        ...
+
     @staticmethod
     def exploration(config: Any, env_steps: int) -> float:
         """The epsilon a Q-network acts with after `env_steps` steps (0 for a policy that samples itself)."""

@@ -134,6 +134,9 @@ class DQN:
     def sample(self, source: ReplayBuffer) -> ReplayBatch:
         return source.sample(self.config.batch_size)
 
+    def wants_publication(self) -> bool:
+        return False  # off-policy: every checkpoint interval is as good as another
+
     @staticmethod
     def exploration(config: DQNConfig, env_steps: int) -> float:
         return epsilon_at(env_steps, config)

@@ -185,6 +185,10 @@ class PPO:
     def ready(self, source: UnrollBuffer) -> bool:
         return bool(self._minibatches) or source.untaken >= self.config.batch_unrolls
 
+    def wants_publication(self) -> bool:
+        # The batch's last gradient step is done: the next batch should be collected with this policy.
+        return self._batch is not None and not self._minibatches
+
     @staticmethod
     def exploration(config: PPOConfig, env_steps: int) -> float:
         return 0.0  # the policy explores by sampling its own softmax

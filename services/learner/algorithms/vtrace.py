@@ -220,6 +220,9 @@ class VTrace:
     def sample(self, source: UnrollBuffer) -> UnrollBatch:
         return source.sample(self.config.batch_size)
 
+    def wants_publication(self) -> bool:
+        return False  # off-policy: every checkpoint interval is as good as another
+
     @staticmethod
     def exploration(config: VTraceConfig, env_steps: int) -> float:
         return 0.0  # the policy explores by sampling its own softmax

@@ -16,6 +16,7 @@ from rtrl.transitions import Transition
 from rtrl.v1 import learner_pb2, learner_pb2_grpc
 from services.inference.policy import Policy
 from services.learner.algorithms.dqn import DQN
+from services.learner.algorithms.ppo import PPOConfig
 from services.learner.algorithms.vtrace import VTraceConfig
 from services.learner.loop import Learner, LearnerError
 from services.learner.server import create_server
@@ -24,6 +25,7 @@ from services.learner.server import create_server
 OBS_SHAPE = (4, 36, 36)
 ACTION_COUNT = 3
 VTRACE = VTraceConfig(unroll_length=5, batch_size=4, learning_starts=4, replay_capacity=32)
+PPO = PPOConfig(unroll_length=5, batch_unrolls=3, epochs=2, minibatches=2)
 RESUMED_VERSION = 10
 
 
@@ -85,6 +87,30 @@ def test_vtrace_learner_trains_on_the_stream_and_publishes_an_actor_critic_that_
     assert answer.checkpoint_version == latest.version
     assert 0 <= answer.action < ACTION_COUNT
     assert answer.behaviour_log_prob < 0.0  # sampled from a softmax, so log pi(a) is a real log-probability
+
+
+def test_ppo_learner_trains_each_batch_for_its_epochs_and_publishes_when_a_batch_is_done(
+    make_settings, publish, transition, wait_until
+) -> None:
+    # Checkpoints every 1000 updates: any publication before the stop comes from the end of a batch.
+    settings = make_settings(config=PPO, checkpoint_every_updates=1000)
+    publish([replace(transition(seq), behaviour_log_prob=float(-np.log(ACTION_COUNT))) for seq in range(61)])
+    learner = Learner(settings)
+    learner.start()
+    try:
+        # 61 steps make 12 complete unrolls of 5, all there at once: the newest 3 make a batch, trained for
+        # epochs x minibatches = 4 updates and then published; the 9 older ones are skipped, and counted.
+        wait_until(lambda: learner.status().checkpoints_published >= 1, "PPO to train on a batch and publish it")
+    finally:
+        learner.stop()
+    assert learner.failure is None
+    status = learner.status()
+    assert status.algorithm == "ppo" and status.epsilon == 0.0
+    assert (status.updates, status.unrolls_skipped) == (4, 9)
+    assert set(status.metrics) >= {"loss", "policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction"}
+    latest = CheckpointStore(settings.checkpoint_dir).latest()
+    assert latest is not None and latest.metadata["algorithm"] == "ppo"
+    assert latest.metadata["model"]["head"] == "actor_critic"
 
 
 def test_get_status_reports_policy_lag_staleness_and_fallbacks_of_the_transitions_used(

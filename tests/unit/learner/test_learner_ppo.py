@@ -163,13 +163,16 @@ def test_each_batch_of_the_newest_unrolls_is_trained_for_its_epochs_then_the_nex
     assert source.untaken == 1 and not ppo.ready(source)
     add_unroll()
     assert ppo.ready(source)
-    seen = []
+    seen, publish = [], []
     while ppo.ready(source):
         batch, indices = ppo.sample(source)
         ppo.update((batch, indices))
         seen.append(indices)
+        publish.append(ppo.wants_publication())
     # 2 epochs x 2 minibatches of the batch's 2 x 2 steps; each epoch covers every step once.
     assert ppo.updates == 4 and ppo.batches == 1
+    # The next batch is collected with the policy of the last pass: it is published at once.
+    assert publish == [False, False, False, True]
     assert sorted(torch.cat(seen[:2]).tolist()) == sorted(torch.cat(seen[2:]).tolist()) == [0, 1, 2, 3]
     # Four more unrolls arrive while it waits: the newest two make the next batch, the older two are skipped.
     for _ in range(4):
