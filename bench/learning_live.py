@@ -41,7 +41,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from rtrl.acting import epsilon_greedy, sample_softmax  # noqa: E402
-from rtrl.local_redis import free_port  # noqa: E402
+from rtrl.local_redis import free_port, free_ports_in_a_row  # noqa: E402
 from rtrl.models import default_model_config  # noqa: E402
 from services.env_gateway.backends import make_backend  # noqa: E402
 from services.env_gateway.clock import ActionReply, ClockConfig, ObservationSample, StepRecord  # noqa: E402
@@ -63,24 +63,28 @@ COMMON: dict[str, str] = {
 # with --in-process-only, then run live.
 HYPERPARAMETERS: dict[str, dict[str, str]] = {
     "dqn": {
-        "RTRL_DQN_LEARNING_RATE": "0.0005",
+        "RTRL_DQN_LEARNING_RATE": "0.001",
         "RTRL_DQN_BATCH_SIZE": "64",
         "RTRL_DQN_LEARNING_STARTS": "1000",
-        "RTRL_DQN_TARGET_NETWORK_FREQUENCY": "1000",
-        "RTRL_DQN_EPSILON_DECAY_STEPS": "10000",
+        "RTRL_DQN_TARGET_NETWORK_FREQUENCY": "200",
+        "RTRL_DQN_EPSILON_DECAY_STEPS": "8000",
         "RTRL_DQN_EPSILON_END": "0.02",
         "RTRL_DQN_DOUBLE_DQN": "true",
+        "RTRL_DQN_N_STEP": "3",
+        # Two updates of 64 per step of play, however fast the learner could go.
+        "RTRL_DQN_MAX_REPLAY_RATIO": "128",
     },
     "vtrace": {
-        "RTRL_VTRACE_LEARNING_RATE": "0.0006",
-        "RTRL_VTRACE_UNROLL_LENGTH": "20",
-        "RTRL_VTRACE_BATCH_SIZE": "16",
+        "RTRL_VTRACE_BATCH_SIZE": "4",
+        "RTRL_VTRACE_LEARNING_STARTS": "4",
+        "RTRL_VTRACE_REPLAY_CAPACITY": "16",
+        "RTRL_VTRACE_MAX_REPLAY_RATIO": "4",
     },
     "ppo": {
-        "RTRL_PPO_UNROLL_LENGTH": "64",
+        "RTRL_PPO_UNROLL_LENGTH": "32",
         "RTRL_PPO_BATCH_UNROLLS": "4",
         "RTRL_PPO_EPOCHS": "10",
-        "RTRL_PPO_MINIBATCHES": "4",
+        "RTRL_PPO_MINIBATCHES": "2",
         "RTRL_PPO_LEARNING_RATE": "0.001",
     },
 }
@@ -193,16 +197,13 @@ def live(algorithm: str, seed: int, minutes: float, workdir: Path, extra: dict[s
     checkpoints, runs, summary_path = directory / "checkpoints", directory / "runs", directory / "summary.json"
     directory.mkdir(parents=True)
     settings = settings_for(algorithm, seed, extra)
-    inference_port = free_port()
-    while not _port_free(inference_port + 1):
-        inference_port = free_port()
     command = [
         sys.executable, "-m", "rtrl.cli", "up", "--env", ENV,
         "--duration", str(minutes * 60), "--inference-replicas", "2",
         "--checkpoint-dir", str(checkpoints), "--run-dir", str(runs), "--summary-json", str(summary_path),
         "--no-dashboard", "--metrics-base-port", "-1",
         "--gateway-port", str(free_port()), "--learner-port", str(free_port()),
-        "--inference-base-port", str(inference_port),
+        "--inference-base-port", str(free_ports_in_a_row(2)),
     ]  # fmt: skip
     if learner_cpus:
         command += ["--learner-cpus", learner_cpus]
@@ -228,17 +229,6 @@ def live(algorithm: str, seed: int, minutes: float, workdir: Path, extra: dict[s
         updates=int(final_checkpoint["updates"]),
         greedy_returns=greedy_returns(checkpoints, settings, seed),
     )
-
-
-def _port_free(port: int) -> bool:
-    import socket
-
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def read_episode_log(path: Path) -> Curve:

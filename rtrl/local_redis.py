@@ -46,6 +46,23 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+def free_ports_in_a_row(count: int, host: str = "127.0.0.1") -> int:
+    """The first of `count` consecutive free ports (`rtrl up` gives replica i its base port + i)."""
+    while True:
+        first = free_port(host)
+        if all(_is_free(host, first + offset) for offset in range(1, count)):
+            return first
+
+
+def _is_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 class LocalRedis:
     """Starts redis-server bound to 127.0.0.1 on `port` (a free one when 0) and stops it on `stop()`."""
 

@@ -129,6 +129,8 @@ class ReplayBuffer:
         self._rng = np.random.default_rng(seed)
         self.writes = 0
         """Transitions ever added."""
+        self.sampled = 0
+        """Transitions ever drawn into a batch (with repetitions): over `writes`, the replay ratio."""
         self.trainable_count = 0
         """Slots that can be sampled now (terminal, or linked to a live successor)."""
         self.unpaired = 0
@@ -244,6 +246,7 @@ class ReplayBuffer:
         if candidates.size == 0:
             raise ValueError("the replay buffer holds no trainable transition yet; add more before sampling")
         slots = candidates[self._rng.integers(0, candidates.size, size=batch_size)]
+        self.sampled += batch_size
         rewards = self._rewards[slots].astype(np.float64)
         terminated = self._terminated[slots] > 0.0
         steps = np.ones(batch_size, dtype=np.int64)

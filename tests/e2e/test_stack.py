@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from rtrl.cpus import usable_cpus
 from rtrl.grpc_util import health_status
-from rtrl.local_redis import free_port
+from rtrl.local_redis import free_port, free_ports_in_a_row
 
 pytestmark = pytest.mark.e2e
 
@@ -47,17 +47,8 @@ def wait_until(predicate, timeout_s: float, what: str):
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("stack")
-    ports = {"gateway": free_port(), "learner": free_port(), "inference": free_port()}
-    # Two replicas listen on consecutive ports; make sure the second is free too.
-    while True:
-        try:
-            import socket
-
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", ports["inference"] + 1))
-            break
-        except OSError:
-            ports["inference"] = free_port()
+    # Two replicas listen on consecutive ports.
+    ports = {"gateway": free_port(), "learner": free_port(), "inference": free_ports_in_a_row(2)}
     summary = tmp / "summary.json"
     command = [
         sys.executable, "-m", "rtrl.cli", "up",

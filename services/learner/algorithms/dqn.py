@@ -60,6 +60,10 @@ class DQNConfig:
     terminal (no bootstrap), at a truncation or gap, or at the newest transition (bootstrap from the last
     state reached). Uncorrected for the policy that acted, as in Rainbow: with stale data, larger n
     propagates reward faster but biases the target towards the behaviour policy."""
+    max_replay_ratio: float = 0.0
+    """Most transitions sampled (batch_size per update) per transition added since the learner started,
+    before it waits for new data; 0 = no cap: the learner trains as fast as it can, whatever the game's
+    rate. A cap keeps the number of updates per step of play the same on a fast and a slow machine."""
 
     def problems(self) -> dict[str, str]:
         """Fields DQN cannot train with, each mapped to what it should be instead (empty when all are fine)."""
@@ -81,6 +85,8 @@ def config_problems(config: DQNConfig) -> dict[str, str]:
     for name in ("gamma", "epsilon_start", "epsilon_end"):
         if not 0.0 <= getattr(config, name) <= 1.0:
             problems[name] = "a number between 0 and 1"
+    if not (math.isfinite(config.max_replay_ratio) and config.max_replay_ratio >= 0):
+        problems["max_replay_ratio"] = "a finite number of 0 or more"
     if config.buffer_size < config.batch_size and "buffer_size" not in problems:
         problems["buffer_size"] = f"at least the batch size ({config.batch_size})"
     return problems
@@ -129,7 +135,11 @@ class DQN:
         return ReplayBuffer(config.buffer_size, shape, dtype, seed=seed, n_step=config.n_step, gamma=config.gamma)
 
     def ready(self, source: ReplayBuffer) -> bool:
-        return source.trainable_count >= max(1, self.config.learning_starts)
+        config = self.config
+        if source.trainable_count < max(1, config.learning_starts):
+            return False
+        cap = config.max_replay_ratio
+        return not cap or source.sampled + config.batch_size <= cap * source.writes
 
     def sample(self, source: ReplayBuffer) -> ReplayBatch:
         return source.sample(self.config.batch_size)

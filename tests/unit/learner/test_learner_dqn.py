@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from learner_transitions import make_transition
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
@@ -169,3 +170,22 @@ def test_learner_state_of_another_algorithm_is_refused_with_what_it_holds() -> N
     with pytest.raises(ValueError, match=r"learner state DQN does not know: rmsprop\.head\.0\.weight\.square_avg"):
         foreign = {**agent.learner_state(), "rmsprop.head.0.weight.square_avg": torch.zeros(4, 3)}
         agent.load_state(agent.policy_weights(), foreign, 0)
+
+
+def test_a_replay_ratio_cap_waits_for_new_transitions_once_enough_were_sampled() -> None:
+    config = DQNConfig(batch_size=4, learning_starts=1, max_replay_ratio=2.0)
+    agent = DQN(config, TINY, "cpu", seed=0)
+    replay = agent.make_source((3,), np.dtype(np.float32), seed=0)
+    for seq in range(4):  # 3 trainable transitions (the newest waits for its successor), 4 added
+        replay.add(make_transition(seq=seq))
+    updates = 0
+    while agent.ready(replay):
+        agent.update(agent.sample(replay))
+        updates += 1
+    # 4 added allow 8 sampled: two batches of 4.
+    assert updates == 2 and replay.sampled == 8
+    for seq in range(4, 6):
+        replay.add(make_transition(seq=seq))
+    assert agent.ready(replay)  # 6 added allow 12
+    assert DQN(DQNConfig(batch_size=4, learning_starts=1), TINY, "cpu", seed=0).ready(replay)  # no cap
+    assert DQNConfig(max_replay_ratio=-1.0).problems() == {"max_replay_ratio": "a finite number of 0 or more"}

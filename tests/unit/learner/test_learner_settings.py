@@ -86,6 +86,7 @@ def test_every_dqn_field_is_a_variable_parsed_by_its_type() -> None:
         "double_dqn": ("true", True),
         "adam_eps": ("1e-8", 1e-8),
         "n_step": ("3", 3),
+        "max_replay_ratio": ("128", 128.0),
     }
     assert set(overrides) == {f.name for f in fields(DQNConfig)}, "a new DQN field needs a case here"
     env = {f"RTRL_DQN_{name.upper()}": raw for name, (raw, _) in overrides.items()}
