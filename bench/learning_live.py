@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -33,6 +34,7 @@ import time
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
@@ -195,6 +197,8 @@ def live(algorithm: str, seed: int, minutes: float, workdir: Path, extra: dict[s
     """`rtrl up` on CartPole for `minutes`, then `rtrl play --greedy` of its final checkpoint."""
     directory = workdir / f"{algorithm}-{seed}"
     checkpoints, runs, summary_path = directory / "checkpoints", directory / "runs", directory / "summary.json"
+    # A run cut short before leaves its checkpoints behind, which rtrl up would resume from: start afresh.
+    shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(parents=True)
     settings = settings_for(algorithm, seed, extra)
     command = [
@@ -257,6 +261,12 @@ def greedy_returns(checkpoints: Path, settings: dict[str, str], seed: int, episo
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, check=True)
     played = json.loads(result.stdout.strip().splitlines()[-1])
     return [float(episode["return"]) for episode in played["episodes"]]
+
+
+def from_json(data: dict[str, Any]) -> LiveRun:
+    """A LiveRun as `asdict` wrote it."""
+    curves = {name: Curve(**data[name]) if data.get(name) else None for name in ("curve", "in_process")}
+    return LiveRun(**{**data, **curves})  # type: ignore[arg-type]
 
 
 # -- report --------------------------------------------------------------------------------------------
@@ -383,6 +393,9 @@ def main() -> None:
     parser.add_argument("--updates-per-frame", type=float, default=4.0, help="updates per frame, in-process only")
     parser.add_argument("--set", dest="extra", action="append", default=[], metavar="RTRL_NAME=VALUE")
     parser.add_argument("--no-docs", action="store_true", help="print the tables only; leave docs/ as they are")
+    parser.add_argument(
+        "--workdir", help="keep runs, logs and checkpoints here; runs already measured in it are not run again"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     extra = dict(item.split("=", 1) for item in args.extra)
@@ -400,20 +413,32 @@ def main() -> None:
         return
 
     started = time.monotonic()
-    runs: list[LiveRun] = []
-    with tempfile.TemporaryDirectory(prefix="learning-live-") as workdir:
-        for algorithm in args.algorithms:
-            for seed in args.seeds:
-                run = live(algorithm, seed, args.minutes, Path(workdir), extra, args.learner_cpus)
-                run.in_process = in_process(algorithm, seed, run.frames, run.updates, extra)
-                runs.append(run)
-                print(
-                    f"{algorithm} seed {seed}: live {len(run.curve.returns)} episodes, last {LAST_EPISODES} "
-                    f"{run.curve.last_mean():.1f}, greedy {statistics.fmean(run.greedy_returns):.1f}, coverage "
-                    f"{run.coverage:.2%}, {run.frames} frames, {run.updates} updates; in-process last "
-                    f"{LAST_EPISODES} {run.in_process.last_mean():.1f}",
-                    flush=True,
-                )
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="learning-live-"))
+    finished = workdir / "runs.jsonl"
+    runs = [from_json(json.loads(line)) for line in finished.read_text().splitlines()] if finished.exists() else []
+    done = {(run.algorithm, run.seed) for run in runs}
+    print(f"runs, their logs and checkpoints in {workdir}", flush=True)
+    for algorithm in args.algorithms:
+        for seed in args.seeds:
+            if (algorithm, seed) in done:
+                continue  # measured by an earlier invocation with this --workdir
+            try:
+                run = live(algorithm, seed, args.minutes, workdir, extra, args.learner_cpus)
+            except subprocess.SubprocessError as e:
+                print(f"{algorithm} seed {seed}: the live run failed ({e}); see {workdir}", flush=True)
+                continue
+            run.in_process = in_process(algorithm, seed, run.frames, run.updates, extra)
+            runs.append(run)
+            with finished.open("a") as out:
+                out.write(json.dumps(asdict(run)) + "\n")
+            print(
+                f"{algorithm} seed {seed}: live {len(run.curve.returns)} episodes, last {LAST_EPISODES} "
+                f"{run.curve.last_mean():.1f}, greedy {statistics.fmean(run.greedy_returns):.1f}, coverage "
+                f"{run.coverage:.2%}, {run.frames} frames, {run.updates} updates; in-process last "
+                f"{LAST_EPISODES} {run.in_process.last_mean():.1f}",
+                flush=True,
+            )
+    runs = [run for run in runs if run.algorithm in args.algorithms and run.seed in args.seeds]
     print()
     print(summary_table(runs))
     print()
