@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from rtrl.models import ModelConfig, QNetwork
-from services.learner.optimizer_state import export_optimizer_state, import_optimizer_state
 from services.learner.replay import ReplayBatch, ReplayBuffer
+from services.learner.training_state import export_optimizer_state, restore
 
 
 @dataclass(frozen=True)
@@ -216,19 +216,21 @@ class DQN:
         self, weights: dict[str, torch.Tensor], learner_state: dict[str, torch.Tensor] | None, updates: int
     ) -> None:
         """Without `learner_state` the target network starts as a copy of the weights and Adam starts fresh."""
-        try:
-            self.q_network.load_state_dict(weights)
-            if learner_state is None:
-                self.target_network.load_state_dict(weights)
-            else:
-                target = {k[len(_TARGET_PREFIX) :]: v for k, v in learner_state.items() if k.startswith(_TARGET_PREFIX)}
-                self.target_network.load_state_dict(target)
-        except RuntimeError as e:  # load_state_dict reports missing/unexpected keys and shape mismatches this way
-            raise ValueError(f"checkpoint tensors do not fit the network: {e}") from e
-        self.optimizer.state.clear()
+        restore(
+            self.q_network,
+            self.optimizer,
+            weights,
+            learner_state,
+            prefix=_ADAM_PREFIX,
+            keys=_ADAM_KEYS,
+            owner="DQN",
+            other_prefixes=(_TARGET_PREFIX,),
+        )
+        target = weights
         if learner_state is not None:
-            unknown = sorted(k for k in learner_state if not k.startswith((_TARGET_PREFIX, _ADAM_PREFIX)))
-            if unknown:
-                raise ValueError(f"checkpoint has learner state DQN does not know: {', '.join(unknown[:5])}")
-            import_optimizer_state(self.optimizer, self.q_network, learner_state, _ADAM_PREFIX, _ADAM_KEYS)
+            target = {k[len(_TARGET_PREFIX) :]: v for k, v in learner_state.items() if k.startswith(_TARGET_PREFIX)}
+        try:
+            self.target_network.load_state_dict(target)
+        except RuntimeError as e:
+            raise ValueError(f"checkpoint's target network does not fit the network: {e}") from e
         self.updates = updates

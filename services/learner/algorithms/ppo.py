@@ -31,7 +31,7 @@ from torch import nn
 from rtrl.models import ActorCritic, ModelConfig
 from services.learner.algorithms.base import decision_rows
 from services.learner.algorithms.vtrace import vtrace_targets
-from services.learner.optimizer_state import export_optimizer_state, import_optimizer_state
+from services.learner.training_state import export_optimizer_state, restore
 from services.learner.trajectories import UnrollBatch, UnrollBuffer
 
 
@@ -327,14 +327,5 @@ class PPO:
         self, weights: dict[str, torch.Tensor], learner_state: dict[str, torch.Tensor] | None, updates: int
     ) -> None:
         """Without `learner_state` Adam starts fresh."""
-        try:
-            self.network.load_state_dict(weights)
-        except RuntimeError as e:  # load_state_dict reports missing/unexpected keys and shape mismatches this way
-            raise ValueError(f"checkpoint tensors do not fit the network: {e}") from e
-        self.optimizer.state.clear()
-        if learner_state is not None:
-            unknown = sorted(k for k in learner_state if not k.startswith(_ADAM_PREFIX))
-            if unknown:
-                raise ValueError(f"checkpoint has learner state PPO does not know: {', '.join(unknown[:5])}")
-            import_optimizer_state(self.optimizer, self.network, learner_state, _ADAM_PREFIX, _ADAM_KEYS)
+        restore(self.network, self.optimizer, weights, learner_state, prefix=_ADAM_PREFIX, keys=_ADAM_KEYS, owner="PPO")
         self.updates = updates

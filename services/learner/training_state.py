@@ -1,8 +1,9 @@
-"""An optimizer's per-parameter state as flat tensors keyed by parameter name, for checkpoints (safetensors).
+"""A network's training state as flat tensors for checkpoints (safetensors): its weights and its optimizer's
+per-parameter state, keyed by parameter name.
 
-Keys are `<prefix><parameter name>.<state key>` (`adam.torso.1.weight.exp_avg`), not the optimizer's
-positional ids, so a resumed learner maps the state back even if parameter order changed. Every
-algorithm's `learner_state` and `load_state` use these two functions for their optimizer.
+Optimizer keys are `<prefix><parameter name>.<state key>` (`adam.torso.1.weight.exp_avg`), not the
+optimizer's positional ids, so a resumed learner maps the state back even if parameter order changed.
+Every algorithm's `learner_state` and `load_state` go through these functions.
 """
 
 from __future__ import annotations
@@ -63,3 +64,30 @@ def import_optimizer_state(
                 )
             state[key] = value.detach().to(parameter.device, parameter.dtype).clone()
         optimizer.state[parameter] = state
+
+
+def restore(
+    network: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    weights: dict[str, torch.Tensor],
+    learner_state: dict[str, torch.Tensor] | None,
+    *,
+    prefix: str,
+    keys: tuple[str, ...],
+    owner: str,
+    other_prefixes: tuple[str, ...] = (),
+) -> None:
+    """Loads `weights` into `network` and, when given, the optimizer's state from `learner_state` (else the
+    optimizer starts fresh). `learner_state` may hold only tensors under `prefix` or `other_prefixes` (which
+    the caller loads). Raises ValueError, naming `owner`, for anything that does not fit."""
+    try:
+        network.load_state_dict(weights)
+    except RuntimeError as e:  # load_state_dict reports missing/unexpected keys and shape mismatches this way
+        raise ValueError(f"checkpoint tensors do not fit the network: {e}") from e
+    optimizer.state.clear()
+    if learner_state is None:
+        return
+    unknown = sorted(k for k in learner_state if not k.startswith((prefix, *other_prefixes)))
+    if unknown:
+        raise ValueError(f"checkpoint has learner state {owner} does not know: {', '.join(unknown[:5])}")
+    import_optimizer_state(optimizer, network, learner_state, prefix, keys)
