@@ -3,10 +3,10 @@
 Every interval, when the learner has published a newer checkpoint than the last one recorded, `rtrl play`
 plays one greedy episode of it as fast as it can and records it to `<recordings>/v<version>.gif` (a GIF:
 the dashboard's link shows it in the browser); its return and length are appended as one JSON line to
-`<recordings>/index.jsonl`, which the dashboard reads. The player
-is a process of its own at nice 19 (with `--learner-cpus`, on the other CPUs, through RTRL_CPUS), and only
-one runs at a time: when the next is due while one still plays, that turn is skipped. A recording that fails
-is logged with the end of its output, its version is not tried again, and the run goes on.
+`<recordings>/index.jsonl`, which the dashboard reads. The player is a process of its own at nice 19
+(with `--learner-cpus`, on the other CPUs, through RTRL_CPUS), and only one runs at a time: when the next
+is due while one still plays, that turn is skipped. A recording that fails is logged with the end of its
+output, its version is not tried again, and the run goes on.
 """
 
 from __future__ import annotations
