@@ -55,6 +55,7 @@ from services.learner.settings import LearnerSettings  # noqa: E402
 
 ENV = "gym:CartPole-v1"
 LAST_EPISODES = 20
+GREEDY_EPISODES = 10
 # What every run sets besides its algorithm's hyperparameters: the repeat-last fallback of a realtime
 # game (the last action is held when no new one arrives), and the network (an MLP on the stacked states).
 COMMON: dict[str, str] = {
@@ -77,10 +78,13 @@ HYPERPARAMETERS: dict[str, dict[str, str]] = {
         "RTRL_DQN_MAX_REPLAY_RATIO": "128",
     },
     "vtrace": {
-        "RTRL_VTRACE_BATCH_SIZE": "4",
-        "RTRL_VTRACE_LEARNING_STARTS": "4",
-        "RTRL_VTRACE_REPLAY_CAPACITY": "16",
-        "RTRL_VTRACE_MAX_REPLAY_RATIO": "4",
+        "RTRL_VTRACE_BATCH_SIZE": "8",
+        "RTRL_VTRACE_LEARNING_STARTS": "8",
+        "RTRL_VTRACE_REPLAY_CAPACITY": "32",
+        "RTRL_VTRACE_MAX_REPLAY_RATIO": "16",
+        "RTRL_VTRACE_LEARNING_RATE": "0.0002",
+        "RTRL_VTRACE_MAX_GRAD_NORM": "10",
+        "RTRL_VTRACE_ENTROPY_COEF": "0.001",
     },
     "ppo": {
         "RTRL_PPO_UNROLL_LENGTH": "32",
@@ -100,6 +104,8 @@ class Curve:
     end_frames: list[int] = field(default_factory=list)
     end_s: list[float] = field(default_factory=list)
     """Seconds since the run's first frame (live runs only)."""
+    greedy_returns: list[float] = field(default_factory=list)
+    """In-process runs: the final network's greedy returns, played on after training."""
 
     def last_mean(self, count: int = LAST_EPISODES) -> float:
         return statistics.fmean(self.returns[-count:]) if self.returns else float("nan")
@@ -118,9 +124,16 @@ def settings_for(algorithm: str, seed: int, extra: dict[str, str] | None = None)
     }
 
 
-def in_process(algorithm: str, seed: int, frames: int, updates: int, extra: dict[str, str] | None = None) -> Curve:
+def in_process(
+    algorithm: str,
+    seed: int,
+    frames: int,
+    updates: int,
+    extra: dict[str, str] | None = None,
+    greedy_episodes: int = GREEDY_EPISODES,
+) -> Curve:
     """The learner's algorithm, fed by the simulated clock (d = 1) in this process, for `frames` frames and
-    `updates` updates spread evenly over them."""
+    `updates` updates spread evenly over them; then `greedy_episodes` of its final network acting greedily."""
     env = {"RTRL_ENV": ENV, **settings_for(algorithm, seed, extra)}
     gateway_settings = GatewaySettings.from_env(env)
     learner_settings = LearnerSettings.from_env(env)
@@ -135,11 +148,15 @@ def in_process(algorithm: str, seed: int, frames: int, updates: int, extra: dict
     network = learner.q_network if algorithm_class.head == "q" else learner.network  # type: ignore[attr-defined]
     rng = np.random.default_rng(seed + 1000)
     env_steps = 0
+    greedy = False
 
     def act(sample: ObservationSample) -> Future[ActionReply | None]:
         observation = torch.from_numpy(preprocessor.stack(sample.frames)).unsqueeze(0)
         with torch.no_grad():
             outputs = network(observation)
+        if greedy:
+            values = outputs if algorithm_class.head == "q" else outputs[0]
+            return completed(ActionReply(int(values.argmax(dim=1).item()), learner.updates, 0.0))
         if algorithm_class.head == "q":
             epsilon = algorithm_class.exploration(config, env_steps)
             action, _, log_prob = epsilon_greedy(outputs[0].numpy(), epsilon, rng)
@@ -149,8 +166,9 @@ def in_process(algorithm: str, seed: int, frames: int, updates: int, extra: dict
 
     def publish(record: StepRecord) -> bool:
         nonlocal env_steps
-        source.add(record.to_transition(preprocessor))
-        env_steps += 1
+        if not greedy:
+            source.add(record.to_transition(preprocessor))
+            env_steps += 1
         return True
 
     clock_config = ClockConfig.from_settings(gateway_settings, backend.native_frame_rate_hz)
@@ -168,6 +186,13 @@ def in_process(algorithm: str, seed: int, frames: int, updates: int, extra: dict
             due = round(updates * clock.frame / frames)
             while learner.updates < due and learner.ready(source):
                 learner.update(learner.sample(source))
+        # The episode in progress, partly played by the training policy, is not counted; whole greedy ones are.
+        greedy, mixed = True, clock.episodes + 1
+        while len(curve.greedy_returns) < greedy_episodes:
+            before = clock.episodes
+            clock.tick()
+            if clock.episodes > before and clock.episodes > mixed:
+                curve.greedy_returns.append(clock.last_episode_return)
     finally:
         backend.close()
     return curve
@@ -250,7 +275,9 @@ def read_episode_log(path: Path) -> Curve:
     return curve
 
 
-def greedy_returns(checkpoints: Path, settings: dict[str, str], seed: int, episodes: int = 10) -> list[float]:
+def greedy_returns(
+    checkpoints: Path, settings: dict[str, str], seed: int, episodes: int = GREEDY_EPISODES
+) -> list[float]:
     """`rtrl play --greedy --fast` of the newest checkpoint: the returns of `episodes` episodes."""
     command = [
         sys.executable, "-m", "rtrl.cli", "play", "--env", ENV, "--checkpoint-dir", str(checkpoints),
@@ -282,15 +309,18 @@ RLLIB_PPO_LAST_20 = 315.0
 def table(runs: list[LiveRun]) -> str:
     lines = [
         f"| algorithm | seed | frames | updates | coverage | live: last {LAST_EPISODES} episodes "
-        f"| greedy (10 episodes) | in-process: last {LAST_EPISODES} | live / in-process |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"| greedy ({GREEDY_EPISODES} episodes) | in-process: last {LAST_EPISODES} | in-process: greedy "
+        "| live / in-process |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for run in runs:
         live_mean = run.curve.last_mean()
         in_process_mean = run.in_process.last_mean() if run.in_process else float("nan")
+        in_process_greedy = run.in_process.greedy_returns if run.in_process else []
         lines.append(
             f"| {run.algorithm} | {run.seed} | {run.frames:,} | {run.updates:,} | {run.coverage:.2%} "
             f"| {live_mean:.1f} | {statistics.fmean(run.greedy_returns):.1f} | {in_process_mean:.1f} "
+            f"| {statistics.fmean(in_process_greedy) if in_process_greedy else float('nan'):.1f} "
             f"| {live_mean / in_process_mean:.2f} |"
         )
     return "\n".join(lines)
@@ -406,8 +436,8 @@ def main() -> None:
                 curve = in_process(algorithm, seed, args.frames, round(args.frames * args.updates_per_frame), extra)
                 print(
                     f"{algorithm} seed {seed}: {len(curve.returns)} episodes, last {LAST_EPISODES} mean "
-                    f"{curve.last_mean():.1f}, best {max(curve.returns, default=0):.0f}, "
-                    f"{time.monotonic() - started:.0f} s",
+                    f"{curve.last_mean():.1f}, best {max(curve.returns, default=0):.0f}, greedy "
+                    f"{statistics.fmean(curve.greedy_returns):.1f}, {time.monotonic() - started:.0f} s",
                     flush=True,
                 )
         return
@@ -416,6 +446,9 @@ def main() -> None:
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="learning-live-"))
     finished = workdir / "runs.jsonl"
     runs = [from_json(json.loads(line)) for line in finished.read_text().splitlines()] if finished.exists() else []
+    for run in runs:
+        if run.in_process is None or not run.in_process.greedy_returns:  # measured before greedy evaluation
+            run.in_process = in_process(run.algorithm, run.seed, run.frames, run.updates, extra)
     done = {(run.algorithm, run.seed) for run in runs}
     print(f"runs, their logs and checkpoints in {workdir}", flush=True)
     for algorithm in args.algorithms:
