@@ -3,8 +3,10 @@
 `Learner` runs on its own thread. Each iteration reads from the stream (blocking briefly only while
 there is nothing to train on), adds what it read to the replay, acknowledges it, then performs one
 update; so updates run back to back while the stream keeps flowing between them. Every
-`checkpoint_every_updates` updates it publishes a checkpoint, and whenever the algorithm wants acting to
-use its newest policy at once (PPO at the end of a batch); `stop()` publishes a final one. The
+`checkpoint_every_updates` updates it publishes a checkpoint, after an update `checkpoint_every_s` since
+the last publication too (acting never waits on a slow learner's next hundred updates), and whenever the
+algorithm wants acting to use its newest policy at once (PPO at the end of a batch); `stop()` publishes a
+final one. The
 replicas need only the weights, so a checkpoint carries the learner's state (optimizer, target network:
 3 times the weights' size) only every `checkpoint_state_interval_s` and at the stop; the others name
 the last one's, which a learner resumed from them loads with their newer weights.
@@ -253,6 +255,8 @@ class Learner:
         self._state_checkpoint: Checkpoint | None = None
         self._state_written_s = 0.0
         self._published_without_state = False
+        self._publication_tried_s = time.monotonic()
+        """When the last publication was attempted (a failed one too: it is retried every checkpoint_every_s)."""
         self._published = 0
         self._published_unix_ms = 0
         self._published_epsilon: float | None = None
@@ -621,8 +625,14 @@ class Learner:
         algorithm, source = self._algorithm, self._source
         assert algorithm is not None and source is not None
         self._metrics = algorithm.update(algorithm.sample(source))
-        self._updates_meter.add(time.monotonic())
-        if algorithm.updates % self.settings.checkpoint_every_updates == 0 or algorithm.wants_publication():
+        now_s = time.monotonic()
+        self._updates_meter.add(now_s)
+        every_s = self.settings.checkpoint_every_s
+        if (
+            algorithm.updates % self.settings.checkpoint_every_updates == 0
+            or algorithm.wants_publication()
+            or (every_s and now_s - self._publication_tried_s >= every_s)
+        ):
             self._publish()
         self.update_ms.add((time.perf_counter() - started_s) * 1000.0)
 
@@ -635,6 +645,7 @@ class Learner:
         assert algorithm is not None
         version = self._version + 1
         started_s = time.monotonic()
+        self._publication_tried_s = started_s
         with_state = (
             final
             or self._state_checkpoint is None

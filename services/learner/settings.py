@@ -40,6 +40,7 @@ from services.learner.algorithms import ALGORITHMS, DEFAULT_ALGORITHM
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_CONSUMER_GROUP = "learner"
 DEFAULT_CHECKPOINT_EVERY_UPDATES = 100
+DEFAULT_CHECKPOINT_EVERY_S = 1.0
 DEFAULT_CHECKPOINT_KEEP = 5
 DEFAULT_CHECKPOINT_STATE_INTERVAL_S = 60.0
 MODES = ("async", "sequential")
@@ -85,6 +86,10 @@ class LearnerSettings:
     """Directory checkpoints are published to and resumed from (RTRL_CHECKPOINT_DIR)."""
     checkpoint_every_updates: int = DEFAULT_CHECKPOINT_EVERY_UPDATES
     """A checkpoint is published every this many updates (RTRL_CHECKPOINT_EVERY_UPDATES)."""
+    checkpoint_every_s: float = DEFAULT_CHECKPOINT_EVERY_S
+    """A checkpoint is also published after an update this many seconds after the last publication, so a
+    slow learner (a big network, a capped replay ratio) never leaves acting on a policy far behind it;
+    0: only every checkpoint_every_updates (RTRL_CHECKPOINT_EVERY_S)."""
     checkpoint_keep: int = DEFAULT_CHECKPOINT_KEEP
     """Published versions kept on disk, at least 2 (RTRL_CHECKPOINT_KEEP)."""
     checkpoint_state_interval_s: float = DEFAULT_CHECKPOINT_STATE_INTERVAL_S
@@ -165,6 +170,7 @@ class LearnerSettings:
             checkpoint_every_updates=env_int(
                 env, "CHECKPOINT_EVERY_UPDATES", DEFAULT_CHECKPOINT_EVERY_UPDATES, minimum=1
             ),
+            checkpoint_every_s=env_float(env, "CHECKPOINT_EVERY_S", DEFAULT_CHECKPOINT_EVERY_S, minimum=0.0),
             checkpoint_keep=env_int(env, "CHECKPOINT_KEEP", DEFAULT_CHECKPOINT_KEEP, minimum=2),
             checkpoint_state_interval_s=env_float(
                 env, "CHECKPOINT_STATE_INTERVAL_S", DEFAULT_CHECKPOINT_STATE_INTERVAL_S, minimum=0.0

@@ -114,6 +114,8 @@ def make_settings(redis_server: LocalRedis, stream_name: str, tmp_path: Path) ->
             consumer_name="learner-test",
             checkpoint_dir=tmp_path / "checkpoints",
             checkpoint_every_updates=5,
+            # Publications by update count only, so a test knows how many updates each version holds.
+            checkpoint_every_s=0.0,
             checkpoint_keep=1000,
             torch_threads=1,
             device="cpu",

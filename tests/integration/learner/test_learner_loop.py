@@ -360,3 +360,20 @@ def test_a_checkpoint_of_another_network_than_the_run_names_is_not_resumed(
     resumed = Learner(make_settings())
     resumed.start()
     resumed.stop()
+
+
+def test_a_slow_learner_still_publishes_every_checkpoint_every_s(
+    make_settings, publish, transition, wait_until
+) -> None:
+    # A hundred thousand updates between checkpoints would leave acting on the first policy for the whole test.
+    settings = make_settings(checkpoint_every_updates=100_000, checkpoint_every_s=0.2)
+    publish([transition(seq) for seq in range(40)])
+    learner = Learner(settings)
+    learner.start()
+    try:
+        wait_until(lambda: learner.status().checkpoints_published >= 3, "three checkpoints by time")
+        status = learner.status()
+    finally:
+        learner.stop()
+    assert status.updates < 100_000
+    assert published_versions(settings.checkpoint_dir)[:3] == [1, 2, 3]
