@@ -381,11 +381,13 @@ def plot(runs: list[LiveRun], path: Path) -> None:
     figure.savefig(path, dpi=110)
 
 
-def write_docs(runs: list[LiveRun], command: str, seconds: float) -> None:
+def write_docs(runs: list[LiveRun], command: str) -> None:
     (DOCS / "learning-live.json").write_text(json.dumps([asdict(run) for run in runs], separators=(",", ":")) + "\n")
     plot(runs, DOCS / "learning-live.png")
     section = f"""{SECTION_BEGIN}
-Measured on {time.strftime("%Y-%m-%d")} on this project's 2-core machine, {seconds / 3600:.1f} h in all:
+Measured on {time.strftime("%Y-%m-%d")} on this project's 2-core machine: {len(runs)} live runs of \
+{statistics.fmean(run.minutes for run in runs):g} minutes, each followed by its greedy evaluation and its \
+in-process twin:
 
     {command}
 
@@ -442,7 +444,6 @@ def main() -> None:
                 )
         return
 
-    started = time.monotonic()
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="learning-live-"))
     finished = workdir / "runs.jsonl"
     runs = [from_json(json.loads(line)) for line in finished.read_text().splitlines()] if finished.exists() else []
@@ -478,7 +479,7 @@ def main() -> None:
     print(table(runs))
     if not args.no_docs:
         command = "python bench/learning_live.py " + " ".join(sys.argv[1:])
-        write_docs(runs, command.strip(), time.monotonic() - started)
+        write_docs(runs, command.strip())
         print(f"\nwrote {DOCS / 'learning.md'}, learning-live.png and learning-live.json")
 
 
