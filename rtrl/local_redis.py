@@ -8,6 +8,7 @@ redis-server options (tests start a TLS port this way with a binary built with T
 
 from __future__ import annotations
 
+import random
 import shutil
 import socket
 import subprocess
@@ -40,10 +41,37 @@ def redis_server_binary() -> str:
     return found
 
 
+# Ports chosen for others to bind later are drawn from here up to the start of the kernel's ephemeral range.
+LOWEST_CHOSEN_PORT = 20000
+_random = random.SystemRandom()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
+    """A port that is free on `host` now, for a process started later to listen on.
+
+    It is drawn below the kernel's ephemeral range where there is room: the ports the kernel hands out
+    for a bind to port 0 (a replica's act socket) and for every outgoing connection come from that range,
+    so they can never take the chosen port before its owner binds it (bind(0) here would return one of
+    them). Another program may still; its owner then fails to start with a sentence naming the port.
+    """
+    low, _ = ephemeral_port_range()
+    if low - LOWEST_CHOSEN_PORT >= 1000:
+        for _ in range(100):
+            port = _random.randrange(LOWEST_CHOSEN_PORT, low)
+            if _is_free(host, port):
+                return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def ephemeral_port_range() -> tuple[int, int]:
+    """The kernel's range for ports it picks itself (Linux's ip_local_port_range; its default elsewhere)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
 
 
 def free_ports_in_a_row(count: int, host: str = "127.0.0.1") -> int:

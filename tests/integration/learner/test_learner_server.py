@@ -105,6 +105,7 @@ def test_the_process_serves_until_sigterm_and_writes_a_final_checkpoint(
                 "RTRL_CHECKPOINT_DIR": str(checkpoint_dir),
                 # Only the final checkpoint is written, so finding one proves the shutdown path.
                 "RTRL_CHECKPOINT_EVERY_UPDATES": "1000000",
+                "RTRL_CHECKPOINT_EVERY_S": "0",
                 "RTRL_LEARNER_DEVICE": "cpu",
                 "RTRL_DQN_LEARNING_STARTS": "16",
                 "RTRL_DQN_BATCH_SIZE": "8",
