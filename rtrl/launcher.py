@@ -13,6 +13,7 @@ records a greedy episode of each newer checkpoint now and then (rtrl/recordings.
 It shows a live status line, and on `--duration` or Ctrl-C shuts down in the order that loses
 nothing: the gateway first (no new transitions; its publisher flushes), then the replicas, then the
 learner once it has consumed the stream (its final checkpoint is written on the way out), then Redis.
+If `rtrl up` dies without doing so (SIGKILL), every process it started gets SIGTERM (rtrl/orphans.py).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from rtrl.config import (
 from rtrl.cpus import format_cpu_list, split_cpus
 from rtrl.grpc_util import health_status
 from rtrl.local_redis import LocalRedis, free_port
+from rtrl.orphans import dies_with_parent
 from rtrl.recordings import RecordingEntry, RecordingScheduler
 from rtrl.redis_client import redacted_url
 from rtrl.security import SecuritySettings
@@ -170,6 +172,8 @@ class Stack:
                 stderr=subprocess.STDOUT,
                 # Own process group: Ctrl-C reaches only `rtrl up`, which then stops children in order.
                 start_new_session=True,
+                # And SIGTERM when `rtrl up` dies, however it dies: no orphan keeps a port.
+                **dies_with_parent(),
             )
         return Child(name, address, process, log_path)
 
@@ -195,7 +199,7 @@ class Stack:
         learner_cpus, other_cpus = self._partition_cpus()
         if not self.redis_url:
             # A fresh password per run: other users of this machine cannot write into the stream.
-            self.redis = LocalRedis(password=secrets.token_urlsafe(24)).start()
+            self.redis = LocalRedis(password=secrets.token_urlsafe(24), dies_with_parent=True).start()
             self.redis_url = self.redis.url
         env = self.common_env()
         learner_env = {

@@ -20,6 +20,7 @@ from urllib.parse import quote
 
 import redis
 
+from rtrl import orphans
 from rtrl.redis_client import connect_redis
 
 
@@ -92,7 +93,8 @@ def _is_free(host: str, port: int) -> bool:
 
 
 class LocalRedis:
-    """Starts redis-server bound to 127.0.0.1 on `port` (a free one when 0) and stops it on `stop()`."""
+    """Starts redis-server bound to 127.0.0.1 on `port` (a free one when 0) and stops it on `stop()`; with
+    `dies_with_parent` (rtrl up's) it also ends when this process dies without stopping it (rtrl/orphans.py)."""
 
     def __init__(
         self,
@@ -101,8 +103,10 @@ class LocalRedis:
         password: str = "",
         binary: str | None = None,
         extra_args: Sequence[str] = (),
+        dies_with_parent: bool = False,
     ) -> None:
         self.port = port or free_port()
+        self._dies_with_parent = dies_with_parent
         self.password = password
         credentials = f":{quote(password, safe='')}@" if password else ""
         self.url = f"redis://{credentials}127.0.0.1:{self.port}/0"
@@ -146,6 +150,7 @@ class LocalRedis:
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
+            **(orphans.dies_with_parent() if self._dies_with_parent else {}),
         )
         client = connect_redis(self.url, socket_connect_timeout=0.2)
         deadline = time.monotonic() + timeout_s

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from rtrl.orphans import dies_with_parent
+
 log = logging.getLogger(__name__)
 
 INDEX = "index.jsonl"
@@ -192,8 +194,9 @@ class RecordingScheduler:
                 stdin=subprocess.DEVNULL,
                 stdout=stdout,
                 stderr=stderr,
-                # Its own session: Ctrl-C reaches `rtrl up`, which stops it in order.
+                # Its own session: Ctrl-C reaches `rtrl up`, which stops it in order; and it ends with `rtrl up`.
                 start_new_session=True,
+                **dies_with_parent(),
             )
         return _Running(version, process, stdout_path, stderr_path)
 
