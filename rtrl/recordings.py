@@ -194,7 +194,8 @@ class RecordingScheduler:
                 stdin=subprocess.DEVNULL,
                 stdout=stdout,
                 stderr=stderr,
-                # Its own session: Ctrl-C reaches `rtrl up`, which stops it in order; and it ends with `rtrl up`.
+                # Its own session: Ctrl-C reaches `rtrl up`, which stops it in order. And SIGTERM when `rtrl up`
+                # dies, or this scheduler's thread ends (where stop() would end it anyway).
                 start_new_session=True,
                 **dies_with_parent(),
             )
