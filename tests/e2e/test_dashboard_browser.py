@@ -4,7 +4,7 @@ compared with what GetStats and GetStatus answer around the read. The link to th
 checked first, against a dashboard of its own over a recordings directory (the stack's first recording
 would come only after its learner has published and a greedy Pong episode has been played).
 
-A full-page screenshot is kept in artifacts/dashboard/ (the README's docs/dashboard.png is one).
+A full-page screenshot is kept in artifacts/dashboard/ (docs/dashboard.png, shown in docs/operating.md, is one).
 """
 
 from __future__ import annotations
