@@ -447,9 +447,6 @@ def main() -> None:
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="learning-live-"))
     finished = workdir / "runs.jsonl"
     runs = [from_json(json.loads(line)) for line in finished.read_text().splitlines()] if finished.exists() else []
-    for run in runs:
-        if run.in_process is None or not run.in_process.greedy_returns:  # measured before greedy evaluation
-            run.in_process = in_process(run.algorithm, run.seed, run.frames, run.updates, extra)
     done = {(run.algorithm, run.seed) for run in runs}
     print(f"runs, their logs and checkpoints in {workdir}", flush=True)
     for algorithm in args.algorithms:

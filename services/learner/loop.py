@@ -6,10 +6,9 @@ update; so updates run back to back while the stream keeps flowing between them.
 `checkpoint_every_updates` updates it publishes a checkpoint, after an update `checkpoint_every_s` since
 the last publication too (acting never waits on a slow learner's next hundred updates), and whenever the
 algorithm wants acting to use its newest policy at once (PPO at the end of a batch); `stop()` publishes a
-final one. The
-replicas need only the weights, so a checkpoint carries the learner's state (optimizer, target network:
-3 times the weights' size) only every `checkpoint_state_interval_s` and at the stop; the others name
-the last one's, which a learner resumed from them loads with their newer weights.
+final one. The replicas need only the weights, so a checkpoint carries the learner's state (optimizer,
+target network: 3 times the weights' size) only every `checkpoint_state_interval_s` and at the stop; the
+others name the last one's, which a learner resumed from them loads with their newer weights.
 
 The algorithm is RTRL_ALGORITHM, one of services/learner/algorithms (dqn, vtrace, ppo), used only
 through the interface in algorithms/base.py: it makes the source transitions go into (a replay of
