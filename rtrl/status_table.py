@@ -27,6 +27,7 @@ from rtrl.grpc_util import create_channel
 from rtrl.redis_client import connect_redis
 from rtrl.registry import DEFAULT_REPLICA_REGISTRY, RegistryError, live_replicas
 from rtrl.status import STATUS_TIMEOUT_S, message_json
+from rtrl.supervision import read_supervision, supervision_text
 from rtrl.v1 import (
     env_gateway_pb2,
     env_gateway_pb2_grpc,
@@ -57,6 +58,8 @@ class StackAddresses:
     dashboard: str = ""
     pid: int = 0
     """Process id of the `rtrl up` that wrote the file (0: unknown)."""
+    supervision: str = ""
+    """Its supervision.json: the restarts of its services (rtrl/supervision.py); empty: none kept."""
 
     @classmethod
     def read(cls, path: Path) -> StackAddresses:
@@ -164,6 +167,8 @@ class StatusPoller:
                 ),
             )
             snapshot["learner"][self.addresses.learner] = {"status": message_json(status), "error": error}
+        if self.addresses.supervision:
+            snapshot["supervision"] = read_supervision(Path(self.addresses.supervision))
         return snapshot
 
     def close(self) -> None:
@@ -241,6 +246,9 @@ def render_table(snapshot: dict[str, Any]) -> str:
     registry = snapshot.get("registry")
     if registry and registry["error"]:
         lines.append(f"replica registry: {registry['error']}")
+    restarts = supervision_text(snapshot.get("supervision"))
+    if restarts:
+        lines.append(restarts)
     return "\n".join(line.rstrip() for line in lines)
 
 

@@ -22,6 +22,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from rtrl.shutdown import stop_on_signals
+from rtrl.supervision import read_supervision, supervision_text
 from services.dashboard.feeds import FrameFeed, Poller
 from services.dashboard.recordings import LATEST_URL, RecordingShelf
 from services.dashboard.settings import DashboardSettings
@@ -98,6 +99,8 @@ class Dashboard:
             {"address": feed.address, "error": feed.error, "connects": feed.connects} for feed in self.feeds
         ]
         state["recordings"] = self.recordings.state_json()
+        if self.settings.supervision_file:
+            state["supervision"] = supervision_text(read_supervision(Path(self.settings.supervision_file)))
         return state
 
     def full_json(self) -> dict[str, Any]:

@@ -66,6 +66,10 @@ class DashboardSettings:
     recordings_dir: str = ""
     """Directory of recorded episodes (`rtrl up --record-every` sets the run's recordings/); the page links the
     newest, served read-only at /recordings/latest; empty: none (RTRL_DASHBOARD_RECORDINGS_DIR)."""
+    supervision_file: str = ""
+    """The supervision.json of the `rtrl up` that runs the stack (it sets this): the page shows which services
+    were restarted, how often and how long they were down; empty: nothing is shown
+    (RTRL_DASHBOARD_SUPERVISION_FILE)."""
     security: SecuritySettings = field(default_factory=SecuritySettings)
     """TLS, token and message size limit of the channels to gateways, replicas and learner (RTRL_TLS_*,
     RTRL_AUTH_TOKEN, RTRL_GRPC_MAX_MESSAGE_BYTES; rtrl/security.py). The web page itself has none: it
@@ -107,6 +111,7 @@ class DashboardSettings:
             frame_every=env_int(env, "DASHBOARD_FRAME_EVERY", DEFAULT_FRAME_EVERY, minimum=1),
             history_s=env_float(env, "DASHBOARD_HISTORY_S", DEFAULT_HISTORY_S, minimum=10.0),
             recordings_dir=env_str(env, "DASHBOARD_RECORDINGS_DIR", ""),
+            supervision_file=env_str(env, "DASHBOARD_SUPERVISION_FILE", ""),
             security=SecuritySettings.from_env(env),
         )
 

@@ -16,6 +16,7 @@ from observed_stack import Running, gateway_stats, learner_status, replica_statu
 from rtrl.local_redis import free_port
 from rtrl.registry import register
 from rtrl.status_table import StackAddresses, write_addresses
+from rtrl.supervision import Supervisor
 
 
 def rtrl_status(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -82,9 +83,10 @@ def test_addresses_come_from_the_newest_rtrl_up_run(observed_stack: Running, tmp
     stack = observed_stack
     runs = tmp_path / "runs"
     write_addresses(runs / "20260101-000000", StackAddresses(gateways=["127.0.0.1:1"], pid=os.getpid()))
+    supervision = runs / "20260101-000100" / "supervision.json"
     addresses = StackAddresses(
         gateways=[stack.gateway_address], learner=stack.learner_address, replicas=[stack.replica_address],
-        pid=os.getpid(),
+        pid=os.getpid(), supervision=str(supervision),
     )  # fmt: skip
     write_addresses(runs / "20260101-000100", addresses)
     assert (runs / "latest").resolve() == (runs / "20260101-000100").resolve()
@@ -93,6 +95,17 @@ def test_addresses_come_from_the_newest_rtrl_up_run(observed_stack: Running, tmp
     snapshot = json.loads(result.stdout)
     assert list(snapshot["gateways"]) == [stack.gateway_address]
     assert snapshot["gateways"][stack.gateway_address]["stats"] is not None
+    assert snapshot["supervision"] is None  # rtrl up has not written it yet
+
+    # The restarts `rtrl up` records are read at each poll and end the table.
+    supervisor = Supervisor("on-failure")
+    supervisor.exited("learner", -9, was_ready=True)
+    supervisor.restarted("learner")
+    supervisor.ready("learner")
+    supervisor.write(supervision)
+    result = rtrl_status("--once", "--run-dir", str(runs))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1].startswith("restarts: learner 1x (last exit code -9, back in ")
 
 
 def test_nothing_answering_is_an_error_that_says_what_to_check(tmp_path: Path) -> None:

@@ -496,6 +496,10 @@ function applyState(state) {
     : "from the gateways and RTRL_INFERENCE_ADDRESSES (no registry: RTRL_REDIS_URL unset)";
   showLearner(state.learner);
   showRecording(state.recordings);
+  // Restarts by `rtrl up` (rtrl/supervision.py), already one sentence; absent when nothing was restarted.
+  const supervision = document.getElementById("supervision");
+  supervision.textContent = state.supervision || "";
+  supervision.hidden = !state.supervision;
   showSummary(state, rows);
   drawCharts();
   document.body.dataset.updated = String(state.t);

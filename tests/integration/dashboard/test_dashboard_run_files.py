@@ -1,6 +1,9 @@
-"""The dashboard's newest recording (RTRL_DASHBOARD_RECORDINGS_DIR) over HTTP, with nothing else running: the
-newest file of the directory is served at /recordings/latest and described in /api/state from index.jsonl;
-files being written, links and anything outside the directory are never served."""
+"""What the dashboard shows from the files of an `rtrl up` run, over HTTP, with nothing else running.
+
+The newest recording (RTRL_DASHBOARD_RECORDINGS_DIR): the newest file of the directory is served at
+/recordings/latest and described in /api/state from index.jsonl; files being written, links and anything
+outside the directory are never served. The restarts (RTRL_DASHBOARD_SUPERVISION_FILE): /api/state says
+which services `rtrl up` restarted, as the run's supervision.json records them."""
 
 from __future__ import annotations
 
@@ -17,24 +20,26 @@ from typing import Any
 import pytest
 
 from rtrl.local_redis import free_port
+from rtrl.supervision import Supervisor
 from services.dashboard.server import Dashboard, create_server
 from services.dashboard.settings import DashboardSettings
 
-DashboardFactory = Callable[[Path | None], str]
+DashboardFactory = Callable[..., str]
 
 
 @pytest.fixture
 def dashboard() -> Iterator[DashboardFactory]:
-    """Starts a dashboard watching nothing that answers, with the given recordings directory; returns its URL."""
+    """Starts a dashboard watching nothing that answers, with the given run files; returns its URL."""
     running: list[tuple[Dashboard, Any]] = []
 
-    def start(recordings: Path | None) -> str:
+    def start(recordings: Path | None, supervision_file: Path | None = None) -> str:
         settings = replace(
             DashboardSettings(),
             port=0,
             gateways=(f"127.0.0.1:{free_port()}",),
             learner_address=f"127.0.0.1:{free_port()}",
             recordings_dir=str(recordings) if recordings is not None else "",
+            supervision_file=str(supervision_file) if supervision_file is not None else "",
         )
         board = Dashboard(settings)
         http, port = create_server(settings, board)
@@ -138,3 +143,21 @@ def test_without_a_recordings_directory_the_page_has_no_recordings(dashboard):
     status, _, body = get(url + "/recordings/latest")
     assert status == 404 and b"RTRL_DASHBOARD_RECORDINGS_DIR is set (rtrl up --record-every SECONDS sets it)" in body
     assert recordings_state(url) == {"enabled": False, "latest": None}
+
+
+def test_the_restarts_recorded_by_rtrl_up_are_on_the_page(tmp_path, dashboard):
+    path = tmp_path / "supervision.json"
+    url = dashboard(None, path)
+    assert json.loads(get(url + "/api/state")[2])["state"]["supervision"] == ""  # no file yet: nothing to say
+    supervisor = Supervisor("on-failure")
+    supervisor.ready("learner")
+    supervisor.exited("inference-0", -9, was_ready=True)
+    supervisor.write(path)
+    text = json.loads(get(url + "/api/state")[2])["state"]["supervision"]
+    assert text == "restarts: inference-0 0x (last exit code -9) waiting"
+    supervisor.restarted("inference-0")
+    supervisor.ready("inference-0")
+    supervisor.write(path)
+    text = json.loads(get(url + "/api/state")[2])["state"]["supervision"]
+    assert text.startswith("restarts: inference-0 1x (last exit code -9, back in ")
+    assert "supervision" not in json.loads(get(dashboard(None) + "/api/state")[2])["state"]
