@@ -46,6 +46,21 @@ def _replica_count(text: str) -> int:
     return value
 
 
+def _gateway_count(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("a run needs at least 1 gateway")
+    return value
+
+
+def _gateway_setting(text: str) -> tuple[int, str, str]:
+    index, colon, setting = text.partition(":")
+    name, equals, value = setting.partition("=")
+    if not (colon and equals and index.isdigit() and name):
+        raise argparse.ArgumentTypeError(f"{text!r} is not INDEX:NAME=VALUE (such as 1:DISPLAY=:2)")
+    return int(index), name, value
+
+
 def _cpu_list(text: str) -> str:
     if not text:
         return text  # the default: no pinning
@@ -92,7 +107,24 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--checkpoint-dir", type=Path, help="checkpoint directory (default: checkpoints/<env>)")
     up.add_argument("--run-dir", type=Path, default=Path("runs"), help="where each run's logs go (default: runs/)")
     up.add_argument("--host", default=DEFAULT_HOST, help=f"address the services bind (default: {DEFAULT_HOST})")
-    up.add_argument("--gateway-port", type=int, default=DEFAULT_GATEWAY_PORT)
+    up.add_argument(
+        "--gateways",
+        type=_gateway_count,
+        default=1,
+        help="games played at once, each by its own gateway process (gateway i on --gateway-port + i; they share the "
+        "replicas, the stream and the learner; default: 1)",
+    )
+    up.add_argument(
+        "--gateway-set",
+        dest="gateway_settings",
+        type=_gateway_setting,
+        action="append",
+        default=[],
+        metavar="INDEX:NAME=VALUE",
+        help="an environment variable for gateway INDEX alone (repeatable), such as 1:DISPLAY=:2 for a desktop game "
+        "on a second X display, or 1:RTRL_PROFILE=second-window.toml",
+    )
+    up.add_argument("--gateway-port", type=int, default=DEFAULT_GATEWAY_PORT, help="port of gateway 0")
     up.add_argument("--learner-port", type=int, default=DEFAULT_LEARNER_PORT)
     up.add_argument(
         "--inference-base-port",
@@ -112,8 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--metrics-base-port",
         type=int,
         default=0,
-        help="Prometheus /metrics ports: 0 (default) picks free ones, -1 turns them off, N gives the gateway N, "
-        "the learner N+1 and replica i N+2+i (printed at start and recorded in the run's addresses.json)",
+        help="Prometheus /metrics ports: 0 (default) picks free ones, -1 turns them off, N gives gateway j N+j, the "
+        "learner the next port and replica i the ones after (one gateway: N, N+1, N+2+i; printed at start and "
+        "recorded in the run's addresses.json)",
     )
     up.add_argument(
         "--interaction",
@@ -286,6 +319,9 @@ def main(argv: list[str] | None = None) -> int:
     from rtrl.launcher import UpOptions, up
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    gateway_env: dict[int, dict[str, str]] = {}
+    for index, name, value in args.gateway_settings:
+        gateway_env.setdefault(index, {})[name] = value
     options = UpOptions(
         env=args.env,
         inference_replicas=args.inference_replicas,
@@ -306,6 +342,8 @@ def main(argv: list[str] | None = None) -> int:
         learner_cpus=args.learner_cpus,
         record_every_s=args.record_every,
         restart=args.restart,
+        gateways=args.gateways,
+        gateway_env=gateway_env,
         extra_env=dict(args.settings),
     )
     return up(options)

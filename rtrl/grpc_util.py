@@ -134,12 +134,18 @@ def set_serving(health_servicer: health.HealthServicer, service_full_names: Iter
         health_servicer.set(name, status)
 
 
-def health_status(address: str, timeout_s: float = 1.0, security: SecuritySettings | None = None) -> str:
-    """The overall health of the server at `address`: SERVING, NOT_SERVING or UNREACHABLE."""
+def health_status(
+    address: str, timeout_s: float = 1.0, security: SecuritySettings | None = None, service: str = ""
+) -> str:
+    """The health of the server at `address` (of its `service`, such as "rtrl.v1.LearnerService", when given;
+    another server on that port then answers NOT_FOUND): SERVING, NOT_SERVING, NOT_FOUND or UNREACHABLE."""
     with create_channel(address, security) as channel:
         try:
-            response = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout_s)
-        except grpc.RpcError:
+            request = health_pb2.HealthCheckRequest(service=service)
+            response = health_pb2_grpc.HealthStub(channel).Check(request, timeout=timeout_s)
+        except grpc.RpcError as error:
+            if isinstance(error, grpc.Call) and error.code() == grpc.StatusCode.NOT_FOUND:
+                return "NOT_FOUND"
             return "UNREACHABLE"
     return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
 

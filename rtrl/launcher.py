@@ -1,7 +1,8 @@
 """`rtrl up`: the whole stack on one machine as separate processes, supervised until the end.
 
 Starts Redis (the given URL, or an embedded redis-server on a free loopback port), the learner,
-N inference replicas and the gateway, each as `python -m services.<name>` configured through the
+N inference replicas and M gateways (each its own game; they share the replicas, the stream and the
+learner), each as `python -m services.<name>` configured through the
 same RTRL_* environment variables docker compose uses. Replicas get RTRL_REDIS_URL, so they register
 in the replica registry there and the gateway finds them the way it finds replicas started by hand
 or by `docker compose --scale`: no address list is passed. `--interaction sequential` runs the
@@ -54,6 +55,7 @@ from rtrl.security import SecuritySettings
 from rtrl.status import StackClient, StackStatus, status_line
 from rtrl.status_table import StackAddresses, write_addresses
 from rtrl.supervision import DEFAULT_RESTART_POLICY, SUPERVISION_FILE, Supervisor, supervision_text
+from rtrl.v1 import env_gateway_pb2, inference_pb2, learner_pb2
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +65,13 @@ DRAIN_TIMEOUT_S = 15.0
 # How often `rtrl up` looks for a process that died or came back (the status line has its own interval).
 SUPERVISE_INTERVAL_S = 0.1
 READY_CHECK_TIMEOUT_S = 0.3
+# The gRPC service each module serves: its health is asked by name, so that another server that holds
+# the port (a clash of --*-port options) is never taken for the service.
+HEALTH_SERVICES = {
+    "services.env_gateway": env_gateway_pb2.DESCRIPTOR.services_by_name["EnvGatewayService"].full_name,
+    "services.inference": inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name,
+    "services.learner": learner_pb2.DESCRIPTOR.services_by_name["LearnerService"].full_name,
+}
 
 
 class LaunchError(RuntimeError):
@@ -81,12 +90,16 @@ class UpOptions:
     run_dir: Path = Path("runs")
     host: str = DEFAULT_HOST
     gateway_port: int = DEFAULT_GATEWAY_PORT
+    """Gateway 0 listens here; the others on free ports, printed at start and recorded in addresses.json."""
+    gateways: int = 1
+    gateway_env: dict[int, dict[str, str]] = field(default_factory=dict)
+    """Environment variables for gateway i alone (DISPLAY=:2, RTRL_PROFILE=...), over everything else."""
     learner_port: int = DEFAULT_LEARNER_PORT
     inference_base_port: int = DEFAULT_INFERENCE_PORT
     summary_json: Path | None = None
     metrics_base_port: int = 0
-    """Prometheus ports: 0 picks a free one per process, -1 turns /metrics off, N gives the gateway N, the
-    learner N + 1 and replica i N + 2 + i."""
+    """Prometheus ports: 0 picks a free one per process, -1 turns /metrics off, N gives gateway j N + j, the
+    learner the next one and replica i the ones after it (one gateway: N, N + 1, N + 2 + i)."""
     status_interval_s: float = 1.0
     dashboard: bool = True
     dashboard_port: int = DEFAULT_DASHBOARD_PORT
@@ -113,6 +126,7 @@ class Child:
     log_path: Path
     process: subprocess.Popen[bytes]
     http: bool = False
+    """Ready when GET <address>healthz answers (the dashboard); else when gRPC health says SERVING."""
     required: bool = True
     """Whether the run needs it: one that cannot be kept running stops the run (all but the dashboard)."""
     ready: bool = False
@@ -134,12 +148,13 @@ class Stack:
         self.run_dir = options.run_dir / time.strftime("%Y%m%d-%H%M%S")
         self.log_dir = self.run_dir / "logs"
         self.checkpoint_dir = options.checkpoint_dir or default_checkpoint_dir(options.env)
-        # The gateway stops first and writes its final GetStats here, after its publisher flushed.
-        self.gateway_final_stats = self.run_dir / "gateway-final-stats.json"
-        # One JSON line per finished episode: the run's learning curve (services/env_gateway/episodes.py).
+        # One JSON line per finished episode of every gateway: the run's learning curve
+        # (services/env_gateway/episodes.py).
         self.episode_log = self.run_dir / "episodes.jsonl"
         o = options
-        self.gateway_address = f"{o.host}:{o.gateway_port}"
+        self.gateway_names = gateway_names(o.gateways)
+        self.gateway_ports = [o.gateway_port, *(free_port(o.host) for _ in range(o.gateways - 1))]
+        self.gateway_addresses = [f"{o.host}:{port}" for port in self.gateway_ports]
         self.learner_address = f"{o.host}:{o.learner_port}"
         self.replica_addresses = [f"{o.host}:{o.inference_base_port + i}" for i in range(o.inference_replicas)]
         self.redis: LocalRedis | None = None
@@ -151,7 +166,7 @@ class Stack:
         self.tensorboard_dir = self.run_dir / "tensorboard"
         self.learner: Child | None = None
         self.replicas: list[Child] = []
-        self.gateway: Child | None = None
+        self.gateways: list[Child] = []
         self.dashboard: Child | None = None
         self.dashboard_url = f"http://{o.host}:{o.dashboard_port}/"
         self.recordings_dir = self.run_dir / "recordings"
@@ -197,6 +212,21 @@ class Stack:
         child.restart_at = None
         self.supervisor.restarted(child.name)
 
+    def _check_ports(self) -> None:
+        """Two services given the same port would make one fail at start: say which, before starting any."""
+        o = self.options
+        owners: dict[int, str] = {}
+        ports = [
+            *(("--gateway-port" if i == 0 else f"gateway {i}", p) for i, p in enumerate(self.gateway_ports)),
+            ("--learner-port", o.learner_port),
+            *((f"--inference-base-port (replica {i})", o.inference_base_port + i) for i in range(o.inference_replicas)),
+            *((("--dashboard-port", o.dashboard_port),) if o.dashboard else ()),
+        ]
+        for owner, port in ports:
+            if port in owners:
+                raise LaunchError(f"{owner} and {owners[port]} are both port {port}; give each service its own port")
+            owners[port] = owner
+
     def _partition_cpus(self) -> tuple[dict[str, str], dict[str, str]]:
         """With --learner-cpus: RTRL_CPUS for the learner and for everything else. This process moves to
         the others first, so Redis, started here, runs there too."""
@@ -216,6 +246,12 @@ class Stack:
         o = self.options
         if o.inference_replicas < 1:
             raise LaunchError("--inference-replicas must be at least 1: the gateway needs a replica to act")
+        if o.gateways < 1:
+            raise LaunchError("--gateways must be at least 1: a run needs a game")
+        unknown = sorted(i for i in o.gateway_env if not 0 <= i < o.gateways)
+        if unknown:
+            raise LaunchError(f"--gateway-set names gateway {unknown[0]}, but gateways are 0..{o.gateways - 1}")
+        self._check_ports()
         learner_cpus, other_cpus = self._partition_cpus()
         if not self.redis_url:
             # A fresh password per run: other users of this machine cannot write into the stream.
@@ -239,14 +275,20 @@ class Stack:
             }
             self.replicas.append(self._spawn(f"inference-{i}", "services.inference", address, replica_env))
         self._wait_serving([self.learner, *self.replicas])
-        gateway_env = {
-            "RTRL_GATEWAY_METRICS_PORT": str(self.metrics_ports["gateway"]),
-            **env,
-            "RTRL_GATEWAY_FINAL_STATS_PATH": str(self.gateway_final_stats.resolve()),
-            "RTRL_GATEWAY_EPISODE_LOG": str(self.episode_log.resolve()),
-        }
-        self.gateway = self._spawn("gateway", "services.env_gateway", self.gateway_address, gateway_env)
-        self._wait_serving([self.gateway])
+        for i, (name, address) in enumerate(zip(self.gateway_names, self.gateway_addresses, strict=True)):
+            # Distinct ids: the learner keeps each gateway's transitions apart (successors, decision pairing).
+            gateway_id = {"RTRL_GATEWAY_ID": name} if o.gateways > 1 else {}
+            gateway_env = {
+                "RTRL_GATEWAY_METRICS_PORT": str(self.metrics_ports[name]),
+                **env,
+                **gateway_id,
+                "RTRL_GATEWAY_PORT": str(self.gateway_ports[i]),
+                "RTRL_GATEWAY_FINAL_STATS_PATH": str(self.final_stats_path(name).resolve()),
+                "RTRL_GATEWAY_EPISODE_LOG": str(self.episode_log.resolve()),
+                **o.gateway_env.get(i, {}),
+            }
+            self.gateways.append(self._spawn(name, "services.env_gateway", address, gateway_env))
+        self._wait_serving(self.gateways)
         if self.redis is not None:
             self.supervisor.ready("redis")
         if o.dashboard:
@@ -254,7 +296,7 @@ class Stack:
                 **env,
                 "RTRL_DASHBOARD_HOST": o.host,
                 "RTRL_DASHBOARD_PORT": str(o.dashboard_port),
-                "RTRL_DASHBOARD_GATEWAYS": self.gateway_address,
+                "RTRL_DASHBOARD_GATEWAYS": ",".join(self.gateway_addresses),
             }
             if o.record_every_s is not None:
                 dashboard_env["RTRL_DASHBOARD_RECORDINGS_DIR"] = str(self.recordings_dir.resolve())
@@ -304,7 +346,7 @@ class Stack:
         """Where everything listens, as `rtrl status` and the summary JSON record it."""
         host = f"[{self.options.host}]" if ":" in self.options.host else self.options.host
         return StackAddresses(
-            gateways=[self.gateway_address],
+            gateways=list(self.gateway_addresses),
             learner=self.learner_address,
             replicas=list(self.replica_addresses),
             metrics={name: f"http://{host}:{port}/metrics" for name, port in self.metrics_ports.items() if port >= 0},
@@ -325,7 +367,7 @@ class Stack:
                         f"{child.name} exited with code {code} during start; its log {child.log_path} says:\n"
                         + tail(child.log_path)
                     )
-                if health_status(child.address, timeout_s=0.5, security=self.security) == "SERVING":
+                if self._answers(child, timeout_s=0.5):
                     pending.remove(child)
                     child.ready = True
                     self.supervisor.ready(child.name)
@@ -337,7 +379,19 @@ class Stack:
             time.sleep(0.1)
 
     def children(self) -> list[Child]:
-        return [c for c in (self.gateway, *self.replicas, self.learner, self.dashboard) if c is not None]
+        return [c for c in (*self.gateways, *self.replicas, self.learner, self.dashboard) if c is not None]
+
+    def final_stats_path(self, gateway_name: str) -> Path:
+        """Where a gateway writes its final GetStats when it stops, after its publisher flushed."""
+        return self.run_dir / f"{gateway_name}-final-stats.json"
+
+    def final_gateway_stats(self) -> dict[str, Any]:
+        """address -> the final GetStats each gateway wrote (those that wrote one)."""
+        return {
+            address: json.loads(self.final_stats_path(name).read_text())
+            for name, address in zip(self.gateway_names, self.gateway_addresses, strict=True)
+            if self.final_stats_path(name).exists()
+        }
 
     # -- supervising -------------------------------------------------------------------------------
 
@@ -401,10 +455,11 @@ class Stack:
         _say(f"redis is back on port {self.redis.port}")
         return True
 
-    def _answers(self, child: Child) -> bool:
+    def _answers(self, child: Child, timeout_s: float = READY_CHECK_TIMEOUT_S) -> bool:
         if child.http:
-            return _page_answers(child.address, READY_CHECK_TIMEOUT_S)
-        return health_status(child.address, timeout_s=READY_CHECK_TIMEOUT_S, security=self.security) == "SERVING"
+            return _page_answers(child.address, timeout_s)
+        service = HEALTH_SERVICES[child.module]
+        return health_status(child.address, timeout_s, self.security, service) == "SERVING"
 
     # -- stopping ----------------------------------------------------------------------------------
 
@@ -415,8 +470,7 @@ class Stack:
             self.recordings.stop()
         if self.dashboard is not None:
             _terminate([self.dashboard])
-        if self.gateway is not None:
-            _terminate([self.gateway])
+        _terminate(self.gateways)
         if self.learner is not None and client is not None and self.learner.process.poll() is None:
             final = self._drain(client)
         _terminate(self.replicas)
@@ -440,9 +494,18 @@ class Stack:
             time.sleep(0.2)
 
 
+def gateway_names(count: int) -> list[str]:
+    """The gateways' service names (and, with several, their RTRL_GATEWAY_ID): "gateway", or "gateway-0" ..."""
+    return ["gateway"] if count == 1 else [f"gateway-{i}" for i in range(count)]
+
+
 def metrics_ports(options: UpOptions) -> dict[str, int]:
     """The /metrics port of each process: distinct free ports, fixed ones from a base, or -1 (off) for all."""
-    names = ["gateway", "learner", *(f"inference-{i}" for i in range(options.inference_replicas))]
+    names = [
+        *gateway_names(options.gateways),
+        "learner",
+        *(f"inference-{i}" for i in range(options.inference_replicas)),
+    ]
     base = options.metrics_base_port
     if base < 0:
         return dict.fromkeys(names, -1)
@@ -526,7 +589,7 @@ def up(options: UpOptions) -> int:
         _announce_observability(stack)
         print(
             f"redis {redacted_url(stack.redis_url)} ({'embedded' if stack.redis else 'external'}); "
-            f"gateway {stack.gateway_address}, "
+            f"gateway{'s' if options.gateways > 1 else ''} {', '.join(stack.gateway_addresses)}, "
             f"learner {stack.learner_address}, inference {', '.join(stack.replica_addresses)}; "
             f"checkpoints in {stack.checkpoint_dir}",
             flush=True,
@@ -539,7 +602,7 @@ def up(options: UpOptions) -> int:
                 f"{stack.recordings_dir} (index.jsonl)",
                 flush=True,
             )
-        client = StackClient(stack.gateway_address, stack.learner_address, stack.replica_addresses, stack.security)
+        client = StackClient(stack.gateway_addresses, stack.learner_address, stack.replica_addresses, stack.security)
         exit_code, last = _watch(stack, client, stop_requested)
     except LaunchError as e:
         print(f"rtrl up: {e}", file=sys.stderr)
@@ -550,10 +613,11 @@ def up(options: UpOptions) -> int:
             client.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    summary = last.to_json() if last is not None else {"gateway": None, "learner": None, "replicas": {}}
+    summary = last.to_json() if last is not None else {"gateways": {}, "learner": None, "replicas": {}}
     summary["addresses"] = asdict(stack.addresses())
-    if stack.gateway_final_stats.exists():
-        summary["gateway"] = json.loads(stack.gateway_final_stats.read_text())
+    final = stack.final_gateway_stats()
+    summary["gateways"].update(final)
+    summary["gateway"] = combined_gateway_stats(list(summary["gateways"].values()))
     print(summary_line(summary))
     if options.summary_json is not None:
         options.summary_json.write_text(json.dumps(summary, indent=1))
@@ -607,6 +671,22 @@ def _watch(stack: Stack, client: StackClient, stop_requested: threading.Event) -
     if interactive:
         print()
     return 0, last
+
+
+# Final GetStats counters that add up across gateways (the JSON of int64 fields is a string).
+_GATEWAY_TOTALS = ("frames", "decisions", "decisions_fresh", "episodes", "transitions_published", "transitions_dropped")
+
+
+def combined_gateway_stats(stats: list[dict[str, Any] | None]) -> dict[str, Any] | None:
+    """The one gateway's final stats, or with several their totals (and coverage over all decisions)."""
+    answered = [s for s in stats if s is not None]
+    if len(answered) <= 1:
+        return answered[0] if answered else None
+    combined: dict[str, Any] = {name: sum(int(s.get(name, 0)) for s in answered) for name in _GATEWAY_TOTALS}
+    decisions = combined["decisions"]
+    combined["coverage"] = combined["decisions_fresh"] / decisions if decisions else 1.0
+    combined["gateways"] = len(answered)
+    return combined
 
 
 def summary_line(summary: dict[str, Any]) -> str:
