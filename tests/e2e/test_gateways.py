@@ -57,7 +57,8 @@ def test_two_gateways_play_at_once_into_one_learner(tmp_path: Path) -> None:
     # The one learner consumed what both published: the run drains the stream before it stops.
     assert int(summary["learner"]["transitions_consumed"]) == total["transitions_published"]
 
-    episodes = [json.loads(line) for line in next((tmp_path / "runs").glob("*/episodes.jsonl")).read_text().splitlines()]
+    episode_log = next((tmp_path / "runs").glob("*/episodes.jsonl"))
+    episodes = [json.loads(line) for line in episode_log.read_text().splitlines()]
     per_gateway = Counter(e["gateway_id"] for e in episodes)
     assert set(per_gateway) == {"gateway-0", "gateway-1"}, per_gateway
     assert "2/2 gateways" in result.stdout
