@@ -22,6 +22,7 @@ from rtrl.config import (
     DEFAULT_LEARNER_PORT,
 )
 from rtrl.cpus import parse_cpu_list
+from rtrl.extras import missing_extra
 from rtrl.supervision import DEFAULT_RESTART_POLICY, RESTART_POLICIES
 
 SERVICES = {
@@ -265,7 +266,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in SERVICES:
         module, _ = SERVICES[args.command]
         sys.argv = [module]
-        runpy.run_module(module, run_name="__main__", alter_sys=True)
+        try:
+            runpy.run_module(module, run_name="__main__", alter_sys=True)
+        except ModuleNotFoundError as error:
+            message = missing_extra(error, f"rtrl {args.command}")
+            if message is None:
+                raise
+            print(f"rtrl {args.command}: {message}", file=sys.stderr)
+            return 2
         return 0
 
     if args.command == "health":

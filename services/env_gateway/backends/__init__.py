@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 
 from rtrl.config import PREFIX, SettingsError
+from rtrl.extras import missing_extra
 from services.env_gateway.backends.base import Backend, BackendError
 from services.env_gateway.backends.gymnasium import GymnasiumBackend, make_gymnasium_backend
 from services.env_gateway.settings import GatewaySettings
@@ -32,6 +33,9 @@ def make_backend(settings: GatewaySettings) -> Backend:
     try:
         module = importlib.import_module(f"services.env_gateway.backends.{kind}")
     except ModuleNotFoundError as error:
+        message = missing_extra(error, f"{PREFIX}ENV={settings.env.spec!r}")
+        if message is not None:
+            raise SettingsError(message) from error
         if error.name != f"services.env_gateway.backends.{kind}":
             raise
         raise SettingsError(

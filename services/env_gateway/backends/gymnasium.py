@@ -13,11 +13,11 @@ from __future__ import annotations
 
 from typing import Any, TypeGuard
 
-import ale_py
 import gymnasium as gym
 import numpy as np
 
 from rtrl.config import PREFIX, SettingsError
+from rtrl.extras import missing_extra
 from services.env_gateway.backends.base import BackendError
 from services.env_gateway.settings import ENV_FORMS, OBSERVATION_AUTO, OBSERVATION_NAMES, EnvSpec, GatewaySettings
 
@@ -152,7 +152,7 @@ def observation_kind_of(space: gym.Space[Any], observation: str, env_id: str) ->
 def gym_observation_kind(env_id: str, observation: str) -> str:
     """What `observation` comes to for gymnasium id `env_id`; makes the env (without rendering) to read its
     observation space, and closes it. Raises SettingsError when the id names nothing installed."""
-    gym.register_envs(ale_py)
+    register_ale(required=env_id.startswith("ALE/"))
     env = make_env(env_id)
     try:
         return observation_kind_of(env.observation_space, observation, env_id)
@@ -160,11 +160,26 @@ def gym_observation_kind(env_id: str, observation: str) -> str:
         env.close()
 
 
+def register_ale(required: bool) -> None:
+    """Registers the ALE's games with gymnasium (idempotent). ale-py is an extra (rtrl[atari]): without it a
+    game that needs it is a SettingsError saying what to install, and any other game runs."""
+    try:
+        import ale_py
+    except ModuleNotFoundError as error:
+        message = missing_extra(error, "an Atari game (ale: or gym:ALE/...)")
+        if required and message is not None:
+            raise SettingsError(message) from error
+        if message is None:
+            raise
+        return
+    gym.register_envs(ale_py)
+
+
 def make_gymnasium_backend(settings: GatewaySettings) -> GymnasiumBackend:
     """Creates the "ale:" or "gym:" backend RTRL_ENV names; raises SettingsError when it names nothing installed."""
-    # Registering is idempotent; "gym:ALE/..." ids need it as much as "ale:" specs do.
-    gym.register_envs(ale_py)
     spec: EnvSpec = settings.env
+    # "gym:ALE/..." ids need the ALE as much as "ale:" specs do.
+    register_ale(required=spec.kind == "ale" or spec.gymnasium_id.startswith("ALE/"))
     if spec.kind == "ale":
         return GymnasiumBackend(
             spec.gymnasium_id,
