@@ -48,7 +48,7 @@ from rtrl.config import (
 from rtrl.cpus import format_cpu_list, split_cpus
 from rtrl.grpc_util import health_status
 from rtrl.local_redis import LocalRedis, free_port
-from rtrl.orphans import dies_with_parent
+from rtrl.orphans import dies_with_parent, parent_watch_env
 from rtrl.recordings import RecordingEntry, RecordingScheduler
 from rtrl.redis_client import redacted_url
 from rtrl.security import SecuritySettings
@@ -305,7 +305,7 @@ class Stack:
                 "dashboard", "services.dashboard", self.dashboard_url, dashboard_env, http=True, required=False
             )
             try:
-                self._wait_http(self.dashboard)
+                self._wait_serving([self.dashboard])
             except LaunchError as e:
                 # The page is for watching; the stack runs (and is stopped by its own rules) without it.
                 print(f"rtrl up: the dashboard did not start, running without it (--dashboard-port): {e}")
@@ -324,24 +324,6 @@ class Stack:
             )
             self.recordings.start()
 
-    def _wait_http(self, child: Child) -> None:
-        """Waits until the HTTP service `child` answers GET /healthz (its address is its URL)."""
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while True:
-            code = child.process.poll()
-            if code is not None:
-                raise LaunchError(
-                    f"{child.name} exited with code {code} during start; its log {child.log_path} says:\n"
-                    + tail(child.log_path)
-                )
-            if _page_answers(child.address, timeout_s=0.5):
-                child.ready = True
-                self.supervisor.ready(child.name)
-                return
-            if time.monotonic() > deadline:
-                raise LaunchError(f"{child.name} did not answer within {STARTUP_TIMEOUT_S:.0f} s; see {child.log_path}")
-            time.sleep(0.1)
-
     def addresses(self) -> StackAddresses:
         """Where everything listens, as `rtrl status` and the summary JSON record it."""
         host = f"[{self.options.host}]" if ":" in self.options.host else self.options.host
@@ -357,6 +339,8 @@ class Stack:
         )
 
     def _wait_serving(self, children: list[Child]) -> None:
+        """Waits until each child is ready (gRPC health SERVING, or its page answers); LaunchError with its log
+        when one exits first or the start takes longer than STARTUP_TIMEOUT_S."""
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
         pending = list(children)
         while pending:
@@ -523,7 +507,7 @@ def _popen(module: str, env: dict[str, str], log_path: Path) -> subprocess.Popen
     with open(log_path, "ab") as log_file:
         return subprocess.Popen(
             [sys.executable, "-m", module],
-            env={**os.environ, **env, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, **env, "PYTHONUNBUFFERED": "1", **parent_watch_env()},
             stdin=subprocess.DEVNULL,
             stdout=log_file,
             stderr=subprocess.STDOUT,
