@@ -5,8 +5,8 @@
 #   docker build -t rtrl:cu128 --build-arg TORCH_VARIANT=cu128 .             # a CUDA build of torch
 #
 # Layers, so that a code change rebuilds and ships only the code (docs/deployment.md has the sizes):
-# the dependencies are installed from pyproject.toml alone (scripts/requirements), in a stage of their
-# own that only a change of pyproject.toml or wheels/ rebuilds; the final stages copy that virtual
+# the dependencies are installed from the lists scripts/requirements makes of pyproject.toml, in stages
+# that only a change of those lists or of wheels/ rebuilds; the final stages copy that virtual
 # environment, then install the rtrl wheel (a few hundred KB) on top without dependencies.
 #
 # BASE_IMAGE is overridable so the image builds where no registry is reachable (scripts/compose-smoke
@@ -14,6 +14,15 @@
 # venv module, as the official python images and Debian's python3 + python3-venv have. Every stage
 # uses the same base because the virtual environment points at the base's interpreter.
 ARG BASE_IMAGE=python:3.11.11-slim-bookworm
+
+# -- the requirement lists, from pyproject.toml: the dependency stages below copy only these, so an edit
+#    of pyproject.toml that leaves the dependencies alone (a tool's settings) rebuilds nothing big
+FROM ${BASE_IMAGE} AS requirements
+LABEL org.opencontainers.image.title=rtrl
+COPY pyproject.toml scripts/requirements /deps/
+RUN python3 /deps/requirements --pyproject /deps/pyproject.toml atari gameboy desktop > /deps/gateway.txt \
+    && python3 /deps/requirements --pyproject /deps/pyproject.toml --without-torch learner atari gameboy desktop \
+        > /deps/all.txt
 
 # -- dependencies of the gateway and the dashboard: no torch -------------------------------------------
 FROM ${BASE_IMAGE} AS deps-gateway
@@ -24,9 +33,8 @@ ENV PATH=/opt/rtrl/bin:$PATH
 # wheels/ holds only a README unless you put wheels there; pip prefers them to downloading (e.g. a
 # torch wheel you already have: the CUDA ones are several GB).
 COPY wheels/ /wheels/
-COPY pyproject.toml scripts/requirements /deps/
-RUN python3 /deps/requirements --pyproject /deps/pyproject.toml atari gameboy desktop > /deps/gateway.txt \
-    && pip install --find-links /wheels -r /deps/gateway.txt
+COPY --from=requirements /deps/gateway.txt /deps/
+RUN pip install --find-links /wheels -r /deps/gateway.txt
 
 # -- dependencies of every service: the above, torch, and the learner's ---------------------------------
 FROM deps-gateway AS deps
@@ -37,9 +45,8 @@ ARG TORCH_VARIANT=cpu
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/${TORCH_VARIANT}
 RUN pip install --find-links /wheels ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} \
         "torch==${TORCH_VERSION}+${TORCH_VARIANT}"
-RUN python3 /deps/requirements --pyproject /deps/pyproject.toml --without-torch learner atari gameboy desktop \
-        > /deps/all.txt \
-    && pip install --find-links /wheels -r /deps/all.txt
+COPY --from=requirements /deps/all.txt /deps/
+RUN pip install --find-links /wheels -r /deps/all.txt
 
 # -- the rtrl wheel: the code, built once for both images ---------------------------------------------
 FROM deps-gateway AS code
