@@ -112,8 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--gateways",
         type=_gateway_count,
         default=1,
-        help="games played at once, each by its own gateway process (gateway i on --gateway-port + i; they share the "
-        "replicas, the stream and the learner; default: 1)",
+        help="games played at once, each by its own gateway process (gateway 0 on --gateway-port, the others on free "
+        "ports printed at start); they share the replicas, the stream and the learner (default: 1)",
     )
     up.add_argument(
         "--gateway-set",
