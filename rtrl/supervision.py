@@ -33,7 +33,7 @@ class ServiceRecord:
 
     name: str
     state: str = "starting"
-    """starting (not ready yet), running, waiting (to be restarted), failed (given up), stopped."""
+    """starting (not ready yet), running, waiting (to be restarted) or failed (given up)."""
     restarts: int = 0
     last_exit_code: int | None = None
     last_exit_unix: float | None = None

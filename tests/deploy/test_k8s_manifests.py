@@ -8,6 +8,9 @@ else, so that what is validated is what `kubectl apply -k` applies.
 
 from __future__ import annotations
 
+import copy
+import importlib.machinery
+import importlib.util
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -199,3 +202,42 @@ def test_metrics_ports_are_named_and_annotated_for_prometheus(command):
         "prometheus.io/port": str(settings.metrics_port),
         "prometheus.io/path": "/metrics",
     }
+
+
+def load_k8s_smoke() -> Any:
+    loader = importlib.machinery.SourceFileLoader("k8s_smoke", str(ROOT / "scripts" / "k8s-smoke"))
+    spec = importlib.util.spec_from_loader("k8s_smoke", loader)
+    assert spec is not None
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module
+
+
+def test_k8s_smoke_translates_the_base_into_what_podman_plays_and_keeps_the_rest() -> None:
+    """scripts/k8s-smoke's translation (run for real by tests/deploy/test_k8s_smoke.py, as root with podman):
+    only kinds podman 4.3 plays, one Pod per replica named for DNS, no fieldRef, numbered probe ports."""
+    smoke = load_k8s_smoke()
+    notes: list[str] = []
+    played, inference = smoke.translate(copy.deepcopy(BASE), notes)
+    assert {doc["kind"] for doc in played} == {"ConfigMap", "PersistentVolumeClaim", "Pod"}
+    pods = by_kind(played, "Pod")
+    replicas = by_kind(BASE, "Deployment")["inference"]["spec"]["replicas"]
+    assert set(pods) == {"redis", "learner", "env-gateway", "dashboard", *(f"inference-{i}" for i in range(replicas))}
+    # Every Service name the manifests use is a pod's name (its DNS name on the smoke's network).
+    assert set(by_kind(BASE, "Service")) - {"inference"} <= set(pods)
+    for name, pod in pods.items():
+        for container in pod["spec"]["containers"]:
+            env = {e["name"]: e for e in container.get("env", [])}
+            assert all("valueFrom" not in e or "fieldRef" not in e["valueFrom"] for e in env.values()), name
+            assert "ports" not in container
+            assert not container["image"].startswith(("rtrl", "redis:")), container["image"]
+            for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+                for action in ("grpc", "httpGet", "tcpSocket"):
+                    if action in container.get(probe, {}):
+                        assert isinstance(container[probe][action]["port"], int), (name, probe)
+            if name.startswith("inference-"):
+                assert env["RTRL_INFERENCE_ADVERTISE_ADDRESS"]["value"] == f"{name}:50061"
+    claims = {v["persistentVolumeClaim"]["claimName"] for v in pods["redis"]["spec"]["volumes"]}
+    assert claims == {"data-redis-0"} and "data-redis-0" in by_kind(played, "PersistentVolumeClaim")
+    assert inference["metadata"]["name"] == "inference"
+    assert any("status.podIP" in note for note in notes)

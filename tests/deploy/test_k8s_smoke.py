@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 
 import pytest
 from deploy_settings import ROOT
@@ -22,7 +23,8 @@ def test_k8s_manifests_run_under_podman_kube_play_and_scale(tmp_path):
     if os.geteuid() != 0:
         pytest.skip("scripts/k8s-smoke runs rootful podman: run the tests as root")
     report_path = tmp_path / "report.json"
-    result = subprocess.run([str(ROOT / "scripts" / "k8s-smoke"), "--report", str(report_path)], timeout=1700)
+    script = str(ROOT / "scripts" / "k8s-smoke")
+    result = subprocess.run([sys.executable, script, "--report", str(report_path)], timeout=1700)
     report = json.loads(report_path.read_text())
     assert result.returncode == 0, report.get("failure")
     assert report["passed"]
