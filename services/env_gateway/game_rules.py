@@ -4,10 +4,16 @@
 nothing of backends, so it is tested on plain numbers. `RulesBackend` wraps any backend that reads
 variables: it adds the rules' reward to the backend's own (ALE's, a game wrapper's) and ends the
 episode when a rule says so. The semantics of every term and rule are in docs/profiles.md.
+
+A variable that cannot be read (a pointer chain that breaks while a level loads) or is not a finite
+number is unknown for that frame: a term or rule that needs it, now or on the frame before, gives
+nothing and does not fire, so one bad read never stops the game clock or pays a reward for garbage.
+One unknown for `unknown_timeout_s` in a row ends the episode as truncated ("unknown_variable").
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections import deque
@@ -30,11 +36,16 @@ from services.env_gateway.profiles import (
     StagnationRule,
     TerminationRule,
     TimeCapRule,
+    VariableSpec,
     XTeleportRule,
 )
 
+log = logging.getLogger(__name__)
+
 # Deaths remembered for death-zone penalties; old ones are forgotten so a long run stays cheap.
 MAX_REMEMBERED_DEATHS = 1000
+DEFAULT_UNKNOWN_TIMEOUT_S = 2.0
+UNKNOWN_VARIABLE = "unknown_variable"
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +57,24 @@ class RuleOutcome:
     truncated: bool
     events: tuple[str, ...] = ()
     """Rules that fired, e.g. ("x_teleport", "time_cap"), for logs and tests."""
+    unknown: tuple[str, ...] = ()
+    """Variables that were unknown on this frame (unreadable, NaN, infinite)."""
+    timed_out: tuple[str, ...] = ()
+    """Variables unknown for the whole timeout: the reason of an "unknown_variable" truncation."""
+
+
+def known(value: object) -> bool:
+    """A value the rules can use: a finite number."""
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def needed(item: RewardTerm | TerminationRule) -> tuple[str, ...]:
+    """The variables a reward term or termination rule reads."""
+    many = getattr(item, "variables", None)
+    if many is not None:
+        return tuple(many)
+    one = getattr(item, "variable", None)
+    return (one,) if one is not None else ()
 
 
 class RulesEngine:
@@ -57,35 +86,62 @@ class RulesEngine:
     what the penalty is meant to discourage.
     """
 
-    def __init__(self, profile: GameProfile) -> None:
+    def __init__(self, profile: GameProfile, unknown_timeout_s: float = DEFAULT_UNKNOWN_TIMEOUT_S) -> None:
         self.rewards: tuple[RewardTerm, ...] = profile.rewards
         self.rules: tuple[TerminationRule, ...] = profile.termination
+        self.variables: tuple[str, ...] = tuple(profile.variables)
+        self.unknown_timeout_s = unknown_timeout_s
         self.deaths: deque[float] = deque(maxlen=MAX_REMEMBERED_DEATHS)
         self._previous: dict[str, float] = {}
         self._start_s = 0.0
-        self._milestones: dict[int, tuple[float, int]] = {}
-        """Per milestone term: (value at reset, milestones paid)."""
-        self._stagnation: dict[int, tuple[float, float]] = {}
-        """Per stagnation rule: (reference value, time it was set)."""
+        self._milestones: dict[int, tuple[float | None, int]] = {}
+        """Per milestone term: (value at reset, or None until the variable is known; milestones paid)."""
+        self._stagnation: dict[int, tuple[float | None, float]] = {}
+        """Per stagnation rule: (reference value, or None until known; time it was set)."""
+        self._unknown_since: dict[str, float] = {}
 
     def reset(self, variables: Mapping[str, float], time_s: float) -> None:
         self._previous = dict(variables)
         self._start_s = time_s
+        self._unknown_since = {}
         self._milestones = {
-            i: (variables[term.variable], 0) for i, term in enumerate(self.rewards) if isinstance(term, MilestoneReward)
+            i: (self._value(variables, term.variable), 0)
+            for i, term in enumerate(self.rewards)
+            if isinstance(term, MilestoneReward)
         }
         self._stagnation = {
-            i: (variables[rule.variable], time_s)
+            i: (self._value(variables, rule.variable), time_s)
             for i, rule in enumerate(self.rules)
             if isinstance(rule, StagnationRule)
         }
+
+    @staticmethod
+    def _value(variables: Mapping[str, float], name: str) -> float | None:
+        value = variables.get(name)
+        return float(value) if value is not None and known(value) else None
+
+    def _usable(self, item: RewardTerm | TerminationRule, variables: Mapping[str, float]) -> bool:
+        """Whether every variable `item` reads is known now and, for what compares frames, on the frame before."""
+        with_previous = isinstance(item, (DeltaReward, FaintReward, XTeleportRule))
+        return all(
+            self._value(variables, name) is not None
+            and (not with_previous or self._value(self._previous, name) is not None)
+            for name in needed(item)
+        )
 
     def step(self, variables: Mapping[str, float], time_s: float) -> RuleOutcome:
         previous = self._previous
         events: list[str] = []
         terminated = truncated = False
         death_x: float | None = None
+        unknown = tuple(name for name in (self.variables or tuple(variables)) if self._value(variables, name) is None)
+        self._unknown_since = {name: self._unknown_since.get(name, time_s) for name in unknown}
+        timed_out = tuple(
+            name for name, since in self._unknown_since.items() if time_s - since >= self.unknown_timeout_s
+        )
         for index, rule in enumerate(self.rules):
+            if not self._usable(rule, variables):
+                continue
             fired, x = self._check(index, rule, variables, previous, time_s)
             if not fired:
                 continue
@@ -96,13 +152,23 @@ class RulesEngine:
                 terminated = True
             elif rule.outcome == "truncated":
                 truncated = True
+        if timed_out:
+            events.append(UNKNOWN_VARIABLE)
+            truncated = True
         reward = 0.0
         for index, term in enumerate(self.rewards):
-            reward += self._reward(index, term, variables, previous, death_x)
+            if not self._usable(term, variables):
+                continue
+            try:
+                reward += self._reward(index, term, variables, previous, death_x)
+            except (OverflowError, ValueError):  # huge values: floor(inf), int too large for a float
+                continue
+        if not math.isfinite(reward):
+            reward = 0.0  # terms that each were finite summed to an infinity: nothing is paid for it
         if death_x is not None:
             self.deaths.append(death_x)
         self._previous = dict(variables)
-        return RuleOutcome(reward, terminated, truncated, tuple(events))
+        return RuleOutcome(reward, terminated, truncated, tuple(events), unknown, timed_out)
 
     def _check(
         self,
@@ -128,7 +194,7 @@ class RulesEngine:
         if isinstance(rule, StagnationRule):
             value = variables[rule.variable]
             reference, since_s = self._stagnation[index]
-            if abs(value - reference) > rule.epsilon_px:
+            if reference is None or abs(value - reference) > rule.epsilon_px:
                 self._stagnation[index] = (value, time_s)
                 return False, None
             return time_s - since_s >= rule.window_s, None
@@ -147,6 +213,9 @@ class RulesEngine:
             return term.scale * (variables[term.variable] - previous[term.variable])
         if isinstance(term, MilestoneReward):
             start, paid = self._milestones[index]
+            if start is None:  # unknown at the reset: milestones count from the first known value
+                self._milestones[index] = (variables[term.variable], paid)
+                return 0.0
             reached = math.floor((variables[term.variable] - start) / term.every_px)
             if reached <= paid:
                 return 0.0
@@ -172,13 +241,24 @@ class RulesBackend:
     window, so time caps and stagnation windows are real seconds.
     """
 
-    def __init__(self, backend: Backend, profile: GameProfile, clock: Callable[[], float] | None = None) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        profile: GameProfile,
+        clock: Callable[[], float] | None = None,
+        unknown_timeout_s: float = DEFAULT_UNKNOWN_TIMEOUT_S,
+    ) -> None:
         self.inner = backend
         self.profile = profile
-        self.engine = RulesEngine(profile)
+        self.engine = RulesEngine(profile, unknown_timeout_s)
         self._clock = clock
         self._frames = 0
         self.last_outcome = RuleOutcome(0.0, False, False)
+        self.unknown_variable_frames = 0
+        """Frames on which a variable was unknown (GetStats)."""
+        self.unknown_variable_truncations = 0
+        """Episodes ended because a variable stayed unknown (GetStats)."""
+        self._reported: set[str] = set()
 
     @property
     def action_count(self) -> int:
@@ -216,7 +296,33 @@ class RulesBackend:
         self._frames += 1
         outcome = self.engine.step(self.inner.read_variables(), self._time_s())
         self.last_outcome = outcome
+        if outcome.unknown:
+            self.unknown_variable_frames += 1
+            self._report(outcome)
         return frame, reward + outcome.reward, terminated or outcome.terminated, truncated or outcome.truncated
+
+    def _report(self, outcome: RuleOutcome) -> None:
+        """One sentence per variable the first time it is unknown; counts the truncations it causes."""
+        for name in outcome.unknown:
+            if name not in self._reported:
+                self._reported.add(name)
+                log.warning(
+                    "variable %r of profile %s (%s) is unreadable or not a finite number; the rewards and episode "
+                    "ends that need it give nothing until it is readable again, and after %.1f s of it the episode "
+                    "ends as truncated. Check its address or pointer chain (docs/profiles.md).",
+                    name,
+                    self.profile.label,
+                    describe_location(self.profile.variables.get(name)),
+                    self.engine.unknown_timeout_s,
+                )
+        if outcome.timed_out:
+            self.unknown_variable_truncations += 1
+            if self.unknown_variable_truncations == 1:
+                log.warning(
+                    "episode truncated: %s unknown for %.1f s (further such truncations are counted in GetStats)",
+                    ", ".join(outcome.timed_out),
+                    self.engine.unknown_timeout_s,
+                )
 
     def render(self) -> np.ndarray:
         return self.inner.render()
@@ -228,8 +334,25 @@ class RulesBackend:
         self.inner.close()
 
 
-def with_rules(backend: Backend, profile: GameProfile | None, realtime: bool = False) -> Backend:
+def describe_location(spec: VariableSpec | None) -> str:
+    """Where a variable is read, for a log line: the module and pointer chain, or the address."""
+    if spec is None:
+        return "not in the profile's variables"
+    if spec.wrapper is not None:
+        return f"the game wrapper's {spec.wrapper}"
+    if spec.module is not None:
+        chain = ", ".join(hex(offset) for offset in spec.pointers)
+        return f"module {spec.module}, pointers [{chain}], type {spec.type}"
+    return f"address {hex(spec.address or 0)}, type {spec.type}"
+
+
+def with_rules(
+    backend: Backend,
+    profile: GameProfile | None,
+    realtime: bool = False,
+    unknown_timeout_s: float = DEFAULT_UNKNOWN_TIMEOUT_S,
+) -> Backend:
     """`backend` wrapped in its profile's rules, or as it is when the profile has none."""
     if profile is None or not profile.has_rules:
         return backend
-    return RulesBackend(backend, profile, clock=time.monotonic if realtime else None)
+    return RulesBackend(backend, profile, time.monotonic if realtime else None, unknown_timeout_s)

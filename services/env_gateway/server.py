@@ -393,6 +393,8 @@ class Gateway:
             cycle_ms=sequential.cycle_ms.summary() if sequential else None,
             staleness_frames_histogram=staleness_histogram(clock.staleness_frames.values()),
             recent_episode_returns=list(clock.recent_returns),
+            unknown_variable_frames=getattr(self.backend, "unknown_variable_frames", 0),
+            unknown_variable_truncations=getattr(self.backend, "unknown_variable_truncations", 0),
         )
 
     def status_line(self) -> str:

@@ -157,6 +157,9 @@ class GatewaySettings:
     stacked); "auto" lets the backend pick state for a 1-D Box observation space (from_env resolves it)."""
     sticky_actions: float = 0.0
     """ALE repeat_action_probability (0 = deterministic emulator)."""
+    unknown_variable_timeout_s: float = 2.0
+    """Seconds a profile variable may stay unreadable or non-finite before the episode ends as truncated
+    (RTRL_UNKNOWN_VARIABLE_TIMEOUT_S; services/env_gateway/game_rules.py)."""
     frame_rate_hz: float = 0.0
     """Clock rate in frames per second; 0 means the backend's native rate (60 for ALE)."""
     decision_interval_frames: int = DEFAULT_DECISION_INTERVAL_FRAMES
@@ -278,6 +281,7 @@ class GatewaySettings:
             profile=profile,
             observation=observation,
             sticky_actions=sticky,
+            unknown_variable_timeout_s=env_float(env, "UNKNOWN_VARIABLE_TIMEOUT_S", 2.0, minimum=0.0),
             frame_rate_hz=env_float(env, "FRAME_RATE_HZ", 0.0, minimum=0.0),
             decision_interval_frames=decision_interval,
             lead_frames=lead,

@@ -44,4 +44,6 @@ def make_backend(settings: GatewaySettings) -> Backend:
         ) from error
     backend: Backend = module.create_backend(profile, settings)
     # A desktop game runs on its own, so its time caps and stagnation windows are wall-clock seconds.
-    return with_rules(backend, profile, realtime=kind == "desktop")
+    return with_rules(
+        backend, profile, realtime=kind == "desktop", unknown_timeout_s=settings.unknown_variable_timeout_s
+    )

@@ -465,3 +465,56 @@ def test_the_gateway_plays_the_game_through_replicas_and_its_fallback_releases_t
     assert fresh and all(t.action == RIGHT and t.policy_version == 3 for t in fresh)
     assert sum(t.reward for t in transitions) >= 4  # milestones every 10 px, from the x read in memory
     assert replica.servicer.observation_shapes == {(4, 64, 64)}
+
+
+def test_an_unreadable_variable_never_stops_the_clock_and_ends_episodes_as_truncated(
+    game: Game,
+    desktop_env: None,
+    local_redis: LocalRedis,
+    start_replica: Callable[..., Replica],
+    tmp_path: Path,
+) -> None:
+    """The crash users met with a placeholder chain: a milestone on a NaN x stopped the clock at frame 1."""
+    r = game.ready
+    extra = f"""
+[variables.broken]
+module = "boxgame"
+pointers = [0x{r["world"]:x}, 0x{r["world.player"]:x}, 0x{r["player.x"]:x}, 0x0]
+type = "u8"
+
+[[rewards]]
+kind = "milestone"
+variable = "broken"
+every_px = 10
+reward = 1.0
+
+[[termination]]
+kind = "x_teleport"
+variable = "broken"
+relative_drop = 0.5
+absolute_drop_px = 10
+"""
+    profile = write_profile(tmp_path / "box.toml", game, extra=extra)
+    replica = start_replica(delay_s=0.002, action=RIGHT, checkpoint_version=1)
+    settings = GatewaySettings.from_env(
+        {
+            "RTRL_ENV": f"desktop:{profile}",
+            "RTRL_GATEWAY_PORT": "0",
+            "RTRL_INFERENCE_ADDRESSES": replica.address,
+            "RTRL_REDIS_URL": local_redis.url,
+            "RTRL_STREAM": "test:desktop-unknown",
+            "RTRL_UNKNOWN_VARIABLE_TIMEOUT_S": "0.5",
+        }
+    )
+    gateway = Gateway(settings)
+    try:
+        gateway.start()
+        deadline = time.monotonic() + WAIT_S
+        while (stats := gateway.stats()).unknown_variable_truncations < 2:
+            assert time.monotonic() < deadline, f"no truncations by an unknown variable: {stats}"
+            time.sleep(0.1)
+        later = gateway.stats()
+        assert later.frames > 60 and later.unknown_variable_frames > 30  # the clock ticks on
+        assert later.episodes >= 2 and later.last_episode_return == 0.0  # ended, and nothing paid for garbage
+    finally:
+        gateway.stop()

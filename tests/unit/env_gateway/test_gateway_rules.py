@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import math
+from collections import deque
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from services.env_gateway.game_rules import RulesBackend, RulesEngine, with_rules
 from services.env_gateway.profiles import GameProfile, load_profile, parse_profile
@@ -224,3 +228,114 @@ def test_a_profile_without_rules_leaves_the_backend_unwrapped() -> None:
     inner = ScriptedBackend([frame()])
     assert with_rules(inner, None) is inner
     assert with_rules(inner, profile()) is inner
+
+
+# -- unknown variables: unreadable (NaN from a broken pointer chain), infinite, missing -------------------
+
+NAN, INF = float("nan"), float("inf")
+EVERY_KIND = profile(
+    rewards=[
+        {"kind": "delta", "variable": "x", "scale": 0.01},
+        {"kind": "milestone", "variable": "x", "every_px": 100, "reward": 1.0},
+        {"kind": "faint", "variables": ["hp1", "hp2"], "reward": -1.0},
+        {"kind": "death_zone", "variable_x": "x", "radius_px": 50, "penalty": -0.5},
+        {"kind": "constant", "reward": -0.001},
+    ],
+    termination=[
+        {"kind": "x_teleport", "variable": "x", "absolute_drop_px": 200, "relative_drop": 0.5},
+        {"kind": "stagnation", "variable": "x", "window_s": 5.0, "epsilon_px": 1.0},
+        {"kind": "equals", "variable": "flag", "value": 1, "outcome": "terminated"},
+        {"kind": "all_zero", "variables": ["hp1", "hp2"], "outcome": "terminated"},
+        {"kind": "time_cap", "seconds": 600},
+    ],
+)
+
+
+def test_the_shipped_linux_crash_is_gone_a_nan_x_on_the_first_frame_gives_nothing_and_fires_nothing() -> None:
+    engine = RulesEngine(load_profile("supertux"))
+    engine.reset({"x": NAN}, 0.0)  # the chain is unreadable from the start, as with the placeholder pointers
+    outcome = engine.step({"x": NAN}, 1 / 60)
+    assert (outcome.reward, outcome.terminated, outcome.truncated) == (0.0, False, False)
+    assert outcome.unknown == ("x",) and outcome.timed_out == ()
+    # Once readable, milestones count from the first known x, deltas from the frame after it.
+    assert engine.step({"x": 300.0}, 2 / 60).reward == 0.0
+    assert engine.step({"x": 900.0}, 3 / 60).reward == pytest.approx(0.01 * 600 + 1.0)
+
+
+@pytest.mark.parametrize("bad", [NAN, INF, -INF])
+def test_no_rule_or_term_uses_an_unknown_value_now_or_on_the_frame_before(bad: float) -> None:
+    engine = RulesEngine(EVERY_KIND)
+    engine.reset(frame(x=1000), 0.0)
+    unknown = engine.step(frame(x=bad, hp1=bad, hp2=bad, flag=bad), 0.1)
+    # Nothing that reads x, hp or flag fires or pays: only the constant term.
+    assert (unknown.reward, unknown.terminated, unknown.truncated) == (pytest.approx(-0.001), False, False)
+    assert set(unknown.unknown) == {"x", "hp1", "hp2", "flag"}
+    # Back to known values far below: the delta and the teleport would compare with the unknown frame, so they
+    # wait one frame; a death is only seen between two known frames.
+    back = engine.step(frame(x=0), 0.2)
+    assert (back.reward, back.terminated) == (pytest.approx(-0.001), False)
+    assert engine.step(frame(x=0), 0.3).events == ()
+    assert engine.deaths == deque()
+
+
+def test_a_variable_unknown_for_the_timeout_truncates_the_episode_with_the_reason() -> None:
+    engine = RulesEngine(EVERY_KIND, unknown_timeout_s=2.0)
+    engine.reset(frame(x=10), 0.0)
+    assert not engine.step(frame(x=NAN), 0.5).truncated
+    assert not engine.step(frame(x=20), 1.0).truncated  # readable again: the run of unknowns starts over
+    assert not engine.step(frame(x=NAN), 1.5).truncated
+    assert not engine.step(frame(x=NAN), 3.4).truncated  # 1.9 s
+    outcome = engine.step(frame(x=NAN), 3.5)  # 2.0 s
+    assert outcome.truncated and not outcome.terminated
+    assert outcome.events == ("unknown_variable",) and outcome.timed_out == ("x",)
+    engine.reset(frame(x=NAN), 10.0)
+    assert not engine.step(frame(x=NAN), 11.0).truncated  # a new episode waits the whole timeout again
+
+
+def test_a_variable_missing_from_the_read_is_unknown_too() -> None:
+    engine = RulesEngine(EVERY_KIND)
+    engine.reset({"x": 5.0, "hp1": 1.0, "hp2": 1.0}, 0.0)  # no flag
+    outcome = engine.step({"x": 6.0, "hp1": 1.0, "hp2": 1.0}, 0.1)
+    assert outcome.unknown == ("flag",) and not outcome.terminated
+
+
+def test_huge_values_never_raise_and_never_pay_an_infinity() -> None:
+    engine = RulesEngine(EVERY_KIND)
+    engine.reset(frame(x=-1.7e308), 0.0)
+    outcome = engine.step(frame(x=1.7e308), 0.1)  # the difference overflows to infinity
+    assert math.isfinite(outcome.reward)
+
+
+finite_or_not = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from([0.0, 1.0, 1e308, -1e308, 5e-324]),
+    st.integers(min_value=-(2**63), max_value=2**64),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.fixed_dictionaries({name: finite_or_not for name in VARIABLES}), min_size=2, max_size=30))
+def test_fuzz_every_rule_kind_on_any_numbers(frames: list[dict[str, float]]) -> None:
+    """Whatever the memory reads give, a step returns a finite reward and never raises."""
+    engine = RulesEngine(EVERY_KIND, unknown_timeout_s=0.5)
+    engine.reset(frames[0], 0.0)
+    for index, values in enumerate(frames[1:], start=1):
+        outcome = engine.step(values, index * 0.1)
+        assert math.isfinite(outcome.reward)
+        assert set(outcome.unknown) == {n for n, v in values.items() if not math.isfinite(v)}
+
+
+def test_the_backend_counts_unknown_frames_and_truncations_and_says_which_variable_once(caplog) -> None:
+    rules = profile(rewards=[{"kind": "delta", "variable": "x"}])
+    inner = ScriptedBackend([frame(x=0), *[frame(x=NAN)] * 30])
+    backend = with_rules(inner, rules, unknown_timeout_s=1.0)
+    assert isinstance(backend, RulesBackend)
+    backend.reset()
+    with caplog.at_level("WARNING"):
+        ends = [backend.step(1)[3] for _ in range(25)]
+    assert ends.index(True) == 10  # step 11 at 10 Hz: 1 s after the first unknown read, at step 1
+    assert backend.unknown_variable_frames == 25
+    assert backend.unknown_variable_truncations == 15  # it stays unknown: every step from the eleventh on
+    sentences = [r.getMessage() for r in caplog.records if "unreadable or not a finite number" in r.getMessage()]
+    assert len(sentences) == 1
+    assert "'x'" in sentences[0] and "module game.exe, pointers [0x10]" in sentences[0]
