@@ -58,6 +58,16 @@ class GatewayCollector:
             ("episodes", "Episodes finished.", s.episodes),
             ("scheduler_turns_passed", "Replicas passed over because busy at their turn.", s.scheduler_turns_passed),
             ("scheduler_slots_waited", "Calls that waited for an idle replica.", s.scheduler_slots_waited),
+            (
+                "unknown_variable_frames",
+                "Profile games: frames with a variable unreadable or not a finite number.",
+                s.unknown_variable_frames,
+            ),
+            (
+                "unknown_variable_truncations",
+                "Profile games: episodes truncated because a variable stayed unknown.",
+                s.unknown_variable_truncations,
+            ),
         )
         for name, documentation, value in counters:
             yield counter(f"rtrl_gateway_{name}", documentation, value, labels)

@@ -59,6 +59,7 @@ GATEWAY_COUNTERS = {
     "rtrl_gateway_replies_superseded_total": "replies_superseded",
     "rtrl_gateway_transitions_published_total": "transitions_published",
     "rtrl_gateway_transitions_dropped_total": "transitions_dropped",
+    "rtrl_gateway_unknown_variable_frames_total": "unknown_variable_frames",
 }
 REPLICA_COUNTERS = {
     "rtrl_inference_requests_answered_total": "requests_answered",

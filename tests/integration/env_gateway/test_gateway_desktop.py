@@ -34,6 +34,7 @@ from rtrl.local_redis import LocalRedis
 from rtrl.transitions import STREAM_FIELD, decode
 from services.env_gateway.backends.desktop import DesktopBackend, MemoryAccessError, WindowNotFoundError
 from services.env_gateway.backends.keyguard import GuardianError, KeyGuard, KeyInjector
+from services.env_gateway.metrics import GatewayCollector
 from services.env_gateway.profiles import load_profile
 from services.env_gateway.server import Gateway
 from services.env_gateway.settings import GatewaySettings
@@ -516,5 +517,9 @@ absolute_drop_px = 10
         later = gateway.stats()
         assert later.frames > 60 and later.unknown_variable_frames > 30  # the clock ticks on
         assert later.episodes >= 2 and later.last_episode_return == 0.0  # ended, and nothing paid for garbage
+        scraped = {
+            sample.name: sample.value for family in GatewayCollector(gateway).collect() for sample in family.samples
+        }
+        assert scraped["rtrl_gateway_unknown_variable_truncations_total"] >= later.unknown_variable_truncations
     finally:
         gateway.stop()
