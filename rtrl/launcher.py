@@ -310,7 +310,7 @@ class Stack:
                 # The page is for watching; the stack runs (and is stopped by its own rules) without it.
                 print(f"rtrl up: the dashboard did not start, running without it (--dashboard-port): {e}")
                 _terminate([self.dashboard])
-                del self.supervisor.records[self.dashboard.name]
+                self.supervisor.forget(self.dashboard.name)
                 self.dashboard = None
         if o.record_every_s is not None:
             self.recordings = RecordingScheduler(
@@ -382,11 +382,11 @@ class Stack:
     def supervise(self) -> bool:
         """Restarts what died and notes what came back, as the restart policy says; False when the run must
         stop (a required service given up on, printed with its log). Called every SUPERVISE_INTERVAL_S."""
-        before = self.supervisor.to_json()
+        before = self.supervisor.changes
         keep_running = self._supervise_redis() and all(
             self._supervise(child) for child in self.children() if not child.given_up
         )
-        if self.supervisor.to_json() != before:
+        if self.supervisor.changes != before:
             self.supervisor.write(self.supervision_path)
         return keep_running
 

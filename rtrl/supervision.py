@@ -66,14 +66,23 @@ class Supervisor:
         self.policy = policy
         self._clock = clock
         self.records: dict[str, ServiceRecord] = {}
+        self.changes = 0
+        """Counts every change of the records: the launcher writes them out when it moved."""
 
     def record(self, name: str) -> ServiceRecord:
         if name not in self.records:
             self.records[name] = ServiceRecord(name)
+            self.changes += 1
         return self.records[name]
+
+    def forget(self, name: str) -> None:
+        """A process no longer supervised (an optional one that could not start)."""
+        if self.records.pop(name, None) is not None:
+            self.changes += 1
 
     def ready(self, name: str) -> None:
         """The process answers (health SERVING, or its page)."""
+        self.changes += 1
         record = self.record(name)
         if record._exited_at is not None:
             record.last_down_s = self._clock() - record._exited_at
@@ -82,6 +91,7 @@ class Supervisor:
         record.state = "running"
 
     def restarted(self, name: str) -> None:
+        self.changes += 1
         record = self.record(name)
         record.restarts += 1
         record.state = "starting"
@@ -90,6 +100,7 @@ class Supervisor:
         """Decides about a process that exited with `code` (None: an exit not seen as a code, such as a
         Redis that stopped answering) after having been ready (`was_ready`) or not."""
         now = self._clock()
+        self.changes += 1
         record = self.record(name)
         record.last_exit_code = code
         record.last_exit_unix = time.time()

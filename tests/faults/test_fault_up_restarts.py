@@ -7,13 +7,14 @@ gateway acting <= 5 s, learner training <= 10 s); the bounds asserted are wider,
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -36,7 +37,11 @@ pytestmark = pytest.mark.skipif(
 BACK_BOUND_S = 45.0  # what the assertions allow; the printed times are the measurement
 
 
-def start_up(tmp_path: Path, duration_s: float, *extra: str) -> tuple[subprocess.Popen[bytes], dict[str, int], Path]:
+@contextlib.contextmanager
+def running_up(
+    tmp_path: Path, duration_s: float, *extra: str
+) -> Iterator[tuple[subprocess.Popen[bytes], dict[str, int], Path]]:
+    """`rtrl up` (2 replicas, no dashboard) until its learner trains; killed on the way out if still running."""
     ports = {"gateway": free_port(), "learner": free_port(), "inference": free_ports_in_a_row(2), "dashboard": 0}
     log_path = tmp_path / "rtrl-up.log"
     command = up_command(tmp_path, ports, duration_s, "--inference-replicas", "2", "--no-dashboard", *extra)
@@ -50,8 +55,21 @@ def start_up(tmp_path: Path, duration_s: float, *extra: str) -> tuple[subprocess
         except grpc.RpcError:
             return False
 
-    wait_until(trains, "the learner to train under rtrl up", bound_s=120)
-    return up, ports, log_path
+    try:
+        wait_until(trains, "the learner to train under rtrl up", bound_s=120)
+        yield up, ports, log_path
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait()
+
+
+def ended_cleanly(up: subprocess.Popen[bytes], log_path: Path) -> str:
+    """Waits for `rtrl up` to end at its --duration; its output, once the exit code is 0."""
+    up.wait(timeout=120)
+    output = log_path.read_text()
+    assert up.returncode == 0, output
+    return output
 
 
 def kill(pid: int | None, what: str) -> float:
@@ -75,49 +93,44 @@ def answers(ask: Callable[[], object]) -> object | None:
 
 
 def test_killed_replica_learner_and_gateway_come_back_and_no_transition_is_lost(tmp_path: Path) -> None:
-    with LocalRedis() as redis_server:
-        up, ports, log_path = start_up(tmp_path, 50, "--redis-url", redis_server.url)
-        try:
-            learner = f"127.0.0.1:{ports['learner']}"
-            gateway = f"127.0.0.1:{ports['gateway']}"
-            replica = f"127.0.0.1:{ports['inference']}"
+    with (
+        LocalRedis() as redis_server,
+        running_up(tmp_path, 50, "--redis-url", redis_server.url) as (up, ports, log_path),
+    ):
+        learner = f"127.0.0.1:{ports['learner']}"
+        gateway = f"127.0.0.1:{ports['gateway']}"
+        replica = f"127.0.0.1:{ports['inference']}"
 
-            killed = kill(child_with(up.pid, "services.inference", "RTRL_REPLICA_ID=replica-0"), "replica-0")
-            replica_s = seconds_until(lambda: health_status(replica, 0.2) == "SERVING", "replica-0 to serve", killed)
+        killed = kill(child_with(up.pid, "services.inference", "RTRL_REPLICA_ID=replica-0"), "replica-0")
+        replica_s = seconds_until(lambda: health_status(replica, 0.2) == "SERVING", "replica-0 to serve", killed)
 
-            before = learner_status(learner).updates
-            killed = kill(child_with(up.pid, "services.learner"), "the learner")
-            first_answer: list[int] = []
+        before = learner_status(learner).updates
+        killed = kill(child_with(up.pid, "services.learner"), "the learner")
+        first_answer: list[int] = []
 
-            def trains_again() -> bool:
-                status = answers(lambda: learner_status(learner, 0.5))
-                if status is None:
-                    return False
-                first_answer.append(status.updates)  # type: ignore[attr-defined]
-                return status.updates > first_answer[0]  # type: ignore[attr-defined]
+        def trains_again() -> bool:
+            status = answers(lambda: learner_status(learner, 0.5))
+            if status is None:
+                return False
+            first_answer.append(status.updates)  # type: ignore[attr-defined]
+            return status.updates > first_answer[0]  # type: ignore[attr-defined]
 
-            learner_s = seconds_until(trains_again, "the restarted learner to update", killed)
-            assert first_answer[0] >= before - 200, "the learner did not resume from its last checkpoint's counters"
+        learner_s = seconds_until(trains_again, "the restarted learner to update", killed)
+        assert first_answer[0] >= before - 200, "the learner did not resume from its last checkpoint's counters"
 
-            killed = kill(child_with(up.pid, "services.env_gateway"), "the gateway")
+        killed = kill(child_with(up.pid, "services.env_gateway"), "the gateway")
 
-            def acts_again() -> bool:
-                stats = answers(lambda: gateway_stats(gateway, 0.5))
-                return stats is not None and stats.decisions > 0 and stats.uptime_s < time.monotonic() - killed + 1  # type: ignore[attr-defined]
+        def acts_again() -> bool:
+            stats = answers(lambda: gateway_stats(gateway, 0.5))
+            return stats is not None and stats.decisions > 0 and stats.uptime_s < time.monotonic() - killed + 1  # type: ignore[attr-defined]
 
-            gateway_s = seconds_until(acts_again, "the restarted gateway to act", killed)
-            print(
-                f"back after SIGKILL: replica serving in {replica_s:.2f} s, learner updating in {learner_s:.2f} s, "
-                f"gateway acting in {gateway_s:.2f} s"
-            )
-            assert up.poll() is None, f"rtrl up stopped after the kills:\n{log_path.read_text()}"
-            up.wait(timeout=120)
-        finally:
-            if up.poll() is None:
-                up.kill()
-                up.wait()
-        output = log_path.read_text()
-        assert up.returncode == 0, output
+        gateway_s = seconds_until(acts_again, "the restarted gateway to act", killed)
+        print(
+            f"back after SIGKILL: replica serving in {replica_s:.2f} s, learner updating in {learner_s:.2f} s, "
+            f"gateway acting in {gateway_s:.2f} s"
+        )
+        assert up.poll() is None, f"rtrl up stopped after the kills:\n{log_path.read_text()}"
+        output = ended_cleanly(up, log_path)
         supervision = json.loads(next((tmp_path / "runs").glob("*/supervision.json")).read_text())["services"]
         for name in ("inference-0", "learner", "gateway"):
             assert supervision[name]["restarts"] == 1 and supervision[name]["last_exit_code"] == -9, supervision
@@ -138,8 +151,7 @@ def test_killed_replica_learner_and_gateway_come_back_and_no_transition_is_lost(
 
 
 def test_the_embedded_redis_killed_comes_back_on_its_port_with_the_stream(tmp_path: Path) -> None:
-    up, ports, log_path = start_up(tmp_path, 40)
-    try:
+    with running_up(tmp_path, 40) as (up, ports, log_path):
         learner = f"127.0.0.1:{ports['learner']}"
         redis_pid = child_with(up.pid, "redis-server")
         wait_until(lambda: learner_status(learner).stream_length > 200, "the stream to hold 200 transitions")
@@ -158,13 +170,7 @@ def test_the_embedded_redis_killed_comes_back_on_its_port_with_the_stream(tmp_pa
         # the game adds 50 transitions per second).
         assert after.stream_length >= before.stream_length - 60, (before.stream_length, after.stream_length)
         print(f"redis back and the learner consuming again {back_s:.2f} s after SIGKILL")
-        up.wait(timeout=120)
-    finally:
-        if up.poll() is None:
-            up.kill()
-            up.wait()
-    output = log_path.read_text()
-    assert up.returncode == 0, output
+        output = ended_cleanly(up, log_path)
     assert "the embedded redis-server exited with code -9" in output and "redis is back on port" in output
     final = json.loads(next((tmp_path / "runs").glob("*/gateway-final-stats.json")).read_text())
     assert int(final["transitions_dropped"]) == 0, final

@@ -183,6 +183,17 @@ def open_backend(desktop_env: None) -> Iterator[Callable[[Path], DesktopBackend]
         backend.close()
 
 
+def broken_chain(game: Game) -> str:
+    """A variable "broken" whose chain follows x's float bits as if they were a pointer: an unmapped address."""
+    r = game.ready
+    return f"""
+[variables.broken]
+module = "boxgame"
+pointers = [0x{r["world"]:x}, 0x{r["world.player"]:x}, 0x{r["player.x"]:x}, 0x0]
+type = "u8"
+"""
+
+
 def box_left(frame: np.ndarray) -> int:
     """Left edge of the white box in a captured RGB frame."""
     white = np.flatnonzero((frame[BOX_ROW] == 255).all(axis=1))
@@ -358,15 +369,7 @@ def test_the_pause_key_and_the_reset_procedure_reach_the_game(
 def test_a_broken_pointer_chain_keeps_the_last_value_and_counts_the_failure(
     game: Game, open_backend: Callable[[Path], DesktopBackend], tmp_path: Path
 ) -> None:
-    # Follows x's float bits as if they were a pointer: an address that is not mapped.
-    r = game.ready
-    extra = f"""
-[variables.broken]
-module = "boxgame"
-pointers = [0x{r["world"]:x}, 0x{r["world.player"]:x}, 0x{r["player.x"]:x}, 0x0]
-type = "u8"
-"""
-    backend = open_backend(write_profile(tmp_path / "box.toml", game, extra=extra))
+    backend = open_backend(write_profile(tmp_path / "box.toml", game, extra=broken_chain(game)))
     backend.reset()
     backend.step(NOOP)
     values = backend.read_variables()
@@ -476,13 +479,9 @@ def test_an_unreadable_variable_never_stops_the_clock_and_ends_episodes_as_trunc
     tmp_path: Path,
 ) -> None:
     """The crash users met with a placeholder chain: a milestone on a NaN x stopped the clock at frame 1."""
-    r = game.ready
-    extra = f"""
-[variables.broken]
-module = "boxgame"
-pointers = [0x{r["world"]:x}, 0x{r["world.player"]:x}, 0x{r["player.x"]:x}, 0x0]
-type = "u8"
-
+    extra = (
+        broken_chain(game)
+        + """
 [[rewards]]
 kind = "milestone"
 variable = "broken"
@@ -495,6 +494,7 @@ variable = "broken"
 relative_drop = 0.5
 absolute_drop_px = 10
 """
+    )
     profile = write_profile(tmp_path / "box.toml", game, extra=extra)
     replica = start_replica(delay_s=0.002, action=RIGHT, checkpoint_version=1)
     settings = GatewaySettings.from_env(
