@@ -1,5 +1,6 @@
 """The `rtrl` command: `rtrl up` runs the whole stack; `rtrl gateway|inference|learner` runs one service;
-`rtrl play` plays a checkpoint on its game (rtrl/play.py).
+`rtrl play` plays a checkpoint on its game (rtrl/play.py); `rtrl scan` finds a game variable in memory
+(rtrl/scan.py).
 
 The single-service commands are the entry points docker compose uses; they read only RTRL_*
 environment variables, so a service behaves the same under compose, under `rtrl up` and by hand.
@@ -236,6 +237,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="a gateway setting the checkpoint was trained with (repeatable), e.g. --set RTRL_FRAME_STACK=4",
     )
 
+    scan = sub.add_parser(
+        "scan",
+        help="find a game variable in a running game's memory and print the profile block that reads it",
+        description="Find a game variable in a running game's memory: value scans narrow the addresses, a pointer "
+        "scan finds static chains to them, and the result is the [variables.NAME] block for a profile "
+        "(docs/your-game.md). Example: rtrl scan supertux2 --type f32 --unknown --hold Right 1s --increased "
+        "--hold Left 0.5s --decreased --pointers",
+    )
+    from rtrl.scan import add_arguments as add_scan_arguments
+
+    add_scan_arguments(scan)
+
     health = sub.add_parser("health", help="exit 0 when the gRPC server at ADDRESS reports SERVING (for probes)")
     health.add_argument("address", help="host:port of any rtrl service")
     health.add_argument("--timeout", type=_positive_float, default=2.0, help="seconds to wait for an answer")
@@ -306,6 +319,12 @@ def main(argv: list[str] | None = None) -> int:
                 nice=args.nice,
             )
         )
+
+    if args.command == "scan":
+        from rtrl.scan import main as scan_main
+        from rtrl.scan import options_from
+
+        return scan_main(options_from(args))
 
     if args.command == "status":
         from rtrl.grpc_util import create_channel

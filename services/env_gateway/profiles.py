@@ -22,8 +22,20 @@ SHIPPED_DIR = Path(__file__).with_name("profiles")
 GAME_BOY_FRAME_RATE_HZ = 59.7275
 PYBOY_BUTTONS = ("a", "b", "start", "select", "up", "down", "left", "right")
 BACKENDS = ("pyboy", "desktop")
-VARIABLE_TYPES = ("u8", "u16", "u32", "i8", "i16", "i32", "f32", "f64", "bcd")
-_STRUCT_CODES = {"u8": "B", "u16": "H", "u32": "I", "i8": "b", "i16": "h", "i32": "i", "f32": "f", "f64": "d"}
+NUMBER_TYPES = {
+    "u8": "B",
+    "u16": "H",
+    "u32": "I",
+    "u64": "Q",
+    "i8": "b",
+    "i16": "h",
+    "i32": "i",
+    "i64": "q",
+    "f32": "f",
+    "f64": "d",
+}
+"""The variable types that are plain numbers, with their struct codes (also what `rtrl scan` scans for)."""
+VARIABLE_TYPES = (*NUMBER_TYPES, "bcd")
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _HEX = re.compile(r"[0-9a-fA-F]+\Z")
 MAX_BCD_BYTES = 8
@@ -105,7 +117,7 @@ class VariableSpec:
         """Bytes to read at the address."""
         if self.type == "bcd":
             return self.length
-        return struct.calcsize(_STRUCT_CODES[self.type])
+        return struct.calcsize(NUMBER_TYPES[self.type])
 
     def decode(self, raw: bytes | bytearray | list[int]) -> float:
         """The value of `size` bytes read at the variable's address."""
@@ -118,7 +130,7 @@ class VariableSpec:
                 value = value * 100 + (byte >> 4) * 10 + (byte & 0x0F)
             return float(value)
         order = "<" if self.endianness == "little" else ">"
-        return float(struct.unpack(order + _STRUCT_CODES[self.type], data)[0])
+        return float(struct.unpack(order + NUMBER_TYPES[self.type], data)[0])
 
 
 @dataclass(frozen=True)

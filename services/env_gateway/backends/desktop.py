@@ -118,6 +118,23 @@ class GameWindow(Protocol):
     def close(self) -> None: ...
 
 
+@dataclass(frozen=True)
+class MemoryRegion:
+    """One mapped range of a process's address space, as `rtrl scan` sees it."""
+
+    start: int
+    end: int
+    writable: bool
+    module: str | None
+    """The executable or library whose image holds this range (its static data), None for heap and the like."""
+    name: str = ""
+    """What the OS calls the mapping, for messages: a file, [heap], [stack], or "" when anonymous."""
+
+    @property
+    def size(self) -> int:
+        return self.end - self.start
+
+
 class ProcessMemory(Protocol):
     """Reads from the game process's memory."""
 
@@ -135,6 +152,10 @@ class ProcessMemory(Protocol):
         """`size` bytes at `address`; raises MemoryReadError when they are not readable."""
         ...
 
+    def regions(self) -> list[MemoryRegion]:
+        """The readable mapped ranges, in address order (what a memory scan reads)."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -145,6 +166,14 @@ class Platform(Protocol):
 
     def find_window(self, title: str | None, process: str | None) -> GameWindow:
         """The game's window; raises WindowNotFoundError saying what was looked for."""
+        ...
+
+    def process_name(self, pid: int) -> str | None:
+        """The executable name of process `pid`, None when no such process runs."""
+        ...
+
+    def find_processes(self, name: str) -> list[int]:
+        """The pids of running processes with that executable name (with or without .exe)."""
         ...
 
     def open_memory(self, pid: int) -> ProcessMemory:

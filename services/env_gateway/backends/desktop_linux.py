@@ -27,6 +27,7 @@ from services.env_gateway.backends.desktop import (
     InputError,
     MemoryAccessError,
     MemoryReadError,
+    MemoryRegion,
     ScreenRect,
     WindowNotFoundError,
 )
@@ -215,26 +216,31 @@ class ProcMemory:
             raise MemoryAccessError(f"process {pid} has exited; start the game again.") from error
         self._pointer_size: int | None = None
 
-    def module_base(self, module: str) -> int:
-        base = None
-        files: list[str] = []
+    def _maps(self) -> list[tuple[int, int, str, str]]:
+        """/proc/<pid>/maps as (start, end, permissions, path) with the path "" for anonymous memory."""
         try:
-            maps = Path(f"/proc/{self.pid}/maps").read_text()
+            text = Path(f"/proc/{self.pid}/maps").read_text()
         except OSError as error:
             raise MemoryAccessError(
                 f"cannot read /proc/{self.pid}/maps ({error.strerror}); {permission_message(self.pid)}"
             ) from error
-        for line in maps.splitlines():
+        mappings = []
+        for line in text.splitlines():
             fields = line.split(maxsplit=5)
-            if len(fields) < 6:
-                continue  # anonymous memory
-            path = fields[5].removesuffix(" (deleted)")
-            if path.startswith("["):
-                continue  # [heap], [stack], [vdso]
+            start, end = (int(bound, 16) for bound in fields[0].split("-"))
+            path = fields[5].removesuffix(" (deleted)") if len(fields) == 6 else ""
+            mappings.append((start, end, fields[1], path))
+        return mappings
+
+    def module_base(self, module: str) -> int:
+        base = None
+        files: list[str] = []
+        for start, _, _, path in self._maps():
+            if not path or path.startswith("["):
+                continue  # anonymous memory, [heap], [stack], [vdso]
             if path not in files:
                 files.append(path)
             if path == module or os.path.basename(path) in _name_variants(module):
-                start = int(fields[0].split("-")[0], 16)
                 base = start if base is None else min(base, start)
         if base is None:
             names = ", ".join(os.path.basename(f) for f in files[:12])
@@ -243,6 +249,28 @@ class ProcMemory:
                 "set the variable's module to one of them (usually the game's executable)."
             )
         return base
+
+    def regions(self) -> list[MemoryRegion]:
+        # A module's .bss often continues past its last file-backed page as an anonymous mapping right
+        # after it: that is static memory of the module too (where a game's global pointers live).
+        regions: list[MemoryRegion] = []
+        data_module: str | None = None  # the module whose writable data ends where the next mapping starts
+        data_end = -1
+        for start, end, permissions, path in self._maps():
+            module = None
+            if path.startswith("/") and not path.startswith("/dev/"):
+                module = os.path.basename(path)
+            elif not path and start == data_end:
+                module = data_module
+            data_module, data_end = (module, end) if permissions[1] == "w" else (None, -1)
+            # Only private memory the process can read: not device or shared mappings (GPU buffers, shm),
+            # whose reads can block or fault, nor the kernel's [vvar]/[vsyscall] pages.
+            if permissions[0] != "r" or permissions[3] != "p" or path.startswith("/dev/"):
+                continue
+            if path in ("[vvar]", "[vsyscall]", "[vvar_vclock]"):
+                continue
+            regions.append(MemoryRegion(start, end, writable=permissions[1] == "w", module=module, name=path))
+        return regions
 
     def pointer_size(self) -> int:
         if self._pointer_size is None:
@@ -282,7 +310,7 @@ def permission_message(pid: int) -> str:
     scope_note = f" (it is {scope} now)" if scope is not None else ""
     return (
         f"cannot read the memory of process {pid}: permission denied. Reading another process's memory needs "
-        f"ptrace permission: run the gateway as the same user as the game, and set "
+        f"ptrace permission: run the gateway (or rtrl scan) as the same user as the game, and set "
         f"/proc/sys/kernel/yama/ptrace_scope to 0{scope_note} with `sudo sysctl kernel.yama.ptrace_scope=0`, or give "
         "the gateway's python CAP_SYS_PTRACE (`sudo setcap cap_sys_ptrace+ep <python>`; in a container: "
         "--cap-add SYS_PTRACE and --pid=host)."
@@ -363,6 +391,15 @@ class LinuxPlatform:
             log.warning("%d windows match; using the largest, %r", len(matches), matches[0][1])
         window, name, pid, _ = matches[0]
         return X11Window(display, window, name, pid_override if pid_override is not None else pid)
+
+    def process_name(self, pid: int) -> str | None:
+        try:
+            return Path(f"/proc/{pid}/comm").read_text().strip()
+        except FileNotFoundError:
+            return None
+
+    def find_processes(self, name: str) -> list[int]:
+        return _pids_named(name)
 
     def open_memory(self, pid: int) -> ProcMemory:
         return ProcMemory(pid)

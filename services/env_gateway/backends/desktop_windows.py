@@ -18,6 +18,7 @@ import mss
 import pydirectinput
 import pymem
 import pymem.exception
+import pymem.memory
 import pymem.process
 import pywintypes
 import win32con
@@ -29,11 +30,20 @@ from services.env_gateway.backends.desktop import (
     InputError,
     MemoryAccessError,
     MemoryReadError,
+    MemoryRegion,
     ScreenRect,
     WindowNotFoundError,
 )
 
 log = logging.getLogger(__name__)
+
+# VirtualQueryEx's MEMORY_BASIC_INFORMATION: committed pages, their protection and kind (winnt.h).
+MEM_COMMIT = 0x1000
+MEM_MAPPED = 0x40000
+PAGE_GUARD = 0x100
+PAGE_READABLE = 0x02 | 0x04 | 0x08 | 0x20 | 0x40 | 0x80  # READONLY, READWRITE, WRITECOPY, EXECUTE_*
+PAGE_WRITABLE = 0x04 | 0x08 | 0x40 | 0x80  # READWRITE, WRITECOPY, EXECUTE_READWRITE, EXECUTE_WRITECOPY
+USER_SPACE_END = {8: 0x7FFF_FFFF_0000, 4: 0xFFFF_0000}
 
 TITLES_SHOWN = 10
 
@@ -171,9 +181,9 @@ class PymemMemory:
             self._pm = pymem.Pymem(pid)
         except (pymem.exception.PymemError, pymem.exception.WinAPIError, OSError) as error:
             raise MemoryAccessError(
-                f"cannot open process {pid} to read its memory ({error}); run the gateway as the same user as the "
-                "game, and as administrator when the game runs as administrator (games with anti-cheat protection "
-                "cannot be read at all)."
+                f"cannot open process {pid} to read its memory ({error}); run the gateway (or rtrl scan) as the same "
+                "user as the game, and as administrator when the game runs as administrator (games with anti-cheat "
+                "protection cannot be read at all)."
             ) from error
 
     def module_base(self, module: str) -> int:
@@ -194,6 +204,35 @@ class PymemMemory:
             return bytes(self._pm.read_bytes(address, size))
         except (pymem.exception.MemoryReadError, pymem.exception.WinAPIError) as error:
             raise MemoryReadError(f"0x{address:x} is not readable in process {self.pid} ({error})") from error
+
+    def regions(self) -> list[MemoryRegion]:
+        modules = [
+            (int(m.lpBaseOfDll), int(m.lpBaseOfDll) + int(m.SizeOfImage), str(m.name)) for m in self._pm.list_modules()
+        ]
+        regions: list[MemoryRegion] = []
+        address, end_of_space = 0, USER_SPACE_END[self.pointer_size()]
+        while address < end_of_space:
+            try:
+                info = pymem.memory.virtual_query(self._pm.process_handle, address)
+            except (pymem.exception.WinAPIError, OSError):
+                break  # past the last region
+            start, size = int(info.BaseAddress or 0), int(info.RegionSize)
+            if size <= 0:
+                break
+            protect = int(info.Protect)
+            # Committed, readable, not a guard page, and private or an image: file views and shared
+            # sections (MEM_MAPPED) are left out, as shared mappings are on Linux.
+            if (
+                info.State == MEM_COMMIT
+                and protect & PAGE_READABLE
+                and not protect & PAGE_GUARD
+                and info.Type != MEM_MAPPED
+            ):
+                module = next((name for low, high, name in modules if low <= start < high), None)
+                writable = bool(protect & PAGE_WRITABLE)
+                regions.append(MemoryRegion(start, start + size, writable, module, module or ""))
+            address = start + size
+        return regions
 
     def close(self) -> None:
         self._pm.close_process()
@@ -248,6 +287,17 @@ class WindowsPlatform:
             log.warning("%d windows match; using the first, %r", len(matches), matches[0][1])
         hwnd, name, pid = matches[0]
         return Win32Window(hwnd, name, pid)
+
+    def process_name(self, pid: int) -> str | None:
+        encoding = locale.getpreferredencoding()
+        for entry in pymem.process.list_processes():
+            if int(entry.th32ProcessID) == pid:
+                return str(entry.szExeFile.decode(encoding, errors="replace"))
+        return None
+
+    def find_processes(self, name: str) -> list[int]:
+        wanted = name if name.lower().endswith(".exe") else name + ".exe"
+        return sorted(_processes_named(wanted))
 
     def open_memory(self, pid: int) -> PymemMemory:
         return PymemMemory(pid)

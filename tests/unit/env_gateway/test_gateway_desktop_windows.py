@@ -39,6 +39,10 @@ HEAP = 0x0200_0000
 PLAYER = 0x0300_0000
 SCREEN = {"left": 0, "top": 0, "width": 1920, "height": 1080}
 PIXEL_BGRA = (10, 20, 30, 255)
+# VirtualQueryEx's words (winnt.h), and where the fake .exe's writable data (its globals) starts.
+MEM_COMMIT, MEM_PRIVATE, MEM_MAPPED, MEM_IMAGE = 0x1000, 0x20000, 0x40000, 0x1000000
+PAGE_READONLY, PAGE_READWRITE, PAGE_GUARD = 0x02, 0x04, 0x100
+MODULE_BASE_DATA = MODULE_BASE + 0x200
 
 
 class FakeWinError(Exception):
@@ -83,6 +87,8 @@ class FakeWindows:
     grabbed: list[dict[str, int]] = field(default_factory=list)
     foreground: list[int] = field(default_factory=list)
     closed_processes: int = 0
+    extra_regions: list[tuple[int, int, int, int, int]] = field(default_factory=list)
+    """(base, size, State, Protect, Type) that VirtualQueryEx reports besides the memory's own regions."""
 
     # -- the fake modules ----------------------------------------------------------------------
 
@@ -123,9 +129,12 @@ class FakeWindows:
         pymem_process.list_processes = self._list_processes  # type: ignore[attr-defined]
         pymem_process.module_from_name = self._module_from_name  # type: ignore[attr-defined]
         pymem_process.is_64_bit = lambda handle: self.is_64_bit  # type: ignore[attr-defined]
+        pymem_memory = ModuleType("pymem.memory")
+        pymem_memory.virtual_query = self._virtual_query  # type: ignore[attr-defined]
         pymem.Pymem = lambda pid: FakePymem(self, pid)  # type: ignore[attr-defined]
         pymem.exception = pymem_exception  # type: ignore[attr-defined]
         pymem.process = pymem_process  # type: ignore[attr-defined]
+        pymem.memory = pymem_memory  # type: ignore[attr-defined]
 
         mss = ModuleType("mss")
         mss_exception = ModuleType("mss.exception")
@@ -141,6 +150,7 @@ class FakeWindows:
             "pymem": pymem,
             "pymem.exception": pymem_exception,
             "pymem.process": pymem_process,
+            "pymem.memory": pymem_memory,
             "mss": mss,
             "mss.exception": mss_exception,
         }
@@ -186,6 +196,26 @@ class FakeWindows:
             SimpleNamespace(name="supertux2.exe", lpBaseOfDll=MODULE_BASE) if name.lower() == "supertux2.exe" else None
         )
 
+    def _virtual_query(self, handle: int, address: int) -> Any:
+        """MEMORY_BASIC_INFORMATION of the region at or after `address`: each memory block is committed
+        read-write private memory (the one at MODULE_BASE is the .exe's image), plus `extra_regions`."""
+        regions = sorted(
+            [
+                (start, len(data), MEM_COMMIT, PAGE_READWRITE, MEM_IMAGE if start == MODULE_BASE_DATA else MEM_PRIVATE)
+                for start, data in self.memory.items()
+            ]
+            + self.extra_regions
+        )
+        for base, size, state, protect, kind in regions:
+            if address < base + size:
+                start = max(base, address)
+                if start > address:  # a free gap before this region
+                    gap = start - address
+                    return SimpleNamespace(BaseAddress=address, RegionSize=gap, State=0x10000, Protect=1, Type=0)
+                return SimpleNamespace(BaseAddress=base, RegionSize=size, State=state, Protect=protect, Type=kind)
+        # Like pymem, which does not check VirtualQueryEx's result: past the last region, a zeroed structure.
+        return SimpleNamespace(BaseAddress=None, RegionSize=0, State=0, Protect=0, Type=0)
+
     def read(self, address: int, length: int) -> bytes:
         for start, data in self.memory.items():
             if start <= address and address + length <= start + len(data):
@@ -204,8 +234,8 @@ class FakePymem:
         return self.desktop.read(address, length)
 
     def list_modules(self) -> Iterator[Any]:
-        yield SimpleNamespace(name="supertux2.exe")
-        yield SimpleNamespace(name="SDL2.dll")
+        yield SimpleNamespace(name="supertux2.exe", lpBaseOfDll=MODULE_BASE, SizeOfImage=0x1000)
+        yield SimpleNamespace(name="SDL2.dll", lpBaseOfDll=0x7FF0_0000_0000, SizeOfImage=0x1000)
 
     def close_process(self) -> None:
         self.desktop.closed_processes += 1
@@ -245,7 +275,7 @@ def game_memory(desktop: FakeWindows, pointer_size: int, x: float, coins: int) -
     """supertux2.exe+0x2A0 -> heap object, +0x18 -> player, +0x4 -> x (f32); +0x8 -> coins (BCD, 2 bytes)."""
     width = "<Q" if pointer_size == 8 else "<I"
     desktop.memory = {
-        MODULE_BASE + 0x2A0: struct.pack(width, HEAP),
+        MODULE_BASE_DATA: bytes(0xA0) + struct.pack(width, HEAP),
         HEAP: bytes(0x18) + struct.pack(width, PLAYER),
         PLAYER: struct.pack("<Iff", 0, x, 0.0)[:8] + bytes([coins % 100 // 10 * 16 + coins % 10, coins // 100 % 10]),
     }
@@ -439,3 +469,43 @@ def test_a_window_moved_off_the_screen_repeats_the_last_picture(windows: ModuleT
         assert np.array_equal(frame, first) and backend.capture.offscreen_frames == 1
     finally:
         backend.close()
+
+
+# -- rtrl scan on Windows ----------------------------------------------------------------------------
+
+
+def test_the_scan_reads_committed_readable_memory_and_knows_the_modules_images(
+    windows: ModuleType, desktop: FakeWindows
+) -> None:
+    game_memory(desktop, 8, x=12.5, coins=0)
+    desktop.extra_regions = [
+        (0x0500_0000, 0x1000, MEM_COMMIT, PAGE_READWRITE | PAGE_GUARD, MEM_PRIVATE),  # a stack's guard page
+        (0x0600_0000, 0x1000, MEM_COMMIT, PAGE_READWRITE, MEM_MAPPED),  # a file view: shared, left out
+        (0x0700_0000, 0x1000, 0x2000, PAGE_READWRITE, MEM_PRIVATE),  # reserved, not committed
+        (0x0800_0000, 0x1000, MEM_COMMIT, PAGE_READONLY, MEM_PRIVATE),
+    ]
+    memory = windows.WindowsPlatform().open_memory(GAME_PID)
+    regions = {region.start: region for region in memory.regions()}
+    assert set(regions) == {MODULE_BASE_DATA, HEAP, PLAYER, 0x0800_0000}
+    assert regions[MODULE_BASE_DATA].module == "supertux2.exe" and regions[MODULE_BASE_DATA].writable
+    assert regions[HEAP].module is None and regions[HEAP].writable
+    assert not regions[0x0800_0000].writable
+
+
+def test_a_value_scan_and_a_pointer_scan_find_the_profiles_chain_through_pymem(
+    windows: ModuleType, desktop: FakeWindows
+) -> None:
+    from services.env_gateway.memory_scan import ValueScan, pointer_scan
+
+    game_memory(desktop, 8, x=12.5, coins=0)
+    memory = windows.WindowsPlatform().open_memory(GAME_PID)
+    scan = ValueScan(memory, "f32")
+    assert scan.first(12.5) == 1
+    (candidate,) = scan.candidates()
+    assert candidate.address == PLAYER + 4 and candidate.value == 12.5
+    game_memory(desktop, 8, x=40.0, coins=0)
+    assert scan.next("increased") == 1
+
+    chains = pointer_scan(memory, candidate.address, prefer="supertux2.exe").chains
+    assert chains[0].module == "supertux2.exe"
+    assert list(chains[0].offsets) == PROFILE["variables"]["x"]["pointers"]  # type: ignore[index]
