@@ -45,8 +45,8 @@ STEP_HELP = {
     "pointers": (None, "find static pointer chains to the addresses left; later steps narrow the chains"),
     "verify-after-restart": (None, "wait for the game to restart and keep the chains that still resolve"),
 }
-POINTER_TARGETS = 8
-"""Addresses a pointer scan starts from at most (the variable and a few copies of it)."""
+POINTER_TARGETS = 64
+"""Addresses a pointer scan starts from at most (the variable, its copies, and what narrowing left)."""
 RESTART_POLL_S = 0.2
 RESTART_SETTLE_S = 2.0
 SHOWN = 20

@@ -360,20 +360,21 @@ class PointerScanResult:
 
 def pointer_scan(
     memory: ProcessMemory,
-    target: int,
+    targets: Sequence[int],
     *,
     max_depth: int = 4,
     max_offset: int = 0x1000,
     max_chains: int = 50,
-    max_nodes: int = 200_000,
+    max_nodes: int = 100_000,
     modules: Sequence[str] | None = None,
     prefer: str | None = None,
     regions: Sequence[MemoryRegion] | None = None,
 ) -> PointerScanResult:
-    """Static chains that lead to `target`: from module `prefer` (the game's executable) first, then shortest.
+    """Static chains that lead to any of `targets`, best first (`chain_order`, `prefer` the game's executable).
 
-    `modules` limits where chains may start (default: any module); `max_nodes` caps how many
-    addresses one level of the walk follows, so a scan of a large process ends in seconds.
+    `modules` limits where chains may start (default: any module). Each level of the backward walk is
+    computed with numpy over all of its addresses at once; `max_nodes` caps how many addresses one level
+    follows (those reached with the smallest offsets are kept), so a large process is scanned in seconds.
     """
     regions = list(memory.regions()) if regions is None else list(regions)
     bases = module_bases(memory, regions)
@@ -381,73 +382,88 @@ def pointer_scan(
         (region for region in scannable(regions) if region.module and (not modules or region.module in modules)),
         key=lambda region: region.start,
     )
+    static_starts = np.array([region.start for region in statics], dtype=np.uint64)
+    static_ends = np.array([region.end for region in statics], dtype=np.uint64)
+
+    def static(addresses: np.ndarray) -> np.ndarray:
+        inside = np.searchsorted(static_starts, addresses, side="right") - 1
+        return (inside >= 0) & (addresses < static_ends[np.maximum(inside, 0)])
+
+    seen = np.unique(np.array(targets, dtype=np.uint64))
+    # A target in static memory is a global variable: its chain is its offset in the module.
+    chains = [_chain(target, (), statics, bases) for target in seen[static(seen)].tolist()]
     pointers = pointer_map(memory, regions, memory.pointer_size())
-    # edges[node] = [(slot, offset)]: the slot holds a pointer p with node = p + offset.
-    edges: dict[int, list[tuple[int, int]]] = {}
-    seen = {target}
-    level = np.array([target], dtype=np.uint64)
-    static_ends: list[tuple[int, int]] = []  # (slot, depth) of slots in static memory
+    # edges[d] = (slot, node, offset), sorted by slot: the pointer in `slot` plus `offset` is `node`, an
+    # address of depth d - 1 (depth 0: a target).
+    edges: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    ends: list[np.ndarray] = []  # per depth, the static slots reached
+    level = seen
     levels: list[int] = []
     truncated = False
-    for depth in range(1, max_depth + 1):
-        if not len(level):
-            break
+    for _ in range(max_depth):
         low = np.searchsorted(pointers.targets, level - np.minimum(level, np.uint64(max_offset)), side="left")
         high = np.searchsorted(pointers.targets, level, side="right")
-        following: list[int] = []
-        for node, a, b in zip(level.tolist(), low.tolist(), high.tolist(), strict=True):
-            for slot, pointer in zip(pointers.slots[a:b].tolist(), pointers.targets[a:b].tolist(), strict=True):
-                edges.setdefault(slot, []).append((node, node - pointer))
-                if _inside(slot, statics):
-                    static_ends.append((slot, depth))
-                elif slot not in seen:
-                    seen.add(slot)
-                    following.append(slot)
-        levels.append(len(following))
-        if len(following) > max_nodes:
+        counts = high - low
+        total = int(counts.sum())
+        if total == 0:
+            break
+        first = np.repeat(low - (np.cumsum(counts) - counts), counts)
+        index = first + np.arange(total)
+        slot, node = pointers.slots[index], np.repeat(level, counts)
+        offset = node - pointers.targets[index]
+        order = np.argsort(slot, kind="stable")
+        slot, node, offset = slot[order], node[order], offset[order]
+        edges.append((slot, node, offset))
+        is_static = static(slot)
+        ends.append(np.unique(slot[is_static]))
+        # The next level: each new non-static slot once, with the smallest offset it was reached by.
+        candidates, at = np.unique(slot[~is_static], return_index=True)
+        smallest = np.minimum.reduceat(offset[~is_static], at) if len(at) else at
+        fresh = ~np.isin(candidates, seen)
+        candidates, smallest = candidates[fresh], smallest[fresh]
+        levels.append(len(candidates))
+        if len(candidates) > max_nodes:
             truncated = True
-            following = following[:max_nodes]
-        level = np.array(following, dtype=np.uint64)
-    chains: list[Chain] = []
-    for slot, _ in sorted(set(static_ends), key=lambda end: end[1]):
-        region = next(region for region in statics if region.start <= slot < region.end)
-        assert region.module is not None
-        for tail in _paths(slot, target, edges, max_depth):
-            chains.append(Chain(region.module, (slot - bases[region.module], *tail)))
-            if len(chains) >= max_chains * 4:
+            candidates = np.sort(candidates[np.argpartition(smallest, max_nodes)[:max_nodes]])
+        seen = np.union1d(seen, candidates)
+        level = candidates
+    for depth, reached in enumerate(ends, start=1):
+        for start in reached.tolist():
+            for tail in _paths(start, depth, edges):
+                chains.append(_chain(start, tail, statics, bases))
+            if len(chains) >= 4 * max_chains:
                 break
     chains = sorted(set(chains), key=lambda chain: chain_order(chain, prefer))
     return PointerScanResult(chains[:max_chains], levels, truncated, pointers.bytes_read)
+
+
+def _chain(start: int, tail: tuple[int, ...], statics: Sequence[MemoryRegion], bases: dict[str, int]) -> Chain:
+    module = next(region.module for region in statics if region.start <= start < region.end)
+    assert module is not None
+    return Chain(module, (start - bases[module], *tail))
+
+
+def _paths(
+    slot: int, depth: int, edges: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], limit: int = 16
+) -> list[tuple[int, ...]]:
+    """The offsets from the pointer in `slot` (reached at `depth`) down to the target, at most `limit` ways."""
+    slots, nodes, offsets = edges[depth - 1]
+    low, high = np.searchsorted(slots, np.uint64(slot), side="left"), np.searchsorted(slots, np.uint64(slot), "right")
+    paths: list[tuple[int, ...]] = []
+    for node, offset in zip(nodes[low:high].tolist(), offsets[low:high].tolist(), strict=True):
+        if depth == 1:
+            paths.append((offset,))
+        else:
+            paths.extend((offset, *tail) for tail in _paths(node, depth - 1, edges, limit - len(paths)))
+        if len(paths) >= limit:
+            break
+    return paths[:limit]
 
 
 def chain_order(chain: Chain, prefer: str | None) -> tuple[bool, int, int, int]:
     """Best first: from the game's own executable, then by the largest step after the first (a pointer to a small
     object plus a large offset usually lands in a neighbouring object), then fewest pointers."""
     return (chain.module != prefer, max(chain.offsets[1:], default=0), len(chain.offsets), sum(chain.offsets[1:]))
-
-
-def _inside(address: int, regions: Sequence[MemoryRegion]) -> bool:
-    for region in regions:
-        if region.start <= address < region.end:
-            return True
-        if region.start > address:
-            return False
-    return False
-
-
-def _paths(slot: int, target: int, edges: dict[int, list[tuple[int, int]]], max_depth: int) -> list[tuple[int, ...]]:
-    """The offsets from the pointer in `slot` down to `target`, for every way there within max_depth."""
-    paths: list[tuple[int, ...]] = []
-    stack: list[tuple[int, tuple[int, ...]]] = [(slot, ())]
-    while stack and len(paths) < 64:
-        node, offsets = stack.pop()
-        for following, offset in edges.get(node, ()):
-            chain = (*offsets, offset)
-            if following == target:
-                paths.append(chain)
-            elif len(chain) < max_depth:
-                stack.append((following, chain))
-    return paths
 
 
 def resolve(memory: ProcessMemory, chain: Chain, bases: dict[str, int]) -> int | None:
@@ -656,30 +672,24 @@ class Scan:
                 f"{self.values.count} addresses are left; narrow them to {POINTER_TARGETS} or fewer before --pointers "
                 "(move in the game and scan again)."
             )
-        regions = self.memory.regions()
-        chains: list[Chain] = []
-        for target in targets:
-            result = pointer_scan(
-                self.memory,
-                target.address,
-                max_depth=self.options.max_depth,
-                max_offset=self.options.max_offset,
-                max_chains=self.options.max_chains,
-                modules=self.options.modules or None,
-                prefer=self.process,
-                regions=regions,
-            )
-            if result.truncated:
-                self.say(f"pointer scan from 0x{target.address:x}: a level was cut at its limit ({result.levels})")
-            chains.extend(chain for chain in result.chains if chain not in chains)
-        chains.sort(key=lambda chain: chain_order(chain, self.process))
-        if not chains:
+        result = pointer_scan(
+            self.memory,
+            [target.address for target in targets],
+            max_depth=self.options.max_depth,
+            max_offset=self.options.max_offset,
+            max_chains=self.options.max_chains,
+            modules=self.options.modules or None,
+            prefer=self.process,
+        )
+        if result.truncated:
+            self.say(f"pointer scan: a level was cut at its limit (addresses per level: {result.levels})")
+        if not result.chains:
             raise ScanError(
                 f"no static chain leads to {', '.join(hex(t.address) for t in targets)} within "
                 f"{self.options.max_depth} pointers and offsets up to 0x{self.options.max_offset:x}; "
                 "try a larger --max-depth or --max-offset."
             )
-        self.chains = ChainScan(self.memory, self.options.type_name, chains, self.values.tolerance)
+        self.chains = ChainScan(self.memory, self.options.type_name, result.chains, self.values.tolerance)
 
     def verify_after_restart(self) -> None:
         if self.chains is None:

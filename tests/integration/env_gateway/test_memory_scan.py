@@ -383,7 +383,7 @@ def test_bad_input_is_one_sentence_and_exit_code_2(x_display: str, game_binary: 
         ([pid, "--increased"], "the first scan needs a value (--value N) or --unknown"),
         ([pid, "--type", "u8", "--value", "300"], "300 is not a u8 (0..255); pick another --type"),
         ([pid, "--type", "f32", "--value", "123456.75", "--tolerance", "0"], "no candidates are left after value"),
-        ([pid, "--type", "f32", "--unknown", "--pointers"], "addresses are left; narrow them to 8 or fewer"),
+        ([pid, "--type", "f32", "--unknown", "--pointers"], "addresses are left; narrow them to 64 or fewer"),
         ([pid, "--verify-after-restart"], "run --pointers before it"),
         ([pid, "--hold", "Right", "soon"], "'soon' is not a duration"),
         ([pid, "--name", "not a name", "--unknown"], "is not a variable name"),

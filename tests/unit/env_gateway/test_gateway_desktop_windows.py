@@ -506,6 +506,6 @@ def test_a_value_scan_and_a_pointer_scan_find_the_profiles_chain_through_pymem(
     game_memory(desktop, 8, x=40.0, coins=0)
     assert scan.next("increased") == 1
 
-    chains = pointer_scan(memory, candidate.address, prefer="supertux2.exe").chains
+    chains = pointer_scan(memory, [candidate.address], prefer="supertux2.exe").chains
     assert chains[0].module == "supertux2.exe"
     assert list(chains[0].offsets) == PROFILE["variables"]["x"]["pointers"]  # type: ignore[index]
