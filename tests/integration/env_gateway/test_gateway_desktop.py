@@ -45,6 +45,8 @@ WAIT_S = 10.0
 GAME_WIDTH, GAME_HEIGHT, BOX = 160, 120, 16
 BOX_ROW = GAME_HEIGHT - 20 - BOX // 2  # a pixel row through the middle of the box
 NOOP, RIGHT, LEFT = 0, 1, 2
+# The game's state fields that write_profile's profile reads.
+READ_BY_THE_PROFILE = ("x", "score", "coins", "keys", "paused")
 
 
 # -- fixtures: the X server, the game binary, a running game ----------------------------------------
@@ -453,8 +455,17 @@ def test_the_gateway_plays_the_game_through_replicas_and_its_fallback_releases_t
         gateway.start()
         game.wait_for(lambda state: state["keys"] == 2 and state["x"] >= 40, "the replicas' Right moving the box")
         replica.server.stop(None).wait()  # no more fresh actions: every step falls back to noop
-        game.wait_for(lambda state: state["keys"] == 0, "the fallback releasing Right")
+        resting = game.wait_for(lambda state: state["keys"] == 0, "the fallback releasing Right")
         assert not keyboard("Right")
+        time.sleep(0.1)  # a few frames read at rest
+        # GetStats shows the variables the game reports and what the milestones paid (the dashboard's table).
+        stats = gateway.stats()
+        assert {v.name: v.value for v in stats.variables} == {name: resting[name] for name in READ_BY_THE_PROFILE}
+        assert all(v.known for v in stats.variables)
+        [milestones] = stats.reward_terms
+        assert milestones.label == "milestone(x)" and milestones.last_frame_reward == 0.0
+        assert milestones.episode_reward == resting["x"] // 10  # from x = 0 at the reset
+        assert list(stats.last_episode_end_rules) == []
     finally:
         gateway.stop()
 
@@ -517,6 +528,10 @@ absolute_drop_px = 10
         later = gateway.stats()
         assert later.frames > 60 and later.unknown_variable_frames > 30  # the clock ticks on
         assert later.episodes >= 2 and later.last_episode_return == 0.0  # ended, and nothing paid for garbage
+        assert list(later.last_episode_end_rules) == ["unknown_variable"]
+        shown = {v.name: v.known for v in later.variables}
+        assert shown["broken"] is False and shown["x"] is True
+        assert [(t.label, t.episode_reward) for t in later.reward_terms] == [("milestone(broken)", 0.0)]
         scraped = {
             sample.name: sample.value for family in GatewayCollector(gateway).collect() for sample in family.samples
         }
