@@ -1,6 +1,6 @@
 """The `rtrl` command: `rtrl up` runs the whole stack; `rtrl gateway|inference|learner` runs one service;
 `rtrl play` plays a checkpoint on its game (rtrl/play.py); `rtrl scan` finds a game variable in memory
-(rtrl/scan.py).
+(rtrl/scan.py); `rtrl profile check` shows a game profile's variables and rewards live (rtrl/profile_check.py).
 
 The single-service commands are the entry points docker compose uses; they read only RTRL_*
 environment variables, so a service behaves the same under compose, under `rtrl up` and by hand.
@@ -38,6 +38,13 @@ def _positive_float(text: str) -> float:
     value = float(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"{text} is not a positive number of seconds")
+    return value
+
+
+def _lines_per_second(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a number of lines a second; give one above 0 (such as 10)")
     return value
 
 
@@ -249,6 +256,43 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_scan_arguments(scan)
 
+    profile = sub.add_parser("profile", help="work on a game profile: `rtrl profile check PROFILE`")
+    profile_sub = profile.add_subparsers(dest="profile_command", required=True, metavar="COMMAND")
+    check = profile_sub.add_parser(
+        "check",
+        help="print a profile's variables, reward terms and episode ends live while a person (or --random) plays",
+        description="Attaches to the game as the gateway would (its RTRL_* settings, DISPLAY, the profile's window "
+        "or ROM), steps it at its frame rate with the profile's rules, and prints about --hz lines a second: every "
+        "variable (? when unreadable), what each reward term paid since the last line and their sum, the "
+        "episode's return, and each episode end with the rules that ended it (the next frame resets, as in the "
+        "gateway). Without --random every frame applies the fallback action (no key on a desktop game), so a "
+        "person plays in the game's window. Ctrl-C ends it with a one-line summary. Exit code 2: bad input (the "
+        "profile, the game not running, memory that cannot be read), with a sentence saying what to do.",
+    )
+    check.add_argument("profile", metavar="PROFILE", help="a shipped profile's name or a path to a .toml file")
+    check.add_argument(
+        "--env",
+        help="the game (RTRL_ENV): default desktop:PROFILE for a desktop profile; a pyboy profile needs "
+        "pyboy:<ROM path> (or RTRL_ENV set to one)",
+    )
+    check.add_argument("--json", action="store_true", help="one JSON object per line (keys in docs/profiles.md)")
+    check.add_argument(
+        "--random",
+        action="store_true",
+        help="play random actions, each held for the decision interval (seeded by RTRL_SEED), instead of the fallback",
+    )
+    check.add_argument("--hz", type=_lines_per_second, default=10.0, help="lines a second (default: 10)")
+    check.add_argument("--seconds", type=_positive_float, help="stop after this many seconds (default: at Ctrl-C)")
+    check.add_argument(
+        "--set",
+        dest="settings",
+        type=_key_value,
+        action="append",
+        default=[],
+        metavar="RTRL_NAME=VALUE",
+        help="a gateway setting (repeatable), e.g. --set RTRL_UNKNOWN_VARIABLE_TIMEOUT_S=5",
+    )
+
     health = sub.add_parser("health", help="exit 0 when the gRPC server at ADDRESS reports SERVING (for probes)")
     health.add_argument("address", help="host:port of any rtrl service")
     health.add_argument("--timeout", type=_positive_float, default=2.0, help="seconds to wait for an answer")
@@ -325,6 +369,22 @@ def main(argv: list[str] | None = None) -> int:
         from rtrl.scan import options_from
 
         return scan_main(options_from(args))
+
+    if args.command == "profile":
+        from rtrl.profile_check import CheckOptions
+        from rtrl.profile_check import main as check_profile
+
+        return check_profile(
+            CheckOptions(
+                profile=args.profile,
+                env=args.env,
+                json_output=args.json,
+                random_actions=args.random,
+                hz=args.hz,
+                seconds=args.seconds,
+                settings=dict(args.settings),
+            )
+        )
 
     if args.command == "status":
         from rtrl.grpc_util import create_channel

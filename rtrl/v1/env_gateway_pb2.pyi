@@ -112,7 +112,7 @@ class ReplicaStats(_message.Message):
     def __init__(self, address: _Optional[str] = ..., requests: _Optional[int] = ..., replies: _Optional[int] = ..., failures: _Optional[int] = ..., in_flight: _Optional[int] = ..., latency_ms: _Optional[_Union[_common_pb2.Distribution, _Mapping]] = ..., checkpoint_version: _Optional[int] = ..., batch_size: _Optional[_Union[_common_pb2.Distribution, _Mapping]] = ..., inference_ms: _Optional[_Union[_common_pb2.Distribution, _Mapping]] = ..., excluded: _Optional[bool] = ..., warming_up: _Optional[bool] = ..., transport: _Optional[str] = ...) -> None: ...
 
 class GetStatsResponse(_message.Message):
-    __slots__ = ("gateway_id", "uptime_s", "frames", "measured_frame_rate_hz", "frames_late", "decisions", "decisions_fresh", "decisions_fallback", "coverage", "requests_sent", "requests_not_sent", "requests_failed", "replies_late", "replies_superseded", "staleness_frames", "decision_overhead_ms", "replicas", "episodes", "last_episode_return", "mean_episode_return", "transitions_published", "transitions_dropped", "transitions_queued", "replica_count", "episode_frames", "scheduler", "scheduler_period_ms", "scheduler_spacing_ms", "scheduler_turns_passed", "scheduler_slots_waited", "requests_resent", "lead_frames", "interaction", "sequential_cycles", "train_ms", "train_failures", "cycle_ms", "staleness_frames_histogram", "recent_episode_returns", "unknown_variable_frames", "unknown_variable_truncations")
+    __slots__ = ("gateway_id", "uptime_s", "frames", "measured_frame_rate_hz", "frames_late", "decisions", "decisions_fresh", "decisions_fallback", "coverage", "requests_sent", "requests_not_sent", "requests_failed", "replies_late", "replies_superseded", "staleness_frames", "decision_overhead_ms", "replicas", "episodes", "last_episode_return", "mean_episode_return", "transitions_published", "transitions_dropped", "transitions_queued", "replica_count", "episode_frames", "scheduler", "scheduler_period_ms", "scheduler_spacing_ms", "scheduler_turns_passed", "scheduler_slots_waited", "requests_resent", "lead_frames", "interaction", "sequential_cycles", "train_ms", "train_failures", "cycle_ms", "staleness_frames_histogram", "recent_episode_returns", "unknown_variable_frames", "unknown_variable_truncations", "variables", "reward_terms", "last_episode_end_rules")
     GATEWAY_ID_FIELD_NUMBER: _ClassVar[int]
     UPTIME_S_FIELD_NUMBER: _ClassVar[int]
     FRAMES_FIELD_NUMBER: _ClassVar[int]
@@ -154,6 +154,9 @@ class GetStatsResponse(_message.Message):
     RECENT_EPISODE_RETURNS_FIELD_NUMBER: _ClassVar[int]
     UNKNOWN_VARIABLE_FRAMES_FIELD_NUMBER: _ClassVar[int]
     UNKNOWN_VARIABLE_TRUNCATIONS_FIELD_NUMBER: _ClassVar[int]
+    VARIABLES_FIELD_NUMBER: _ClassVar[int]
+    REWARD_TERMS_FIELD_NUMBER: _ClassVar[int]
+    LAST_EPISODE_END_RULES_FIELD_NUMBER: _ClassVar[int]
     gateway_id: str
     uptime_s: float
     frames: int
@@ -195,4 +198,27 @@ class GetStatsResponse(_message.Message):
     recent_episode_returns: _containers.RepeatedScalarFieldContainer[float]
     unknown_variable_frames: int
     unknown_variable_truncations: int
-    def __init__(self, gateway_id: _Optional[str] = ..., uptime_s: _Optional[float] = ..., frames: _Optional[int] = ..., measured_frame_rate_hz: _Optional[float] = ..., frames_late: _Optional[int] = ..., decisions: _Optional[int] = ..., decisions_fresh: _Optional[int] = ..., decisions_fallback: _Optional[int] = ..., coverage: _Optional[float] = ..., requests_sent: _Optional[int] = ..., requests_not_sent: _Optional[int] = ..., requests_failed: _Optional[int] = ..., replies_late: _Optional[int] = ..., replies_superseded: _Optional[int] = ..., staleness_frames: _Optional[_Union[_common_pb2.Distribution, _Mapping]] = ..., decision_overhead_ms: _Optional[_Union[_common_pb2.Distribution, _Mapping]] = ..., replicas: _Optional[_Iterable[_Union[ReplicaStats, _Mapping]]] = ..., episodes: _Optional[int] = ..., last_episode_return: _Optional[float] = ..., mean_episode_return: _Optional[float] = ..., transitions_published: _Optional[int] = ..., transitions_dropped: _Optional[int] = ..., transitions_queued: _Optional[int] = ..., replica_count: _Optional[int] = ..., episode_frames: _Optional[int] = ..., scheduler: _Optional[str] = ..., scheduler_period_ms: _Optional[float] = ..., scheduler_spacing_ms: _Optional[float] = ..., scheduler_turns_passed: _Optional[int] = ..., scheduler_slots_waited: _Optional[int] = ..., requests_resent: _Optional[int] = ..., lead_frames: _Optional[int] = ..., interaction: _Optional[str] = ..., sequential_cycles: _Optional[int] = ..., train_ms: _Optional[_Union[_common_pb2.Distribution, _Mapping]] = ..., train_failures: _Optional[int] = ..., cycle_ms: _Optional[_Union[_common_pb2.Distribution, _Mapping]] = ..., staleness_frames_histogram: _Optional[_Iterable[int]] = ..., recent_episode_returns: _Optional[_Iterable[float]] = ..., unknown_variable_frames: _Optional[int] = ..., unknown_variable_truncations: _Optional[int] = ...) -> None: ...
+    variables: _containers.RepeatedCompositeFieldContainer[ProfileVariable]
+    reward_terms: _containers.RepeatedCompositeFieldContainer[RewardTermStats]
+    last_episode_end_rules: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, gateway_id: _Optional[str] = ..., uptime_s: _Optional[float] = ..., frames: _Optional[int] = ..., measured_frame_rate_hz: _Optional[float] = ..., frames_late: _Optional[int] = ..., decisions: _Optional[int] = ..., decisions_fresh: _Optional[int] = ..., decisions_fallback: _Optional[int] = ..., coverage: _Optional[float] = ..., requests_sent: _Optional[int] = ..., requests_not_sent: _Optional[int] = ..., requests_failed: _Optional[int] = ..., replies_late: _Optional[int] = ..., replies_superseded: _Optional[int] = ..., staleness_frames: _Optional[_Union[_common_pb2.Distribution, _Mapping]] = ..., decision_overhead_ms: _Optional[_Union[_common_pb2.Distribution, _Mapping]] = ..., replicas: _Optional[_Iterable[_Union[ReplicaStats, _Mapping]]] = ..., episodes: _Optional[int] = ..., last_episode_return: _Optional[float] = ..., mean_episode_return: _Optional[float] = ..., transitions_published: _Optional[int] = ..., transitions_dropped: _Optional[int] = ..., transitions_queued: _Optional[int] = ..., replica_count: _Optional[int] = ..., episode_frames: _Optional[int] = ..., scheduler: _Optional[str] = ..., scheduler_period_ms: _Optional[float] = ..., scheduler_spacing_ms: _Optional[float] = ..., scheduler_turns_passed: _Optional[int] = ..., scheduler_slots_waited: _Optional[int] = ..., requests_resent: _Optional[int] = ..., lead_frames: _Optional[int] = ..., interaction: _Optional[str] = ..., sequential_cycles: _Optional[int] = ..., train_ms: _Optional[_Union[_common_pb2.Distribution, _Mapping]] = ..., train_failures: _Optional[int] = ..., cycle_ms: _Optional[_Union[_common_pb2.Distribution, _Mapping]] = ..., staleness_frames_histogram: _Optional[_Iterable[int]] = ..., recent_episode_returns: _Optional[_Iterable[float]] = ..., unknown_variable_frames: _Optional[int] = ..., unknown_variable_truncations: _Optional[int] = ..., variables: _Optional[_Iterable[_Union[ProfileVariable, _Mapping]]] = ..., reward_terms: _Optional[_Iterable[_Union[RewardTermStats, _Mapping]]] = ..., last_episode_end_rules: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ProfileVariable(_message.Message):
+    __slots__ = ("name", "value", "known")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    KNOWN_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    value: float
+    known: bool
+    def __init__(self, name: _Optional[str] = ..., value: _Optional[float] = ..., known: _Optional[bool] = ...) -> None: ...
+
+class RewardTermStats(_message.Message):
+    __slots__ = ("label", "last_frame_reward", "episode_reward")
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    LAST_FRAME_REWARD_FIELD_NUMBER: _ClassVar[int]
+    EPISODE_REWARD_FIELD_NUMBER: _ClassVar[int]
+    label: str
+    last_frame_reward: float
+    episode_reward: float
+    def __init__(self, label: _Optional[str] = ..., last_frame_reward: _Optional[float] = ..., episode_reward: _Optional[float] = ...) -> None: ...

@@ -214,6 +214,13 @@ def gateway_stats_json(stats: env_gateway_pb2.GetStatsResponse, coverage_recent:
             }
             for r in stats.replicas
         ],
+        # A profile game's variables (None: unknown on that frame) and reward terms; empty for ale:/gym: games.
+        "variables": [{"name": v.name, "value": v.value if v.known else None} for v in stats.variables],
+        "reward_terms": [
+            {"label": t.label, "last_frame_reward": t.last_frame_reward, "episode_reward": t.episode_reward}
+            for t in stats.reward_terms
+        ],
+        "last_episode_end_rules": list(stats.last_episode_end_rules),
     }
 
 

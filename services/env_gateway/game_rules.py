@@ -9,6 +9,9 @@ A variable that cannot be read (a pointer chain that breaks while a level loads)
 number is unknown for that frame: a term or rule that needs it, now or on the frame before, gives
 nothing and does not fire, so one bad read never stops the game clock or pays a reward for garbage.
 One unknown for `unknown_timeout_s` in a row ends the episode as truncated ("unknown_variable").
+
+Every outcome also says what each reward term paid (`terms`, labelled by `term_labels`) and which
+variables it was computed from, for `rtrl profile check` and the gateway's GetStats.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -46,6 +49,8 @@ log = logging.getLogger(__name__)
 MAX_REMEMBERED_DEATHS = 1000
 DEFAULT_UNKNOWN_TIMEOUT_S = 2.0
 UNKNOWN_VARIABLE = "unknown_variable"
+# What RulesBackend reports as the end of an episode that the backend itself ended (a game wrapper's game over).
+GAME_END = "game"
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,11 +66,33 @@ class RuleOutcome:
     """Variables that were unknown on this frame (unreadable, NaN, infinite)."""
     timed_out: tuple[str, ...] = ()
     """Variables unknown for the whole timeout: the reason of an "unknown_variable" truncation."""
+    terms: tuple[float, ...] = ()
+    """What each reward term paid on this frame, in the profile's order (`RulesEngine.labels`); they sum to `reward`."""
+    ended_by: tuple[str, ...] = ()
+    """The events that ended the episode (an x_teleport with outcome "none" fires without ending it)."""
+    variables: Mapping[str, float] = field(default_factory=dict, hash=False)
+    """The variables this frame was judged on, as read (unknown ones NaN, infinite or absent)."""
 
 
 def known(value: object) -> bool:
     """A value the rules can use: a finite number."""
     return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def term_label(term: RewardTerm) -> str:
+    """A short name of a reward term for people: its kind and what it reads, e.g. "delta(x)", "constant"."""
+    # A death zone reads no variable itself (the x_teleport rule passes it the death's x), but is about one.
+    names = (term.variable_x,) if isinstance(term, DeathZoneReward) else needed(term)
+    return f"{term.kind}({','.join(names)})" if names else term.kind
+
+
+def term_labels(terms: tuple[RewardTerm, ...]) -> tuple[str, ...]:
+    """`term_label` of each term, made unique with "#<index in the profile>" where two would read the same."""
+    labels = [term_label(term) for term in terms]
+    return tuple(
+        label if labels.count(label) == 1 or labels.index(label) == index else f"{label}#{index}"
+        for index, label in enumerate(labels)
+    )
 
 
 def needed(item: RewardTerm | TerminationRule) -> tuple[str, ...]:
@@ -90,6 +117,8 @@ class RulesEngine:
         self.rewards: tuple[RewardTerm, ...] = profile.rewards
         self.rules: tuple[TerminationRule, ...] = profile.termination
         self.variables: tuple[str, ...] = tuple(profile.variables)
+        self.labels: tuple[str, ...] = term_labels(self.rewards)
+        """One per reward term, aligned with `RuleOutcome.terms`."""
         self.unknown_timeout_s = unknown_timeout_s
         self.deaths: deque[float] = deque(maxlen=MAX_REMEMBERED_DEATHS)
         self._previous: dict[str, float] = {}
@@ -132,6 +161,7 @@ class RulesEngine:
     def step(self, variables: Mapping[str, float], time_s: float) -> RuleOutcome:
         previous = self._previous
         events: list[str] = []
+        ended_by: list[str] = []
         terminated = truncated = False
         death_x: float | None = None
         unknown = tuple(name for name in (self.variables or tuple(variables)) if self._value(variables, name) is None)
@@ -152,23 +182,41 @@ class RulesEngine:
                 terminated = True
             elif rule.outcome == "truncated":
                 truncated = True
+            if rule.outcome != "none":
+                ended_by.append(rule.kind)
         if timed_out:
             events.append(UNKNOWN_VARIABLE)
+            ended_by.append(UNKNOWN_VARIABLE)
             truncated = True
         reward = 0.0
+        terms = [0.0] * len(self.rewards)
         for index, term in enumerate(self.rewards):
             if not self._usable(term, variables):
                 continue
             try:
-                reward += self._reward(index, term, variables, previous, death_x)
+                paid = self._reward(index, term, variables, previous, death_x)
             except (OverflowError, ValueError):  # huge values: floor(inf), int too large for a float
                 continue
+            terms[index] = paid
+            reward += paid
         if not math.isfinite(reward):
-            reward = 0.0  # terms that each were finite summed to an infinity: nothing is paid for it
+            # Terms summed to an infinity (or one was): nothing is paid for it, by any term.
+            reward = 0.0
+            terms = [0.0] * len(self.rewards)
         if death_x is not None:
             self.deaths.append(death_x)
         self._previous = dict(variables)
-        return RuleOutcome(reward, terminated, truncated, tuple(events), unknown, timed_out)
+        return RuleOutcome(
+            reward,
+            terminated,
+            truncated,
+            tuple(events),
+            unknown,
+            timed_out,
+            tuple(terms),
+            tuple(ended_by),
+            self._previous,  # never changed: the next step replaces it
+        )
 
     def _check(
         self,
@@ -253,7 +301,13 @@ class RulesBackend:
         self.engine = RulesEngine(profile, unknown_timeout_s)
         self._clock = clock
         self._frames = 0
-        self.last_outcome = RuleOutcome(0.0, False, False)
+        self.last_outcome = RuleOutcome(0.0, False, False, terms=(0.0,) * len(profile.rewards))
+        self.episode_terms: tuple[float, ...] = (0.0,) * len(profile.rewards)
+        """What each reward term has paid in the episode so far (GetStats; replaced, never changed in place, so
+        another thread reads a consistent tuple)."""
+        self.last_end: tuple[str, ...] = ()
+        """What ended the most recent episode ended here: the rules (`RuleOutcome.ended_by`), and GAME_END when the
+        backend itself said so; () before the first. An episode its caller cuts (RTRL_MAX_EPISODE_FRAMES) is not one."""
         self.unknown_variable_frames = 0
         """Frames on which a variable was unknown (GetStats)."""
         self.unknown_variable_truncations = 0
@@ -288,6 +342,7 @@ class RulesBackend:
     def reset(self, seed: int | None = None) -> np.ndarray:
         frame = self.inner.reset(seed)
         self._frames = 0
+        self.episode_terms = (0.0,) * len(self.engine.rewards)
         self.engine.reset(self.inner.read_variables(), self._time_s())
         return frame
 
@@ -296,9 +351,15 @@ class RulesBackend:
         self._frames += 1
         outcome = self.engine.step(self.inner.read_variables(), self._time_s())
         self.last_outcome = outcome
+        if any(outcome.terms):  # most frames pay nothing: no new tuple for them
+            self.episode_terms = tuple(
+                total + paid for total, paid in zip(self.episode_terms, outcome.terms, strict=True)
+            )
         if outcome.unknown:
             self.unknown_variable_frames += 1
             self._report(outcome)
+        if terminated or truncated or outcome.ended_by:
+            self.last_end = outcome.ended_by + ((GAME_END,) if terminated or truncated else ())
         return frame, reward + outcome.reward, terminated or outcome.terminated, truncated or outcome.truncated
 
     def _report(self, outcome: RuleOutcome) -> None:

@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -36,6 +37,7 @@ from services.env_gateway.backends import Backend, make_backend
 from services.env_gateway.clock import ActionMailbox, ClockConfig, RealtimeClock, StepRecord
 from services.env_gateway.dispatcher import Dispatcher, SequentialDispatcher, TrainError, TrainResult
 from services.env_gateway.episodes import EpisodeLog
+from services.env_gateway.game_rules import RulesBackend, known
 from services.env_gateway.membership import REGISTRY_SOURCE, Membership, RegistryWatcher
 from services.env_gateway.metrics import start_metrics
 from services.env_gateway.preprocess import make_preprocessor
@@ -395,7 +397,32 @@ class Gateway:
             recent_episode_returns=list(clock.recent_returns),
             unknown_variable_frames=getattr(self.backend, "unknown_variable_frames", 0),
             unknown_variable_truncations=getattr(self.backend, "unknown_variable_truncations", 0),
+            **self._profile_stats(),
         )
+
+    def _profile_stats(self) -> dict[str, Any]:
+        """The profile's variables and reward terms as the rules saw them on the latest frame (GetStats)."""
+        rules = self.backend
+        if not isinstance(rules, RulesBackend):
+            return {}
+        # One read of each attribute: the clock thread replaces them (never changes them in place) meanwhile.
+        outcome, episode_terms = rules.last_outcome, rules.episode_terms
+        values = outcome.variables
+        variables = []
+        for name in rules.engine.variables:
+            value = values.get(name)
+            if value is not None and known(value):
+                variables.append(env_gateway_pb2.ProfileVariable(name=name, value=float(value), known=True))
+            else:
+                variables.append(env_gateway_pb2.ProfileVariable(name=name, value=0.0, known=False))
+        return {
+            "variables": variables,
+            "reward_terms": [
+                env_gateway_pb2.RewardTermStats(label=label, last_frame_reward=paid, episode_reward=total)
+                for label, paid, total in zip(rules.engine.labels, outcome.terms, episode_terms, strict=True)
+            ],
+            "last_episode_end_rules": list(rules.last_end),
+        }
 
     def status_line(self) -> str:
         s = self.stats()

@@ -2,13 +2,16 @@
 replicas, the gateway on ALE Pong at 60 fps, and the dashboard), the page read through Selenium and
 compared with what GetStats and GetStatus answer around the read. The link to the newest recording is
 checked first, against a dashboard of its own over a recordings directory (the stack's first recording
-would come only after its learner has published and a greedy Pong episode has been played).
+would come only after its learner has published and a greedy Pong episode has been played), and the table
+of a profile game's variables and reward terms against a dashboard of a gateway on the test ROM (Pong has
+no profile).
 
 A full-page screenshot is kept in artifacts/dashboard/ (docs/dashboard.png, shown in docs/operating.md, is one).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import socket
@@ -168,6 +171,52 @@ def recordings_page(tmp_path_factory) -> Iterator[dict[str, Any]]:
         dashboard.stop()
         http.shutdown()
         http.server_close()
+
+
+@pytest.fixture(scope="module")
+def counter_page(tmp_path_factory) -> Iterator[dict[str, str]]:
+    """A dashboard of a gateway on the test ROM whose profile pays for holding A (tests/fixtures/gbrom)."""
+    path = Path(__file__).resolve().parents[1] / "fixtures" / "gbrom" / "counter_gateway.py"
+    spec = importlib.util.spec_from_file_location("counter_gateway", path)
+    assert spec is not None and spec.loader is not None
+    fixture = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fixture)
+    with fixture.watched_counter_gateway(tmp_path_factory.mktemp("counter")) as addresses:
+        yield addresses
+
+
+def profile_table(driver) -> dict[str, Any] | None:
+    return driver.execute_script(
+        "const table = document.getElementById('gw-0-profile');"
+        "if (table === null || table.closest('.profile').hidden) return null;"
+        "const rows = (selector, key) => [...table.querySelectorAll(selector)].map((tr) => ["
+        "  tr.dataset[key], [...tr.cells].map((td) => td.textContent), [...tr.cells].map((td) => td.dataset.value)]);"
+        "return {variables: rows('tr[data-variable]', 'variable'), terms: rows('tr[data-term]', 'term'),"
+        " end: document.getElementById('gw-0-episode-end').textContent};"
+    )
+
+
+def test_the_page_shows_a_profile_games_variables_and_reward_terms_live(counter_page, browser):
+    browser.get(counter_page["url"])
+    table = wait_until(
+        lambda: (t := profile_table(browser)) and "time_cap" in t["end"] and t, 30, "the profile table and an end"
+    )
+    assert [name for name, _, _ in table["variables"]] == ["buttons", "counter", "game_over"]
+    assert [name for name, _, _ in table["terms"]] == ["delta(counter)"]
+    assert table["end"] == "last episode ended by time_cap"
+    shown = {name: cells for name, cells, _ in table["variables"]}
+    assert shown["buttons"][2] == "1" and shown["game_over"][2] == "0"  # the fallback holds A, no START
+    values = {name: float(data[2]) for name, _, data in table["variables"]}
+    [(_, cells, data)] = table["terms"]
+    # The term pays 0.5 per counted frame: the episode's column is half the counter (up to one frame of race).
+    assert abs(float(data[3]) - 0.5 * values["counter"]) <= 0.5, (cells, values)
+    counters = {values["counter"]}
+    deadline = time.monotonic() + 10
+    while len(counters) < 3:
+        assert time.monotonic() < deadline, f"the counter on the page did not change: {counters}"
+        time.sleep(0.3)
+        counters.add(float(dict((n, d) for n, _, d in profile_table(browser)["variables"])["counter"][2]))
+    assert severe_console_entries(browser) == []
 
 
 def recording_link(driver) -> dict[str, Any] | None:

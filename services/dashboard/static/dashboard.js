@@ -273,6 +273,49 @@ function showGateway(index, gateway, feed) {
     [`gw-${index}-replicas`, "replicas", fmtInt(s.replica_count), `${s.scheduler} · L ${s.lead_frames}`],
     [`gw-${index}-transitions`, "transitions", fmtInt(s.transitions_published), `dropped ${fmtInt(s.transitions_dropped)}`],
   ]);
+  showProfile(index, node, s);
+}
+
+// A number read from a game as it is (an integer stays one), at most 6 significant digits.
+function fmtValue(value) {
+  return Number.isInteger(value) ? String(value) : String(Number(value.toPrecision(6)));
+}
+function fmtSigned(value) { return (value > 0 ? "+" : "") + fmtValue(value); }
+
+// A profile game's variables and reward terms from GetStats, one row each (rebuilt per poll: a few rows);
+// hidden for a game without a profile's rules.
+function showProfile(index, node, s) {
+  const box = node.querySelector(".profile");
+  const variables = s.variables || [], terms = s.reward_terms || [];
+  box.hidden = !variables.length && !terms.length;
+  if (box.hidden) return;
+  const table = box.querySelector("table");
+  table.id = `gw-${index}-profile`;
+  const cell = (text, value) => el("td", value === undefined ? {} : { "data-value": String(value) }, text);
+  const rows = variables.map((v) => {
+    const tr = el("tr", { "data-variable": v.name });
+    tr.append(cell("variable"), cell(v.name), cell(v.value === null ? "?" : fmtValue(v.value), v.value === null ? "" : v.value), cell(""));
+    if (v.value === null) tr.className = "unknown";
+    return tr;
+  });
+  for (const t of terms) {
+    const tr = el("tr", { "data-term": t.label });
+    tr.append(cell("reward"), cell(t.label), cell(fmtSigned(t.last_frame_reward), t.last_frame_reward),
+      cell(fmtSigned(t.episode_reward), t.episode_reward));
+    rows.push(tr);
+  }
+  if (terms.length > 1) {
+    const sum = (key) => terms.reduce((total, t) => total + t[key], 0);
+    const tr = el("tr", { "data-term": "sum", class: "sum" });
+    tr.append(cell(""), cell("sum"), cell(fmtSigned(sum("last_frame_reward")), sum("last_frame_reward")),
+      cell(fmtSigned(sum("episode_reward")), sum("episode_reward")));
+    rows.push(tr);
+  }
+  table.tBodies[0].replaceChildren(...rows);
+  const end = box.querySelector(".episode-end");
+  end.id = `gw-${index}-episode-end`;
+  const rules = s.last_episode_end_rules || [];
+  end.textContent = rules.length ? `last episode ended by ${rules.join(", ")}` : "no episode ended by a rule yet";
 }
 
 function showFrame(frame) {

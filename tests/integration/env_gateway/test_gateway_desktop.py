@@ -2,26 +2,28 @@
 
 The game (tests/fixtures/desktop_game/boxgame.c, built here with gcc) moves a box with Right/Left,
 keeps its state on the heap behind a static global, and prints its own state whenever it changes.
-The tests drive it through the backend (and once through the whole Gateway with test replicas) and
-compare what the backend saw, captured and read with what the game itself reports and with the X
-server's own key state (XQueryKeymap).
+The tests drive it through the backend (and once through the whole Gateway with test replicas, and
+`rtrl profile check` as a process) and compare what the backend saw, captured and read with what the
+game itself reports and with the X server's own key state (XQueryKeymap).
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 import pytest
@@ -45,6 +47,8 @@ WAIT_S = 10.0
 GAME_WIDTH, GAME_HEIGHT, BOX = 160, 120, 16
 BOX_ROW = GAME_HEIGHT - 20 - BOX // 2  # a pixel row through the middle of the box
 NOOP, RIGHT, LEFT = 0, 1, 2
+# The game's state fields that write_profile's profile reads.
+READ_BY_THE_PROFILE = ("x", "score", "coins", "keys", "paused")
 
 
 # -- fixtures: the X server, the game binary, a running game ----------------------------------------
@@ -427,6 +431,181 @@ def test_unreadable_memory_names_the_pid_and_the_permission_needed(game: Game) -
     assert "ptrace_scope" in message and "CAP_SYS_PTRACE" in message and "same user" in message
 
 
+# -- rtrl profile check ------------------------------------------------------------------------------
+
+CHECK_REWARDS = """
+[[rewards]]
+kind = "milestone"
+variable = "x"
+every_px = 10
+
+[[rewards]]
+kind = "delta"
+variable = "score"
+scale = 0.5
+
+[[rewards]]
+kind = "constant"
+reward = -0.01
+"""
+
+
+def rtrl_check(*args: str, display: str | None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    env = {name: value for name, value in os.environ.items() if name != "DISPLAY"}
+    if display is not None:
+        env["DISPLAY"] = display
+    return subprocess.run(
+        [sys.executable, "-m", "rtrl.cli", "profile", "check", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def json_lines(result: subprocess.CompletedProcess[str]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The tick objects and the summary printed by `rtrl profile check --json`."""
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert "summary" in lines[-1] and not any("summary" in line for line in lines[:-1])
+    return lines[:-1], lines[-1]["summary"]
+
+
+def test_profile_check_prints_what_the_game_reports_and_terms_that_sum_to_the_reward(
+    game: Game, x_display: str, tmp_path: Path
+) -> None:
+    profile = write_profile(tmp_path / "box.toml", game, extra=CHECK_REWARDS)
+    result = rtrl_check(str(profile), "--json", "--random", "--seconds", "2", "--set", "RTRL_SEED=3", display=x_display)
+    ticks, summary = json_lines(result)
+    assert 15 <= len(ticks) <= 21  # 10 a second for 2 s (6 frames each at 60 fps), on a busy machine fewer
+    assert [tick["frame"] for tick in ticks] == [6 * (i + 1) for i in range(len(ticks))]
+    with game.changed:
+        reported = [tuple(state[name] for name in READ_BY_THE_PROFILE) for state in game.states]
+    # The random actions reached the game: it saw keys held and the box moved.
+    assert any(keys for _, _, _, keys, _ in reported) and len({x for x, *_ in reported}) > 1
+    read = [tuple(tick["variables"][name] for name in READ_BY_THE_PROFILE) for tick in ticks]
+    # Each read is a state the game printed (reads race the game's own update once in a while: most, not all).
+    assert sum(values in reported for values in read) >= 0.8 * len(read), (read, reported)
+    for index, name in enumerate(READ_BY_THE_PROFILE):
+        assert {values[index] for values in read} <= {state[index] for state in reported}, name
+    for tick in ticks:
+        assert list(tick["terms"]) == ["milestone(x)", "delta(score)", "constant"]
+        assert sum(tick["terms"].values()) == pytest.approx(tick["reward"])
+        assert tick["ends"] == []
+    # The returns add up: what the ticks paid is the running episode's return (no end in 2 s without rules).
+    assert ticks[-1]["episode_return"] == pytest.approx(sum(tick["reward"] for tick in ticks))
+    assert summary["episodes_ended"] == [] and summary["episode"] == 1 and summary["frames"] >= ticks[-1]["frame"]
+    assert summary["unknown_variable_frames"] == {}
+    game.wait_for(lambda state: state["keys"] == 0, "the check's keys released when it ended")
+
+
+def test_profile_check_shows_a_broken_chain_as_unknown_and_goes_on_through_its_truncations(
+    game: Game, x_display: str, tmp_path: Path
+) -> None:
+    profile = write_profile(tmp_path / "box.toml", game, extra=broken_chain(game) + CHECK_REWARDS)
+    timeout = ("--set", "RTRL_UNKNOWN_VARIABLE_TIMEOUT_S=0.5")
+    ticks, summary = json_lines(rtrl_check(str(profile), "--json", "--seconds", "2", *timeout, display=x_display))
+    assert ticks and all(tick["variables"]["broken"] is None for tick in ticks)
+    assert all(tick["variables"]["x"] is not None for tick in ticks)
+    ends = [end for tick in ticks for end in tick["ends"]]
+    assert len(ends) >= 2 and {(end["outcome"], tuple(end["rules"])) for end in ends} == {
+        ("truncated", ("unknown_variable",))
+    }
+    assert [end["episode"] for end in ends] == list(range(1, len(ends) + 1))
+    assert ticks[-1]["frame"] > 90 and summary["unknown_variable_frames"]["broken"] > 90  # the check ran on
+    # The same in words: ? for the variable, each end with its rule.
+    result = rtrl_check(str(profile), "--seconds", "1.2", "--hz", "5", *timeout, display=x_display)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert all(" broken=? |" in line for line in lines[:-1]), lines
+    assert any("END episode 1 truncated by unknown_variable after" in line for line in lines)
+    assert lines[-1].startswith("rtrl profile check: ") and "unknown: broken on" in lines[-1]
+    assert "variable 'broken' of profile box.toml" in result.stderr  # the gateway's own warning, once
+
+
+def test_ctrl_c_ends_the_check_with_a_summary_and_no_key_held(
+    game: Game, x_display: str, keyboard: Callable[[str], bool], tmp_path: Path
+) -> None:
+    profile = write_profile(tmp_path / "box.toml", game, extra=CHECK_REWARDS)
+    check = subprocess.Popen(
+        [sys.executable, "-m", "rtrl.cli", "profile", "check", str(profile), "--random"],
+        env={**os.environ, "DISPLAY": x_display, "RTRL_SEED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert check.stdout is not None
+        first = [check.stdout.readline() for _ in range(5)]
+        assert all("| x=" in line for line in first), first
+        game.wait_for(lambda state: state["keys"] != 0, "a random action holding a key")
+        check.send_signal(signal.SIGINT)
+        out, err = check.communicate(timeout=WAIT_S)
+    finally:
+        if check.poll() is None:
+            check.kill()
+            check.communicate()
+    assert check.returncode == 0, err
+    summary = out.splitlines()[-1]
+    assert summary.startswith("rtrl profile check: ") and "frames at" in summary and "Traceback" not in err
+    game.wait_for(lambda state: state["keys"] == 0, "every key released after Ctrl-C")
+    assert not keyboard("Right") and not keyboard("Left")
+
+
+def test_profile_check_refuses_bad_input_with_a_sentence_and_exit_code_2(
+    game: Game, x_display: str, tmp_path: Path
+) -> None:
+    profile = write_profile(tmp_path / "box.toml", game)
+    cases = [
+        (write_profile(tmp_path / "gone.toml", game, title="No Such Game"), x_display, "start the game first"),
+        (profile, None, "DISPLAY is not set"),
+        (tmp_path / "missing.toml", x_display, "not found"),
+    ]
+    for path, display, sentence in cases:
+        result = rtrl_check(str(path), "--seconds", "1", display=display)
+        assert result.returncode == 2 and sentence in result.stderr, (path, display, result.stderr)
+        assert result.stderr.startswith("rtrl profile check: ") and "Traceback" not in result.stderr
+        assert result.stdout == ""
+    result = rtrl_check("tetris", display=x_display)
+    assert result.returncode == 2 and "pass --env pyboy:<path to the ROM>" in result.stderr
+
+
+CHECK_AS_NOBODY = """
+import os, sys
+# Everything the check imports, imported while root: root's interpreter may live where nobody cannot read.
+import ctypes.util, mss.linux, mss.linux.xlib
+import rtrl.cli, rtrl.profile_check
+import services.env_gateway.backends.desktop, services.env_gateway.backends.desktop_linux
+import services.env_gateway.game_rules, services.env_gateway.settings
+os.setgroups([])
+os.setgid(65534)
+os.setuid(65534)
+sys.exit(rtrl.cli.main(["profile", "check", *sys.argv[1:]]))
+"""
+
+
+def test_profile_check_as_another_user_says_which_permission_reading_memory_needs(game: Game, x_display: str) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root, to run the check as nobody against a game of another user")
+    with tempfile.TemporaryDirectory() as folder:  # pytest's tmp_path is root's alone
+        Path(folder).chmod(0o755)
+        profile = write_profile(Path(folder) / "box.toml", game)
+        profile.chmod(0o644)
+        result = subprocess.run(
+            [sys.executable, "-c", CHECK_AS_NOBODY, str(profile), "--seconds", "1"],
+            env={**os.environ, "DISPLAY": x_display},
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(f"rtrl profile check: cannot read the memory of process {game.pid}")
+    assert "ptrace_scope" in result.stderr and "same user" in result.stderr
+
+
 def test_the_gateway_plays_the_game_through_replicas_and_its_fallback_releases_the_keys(
     game: Game,
     desktop_env: None,
@@ -453,8 +632,17 @@ def test_the_gateway_plays_the_game_through_replicas_and_its_fallback_releases_t
         gateway.start()
         game.wait_for(lambda state: state["keys"] == 2 and state["x"] >= 40, "the replicas' Right moving the box")
         replica.server.stop(None).wait()  # no more fresh actions: every step falls back to noop
-        game.wait_for(lambda state: state["keys"] == 0, "the fallback releasing Right")
+        resting = game.wait_for(lambda state: state["keys"] == 0, "the fallback releasing Right")
         assert not keyboard("Right")
+        time.sleep(0.1)  # a few frames read at rest
+        # GetStats shows the variables the game reports and what the milestones paid (the dashboard's table).
+        stats = gateway.stats()
+        assert {v.name: v.value for v in stats.variables} == {name: resting[name] for name in READ_BY_THE_PROFILE}
+        assert all(v.known for v in stats.variables)
+        [milestones] = stats.reward_terms
+        assert milestones.label == "milestone(x)" and milestones.last_frame_reward == 0.0
+        assert milestones.episode_reward == resting["x"] // 10  # from x = 0 at the reset
+        assert list(stats.last_episode_end_rules) == []
     finally:
         gateway.stop()
 
@@ -517,6 +705,10 @@ absolute_drop_px = 10
         later = gateway.stats()
         assert later.frames > 60 and later.unknown_variable_frames > 30  # the clock ticks on
         assert later.episodes >= 2 and later.last_episode_return == 0.0  # ended, and nothing paid for garbage
+        assert list(later.last_episode_end_rules) == ["unknown_variable"]
+        shown = {v.name: v.known for v in later.variables}
+        assert shown["broken"] is False and shown["x"] is True
+        assert [(t.label, t.episode_reward) for t in later.reward_terms] == [("milestone(broken)", 0.0)]
         scraped = {
             sample.name: sample.value for family in GatewayCollector(gateway).collect() for sample in family.samples
         }

@@ -10,13 +10,17 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import io
+import json
+import os
+import subprocess
+import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 import pytest
@@ -176,6 +180,49 @@ def test_profile_rules_reward_the_counter_and_start_ends_the_episode(test_rom: P
         assert backend.last_outcome.events == ("equals",)
     finally:
         backend.close()
+
+
+def rtrl_check(profile: Path, rom: Path, *args: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The ticks and the summary of `rtrl profile check PROFILE --env pyboy:ROM --json ARGS`."""
+    result = subprocess.run(
+        [sys.executable, "-m", "rtrl.cli", "profile", "check", str(profile), "--env", f"pyboy:{rom}", "--json", *args],
+        env={**os.environ, "RTRL_SEED": "5"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    *ticks, last = [json.loads(line) for line in result.stdout.splitlines()]
+    return ticks, last["summary"]
+
+
+def test_profile_check_shows_the_counter_and_what_holding_a_pays(test_rom: Path, tmp_path: Path) -> None:
+    # The fallback holds A: the counter counts every frame after the reset, and delta(counter) pays half of it.
+    ticks, summary = rtrl_check(write_profile(tmp_path), test_rom, "--seconds", "1", "--set", "RTRL_FALLBACK_ACTION=1")
+    assert len(ticks) >= 8 and summary["episodes_ended"] == []
+    for tick in ticks:
+        variables = tick["variables"]
+        assert variables["counter"] == tick["frame"] - 1 and variables["buttons"] == 1 and variables["game_over"] == 0
+        assert tick["episode_return"] == 0.5 * variables["counter"]
+        assert tick["terms"] == {"delta(counter)": tick["reward"]}
+    assert [tick["reward"] for tick in ticks[1:]] == [3.0] * (len(ticks) - 1)  # 6 frames a line
+
+
+def test_profile_check_with_random_actions_ends_episodes_by_their_rule_and_resets(
+    test_rom: Path, tmp_path: Path
+) -> None:
+    # Random actions press START (one in four) within a few frames: game over, the equals rule, a reset.
+    ticks, summary = rtrl_check(write_profile(tmp_path), test_rom, "--random", "--seconds", "1.5")
+    ends = [end for tick in ticks for end in tick["ends"]]
+    assert len(ends) >= 3 and summary["episodes_ended"][: len(ends)] == ends
+    assert all((end["outcome"], end["rules"]) == ("terminated", ["equals"]) for end in ends)
+    assert [end["episode"] for end in ends] == list(range(1, len(ends) + 1))
+    assert sum(end["frames"] for end in ends) <= ticks[-1]["frame"]
+    for tick in ticks:
+        assert sum(tick["terms"].values()) == pytest.approx(tick["reward"])
+    # A reset restores the counter: an episode's return is what its counted frames paid.
+    assert all(end["return"] >= 0 and end["return"] % 0.5 == 0 for end in ends)
 
 
 def test_reset_restores_the_state_after_the_reset_procedure(

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.env_gateway.game_rules import RulesBackend, RulesEngine, with_rules
+from services.env_gateway.game_rules import GAME_END, RulesBackend, RulesEngine, term_labels, with_rules
 from services.env_gateway.profiles import GameProfile, load_profile, parse_profile
 
 VARIABLES = {
@@ -230,6 +230,86 @@ def test_a_profile_without_rules_leaves_the_backend_unwrapped() -> None:
     assert with_rules(inner, profile()) is inner
 
 
+# -- what each term paid, and why an episode ended (rtrl profile check, GetStats) ----------------------------
+
+
+def test_labels_name_each_terms_kind_and_variables_and_tell_twins_apart() -> None:
+    assert RulesEngine(EVERY_KIND).labels == (
+        "delta(x)",
+        "milestone(x)",
+        "faint(hp1,hp2)",
+        "death_zone(x)",
+        "constant",
+    )
+    twins = profile([{"kind": "delta", "variable": "x"}, {"kind": "delta", "variable": "x", "scale": 2.0}])
+    assert term_labels(twins.rewards) == ("delta(x)", "delta(x)#1")
+
+
+def test_each_term_reports_what_it_paid_and_the_terms_sum_to_the_reward() -> None:
+    engine = RulesEngine(EVERY_KIND)
+    engine.reset(frame(x=50), 0.0)
+    progress = engine.step(frame(x=260, hp1=0), 0.1)
+    assert progress.terms == pytest.approx((2.1, 2.0, -1.0, 0.0, -0.001))
+    assert sum(progress.terms) == progress.reward  # added in the same order: exactly
+    assert progress.variables == frame(x=260, hp1=0) and progress.ended_by == ()
+    death = engine.step(frame(x=0, hp1=0), 0.2)  # a 260 px drop: a death, penalised, that ends the episode
+    assert death.terms == pytest.approx((-2.6, 0.0, 0.0, -0.5, -0.001))
+    assert sum(death.terms) == death.reward
+    assert death.terminated and death.ended_by == ("x_teleport",)
+
+
+def test_an_overflowing_sum_pays_nothing_in_any_term() -> None:
+    engine = RulesEngine(EVERY_KIND)
+    engine.reset(frame(x=-1.7e308), 0.0)
+    outcome = engine.step(frame(x=1.7e308), 0.1)
+    assert outcome.reward == 0.0 and outcome.terms == (0.0,) * 5
+
+
+def test_a_rule_that_fires_without_ending_the_episode_is_an_event_not_an_end() -> None:
+    rules = [
+        {"kind": "x_teleport", "variable": "x", "relative_drop": 0.5, "absolute_drop_px": 100, "outcome": "none"},
+        {"kind": "time_cap", "seconds": 0.2},
+    ]
+    engine = RulesEngine(profile(termination=rules))
+    engine.reset(frame(x=500), 0.0)
+    death = engine.step(frame(x=0), 0.1)
+    assert death.events == ("x_teleport",) and death.ended_by == () and not death.truncated
+    assert engine.step(frame(x=0), 0.2).ended_by == ("time_cap",)
+
+
+def test_the_backend_sums_each_term_over_the_episode_and_keeps_why_the_last_one_ended() -> None:
+    rules = profile(
+        rewards=[{"kind": "delta", "variable": "x"}, {"kind": "constant", "reward": -0.5}],
+        termination=[{"kind": "equals", "variable": "flag", "value": 1}],
+    )
+    inner = ScriptedBackend([frame(x=0), frame(x=3), frame(x=5, flag=1)])
+    backend = with_rules(inner, rules)
+    assert isinstance(backend, RulesBackend)
+    backend.reset()
+    assert backend.episode_terms == (0.0, 0.0) and backend.last_end == ()
+    backend.step(1)
+    assert backend.last_outcome.terms == (3.0, -0.5)
+    _, reward, terminated, _ = backend.step(1)
+    assert terminated and reward == 0.25 + 2.0 - 0.5  # the backend's own 0.25 is not a term
+    assert backend.episode_terms == (5.0, -1.0) and backend.last_end == ("equals",)
+    backend.reset()
+    assert backend.episode_terms == (0.0, 0.0) and backend.last_end == ("equals",)  # kept until the next end
+
+
+class EndingBackend(ScriptedBackend):
+    """A backend that says its game is over on every step (a game wrapper's game over)."""
+
+    def step(self, action: int) -> tuple[np.ndarray, float, bool, bool]:
+        return super().step(action)[0], 0.0, True, False
+
+
+def test_an_end_the_game_itself_reports_is_named_game() -> None:
+    backend = with_rules(EndingBackend([frame(), frame()]), profile([{"kind": "constant", "reward": 1.0}]))
+    assert isinstance(backend, RulesBackend)
+    backend.reset()
+    assert backend.step(0)[2] and backend.last_end == (GAME_END,)
+
+
 # -- unknown variables: unreadable (NaN from a broken pointer chain), infinite, missing -------------------
 
 NAN, INF = float("nan"), float("inf")
@@ -322,6 +402,7 @@ def test_fuzz_every_rule_kind_on_any_numbers(frames: list[dict[str, float]]) -> 
     for index, values in enumerate(frames[1:], start=1):
         outcome = engine.step(values, index * 0.1)
         assert math.isfinite(outcome.reward)
+        assert sum(outcome.terms) == outcome.reward and all(math.isfinite(paid) for paid in outcome.terms)
         assert set(outcome.unknown) == {n for n, v in values.items() if not math.isfinite(v)}
 
 
