@@ -20,7 +20,8 @@ window matches the profile's title/process: the game must be running, and on Lin
 `MemoryAccessError` (the process's memory cannot be opened or a module is missing: the message names
 the pid and the permission needed) and `InputError` (a key the platform cannot send). A pointer chain
 that cannot be followed during play (a level is loading, the player object is being rebuilt) is not
-an error: the variable keeps its last value and `failed_reads` counts it.
+an error: the variable is unknown (NaN) on that frame, which the rules treat as such (game_rules), and
+`failed_reads` counts it.
 """
 
 from __future__ import annotations
@@ -225,7 +226,7 @@ def variable_address(memory: ProcessMemory, spec: VariableSpec, module_bases: Ma
 
 
 class VariableReader:
-    """Reads every profile variable of one frame; a chain that breaks keeps the variable's last value."""
+    """Reads every profile variable of one frame; a chain that breaks makes the variable unknown (NaN) for the frame."""
 
     def __init__(self, memory: ProcessMemory, variables: Mapping[str, VariableSpec]) -> None:
         self.memory = memory
@@ -247,11 +248,13 @@ class VariableReader:
             try:
                 self.values[name] = self.read(spec)
             except MemoryReadError as error:
+                # A stale value would pay rewards for a position the game no longer has (a level loading).
+                self.values[name] = math.nan
                 self.failed_reads += 1
                 now = time.monotonic()
                 if now - self._warned_at.get(name, -math.inf) >= READ_WARNING_INTERVAL_S:
                     self._warned_at[name] = now
-                    log.warning("variable %s keeps its last value %s: %s", name, self.values[name], error)
+                    log.warning("variable %s is unknown while its chain cannot be followed: %s", name, error)
         return dict(self.values)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import io
+import math
 import struct
 import sys
 from collections.abc import Iterator
@@ -397,12 +398,18 @@ def test_a_pointer_chain_starts_at_the_modules_base_and_follows_pointers_of_the_
     assert desktop.closed_processes == 1
 
 
-def test_an_unreadable_pointer_keeps_the_last_value(windows: ModuleType, desktop: FakeWindows) -> None:
+def test_an_unreadable_pointer_makes_the_variable_unknown_until_it_reads_again(
+    windows: ModuleType, desktop: FakeWindows
+) -> None:
     game_memory(desktop, 8, x=10.0, coins=1)
     backend = DesktopBackend(profile(), platform=windows.WindowsPlatform(), guardian=False)
     try:
         backend.reset()
-        desktop.memory.pop(HEAP)  # the level is being rebuilt
+        heap = desktop.memory.pop(HEAP)  # the level is being rebuilt
+        backend.step(0)
+        values = backend.read_variables()
+        assert math.isnan(values["x"]) and math.isnan(values["coins"]) and backend.failed_reads == 2
+        desktop.memory[HEAP] = heap
         backend.step(0)
         assert backend.read_variables() == {"x": 10.0, "coins": 1.0} and backend.failed_reads == 2
     finally:
