@@ -47,6 +47,10 @@ MIN_SHRUNK_PX = 8
 # A scroll signal unknown on this many frames in a row (2 s at 60 fps) is probably looking at the wrong region.
 UNMEASURED_WARNING_FRAMES = 120
 UNKNOWN = math.nan
+# Where the view's motion is expected (it moved this way last frame), a credible peak within this many shrunk
+# pixels wins over a higher one elsewhere: that one is usually what does not scroll (the player kept in the
+# middle of the screen, a score bar), which stays put relative to the key frame while the scenery moves.
+PREDICTION_RADIUS_PX = 2
 
 
 def grey_region(frame: np.ndarray, region: Region | None, factor: int) -> np.ndarray | None:
@@ -94,9 +98,17 @@ def spectrum(picture: np.ndarray, window: np.ndarray) -> np.ndarray:
     return cv2.dft(floats, flags=cv2.DFT_COMPLEX_OUTPUT)
 
 
-def phase_correlate(reference: np.ndarray, current: np.ndarray) -> tuple[float, float, float]:
+def phase_correlate(
+    reference: np.ndarray,
+    current: np.ndarray,
+    expected: tuple[float, float] | None = None,
+    min_response: float = 0.0,
+) -> tuple[float, float, float]:
     """How far the picture of spectrum `current` has moved from that of `reference`, in (shrunk) pixels, and the
     height of the correlation peak (1: the same picture shifted; about 0.05: unrelated pictures).
+
+    With `expected` (dx, dy), the highest peak within PREDICTION_RADIUS_PX of it is taken when it reaches
+    `min_response`, else the highest anywhere.
 
     cv2.phaseCorrelate takes pictures, not spectra (so the key frame's would be recomputed every frame), and
     its weighted-centroid sub-pixel estimate pulls shifts toward whole pixels; Foroosh's estimate from the
@@ -109,6 +121,10 @@ def phase_correlate(reference: np.ndarray, current: np.ndarray) -> tuple[float, 
     surface = cv2.idft(cross, flags=cv2.DFT_REAL_OUTPUT | cv2.DFT_SCALE)
     _, peak, _, (column, row) = cv2.minMaxLoc(surface)
     height, width = surface.shape
+    if expected is not None:
+        near = _peak_near(surface, expected)
+        if near is not None and near[0] >= min_response:
+            peak, column, row = near
     dx = column + _sub_pixel(surface[row, column - 1], peak, surface[row, (column + 1) % width])
     dy = row + _sub_pixel(surface[row - 1, column], peak, surface[(row + 1) % height, column])
     # The surface is circular: a peak past the middle is a shift the other way.
@@ -117,6 +133,19 @@ def phase_correlate(reference: np.ndarray, current: np.ndarray) -> tuple[float, 
     if dy > height / 2:
         dy -= height
     return float(dx), float(dy), float(peak)
+
+
+def _peak_near(surface: np.ndarray, expected: tuple[float, float]) -> tuple[float, int, int] | None:
+    """The highest point of the circular surface within PREDICTION_RADIUS_PX of `expected`: (height, column, row)."""
+    height, width = surface.shape
+    radius = PREDICTION_RADIUS_PX
+    if 2 * radius + 1 > min(width, height):
+        return None
+    # Rolled so that the window around the expected point is one slice (np.roll copies only this small surface).
+    centre_column, centre_row = round(expected[0]) % width, round(expected[1]) % height
+    rolled = np.roll(surface, (radius - centre_row, radius - centre_column), axis=(0, 1))
+    _, peak, _, (column, row) = cv2.minMaxLoc(rolled[: 2 * radius + 1, : 2 * radius + 1])
+    return peak, (centre_column + column - radius) % width, (centre_row + row - radius) % height
 
 
 def _sub_pixel(before: float, peak: float, after: float) -> float:
@@ -142,6 +171,8 @@ class ScrollTracker:
         """The camera's position at the key frame, in frame pixels."""
         self._shift_x = self._shift_y = 0.0
         """The camera's last known position relative to the key frame."""
+        self._step_x = self._step_y = 0.0
+        """How far the camera moved from the frame before to the last known one (0 after an unknown frame)."""
         self._previous: np.ndarray | None = None
         self.unmeasured_in_a_row = 0
         self._warned = False
@@ -154,6 +185,7 @@ class ScrollTracker:
     def reset(self, picture: np.ndarray | None, factor: int) -> tuple[float, float]:
         self._key_x = self._key_y = 0.0
         self._shift_x = self._shift_y = 0.0
+        self._step_x = self._step_y = 0.0
         self._key = None
         self.unmeasured_in_a_row = 0
         if picture is None:
@@ -189,13 +221,16 @@ class ScrollTracker:
             # The first picture after a gap or a change of size: the camera moved by an unknown amount meanwhile.
             self._factor = factor
             self._new_key(picture, self._spectrum(picture))
+            self._step_x = self._step_y = 0.0
             return None
         if np.array_equal(picture, previous):
             # Nothing moved; this also covers flat pictures (a black loading screen), which correlate with nothing.
+            self._step_x = self._step_y = 0.0
             return self._key_x + self._shift_x, self._key_y + self._shift_y
         current = self._spectrum(picture)
-        dx, dy, peak = phase_correlate(self._key, current)
-        # The picture moving left means the view moved right.
+        # The picture moving left means the view moved right: shifts of the picture are minus the camera's.
+        expected = (-(self._shift_x + self._step_x) / factor, -(self._shift_y + self._step_y) / factor)
+        dx, dy, peak = phase_correlate(self._key, current, expected, self.signal.min_response)
         shift_x, shift_y = -dx * factor, -dy * factor
         height, width = picture.shape
         limit_x = self.signal.max_shift_px or DEFAULT_MAX_SHIFT_FRACTION * width * factor
@@ -207,8 +242,10 @@ class ScrollTracker:
         ):
             # A scene cut or an unrecognisable picture: measure on from this one, from the last known position.
             self._new_key(picture, current)
+            self._step_x = self._step_y = 0.0
             return None
         self._previous = picture
+        self._step_x, self._step_y = shift_x - self._shift_x, shift_y - self._shift_y
         self._shift_x, self._shift_y = shift_x, shift_y
         position = self._key_x + shift_x, self._key_y + shift_y
         if abs(dx) >= KEY_FRAME_SHIFT_FRACTION * width or abs(dy) >= KEY_FRAME_SHIFT_FRACTION * height:

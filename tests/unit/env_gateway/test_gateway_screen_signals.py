@@ -156,6 +156,24 @@ def test_a_static_score_bar_outside_the_region_does_not_hold_the_scroll_back() -
     assert values[-1]["progress_x"] == pytest.approx(118, abs=1.5)
 
 
+def test_a_region_without_the_player_follows_the_scenery_where_a_bold_player_would_hold_it_back() -> None:
+    """A player the camera keeps in the middle does not scroll; when it is most of the detail (here a black and
+    white 80 px square), the whole frame's measure sticks to it, so the profile gives a band without it."""
+
+    def with_player(x: float) -> np.ndarray:
+        frame = view(x)
+        frame[110:190, 120:200] = 255
+        frame[130:170, 140:180] = 0
+        return frame
+
+    positions = [START_X + 2 * i for i in range(60)]
+    above_player = ScreenSignals(profile({"progress": {"kind": "scroll", "region": [0, 0, FRAME_W, 100]}}))
+    values = [above_player.reset(with_player(positions[0]))] + [
+        above_player.measure(with_player(x)) for x in positions[1:]
+    ]
+    assert values[-1]["progress_x"] == pytest.approx(118, abs=1.5)
+
+
 def test_phase_correlation_says_how_far_the_picture_moved() -> None:
     picture = cv2.cvtColor(view(START_X), cv2.COLOR_RGB2GRAY)
     moved = np.roll(picture, (3, -5), axis=(0, 1))  # 3 down, 5 left
