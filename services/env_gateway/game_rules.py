@@ -273,7 +273,7 @@ class RulesBackend:
         self.inner = backend
         self.profile = profile
         self.engine = RulesEngine(profile, unknown_timeout_s)
-        self.screen = ScreenSignals(profile)
+        self.screen = ScreenSignals(profile, backend.native_frame_rate_hz)
         self._screen_values: dict[str, float] = {}
         self._clock = clock
         self._frames = 0

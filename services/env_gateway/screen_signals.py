@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 
 import cv2
 import numpy as np
@@ -51,6 +52,10 @@ UNKNOWN = math.nan
 # pixels wins over a higher one elsewhere: that one is usually what does not scroll (the player kept in the
 # middle of the screen, a score bar), which stays put relative to the key frame while the scenery moves.
 PREDICTION_RADIUS_PX = 2
+# Screen signals run on the game clock's thread: costing more than this share of a frame on average over
+# COST_CHECK_FRAMES frames is said once (a template searching a whole 640x480 frame takes half of it).
+COST_WARNING_SHARE = 0.25
+COST_CHECK_FRAMES = 60
 
 
 def grey_region(frame: np.ndarray, region: Region | None, factor: int) -> np.ndarray | None:
@@ -296,10 +301,17 @@ class ChangeTracker:
 
 
 class ScreenSignals:
-    """Every screen signal and template score of one profile, measured on each raw frame."""
+    """Every screen signal and template score of one profile, measured on each raw frame.
 
-    def __init__(self, profile: GameProfile) -> None:
+    `frame_rate_hz` is the game's: what the signals cost is compared with the time a frame lasts.
+    """
+
+    def __init__(self, profile: GameProfile, frame_rate_hz: float = 60.0) -> None:
         self.label = profile.label
+        self.frame_period_ns = 1e9 / frame_rate_hz
+        self._cost_ns = 0
+        self._costed_frames = 0
+        self._cost_warned = False
         self.scrolls = {
             name: ScrollTracker(signal, f"screen.{name}")
             for name, signal in profile.screen.items()
@@ -334,6 +346,31 @@ class ScreenSignals:
 
     def measure(self, frame: np.ndarray) -> dict[str, float]:
         """The values on one more frame of the episode; NaN for what cannot be measured on it."""
+        started_ns = time.perf_counter_ns()
+        values = self._measure(frame)
+        if not self._cost_warned:
+            self._cost_ns += time.perf_counter_ns() - started_ns
+            self._costed_frames += 1
+            if self._costed_frames == COST_CHECK_FRAMES:
+                self._check_cost()
+        return values
+
+    def _check_cost(self) -> None:
+        mean_ns = self._cost_ns / self._costed_frames
+        self._cost_ns = self._costed_frames = 0
+        if mean_ns > COST_WARNING_SHARE * self.frame_period_ns:
+            self._cost_warned = True
+            log.warning(
+                "the screen signals of profile %s take %.1f ms a frame on average, %.0f%% of the %.1f ms a frame "
+                "lasts, on the game clock's thread; give template rules a region or a downscale and scrolls a "
+                "smaller width (docs/profiles.md lists what each costs).",
+                self.label,
+                mean_ns / 1e6,
+                100 * mean_ns / self.frame_period_ns,
+                self.frame_period_ns / 1e6,
+            )
+
+    def _measure(self, frame: np.ndarray) -> dict[str, float]:
         pictures = _Pictures(frame)
         values: dict[str, float] = {}
         for name, scroll in self.scrolls.items():

@@ -367,3 +367,16 @@ def test_a_template_image_is_found_relative_to_the_profile_file(profile_folder: 
     assert isinstance(reward, TemplateReward) and reward.reward == -1.0
     assert reward.match.image == profile_folder / "game_over.png" and reward.match.pixels.shape == (15, 60)
     assert reward.match.region is None and reward.match.signal == "rewards[0]"
+
+
+def test_the_screen_signals_example_in_the_docs_loads(profile_folder: Path) -> None:
+    docs = (Path(__file__).resolve().parents[3] / "docs" / "profiles.md").read_text(encoding="utf-8")
+    section = docs.split("## Screen signals: an example", 1)[1]
+    example = section.split("```toml\n", 1)[1].split("```", 1)[0]
+    (profile_folder / "my_platformer_game_over.png").write_bytes((profile_folder / "game_over.png").read_bytes())
+    path = profile_folder / "my_platformer.toml"
+    path.write_text(example, encoding="utf-8")
+    profile = load_profile(path)
+    assert profile.screen_variables == ("progress_x", "progress_y", "picture")
+    assert [term.kind for term in profile.rewards] == ["delta", "milestone"]
+    assert [rule.kind for rule in profile.termination] == ["template", "stagnation", "time_cap"]

@@ -449,3 +449,19 @@ def test_a_template_score_unknown_on_the_frame_before_fires_nothing_on_plain_num
     assert not engine.step({"termination[0]": 0.2}, 0.4).terminated
     outcome = engine.step({"termination[0]": 0.8}, 0.5)  # the default threshold, reached
     assert outcome.terminated and outcome.events == ("template",)
+
+
+def test_signals_that_cost_a_large_share_of_a_frame_say_so_once(caplog: pytest.LogCaptureFixture) -> None:
+    """At 100,000 frames per second (10 us a frame) any scroll is too slow; at 60 it is not."""
+    frames = [view(START_X + i) for i in range(130)]
+    for rate_hz, warnings in ((60.0, 0), (100_000.0, 1)):
+        caplog.clear()
+        signals = ScreenSignals(SCROLL, frame_rate_hz=rate_hz)
+        signals.reset(frames[0])
+        with caplog.at_level("WARNING"):
+            for frame in frames[1:]:
+                signals.measure(frame)
+        sentences = [r.getMessage() for r in caplog.records if "a frame on average" in r.getMessage()]
+        assert len(sentences) == warnings
+    assert "the screen signals of profile screen.toml take" in sentences[0]
+    assert "of the 0.0 ms a frame lasts" in sentences[0] and "give template rules a region" in sentences[0]
