@@ -12,6 +12,11 @@ One unknown for `unknown_timeout_s` in a row ends the episode as truncated ("unk
 
 Every outcome also says what each reward term paid (`terms`, labelled by `term_labels`) and which
 variables it was computed from, for `rtrl profile check` and the gateway's GetStats.
+
+A profile's screen signals (`screen_signals.ScreenSignals`: scroll, screen change, template scores) are
+measured by `RulesBackend` on each raw frame and reach the engine as more variables; an unknown one
+makes the rules that read it give nothing, but never ends the episode by itself (a scene cut is not a
+broken read).
 """
 
 from __future__ import annotations
@@ -37,11 +42,15 @@ from services.env_gateway.profiles import (
     MilestoneReward,
     RewardTerm,
     StagnationRule,
+    TemplateMatch,
+    TemplateReward,
+    TemplateRule,
     TerminationRule,
     TimeCapRule,
     VariableSpec,
     XTeleportRule,
 )
+from services.env_gateway.screen_signals import ScreenSignals
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +113,12 @@ def needed(item: RewardTerm | TerminationRule) -> tuple[str, ...]:
     return (one,) if one is not None else ()
 
 
+def appeared(match: TemplateMatch, variables: Mapping[str, float], previous: Mapping[str, float]) -> bool:
+    """Whether a template's image is shown on this frame and was not on the one before: a rule fires once
+    per appearance, not on every frame it stays (nor on an episode's first frames if it is still shown)."""
+    return variables[match.signal] >= match.threshold > previous[match.signal]
+
+
 class RulesEngine:
     """The reward terms and termination rules of one profile, with the state they need between frames.
 
@@ -119,6 +134,8 @@ class RulesEngine:
         self.variables: tuple[str, ...] = tuple(profile.variables)
         self.labels: tuple[str, ...] = term_labels(self.rewards)
         """One per reward term, aligned with `RuleOutcome.terms`."""
+        self.screen_values = frozenset((*profile.screen_variables, *(match.signal for match in profile.templates)))
+        """Names of the screen signals' values: they are never counted as unknown variables."""
         self.unknown_timeout_s = unknown_timeout_s
         self.deaths: deque[float] = deque(maxlen=MAX_REMEMBERED_DEATHS)
         self._previous: dict[str, float] = {}
@@ -151,7 +168,7 @@ class RulesEngine:
 
     def _usable(self, item: RewardTerm | TerminationRule, variables: Mapping[str, float]) -> bool:
         """Whether every variable `item` reads is known now and, for what compares frames, on the frame before."""
-        with_previous = isinstance(item, (DeltaReward, FaintReward, XTeleportRule))
+        with_previous = isinstance(item, (DeltaReward, FaintReward, XTeleportRule, TemplateReward, TemplateRule))
         return all(
             self._value(variables, name) is not None
             and (not with_previous or self._value(self._previous, name) is not None)
@@ -164,7 +181,8 @@ class RulesEngine:
         ended_by: list[str] = []
         terminated = truncated = False
         death_x: float | None = None
-        unknown = tuple(name for name in (self.variables or tuple(variables)) if self._value(variables, name) is None)
+        tracked = self.variables or tuple(name for name in variables if name not in self.screen_values)
+        unknown = tuple(name for name in tracked if self._value(variables, name) is None)
         self._unknown_since = {name: self._unknown_since.get(name, time_s) for name in unknown}
         timed_out = tuple(
             name for name, since in self._unknown_since.items() if time_s - since >= self.unknown_timeout_s
@@ -246,6 +264,8 @@ class RulesEngine:
                 self._stagnation[index] = (value, time_s)
                 return False, None
             return time_s - since_s >= rule.window_s, None
+        if isinstance(rule, TemplateRule):
+            return appeared(rule.match, variables, previous), None
         assert isinstance(rule, TimeCapRule)
         return time_s - self._start_s >= rule.seconds, None
 
@@ -277,6 +297,8 @@ class RulesEngine:
                 return 0.0
             repeats = sum(1 for x in self.deaths if abs(x - death_x) <= term.radius_px)
             return term.penalty * term.repeat_multiplier**repeats
+        if isinstance(term, TemplateReward):
+            return term.reward if appeared(term.match, variables, previous) else 0.0
         assert isinstance(term, ConstantReward)
         return term.reward
 
@@ -299,6 +321,8 @@ class RulesBackend:
         self.inner = backend
         self.profile = profile
         self.engine = RulesEngine(profile, unknown_timeout_s)
+        self.screen = ScreenSignals(profile, backend.native_frame_rate_hz)
+        self._screen_values: dict[str, float] = {}
         self._clock = clock
         self._frames = 0
         self.last_outcome = RuleOutcome(0.0, False, False, terms=(0.0,) * len(profile.rewards))
@@ -343,13 +367,17 @@ class RulesBackend:
         frame = self.inner.reset(seed)
         self._frames = 0
         self.episode_terms = (0.0,) * len(self.engine.rewards)
-        self.engine.reset(self.inner.read_variables(), self._time_s())
+        if self.screen:
+            self._screen_values = self.screen.reset(frame)
+        self.engine.reset(self.read_variables(), self._time_s())
         return frame
 
     def step(self, action: int) -> tuple[np.ndarray, float, bool, bool]:
         frame, reward, terminated, truncated = self.inner.step(action)
         self._frames += 1
-        outcome = self.engine.step(self.inner.read_variables(), self._time_s())
+        if self.screen:
+            self._screen_values = self.screen.measure(frame)
+        outcome = self.engine.step(self.read_variables(), self._time_s())
         self.last_outcome = outcome
         if any(outcome.terms):  # most frames pay nothing: no new tuple for them
             self.episode_terms = tuple(
@@ -389,7 +417,10 @@ class RulesBackend:
         return self.inner.render()
 
     def read_variables(self) -> dict[str, float]:
-        return self.inner.read_variables()
+        """The backend's variables and the screen signals' values (template scores included) of the last frame."""
+        if not self._screen_values:
+            return self.inner.read_variables()
+        return {**self.inner.read_variables(), **self._screen_values}
 
     def close(self) -> None:
         self.inner.close()

@@ -11,10 +11,13 @@ import math
 import re
 import struct
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+
+import cv2
+import numpy as np
 
 from rtrl.config import PREFIX, SettingsError
 
@@ -39,6 +42,16 @@ VARIABLE_TYPES = (*NUMBER_TYPES, "bcd")
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _HEX = re.compile(r"[0-9a-fA-F]+\Z")
 MAX_BCD_BYTES = 8
+SCREEN_KINDS = ("scroll", "screen_change")
+# Screen signals shrink their region to about this width before measuring it (docs/profiles.md has the costs).
+DEFAULT_SCREEN_WIDTH_PX = 80
+# Phase correlation peaks below this are noise: unrelated pictures give about 0.05, a real shift 0.8 or more.
+DEFAULT_MIN_RESPONSE = 0.15
+DEFAULT_TEMPLATE_THRESHOLD = 0.8
+# Smaller regions give phase correlation too few pixels to find a shift in.
+MIN_SCREEN_REGION_PX = 16
+# A template smaller than this (after its downscale) matches noise.
+MIN_TEMPLATE_PX = 3
 
 Outcome = Literal["terminated", "truncated", "none"]
 
@@ -134,6 +147,79 @@ class VariableSpec:
 
 
 @dataclass(frozen=True)
+class Region:
+    """A rectangle of the captured frame, in its pixels."""
+
+    x: int
+    y: int
+    width: int
+    height: int
+
+    def fits(self, frame_width: int, frame_height: int) -> bool:
+        """Whether the whole rectangle lies inside a frame of this size."""
+        return self.x + self.width <= frame_width and self.y + self.height <= frame_height
+
+    def __str__(self) -> str:
+        return f"[{self.x}, {self.y}, {self.width}, {self.height}]"
+
+
+@dataclass(frozen=True)
+class ScrollSignal:
+    """`[screen.<name>] kind = "scroll"`: the camera's shift since the episode's reset, from the picture."""
+
+    name: str
+    region: Region | None = None
+    """None: the whole frame."""
+    width: int = DEFAULT_SCREEN_WIDTH_PX
+    """The region is shrunk by a whole factor to about this many pixels across before it is correlated."""
+    min_response: float = DEFAULT_MIN_RESPONSE
+    """A correlation peak lower than this makes the frame's shift unknown."""
+    max_shift_px: float | None = None
+    """A larger jump from one frame to the next is a scene cut (unknown); None: a quarter of the region."""
+    kind: str = "scroll"
+
+    @property
+    def variables(self) -> tuple[str, ...]:
+        return (f"{self.name}_x", f"{self.name}_y")
+
+
+@dataclass(frozen=True)
+class ScreenChangeSignal:
+    """`[screen.<name>] kind = "screen_change"`: how much the picture has changed since the episode's reset."""
+
+    name: str
+    region: Region | None = None
+    width: int = DEFAULT_SCREEN_WIDTH_PX
+    min_change: float = 0.0
+    """A frame that changed less than this (mean grey levels) adds nothing."""
+    kind: str = "screen_change"
+
+    @property
+    def variables(self) -> tuple[str, ...]:
+        return (self.name,)
+
+
+ScreenSignal = ScrollSignal | ScreenChangeSignal
+
+
+@dataclass(frozen=True)
+class TemplateMatch:
+    """An image looked for in a region of every captured frame, for a `template` reward or rule."""
+
+    signal: str
+    """Where the profile defines it ("termination[1]"); also the key of its match score among the frame's values."""
+    image: Path
+    pixels: np.ndarray = field(compare=False, repr=False)
+    """The image in grey, already shrunk by `downscale`."""
+    region: Region | None = None
+    """None: the whole frame."""
+    threshold: float = DEFAULT_TEMPLATE_THRESHOLD
+    """Normalized correlation (TM_CCOEFF_NORMED, -1..1) at which the image counts as shown."""
+    downscale: int = 1
+    """Region and image are shrunk by this whole factor before matching (faster, coarser)."""
+
+
+@dataclass(frozen=True)
 class DeltaReward:
     variable: str
     scale: float = 1.0
@@ -170,7 +256,19 @@ class ConstantReward:
     kind: str = "constant"
 
 
-RewardTerm = DeltaReward | MilestoneReward | FaintReward | DeathZoneReward | ConstantReward
+@dataclass(frozen=True)
+class TemplateReward:
+    match: TemplateMatch
+    reward: float = 1.0
+    kind: str = "template"
+
+    @property
+    def variable(self) -> str:
+        """The match score the rules read."""
+        return self.match.signal
+
+
+RewardTerm = DeltaReward | MilestoneReward | FaintReward | DeathZoneReward | ConstantReward | TemplateReward
 
 
 @dataclass(frozen=True)
@@ -218,7 +316,19 @@ class TimeCapRule:
     kind: str = "time_cap"
 
 
-TerminationRule = EqualsRule | AllZeroRule | XTeleportRule | StagnationRule | TimeCapRule
+@dataclass(frozen=True)
+class TemplateRule:
+    match: TemplateMatch
+    outcome: Outcome = "terminated"
+    kind: str = "template"
+
+    @property
+    def variable(self) -> str:
+        """The match score the rules read."""
+        return self.match.signal
+
+
+TerminationRule = EqualsRule | AllZeroRule | XTeleportRule | StagnationRule | TimeCapRule | TemplateRule
 
 
 @dataclass(frozen=True)
@@ -242,6 +352,7 @@ class GameProfile:
     rom: RomSection | None = None
     window: WindowSection | None = None
     variables: Mapping[str, VariableSpec] = field(default_factory=dict)
+    screen: Mapping[str, ScreenSignal] = field(default_factory=dict)
     rewards: tuple[RewardTerm, ...] = ()
     termination: tuple[TerminationRule, ...] = ()
     reset: ResetProcedure = field(default_factory=ResetProcedure)
@@ -260,6 +371,17 @@ class GameProfile:
     @property
     def has_rules(self) -> bool:
         return bool(self.rewards or self.termination)
+
+    @property
+    def screen_variables(self) -> tuple[str, ...]:
+        """The variables the [screen.<name>] signals add to the memory variables."""
+        return tuple(name for signal in self.screen.values() for name in signal.variables)
+
+    @property
+    def templates(self) -> tuple[TemplateMatch, ...]:
+        """The images the template rewards and rules look for."""
+        items: tuple[RewardTerm | TerminationRule, ...] = (*self.rewards, *self.termination)
+        return tuple(item.match for item in items if isinstance(item, TemplateReward | TemplateRule))
 
     def error(self, dotted: str, value: object, expected: str) -> ProfileError:
         """An error about one field, for checks that need the running backend (e.g. a missing savestate)."""
@@ -339,7 +461,9 @@ def rom_header_title(path: str | Path) -> str:
 def parse_profile(data: Mapping[str, Any], path: Path) -> GameProfile:
     """Validates already-parsed TOML (`path` names the file in errors and anchors relative paths)."""
     root = _Table(data, "", path.name)
-    root.only("game", "rom", "window", "actions", "preprocess", "variables", "rewards", "termination", "reset")
+    root.only(
+        "game", "rom", "window", "actions", "preprocess", "variables", "screen", "rewards", "termination", "reset"
+    )
     game = _parse_game(root.need_table("game"))
     backend = game.backend
     rom_table = root.table("rom")
@@ -362,8 +486,10 @@ def parse_profile(data: Mapping[str, Any], path: Path) -> GameProfile:
     preprocess_table = root.table("preprocess")
     preprocess = _parse_preprocess(preprocess_table) if preprocess_table is not None else Preprocess()
     variables = _parse_variables(root.table("variables"), backend)
-    rewards = tuple(_parse_reward(t, variables) for t in root.array_of_tables("rewards"))
-    termination = tuple(_parse_rule(t, variables) for t in root.array_of_tables("termination"))
+    screen = _parse_screen(root.table("screen"), variables)
+    names = {*variables, *(name for signal in screen.values() for name in signal.variables)}
+    rewards = tuple(_parse_reward(t, names, path.parent) for t in root.array_of_tables("rewards"))
+    termination = tuple(_parse_rule(t, names, path.parent) for t in root.array_of_tables("termination"))
     if any(isinstance(r, DeathZoneReward) for r in rewards) and not any(
         isinstance(r, XTeleportRule) for r in termination
     ):
@@ -380,6 +506,7 @@ def parse_profile(data: Mapping[str, Any], path: Path) -> GameProfile:
         rom=rom,
         window=window,
         variables=variables,
+        screen=screen,
         rewards=rewards,
         termination=termination,
         reset=reset,
@@ -510,8 +637,118 @@ def _parse_variable(table: _Table, name: str, backend: str) -> VariableSpec:
     )
 
 
-def _parse_reward(table: _Table, variables: Mapping[str, VariableSpec]) -> RewardTerm:
-    kind = table.choice("kind", ("delta", "milestone", "faint", "death_zone", "constant"), required=True)
+def _parse_screen(table: _Table | None, variables: Mapping[str, VariableSpec]) -> dict[str, ScreenSignal]:
+    if table is None:
+        return {}
+    signals: dict[str, ScreenSignal] = {}
+    taken = {name: f"variables.{name}" for name in variables}
+    for name in table.field_names():
+        if not _IDENTIFIER.match(name):
+            raise table.bad(name, name, "a signal name made of letters, digits and _ (not starting with a digit)")
+        signal = _parse_screen_signal(table.need_table(name), name)
+        for variable in signal.variables:
+            if variable in taken:
+                raise table.bad(
+                    name,
+                    table.raw(name),
+                    f"a name whose variables ({', '.join(signal.variables)}) are not already taken: "
+                    f"{variable} is {taken[variable]}",
+                )
+            taken[variable] = f"screen.{name}"
+        signals[name] = signal
+    return signals
+
+
+def _parse_screen_signal(table: _Table, name: str) -> ScreenSignal:
+    kind = table.choice("kind", SCREEN_KINDS, required=True)
+    region = table.region("region", MIN_SCREEN_REGION_PX)
+    if kind == "scroll":
+        table.only("kind", "region", "width", "min_response", "max_shift_px")
+        min_response = table.number("min_response", default=DEFAULT_MIN_RESPONSE, minimum=0.0)
+        if min_response >= 1.0:
+            raise table.bad("min_response", min_response, "a correlation peak height in [0, 1)")
+        return ScrollSignal(
+            name,
+            region,
+            table.integer("width", default=DEFAULT_SCREEN_WIDTH_PX, minimum=MIN_SCREEN_REGION_PX),
+            min_response,
+            table.number("max_shift_px", minimum=0.0, exclusive=True),
+        )
+    table.only("kind", "region", "width", "min_change")
+    return ScreenChangeSignal(
+        name,
+        region,
+        table.integer("width", default=DEFAULT_SCREEN_WIDTH_PX, minimum=MIN_SCREEN_REGION_PX),
+        table.number("min_change", default=0.0, minimum=0.0),
+    )
+
+
+def _parse_template(table: _Table, folder: Path) -> TemplateMatch:
+    region = table.region("region", MIN_TEMPLATE_PX)
+    threshold = table.number("threshold", default=DEFAULT_TEMPLATE_THRESHOLD, minimum=0.0, exclusive=True)
+    if threshold > 1.0:
+        raise table.bad("threshold", threshold, "a normalized correlation in (0, 1] (0.8 is a good start)")
+    downscale = table.integer("downscale", default=1, minimum=1)
+    image = table.need_string("image")
+    path = (folder / Path(image).expanduser()).resolve()
+    try:
+        encoded = np.frombuffer(path.read_bytes(), np.uint8)
+    except FileNotFoundError:
+        raise table.bad(
+            "image",
+            image,
+            f"an image file (PNG, BMP or JPEG); {path} does not exist (a relative path starts at the profile's folder)",
+        ) from None
+    except OSError as error:
+        raise table.bad("image", image, f"an image file that can be read; {path}: {error.strerror}") from error
+    # cv2.imdecode rather than imread: imread cannot open paths with non-ASCII characters on Windows.
+    bgr = cv2.imdecode(encoded, cv2.IMREAD_COLOR) if encoded.size else None
+    if bgr is None:
+        raise table.bad("image", image, f"a PNG, BMP or JPEG image; OpenCV cannot decode {path}")
+    # The same grey as the captured frames get (cv2's RGB->grey weights), so that scores compare like for like.
+    grey = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
+    height, width = grey.shape
+    if region is not None and (width > region.width or height > region.height):
+        raise table.bad(
+            "image",
+            image,
+            f"an image that fits in region {region} ({region.width}x{region.height} px); it is {width}x{height} px: "
+            "crop the image or enlarge the region",
+        )
+    pixels = shrink_grey(grey, downscale)
+    if min(pixels.shape) < MIN_TEMPLATE_PX:
+        raise table.bad(
+            "image",
+            image,
+            f"an image at least {MIN_TEMPLATE_PX}x{MIN_TEMPLATE_PX} px after downscale {downscale}; it is "
+            f"{width}x{height} px",
+        )
+    if float(pixels.std()) < 1.0:
+        raise table.bad(
+            "image",
+            image,
+            "an image with some contrast; a uniform image is found everywhere or nowhere by normalized correlation",
+        )
+    return TemplateMatch(table.where, path, pixels, region, threshold, downscale)
+
+
+def shrink_grey(grey: np.ndarray, factor: int) -> np.ndarray:
+    """`grey` shrunk by a whole factor, as screen signals and templates see it; the pixels beyond a multiple of
+    the factor are dropped, because INTER_AREA is several times faster for whole factors."""
+    if factor == 1:
+        return grey
+    height, width = grey.shape[0] // factor, grey.shape[1] // factor
+    if height == 0 or width == 0:
+        return grey[:height, :width]
+    cropped = grey[: height * factor, : width * factor]
+    return cv2.resize(cropped, (width, height), interpolation=cv2.INTER_AREA)
+
+
+def _parse_reward(table: _Table, variables: Collection[str], folder: Path) -> RewardTerm:
+    kind = table.choice("kind", ("delta", "milestone", "faint", "death_zone", "constant", "template"), required=True)
+    if kind == "template":
+        table.only("kind", "image", "region", "threshold", "downscale", "reward")
+        return TemplateReward(_parse_template(table, folder), table.number("reward", required=True))
     if kind == "delta":
         table.only("kind", "variable", "scale")
         return DeltaReward(table.variable("variable", variables), table.number("scale", default=1.0))
@@ -540,10 +777,15 @@ def _parse_reward(table: _Table, variables: Mapping[str, VariableSpec]) -> Rewar
     return ConstantReward(table.number("reward", required=True))
 
 
-def _parse_rule(table: _Table, variables: Mapping[str, VariableSpec]) -> TerminationRule:
+def _parse_rule(table: _Table, variables: Collection[str], folder: Path) -> TerminationRule:
     kind = table.choice(
-        "kind", ("equals", "not_equals", "all_zero", "x_teleport", "stagnation", "time_cap"), required=True
+        "kind",
+        ("equals", "not_equals", "all_zero", "x_teleport", "stagnation", "time_cap", "template"),
+        required=True,
     )
+    if kind == "template":
+        table.only("kind", "image", "region", "threshold", "downscale", "outcome")
+        return TemplateRule(_parse_template(table, folder), table.outcome("terminated"))
     if kind in ("equals", "not_equals"):
         table.only("kind", "variable", "value", "outcome")
         return EqualsRule(
@@ -620,6 +862,11 @@ class _Table:
         self._data = data
         self._prefix = prefix
         self._label = label
+
+    @property
+    def where(self) -> str:
+        """This table's own dotted name ("termination[1]")."""
+        return self._prefix
 
     def dotted(self, key: str) -> str:
         if key.startswith("["):
@@ -796,13 +1043,29 @@ class _Table:
             raise self.bad(key, value, "a list of input combinations, one per action")
         return tuple(self.input_combo(f"{key}[{index}]", entry, names) for index, entry in enumerate(value))
 
-    def variable(self, key: str, variables: Mapping[str, VariableSpec]) -> str:
+    def region(self, key: str, minimum_px: int) -> Region | None:
+        value = self._data.get(key)
+        if value is None:
+            return None
+        what = f"[x, y, width, height] in captured-frame pixels, x and y >= 0, width and height >= {minimum_px}"
+        if (
+            not isinstance(value, list)
+            or len(value) != 4
+            or not all(isinstance(item, int) and not isinstance(item, bool) for item in value)
+        ):
+            raise self.bad(key, value, what)
+        x, y, width, height = value
+        if x < 0 or y < 0 or width < minimum_px or height < minimum_px:
+            raise self.bad(key, value, what)
+        return Region(x, y, width, height)
+
+    def variable(self, key: str, variables: Collection[str]) -> str:
         name = self.need_string(key)
         if name not in variables:
             raise self.bad(key, name, _known_variables(variables))
         return name
 
-    def variable_list(self, key: str, variables: Mapping[str, VariableSpec]) -> tuple[str, ...]:
+    def variable_list(self, key: str, variables: Collection[str]) -> tuple[str, ...]:
         names = self.strings(key)
         if not names:
             raise self.missing(key, "a non-empty list of variable names")
@@ -816,7 +1079,7 @@ class _Table:
         return self.choice("outcome", choices, default=default)  # type: ignore[return-value]
 
 
-def _known_variables(variables: Mapping[str, VariableSpec]) -> str:
+def _known_variables(variables: Collection[str]) -> str:
     if not variables:
-        return "a variable defined in [variables.<name>] (the profile defines none)"
+        return "a variable defined in [variables.<name>] or [screen.<name>] (the profile defines none)"
     return "one of the profile's variables: " + ", ".join(sorted(variables))

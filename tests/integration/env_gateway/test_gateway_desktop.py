@@ -20,11 +20,13 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any, cast
 
+import cv2
 import numpy as np
 import pytest
 import redis
@@ -36,6 +38,7 @@ from rtrl.local_redis import LocalRedis
 from rtrl.transitions import STREAM_FIELD, decode
 from services.env_gateway.backends.desktop import DesktopBackend, MemoryAccessError, WindowNotFoundError
 from services.env_gateway.backends.keyguard import GuardianError, KeyGuard, KeyInjector
+from services.env_gateway.game_rules import RulesBackend, with_rules
 from services.env_gateway.metrics import GatewayCollector
 from services.env_gateway.profiles import load_profile
 from services.env_gateway.server import Gateway
@@ -124,10 +127,9 @@ class Game:
                     self.changed.notify_all()
 
 
-@pytest.fixture
-def game(x_display: str, game_binary: Path, request: pytest.FixtureRequest) -> Iterator[Game]:
-    title = f"rtrl box game {request.node.name}"
-    process, ready = boxgame.launch(game_binary, x_display, title)
+@contextmanager
+def running_game(x_display: str, game_binary: Path, title: str, *, scroll: bool = False) -> Iterator[Game]:
+    process, ready = boxgame.launch(game_binary, x_display, title, scroll=scroll)
     try:
         game = Game(process, title, ready)
         threading.Thread(target=game.read_reports, daemon=True).start()
@@ -138,6 +140,19 @@ def game(x_display: str, game_binary: Path, request: pytest.FixtureRequest) -> I
         process.wait()
         if process.stdout is not None:
             process.stdout.close()
+
+
+@pytest.fixture
+def game(x_display: str, game_binary: Path, request: pytest.FixtureRequest) -> Iterator[Game]:
+    with running_game(x_display, game_binary, f"rtrl box game {request.node.name}") as game:
+        yield game
+
+
+@pytest.fixture
+def scrolling_game(x_display: str, game_binary: Path, request: pytest.FixtureRequest) -> Iterator[Game]:
+    """The box game as a side-scroller: a long level of scenery, the camera following the box."""
+    with running_game(x_display, game_binary, f"rtrl box game {request.node.name}", scroll=True) as game:
+        yield game
 
 
 @pytest.fixture
@@ -715,3 +730,122 @@ absolute_drop_px = 10
         assert scraped["rtrl_gateway_unknown_variable_truncations_total"] >= later.unknown_variable_truncations
     finally:
         gateway.stop()
+
+
+# -- screen signals: rewards from the picture of a game whose memory is not read ---------------------------
+
+SCROLL_RULES = """
+[screen.progress]
+kind = "scroll"
+
+[screen.moving]
+kind = "screen_change"
+
+[[rewards]]
+kind = "milestone"
+variable = "progress_x"
+every_px = 20
+reward = 1.0
+"""
+
+
+def steps(backend: RulesBackend, action: int, count: int) -> list[float]:
+    """`count` steps of `action` at the game's pace; the reward of each."""
+    rewards = []
+    for _ in range(count):
+        rewards.append(backend.step(action)[1])
+        frame_period()
+    return rewards
+
+
+def steps_until(
+    backend: RulesBackend, action: int, game: Game, reached: Callable[[dict[str, float]], bool]
+) -> list[float]:
+    """Steps of `action` at the game's pace until the game's report satisfies `reached`; the reward of each."""
+    rewards = []
+    deadline = time.monotonic() + WAIT_S
+    while not reached(game.latest()):
+        assert time.monotonic() < deadline, f"the game never got there: {game.latest()}"
+        rewards.append(backend.step(action)[1])
+        frame_period()
+    return rewards
+
+
+def settle(backend: RulesBackend, game: Game) -> dict[str, float]:
+    """Releases the keys, waits until the game says the box stopped, and captures a few still frames."""
+    backend.step(NOOP)
+    state = game.wait_for(lambda state: state["keys"] == 0, "the keys released")
+    steps(backend, NOOP, 6)
+    assert game.latest() == state, "the box was still moving"
+    return state
+
+
+def test_scroll_progress_follows_the_camera_of_a_side_scroller_it_only_sees(
+    scrolling_game: Game, open_backend: Callable[[Path], DesktopBackend], tmp_path: Path
+) -> None:
+    game = scrolling_game
+    desktop = open_backend(write_profile(tmp_path / "box.toml", game, extra=SCROLL_RULES))
+    backend = with_rules(desktop, desktop.profile, realtime=True)
+    assert isinstance(backend, RulesBackend)
+    backend.reset()
+    start = game.latest()["camera"]
+    assert backend.read_variables()["progress_x"] == 0.0
+
+    # Right for about 2 s: the box leaves the level's start, then the camera follows it at 2 px a frame.
+    paid = sum(steps(backend, RIGHT, 120))
+    right = settle(backend, game)
+    moved = right["camera"] - start
+    values = backend.read_variables()
+    assert moved >= 100, f"the camera hardly moved: {right}"
+    assert values["progress_x"] == pytest.approx(moved, abs=2.0 + 0.02 * moved)
+    assert abs(values["progress_y"]) <= 2.0
+    assert paid + 1 >= moved // 20 >= paid - 1  # milestones every 20 px of what the screen showed
+    assert values["moving"] > 0
+
+    # Left: the view moves back, and progress with it.
+    steps(backend, LEFT, 40)
+    left = settle(backend, game)
+    values = backend.read_variables()
+    assert left["camera"] < right["camera"] - 40
+    assert values["progress_x"] == pytest.approx(left["camera"] - start, abs=2.0 + 0.02 * moved)
+
+    # Standing still: the screen does not change and neither does progress.
+    still = backend.read_variables()
+    steps(backend, NOOP, 10)
+    assert backend.read_variables() == still
+
+
+def box_on_ground_image(path: Path) -> Path:
+    """The box standing on the ground with 4 px of the dark field around it, as the game draws it (BGR PNG)."""
+    image = np.zeros((24, 24, 3), np.uint8)
+    image[:] = (0x20, 0x20, 0x20)
+    image[4:20, 4:20] = (255, 255, 255)
+    image[20:] = (0x40, 0xA0, 0x30)  # 0x30a040 as blue, green, red
+    cv2.imwrite(str(path), image)
+    return path
+
+
+def test_a_template_reward_is_paid_once_each_time_the_box_appears_in_its_region(
+    game: Game, open_backend: Callable[[Path], DesktopBackend], tmp_path: Path
+) -> None:
+    box_on_ground_image(tmp_path / "box_on_ground.png")
+    rule = f"""
+[[rewards]]
+kind = "template"
+image = "box_on_ground.png"
+region = [96, {GAME_HEIGHT - 50}, 64, 40]
+threshold = 0.95
+reward = 1.0
+"""
+    desktop = open_backend(write_profile(tmp_path / "box.toml", game, extra=rule))
+    backend = with_rules(desktop, desktop.profile, realtime=True)
+    assert isinstance(backend, RulesBackend)
+    backend.reset()
+    # Right from x = 0 to the wall at 144: the box is wholly in the region (with its margin) from x = 100 to 140.
+    rewards = steps_until(backend, RIGHT, game, lambda state: state["x"] == GAME_WIDTH - BOX)
+    rewards += steps(backend, RIGHT, 5)  # pushing against the wall: out of the region's reach, nothing more
+    assert rewards.count(1.0) == 1 and sum(rewards) == 1.0
+    # Back left across the region: a second appearance, paid once more; out of it to the left, nothing.
+    rewards = steps_until(backend, LEFT, game, lambda state: state["x"] <= 60)
+    rewards += steps(backend, NOOP, 5)
+    assert rewards.count(1.0) == 1 and sum(rewards) == 1.0

@@ -225,6 +225,34 @@ def test_profile_check_with_random_actions_ends_episodes_by_their_rule_and_reset
     assert all(end["return"] >= 0 and end["return"] % 0.5 == 0 for end in ends)
 
 
+def test_screen_change_stagnation_ends_episodes_on_the_game_boys_still_screen(test_rom: Path, tmp_path: Path) -> None:
+    """The ROM shades the screen with its counter: the picture changes while A is held and not otherwise."""
+    extra = """
+[screen.shade]
+kind = "screen_change"
+
+[[termination]]
+kind = "stagnation"
+variable = "shade"
+epsilon_px = 0.5
+window_s = 0.2
+"""
+    profile = write_profile(tmp_path, extra=extra)
+    settings = GatewaySettings.from_env({"RTRL_ENV": f"pyboy:{test_rom}", "RTRL_PROFILE": str(profile)})
+    backend = make_backend(settings)
+    try:
+        assert isinstance(backend, RulesBackend)
+        backend.reset(seed=0)
+        assert not any(backend.step(PRESS_A)[3] for _ in range(30))  # half a second of a changing picture
+        assert backend.read_variables()["shade"] > 0.5
+        still = [backend.step(NOOP)[3] for _ in range(20)]
+        # 0.2 s of Game Boy frames (59.7 Hz) after the last change: truncated on the 12th or 13th still frame.
+        assert 11 <= still.index(True) <= 12
+        assert backend.last_outcome.events == ("stagnation",)
+    finally:
+        backend.close()
+
+
 def test_reset_restores_the_state_after_the_reset_procedure(
     test_rom: Path, tmp_path: Path, open_backend: Callable[..., PyBoyBackend]
 ) -> None:

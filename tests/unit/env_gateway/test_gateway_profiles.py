@@ -6,6 +6,8 @@ import copy
 from pathlib import Path
 from typing import Any
 
+import cv2
+import numpy as np
 import pytest
 
 from rtrl.config import SettingsError
@@ -13,7 +15,11 @@ from services.env_gateway.profiles import (
     DeathZoneReward,
     MilestoneReward,
     ProfileError,
+    Region,
+    ScrollSignal,
     StagnationRule,
+    TemplateReward,
+    TemplateRule,
     TimeCapRule,
     VariableSpec,
     XTeleportRule,
@@ -241,3 +247,138 @@ def test_settings_refuse_a_profile_for_another_backend_or_a_gymnasium_game(tmp_p
         GatewaySettings.from_env({"RTRL_ENV": f"pyboy:{rom}", "RTRL_PROFILE": "supertux"})
     with pytest.raises(SettingsError, match="RTRL_PROFILE='tetris' is set"):
         GatewaySettings.from_env({"RTRL_ENV": "ale:Pong", "RTRL_PROFILE": "tetris"})
+
+
+# -- screen signals and templates ------------------------------------------------------------------
+
+SCREEN_PROFILE: dict[str, Any] = {
+    "game": {"name": "test", "backend": "desktop"},
+    "window": {"title": "Game"},
+    "actions": {"keys": [[], ["Right"]]},
+    "variables": {"lives": {"address": 0x1000}},
+    "screen": {
+        "progress": {"kind": "scroll", "region": [0, 40, 640, 440], "width": 64},
+        "moving": {"kind": "screen_change", "min_change": 0.5},
+    },
+    "rewards": [{"kind": "milestone", "variable": "progress_x", "every_px": 100}],
+    "termination": [
+        {"kind": "template", "image": "game_over.png", "region": [200, 200, 240, 80], "threshold": 0.9},
+        {"kind": "stagnation", "variable": "moving", "epsilon_px": 10, "window_s": 5},
+    ],
+}
+
+
+@pytest.fixture
+def profile_folder(tmp_path: Path) -> Path:
+    """A folder with the images the screen profile names: a 120x30 banner, a uniform one, one that is no image."""
+    banner = np.zeros((30, 120, 3), np.uint8)
+    cv2.putText(banner, "GAME OVER", (4, 22), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (40, 40, 230), 2)
+    cv2.imwrite(str(tmp_path / "game_over.png"), banner)
+    cv2.imwrite(str(tmp_path / "grey.png"), np.full((10, 10, 3), 128, np.uint8))
+    (tmp_path / "notes.png").write_text("not an image", encoding="utf-8")
+    (tmp_path / "folder.png").mkdir()
+    return tmp_path
+
+
+def test_a_screen_profile_yields_its_variables_and_loads_its_template(profile_folder: Path) -> None:
+    profile = parse_profile(SCREEN_PROFILE, profile_folder / "screen.toml")
+    assert profile.screen_variables == ("progress_x", "progress_y", "moving")
+    progress = profile.screen["progress"]
+    assert isinstance(progress, ScrollSignal) and progress.region == Region(0, 40, 640, 440) and progress.width == 64
+    assert progress.min_response == 0.15 and progress.max_shift_px is None
+    (match,) = profile.templates
+    assert match.signal == "termination[0]" and match.image == profile_folder / "game_over.png"
+    assert match.pixels.shape == (30, 120) and match.pixels.dtype == np.uint8
+    assert (match.threshold, match.downscale) == (0.9, 1)
+    assert isinstance(profile.termination[0], TemplateRule) and profile.termination[0].outcome == "terminated"
+    assert profile == parse_profile(SCREEN_PROFILE, profile_folder / "screen.toml")  # pixels are not compared
+
+
+@pytest.mark.parametrize(
+    ("dotted", "value", "named", "expected"),
+    [
+        ("termination.0.image", "missing.png", "termination[0].image is 'missing.png'", "missing.png does not exist"),
+        ("termination.0.image", "notes.png", "termination[0].image is 'notes.png'", "OpenCV cannot decode"),
+        ("termination.0.image", "folder.png", "termination[0].image is 'folder.png'", "an image file that can be read"),
+        ("termination.0.image", "grey.png", "termination[0].image is 'grey.png'", "some contrast"),
+        ("termination.0.image", ..., "termination[0].image is missing", "a string"),
+        (
+            "termination.0.region",
+            [200, 200, 100, 20],
+            "termination[0].image is 'game_over.png'",
+            "fits in region [200, 200, 100, 20] (100x20 px); it is 120x30 px",
+        ),
+        ("termination.0.region", [0, 0, 10], "termination[0].region is [0, 0, 10]", "[x, y, width, height]"),
+        ("termination.0.region", [-1, 0, 200, 50], "termination[0].region is [-1, 0, 200, 50]", "x and y >= 0"),
+        ("termination.0.threshold", 1.5, "termination[0].threshold is 1.5", "(0, 1]"),
+        ("termination.0.downscale", 0, "termination[0].downscale is 0", "an integer >= 1"),
+        ("termination.0.downscale", 20, "termination[0].image is 'game_over.png'", "after downscale 20"),
+        ("termination.0.outcome", "none", "termination[0].outcome is 'none'", '"terminated", "truncated"'),
+        ("termination.0.reward", 1.0, "termination[0].reward is not a known field", "outcome"),
+        ("rewards", [{"kind": "template", "image": "game_over.png"}], "rewards[0].reward is missing", "a number"),
+        ("rewards.0.variable", "progress", "rewards[0].variable is 'progress'", "lives, moving, progress_x"),
+        ("screen.progress.kind", "parallax", "screen.progress.kind is 'parallax'", '"scroll", "screen_change"'),
+        ("screen.progress.region", [0, 0, 8, 8], "screen.progress.region is [0, 0, 8, 8]", ">= 16"),
+        ("screen.progress.width", 4, "screen.progress.width is 4", "an integer >= 16"),
+        ("screen.progress.min_response", 1.0, "screen.progress.min_response is 1.0", "[0, 1)"),
+        ("screen.progress.max_shift_px", 0, "screen.progress.max_shift_px is 0", "a number > 0"),
+        ("screen.progress.axis", "x", "screen.progress.axis is not a known field", "max_shift_px"),
+        ("screen.moving.max_shift_px", 5, "screen.moving.max_shift_px is not a known field", "min_change"),
+        ("screen.moving.min_change", -1, "screen.moving.min_change is -1", ">= 0"),
+        ("screen.2fast", {"kind": "scroll"}, "screen.2fast is '2fast'", "letters, digits and _"),
+        ("screen.lives", {"kind": "screen_change"}, "screen.lives is a table", "lives is variables.lives"),
+        (
+            "screen.progress_x",
+            {"kind": "screen_change"},
+            "screen.progress_x is a table",
+            "progress_x is screen.progress",
+        ),
+        ("screen.progress_y", {"kind": "screen_change"}, "screen.progress_y is a table", "(progress_y) are not"),
+    ],
+)
+def test_an_invalid_screen_field_or_template_is_named_with_what_was_expected(
+    profile_folder: Path, dotted: str, value: Any, named: str, expected: str
+) -> None:
+    with pytest.raises(ProfileError) as raised:
+        parse_profile(with_change(SCREEN_PROFILE, dotted, value), profile_folder / "bad.toml")
+    message = str(raised.value)
+    assert message.startswith("profile bad.toml: ")
+    assert named in message and expected in message
+
+
+def test_a_scroll_named_after_a_variable_prefix_clashes_when_its_variables_do(profile_folder: Path) -> None:
+    """ "lives" the memory variable and a scroll "lives" (lives_x, lives_y) may live side by side, but a variable
+    named lives_x may not."""
+    data = with_change(SCREEN_PROFILE, "screen.lives", {"kind": "scroll"})
+    assert parse_profile(data, profile_folder / "ok.toml").screen_variables[-2:] == ("lives_x", "lives_y")
+    data = with_change(data, "variables.lives_x", {"address": 0x1004})
+    with pytest.raises(ProfileError, match=r"screen.lives is a table; .*lives_x is variables.lives_x"):
+        parse_profile(data, profile_folder / "bad.toml")
+
+
+def test_a_template_image_is_found_relative_to_the_profile_file(profile_folder: Path, tmp_path: Path) -> None:
+    (profile_folder / "profiles").mkdir()
+    path = profile_folder / "profiles" / "mine.toml"
+    path.write_text(
+        '[game]\nname = "mine"\nbackend = "desktop"\n[window]\ntitle = "Mine"\n[actions]\nkeys = [[], ["Right"]]\n'
+        '[[rewards]]\nkind = "template"\nimage = "../game_over.png"\nreward = -1.0\ndownscale = 2\n',
+        encoding="utf-8",
+    )
+    profile = load_profile(path)
+    reward = profile.rewards[0]
+    assert isinstance(reward, TemplateReward) and reward.reward == -1.0
+    assert reward.match.image == profile_folder / "game_over.png" and reward.match.pixels.shape == (15, 60)
+    assert reward.match.region is None and reward.match.signal == "rewards[0]"
+
+
+def test_the_screen_signals_example_in_the_docs_loads(profile_folder: Path) -> None:
+    docs = (Path(__file__).resolve().parents[3] / "docs" / "profiles.md").read_text(encoding="utf-8")
+    section = docs.split("## Screen signals: an example", 1)[1]
+    example = section.split("```toml\n", 1)[1].split("```", 1)[0]
+    (profile_folder / "my_platformer_game_over.png").write_bytes((profile_folder / "game_over.png").read_bytes())
+    path = profile_folder / "my_platformer.toml"
+    path.write_text(example, encoding="utf-8")
+    profile = load_profile(path)
+    assert profile.screen_variables == ("progress_x", "progress_y", "picture")
+    assert [term.kind for term in profile.rewards] == ["delta", "milestone"]
+    assert [rule.kind for rule in profile.termination] == ["template", "stagnation", "time_cap"]
