@@ -46,6 +46,7 @@ from services.env_gateway.profiles import (
     TemplateReward,
     TemplateRule,
     TerminationRule,
+    ThresholdRule,
     TimeCapRule,
     VariableSpec,
     XTeleportRule,
@@ -245,6 +246,9 @@ class RulesEngine:
         time_s: float,
     ) -> tuple[bool, float | None]:
         """Whether `rule` fires on this frame, and the x of the death it detected (x_teleport)."""
+        if isinstance(rule, ThresholdRule):
+            value = variables[rule.variable]
+            return (value < rule.value if rule.below else value > rule.value), None
         if isinstance(rule, EqualsRule):
             return (variables[rule.variable] == rule.value) != rule.negate, None
         if isinstance(rule, AllZeroRule):

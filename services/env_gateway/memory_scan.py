@@ -638,8 +638,7 @@ class Scan:
         )
 
     def hold(self, keys: Iterable[str], seconds: float) -> None:
-        # One window and one injector for the whole scan, as the gateway keeps them: input sent on a
-        # connection closed right after can be lost (a release that never arrives leaves the key held).
+        # One window and one injector for the whole scan, as the gateway keeps them.
         if self._keys is None:
             window = self.platform.find_window(None, self.process)
             self._keys = (window, self.platform.open_keys(window))

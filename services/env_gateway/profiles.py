@@ -285,6 +285,20 @@ class EqualsRule:
 
 
 @dataclass(frozen=True)
+class ThresholdRule:
+    """The variable is past a bound: above it (kind "above"), or below it (kind "below")."""
+
+    variable: str
+    value: float
+    below: bool
+    outcome: Outcome = "terminated"
+
+    @property
+    def kind(self) -> str:
+        return "below" if self.below else "above"
+
+
+@dataclass(frozen=True)
 class AllZeroRule:
     variables: tuple[str, ...]
     outcome: Outcome = "terminated"
@@ -328,7 +342,7 @@ class TemplateRule:
         return self.match.signal
 
 
-TerminationRule = EqualsRule | AllZeroRule | XTeleportRule | StagnationRule | TimeCapRule | TemplateRule
+TerminationRule = EqualsRule | ThresholdRule | AllZeroRule | XTeleportRule | StagnationRule | TimeCapRule | TemplateRule
 
 
 @dataclass(frozen=True)
@@ -780,7 +794,7 @@ def _parse_reward(table: _Table, variables: Collection[str], folder: Path) -> Re
 def _parse_rule(table: _Table, variables: Collection[str], folder: Path) -> TerminationRule:
     kind = table.choice(
         "kind",
-        ("equals", "not_equals", "all_zero", "x_teleport", "stagnation", "time_cap", "template"),
+        ("equals", "not_equals", "above", "below", "all_zero", "x_teleport", "stagnation", "time_cap", "template"),
         required=True,
     )
     if kind == "template":
@@ -792,6 +806,14 @@ def _parse_rule(table: _Table, variables: Collection[str], folder: Path) -> Term
             table.variable("variable", variables),
             table.number("value", required=True),
             negate=kind == "not_equals",
+            outcome=table.outcome("terminated"),
+        )
+    if kind in ("above", "below"):
+        table.only("kind", "variable", "value", "outcome")
+        return ThresholdRule(
+            table.variable("variable", variables),
+            table.number("value", required=True),
+            below=kind == "below",
             outcome=table.outcome("terminated"),
         )
     if kind == "all_zero":

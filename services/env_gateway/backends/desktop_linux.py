@@ -10,6 +10,7 @@ CAP_SYS_PTRACE); module bases come from /proc/<pid>/maps.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -200,6 +201,10 @@ class XTestKeys:
         return {"display": self._display.get_display_name()}
 
     def close(self) -> None:
+        # A round trip first: a release sent just before the connection closes can otherwise be lost,
+        # leaving the key held in the game's eyes (SDL then misses the next press of that key).
+        with contextlib.suppress(xerror.XError, OSError):  # the X server went away: nothing is held there
+            self._display.sync()
         self._display.close()
 
 

@@ -85,9 +85,11 @@ def test_constant_reward_is_paid_every_frame() -> None:
             [0, 1],
             [(False, True)],
         ),
+        ({"kind": "above", "variable": "flag", "value": 1000}, [0, 1000, 1000.5], [(False, False), (True, False)]),
+        ({"kind": "below", "variable": "flag", "value": 1}, [5, 1, 0.5], [(False, False), (True, False)]),
     ],
 )
-def test_equality_rules_end_the_episode_with_their_outcome(
+def test_equality_and_threshold_rules_end_the_episode_with_their_outcome(
     rule: dict[str, Any], frames: list[float], expected: list[tuple[bool, bool]]
 ) -> None:
     engine = RulesEngine(profile(termination=[rule]))
@@ -326,6 +328,8 @@ EVERY_KIND = profile(
         {"kind": "stagnation", "variable": "x", "window_s": 5.0, "epsilon_px": 1.0},
         {"kind": "equals", "variable": "flag", "value": 1, "outcome": "terminated"},
         {"kind": "all_zero", "variables": ["hp1", "hp2"], "outcome": "terminated"},
+        {"kind": "above", "variable": "hp1", "value": 1000},
+        {"kind": "below", "variable": "hp2", "value": -1000},
         {"kind": "time_cap", "seconds": 600},
     ],
 )
