@@ -42,6 +42,7 @@ from services.env_gateway.profiles import NUMBER_TYPES, VariableSpec
 SCAN_TYPES: dict[str, np.dtype] = {name: np.dtype("<" + code) for name, code in NUMBER_TYPES.items()}
 COMPARISONS = ("changed", "unchanged", "increased", "decreased")
 BLOCK_BYTES = 64 << 20
+MAX_COLLECTED_CHAINS = 100_000
 # Below this share of a block's slots, candidates are kept as indices (8 bytes each) instead of a mask.
 SPARSE_SHARE = 1 / 16
 DEFAULT_FLOAT_TOLERANCE = 0.5
@@ -344,7 +345,7 @@ def pointer_map(memory: ProcessMemory, regions: Sequence[MemoryRegion], pointer_
     if not slots:
         return PointerMap(np.empty(0, np.uint64), np.empty(0, np.uint64), read)
     all_slots, all_targets = np.concatenate(slots), np.concatenate(targets)
-    order = np.argsort(all_targets, kind="stable")
+    order = np.argsort(all_targets)
     return PointerMap(all_slots[order], all_targets[order], read)
 
 
@@ -354,7 +355,7 @@ class PointerScanResult:
     levels: list[int]
     """How many addresses each level of the backward walk reached."""
     truncated: bool
-    """Whether a level was cut at `max_nodes` (chains through the cut addresses are not found)."""
+    """Whether a level was cut at `max_nodes` or the chains at MAX_COLLECTED_CHAINS (some were not followed)."""
     bytes_read: int
 
 
@@ -400,7 +401,7 @@ def pointer_scan(
     level = seen
     levels: list[int] = []
     truncated = False
-    for _ in range(max_depth):
+    for depth in range(1, max_depth + 1):
         low = np.searchsorted(pointers.targets, level - np.minimum(level, np.uint64(max_offset)), side="left")
         high = np.searchsorted(pointers.targets, level, side="right")
         counts = high - low
@@ -411,11 +412,17 @@ def pointer_scan(
         index = first + np.arange(total)
         slot, node = pointers.slots[index], np.repeat(level, counts)
         offset = node - pointers.targets[index]
-        order = np.argsort(slot, kind="stable")
-        slot, node, offset = slot[order], node[order], offset[order]
-        edges.append((slot, node, offset))
         is_static = static(slot)
+        last = depth == max_depth
+        if last:  # nothing goes deeper: only the pointers in static memory, which end chains, matter
+            slot, node, offset = slot[is_static], node[is_static], offset[is_static]
+            is_static = np.ones(len(slot), dtype=bool)
+        order = np.argsort(slot)
+        slot, node, offset, is_static = slot[order], node[order], offset[order], is_static[order]
+        edges.append((slot, node, offset))
         ends.append(np.unique(slot[is_static]))
+        if last:
+            break
         # The next level: each new non-static slot once, with the smallest offset it was reached by.
         candidates, at = np.unique(slot[~is_static], return_index=True)
         smallest = np.minimum.reduceat(offset[~is_static], at) if len(at) else at
@@ -427,11 +434,12 @@ def pointer_scan(
             candidates = np.sort(candidates[np.argpartition(smallest, max_nodes)[:max_nodes]])
         seen = np.union1d(seen, candidates)
         level = candidates
+    # Every chain is collected before the best are chosen (up to a bound that keeps a huge scan finite).
     for depth, reached in enumerate(ends, start=1):
         for start in reached.tolist():
-            for tail in _paths(start, depth, edges):
-                chains.append(_chain(start, tail, statics, bases))
-            if len(chains) >= 4 * max_chains:
+            chains.extend(_chain(start, tail, statics, bases) for tail in _paths(start, depth, edges))
+            if len(chains) >= MAX_COLLECTED_CHAINS:
+                truncated = True
                 break
     chains = sorted(set(chains), key=lambda chain: chain_order(chain, prefer))
     return PointerScanResult(chains[:max_chains], levels, truncated, pointers.bytes_read)
