@@ -4,7 +4,8 @@ The game is started straight into Welcome to Antarctica, as docs/your-game.md sa
 desktop backend and the profile's rules: Tux's x (read from the global `rtrl scan` found) grows while
 Right is held, holding on runs him into the level's first snowball and the episode ends by the
 profile's death rule, and the reset (the pause menu's Restart Level) puts him back at the start.
-Then `rtrl up` plays it for 60 s with the learner training, and the summary is checked.
+Then `rtrl up` plays it for 60 s with the learner training, and the summary is checked. Before all
+that, `rtrl scan` walks Tux itself and finds the profile's x among its chains.
 """
 
 from __future__ import annotations
@@ -91,6 +92,29 @@ def supertux(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         game.wait()
         server.terminate()
         server.wait()
+
+
+def test_rtrl_scan_finds_the_profiles_x_while_it_walks_tux_itself(supertux: str) -> None:
+    # First in the file: the level has just started, and Tux is far from the first snowball.
+    window = LinuxPlatform(supertux).find_window("SuperTux", "supertux2")
+    pid = window.pid
+    window.close()
+    steps = ["--unknown", "--hold", "Right", "0.4s", "--wait", "0.4s", "--increased"]
+    steps += ["--hold", "Left", "0.3s", "--wait", "0.6s", "--decreased", "--wait", "0.3s", "--unchanged"]
+    steps += ["--hold", "Right", "0.3s", "--wait", "0.5s", "--increased", "--pointers", "--json"]
+    result = subprocess.run(
+        [sys.executable, "-m", "rtrl.cli", "scan", str(pid), "--type", "f32", "--name", "x", *steps],
+        env={**os.environ, "DISPLAY": supertux},
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    found = json.loads(result.stdout)
+    profile_x = ("supertux2", [0x5F97C8])  # what services/env_gateway/profiles/supertux_linux.toml reads
+    assert profile_x in [(chain["module"], chain["pointers"]) for chain in found["chains"]], found["chains"]
+    assert found["toml"].startswith("[variables.x]")
 
 
 def play(backend: RulesBackend, action: int, seconds: float) -> tuple[bool, bool]:
