@@ -1,80 +1,13 @@
 """The realtime game clock: steps the game at a fixed frame rate, never waits, and turns replies into actions.
 
-Frames are the unit. k = decision_interval_frames, L = lead_frames, S = max_staleness_frames; `f` is
-the gateway-wide frame index (one tick of the clock produces frame f), `e` the first frame of the
-current episode.
-
-Schedule. The clock thread ticks against an absolute schedule: frame f is due at t0 + f / rate, t0
-being when the first frame was produced (so a slow first reset, e.g. an emulator loading its ROM,
-is not counted as lateness). It sleeps until the due time and never accumulates drift. A tick that
-starts more than one frame time after its due time counts in `frames_late`; when the clock is more
-than `CATCH_UP_LIMIT_FRAMES` behind, the schedule is moved instead of ticking a burst to catch up,
-because a burst of frames is a game running too fast, which is worse for the player than a short
-stall.
-
-Episodes. Tick e resets the backend (the reset frame applies no action). A terminated or truncated
-frame (or `max_episode_frames` frames) ends the episode; the next tick resets.
-
-Lead. L is fixed for an episode. With a staggering scheduler it follows the scheduler's round trip T
-(`lead_for_episode`, T rounded up to frames, at most S): the replies that act on an episode's steps
-come from observations about T old, so the observation recorded with a step is then, in the steady
-state, the one its action was computed from. With next_idle (asynchronous) it is the larger of the
-configured lead and the mailbox's usual staleness D (below) up to S - k, for the same reason, and
-because the first D frames of an episode cannot have a reply: they are lead, not decisions left on
-the fallback (S - k: a reply that misses its step can still serve the next one).
-Otherwise L is the configured lead.
-
-Decisions. Decision step j of an episode samples its observation at frame e + j*k, right after that
-frame is produced, and executes its action over frames [e + j*k + L, e + (j+1)*k + L). The first L
-frames of an episode (the reset frame included) apply the fallback policy's choice and are not a
-decision; with L = 0 the reset frame is step 0's first frame. Sampling only records which raw frames
-make up the observation (no pixel work): the sample goes to a dispatcher thread (see dispatcher.py)
-that preprocesses it and sends Act with a deadline of the due time of the last frame at which its
-reply could still start a step (frame obs + S in the default S = L + k), minus `DEADLINE_MARGIN_S`.
-
-Mailbox. Replies arrive on gRPC threads and are kept, each with its observation frame, episode,
-arrival time, policy version and log-probability (`ActionMailbox`). At the first tick of step j
-(frame e + j*k + L) the clock takes the newest pending reply whose staleness (this frame - its
-observation frame) is <= S: that is the step's action (fresh), except that a reply which arrived
-early, with a staleness that will still be at most the usual staleness D at the next step (this
-staleness + k <= D, so in practice with k = 1), waits for that step when another pending reply can
-serve this one. Older pending replies count as `replies_superseded`. D is the median arrival
-staleness of the last `ARRIVAL_WINDOW` replies (a reply offered during tick f has arrival staleness
-f + 1 - its observation frame), 0 until `ARRIVAL_MIN` have arrived, and 0 (every reply due) while
-more than `SCARCE_ARRIVALS_PER_STEP` replies arrive per step. Why: replies come back a round
-trip after their observation, so each lands a fixed time after one tick; when that tick starts late
-(a busy machine), the reply meant for the next tick is already there, and taking the newest would
-spend two replies on one tick and leave the next without any (measured: about half of the fallback
-decisions at N = ceil(t_infer/t_frame) + 1 on a loaded machine). The jitter reserve R
-(RTRL_JITTER_RESERVE_FRAMES, 1 unless set; the gateway gives 0 in sequential interaction) adds R frames
-to D (at most S) and holds early replies even when no other reply serves this step: every fresh action
-then lands D + R frames after its observation, so a reply up to R frames late still finds its step (the
-other half of those misses: a reply that comes back a frame late). The reserve costs R frames of
-staleness on every action, and one step the first time D grows. A reply to an observation older than (or
-the same as) the last one acted on in the episode, such as the second answer to a hedged call, counts as
-superseded: actions are applied in the order of their observations. Replies whose staleness already
-exceeds S when they arrive or when a step starts, and replies of a previous episode, count as
-`replies_late` and are dropped. Without a usable reply the fallback policy chooses: noop ->
-`fallback_action`, repeat_last -> the last applied action (`fallback_action` at the start of an
-episode), random -> uniform. The step's action is held for all its k frames.
-
-Measurements. Staleness of a fresh step = its first applied frame - its observation frame.
-Decision overhead = time from the observation frame being produced to its reply being placed in
-the mailbox (the cost the system adds; waiting for the next step boundary is frame quantisation,
-which staleness measures).
-
-Transitions. Each executed step becomes one `StepRecord` (a Transition whose observation is still
-raw frames; the publisher thread preprocesses and encodes it): the step's own observation, its
-action, the reward summed over its frames, terminated/truncated when the episode ended during the
-step (which ends the step early), and where the action came from, with the frame of the observation
-it was computed from (usually the step's own; an earlier one when a reply missed its step and served
-the next, a later one when a reply overtook). `seq` counts every
-record created, across episodes, so a consumer sees dropped records as gaps. The clock hands records
-to `publish`, which must not block (it drops and counts when full).
+The specification (schedule, episodes, lead, decisions, the mailbox, measurements, transitions) is
+docs/clock.md; the names below follow it: k = decision_interval_frames, L = lead_frames,
+S = max_staleness_frames, f the frame index, e an episode's first frame, D the usual staleness and R
+the jitter reserve.
 
 Only the clock thread touches the backend. This module does not import grpc: replicas are reached
 through the dispatcher, the publisher and viewers through injected callables. `EpisodeSteps` keeps
-the episodes, steps, records and counters described here for this clock and for the simulated clock
+the episodes, steps, records and counters for this clock and for the simulated clock
 (simulated_clock.py), which differ only in their schedule and where replies come from.
 """
 
