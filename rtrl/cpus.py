@@ -2,10 +2,9 @@
 
 Every service calls `apply_cpus_from_env` first thing in its main, before it starts a thread (threads
 inherit the affinity of the thread that starts them). `rtrl up --learner-cpus` uses it to give the
-learner CPUs of its own and everything else the rest: measured on 2 cores with a zero-cost policy,
-the decision overhead's p99 stayed at 1.57-1.79 ms pinned against 1.76-2.63 ms unpinned, with the
-learner updating as fast as before (docs/staggering-benchmark.md). Unset, the scheduler places
-everything, and the learner's nice level is what keeps it out of the way.
+learner CPUs of its own and everything else the rest, which keeps the learner's bursts off the decision
+path (measured in docs/staggering-benchmark.md, "The learner on a CPU of its own"). Unset, the
+scheduler places everything, and the learner's nice level is what keeps it out of the way.
 """
 
 from __future__ import annotations

@@ -67,7 +67,7 @@ class InferenceServiceServicer:
     def ActStream(self, request_iterator, context):
         """Act for a sequence of observations on one long-lived stream: one response per request, in the
         order of the requests. The gateway uses it: a message on an open stream skips the set-up of a
-        call, about 0.4 ms of each round trip here (bench/paced_round_trip.py). Each request carries its
+        call. Each request carries its
         own timeout and each response its own error, so a refused request does not end the stream. The
         stream is refused with RESOURCE_EXHAUSTED when the replica has no worker thread to give it (each
         open stream holds one), and ends when the replica shuts down. The same messages also go on the

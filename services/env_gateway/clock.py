@@ -44,7 +44,7 @@ ARRIVAL_MIN = 16
 # An early reply is held back only while replies are scarce: at most this many arrive per step on
 # average (next_idle sends each observation once, about one per step). With more (the staggering
 # schedulers resend), the next step is likely to get its own reply, and holding back would only add
-# a frame of staleness (measured: mean 1.2-1.6 -> 2.0 frames at t_infer = half a frame, same coverage).
+# a frame of staleness for the same coverage (docs/staggering-benchmark.md).
 SCARCE_ARRIVALS_PER_STEP = 1.2
 RECENT_RETURNS = 100
 

@@ -36,13 +36,11 @@ T = TypeVar("T")
 BATCH_SIZE = 64
 # What the gateway passes as `batch_interval_s` in async interaction: the thread then wakes at most this
 # often instead of once per transition, because each wake-up and its Redis round trip compete for the
-# CPU with the Act calls in flight (measured on 2 loaded cores: zero-cost decision overhead p50 1.97 ->
-# 1.77 ms, p90 5.0 -> 3.8 ms, about what publishing nothing gives). The learner does not notice 50 ms;
+# CPU with the Act calls in flight (docs/staggering-benchmark.md). The learner does not notice 50 ms;
 # sequential interaction, whose Train waits for the transition, publishes at once.
 BATCH_INTERVAL_S = 0.05
-# ... and, given the clock's `quiet_after`, it wakes mid-frame, away from the decisions' round trips:
-# a trace of the zero-cost path with the learner training found 3% of decisions overlapping a write,
-# at p50 1.3-1.4 ms against 1.05 ms for the others (docs/staggering-benchmark.md).
+# ... and, given the clock's `quiet_after`, it wakes mid-frame, away from the decisions' round trips,
+# which a write overlapping them slows down (docs/staggering-benchmark.md).
 MIN_BACKOFF_S = 0.1
 MAX_BACKOFF_S = 2.0
 _POLL_S = 0.1
