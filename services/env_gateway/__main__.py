@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import sys
 
+import cv2
+
 from rtrl.config import SettingsError
 from rtrl.cpus import apply_cpus_from_env
 from services.env_gateway.backends import BackendError
@@ -14,6 +16,9 @@ from services.env_gateway.settings import GatewaySettings
 
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # OpenCV's worker threads make none of the gateway's small images faster, and a call that waits for
+    # one the OS has not scheduled yet stalls the game clock (docs/profiles.md, screen signals' costs).
+    cv2.setNumThreads(1)
     try:
         apply_cpus_from_env()
         serve(GatewaySettings.from_env())
