@@ -1,5 +1,6 @@
 """The settings tables (rtrl/settings.py): each service reads exactly what it declares, a name nothing reads
-is an error with the closest one, and the run file's sections and keys are checked."""
+is an error with the closest one, the run file's sections and keys are checked, and docs/settings.md is
+what the tables say."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from rtrl.settings import (
     load_run_file,
     service_settings,
 )
+from rtrl.settings_doc import settings_doc
 from services.dashboard.settings import DashboardSettings
 from services.env_gateway.settings import GatewaySettings
 from services.inference.settings import InferenceSettings
@@ -310,3 +312,11 @@ def test_help_lists_every_setting_with_its_type_default_and_meaning(
     for service in services:
         for setting in service_settings()[service]:
             assert f"  {setting.variable} (" in text and setting.meaning in text, setting.variable
+
+
+# -- docs/settings.md ------------------------------------------------------------------------------------
+
+
+def test_docs_settings_md_is_what_the_tables_say() -> None:
+    committed = (ROOT / "docs" / "settings.md").read_text()
+    assert committed == settings_doc(), "docs/settings.md is out of date: run scripts/gen-settings-doc and commit it"
