@@ -84,17 +84,18 @@ def did_you_mean(name: str, known: Iterable[str]) -> str:
 
 def check_variable(name: str, hyperparameters: bool = True) -> None:
     """Raises SettingsError when no part of rtrl reads the variable `name` (RTRL_...). With `hyperparameters`
-    False, RTRL_<ALGORITHM>_* names pass unchecked: knowing them means importing the algorithms and so torch,
-    which the gateway and the dashboard do without; the learner and `rtrl up` check them."""
+    False (or without torch), RTRL_<ALGORITHM>_* names pass unchecked: knowing them means importing the algorithms
+    and so torch, which the gateway and the dashboard do without; the learner and `rtrl up` check them."""
     known = _base_variables()
     if name in known:
         return
-    if not hyperparameters and name.startswith(_algorithm_prefixes()):
-        return
     if hyperparameters:
-        known = known | _hyperparameter_variables()
-        if name in known:
-            return
+        try:
+            known = known | _hyperparameter_variables()
+        except ModuleNotFoundError:  # no torch (a gateway-only install): as the gateway checks
+            hyperparameters = False
+    if name in known or (not hyperparameters and name.startswith(_algorithm_prefixes())):
+        return
     suggestion = did_you_mean(name, known)
     if suggestion:
         raise SettingsError(f"{name} is not a setting;{suggestion}")
