@@ -3,16 +3,20 @@
 (rtrl/scan.py); `rtrl profile check` shows a game profile's variables and rewards live (rtrl/profile_check.py).
 
 The single-service commands are the entry points docker compose uses; they read only RTRL_*
-environment variables, so a service behaves the same under compose, under `rtrl up` and by hand.
+environment variables, so a service behaves the same under compose, under `rtrl up` and by hand. `rtrl up`
+also reads a run file (`--config run.toml`: rtrl/settings.py). Every `--help` of a service, and `rtrl up
+--help`, ends with the settings it reads, made from the same tables as docs/settings.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import runpy
 import sys
 from pathlib import Path
+from typing import Any
 
 from rtrl import __version__
 from rtrl.config import (
@@ -21,9 +25,11 @@ from rtrl.config import (
     DEFAULT_HOST,
     DEFAULT_INFERENCE_PORT,
     DEFAULT_LEARNER_PORT,
+    SettingsError,
 )
 from rtrl.cpus import parse_cpu_list
 from rtrl.extras import missing_extra
+from rtrl.settings import RunFile, check_variable, did_you_mean, load_run_file, settings_help
 from rtrl.supervision import DEFAULT_RESTART_POLICY, RESTART_POLICIES
 
 SERVICES = {
@@ -100,15 +106,83 @@ def _key_value(text: str) -> tuple[str, str]:
     name, value = text.split("=", 1)
     if not name.startswith("RTRL_"):
         raise argparse.ArgumentTypeError(f"{name} is not an rtrl setting; settings start with RTRL_")
+    try:
+        check_variable(name)
+    except SettingsError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
     return name, value
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, whose --help ends with the settings of the services in `settings_of`: made only when
+    asked for, since the learner's hyperparameters import torch."""
+
+    def __init__(self, *args: Any, settings_of: tuple[str, ...] = (), **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.settings_of = settings_of
+
+    def format_help(self) -> str:
+        text = super().format_help()
+        return f"{text}\n{settings_help(self.settings_of)}\n" if self.settings_of else text
+
+
+def _long_options(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
+    # argparse keeps a parser's options in _actions and has no public list of them.
+    return {option: action for action in parser._actions for option in action.option_strings if option.startswith("--")}
+
+
+def up_arguments(up: argparse.ArgumentParser, run_file: RunFile) -> list[str]:
+    """A run file's [up] as `rtrl up` options (key inference_replicas is --inference-replicas), to go before the
+    command line's own, which therefore win. Raises SettingsError for a key that is no option."""
+    options = _long_options(up)
+    arguments: list[str] = []
+    for key, value in run_file.up.items():
+        option = "--" + key.replace("_", "-")
+        if key == "set":
+            raise SettingsError(
+                f"{run_file.path}: [up] set is not for a run file; give each setting under [all] or its service's "
+                "section."
+            )
+        if option not in options or key == "config":
+            keys = [o[2:].replace("-", "_") for o in options if o not in ("--config", "--set", "--help")]
+            raise SettingsError(
+                f"{run_file.path}: [up] {key} is not an option of rtrl up;{did_you_mean(key, keys)} "
+                "`rtrl up --help` lists them."
+            )
+        action = options[option]
+        if action.nargs == 0:  # a switch: --dashboard / --no-dashboard
+            if not isinstance(value, bool):
+                raise SettingsError(f"{run_file.path}: [up] {key} = {value!r}: give true or false.")
+            negative = "--no-" + option[2:]
+            arguments += [option] if value else ([negative] if negative in action.option_strings else [])
+            continue
+        for item in value if isinstance(value, list) else [value]:
+            arguments += [option, str(item).lower() if isinstance(item, bool) else str(item)]
+    return arguments
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rtrl", description="Reinforcement learning on games that never pause.")
+    parser = _Parser(prog="rtrl", description="Reinforcement learning on games that never pause.")
     parser.add_argument("--version", action="version", version=f"rtrl {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    up = sub.add_parser("up", help="run Redis, the learner, inference replicas and the gateway on this machine")
+    up = sub.add_parser(
+        "up",
+        help="run Redis, the learner, inference replicas and the gateway on this machine",
+        description="Runs the whole stack on this machine. Settings come, each overriding the next: from what rtrl "
+        "up sets for each process (ports, ids, the run's files), --set, rtrl up's options (the command line's, "
+        "then the run file's [up]), the environment, the run file's [all] and service sections, and the "
+        "defaults (docs/settings.md).",
+        settings_of=tuple(SERVICES),
+    )
+    up.add_argument(
+        "--config",
+        type=Path,
+        metavar="RUN_FILE",
+        help="a TOML run file: [up] holds these options (inference_replicas = 3), [all] settings for every "
+        "service, and [gateway], [inference], [learner], [dashboard] each service's (frame_stack = 4 for "
+        "RTRL_FRAME_STACK); an unknown name is an error (docs/settings.md)",
+    )
     up.add_argument("--env", default="ale:Pong", help="game to run (default: ale:Pong)")
     up.add_argument("--inference-replicas", type=_replica_count, default=2, help="inference replicas (default: 2)")
     up.add_argument("--duration", type=_positive_float, help="stop cleanly after this many seconds")
@@ -131,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="INDEX:NAME=VALUE",
         help="an environment variable for gateway INDEX alone (repeatable), such as 1:DISPLAY=:2 for a desktop game "
-        "on a second X display, or 1:RTRL_PROFILE=second-window.toml",
+        "on a second X display, or 1:RTRL_PROFILE=second-window.toml (over every other setting of that gateway)",
     )
     up.add_argument("--gateway-port", type=int, default=DEFAULT_GATEWAY_PORT, help="port of gateway 0")
     up.add_argument("--learner-port", type=int, default=DEFAULT_LEARNER_PORT)
@@ -200,7 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="RTRL_NAME=VALUE",
-        help="pass a setting to every service (repeatable), e.g. --set RTRL_DECISION_INTERVAL_FRAMES=2",
+        help="pass a setting to every service (repeatable), e.g. --set RTRL_DECISION_INTERVAL_FRAMES=2; it wins "
+        "over the options above (--set RTRL_INTERACTION=sequential turns only the gateway sequential)",
     )
 
     play = sub.add_parser(
@@ -314,12 +389,31 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--interval", type=_positive_float, default=1.0, help="seconds between refreshes")
 
     for name, (_module, help_text) in SERVICES.items():
-        sub.add_parser(name, help=f"run {help_text} (settings from RTRL_* environment variables)")
+        sub.add_parser(
+            name,
+            help=f"run {help_text} (settings from RTRL_* environment variables)",
+            description=f"Runs {help_text}. Its settings come from RTRL_* environment variables, listed below; "
+            "an RTRL_* variable that no service reads stops it at start.",
+            settings_of=(name,),
+        )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    run_file: RunFile | None = None
+    if args.command == "up" and args.config is not None:
+        try:
+            run_file = load_run_file(args.config)
+            file_arguments = up_arguments(_subcommand(parser, "up"), run_file)
+        except SettingsError as e:
+            print(f"rtrl up: {e}", file=sys.stderr)
+            return 2
+        # The file's [up] goes first, so that an option also on the command line wins.
+        up_at = argv.index("up") + 1
+        args = parser.parse_args([*argv[:up_at], *file_arguments, *argv[up_at:]])
     if args.command in SERVICES:
         module, _ = SERVICES[args.command]
         sys.argv = [module]
@@ -334,7 +428,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     if args.command == "health":
-        from rtrl.config import SettingsError
         from rtrl.grpc_util import health_status
 
         try:
@@ -409,6 +502,14 @@ def main(argv: list[str] | None = None) -> int:
     gateway_env: dict[int, dict[str, str]] = {}
     for index, name, value in args.gateway_settings:
         gateway_env.setdefault(index, {})[name] = value
+    try:
+        # Checked here too, before anything starts, though each service checks what it is given.
+        for name in [*(n for env in gateway_env.values() for n in env), *os.environ]:
+            if name.startswith("RTRL_"):
+                check_variable(name)
+    except SettingsError as e:
+        print(f"rtrl up: {e}", file=sys.stderr)
+        return 2
     options = UpOptions(
         env=args.env,
         inference_replicas=args.inference_replicas,
@@ -432,8 +533,16 @@ def main(argv: list[str] | None = None) -> int:
         gateways=args.gateways,
         gateway_env=gateway_env,
         extra_env=dict(args.settings),
+        run_file=run_file,
     )
     return up(options)
+
+
+def _subcommand(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    # argparse has no public way to reach a subcommand's parser.
+    [commands] = [action for action in parser._actions if isinstance(action, argparse._SubParsersAction)]
+    parser_of_command: argparse.ArgumentParser = commands.choices[name]
+    return parser_of_command
 
 
 if __name__ == "__main__":

@@ -14,11 +14,15 @@ import os
 import re
 from collections.abc import Mapping
 
-from rtrl.config import PREFIX, SettingsError
+from rtrl.config import PREFIX, Setting, SettingsError
 
 log = logging.getLogger(__name__)
 
 CPUS_VARIABLE = "CPUS"
+# Read by every service (rtrl/settings.py lists it with the settings they share).
+CPUS_SETTING = Setting(
+    CPUS_VARIABLE, str, "", "CPUs the process may run on, like taskset: 1, 2-3, 0,2; empty: any (--learner-cpus)."
+)
 _RANGE = re.compile(r"^(\d+)(?:-(\d+))?$")
 # Far beyond any machine's CPU count (Linux builds allow 8192); a list past it is a typo, not a machine.
 _MAX_CPU = 65535
@@ -86,7 +90,7 @@ def split_cpus(learner_cpus: str, flag: str = "--learner-cpus") -> tuple[set[int
 
 def apply_cpus_from_env(env: Mapping[str, str] = os.environ) -> set[int] | None:
     """Restricts this process to RTRL_CPUS when it is set; returns the CPUs, or None when unset."""
-    text = env.get(PREFIX + CPUS_VARIABLE, "").strip()
+    text = CPUS_SETTING.read(env)
     if not text:
         return None
     if not hasattr(os, "sched_setaffinity"):

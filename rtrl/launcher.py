@@ -11,6 +11,9 @@ With `--dashboard` (the default) the dashboard's web page watches the stack; it 
 cannot start is reported and the stack runs on without it, and it is stopped first. `--record-every`
 records a greedy episode of each newer checkpoint now and then (rtrl/recordings.py) into the run's
 `recordings/`, which the dashboard links.
+Each service gets, from lowest to highest precedence: the run file's [all] and its own section (`--config`),
+the environment of `rtrl up`, what rtrl up derives from its options (RTRL_ENV from --env...), `--set`, and
+what rtrl up must choose for each process (ports, ids, the run's files); docs/settings.md says the same.
 A service that exits unexpectedly is restarted (rtrl/supervision.py says when, and when to give up);
 so is the embedded Redis, on the same port, from its append-only file. Restarts are counted in the
 status line and in the run's supervision.json, which `rtrl status` and the dashboard read.
@@ -52,6 +55,7 @@ from rtrl.orphans import dies_with_parent, parent_watch_env
 from rtrl.recordings import RecordingEntry, RecordingScheduler
 from rtrl.redis_client import redacted_url
 from rtrl.security import SecuritySettings
+from rtrl.settings import RunFile
 from rtrl.status import StackClient, StackStatus, status_line
 from rtrl.status_table import StackAddresses, write_addresses
 from rtrl.supervision import DEFAULT_RESTART_POLICY, SUPERVISION_FILE, Supervisor, supervision_text
@@ -72,6 +76,57 @@ HEALTH_SERVICES = {
     "services.inference": inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name,
     "services.learner": learner_pb2.DESCRIPTOR.services_by_name["LearnerService"].full_name,
 }
+
+
+# The service (its run file section) of each module rtrl up starts.
+SERVICE_OF_MODULE = {
+    "services.env_gateway": "gateway",
+    "services.inference": "inference",
+    "services.learner": "learner",
+    "services.dashboard": "dashboard",
+}
+# What rtrl up always sets itself, from its options or for each process it starts, with the [up] option to
+# use instead (None: rtrl up chooses it per process). A run file's value for one of them would never apply, so
+# it is refused. RTRL_SCHEDULER, RTRL_CPUS, RTRL_GATEWAY_ID and RTRL_DASHBOARD_RECORDINGS_DIR are set only
+# with --scheduler, --learner-cpus, several gateways or --record-every: a run file's value applies otherwise.
+SET_BY_UP: dict[str, str | None] = {
+    "RTRL_ENV": "env",
+    "RTRL_REDIS_URL": "redis_url",
+    "RTRL_CHECKPOINT_DIR": "checkpoint_dir",
+    "RTRL_GATEWAY_HOST": "host",
+    "RTRL_LEARNER_HOST": "host",
+    "RTRL_INFERENCE_HOST": "host",
+    "RTRL_DASHBOARD_HOST": "host",
+    "RTRL_GATEWAY_PORT": "gateway_port",
+    "RTRL_LEARNER_PORT": "learner_port",
+    "RTRL_LEARNER_ADDRESS": "learner_port",
+    "RTRL_INFERENCE_PORT": "inference_base_port",
+    "RTRL_DASHBOARD_PORT": "dashboard_port",
+    "RTRL_DASHBOARD_GATEWAYS": "gateways",
+    "RTRL_INTERACTION": "interaction",
+    "RTRL_LEARNER_MODE": "interaction",
+    "RTRL_GATEWAY_METRICS_PORT": "metrics_base_port",
+    "RTRL_LEARNER_METRICS_PORT": "metrics_base_port",
+    "RTRL_INFERENCE_METRICS_PORT": "metrics_base_port",
+    "RTRL_LEARNER_TENSORBOARD_DIR": "run_dir",
+    "RTRL_GATEWAY_FINAL_STATS_PATH": "run_dir",
+    "RTRL_GATEWAY_EPISODE_LOG": "run_dir",
+    "RTRL_DASHBOARD_SUPERVISION_FILE": "run_dir",
+    "RTRL_REPLICA_ID": None,
+    "RTRL_PARENT_PID": None,
+}
+
+
+def check_run_file(run_file: RunFile) -> None:
+    """Raises SettingsError for a setting of the run file that rtrl up sets itself (SET_BY_UP)."""
+    for section, env in run_file.env.items():
+        for name in env:
+            if name not in SET_BY_UP:
+                continue
+            key = name.removeprefix("RTRL_").lower()
+            option = SET_BY_UP[name]
+            instead = f"give {option} under [up] instead" if option else "leave it out"
+            raise SettingsError(f"{run_file.path}: [{section}] {key} is set by rtrl up itself; {instead}.")
 
 
 class LaunchError(RuntimeError):
@@ -112,6 +167,9 @@ class UpOptions:
     restart: str = DEFAULT_RESTART_POLICY
     """What to do when a service exits unexpectedly: "on-failure" restarts it, "never" stops the run."""
     extra_env: dict[str, str] = field(default_factory=dict)
+    """--set: settings for every service, over everything but what rtrl up chooses per process."""
+    run_file: RunFile | None = None
+    """--config: settings under the environment; its [up] is already in the options above."""
 
 
 @dataclass
@@ -159,9 +217,12 @@ class Stack:
         self.replica_addresses = [f"{o.host}:{o.inference_base_port + i}" for i in range(o.inference_replicas)]
         self.redis: LocalRedis | None = None
         self.redis_url = options.redis_url or ""
+        if options.run_file is not None:
+            check_run_file(options.run_file)
         # The launcher's own clients (health checks, the status line) use what the services are given, so
-        # TLS and the token set with --set reach them too. Raises SettingsError for unusable values.
-        self.security = SecuritySettings.from_env({**os.environ, **options.extra_env})
+        # TLS and the token set with --set or in the run file's [all] reach them too. Raises SettingsError for
+        # unusable values.
+        self.security = SecuritySettings.from_env({**self.file_env("all"), **os.environ, **options.extra_env})
         self.metrics_ports = metrics_ports(options)
         self.tensorboard_dir = self.run_dir / "tensorboard"
         self.learner: Child | None = None
@@ -175,6 +236,18 @@ class Stack:
         self.supervision_path = self.run_dir / SUPERVISION_FILE
 
     # -- starting ----------------------------------------------------------------------------------
+
+    def child_env(self, service: str, env: dict[str, str]) -> dict[str, str]:
+        """The whole environment of a child: the run file's settings for `service` under this process's
+        environment, under `env` (what rtrl up sets: its options, --set, per-process values)."""
+        return {**self.file_env(service), **os.environ, **env}
+
+    def file_env(self, service: str) -> dict[str, str]:
+        """What the run file gives `service` ("all": what it gives every service)."""
+        run_file = self.options.run_file
+        if run_file is None:
+            return {}
+        return run_file.service_env(service) if service != "all" else dict(run_file.env.get("all", {}))
 
     def common_env(self) -> dict[str, str]:
         o = self.options
@@ -202,6 +275,7 @@ class Stack:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"{name}.log"
         self.supervisor.record(name)
+        env = self.child_env(SERVICE_OF_MODULE[module], env)
         return Child(name, address, module, env, log_path, _popen(module, env, log_path), http, required)
 
     def _respawn(self, child: Child) -> None:
@@ -319,7 +393,8 @@ class Stack:
                 directory=self.recordings_dir.resolve(),
                 log_dir=self.log_dir,
                 interval_s=o.record_every_s,
-                child_env={**os.environ, **env, "PYTHONUNBUFFERED": "1"},
+                # `rtrl play` reads the gateway's settings: the run file's [gateway] too.
+                child_env={**self.child_env("gateway", env), "PYTHONUNBUFFERED": "1"},
                 on_recorded=_announce_recording,
             )
             self.recordings.start()
@@ -507,7 +582,7 @@ def _popen(module: str, env: dict[str, str], log_path: Path) -> subprocess.Popen
     with open(log_path, "ab") as log_file:
         return subprocess.Popen(
             [sys.executable, "-m", module],
-            env={**os.environ, **env, "PYTHONUNBUFFERED": "1", **parent_watch_env()},
+            env={**env, "PYTHONUNBUFFERED": "1", **parent_watch_env()},
             stdin=subprocess.DEVNULL,
             stdout=log_file,
             stderr=subprocess.STDOUT,

@@ -9,16 +9,15 @@ value, V-trace and PPO); both share the same torsos, so arch and width mean the 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from rtrl.config import PREFIX, SettingsError, env_choice, env_int
+from rtrl.config import MODEL_ARCHS
 
-ARCHS = ("nature_cnn", "mlp", "impala_cnn")
+ARCHS = MODEL_ARCHS
 # The ImpalaCNN's hidden layer in Espeholt et al. 2018 (and what brings k=1/7/29 to about 1M/10M/100M
 # parameters on 84x84 inputs; the Nature CNN's 512 would double the small model).
 IMPALA_HIDDEN_SIZE = 256
@@ -31,8 +30,6 @@ HEADS = ("q", "actor_critic")
 MAX_ACTION_COUNT = 4096
 MAX_MLP_INPUTS = 65_536
 MAX_IMAGE_SIDE = 512
-# RTRL_MODEL_ARCH "" leaves the choice to `default_model_config` (Nature CNN for images, MLP otherwise).
-MODEL_ARCH_CHOICES = ("", *ARCHS)
 
 
 @dataclass(frozen=True)
@@ -249,16 +246,3 @@ def default_model_config(
     )
     config.validate()
     return config
-
-
-def env_model(env: Mapping[str, str]) -> tuple[str, int]:
-    """RTRL_MODEL_ARCH and RTRL_MODEL_WIDTH, which the learner builds its network from (and inference its
-    fresh policy before the first checkpoint); raises SettingsError for a combination no network has."""
-    arch = env_choice(env, "MODEL_ARCH", "", MODEL_ARCH_CHOICES)
-    width = env_int(env, "MODEL_WIDTH", 1, minimum=1)
-    if width != 1 and arch != "impala_cnn":
-        raise SettingsError(
-            f"{PREFIX}MODEL_WIDTH={width} only sizes impala_cnn, but {PREFIX}MODEL_ARCH is "
-            f"{arch or 'unset'}; set it to 1, or set {PREFIX}MODEL_ARCH=impala_cnn."
-        )
-    return arch, width

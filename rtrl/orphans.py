@@ -20,10 +20,16 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from rtrl.config import Setting
+
 log = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
 PARENT_PID_VARIABLE = "RTRL_PARENT_PID"
+# Set by `rtrl up` for its children, never by hand (rtrl/settings.py lists it among the shared settings).
+PARENT_PID_SETTING = Setting(
+    "PARENT_PID", str, "", "Set by rtrl up where the kernel cannot stop a child with it: the pid the service watches."
+)
 PARENT_WATCH_INTERVAL_S = 0.5
 
 

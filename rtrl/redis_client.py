@@ -12,14 +12,13 @@ Characters such as @ : / in a password must be percent-encoded. `redacted_url` i
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import redis
 
-from rtrl.config import PREFIX, SettingsError, env_str
+from rtrl.config import PREFIX, SettingsError
 
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 # Query parameters naming files: checked at start so that a typo fails with the parameter's name, not
@@ -67,9 +66,8 @@ def connect_redis(url: str, **options: Any) -> redis.Redis:
     return redis.Redis.from_url(url, **options)
 
 
-def env_redis_url(env: Mapping[str, str], default: str) -> str:
+def checked_redis_url(url: str) -> str:
     """RTRL_REDIS_URL checked at start ("" stays "": no Redis); raises SettingsError saying what to fix."""
-    url = env_str(env, "REDIS_URL", default)
     if url:
         try:
             check_redis_url(url)

@@ -34,7 +34,7 @@ from typing import Any
 
 import grpc
 
-from rtrl.config import PREFIX, SettingsError, env_bool, env_int, env_str
+from rtrl.config import PREFIX, Setting, SettingsError, SettingsTable
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +52,31 @@ BEARER_PREFIX = "Bearer "
 TOKEN_EXEMPT_METHOD_PREFIXES = ("/grpc.health.v1.Health/",)
 _TOKEN_HINT = "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
 
+# Every service and every client rtrl makes reads these (docs/settings.md lists them as shared).
+SETTINGS = SettingsTable(
+    Setting("TLS_CERT_FILE", str, "", "PEM certificate chain servers present; with TLS_KEY_FILE it turns TLS on."),
+    Setting("TLS_KEY_FILE", str, "", "PEM private key of TLS_CERT_FILE."),
+    Setting("TLS_CA_FILE", str, "", "PEM CA bundle clients verify servers (and mutual TLS clients) against."),
+    Setting("TLS_CLIENT_AUTH", bool, False, "Mutual TLS: servers require a client certificate signed by TLS_CA_FILE."),
+    Setting("TLS_CLIENT_CERT_FILE", str, "", "PEM certificate clients present with mutual TLS; default TLS_CERT_FILE."),
+    Setting("TLS_CLIENT_KEY_FILE", str, "", "PEM key of TLS_CLIENT_CERT_FILE; default TLS_KEY_FILE."),
+    Setting("TLS_SERVER_NAME", str, "", "Name clients expect in server certificates; empty: the address's host."),
+    Setting(
+        "AUTH_TOKEN", str, "", f"Shared secret every call carries as a Bearer token, {MIN_TOKEN_CHARS}+ characters."
+    ),
+    Setting("AUTH_TOKEN_FILE", str, "", "A file holding AUTH_TOKEN instead (set only one of the two)."),
+    Setting(
+        "GRPC_MAX_MESSAGE_BYTES",
+        int,
+        DEFAULT_MAX_MESSAGE_BYTES,
+        "Largest gRPC message sent or received.",
+        minimum=MIN_MAX_MESSAGE_BYTES,
+    ),
+)
+
 
 def _read_file(env: Mapping[str, str], name: str) -> bytes | None:
-    path = env_str(env, name, "")
+    path = SETTINGS.read(env, name)
     if not path:
         return None
     try:
@@ -69,8 +91,8 @@ def _read_file(env: Mapping[str, str], name: str) -> bytes | None:
 
 
 def _read_token(env: Mapping[str, str]) -> str:
-    token = env_str(env, "AUTH_TOKEN", "")
-    token_file = env_str(env, "AUTH_TOKEN_FILE", "")
+    token = SETTINGS.read(env, "AUTH_TOKEN")
+    token_file = SETTINGS.read(env, "AUTH_TOKEN_FILE")
     if token and token_file:
         raise SettingsError(f"{PREFIX}AUTH_TOKEN and {PREFIX}AUTH_TOKEN_FILE are both set; set only one of them.")
     name = "AUTH_TOKEN"
@@ -133,7 +155,7 @@ class SecuritySettings:
                 "and its private key."
             )
         ca_certs = _read_file(env, "TLS_CA_FILE")
-        client_auth = env_bool(env, "TLS_CLIENT_AUTH", False)
+        client_auth = SETTINGS.read(env, "TLS_CLIENT_AUTH")
         client_cert_chain = _read_file(env, "TLS_CLIENT_CERT_FILE")
         client_private_key = _read_file(env, "TLS_CLIENT_KEY_FILE")
         if (client_cert_chain is None) != (client_private_key is None):
@@ -156,7 +178,7 @@ class SecuritySettings:
                 f"{PREFIX}TLS_CLIENT_AUTH=true for mutual TLS or unset the client certificate."
             )
         tls_wanted = cert_chain is not None or ca_certs is not None
-        server_name = env_str(env, "TLS_SERVER_NAME", "")
+        server_name = SETTINGS.read(env, "TLS_SERVER_NAME")
         if server_name and not tls_wanted:
             raise SettingsError(
                 f"{PREFIX}TLS_SERVER_NAME is set but TLS is off; set {PREFIX}TLS_CERT_FILE and {PREFIX}TLS_KEY_FILE "
@@ -171,9 +193,7 @@ class SecuritySettings:
             client_private_key=client_private_key or (private_key if client_auth else None),
             server_name=server_name,
             token=_read_token(env),
-            max_message_bytes=env_int(
-                env, "GRPC_MAX_MESSAGE_BYTES", DEFAULT_MAX_MESSAGE_BYTES, minimum=MIN_MAX_MESSAGE_BYTES
-            ),
+            max_message_bytes=SETTINGS.read(env, "GRPC_MAX_MESSAGE_BYTES"),
         )
 
     @property

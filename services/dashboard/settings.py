@@ -2,6 +2,7 @@
 
 It shares RTRL_LEARNER_ADDRESS, RTRL_INFERENCE_ADDRESSES, RTRL_REDIS_URL and RTRL_REPLICA_REGISTRY
 with the gateway, so one environment configures both; its own variables start with RTRL_DASHBOARD_.
+`SETTINGS` declares every variable (docs/settings.md lists them).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import partial
 
 from rtrl.config import (
     DEFAULT_DASHBOARD_PORT,
@@ -16,15 +18,14 @@ from rtrl.config import (
     DEFAULT_HOST,
     DEFAULT_LEARNER_PORT,
     PREFIX,
+    Setting,
     SettingsError,
-    env_float,
-    env_int,
-    env_list,
-    env_str,
+    SettingsTable,
 )
-from rtrl.redis_client import env_redis_url
+from rtrl.redis_client import checked_redis_url
 from rtrl.registry import DEFAULT_REPLICA_REGISTRY
 from rtrl.security import SecuritySettings
+from rtrl.settings import check_environment
 
 DEFAULT_GATEWAYS = (f"{DEFAULT_HOST}:{DEFAULT_GATEWAY_PORT}",)
 DEFAULT_LEARNER_ADDRESS = f"{DEFAULT_HOST}:{DEFAULT_LEARNER_PORT}"
@@ -35,6 +36,36 @@ MAX_REFRESH_HZ = 30.0
 # the game, and a quarter of the frame traffic (the clock pays one queue append per delivered frame).
 DEFAULT_FRAME_EVERY = 4
 DEFAULT_HISTORY_S = 300.0
+
+SETTINGS = SettingsTable(
+    Setting("DASHBOARD_HOST", str, DEFAULT_HOST, "Address the HTTP server binds."),
+    Setting("DASHBOARD_PORT", int, DEFAULT_DASHBOARD_PORT, "HTTP port; 0 picks a free one.", minimum=0),
+    Setting("DASHBOARD_GATEWAYS", tuple, DEFAULT_GATEWAYS, "host:port of every gateway to show, comma-separated."),
+    Setting("LEARNER_ADDRESS", str, DEFAULT_LEARNER_ADDRESS, "host:port of the learner."),
+    Setting(
+        "INFERENCE_ADDRESSES",
+        tuple,
+        (),
+        "Replicas to show besides those in the registry and those the gateways call, comma-separated.",
+    ),
+    Setting("REDIS_URL", str, "", "Redis holding the replica registry; empty: replicas come from the gateways."),
+    Setting("REPLICA_REGISTRY", str, DEFAULT_REPLICA_REGISTRY, "Redis key of the replica registry."),
+    Setting(
+        "DASHBOARD_REFRESH_HZ",
+        float,
+        DEFAULT_REFRESH_HZ,
+        f"Polls of the services and chart updates per second, 1 to {MAX_REFRESH_HZ:.0f}.",
+        minimum=1.0,
+    ),
+    Setting(
+        "DASHBOARD_FRAME_EVERY", int, DEFAULT_FRAME_EVERY, "The game view shows one frame out of this many.", minimum=1
+    ),
+    Setting("DASHBOARD_HISTORY_S", float, DEFAULT_HISTORY_S, "Seconds of chart history kept and shown.", minimum=10.0),
+    Setting("DASHBOARD_RECORDINGS_DIR", str, "", "Directory of recorded episodes; the page links the newest."),
+    Setting(
+        "DASHBOARD_SUPERVISION_FILE", str, "", "supervision.json of the rtrl up that runs the stack: restarts shown."
+    ),
+)
 
 
 @dataclass(frozen=True)
@@ -78,40 +109,42 @@ class DashboardSettings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> DashboardSettings:
         """Reads the settings; raises SettingsError with a sentence naming the variable to fix."""
-        port = env_int(env, "DASHBOARD_PORT", DEFAULT_DASHBOARD_PORT, minimum=0)
+        check_environment(env, hyperparameters=False)
+        read = partial(SETTINGS.read, env)
+        port = read("DASHBOARD_PORT")
         if port > 65535:
             raise SettingsError(f"{PREFIX}DASHBOARD_PORT={port} is not a TCP port; set it to 0..65535.")
-        gateways = env_list(env, "DASHBOARD_GATEWAYS", DEFAULT_GATEWAYS)
+        gateways = read("DASHBOARD_GATEWAYS")
         if not gateways:
             raise SettingsError(
                 f"{PREFIX}DASHBOARD_GATEWAYS is empty; set it to the gateways' host:port, e.g. 127.0.0.1:50051."
             )
         for address in gateways:
             check_address(address, "DASHBOARD_GATEWAYS")
-        learner_address = check_address(env_str(env, "LEARNER_ADDRESS", DEFAULT_LEARNER_ADDRESS), "LEARNER_ADDRESS")
-        inference_addresses = env_list(env, "INFERENCE_ADDRESSES", ())
+        learner_address = check_address(read("LEARNER_ADDRESS"), "LEARNER_ADDRESS")
+        inference_addresses = read("INFERENCE_ADDRESSES")
         for address in inference_addresses:
             check_address(address, "INFERENCE_ADDRESSES")
-        redis_url = env_redis_url(env, "")
-        refresh_hz = env_float(env, "DASHBOARD_REFRESH_HZ", DEFAULT_REFRESH_HZ, minimum=1.0)
+        redis_url = checked_redis_url(read("REDIS_URL"))
+        refresh_hz = read("DASHBOARD_REFRESH_HZ")
         if refresh_hz > MAX_REFRESH_HZ:
             raise SettingsError(
                 f"{PREFIX}DASHBOARD_REFRESH_HZ={refresh_hz} polls the services too often; set it to at most "
                 f"{MAX_REFRESH_HZ:.0f}."
             )
         return cls(
-            host=env_str(env, "DASHBOARD_HOST", DEFAULT_HOST),
+            host=read("DASHBOARD_HOST"),
             port=port,
             gateways=gateways,
             learner_address=learner_address,
             inference_addresses=inference_addresses,
             redis_url=redis_url,
-            replica_registry=env_str(env, "REPLICA_REGISTRY", DEFAULT_REPLICA_REGISTRY),
+            replica_registry=read("REPLICA_REGISTRY"),
             refresh_hz=refresh_hz,
-            frame_every=env_int(env, "DASHBOARD_FRAME_EVERY", DEFAULT_FRAME_EVERY, minimum=1),
-            history_s=env_float(env, "DASHBOARD_HISTORY_S", DEFAULT_HISTORY_S, minimum=10.0),
-            recordings_dir=env_str(env, "DASHBOARD_RECORDINGS_DIR", ""),
-            supervision_file=env_str(env, "DASHBOARD_SUPERVISION_FILE", ""),
+            frame_every=read("DASHBOARD_FRAME_EVERY"),
+            history_s=read("DASHBOARD_HISTORY_S"),
+            recordings_dir=read("DASHBOARD_RECORDINGS_DIR"),
+            supervision_file=read("DASHBOARD_SUPERVISION_FILE"),
             security=SecuritySettings.from_env(env),
         )
 

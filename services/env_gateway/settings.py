@@ -1,5 +1,6 @@
 """Settings of the env gateway, read once at start from `RTRL_*` environment variables.
 
+`SETTINGS` declares every variable (type, default, one line of meaning; docs/settings.md lists them).
 Every value is validated here so that a bad configuration stops the gateway before it opens a port,
 with a sentence naming the variable to set. `FallbackPolicy` lives here too because it is a setting
 whose values travel in transitions and in GetSpec (they are the rtrl.v1.FallbackPolicy numbers).
@@ -11,6 +12,7 @@ import enum
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import partial
 
 from rtrl.config import (
     DEFAULT_GATEWAY_PORT,
@@ -19,19 +21,16 @@ from rtrl.config import (
     DEFAULT_STREAM,
     METRICS_DISABLED,
     PREFIX,
+    Setting,
     SettingsError,
-    env_bool,
-    env_choice,
-    env_float,
-    env_int,
-    env_list,
-    env_metrics_port,
-    env_str,
+    SettingsTable,
+    checked_metrics_port,
     environ,
 )
-from rtrl.redis_client import env_redis_url
+from rtrl.redis_client import checked_redis_url
 from rtrl.registry import DEFAULT_REPLICA_REGISTRY
 from rtrl.security import SecuritySettings
+from rtrl.settings import check_environment
 from rtrl.v1 import env_gateway_pb2
 from services.env_gateway.profiles import (
     GameProfile,
@@ -135,6 +134,212 @@ class EnvSpec:
 
 DEFAULT_ENV_SPEC = EnvSpec.parse(DEFAULT_ENV)
 
+SETTINGS = SettingsTable(
+    Setting(
+        "ENV", str, DEFAULT_ENV, "The game: ale:<Game>, gym:<gymnasium id>, pyboy:<ROM path> or desktop:<profile>."
+    ),
+    Setting(
+        "PROFILE",
+        str,
+        "",
+        "Game profile of a pyboy: or desktop: game, a shipped name or a .toml path (docs/profiles.md).",
+    ),
+    Setting(
+        "OBSERVATION",
+        str,
+        OBSERVATION_AUTO,
+        "What the policy sees: pictures, or a gym: env's state vector; auto: state for a 1-D Box space.",
+        choices=(OBSERVATION_AUTO, *OBSERVATION_NAMES),
+    ),
+    Setting("GATEWAY_HOST", str, DEFAULT_HOST, "Interface the gRPC server listens on."),
+    Setting("GATEWAY_PORT", int, DEFAULT_GATEWAY_PORT, "Port of the gRPC server; 0 picks a free one.", minimum=0),
+    Setting(
+        "GATEWAY_METRICS_PORT", int, METRICS_DISABLED, "Prometheus /metrics port; 0 picks a free one, -1 turns it off."
+    ),
+    Setting(
+        "GATEWAY_ID",
+        str,
+        "",
+        "This game's name in transitions, Act calls and metrics.",
+        default_text="gateway-<hostname>",
+    ),
+    Setting(
+        "STICKY_ACTIONS",
+        float,
+        0.0,
+        "ALE's repeat_action_probability, 0 to 1 (0: a deterministic emulator).",
+        minimum=0.0,
+    ),
+    Setting(
+        "UNKNOWN_VARIABLE_TIMEOUT_S",
+        float,
+        2.0,
+        "Seconds a profile variable may stay unreadable before the episode ends as truncated.",
+        minimum=0.0,
+    ),
+    Setting("FRAME_RATE_HZ", float, 0.0, "Clock rate in frames per second; 0: the game's native rate.", minimum=0.0),
+    Setting(
+        "DECISION_INTERVAL_FRAMES",
+        int,
+        DEFAULT_DECISION_INTERVAL_FRAMES,
+        "k: frames each decision's action is held.",
+        minimum=1,
+        default_text=f"{DEFAULT_DECISION_INTERVAL_FRAMES} (the profile's frame_skip; "
+        f"state: {STATE_DECISION_INTERVAL_FRAMES})",
+    ),
+    Setting(
+        "LEAD_FRAMES",
+        int,
+        DEFAULT_LEAD_FRAMES,
+        "L: frames from a step's observation to the first frame its action is applied on.",
+        minimum=0,
+        default_text=f"{DEFAULT_LEAD_FRAMES} (state: {STATE_LEAD_FRAMES})",
+    ),
+    Setting(
+        "MAX_STALENESS_FRAMES",
+        int,
+        0,
+        "S: oldest an action may be when first applied, in frames from its observation; 0: L + k.",
+        minimum=0,
+    ),
+    Setting(
+        "JITTER_RESERVE_FRAMES",
+        int,
+        DEFAULT_JITTER_RESERVE_FRAMES,
+        "Frames early replies wait so that a late one still lands (docs/staggering-benchmark.md).",
+        minimum=0,
+        default_text=f"{DEFAULT_JITTER_RESERVE_FRAMES} (state: {STATE_JITTER_RESERVE_FRAMES})",
+    ),
+    Setting(
+        "FALLBACK_POLICY",
+        str,
+        DEFAULT_FALLBACK_POLICY,
+        "What a step without a fresh action applies.",
+        choices=FALLBACK_POLICY_NAMES,
+    ),
+    Setting(
+        "FALLBACK_ACTION",
+        int,
+        DEFAULT_FALLBACK_ACTION,
+        "Action the noop policy applies (and repeat_last at an episode's start).",
+        minimum=0,
+        default_text=f"{DEFAULT_FALLBACK_ACTION} (the profile's fallback)",
+    ),
+    Setting(
+        "OBS_WIDTH",
+        int,
+        DEFAULT_OBS_WIDTH,
+        "Observation width in pixels after resizing.",
+        minimum=1,
+        default_text=f"{DEFAULT_OBS_WIDTH} (the profile's)",
+    ),
+    Setting(
+        "OBS_HEIGHT",
+        int,
+        DEFAULT_OBS_HEIGHT,
+        "Observation height in pixels after resizing.",
+        minimum=1,
+        default_text=f"{DEFAULT_OBS_HEIGHT} (the profile's)",
+    ),
+    Setting(
+        "OBS_GRAYSCALE",
+        bool,
+        True,
+        "One grey channel per frame (true) or three colour channels (false).",
+        default_text="true (the profile's)",
+    ),
+    Setting(
+        "FRAME_STACK",
+        int,
+        DEFAULT_FRAME_STACK,
+        "Sampled decision frames stacked into one observation.",
+        minimum=1,
+        default_text=f"{DEFAULT_FRAME_STACK} (the profile's)",
+    ),
+    Setting(
+        "MAX_EPISODE_FRAMES",
+        int,
+        DEFAULT_MAX_EPISODE_FRAMES,
+        "Frames after which an episode is truncated; 0: never.",
+        minimum=0,
+    ),
+    Setting(
+        "INFERENCE_ADDRESSES",
+        tuple,
+        DEFAULT_INFERENCE_ADDRESSES,
+        "host:port of replicas besides those in the registry, comma-separated.",
+    ),
+    Setting("REPLICA_REGISTRY", str, DEFAULT_REPLICA_REGISTRY, "Redis key where replicas register (rtrl/registry.py)."),
+    Setting(
+        "SCHEDULER",
+        str,
+        DEFAULT_SCHEDULER,
+        "When observations go to which replica (scheduler.py).",
+        choices=SCHEDULER_NAMES,
+    ),
+    Setting(
+        "INTERACTION",
+        str,
+        "async",
+        "async: act without pause; sequential: act -> learn -> act, the baseline that freezes the game.",
+        choices=INTERACTION_NAMES,
+    ),
+    Setting(
+        "CLOCK",
+        str,
+        "realtime",
+        "realtime: the game runs at its frame rate; simulated: as fast as possible, frame-accurate delays.",
+        choices=CLOCK_NAMES,
+    ),
+    Setting(
+        "SIMULATED_DELAY_FRAMES",
+        int,
+        DEFAULT_SIMULATED_DELAY_FRAMES,
+        "Simulated clock: d, frames from an observation to the frame its action is applied on.",
+        minimum=1,
+    ),
+    Setting(
+        "SIMULATED_REPLY_TIMEOUT_S",
+        float,
+        DEFAULT_SIMULATED_REPLY_TIMEOUT_S,
+        "Simulated clock: seconds a step waits for its reply before the fallback acts.",
+        minimum=0.001,
+    ),
+    Setting(
+        "LEARNER_ADDRESS",
+        str,
+        DEFAULT_LEARNER_ADDRESS,
+        "host:port of the learner, called (Train) in sequential interaction.",
+    ),
+    Setting(
+        "SEQUENTIAL_UPDATES",
+        int,
+        DEFAULT_SEQUENTIAL_UPDATES,
+        "Learner updates per act -> learn cycle in sequential interaction.",
+        minimum=1,
+    ),
+    Setting(
+        "SEQUENTIAL_TRAIN_TIMEOUT_S",
+        float,
+        DEFAULT_SEQUENTIAL_TRAIN_TIMEOUT_S,
+        "Deadline of one Train call in sequential interaction.",
+        minimum=0.001,
+    ),
+    Setting("REDIS_URL", str, DEFAULT_REDIS_URL, "Redis holding the transition stream and the replica registry."),
+    Setting("STREAM", str, DEFAULT_STREAM, "Redis stream transitions are appended to."),
+    Setting("STREAM_MAXLEN", int, DEFAULT_STREAM_MAXLEN, "Approximate length the stream is trimmed to.", minimum=1),
+    Setting(
+        "PUBLISH_QUEUE_SIZE",
+        int,
+        DEFAULT_PUBLISH_QUEUE_SIZE,
+        "Transitions buffered for the publisher before new ones are dropped.",
+        minimum=1,
+    ),
+    Setting("SEED", int, 0, "Seed of the first reset and of the random fallback policy.", minimum=0),
+    Setting("GATEWAY_FINAL_STATS_PATH", str, "", "When set, GetStats is written here as JSON after a graceful stop."),
+    Setting("GATEWAY_EPISODE_LOG", str, "", "When set, one JSON line per finished episode is appended here."),
+)
+
 
 @dataclass(frozen=True)
 class GatewaySettings:
@@ -225,11 +430,12 @@ class GatewaySettings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> GatewaySettings:
         env = environ() if env is None else env
-        env_spec = EnvSpec.parse(env_str(env, "ENV", DEFAULT_ENV))
-        profile = resolve_profile(env_spec, env_str(env, "PROFILE", ""))
-        observation = resolve_observation(
-            env_spec, env_choice(env, "OBSERVATION", OBSERVATION_AUTO, (OBSERVATION_AUTO, *OBSERVATION_NAMES))
-        )
+        check_environment(env, hyperparameters=False)
+        read = partial(SETTINGS.read, env)
+
+        env_spec = EnvSpec.parse(read("ENV"))
+        profile = resolve_profile(env_spec, read("PROFILE"))
+        observation = resolve_observation(env_spec, read("OBSERVATION"))
         state = observation == "state"
         # A profile's preprocessing and fallback are the defaults; a variable set explicitly still wins.
         shape = (
@@ -240,89 +446,76 @@ class GatewaySettings:
             )
         )
         default_fallback = profile.actions.fallback if profile is not None else DEFAULT_FALLBACK_ACTION
-        decision_interval = env_int(
-            env, "DECISION_INTERVAL_FRAMES", STATE_DECISION_INTERVAL_FRAMES if state else shape.frame_skip, minimum=1
+        decision_interval = read(
+            "DECISION_INTERVAL_FRAMES", STATE_DECISION_INTERVAL_FRAMES if state else shape.frame_skip
         )
-        lead = env_int(env, "LEAD_FRAMES", STATE_LEAD_FRAMES if state else DEFAULT_LEAD_FRAMES, minimum=0)
-        max_staleness = env_int(env, "MAX_STALENESS_FRAMES", 0, minimum=0) or lead + decision_interval
+        lead = read("LEAD_FRAMES", STATE_LEAD_FRAMES if state else DEFAULT_LEAD_FRAMES)
+        max_staleness = read("MAX_STALENESS_FRAMES") or lead + decision_interval
         if max_staleness < lead:
             raise SettingsError(
                 f"{PREFIX}MAX_STALENESS_FRAMES={max_staleness} is below {PREFIX}LEAD_FRAMES={lead}, so no "
                 f"action could ever be applied; set it to {lead} or more (0 means lead + decision interval)."
             )
-        jitter_reserve = env_int(
-            env,
-            "JITTER_RESERVE_FRAMES",
-            STATE_JITTER_RESERVE_FRAMES if state else DEFAULT_JITTER_RESERVE_FRAMES,
-            minimum=0,
+        jitter_reserve = read(
+            "JITTER_RESERVE_FRAMES", STATE_JITTER_RESERVE_FRAMES if state else DEFAULT_JITTER_RESERVE_FRAMES
         )
         if jitter_reserve > max_staleness:
             raise SettingsError(
                 f"{PREFIX}JITTER_RESERVE_FRAMES={jitter_reserve} is above {PREFIX}MAX_STALENESS_FRAMES="
                 f"{max_staleness}, so held replies would expire; set it to {max_staleness} or less (usually 0 or 1)."
             )
-        sticky = env_float(env, "STICKY_ACTIONS", 0.0, minimum=0.0)
+        sticky = read("STICKY_ACTIONS")
         if sticky > 1.0:
             raise SettingsError(f"{PREFIX}STICKY_ACTIONS={sticky} is a probability; set it between 0 and 1.")
-        addresses = env_list(env, "INFERENCE_ADDRESSES", DEFAULT_INFERENCE_ADDRESSES)
+        addresses = read("INFERENCE_ADDRESSES")
         for address in addresses:
             split_host_port(address)
-        learner_address = env_str(env, "LEARNER_ADDRESS", DEFAULT_LEARNER_ADDRESS)
-        clock = env_choice(env, "CLOCK", "realtime", CLOCK_NAMES)
+        learner_address = read("LEARNER_ADDRESS")
+        clock = read("CLOCK")
         # The simulated clock's settings are read only when it runs, so they never look like realtime ones.
         simulated = clock == "simulated"
         split_host_port(learner_address, "LEARNER_ADDRESS")
         return cls(
-            host=env_str(env, "GATEWAY_HOST", DEFAULT_HOST),
-            port=env_int(env, "GATEWAY_PORT", DEFAULT_GATEWAY_PORT, minimum=0),
-            metrics_port=env_metrics_port(env, "GATEWAY_METRICS_PORT"),
-            gateway_id=env_str(env, "GATEWAY_ID", "gateway-" + socket.gethostname()),
+            host=read("GATEWAY_HOST"),
+            port=read("GATEWAY_PORT"),
+            metrics_port=checked_metrics_port(read("GATEWAY_METRICS_PORT"), "GATEWAY_METRICS_PORT"),
+            gateway_id=read("GATEWAY_ID", "gateway-" + socket.gethostname()),
             env=env_spec,
             profile=profile,
             observation=observation,
             sticky_actions=sticky,
-            unknown_variable_timeout_s=env_float(env, "UNKNOWN_VARIABLE_TIMEOUT_S", 2.0, minimum=0.0),
-            frame_rate_hz=env_float(env, "FRAME_RATE_HZ", 0.0, minimum=0.0),
+            unknown_variable_timeout_s=read("UNKNOWN_VARIABLE_TIMEOUT_S"),
+            frame_rate_hz=read("FRAME_RATE_HZ"),
             decision_interval_frames=decision_interval,
             lead_frames=lead,
             max_staleness_frames=max_staleness,
             jitter_reserve_frames=jitter_reserve,
-            fallback_policy=FallbackPolicy.parse(
-                env_choice(env, "FALLBACK_POLICY", DEFAULT_FALLBACK_POLICY, FALLBACK_POLICY_NAMES)
-            ),
-            fallback_action=env_int(env, "FALLBACK_ACTION", default_fallback, minimum=0),
-            obs_width=env_int(env, "OBS_WIDTH", shape.width, minimum=1),
-            obs_height=env_int(env, "OBS_HEIGHT", shape.height, minimum=1),
-            obs_grayscale=env_bool(env, "OBS_GRAYSCALE", shape.grayscale),
-            frame_stack=env_int(env, "FRAME_STACK", shape.frame_stack, minimum=1),
-            max_episode_frames=env_int(env, "MAX_EPISODE_FRAMES", DEFAULT_MAX_EPISODE_FRAMES, minimum=0),
+            fallback_policy=FallbackPolicy.parse(read("FALLBACK_POLICY")),
+            fallback_action=read("FALLBACK_ACTION", default_fallback),
+            obs_width=read("OBS_WIDTH", shape.width),
+            obs_height=read("OBS_HEIGHT", shape.height),
+            obs_grayscale=read("OBS_GRAYSCALE", shape.grayscale),
+            frame_stack=read("FRAME_STACK", shape.frame_stack),
+            max_episode_frames=read("MAX_EPISODE_FRAMES"),
             inference_addresses=addresses,
-            replica_registry=env_str(env, "REPLICA_REGISTRY", DEFAULT_REPLICA_REGISTRY),
-            scheduler=env_choice(env, "SCHEDULER", DEFAULT_SCHEDULER, SCHEDULER_NAMES),
-            interaction=env_choice(env, "INTERACTION", "async", INTERACTION_NAMES),
+            replica_registry=read("REPLICA_REGISTRY"),
+            scheduler=read("SCHEDULER"),
+            interaction=read("INTERACTION"),
             clock=clock,
-            simulated_delay_frames=(
-                env_int(env, "SIMULATED_DELAY_FRAMES", DEFAULT_SIMULATED_DELAY_FRAMES, minimum=1)
-                if simulated
-                else DEFAULT_SIMULATED_DELAY_FRAMES
-            ),
+            simulated_delay_frames=read("SIMULATED_DELAY_FRAMES") if simulated else DEFAULT_SIMULATED_DELAY_FRAMES,
             simulated_reply_timeout_s=(
-                env_float(env, "SIMULATED_REPLY_TIMEOUT_S", DEFAULT_SIMULATED_REPLY_TIMEOUT_S, minimum=0.001)
-                if simulated
-                else DEFAULT_SIMULATED_REPLY_TIMEOUT_S
+                read("SIMULATED_REPLY_TIMEOUT_S") if simulated else DEFAULT_SIMULATED_REPLY_TIMEOUT_S
             ),
             learner_address=learner_address,
-            sequential_updates=env_int(env, "SEQUENTIAL_UPDATES", DEFAULT_SEQUENTIAL_UPDATES, minimum=1),
-            sequential_train_timeout_s=env_float(
-                env, "SEQUENTIAL_TRAIN_TIMEOUT_S", DEFAULT_SEQUENTIAL_TRAIN_TIMEOUT_S, minimum=0.001
-            ),
-            redis_url=env_redis_url(env, DEFAULT_REDIS_URL),
-            stream=env_str(env, "STREAM", DEFAULT_STREAM),
-            stream_maxlen=env_int(env, "STREAM_MAXLEN", DEFAULT_STREAM_MAXLEN, minimum=1),
-            publish_queue_size=env_int(env, "PUBLISH_QUEUE_SIZE", DEFAULT_PUBLISH_QUEUE_SIZE, minimum=1),
-            seed=env_int(env, "SEED", 0, minimum=0),
-            final_stats_path=env_str(env, "GATEWAY_FINAL_STATS_PATH", ""),
-            episode_log_path=env_str(env, "GATEWAY_EPISODE_LOG", ""),
+            sequential_updates=read("SEQUENTIAL_UPDATES"),
+            sequential_train_timeout_s=read("SEQUENTIAL_TRAIN_TIMEOUT_S"),
+            redis_url=checked_redis_url(read("REDIS_URL")),
+            stream=read("STREAM"),
+            stream_maxlen=read("STREAM_MAXLEN"),
+            publish_queue_size=read("PUBLISH_QUEUE_SIZE"),
+            seed=read("SEED"),
+            final_stats_path=read("GATEWAY_FINAL_STATS_PATH"),
+            episode_log_path=read("GATEWAY_EPISODE_LOG"),
             security=SecuritySettings.from_env(env),
         )
 

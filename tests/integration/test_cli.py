@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -9,9 +10,14 @@ from rtrl.cpus import format_cpu_list, usable_cpus
 from rtrl.local_redis import free_port
 
 
-def rtrl(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def rtrl(*args: str, timeout: float = 120, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "rtrl.cli", *args], capture_output=True, text=True, timeout=timeout, check=False
+        [sys.executable, "-m", "rtrl.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -25,6 +31,18 @@ def test_settings_must_be_rtrl_settings():
     result = rtrl("up", "--set", "PATH=/tmp")
     assert result.returncode == 2
     assert "settings start with RTRL_" in result.stderr
+
+
+def test_a_setting_no_service_reads_is_refused_with_the_closest_name():
+    result = rtrl("up", "--set", "RTRL_DQN_LEARNIN_RATE=1e-3")
+    assert result.returncode == 2
+    assert "RTRL_DQN_LEARNIN_RATE is not a setting; did you mean RTRL_DQN_LEARNING_RATE?" in result.stderr
+
+
+def test_a_service_given_a_variable_no_service_reads_stops_at_start():
+    result = rtrl("dashboard", env={"RTRL_DASHBOARD_PORTT": "0"}, timeout=60)
+    assert result.returncode == 2
+    assert "RTRL_DASHBOARD_PORTT is not a setting; did you mean RTRL_DASHBOARD_PORT?" in result.stderr
 
 
 def test_learner_cpus_must_be_a_cpu_list_and_leave_cpus_for_acting():

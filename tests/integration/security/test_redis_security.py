@@ -19,7 +19,7 @@ from security_pki import Pki
 
 from rtrl.config import SettingsError
 from rtrl.local_redis import LocalRedis, free_port
-from rtrl.redis_client import RedisUrlError, check_redis_url, connect_redis, env_redis_url, redacted_url
+from rtrl.redis_client import RedisUrlError, check_redis_url, checked_redis_url, connect_redis, redacted_url
 from rtrl.registry import Heartbeat, live_replicas
 from rtrl.transitions import STREAM_FIELD
 from services.env_gateway.publisher import TransitionPublisher
@@ -97,12 +97,12 @@ def test_an_acl_user_with_only_stream_rights_can_publish_and_nothing_else() -> N
 
 def test_bad_redis_urls_fail_at_start_with_a_sentence_and_no_password() -> None:
     with pytest.raises(SettingsError, match=r"RTRL_REDIS_URL: 'http://user:\*\*\*@host:6379/0' is not a Redis URL"):
-        env_redis_url({"RTRL_REDIS_URL": "http://user:hunter2@host:6379/0"}, "")
+        checked_redis_url("http://user:hunter2@host:6379/0")
     with pytest.raises(RedisUrlError, match=r"ssl_ca_certs=/nonexistent/ca\.pem") as raised:
         check_redis_url("rediss://:hunter2@host:6380/0?ssl_ca_certs=/nonexistent/ca.pem")
     assert "hunter2" not in str(raised.value)
     assert redacted_url("redis://u:hunter2@h:1/0") == "redis://u:***@h:1/0"
-    assert env_redis_url({}, "") == ""
+    assert checked_redis_url("") == ""
 
 
 def tls_redis_binary() -> str | None:

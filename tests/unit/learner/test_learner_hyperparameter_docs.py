@@ -4,40 +4,15 @@ says so (the failure shows the table to paste)."""
 
 from __future__ import annotations
 
-import ast
 import dataclasses
-import inspect
-import re
 from pathlib import Path
 
 from services.learner.algorithms import ALGORITHMS
+from services.learner.settings import field_docstrings, first_sentence
 
 README = Path(__file__).resolve().parents[3] / "services" / "learner" / "README.md"
 BEGIN = "<!-- hyperparameters: begin -->"
 END = "<!-- hyperparameters: end -->"
-
-
-def field_docstrings(config_class: type) -> dict[str, str]:
-    """Each field's docstring: the string literal right after its annotated assignment in the class body."""
-    [definition] = ast.parse(inspect.getsource(config_class)).body
-    assert isinstance(definition, ast.ClassDef)
-    docs: dict[str, str] = {}
-    for statement, following in zip(definition.body, definition.body[1:], strict=False):
-        if (
-            isinstance(statement, ast.AnnAssign)
-            and isinstance(statement.target, ast.Name)
-            and isinstance(following, ast.Expr)
-            and isinstance(following.value, ast.Constant)
-            and isinstance(following.value.value, str)
-        ):
-            docs[statement.target.id] = following.value.value
-    return docs
-
-
-def first_sentence(text: str) -> str:
-    flat = " ".join(text.split())
-    match = re.match(r"(.+?\.)(\s|$)", flat)
-    return match.group(1) if match else flat
 
 
 def expected_section() -> str:
