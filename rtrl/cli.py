@@ -25,6 +25,7 @@ from rtrl.config import (
 from rtrl.cpus import parse_cpu_list
 from rtrl.extras import missing_extra
 from rtrl.supervision import DEFAULT_RESTART_POLICY, RESTART_POLICIES
+from services.env_gateway.scheduler import SCHEDULER_NAMES
 
 SERVICES = {
     "gateway": ("services.env_gateway", "the env gateway: owns the game clock, asks inference for actions"),
@@ -166,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     up.add_argument(
         "--scheduler",
-        choices=("next_idle", "max_time", "mean_time"),
+        choices=SCHEDULER_NAMES,
         help="when observations go to which replica (RTRL_SCHEDULER; default: the gateway's)",
     )
     up.add_argument(
