@@ -66,13 +66,13 @@ from rtrl.local_redis import LocalRedis, free_port  # noqa: E402
 from rtrl.metrics import Window  # noqa: E402
 from rtrl.tensors import to_proto  # noqa: E402
 from rtrl.v1 import inference_pb2, inference_pb2_grpc  # noqa: E402
+from services.env_gateway.scheduler import SCHEDULER_NAMES  # noqa: E402
 from services.env_gateway.server import Gateway  # noqa: E402
 from services.env_gateway.settings import DEFAULT_JITTER_RESERVE_FRAMES, GatewaySettings  # noqa: E402
 
 FRAME_RATE_HZ = 60.0
 FRAME_MS = 1000.0 / FRAME_RATE_HZ
 T_INFER_FRAMES = (0.5, 1.0, 2.0, 4.0, 8.0)
-SCHEDULERS = ("next_idle", "max_time", "mean_time")
 MODEL_WIDTHS = (1, 7, 29)
 # A forward pass slower than this on this machine is not benchmarked (it would need dozens of replicas,
 # each holding a core that the machine does not have).
@@ -765,7 +765,7 @@ def table(rows: list[Row]) -> str:
     labels = list(dict.fromkeys(r.label for r in rows if r.kind in ("occupy", "model") and r.replicas))
     reserves = sorted({r.reserve for r in rows})
     for label in labels:
-        for scheduler, reserve in [(s, r) for s in SCHEDULERS for r in reserves]:
+        for scheduler, reserve in [(s, r) for s in SCHEDULER_NAMES for r in reserves]:
             group = [
                 r for r in rows if r.label == label and r.scheduler == scheduler and r.reserve == reserve and r.replicas
             ]
@@ -801,7 +801,7 @@ def interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--serve-zero-cost", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--no-act-socket", dest="act_socket", action="store_false", help=argparse.SUPPRESS)
@@ -815,7 +815,7 @@ def main() -> None:
     parser.add_argument("--t-infer", type=float, nargs="*", default=list(T_INFER_FRAMES), help="in frames")
     parser.add_argument("--replicas", type=int, nargs="*", default=[], help="only these N (default: around ceil)")
     parser.add_argument("--max-replicas", type=int, default=10)
-    parser.add_argument("--schedulers", nargs="+", default=list(SCHEDULERS), choices=SCHEDULERS)
+    parser.add_argument("--schedulers", nargs="+", default=list(SCHEDULER_NAMES), choices=SCHEDULER_NAMES)
     parser.add_argument(
         "--jitter-reserve",
         type=int,
@@ -857,7 +857,11 @@ def main() -> None:
         help="only print (and --out) the table of rows saved by --rows-json; a row of a later file replaces "
         "the same row (t_infer, N, scheduler) of an earlier one (re-measured when the machine was calmer)",
     )
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     if args.serve_zero_cost:
         serve_zero_cost(args.act_socket)
         return

@@ -31,6 +31,7 @@ from rtrl.cpus import parse_cpu_list
 from rtrl.extras import missing_extra
 from rtrl.settings import RunFile, check_variable, did_you_mean, load_run_file, settings_help
 from rtrl.supervision import DEFAULT_RESTART_POLICY, RESTART_POLICIES
+from services.env_gateway.scheduler import SCHEDULER_NAMES
 
 SERVICES = {
     "gateway": ("services.env_gateway", "the env gateway: owns the game clock, asks inference for actions"),
@@ -240,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     up.add_argument(
         "--scheduler",
-        choices=("next_idle", "max_time", "mean_time"),
+        choices=SCHEDULER_NAMES,
         help="when observations go to which replica (RTRL_SCHEDULER; default: the gateway's)",
     )
     up.add_argument(

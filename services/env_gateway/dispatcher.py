@@ -5,22 +5,24 @@ replaces it, so the clock never waits) and asks its scheduler (scheduler.py) wha
 something changes: a new sample, a call ending, or the time the scheduler asked to be woken at.
 It preprocesses a sample once, however many replicas it goes to, and replies go into the clock's
 mailbox from the thread that receives them. A sample replaced before it was sent anywhere counts in
-`requests_not_sent`. With `inline` (used for next_idle, which never needs to be woken at a time)
-there is no dispatcher thread: the thread that brings the change plans and sends, the clock's for
-a new sample, the thread that received a call's answer for a call that ended. For the clock that is
-about 0.2 ms of preprocessing and putting the request on a replica's stream, nothing that blocks: if
-another thread is already planning, that thread plans again for it. It saves a thread wake-up on the
-path from frame to action (0.1 ms typically, milliseconds on a busy machine). A small watchdog thread
-wakes when the newest sample's call is overdue (`NextIdleScheduler.hedge_after_s`) and has it hedged:
-sent once more to another idle replica, so a replica that stalls mid-call does not blank the decision.
-next_idle also keeps a backlog of one: a sample replaced while every replica was busy goes to the next replica that
-becomes idle once the newest has been sent, if a reply (a mean round trip away) can still come before
-its own step, usual staleness D after it (see clock.py, Mailbox). A replica that answers late (a busy
-machine) also misses its next turn; without the backlog the sample of that turn is never sent. With the
-mailbox's jitter reserve the backlog's reply lands on its own step (in a trace at 8-frame inference with
-9 replicas and a one-frame reserve, half of the misses left were such unsent samples). Without a reserve
-it would come after its step, when the newer sample's reply has been applied, and waste the replica, so
-the backlog sample is then dropped (counted in `requests_not_sent`).
+`requests_not_sent`. With `inline` (for a scheduler that never needs to be woken at a time,
+`Scheduler.inline`: next_idle) there is no dispatcher thread: the thread that brings the change plans
+and sends, the clock's for a new sample, the thread that received a call's answer for a call that
+ended. For the clock that is about 0.2 ms of preprocessing and putting the request on a replica's
+stream, nothing that blocks: if another thread is already planning, that thread plans again for it.
+It saves a thread wake-up on the path from frame to action (0.1 ms typically, milliseconds on a busy
+machine). For a scheduler that `hedges` (next_idle), a small watchdog thread wakes when the newest
+sample's call is overdue (`Scheduler.hedge_after_s`) and has it hedged: sent once more where
+`Scheduler.plan_hedge` says, so a replica that stalls mid-call does not blank the decision.
+A scheduler that `keeps_backlog` (next_idle) has a backlog of one: a sample replaced while every
+replica was busy goes to the next replica that becomes idle once the newest has been sent, if a reply
+can still come before its own step, usual staleness D after it (`Scheduler.backlog_in_time`; see
+clock.py, Mailbox). A replica that answers late (a busy machine) also misses its next turn; without
+the backlog the sample of that turn is never sent. With the mailbox's jitter reserve the backlog's
+reply lands on its own step (in a trace at 8-frame inference with 9 replicas and a one-frame reserve,
+half of the misses left were such unsent samples). Without a reserve it would come after its step,
+when the newer sample's reply has been applied, and waste the replica, so the backlog sample is then
+dropped (counted in `requests_not_sent`).
 
 `SequentialDispatcher` (RTRL_INTERACTION=sequential) reproduces act -> learn -> act, the pattern of
 frameworks that stop acting while they train: it sends one sample, waits for its reply, waits until
@@ -50,7 +52,7 @@ from services.env_gateway.scheduler import NextIdleScheduler, ReplicaView, Sampl
 
 log = logging.getLogger(__name__)
 
-# Inline next_idle with no hedge armed: the hedge watchdog plans to wake when the next sample's hedge is
+# Inline, with no hedge armed: the hedge watchdog plans to wake when the next sample's hedge is
 # this share due, past that sample's usual answer (a hedge waits 4 mean round trips, or less when the
 # step is near) and before the hedge itself, even if it comes a little sooner than the last (see `_watch`).
 IDLE_WAKE_HEDGE_SHARE = 0.75
@@ -133,6 +135,11 @@ class Dispatcher:
         self._mailbox = mailbox
         self._replicas = replicas
         self.scheduler = scheduler or NextIdleScheduler()
+        if inline and not self.scheduler.inline:
+            raise ValueError(
+                f"the {self.scheduler.name} scheduler asks to be woken at times of its own, which an inline "
+                "dispatcher never does; use inline=False with it"
+            )
         self.inline = inline
         self._now_s = now_s
         lock = threading.RLock()
@@ -146,7 +153,7 @@ class Dispatcher:
         """From the newest armed sample's production to its hedge time."""
         self._latest: ObservationSample | None = None
         self._backlog: ObservationSample | None = None
-        """next_idle: the sample `_latest` replaced before it was sent anywhere, sent when a replica is free."""
+        """The sample `_latest` replaced before it was sent anywhere, sent when a replica is free (`keeps_backlog`)."""
         self._changes = 0
         self._planned_changes = 0
         self._stepping = False
@@ -163,10 +170,10 @@ class Dispatcher:
         """Samples never sent anywhere: replaced by a newer one (out of next_idle's backlog), or too late."""
         self.requests_failed = 0
         self.requests_hedged = 0
-        """Calls that sent an overdue sample again to a second replica (next_idle; part of requests_resent)."""
+        """Calls that sent an overdue sample again to a second replica (`Scheduler.hedges`; part of requests_resent)."""
         self.replica_count = 0
         """Replicas in rotation at the last plan."""
-        # Hedging (next_idle): the newest sent sample while none of its calls has answered, when to hedge it.
+        # Hedging: the newest sent sample while none of its calls has answered, when to hedge it.
         self._awaited: ObservationSample | None = None
         self._hedge_at_s: float | None = None
         self._hedge_due = False
@@ -181,9 +188,9 @@ class Dispatcher:
             if previous is not None and previous.episode == sample.episode and sample.produced_s > previous.produced_s:
                 self._sample_interval_s = sample.produced_s - previous.produced_s
             if self._latest is not None and not self._latest_sent:
-                # Only next_idle keeps a backlog, and only within an episode (a reply to the previous
-                # episode's observation would be dropped as late).
-                keep = isinstance(self.scheduler, NextIdleScheduler) and self._latest.episode == sample.episode
+                # A backlog is kept only within an episode (a reply to the previous episode's
+                # observation would be dropped as late).
+                keep = self.scheduler.keeps_backlog and self._latest.episode == sample.episode
                 self.requests_not_sent += (self._backlog is not None) + (not keep)
                 self._backlog = self._latest if keep else None
             self._latest = sample
@@ -232,7 +239,7 @@ class Dispatcher:
 
     def start(self) -> None:
         if self.inline:
-            if isinstance(self.scheduler, NextIdleScheduler):
+            if self.scheduler.hedges:
                 self._watchdog = threading.Thread(target=self._watch, name="rtrl-hedge", daemon=True)
                 self._watchdog.start()
             return
@@ -249,7 +256,7 @@ class Dispatcher:
                 thread.join()
 
     def _watch(self) -> None:
-        """Inline next_idle: waits for the newest sample's call to be overdue, then has it hedged.
+        """Inline, for a scheduler that hedges: waits for the newest sample's call to be overdue, then has it hedged.
 
         It is woken only by time and by a hedge armed earlier than it planned to wake, not by every
         sample and reply: those come while a call is on its way, and a wake-up then competes with the
@@ -322,7 +329,7 @@ class Dispatcher:
                 self.scheduler.on_reply(outcome.address, outcome.round_trip_s)
             else:
                 self.scheduler.on_failure(outcome.address)
-        if hedge and sample is not None and isinstance(self.scheduler, NextIdleScheduler):
+        if hedge and sample is not None:
             now_s = self._now_s()
             overdue = SampleView(sample.produced_s, sample.deadline_s, unsent=False)
             address = self.scheduler.plan_hedge(now_s, overdue, self._replicas.views(now_s))
@@ -350,17 +357,15 @@ class Dispatcher:
                 return
 
     def _send_backlog(self) -> None:
-        """next_idle, once the newest sample is sent: the backlog sample to an idle replica, if still in time."""
+        """Once the newest sample is sent: the backlog sample to an idle replica, if still in time."""
         with self._changed:
             backlog, self._backlog = self._backlog, None
-        if backlog is None or not isinstance(self.scheduler, NextIdleScheduler):
+        if backlog is None:
             return
         now_s = self._now_s()
         view = SampleView(backlog.produced_s, backlog.deadline_s, unsent=True)
         own_step_s = backlog.produced_s + self._mailbox.usual_staleness() * self._frame_period_s
-        if now_s + self.scheduler.mean_round_trip_s < own_step_s and view.worth_sending(
-            now_s, self.scheduler.mean_round_trip_s
-        ):
+        if self.scheduler.backlog_in_time(now_s, view, own_step_s):
             plan = self.scheduler.plan(now_s, view, self._replicas.views(now_s))
             if plan.send_to is None:
                 # Every replica is busy: the next one to finish may still take it.
@@ -392,7 +397,7 @@ class Dispatcher:
             if self._latest is sample:
                 self._latest_sent = True
             is_first_call_of_newest = not prepared.sends and self._latest is sample
-            if self._watchdog is not None and is_first_call_of_newest and isinstance(self.scheduler, NextIdleScheduler):
+            if self._watchdog is not None and is_first_call_of_newest:
                 # The first call of a sample arms the hedge (at most one hedge per sample).
                 hedge_after_s = self.scheduler.hedge_after_s(sample.step_due_s - self._now_s())
                 self._awaited = sample

@@ -53,17 +53,24 @@ A replica still busy at its turn is passed over for the next idle one in the rot
 loading the model and warming up, and under max_time one such outlier would slow every later call.
 Until a round trip has been measured the staggering schedulers keep one call in flight at a time.
 
+What a policy does beyond `plan` is said by hooks of `Scheduler`, which the dispatcher and the gateway
+call without knowing the policy: `inline` (plan on the thread that brings a change, dispatcher.py),
+`keeps_backlog` and `backlog_in_time` (a sample replaced before it was sent), `hedges`, `hedge_after_s`
+and `plan_hedge` (an overdue call sent again), and `lead_frames` (an episode's lead, clock.py). The base
+class answers each with "no" (or "keep the configured lead"); `SCHEDULERS` is the one list of policies by
+name, which the settings, `rtrl up --scheduler` and bench/staggering.py take their names from.
+
 Not thread-safe: the dispatcher calls a scheduler from its own thread only. No grpc here, and time is
 passed in, so that tests can drive it with made-up times.
 """
 
 from __future__ import annotations
 
-import enum
 import math
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 # Weight of the newest round trip in mean_time's running mean: follows a change of load within a few
 # dozen calls, and one slow call moves T by a tenth of its excess only.
@@ -92,17 +99,6 @@ HEDGE_TAIL_WINDOW = 64
 MAX_TIME_WINDOW = 64
 # ... once this many of the longest are set aside as outliers (3 of 64: about the 95th percentile).
 MAX_TIME_OUTLIERS = 3
-
-
-class SchedulerKind(enum.Enum):
-    """The policies RTRL_SCHEDULER names."""
-
-    NEXT_IDLE = "next_idle"
-    MAX_TIME = "max_time"
-    MEAN_TIME = "mean_time"
-
-
-SCHEDULER_NAMES = tuple(kind.value for kind in SchedulerKind)
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +139,19 @@ class SampleView:
 
 
 @dataclass(frozen=True, slots=True)
+class LeadView:
+    """What a scheduler knows when the clock asks for the lead L of an episode that starts (clock.py, Lead)."""
+
+    frame_period_s: float
+    configured_frames: int
+    """L as configured (RTRL_LEAD_FRAMES)."""
+    usual_staleness_frames: int
+    """D: the mailbox's usual staleness of a reply when it arrives (0: none is held back)."""
+    room_frames: int
+    """S - k: the longest lead at which a reply that misses its step can still serve the next one."""
+
+
+@dataclass(frozen=True, slots=True)
 class Plan:
     """A scheduler's answer: send the newest sample to `send_to` now, or ask again at `wake_at_s`."""
 
@@ -174,9 +183,19 @@ def next_in_rotation(replicas: Sequence[ReplicaView], after: str | None) -> Repl
 
 
 class Scheduler:
-    """Base of the policies: the rotation, round-trip bookkeeping and counters."""
+    """Base of the policies: the rotation, round-trip bookkeeping, counters, and the hooks' defaults."""
 
-    kind: SchedulerKind
+    name: ClassVar[str]
+    """What RTRL_SCHEDULER calls it (its key in `SCHEDULERS`)."""
+    inline: ClassVar[bool] = False
+    """It plans only when a sample comes or a call ends, never at a time of its own (`Plan.wake_at_s`), so
+    the dispatcher may plan on the thread that brings the change instead of waking its own (dispatcher.py)."""
+    keeps_backlog: ClassVar[bool] = False
+    """A sample replaced before it was sent anywhere waits for the next idle replica, if `backlog_in_time`
+    (dispatcher.py); otherwise it is not sent."""
+    hedges: ClassVar[bool] = False
+    """An overdue call (`hedge_after_s`) is sent once more, where `plan_hedge` says; the dispatcher watches
+    for overdue calls only for such a policy, and only inline."""
 
     def __init__(self) -> None:
         self._last_address: str | None = None
@@ -185,10 +204,6 @@ class Scheduler:
         """Calls that went to another replica because the one whose turn it was was still busy."""
         self.slots_waited = 0
         """Calls that were due while no replica was idle, so they waited for one."""
-
-    @property
-    def name(self) -> str:
-        return self.kind.value
 
     @property
     def period_s(self) -> float:
@@ -220,16 +235,34 @@ class Scheduler:
     def _observe(self, round_trip_s: float) -> None:
         """A counted round trip (after the replica's warm-up)."""
 
-    def lead_frames(self, frame_period_s: float) -> int | None:
-        """Frames between an observation and the step its action is meant for, as this policy sees it
-        (the round trip rounded up to frames); None: keep the configured lead."""
+    def lead_frames(self, lead: LeadView) -> int | None:
+        """The lead L of an episode that starts now: frames between an observation and the step its action
+        is meant for, as this policy sees it; None: keep the configured lead."""
         return None
+
+    def hedge_after_s(self, time_left_s: float = math.inf) -> float | None:
+        """How long a call may stay unanswered before its sample goes to a second replica, when the step the
+        reply is meant for is `time_left_s` away; None: never (for now)."""
+        return None
+
+    def plan_hedge(self, now_s: float, sample: SampleView, replicas: Sequence[ReplicaView]) -> str | None:
+        """Where to send once more a sample whose call is overdue (see `hedge_after_s`); None: nowhere."""
+        return None
+
+    def backlog_in_time(self, now_s: float, sample: SampleView, own_step_s: float) -> bool:
+        """Whether a backlog sample (see `keeps_backlog`) is still worth a call now, its reply being meant for
+        the step that starts at `own_step_s`."""
+        return False
 
 
 class NextIdleScheduler(Scheduler):
     """The newest unsent sample goes to the first idle replica in the rotation, as soon as there is one."""
 
-    kind = SchedulerKind.NEXT_IDLE
+    name = "next_idle"
+    # It plans on a new sample or an ended call only, which is what lets it act on the clock's thread.
+    inline = True
+    keeps_backlog = True
+    hedges = True
 
     def __init__(self, weight: float = MEAN_WEIGHT) -> None:
         super().__init__()
@@ -247,6 +280,13 @@ class NextIdleScheduler(Scheduler):
             return Plan()
         chosen = next_in_rotation(replicas, self._last_address)
         return Plan(send_to=chosen.address if chosen is not None else None)
+
+    def lead_frames(self, lead: LeadView) -> int | None:
+        """The configured L, or the usual staleness D when replies take longer (so the first D frames of an
+        episode, which no reply can reach, are lead, not decisions, and the observation recorded with a
+        step is the one its action was computed from), but at most S - k, so that a reply that misses its
+        step can still serve the next one."""
+        return max(lead.configured_frames, min(lead.usual_staleness_frames, lead.room_frames))
 
     def hedge_after_s(self, time_left_s: float = math.inf) -> float | None:
         """How long a call may stay unanswered before its sample goes to a second replica (None: not yet
@@ -276,6 +316,12 @@ class NextIdleScheduler(Scheduler):
         if chosen is None or chosen.recently_failed:
             return None
         return chosen.address
+
+    def backlog_in_time(self, now_s: float, sample: SampleView, own_step_s: float) -> bool:
+        """While a reply, a mean round trip away, can still come before the backlog sample's own step: later,
+        the newer sample's reply has been applied by then, and the call would waste the replica."""
+        mean_s = self._mean_s
+        return now_s + mean_s < own_step_s and sample.worth_sending(now_s, mean_s)
 
     def _observe(self, round_trip_s: float) -> None:
         previous_s = self._mean_s
@@ -344,11 +390,12 @@ class StaggeredScheduler(Scheduler):
         if self._next_call_s is None or pushed_s > self._next_call_s:
             self._next_call_s = pushed_s
 
-    def lead_frames(self, frame_period_s: float) -> int | None:
+    def lead_frames(self, lead: LeadView) -> int | None:
+        """T rounded up to frames: replies act on steps about T after their observations (None: T unknown)."""
         period_s = self.period_s
         if period_s == 0.0:
             return None
-        return math.ceil(period_s / frame_period_s)
+        return math.ceil(period_s / lead.frame_period_s)
 
 
 class MaxTimeScheduler(StaggeredScheduler):
@@ -357,7 +404,7 @@ class MaxTimeScheduler(StaggeredScheduler):
     `window=None, outliers=0` is the paper's rule as published: the longest round trip ever counted.
     """
 
-    kind = SchedulerKind.MAX_TIME
+    name = "max_time"
 
     def __init__(self, window: int | None = MAX_TIME_WINDOW, outliers: int = MAX_TIME_OUTLIERS) -> None:
         super().__init__()
@@ -390,7 +437,7 @@ class MaxTimeScheduler(StaggeredScheduler):
 class MeanTimeScheduler(StaggeredScheduler):
     """The appendix variant: T is the exponentially weighted running mean of counted round trips."""
 
-    kind = SchedulerKind.MEAN_TIME
+    name = "mean_time"
 
     def __init__(self, weight: float = MEAN_WEIGHT) -> None:
         super().__init__()
@@ -418,9 +465,16 @@ def _successor(replicas: Sequence[ReplicaView], after: str | None) -> ReplicaVie
     return replicas[0]
 
 
-def make_scheduler(kind: SchedulerKind) -> Scheduler:
-    if kind is SchedulerKind.MAX_TIME:
-        return MaxTimeScheduler()
-    if kind is SchedulerKind.MEAN_TIME:
-        return MeanTimeScheduler()
-    return NextIdleScheduler()
+SCHEDULERS: Mapping[str, type[Scheduler]] = {
+    policy.name: policy for policy in (NextIdleScheduler, MaxTimeScheduler, MeanTimeScheduler)
+}
+"""Every policy by the name RTRL_SCHEDULER gives it: a new policy is a `Scheduler` subclass added here."""
+SCHEDULER_NAMES = tuple(SCHEDULERS)
+
+
+def make_scheduler(name: str) -> Scheduler:
+    """The policy `name` (a key of `SCHEDULERS`) with its default parameters."""
+    policy = SCHEDULERS.get(name)
+    if policy is None:
+        raise ValueError(f"there is no scheduler {name!r}; choose one of {', '.join(SCHEDULER_NAMES)}")
+    return policy()

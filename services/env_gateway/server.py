@@ -43,7 +43,7 @@ from services.env_gateway.metrics import start_metrics
 from services.env_gateway.preprocess import make_preprocessor
 from services.env_gateway.publisher import BATCH_INTERVAL_S, TransitionPublisher
 from services.env_gateway.replicas import WARM_UP_TIMEOUT_S, AddressResolver, ReplicaPool
-from services.env_gateway.scheduler import NextIdleScheduler, SchedulerKind, make_scheduler
+from services.env_gateway.scheduler import LeadView, make_scheduler
 from services.env_gateway.settings import GatewaySettings
 from services.env_gateway.simulated_clock import SimulatedClock, SimulatedDispatch, simulated_clock
 from services.env_gateway.viewers import FrameFanout
@@ -148,14 +148,15 @@ class Gateway:
                     decision_interval_frames=settings.decision_interval_frames,
                 )
             else:
-                kind = SchedulerKind(settings.scheduler)
+                scheduler = make_scheduler(settings.scheduler)
                 self.dispatcher = Dispatcher(
                     self.preprocessor,
                     self.mailbox,
                     self.replicas,
-                    make_scheduler(kind),
-                    # next_idle acts only on a new sample, so it can act on the clock's thread (see dispatcher.py).
-                    inline=kind is SchedulerKind.NEXT_IDLE,
+                    scheduler,
+                    # A scheduler that acts only on a new sample or an answer can act on the clock's thread
+                    # (see dispatcher.py).
+                    inline=scheduler.inline,
                     frame_period_s=1.0 / self.clock_config.frame_rate_hz,
                 )
             # Fewer wake-ups, mid-frame, beside the calls in flight in realtime; a sequential Train waits for
@@ -183,8 +184,6 @@ class Gateway:
                 ) from error
             # A state backend's frames are vectors: viewers get its render, made only while someone watches.
             self.frames = FrameFanout(self.backend.render if self.backend.observation_kind == "state" else None)
-            frame_period_s = 1.0 / self.clock_config.frame_rate_hz
-            scheduler = self.dispatcher.scheduler
             self.clock: RealtimeClock | SimulatedClock
             if isinstance(self.dispatcher, SimulatedDispatch):
                 # RTRL_CLOCK=simulated: as fast as possible, each action exactly d frames after its observation.
@@ -205,11 +204,8 @@ class Gateway:
                     publish=self._publish,
                     show_frame=self.frames.publish,
                     mailbox=self.mailbox,
-                    lead_for_episode=(
-                        self._usual_lead
-                        if isinstance(scheduler, NextIdleScheduler) and settings.interaction == "async"
-                        else lambda: scheduler.lead_frames(frame_period_s)
-                    ),
+                    # Sequential interaction keeps the configured lead, as the frameworks it reproduces do.
+                    lead_for_episode=self._episode_lead if settings.interaction == "async" else None,
                 )
             self.episode_log = EpisodeLog(settings.episode_log_path) if settings.episode_log_path else None
             if self.episode_log is not None:
@@ -229,14 +225,17 @@ class Gateway:
         self.dispatcher.on_record(record)
         return self.publisher.publish(record)
 
-    def _usual_lead(self) -> int:
-        """next_idle's lead for an episode: the configured L, or the usual staleness D when replies take longer
-        (so the first D frames of an episode, which no reply can reach, are lead, not decisions, and the
-        observation recorded with a step is the one its action was computed from), but at most S - k, so
-        that a reply that misses its step can still serve the next one."""
+    def _episode_lead(self) -> int | None:
+        """The scheduler's lead for an episode that starts now (None: the configured one); see clock.py, Lead."""
         settings = self.settings
-        room = settings.max_staleness_frames - settings.decision_interval_frames
-        return max(settings.lead_frames, min(self.mailbox.usual_staleness(), room))
+        return self.dispatcher.scheduler.lead_frames(
+            LeadView(
+                frame_period_s=1.0 / self.clock_config.frame_rate_hz,
+                configured_frames=settings.lead_frames,
+                usual_staleness_frames=self.mailbox.usual_staleness(),
+                room_frames=settings.max_staleness_frames - settings.decision_interval_frames,
+            )
+        )
 
     def _quiet_after(self, not_before_s: float) -> float:
         assert isinstance(self.clock, RealtimeClock), "the publisher batches only beside a realtime clock"

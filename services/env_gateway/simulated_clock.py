@@ -52,6 +52,7 @@ from services.env_gateway.clock import (
 )
 from services.env_gateway.dispatcher import CallOutcome, ReplicaLink
 from services.env_gateway.preprocess import ObservationPreprocessor
+from services.env_gateway.scheduler import LeadView
 from services.env_gateway.settings import DEFAULT_SIMULATED_REPLY_TIMEOUT_S, GatewaySettings
 
 log = logging.getLogger(__name__)
@@ -245,7 +246,7 @@ class _SimulatedSchedule:
     def spacing_s(self, replicas: int) -> float:
         return 0.0
 
-    def lead_frames(self, frame_period_s: float) -> int | None:
+    def lead_frames(self, lead: LeadView) -> int | None:
         return None
 
 

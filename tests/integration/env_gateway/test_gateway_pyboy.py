@@ -25,7 +25,7 @@ from typing import Any, cast
 import numpy as np
 import pytest
 import redis
-from gateway_doubles import Replica
+from gateway_doubles import Replica, assert_on_schedule
 
 from rtrl.config import SettingsError
 from rtrl.local_redis import LocalRedis
@@ -345,11 +345,12 @@ def test_the_gateway_runs_the_rom_at_the_game_boy_rate_and_publishes_transitions
         gateway.start()
         run_s = 2.0
         time.sleep(run_s)  # the gateway runs on its own threads; the test lets wall-clock time pass
-        frames, uptime_s = gateway.clock.frame, gateway.clock.uptime_s()
+        uptime_s, frames = gateway.clock.uptime_s(), gateway.clock.frame
     finally:
         gateway.stop()
     assert gateway.clock.failure is None
-    assert frames / uptime_s == pytest.approx(59.7275, rel=0.05)
+    assert gateway.clock.config.frame_rate_hz == pytest.approx(59.7275)  # the Game Boy's rate, not 60
+    assert_on_schedule(gateway.clock, frames, uptime_s, rate_hz=59.7275)
 
     client = redis.Redis.from_url(local_redis.url)
     try:

@@ -56,28 +56,40 @@ def test_learner_writes_losses_returns_lag_throughput_and_hyperparameters(
     publish([transition(seq) for seq in range(100)])
     settings = make_settings(tensorboard_dir=str(tmp_path / "tensorboard"))
     learner = Learner(settings)
-    tensorboard = TensorBoardLog(learner, settings.tensorboard_dir, interval_s=0.1)
+    interval_s = 0.1
+    tensorboard = TensorBoardLog(learner, settings.tensorboard_dir, interval_s=interval_s)
     learner.start()
     tensorboard.start()
     try:
         wait_until(lambda: learner.status().transitions_consumed == 100, "every transition consumed")
         wait_until(lambda: learner.status().updates >= 20, "20 updates")
         wait_until(lambda: tensorboard.episodes_written == 4 and tensorboard.samples_written >= 3, "4 episodes")
+        # A second batch once a sample has counted the first one whole: its consumption must show as a rate.
+        publish([transition(seq) for seq in range(100, 150)])
+        wait_until(lambda: learner.status().transitions_consumed == 150, "the second batch consumed")
+        # Two more samples: the second of them reads the status after the last transition was consumed.
+        samples_then = tensorboard.samples_written
+        wait_until(lambda: tensorboard.samples_written >= samples_then + 2, "two samples after the second batch")
     finally:
         learner.stop()
         tensorboard.stop()
 
     written = scalars(tmp_path / "tensorboard")
-    assert [value for _, value in written["charts/episode_return"]] == [5.0, 5.0, 5.0, 5.0]
-    assert [value for _, value in written["charts/episode_length"]] == [25.0] * 4
+    assert [value for _, value in written["charts/episode_return"]] == [5.0] * 6
+    assert [value for _, value in written["charts/episode_length"]] == [25.0] * 6
     losses = [value for _, value in written["losses/loss"]]
     assert losses and all(math.isfinite(loss) and loss >= 0 for loss in losses)
     assert any(loss > 0 for loss in losses), "a DQN update on these rewards has a non-zero loss"
     steps = [step for step, _ in written["losses/loss"]]
     assert steps == sorted(steps) and steps[-1] == learner.status().updates
     assert max(value for _, value in written["throughput/updates_per_s"]) > 0
-    assert max(value for _, value in written["throughput/transitions_per_s"]) >= 0
-    assert "throughput/transitions_per_s" in written
+    rates = [value for _, value in written["throughput/transitions_per_s"]]
+    # Every sample but the first (nothing earlier to count from), stop()'s last one included, has a rate.
+    assert len(rates) == tensorboard.samples_written - 1
+    # The second batch was counted; nothing came after it; and no sample (at least interval_s after the one
+    # before it, stop()'s aside, which counts nothing here) saw more than all 150 transitions.
+    assert max(rates) > 0 and rates[-1] == 0.0
+    assert all(0.0 <= rate <= 150 / interval_s for rate in rates), rates
     # Synthetic transitions come from the fresh policy (version -1) while the learner publishes 1, 2, ...
     assert all(value >= 1 for _, value in written["policy_lag/versions_mean"])
     assert [value for _, value in written["checkpoints/version"]][-1] == learner.status().checkpoint_version

@@ -322,6 +322,45 @@ def test_a_call_answered_in_time_is_not_hedged_and_nothing_is_hedged_before_a_ro
         dispatcher.stop()
 
 
+class NextIdleWithoutExtras(NextIdleScheduler):
+    """next_idle as a policy that declares neither a backlog nor hedging would: the dispatcher must follow
+    the hooks, whatever the scheduler's class."""
+
+    keeps_backlog = False
+    hedges = False
+
+
+def test_an_inline_scheduler_that_does_not_hedge_or_keep_a_backlog_gets_neither() -> None:
+    now = FakeTime(100.002)
+    replicas = FakeReplicas(("a", "b"))
+    scheduler = NextIdleWithoutExtras()
+    for _ in range(WARMUP_REPLIES + 1):
+        scheduler.on_reply("warm", 0.002)
+    mailbox = ActionMailbox(5, now)
+    mailbox.begin_episode(0, 0)
+    dispatcher = Dispatcher(Preprocessor(10, 8), mailbox, replicas, scheduler, now_s=now, inline=True)
+    dispatcher.start()
+    try:
+        dispatcher.submit(sample(0))  # to "a", which never answers
+        now.advance(0.002 * HEDGE_AFTER_MEANS + 0.001)  # overdue: next_idle would hedge it to "b" now
+        threading.Event().wait(0.05)
+        assert [s[0] for s in replicas.sends] == ["a"] and dispatcher.requests_hedged == 0
+        dispatcher.submit(sample(1))  # to "b"
+        dispatcher.submit(sample(2))  # both busy: waits
+        dispatcher.submit(sample(3))  # replaces 2, which is not kept for later: counted at once
+        assert dispatcher.requests_not_sent == 1
+        replicas.finish(1, ActionReply(1, 0, 0.0))
+        assert [s[1][1] for s in replicas.sends] == [0, 1, 3]  # 2 never goes, though "b" is idle now
+    finally:
+        dispatcher.stop()
+
+
+def test_a_scheduler_that_asks_to_be_woken_is_refused_inline_dispatch() -> None:
+    mailbox = ActionMailbox(5, FakeTime(100.0))
+    with pytest.raises(ValueError, match="max_time scheduler asks to be woken"):
+        Dispatcher(Preprocessor(10, 8), mailbox, FakeReplicas(), MaxTimeScheduler(), inline=True)
+
+
 def test_dispatcher_thread_sends_what_the_clock_submits() -> None:
     replicas = FakeReplicas()
     dispatcher, _ = make(replicas)

@@ -12,7 +12,10 @@ from services.env_gateway.scheduler import (
     HEDGE_MIN_S,
     MAX_TIME_OUTLIERS,
     MAX_TIME_WINDOW,
+    SCHEDULER_NAMES,
+    SCHEDULERS,
     WARMUP_REPLIES,
+    LeadView,
     MaxTimeScheduler,
     MeanTimeScheduler,
     NextIdleScheduler,
@@ -20,13 +23,16 @@ from services.env_gateway.scheduler import (
     ReplicaView,
     SampleView,
     Scheduler,
-    SchedulerKind,
     StaggeredScheduler,
     make_scheduler,
     next_in_rotation,
 )
 
 FAR = 1e9  # a sample deadline that never matters
+
+
+def lead(frame_period_s: float = 1 / 60, configured: int = 2, usual_staleness: int = 0, room: int = 7) -> LeadView:
+    return LeadView(frame_period_s, configured, usual_staleness, room)
 
 
 class Pool:
@@ -93,8 +99,15 @@ def test_next_idle_sends_each_sample_once_to_the_next_idle_replica() -> None:
     assert send_if_planned(scheduler, pool, 0.0, new=False).send_to is None  # a sample is sent once
     assert send_if_planned(scheduler, pool, 0.016).send_to == "b"
     assert send_if_planned(scheduler, pool, 0.033).send_to is None  # both busy: it waits, unsent
-    assert scheduler.lead_frames(1 / 60) is None
+    assert scheduler.lead_frames(lead(configured=2)) == 2  # no usual staleness yet: the configured lead
     assert scheduler.period_s == 0.0
+
+
+def test_next_idle_leads_by_the_usual_staleness_when_replies_take_longer_but_at_most_s_minus_k() -> None:
+    scheduler = NextIdleScheduler()
+    assert scheduler.lead_frames(lead(configured=1, usual_staleness=5, room=7)) == 5
+    assert scheduler.lead_frames(lead(configured=1, usual_staleness=8, room=7)) == 7  # a reply may miss a step
+    assert scheduler.lead_frames(lead(configured=3, usual_staleness=2, room=7)) == 3  # never below L
 
 
 def test_next_idle_sends_an_unsent_sample_when_a_call_ends_if_a_reply_can_still_come_in_time() -> None:
@@ -201,7 +214,7 @@ def test_max_time_grows_t_on_a_slower_call_and_pushes_the_next_call_back() -> No
     assert scheduler.plan(now_s + 0.011, sample(now_s), pool.views()).wake_at_s == pytest.approx(now_s + 0.03)
     scheduler.on_reply(busy, 0.01)  # a faster call does not lower T while the slow one is recent
     assert scheduler.period_s == 0.06
-    assert scheduler.lead_frames(1 / 60) == 4  # 60 ms is 3.6 frames at 60 fps
+    assert scheduler.lead_frames(lead(1 / 60, usual_staleness=9)) == 4  # 60 ms is 3.6 frames at 60 fps
 
 
 def test_max_time_sets_a_rare_spike_aside_and_forgets_slow_calls_once_they_leave_the_window() -> None:
@@ -277,6 +290,37 @@ def test_without_replicas_the_scheduler_asks_again_soon() -> None:
     assert plan.send_to is None and plan.wake_at_s is not None and plan.wake_at_s > 5.0
 
 
-@pytest.mark.parametrize("kind", list(SchedulerKind))
-def test_make_scheduler_builds_each_kind(kind: SchedulerKind) -> None:
-    assert make_scheduler(kind).name == kind.value
+@pytest.mark.parametrize("name", SCHEDULER_NAMES)
+def test_make_scheduler_builds_each_policy_by_its_name(name: str) -> None:
+    scheduler = make_scheduler(name)
+    assert scheduler.name == name and type(scheduler) is SCHEDULERS[name]
+
+
+def test_an_unknown_scheduler_name_is_refused_with_the_names_there_are() -> None:
+    with pytest.raises(ValueError, match="choose one of next_idle, max_time, mean_time"):
+        make_scheduler("round_robin")
+
+
+@pytest.mark.parametrize("scheduler", [MaxTimeScheduler(), MeanTimeScheduler()], ids=lambda s: s.name)
+def test_staggering_schedulers_take_the_default_of_every_hook(scheduler: StaggeredScheduler) -> None:
+    """The hooks next_idle answers (inline dispatch, backlog, hedging) are off for the other policies, and
+    their lead follows T alone, not the configured lead or the usual staleness."""
+    pool = Pool("a", "b")
+    assert not (scheduler.inline or scheduler.keeps_backlog or scheduler.hedges)
+    assert scheduler.lead_frames(lead(configured=3, usual_staleness=6)) is None  # T unknown: keep L
+    warm_up(scheduler, pool, 0.03)
+    assert scheduler.lead_frames(lead(configured=3, usual_staleness=6)) == 2  # 30 ms is 1.8 frames
+    # Times at which next_idle would hedge and keep a backlog (see the tests above).
+    assert scheduler.hedge_after_s() is None and scheduler.hedge_after_s(0.03) is None
+    assert scheduler.plan_hedge(1.0, sample(1.0, unsent=False), pool.views()) is None
+    assert not scheduler.backlog_in_time(1.0, sample(1.0), own_step_s=2.0)
+
+
+def test_next_idle_hedges_and_keeps_a_backlog_only_while_a_reply_can_come_in_time() -> None:
+    scheduler = NextIdleScheduler()
+    assert scheduler.inline and scheduler.keeps_backlog and scheduler.hedges
+    scheduler.on_reply("a", 0.5)  # warm-up
+    scheduler.on_reply("a", 0.01)
+    assert scheduler.backlog_in_time(1.0, sample(1.0, deadline_s=1.1), own_step_s=1.05)
+    assert not scheduler.backlog_in_time(1.0, sample(1.0, deadline_s=1.1), own_step_s=1.005)  # after its step
+    assert not scheduler.backlog_in_time(1.0, sample(0.9, deadline_s=1.005), own_step_s=1.05)  # past its deadline
