@@ -394,7 +394,6 @@ class GatewaySettings:
     replica_registry: str = DEFAULT_REPLICA_REGISTRY
     """Redis key (sorted set, in the Redis of `redis_url`) where replicas register (rtrl/registry.py)."""
     scheduler: str = DEFAULT_SCHEDULER
-    """When observations go to which replica: a policy named in scheduler.SCHEDULERS (scheduler.py)."""
     interaction: str = "async"
     """async: act without pause; sequential: act -> learn -> act, one decision at a time (a baseline)."""
     clock: str = "realtime"
