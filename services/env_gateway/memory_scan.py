@@ -10,11 +10,13 @@ before. Regions are read in blocks of up to `BLOCK_BYTES` and compared with nump
 about one copy of the process's writable memory; candidates are kept as a mask over a block while
 many remain and as an index array once few do.
 
-`pointer_scan` goes from one address back to static memory, the way Cheat Engine's pointer scan
-does: it collects every aligned pointer-sized value in writable memory that points into writable
-memory, then walks backwards, level by level, from the address to the slots that point at most
-`max_offset` bytes before it, until a slot lies in a module's image (a global variable). Each path
+`pointer_scan` goes from the addresses left back to static memory, the way Cheat Engine's pointer
+scan does: it collects every aligned pointer-sized value in writable memory that points into writable
+memory, then walks backwards, level by level, from the addresses to the slots that point at most
+`max_offset` bytes before them, until a slot lies in a module's image (a global variable). Each path
 is a chain in the profile's terms: `module + p0`, then read a pointer and add each further offset.
+`ChainScan` narrows chains with the same rounds, following each chain anew every time (also in a
+restarted game), and `Scan` runs a whole scan of one game step by step, keys included.
 """
 
 from __future__ import annotations
@@ -100,10 +102,6 @@ class _Block:
         else:
             slots = np.arange(len(self.values))
         return self.start + slots.astype(np.int64) * itemsize
-
-    def current(self, values: np.ndarray) -> np.ndarray:
-        """The candidates' entries of a full block's values (for a dense block: all of them)."""
-        return values if self.indices is None else values[self.indices]
 
 
 def scannable(regions: Iterable[MemoryRegion]) -> list[MemoryRegion]:
