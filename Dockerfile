@@ -52,7 +52,6 @@ RUN pip install --find-links /wheels -r /deps/all.txt
 FROM deps-gateway AS code
 COPY pyproject.toml README.md /src/
 COPY rtrl /src/rtrl
-COPY services /src/services
 RUN pip wheel --no-deps --find-links /wheels --wheel-dir /dist /src
 
 # -- what both images share: the user and the checkpoint directory -------------------------------------

@@ -33,10 +33,10 @@ import numpy as np
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from services.env_gateway.backends.base import Backend  # noqa: E402
-from services.env_gateway.game_rules import with_rules  # noqa: E402
-from services.env_gateway.preprocess import FrameHistory, Preprocessor, SampledFrame  # noqa: E402
-from services.env_gateway.profiles import GameProfile, load_profile  # noqa: E402
+from rtrl.services.env_gateway.backends.base import Backend  # noqa: E402
+from rtrl.services.env_gateway.game_rules import with_rules  # noqa: E402
+from rtrl.services.env_gateway.preprocess import FrameHistory, Preprocessor, SampledFrame  # noqa: E402
+from rtrl.services.env_gateway.profiles import GameProfile, load_profile  # noqa: E402
 
 GBROM_DIR = REPO_ROOT / "tests" / "fixtures" / "gbrom"
 BOXGAME_DIR = REPO_ROOT / "tests" / "fixtures" / "desktop_game"
@@ -86,7 +86,7 @@ def measure(backend: Backend, profile: GameProfile, seconds: float, seed: int = 
 
 
 def bench_pyboy(args: argparse.Namespace) -> tuple[str, dict[str, float], float]:
-    from services.env_gateway.backends.pyboy import PyBoyBackend
+    from rtrl.services.env_gateway.backends.pyboy import PyBoyBackend
 
     with tempfile.TemporaryDirectory(prefix="rtrl-bench-") as tmp:
         if args.rom is None:
@@ -116,7 +116,7 @@ def bench_desktop(args: argparse.Namespace) -> tuple[str, dict[str, float], floa
     Without, it starts its own: a private Xvfb and the test game (tests/fixtures/desktop_game) in a
     window of --window-size, with --obs-size observations; Linux only (Xvfb, gcc, libx11-dev).
     """
-    from services.env_gateway.backends.desktop import DesktopBackend
+    from rtrl.services.env_gateway.backends.desktop import DesktopBackend
 
     if args.desktop_profile:
         profile = load_profile(args.desktop_profile)

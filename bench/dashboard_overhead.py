@@ -29,8 +29,8 @@ import numpy as np
 
 from rtrl.grpc_util import health_status
 from rtrl.local_redis import LocalRedis, free_port
-from services.env_gateway.server import Gateway, create_server
-from services.env_gateway.settings import GatewaySettings
+from rtrl.services.env_gateway.server import Gateway, create_server
+from rtrl.services.env_gateway.settings import GatewaySettings
 
 SETTLE_S = 3.0
 SSE_READER = """
@@ -199,12 +199,12 @@ def main() -> None:
                 "RTRL_LEARNER_PORT": learner_address.rsplit(":", 1)[1],
                 "RTRL_CHECKPOINT_EVERY_UPDATES": "50",
             }
-            children.spawn("services.learner", env, workdir / "learner.log")
+            children.spawn("rtrl.services.learner", env, workdir / "learner.log")
             addresses.append(learner_address)
         for i in range(args.replicas):
             port = free_port()
             env = {**common, "RTRL_INFERENCE_PORT": str(port), "RTRL_REPLICA_ID": f"replica-{i}"}
-            children.spawn("services.inference", env, workdir / f"inference-{i}.log")
+            children.spawn("rtrl.services.inference", env, workdir / f"inference-{i}.log")
             addresses.append(f"127.0.0.1:{port}")
         deadline = time.monotonic() + 120
         while any(health_status(a, timeout_s=0.5) != "SERVING" for a in addresses):
@@ -236,10 +236,10 @@ def main() -> None:
             with_dashboard = phase % 2 == 1
             dashboard = viewer = driver = None
             if with_dashboard:
-                dashboard = children.spawn("services.dashboard", dashboard_env, workdir / "dashboard.log")
+                dashboard = children.spawn("rtrl.services.dashboard", dashboard_env, workdir / "dashboard.log")
                 wait_http(dashboard_url + "healthz")
                 if args.viewer == "chromium":
-                    from services.dashboard.headless import open_chromium
+                    from rtrl.services.dashboard.headless import open_chromium
 
                     driver = open_chromium()
                     driver.get(dashboard_url)

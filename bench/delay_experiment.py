@@ -10,9 +10,9 @@ with random and noop baselines; mean episode return over a fixed budget of frame
 
 Each run is one process (`--run-one`, results as one JSON line on stdout, no pickle), at most `--jobs`
 at a time, torch on one thread. A run drives the gateway's frame-accurate clock
-(services/env_gateway/simulated_clock.py, the code behind RTRL_CLOCK=simulated) on real ALE Boxing at
-frameskip 1, and the learner's own DQN code (services/learner/algorithms/dqn.py update and epsilon schedule,
-services/learner/replay.py ReplayBuffer) in the same process, with the policy answering each
+(rtrl/services/env_gateway/simulated_clock.py, the code behind RTRL_CLOCK=simulated) on real ALE Boxing at
+frameskip 1, and the learner's own DQN code (rtrl/services/learner/algorithms/dqn.py update and epsilon schedule,
+rtrl/services/learner/replay.py ReplayBuffer) in the same process, with the policy answering each
 observation at once. The services in simulated mode would run the same clock, but with a free-running
 learner the number of updates per frame would depend on how fast each process happens to be on a
 shared 2-core machine; in-process it is fixed (one update every `--train-every` frames, in both
@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from services.learner.algorithms.dqn import DQNConfig
+    from rtrl.services.learner.algorithms.dqn import DQNConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
@@ -71,7 +71,7 @@ WALL_EPSILON_FRAMES = 100_000
 BUDGET_STEP_FRAMES = 10_000
 # Each run prints a progress line to stderr this often.
 PROGRESS_EVERY_S = 30.0
-# The DQN hyperparameters this experiment sets (the others are services/learner/algorithms/dqn.py's defaults); the
+# The DQN hyperparameters this experiment sets (the others are rtrl/services/learner/algorithms/dqn.py's defaults); the
 # results' meta records them all.
 LEARNING_RATE = 1e-4
 BATCH_SIZE = 32
@@ -104,7 +104,7 @@ class RunSpec:
 
 def dqn_config_of(spec: RunSpec) -> DQNConfig:
     """The DQN hyperparameters of a run (the results' meta records them all)."""
-    from services.learner.algorithms import dqn
+    from rtrl.services.learner.algorithms import dqn
 
     return dqn.DQNConfig(
         learning_rate=spec.learning_rate,
@@ -125,12 +125,12 @@ def run_one(spec: RunSpec) -> dict[str, object]:
     import torch
 
     from rtrl.models import default_model_config
-    from services.env_gateway.backends import make_backend
-    from services.env_gateway.clock import ActionReply, ClockConfig, ObservationSample, StepRecord
-    from services.env_gateway.preprocess import Preprocessor
-    from services.env_gateway.settings import EnvSpec, FallbackPolicy, GatewaySettings
-    from services.env_gateway.simulated_clock import SimulatedClock, SimulatedTiming, completed
-    from services.learner.algorithms import dqn
+    from rtrl.services.env_gateway.backends import make_backend
+    from rtrl.services.env_gateway.clock import ActionReply, ClockConfig, ObservationSample, StepRecord
+    from rtrl.services.env_gateway.preprocess import Preprocessor
+    from rtrl.services.env_gateway.settings import EnvSpec, FallbackPolicy, GatewaySettings
+    from rtrl.services.env_gateway.simulated_clock import SimulatedClock, SimulatedTiming, completed
+    from rtrl.services.learner.algorithms import dqn
 
     torch.set_num_threads(1)
     settings = GatewaySettings(env=EnvSpec.parse(ENV), seed=spec.seed)
@@ -319,7 +319,8 @@ def save(results_path: Path, args: argparse.Namespace, runs: list[dict[str, obje
         "device": args.device,
         "device_name": args.device_name,
         "jobs": args.jobs,
-        # Every DQN hyperparameter (services/learner/algorithms/dqn.py DQNConfig); epsilon_decay_steps counts frames.
+        # Every DQN hyperparameter (DQNConfig in rtrl/services/learner/algorithms/dqn.py); epsilon_decay_steps
+        # counts frames.
         "dqn": asdict(dqn_config_of(RunSpec("dqn", "async", 1, 0, args.frames, **run_options(args)))),
     }
     results_path.write_text(json.dumps({"meta": meta, "runs": runs}, indent=1) + "\n")
@@ -572,11 +573,12 @@ and what they mean in [learning.md](learning.md).
 - Game: ALE Boxing (`ale:Boxing`, ale-py's ROM), frameskip 1, no sticky actions, episodes as the game
   ends them (a 2-minute round, about 7,100 frames, or a knock-out).
 - Clock: the gateway's frame-accurate simulated clock (`RTRL_CLOCK=simulated`,
-  services/env_gateway/simulated_clock.py). d = frames from an observation to the frame its action is
+  rtrl/services/env_gateway/simulated_clock.py). d = frames from an observation to the frame its action is
   applied on (1: ordinary RL). **async**: an action every frame, each from a d-frame-old observation.
   **sequential**: the action is applied d frames after its observation, then d noop frames, then the
   next observation (one decision every d + 1 frames). Fallback: noop (action 0).
-- Learner: DQN from services/learner/algorithms/dqn.py (Huber loss, Adam {short_float(dqn["learning_rate"])}, batch \
+- Learner: DQN from rtrl/services/learner/algorithms/dqn.py (Huber loss, \
+Adam {short_float(dqn["learning_rate"])}, batch \
 {dqn["batch_size"]}, target copy every {dqn["target_network_frequency"]:,}
   updates, epsilon 1 -> 0.05 over {epsilon_span}, counted in frames in both modes) on the
   learner's ReplayBuffer ({buffer} transitions), Nature CNN on one {meta["obs_size"]}x{meta["obs_size"]} grey

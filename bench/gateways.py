@@ -41,9 +41,9 @@ import numpy as np  # noqa: E402
 import redis  # noqa: E402
 
 from rtrl.local_redis import LocalRedis, free_port, free_ports_in_a_row  # noqa: E402
+from rtrl.services.env_gateway.publisher import BATCH_SIZE, TransitionPublisher  # noqa: E402
+from rtrl.services.learner.stream import DEFAULT_READ_COUNT, TransitionStream  # noqa: E402
 from rtrl.transitions import STREAM_FIELD, Transition, encode  # noqa: E402
-from services.env_gateway.publisher import BATCH_SIZE, TransitionPublisher  # noqa: E402
-from services.learner.stream import DEFAULT_READ_COUNT, TransitionStream  # noqa: E402
 
 FPS = 60.0
 

@@ -23,10 +23,10 @@ import torch
 
 from rtrl.grpc_util import create_channel
 from rtrl.security import SecuritySettings
+from rtrl.services.inference.server import create_server
+from rtrl.services.inference.settings import InferenceSettings
 from rtrl.tensors import to_proto
 from rtrl.v1 import inference_pb2, inference_pb2_grpc
-from services.inference.server import create_server
-from services.inference.settings import InferenceSettings
 
 # The PKI helper lives with the security tests; the benchmark reuses it rather than copying it.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "integration" / "security"))

@@ -25,10 +25,10 @@ import numpy as np
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
+from rtrl.services.inference.server import create_server  # noqa: E402
+from rtrl.services.inference.settings import InferenceSettings, resolve_device  # noqa: E402
 from rtrl.tensors import to_proto  # noqa: E402
 from rtrl.v1 import inference_pb2, inference_pb2_grpc  # noqa: E402
-from services.inference.server import create_server  # noqa: E402
-from services.inference.settings import InferenceSettings, resolve_device  # noqa: E402
 
 OBSERVATION = np.zeros((4, 84, 84), dtype=np.uint8)
 ACTIONS = 6

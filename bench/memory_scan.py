@@ -9,7 +9,7 @@ mixed sizes and kinds (entities full of pointers, floats and small ints, entity 
 arrays, index buffers, strings, textures, audio, mostly-empty pools), deterministic for a seed, and a
 player whose f32 x is reached as a game's is, base(scan_target) + g_world -> + world.player -> + player.x;
 it changes x on command. Each row is one thing `rtrl scan` does, run through the same engine
-(services/env_gateway/memory_scan.py) and the same reader (ProcMemory, /proc/<pid>/mem):
+(rtrl/services/env_gateway/memory_scan.py) and the same reader (ProcMemory, /proc/<pid>/mem):
 
 - raw read: ProcMemory.read over every writable region in the scan's blocks, no numpy: the baseline;
 - the first f32 scan with a value, and the first `--unknown` f32 scan (which keeps a snapshot);
@@ -47,9 +47,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from rtrl.scan import POINTER_TARGETS, ScanOptions  # noqa: E402
-from services.env_gateway.backends.desktop import MemoryReadError, MemoryRegion  # noqa: E402
-from services.env_gateway.backends.desktop_linux import ProcMemory  # noqa: E402
-from services.env_gateway.memory_scan import (  # noqa: E402
+from rtrl.services.env_gateway.backends.desktop import MemoryReadError, MemoryRegion  # noqa: E402
+from rtrl.services.env_gateway.backends.desktop_linux import ProcMemory  # noqa: E402
+from rtrl.services.env_gateway.memory_scan import (  # noqa: E402
     BLOCK_BYTES,
     Chain,
     PointerMap,

@@ -28,12 +28,12 @@ import torch
 
 from rtrl.local_redis import LocalRedis
 from rtrl.metrics import Window
-from services.env_gateway import metrics as gateway_metrics
-from services.env_gateway.server import Gateway, create_server
-from services.env_gateway.settings import GatewaySettings
-from services.inference import metrics as inference_metrics
-from services.inference.server import create_server as create_inference_server
-from services.inference.settings import InferenceSettings
+from rtrl.services.env_gateway import metrics as gateway_metrics
+from rtrl.services.env_gateway.server import Gateway, create_server
+from rtrl.services.env_gateway.settings import GatewaySettings
+from rtrl.services.inference import metrics as inference_metrics
+from rtrl.services.inference.server import create_server as create_inference_server
+from rtrl.services.inference.settings import InferenceSettings
 
 SETTLE_S = 2.0
 

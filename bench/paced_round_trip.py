@@ -17,7 +17,7 @@ conditions; compare rows with each other.
 With --beside-training, every paced exchange is also measured with a training loop running beside
 both processes, as the learner runs beside the gateway and the replicas: a third process, at the
 learner's niceness (RTRL_LEARNER_NICE's default, 10), training rtrl's Nature CNN on random batches of
-32 with one torch thread (what services/learner does between its reads from Redis).
+32 with one torch thread (what rtrl/services/learner does between its reads from Redis).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from services.learner.settings import DEFAULT_NICE
+from rtrl.services.learner.settings import DEFAULT_NICE
 
 OBSERVATION_BYTES = 4 * 84 * 84
 RATE_HZ = 60.0

@@ -32,8 +32,8 @@ import numpy as np
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from services.env_gateway.profiles import GameProfile, parse_profile  # noqa: E402
-from services.env_gateway.screen_signals import ScreenSignals, grey_region  # noqa: E402
+from rtrl.services.env_gateway.profiles import GameProfile, parse_profile  # noqa: E402
+from rtrl.services.env_gateway.screen_signals import ScreenSignals, grey_region  # noqa: E402
 
 FRAME_W, FRAME_H = 640, 480
 SPEED_PX = 3

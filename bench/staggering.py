@@ -7,10 +7,10 @@ scheduler, and the sequential act -> learn -> act baseline, with the learner tra
 
 Everything is real except the game clock's opponent: real ALE Pong at 60 fps stepped by the gateway
 (in this process, deciding every frame: RTRL_DECISION_INTERVAL_FRAMES=1), real inference replicas
-(`python -m services.inference` subprocesses) whose forward pass occupies them for t_infer
+(`python -m rtrl.services.inference` subprocesses) whose forward pass occupies them for t_infer
 (RTRL_INFERENCE_OCCUPY_MS; a sleep, so a replica waiting costs no CPU, like an accelerator), then
 real model sizes (ImpalaCNN, RTRL_MODEL_WIDTH 1/7/29, on this CPU), a real Redis and a real learner
-(`python -m services.learner`, DQN) consuming every row's transitions and training without pause.
+(`python -m rtrl.services.learner`, DQN) consuming every row's transitions and training without pause.
 The sequential rows pause that learner and run a second one in RTRL_LEARNER_MODE=sequential with
 the gateway in RTRL_INTERACTION=sequential.
 
@@ -64,11 +64,11 @@ from rtrl.cpus import format_cpu_list, split_cpus, usable_cpus  # noqa: E402
 from rtrl.grpc_util import create_channel, health_status  # noqa: E402
 from rtrl.local_redis import LocalRedis, free_port  # noqa: E402
 from rtrl.metrics import Window  # noqa: E402
+from rtrl.services.env_gateway.scheduler import SCHEDULER_NAMES  # noqa: E402
+from rtrl.services.env_gateway.server import Gateway  # noqa: E402
+from rtrl.services.env_gateway.settings import DEFAULT_JITTER_RESERVE_FRAMES, GatewaySettings  # noqa: E402
 from rtrl.tensors import to_proto  # noqa: E402
 from rtrl.v1 import inference_pb2, inference_pb2_grpc  # noqa: E402
-from services.env_gateway.scheduler import SCHEDULER_NAMES  # noqa: E402
-from services.env_gateway.server import Gateway  # noqa: E402
-from services.env_gateway.settings import DEFAULT_JITTER_RESERVE_FRAMES, GatewaySettings  # noqa: E402
 
 FRAME_RATE_HZ = 60.0
 FRAME_MS = 1000.0 / FRAME_RATE_HZ
@@ -144,8 +144,8 @@ class ZeroCostInference(inference_pb2_grpc.InferenceServiceServicer):
 
 def serve_zero_cost(act_socket: bool) -> None:
     from rtrl import grpc_util
-    from services.inference.act_socket import ActSocketServer
-    from services.inference.streams import OpenStreams
+    from rtrl.services.inference.act_socket import ActSocketServer
+    from rtrl.services.inference.streams import OpenStreams
 
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     servicer = ZeroCostInference()
@@ -251,7 +251,7 @@ def replica_pool(
                 "RTRL_INFERENCE_MAX_WAIT_MS": "0",
                 **env,
             }
-            process, log_path = procs.spawn(f"{name}-{i}", ["-m", "services.inference"], replica_env)
+            process, log_path = procs.spawn(f"{name}-{i}", ["-m", "rtrl.services.inference"], replica_env)
         started.append(process)
         addresses.append(f"127.0.0.1:{wait_for_port(log_path, process)}")
     try:
@@ -448,7 +448,7 @@ class Bench:
             "RTRL_DQN_LEARNING_STARTS": "64",
             "RTRL_CONSUMER_NAME": f"bench-{mode}",
         }
-        process, _ = self.procs.spawn(f"learner-{mode}", ["-m", "services.learner"], env)
+        process, _ = self.procs.spawn(f"learner-{mode}", ["-m", "rtrl.services.learner"], env)
         address = f"127.0.0.1:{port}"
         give_up_at = time.monotonic() + 120
         while health_status(address) != "SERVING":

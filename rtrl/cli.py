@@ -29,15 +29,15 @@ from rtrl.config import (
 )
 from rtrl.cpus import parse_cpu_list
 from rtrl.extras import missing_extra
+from rtrl.services.env_gateway.scheduler import SCHEDULER_NAMES
 from rtrl.settings import RunFile, check_variable, did_you_mean, load_run_file, settings_help
 from rtrl.supervision import DEFAULT_RESTART_POLICY, RESTART_POLICIES
-from services.env_gateway.scheduler import SCHEDULER_NAMES
 
 SERVICES = {
-    "gateway": ("services.env_gateway", "the env gateway: owns the game clock, asks inference for actions"),
-    "inference": ("services.inference", "an inference replica: answers Act with the newest checkpoint"),
-    "learner": ("services.learner", "the learner: trains on the transition stream, publishes checkpoints"),
-    "dashboard": ("services.dashboard", "the dashboard: a web page of the gateways, replicas and learner, live"),
+    "gateway": ("rtrl.services.env_gateway", "the env gateway: owns the game clock, asks inference for actions"),
+    "inference": ("rtrl.services.inference", "an inference replica: answers Act with the newest checkpoint"),
+    "learner": ("rtrl.services.learner", "the learner: trains on the transition stream, publishes checkpoints"),
+    "dashboard": ("rtrl.services.dashboard", "the dashboard: a web page of the gateways, replicas and learner, live"),
 }
 
 

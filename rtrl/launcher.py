@@ -2,7 +2,7 @@
 
 Starts Redis (the given URL, or an embedded redis-server on a free loopback port), the learner,
 N inference replicas and M gateways (each its own game; they share the replicas, the stream and the
-learner), each as `python -m services.<name>` configured through the
+learner), each as `python -m rtrl.services.<name>` configured through the
 same RTRL_* environment variables docker compose uses. Replicas get RTRL_REDIS_URL, so they register
 in the replica registry there and the gateway finds them the way it finds replicas started by hand
 or by `docker compose --scale`: no address list is passed. `--interaction sequential` runs the
@@ -72,18 +72,18 @@ READY_CHECK_TIMEOUT_S = 0.3
 # The gRPC service each module serves: its health is asked by name, so that another server that holds
 # the port (a clash of --*-port options) is never taken for the service.
 HEALTH_SERVICES = {
-    "services.env_gateway": env_gateway_pb2.DESCRIPTOR.services_by_name["EnvGatewayService"].full_name,
-    "services.inference": inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name,
-    "services.learner": learner_pb2.DESCRIPTOR.services_by_name["LearnerService"].full_name,
+    "rtrl.services.env_gateway": env_gateway_pb2.DESCRIPTOR.services_by_name["EnvGatewayService"].full_name,
+    "rtrl.services.inference": inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name,
+    "rtrl.services.learner": learner_pb2.DESCRIPTOR.services_by_name["LearnerService"].full_name,
 }
 
 
 # The service (its run file section) of each module rtrl up starts.
 SERVICE_OF_MODULE = {
-    "services.env_gateway": "gateway",
-    "services.inference": "inference",
-    "services.learner": "learner",
-    "services.dashboard": "dashboard",
+    "rtrl.services.env_gateway": "gateway",
+    "rtrl.services.inference": "inference",
+    "rtrl.services.learner": "learner",
+    "rtrl.services.dashboard": "dashboard",
 }
 # What rtrl up always sets itself, from its options or for each process it starts, with the [up] option to
 # use instead (None: rtrl up chooses it per process). A run file's value for one of them would never apply, so
@@ -207,7 +207,7 @@ class Stack:
         self.log_dir = self.run_dir / "logs"
         self.checkpoint_dir = options.checkpoint_dir or default_checkpoint_dir(options.env)
         # One JSON line per finished episode of every gateway: the run's learning curve
-        # (services/env_gateway/episodes.py).
+        # (rtrl/services/env_gateway/episodes.py).
         self.episode_log = self.run_dir / "episodes.jsonl"
         o = options
         self.gateway_names = gateway_names(o.gateways)
@@ -339,7 +339,7 @@ class Stack:
             **learner_cpus,
         }
         env = {**env, **other_cpus}  # everything but the learner, recordings included
-        self.learner = self._spawn("learner", "services.learner", self.learner_address, learner_env)
+        self.learner = self._spawn("learner", "rtrl.services.learner", self.learner_address, learner_env)
         for i, address in enumerate(self.replica_addresses):
             replica_env = {
                 "RTRL_INFERENCE_METRICS_PORT": str(self.metrics_ports[f"inference-{i}"]),
@@ -347,7 +347,7 @@ class Stack:
                 "RTRL_INFERENCE_PORT": address.rsplit(":", 1)[1],
                 "RTRL_REPLICA_ID": f"replica-{i}",
             }
-            self.replicas.append(self._spawn(f"inference-{i}", "services.inference", address, replica_env))
+            self.replicas.append(self._spawn(f"inference-{i}", "rtrl.services.inference", address, replica_env))
         self._wait_serving([self.learner, *self.replicas])
         for i, (name, address) in enumerate(zip(self.gateway_names, self.gateway_addresses, strict=True)):
             # Distinct ids: the learner keeps each gateway's transitions apart (successors, decision pairing).
@@ -361,7 +361,7 @@ class Stack:
                 "RTRL_GATEWAY_EPISODE_LOG": str(self.episode_log.resolve()),
                 **o.gateway_env.get(i, {}),
             }
-            self.gateways.append(self._spawn(name, "services.env_gateway", address, gateway_env))
+            self.gateways.append(self._spawn(name, "rtrl.services.env_gateway", address, gateway_env))
         self._wait_serving(self.gateways)
         if self.redis is not None:
             self.supervisor.ready("redis")
@@ -376,7 +376,7 @@ class Stack:
                 dashboard_env["RTRL_DASHBOARD_RECORDINGS_DIR"] = str(self.recordings_dir.resolve())
             dashboard_env["RTRL_DASHBOARD_SUPERVISION_FILE"] = str(self.supervision_path.resolve())
             self.dashboard = self._spawn(
-                "dashboard", "services.dashboard", self.dashboard_url, dashboard_env, http=True, required=False
+                "dashboard", "rtrl.services.dashboard", self.dashboard_url, dashboard_env, http=True, required=False
             )
             try:
                 self._wait_serving([self.dashboard])

@@ -24,7 +24,7 @@ IMPALA_HIDDEN_SIZE = 256
 # Channels of the ImpalaCNN's three stages at width 1; width k multiplies each.
 IMPALA_STAGE_CHANNELS = (16, 32, 32)
 # What a network outputs: "q" one value per action (QNetwork), "actor_critic" policy logits and a
-# state value (ActorCritic). Each learning algorithm names the one it trains (services/learner/algorithms).
+# state value (ActorCritic). Each learning algorithm names the one it trains (rtrl/services/learner/algorithms).
 HEADS = ("q", "actor_critic")
 # Model size bounds (ModelConfig.validate): Atari has 18 actions, a downscaled frame stack is 4x84x84.
 MAX_ACTION_COUNT = 4096

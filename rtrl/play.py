@@ -124,7 +124,7 @@ class CheckpointPolicy:
             return int(np.argmax(values)), 0.0
         if self.head == "actor_critic":
             return sample_softmax(values, self._rng)
-        # As services/inference/policy.py explores, so a recording shows what a replica would do.
+        # As rtrl/services/inference/policy.py explores, so a recording shows what a replica would do.
         action, _, log_prob = epsilon_greedy(values, self.epsilon, self._rng)
         return action, log_prob
 
@@ -357,8 +357,8 @@ def play(options: PlayOptions, on_episode: Callable[[EpisodeResult], None] | Non
 
     from rtrl.checkpoints import CheckpointStore
     from rtrl.models import ModelConfig, build_model
-    from services.env_gateway.backends import make_backend
-    from services.env_gateway.clock import (
+    from rtrl.services.env_gateway.backends import make_backend
+    from rtrl.services.env_gateway.clock import (
         ActionMailbox,
         ActionReply,
         ClockConfig,
@@ -367,9 +367,9 @@ def play(options: PlayOptions, on_episode: Callable[[EpisodeResult], None] | Non
         StepRecord,
         ViewerFrame,
     )
-    from services.env_gateway.preprocess import make_preprocessor
-    from services.env_gateway.settings import EnvSpec, GatewaySettings
-    from services.inference.policy import DEFAULT_CHECKPOINT_EPSILON
+    from rtrl.services.env_gateway.preprocess import make_preprocessor
+    from rtrl.services.env_gateway.settings import EnvSpec, GatewaySettings
+    from rtrl.services.inference.policy import DEFAULT_CHECKPOINT_EPSILON
 
     if options.episodes < 1:
         raise PlayError("--episodes must be at least 1.")
@@ -538,7 +538,7 @@ def main(options: PlayOptions) -> int:
     """`rtrl play`: plays, prints the returns (or one JSON object), and returns the exit code."""
     from rtrl.checkpoints import CheckpointError
     from rtrl.cpus import apply_cpus_from_env
-    from services.env_gateway.backends.base import BackendError
+    from rtrl.services.env_gateway.backends.base import BackendError
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     # SIGTERM (rtrl up stopping a recording) ends play as Ctrl-C does: the partial video is removed.

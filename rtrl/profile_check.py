@@ -159,8 +159,8 @@ def in_check_terms(message: str) -> str:
 
 def resolve_env(options: CheckOptions, environment: Mapping[str, str]) -> str:
     """The RTRL_ENV to check PROFILE on: --env, else desktop:PROFILE or the environment's pyboy: game."""
-    from services.env_gateway.profiles import load_profile
-    from services.env_gateway.settings import EnvSpec
+    from rtrl.services.env_gateway.profiles import load_profile
+    from rtrl.services.env_gateway.settings import EnvSpec
 
     if options.env is not None:
         spec = EnvSpec.parse(options.env)
@@ -186,9 +186,9 @@ class Check:
 
     def __init__(self, options: CheckOptions, environment: Mapping[str, str]) -> None:
         # Imported here: `rtrl --help` and the other commands should not pay for the backends.
-        from services.env_gateway.backends import make_backend
-        from services.env_gateway.game_rules import RulesBackend
-        from services.env_gateway.settings import GatewaySettings
+        from rtrl.services.env_gateway.backends import make_backend
+        from rtrl.services.env_gateway.game_rules import RulesBackend
+        from rtrl.services.env_gateway.settings import GatewaySettings
 
         if not options.hz > 0:
             raise CheckError(f"--hz {options.hz} is not a positive number of lines a second.")
@@ -281,7 +281,7 @@ class Check:
 
     def tick(self) -> Tick:
         """What the frames since the last tick read and paid; starts the next tick."""
-        from services.env_gateway.game_rules import known
+        from rtrl.services.env_gateway.game_rules import known
 
         read = self.rules.read_variables()
         variables: dict[str, float | None] = {}
@@ -344,7 +344,7 @@ def main(options: CheckOptions) -> int:
     """`rtrl profile check`: runs the check, prints its lines and the summary, returns the exit code."""
     import logging
 
-    from services.env_gateway.backends.base import BackendError
+    from rtrl.services.env_gateway.backends.base import BackendError
 
     # The backends' warnings (an unreadable variable, a broken chain) are part of what the check shows.
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

@@ -14,7 +14,7 @@ narrow the chains, and `--verify-after-restart` waits for the game to be restart
 chains that still lead somewhere in the new process. The result is the `[variables.NAME]` block for
 the profile, or with `--json` one JSON object for scripts.
 
-The engine (value and pointer scans over any `ProcessMemory`) is services/env_gateway/memory_scan.py.
+The engine (value and pointer scans over any `ProcessMemory`) is rtrl/services/env_gateway/memory_scan.py.
 """
 
 from __future__ import annotations
@@ -26,11 +26,11 @@ import sys
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TextIO
 
-from services.env_gateway.profiles import NUMBER_TYPES
+from rtrl.services.env_gateway.profiles import NUMBER_TYPES
 
 if TYPE_CHECKING:  # the scan itself pulls numpy and the desktop backend: imported when a scan runs
-    from services.env_gateway.backends.desktop import Platform
-    from services.env_gateway.memory_scan import Scan
+    from rtrl.services.env_gateway.backends.desktop import Platform
+    from rtrl.services.env_gateway.memory_scan import Scan
 
 # The step kinds in the order `--help` lists them; each is also a command of the interactive prompt.
 STEP_HELP = {
@@ -223,8 +223,8 @@ def print_result(result: dict[str, Any], total: int, out: TextIO) -> None:
 
 def interactive(scan: Scan, lines: TextIO, out: TextIO, prompt: bool) -> None:
     """Steps typed one per line (`increased`, `hold Right 1s`, ...), plus `list`, `help` and `quit`."""
-    from services.env_gateway.backends.desktop import DesktopError
-    from services.env_gateway.memory_scan import ScanError
+    from rtrl.services.env_gateway.backends.desktop import DesktopError
+    from rtrl.services.env_gateway.memory_scan import ScanError
 
     if prompt:
         print("steps: " + ", ".join(STEP_HELP) + "; also list, help, quit", file=out)
@@ -254,8 +254,8 @@ def interactive(scan: Scan, lines: TextIO, out: TextIO, prompt: bool) -> None:
 
 def main(options: ScanOptions, platform: Platform | None = None, stdin: TextIO | None = None) -> int:
     """Runs the scan; 0 with a result, 2 with one sentence on stderr when the scan cannot go on."""
-    from services.env_gateway.backends.desktop import DesktopError, current_platform
-    from services.env_gateway.memory_scan import Scan, ScanError
+    from rtrl.services.env_gateway.backends.desktop import DesktopError, current_platform
+    from rtrl.services.env_gateway.memory_scan import Scan, ScanError
 
     stdin = sys.stdin if stdin is None else stdin
 

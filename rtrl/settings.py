@@ -2,9 +2,9 @@
 the check that refuses a name nothing reads ("did you mean ...?"), the run file of `rtrl up --config`, the
 settings `rtrl <service> --help` lists, and docs/settings.md (rtrl/settings_doc.py).
 
-Each table lives beside the code that reads it: `SETTINGS` in services/<service>/settings.py, the transport
+Each table lives beside the code that reads it: `SETTINGS` in rtrl/services/<service>/settings.py, the transport
 security every service shares in rtrl/security.py, RTRL_CPUS in rtrl/cpus.py, and the learner's
-hyperparameters, made from each algorithm's config dataclass (services/learner/settings.py).
+hyperparameters, made from each algorithm's config dataclass (rtrl/services/learner/settings.py).
 """
 
 from __future__ import annotations
@@ -41,10 +41,10 @@ COMPOSE_SETTINGS = SettingsTable(
 def service_settings() -> dict[str, SettingsTable]:
     """Each service's own settings (without the learner's hyperparameters), by service."""
     # Imported here, not at the top: each of these modules imports this one for check_environment.
-    from services.dashboard.settings import SETTINGS as dashboard
-    from services.env_gateway.settings import SETTINGS as gateway
-    from services.inference.settings import SETTINGS as inference
-    from services.learner.settings import SETTINGS as learner
+    from rtrl.services.dashboard.settings import SETTINGS as dashboard
+    from rtrl.services.env_gateway.settings import SETTINGS as gateway
+    from rtrl.services.inference.settings import SETTINGS as inference
+    from rtrl.services.learner.settings import SETTINGS as learner
 
     return {"gateway": gateway, "inference": inference, "learner": learner, "dashboard": dashboard}
 
@@ -52,14 +52,14 @@ def service_settings() -> dict[str, SettingsTable]:
 @functools.cache
 def hyperparameter_settings() -> dict[str, SettingsTable]:
     """The learner's RTRL_<ALGORITHM>_<FIELD> settings, by algorithm. Imports the algorithms, so torch."""
-    from services.learner.algorithms import ALGORITHMS
-    from services.learner.settings import hyperparameter_settings as table
+    from rtrl.services.learner.algorithms import ALGORITHMS
+    from rtrl.services.learner.settings import hyperparameter_settings as table
 
     return {name: table(algorithm.config_class, f"{name.upper()}_") for name, algorithm in ALGORITHMS.items()}
 
 
 def _algorithm_prefixes() -> tuple[str, ...]:
-    from services.learner.settings import ALGORITHM_NAMES
+    from rtrl.services.learner.settings import ALGORITHM_NAMES
 
     return tuple(f"{PREFIX}{name.upper()}_" for name in ALGORITHM_NAMES)
 

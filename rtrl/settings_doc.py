@@ -15,7 +15,7 @@ INTRO = """\
 
 Every service reads `RTRL_*` environment variables, the same under `rtrl up`, docker compose, Kubernetes
 and a plain shell. Each variable is declared once, in its service's table (`SETTINGS` in
-`services/<service>/settings.py`; `rtrl/security.py` for what every service shares; the learner's
+`rtrl/services/<service>/settings.py`; `rtrl/security.py` for what every service shares; the learner's
 hyperparameters come from each algorithm's config dataclass): its name, type, default and one line of
 meaning. The service's `from_env` reads through that table, and the run file's keys, the list at the end
 of `rtrl <service> --help` and `rtrl up --help`, and this page are made from it.
@@ -120,10 +120,10 @@ def settings_doc() -> str:
     """docs/settings.md."""
     lines = [INTRO.rstrip("\n"), ""]
     titles = {
-        "gateway": "rtrl gateway (services/env_gateway)",
-        "inference": "rtrl inference (services/inference)",
-        "learner": "rtrl learner (services/learner)",
-        "dashboard": "rtrl dashboard (services/dashboard)",
+        "gateway": "rtrl gateway (rtrl/services/env_gateway)",
+        "inference": "rtrl inference (rtrl/services/inference)",
+        "learner": "rtrl learner (rtrl/services/learner)",
+        "dashboard": "rtrl dashboard (rtrl/services/dashboard)",
     }
     for service in SERVICES:
         lines += [f"## {titles[service]}", "", f"In a run file: `[{service}]`.", ""]
@@ -133,7 +133,7 @@ def settings_doc() -> str:
                 lines += [
                     f"### Hyperparameters of {algorithm}",
                     "",
-                    f"`services/learner/algorithms/{algorithm}.py`; in a run file under `[learner]` too.",
+                    f"`rtrl/services/learner/algorithms/{algorithm}.py`; in a run file under `[learner]` too.",
                     "",
                     *_table(table),
                     "",

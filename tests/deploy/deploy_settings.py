@@ -15,10 +15,10 @@ from typing import Any
 
 from rtrl.cli import SERVICES
 from rtrl.config import PREFIX
-from services.dashboard.settings import DashboardSettings
-from services.env_gateway.settings import GatewaySettings
-from services.inference.settings import InferenceSettings
-from services.learner.settings import LearnerSettings
+from rtrl.services.dashboard.settings import DashboardSettings
+from rtrl.services.env_gateway.settings import GatewaySettings
+from rtrl.services.inference.settings import InferenceSettings
+from rtrl.services.learner.settings import LearnerSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 

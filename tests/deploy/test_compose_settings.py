@@ -15,7 +15,7 @@ import yaml
 from deploy_settings import HTTP_COMMANDS, METRICS_COMMANDS, ROOT, read_settings
 
 from rtrl.cli import SERVICES
-from services.env_gateway.settings import DEFAULT_ENV
+from rtrl.services.env_gateway.settings import DEFAULT_ENV
 
 BASE = ROOT / "docker-compose.yml"
 OVERRIDES = sorted(path for path in ROOT.glob("docker-compose.*.yml"))

@@ -33,10 +33,10 @@ import pytest
 
 from rtrl.grpc_util import health_status
 from rtrl.local_redis import free_port
+from rtrl.services.dashboard.headless import BrowserMissing, full_page_png, open_chromium
+from rtrl.services.dashboard.server import Dashboard, create_server
+from rtrl.services.dashboard.settings import DashboardSettings
 from rtrl.v1 import env_gateway_pb2, env_gateway_pb2_grpc, learner_pb2, learner_pb2_grpc
-from services.dashboard.headless import BrowserMissing, full_page_png, open_chromium
-from services.dashboard.server import Dashboard, create_server
-from services.dashboard.settings import DashboardSettings
 
 pytestmark = pytest.mark.e2e
 

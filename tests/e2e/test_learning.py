@@ -21,8 +21,8 @@ import pytest
 
 from rtrl.cpus import usable_cpus
 from rtrl.local_redis import free_port, free_ports_in_a_row
-from services.env_gateway.backends import make_backend
-from services.env_gateway.settings import GatewaySettings
+from rtrl.services.env_gateway.backends import make_backend
+from rtrl.services.env_gateway.settings import GatewaySettings
 
 pytestmark = pytest.mark.e2e
 

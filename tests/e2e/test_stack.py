@@ -119,16 +119,16 @@ def test_the_learner_runs_on_its_own_cpu_and_every_other_process_on_the_others(s
     for pid in children:
         command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         name = next(
-            (part.decode() for part in command if part.startswith(b"services.")), Path(command[0].decode()).name
+            (part.decode() for part in command if part.startswith(b"rtrl.services.")), Path(command[0].decode()).name
         )
         # Every thread, not only the main one: threads started after RTRL_CPUS was applied inherit it.
         threads = {frozenset(os.sched_getaffinity(int(tid))) for tid in os.listdir(f"/proc/{pid}/task")}
         assert len(threads) == 1, f"{name}'s threads run on different CPUs: {threads}"
         affinity[f"{name} {pid}"] = set(threads.pop())
     others = usable_cpus() - {LEARNER_CPU}
-    assert {name for name in affinity if name.startswith("services.learner")}, affinity
+    assert {name for name in affinity if name.startswith("rtrl.services.learner")}, affinity
     for name, cpus in affinity.items():
-        assert cpus == ({LEARNER_CPU} if name.startswith("services.learner") else others), (name, affinity)
+        assert cpus == ({LEARNER_CPU} if name.startswith("rtrl.services.learner") else others), (name, affinity)
 
 
 def test_replicas_serve_the_newest_checkpoint_while_the_learner_publishes(stack):

@@ -24,11 +24,11 @@ from types import ModuleType
 import pytest
 
 from rtrl.local_redis import free_port, free_ports_in_a_row
-from services.env_gateway.backends import make_backend
-from services.env_gateway.backends.desktop import WindowNotFoundError
-from services.env_gateway.backends.desktop_linux import LinuxPlatform
-from services.env_gateway.game_rules import RulesBackend
-from services.env_gateway.settings import GatewaySettings
+from rtrl.services.env_gateway.backends import make_backend
+from rtrl.services.env_gateway.backends.desktop import WindowNotFoundError
+from rtrl.services.env_gateway.backends.desktop_linux import LinuxPlatform
+from rtrl.services.env_gateway.game_rules import RulesBackend
+from rtrl.services.env_gateway.settings import GatewaySettings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SUPERTUX = shutil.which("supertux2") or "/usr/games/supertux2"
@@ -112,7 +112,7 @@ def test_rtrl_scan_finds_the_profiles_x_while_it_walks_tux_itself(supertux: str)
     )
     assert result.returncode == 0, result.stderr
     found = json.loads(result.stdout)
-    profile_x = ("supertux2", [0x5F97C8])  # what services/env_gateway/profiles/supertux_linux.toml reads
+    profile_x = ("supertux2", [0x5F97C8])  # what rtrl/services/env_gateway/profiles/supertux_linux.toml reads
     assert profile_x in [(chain["module"], chain["pointers"]) for chain in found["chains"]], found["chains"]
     assert found["toml"].startswith("[variables.x]")
 

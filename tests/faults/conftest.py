@@ -17,8 +17,8 @@ import pytest
 from fault_processes import ProcessGroup
 
 from rtrl.local_redis import LocalRedis
-from services.env_gateway.server import Gateway, create_server
-from services.env_gateway.settings import EnvSpec, GatewaySettings
+from rtrl.services.env_gateway.server import Gateway, create_server
+from rtrl.services.env_gateway.settings import EnvSpec, GatewaySettings
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """Real service processes for the fault suite: started with RTRL_* variables, found by the port they log.
 
-Each helper starts `python -m services.<name>` with its output in a log file under the test's tmp_path,
+Each helper starts `python -m rtrl.services.<name>` with its output in a log file under the test's tmp_path,
 waits (within a generous start bound, not a measurement) until it says where it listens, and returns a
 handle the test can signal (SIGKILL, SIGSTOP, SIGCONT). `ProcessGroup` ends whatever is still running
 when the test ends, continuing stopped processes first so SIGTERM can reach them.

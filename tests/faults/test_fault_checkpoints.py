@@ -109,7 +109,7 @@ def cut_in_half(name: str) -> Callable[[Path], None]:
 def replica(processes: ProcessGroup, local_redis: LocalRedis, registry_key: str, tmp_path: Path) -> ServiceProcess:
     return processes.start(
         "replica",
-        "services.inference",
+        "rtrl.services.inference",
         replica_env(local_redis.url, registry_key, tmp_path / "live", RTRL_CHECKPOINT_POLL_S="0.05"),
     )
 
@@ -230,10 +230,10 @@ def test_a_full_disk_fails_publications_visibly_leaves_nothing_partial_and_publi
         RTRL_CHECKPOINT_KEEP="5",
     )
     ballast = small_tmpfs / "ballast"
-    processes.start("learner", "services.learner", learner, port=port)
+    processes.start("learner", "rtrl.services.learner", learner, port=port)
     replica = processes.start(
         "replica",
-        "services.inference",
+        "rtrl.services.inference",
         replica_env(local_redis.url, registry_key, small_tmpfs, RTRL_CHECKPOINT_POLL_S="0.05"),
     )
     store = CheckpointStore(small_tmpfs)

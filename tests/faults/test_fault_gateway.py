@@ -42,19 +42,19 @@ def test_a_sigkilled_gateway_restarts_and_finds_the_running_replica_and_learner_
 ) -> None:
     checkpoint_dir = tmp_path / "checkpoints"
     replica = processes.start(
-        "replica", "services.inference", replica_env(local_redis.url, registry_key, checkpoint_dir)
+        "replica", "rtrl.services.inference", replica_env(local_redis.url, registry_key, checkpoint_dir)
     )
     learner_port = free_port()
     learner_address = f"127.0.0.1:{learner_port}"
     learner = processes.start(
         "learner",
-        "services.learner",
+        "rtrl.services.learner",
         learner_env(local_redis.url, stream_name, checkpoint_dir, learner_port),
         port=learner_port,
     )
     gateway_port = free_port()
     env = gateway_env(local_redis.url, registry_key, stream_name, gateway_port)
-    gateway = processes.start("gateway", "services.env_gateway", env, port=gateway_port)
+    gateway = processes.start("gateway", "rtrl.services.env_gateway", env, port=gateway_port)
     wait_until(lambda: fresh_replies_from(gateway.address, replica.address) > 10, "the gateway to act")
     wait_until(lambda: learner_status(learner_address).transitions_consumed > 10, "the learner to consume")
 
@@ -68,7 +68,7 @@ def test_a_sigkilled_gateway_restarts_and_finds_the_running_replica_and_learner_
         assert health_status(learner_address) == "SERVING"
 
         restarted_at = time.monotonic()
-        restarted = processes.start("gateway-restarted", "services.env_gateway", env, port=gateway_port)
+        restarted = processes.start("gateway-restarted", "rtrl.services.env_gateway", env, port=gateway_port)
         wait_until(lambda: fresh_replies_from(restarted.address, replica.address) > 0, "the replica to be found again")
         acting_after_s = time.monotonic() - restarted_at
         wait_until(

@@ -50,7 +50,7 @@ def test_a_service_stops_when_the_process_named_as_its_parent_ends(tmp_path: Pat
     }
     log_path = tmp_path / "dashboard.log"
     with open(log_path, "wb") as log:
-        service = subprocess.Popen([sys.executable, "-m", "services.dashboard"], env=env, stdout=log, stderr=log)
+        service = subprocess.Popen([sys.executable, "-m", "rtrl.services.dashboard"], env=env, stdout=log, stderr=log)
     try:
         time.sleep(3)
         assert service.poll() is None, log_path.read_text()

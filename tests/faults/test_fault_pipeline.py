@@ -37,8 +37,8 @@ from fault_processes import (
 
 from rtrl.checkpoints import CheckpointStore
 from rtrl.local_redis import LocalRedis, free_port
-from services.env_gateway.server import Gateway, create_server
-from services.env_gateway.settings import EnvSpec, GatewaySettings
+from rtrl.services.env_gateway.server import Gateway, create_server
+from rtrl.services.env_gateway.settings import EnvSpec, GatewaySettings
 
 STREAM = "faults:pipeline"
 REGISTRY = "faults:pipeline:replicas"
@@ -85,12 +85,14 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
     server = None
     try:
         replicas = [
-            group.start(f"replica{i}", "services.inference", replica_env(redis_server.url, REGISTRY, checkpoint_dir))
+            group.start(
+                f"replica{i}", "rtrl.services.inference", replica_env(redis_server.url, REGISTRY, checkpoint_dir)
+            )
             for i in range(2)
         ]
         port = free_port()
         env = learner_env(redis_server.url, STREAM, checkpoint_dir, port)
-        learner = group.start("learner", "services.learner", env, port=port)
+        learner = group.start("learner", "rtrl.services.learner", env, port=port)
         settings = GatewaySettings(
             port=0,
             gateway_id="gateway-pipeline",
@@ -159,7 +161,7 @@ def test_a_learner_sigkilled_mid_batch_restarts_loses_nothing_and_continues_the_
         )
 
         restarted = pipeline.group.start(
-            "learner-restarted", "services.learner", pipeline.learner_env, port=pipeline.learner_port
+            "learner-restarted", "rtrl.services.learner", pipeline.learner_env, port=pipeline.learner_port
         )
         pipeline.learner = restarted
         wait_until(

@@ -17,7 +17,7 @@ from fault_processes import ProcessGroup, ServiceProcess, gateway_stats, replica
 
 from rtrl.grpc_util import health_status
 from rtrl.local_redis import LocalRedis
-from services.env_gateway.replicas import ACT_SOCKET_CONNECT_TIMEOUT_S
+from rtrl.services.env_gateway.replicas import ACT_SOCKET_CONNECT_TIMEOUT_S
 
 REPLICAS = 3
 WINDOW_S = 0.25
@@ -75,7 +75,7 @@ def three_replicas(
     group = ProcessGroup(work)
     env = replica_env(local_redis.url, registry_key, work / "checkpoints")
     try:
-        yield [group.start(f"replica{i}", "services.inference", env) for i in range(REPLICAS)]
+        yield [group.start(f"replica{i}", "rtrl.services.inference", env) for i in range(REPLICAS)]
     finally:
         group.stop_all()
 

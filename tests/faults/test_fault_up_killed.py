@@ -34,8 +34,8 @@ def test_rtrl_up_killed_with_sigkill_leaves_no_service_and_no_port(tmp_path: Pat
             assert up.poll() is None, f"rtrl up exited early:\n{log_path.read_text()}"
             assert time.monotonic() < deadline, f"the gateway did not serve within 120 s:\n{log_path.read_text()}"
             time.sleep(0.2)
-        services = ("redis-server", "services.learner", "services.inference", "services.env_gateway")
-        services += ("services.dashboard",)  # started last, once the gateway serves
+        services = ("redis-server", "rtrl.services.learner", "rtrl.services.inference", "rtrl.services.env_gateway")
+        services += ("rtrl.services.dashboard",)  # started last, once the gateway serves
         while True:
             children = children_of(up.pid)
             commands = " | ".join(children.values())

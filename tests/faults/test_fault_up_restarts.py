@@ -26,9 +26,9 @@ from up_processes import alive, child_with, up_command
 from rtrl.config import DEFAULT_STREAM
 from rtrl.grpc_util import health_status
 from rtrl.local_redis import LocalRedis, free_port, free_ports_in_a_row
+from rtrl.services.env_gateway.settings import DEFAULT_STREAM_MAXLEN
+from rtrl.services.learner.settings import DEFAULT_CONSUMER_GROUP
 from rtrl.transitions import STREAM_FIELD, decode
-from services.env_gateway.settings import DEFAULT_STREAM_MAXLEN
-from services.learner.settings import DEFAULT_CONSUMER_GROUP
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="the test finds rtrl up's children through /proc (Linux)"
@@ -101,11 +101,11 @@ def test_killed_replica_learner_and_gateway_come_back_and_no_transition_is_lost(
         gateway = f"127.0.0.1:{ports['gateway']}"
         replica = f"127.0.0.1:{ports['inference']}"
 
-        killed = kill(child_with(up.pid, "services.inference", "RTRL_REPLICA_ID=replica-0"), "replica-0")
+        killed = kill(child_with(up.pid, "rtrl.services.inference", "RTRL_REPLICA_ID=replica-0"), "replica-0")
         replica_s = seconds_until(lambda: health_status(replica, 0.2) == "SERVING", "replica-0 to serve", killed)
 
         before = learner_status(learner).updates
-        killed = kill(child_with(up.pid, "services.learner"), "the learner")
+        killed = kill(child_with(up.pid, "rtrl.services.learner"), "the learner")
         first_answer: list[int] = []
 
         def trains_again() -> bool:
@@ -118,7 +118,7 @@ def test_killed_replica_learner_and_gateway_come_back_and_no_transition_is_lost(
         learner_s = seconds_until(trains_again, "the restarted learner to update", killed)
         assert first_answer[0] >= before - 200, "the learner did not resume from its last checkpoint's counters"
 
-        killed = kill(child_with(up.pid, "services.env_gateway"), "the gateway")
+        killed = kill(child_with(up.pid, "rtrl.services.env_gateway"), "the gateway")
 
         def acts_again() -> bool:
             stats = answers(lambda: gateway_stats(gateway, 0.5))

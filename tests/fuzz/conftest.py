@@ -18,17 +18,17 @@ from rtrl.checkpoints import CheckpointStore
 from rtrl.local_redis import LocalRedis
 from rtrl.models import build_model
 from rtrl.security import SecuritySettings
+from rtrl.services.env_gateway.server import Gateway
+from rtrl.services.env_gateway.server import create_server as create_gateway_server
+from rtrl.services.env_gateway.settings import EnvSpec, GatewaySettings
+from rtrl.services.inference.server import InferenceServer
+from rtrl.services.inference.server import create_server as create_inference_server
+from rtrl.services.inference.settings import InferenceSettings
+from rtrl.services.learner.algorithms.dqn import DQNConfig
+from rtrl.services.learner.loop import Learner
+from rtrl.services.learner.server import create_server as create_learner_server
+from rtrl.services.learner.settings import LearnerSettings
 from rtrl.transitions import STREAM_FIELD, encode
-from services.env_gateway.server import Gateway
-from services.env_gateway.server import create_server as create_gateway_server
-from services.env_gateway.settings import EnvSpec, GatewaySettings
-from services.inference.server import InferenceServer
-from services.inference.server import create_server as create_inference_server
-from services.inference.settings import InferenceSettings
-from services.learner.algorithms.dqn import DQNConfig
-from services.learner.loop import Learner
-from services.learner.server import create_server as create_learner_server
-from services.learner.settings import LearnerSettings
 
 
 @pytest.fixture(scope="session")

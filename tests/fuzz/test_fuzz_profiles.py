@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from services.env_gateway.profiles import SHIPPED_DIR, ProfileError, parse_profile
+from rtrl.services.env_gateway.profiles import SHIPPED_DIR, ProfileError, parse_profile
 
 SHIPPED = {path.stem: tomllib.loads(path.read_text(encoding="utf-8")) for path in sorted(SHIPPED_DIR.glob("*.toml"))}
 # No shipped profile reads the screen (yet): this one covers [screen.<name>] and the template kinds.

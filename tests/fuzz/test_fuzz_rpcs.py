@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 
 from rtrl.act_socket import HELLO, LENGTH, frame, receive_exactly, receive_length
 from rtrl.grpc_util import MAX_MESSAGE_BYTES
+from rtrl.services.inference.server import InferenceServer
 from rtrl.tensors import to_proto
 from rtrl.v1 import (
     common_pb2,
@@ -33,7 +34,6 @@ from rtrl.v1 import (
     learner_pb2,
     learner_pb2_grpc,
 )
-from services.inference.server import InferenceServer
 
 FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 UINT32 = st.one_of(st.integers(0, 8), st.integers(0, 2**32 - 1))
@@ -391,7 +391,7 @@ def test_frame_streams_opened_and_abandoned_leave_no_viewer_and_no_thread(gatewa
 def test_more_viewers_than_the_gateway_serves_are_refused_and_the_gateway_still_answers(
     gateway, resilience_ledger
 ) -> None:
-    from services.env_gateway.server import MAX_VIEWERS
+    from rtrl.services.env_gateway.server import MAX_VIEWERS
 
     gateway_object, address = gateway
     with grpc.insecure_channel(address) as channel:

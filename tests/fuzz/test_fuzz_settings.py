@@ -12,10 +12,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rtrl.config import SettingsError
+from rtrl.services.env_gateway.settings import GatewaySettings
+from rtrl.services.inference.settings import InferenceSettings
+from rtrl.services.learner.settings import LearnerSettings
 from rtrl.settings import service_settings
-from services.env_gateway.settings import GatewaySettings
-from services.inference.settings import InferenceSettings
-from services.learner.settings import LearnerSettings
 
 
 def variables_read_by(service: str) -> list[str]:

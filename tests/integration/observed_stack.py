@@ -15,6 +15,18 @@ import grpc
 import torch
 
 from rtrl.local_redis import LocalRedis
+from rtrl.services.env_gateway import metrics as gateway_metrics
+from rtrl.services.env_gateway.server import Gateway
+from rtrl.services.env_gateway.server import create_server as create_gateway_server
+from rtrl.services.env_gateway.settings import EnvSpec, GatewaySettings
+from rtrl.services.inference import metrics as inference_metrics
+from rtrl.services.inference.server import create_server as create_inference_server
+from rtrl.services.inference.settings import InferenceSettings
+from rtrl.services.learner import metrics as learner_metrics
+from rtrl.services.learner.algorithms.dqn import DQNConfig
+from rtrl.services.learner.loop import Learner
+from rtrl.services.learner.server import create_server as create_learner_server
+from rtrl.services.learner.settings import LearnerSettings
 from rtrl.v1 import (
     env_gateway_pb2,
     env_gateway_pb2_grpc,
@@ -23,18 +35,6 @@ from rtrl.v1 import (
     learner_pb2,
     learner_pb2_grpc,
 )
-from services.env_gateway import metrics as gateway_metrics
-from services.env_gateway.server import Gateway
-from services.env_gateway.server import create_server as create_gateway_server
-from services.env_gateway.settings import EnvSpec, GatewaySettings
-from services.inference import metrics as inference_metrics
-from services.inference.server import create_server as create_inference_server
-from services.inference.settings import InferenceSettings
-from services.learner import metrics as learner_metrics
-from services.learner.algorithms.dqn import DQNConfig
-from services.learner.loop import Learner
-from services.learner.server import create_server as create_learner_server
-from services.learner.settings import LearnerSettings
 
 
 @dataclass

@@ -15,9 +15,9 @@ import pytest
 from observed_stack import Running, gateway_stats, learner_status, replica_status, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
-from services.env_gateway.settings import GatewaySettings
-from services.inference.settings import InferenceSettings
-from services.learner.settings import LearnerSettings
+from rtrl.services.env_gateway.settings import GatewaySettings
+from rtrl.services.inference.settings import InferenceSettings
+from rtrl.services.learner.settings import LearnerSettings
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 

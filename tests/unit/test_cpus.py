@@ -68,7 +68,7 @@ def test_a_service_process_runs_on_the_cpus_it_is_given():
 
 def test_a_service_refuses_cpus_it_cannot_have_and_says_what_to_set():
     result = subprocess.run(
-        [sys.executable, "-m", "services.learner"],
+        [sys.executable, "-m", "rtrl.services.learner"],
         env={**os.environ, "RTRL_CPUS": "4096"},
         capture_output=True,
         text=True,

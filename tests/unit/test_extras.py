@@ -60,10 +60,10 @@ def test_a_gateway_plays_and_the_dashboard_and_cli_load_without_the_extras() -> 
     result = run_without_heavy_parts("""
         import sys
         from dataclasses import replace
-        import services.env_gateway.server, services.dashboard.server, rtrl.status_table, rtrl.launcher
+        import rtrl.services.env_gateway.server, rtrl.services.dashboard.server, rtrl.status_table, rtrl.launcher
         from rtrl.config import SettingsError
-        from services.env_gateway.backends import make_backend
-        from services.env_gateway.settings import EnvSpec, GatewaySettings
+        from rtrl.services.env_gateway.backends import make_backend
+        from rtrl.services.env_gateway.settings import EnvSpec, GatewaySettings
 
         backend = make_backend(replace(GatewaySettings(), env=EnvSpec.parse("gym:CartPole-v1")))
         backend.reset()

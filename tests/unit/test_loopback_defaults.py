@@ -10,11 +10,11 @@ import ipaddress
 from rtrl.config import METRICS_DISABLED
 from rtrl.local_redis import LocalRedis
 from rtrl.redis_client import connect_redis
-from services.dashboard.settings import DashboardSettings
-from services.env_gateway.settings import GatewaySettings
-from services.inference.server import InferenceServer
-from services.inference.settings import InferenceSettings
-from services.learner.settings import LearnerSettings
+from rtrl.services.dashboard.settings import DashboardSettings
+from rtrl.services.env_gateway.settings import GatewaySettings
+from rtrl.services.inference.server import InferenceServer
+from rtrl.services.inference.settings import InferenceSettings
+from rtrl.services.learner.settings import LearnerSettings
 
 
 def is_loopback(host: str) -> bool:

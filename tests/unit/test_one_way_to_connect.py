@@ -35,7 +35,7 @@ def direct_calls(path: Path) -> list[str]:
 
 
 def project_files() -> list[Path]:
-    files = [*(ROOT / "rtrl").rglob("*.py"), *(ROOT / "services").rglob("*.py")]
+    files = list((ROOT / "rtrl").rglob("*.py"))
     return sorted(path for path in files if "rtrl/v1" not in path.as_posix())
 
 

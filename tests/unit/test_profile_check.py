@@ -16,7 +16,7 @@ from rtrl.profile_check import (
     in_check_terms,
     resolve_env,
 )
-from services.env_gateway.profiles import ProfileError
+from rtrl.services.env_gateway.profiles import ProfileError
 
 
 def tick(**changes: object) -> Tick:

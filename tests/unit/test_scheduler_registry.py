@@ -13,9 +13,9 @@ import pytest
 
 from rtrl.cli import build_parser
 from rtrl.config import SettingsError
-from services.env_gateway import scheduler as scheduler_module
-from services.env_gateway.scheduler import SCHEDULERS, Scheduler
-from services.env_gateway.settings import GatewaySettings
+from rtrl.services.env_gateway import scheduler as scheduler_module
+from rtrl.services.env_gateway.scheduler import SCHEDULERS, Scheduler
+from rtrl.services.env_gateway.settings import GatewaySettings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -66,9 +66,9 @@ def test_no_code_outside_scheduler_py_asks_a_scheduler_for_its_class() -> None:
     }
     sources = [
         path
-        for folder in ("rtrl", "services", "bench")
+        for folder in ("rtrl", "bench")
         for path in sorted((REPO_ROOT / folder).rglob("*.py"))
-        if path != REPO_ROOT / "services" / "env_gateway" / "scheduler.py"
+        if path != REPO_ROOT / "rtrl" / "services" / "env_gateway" / "scheduler.py"
     ]
     found = []
     for path in sources:

@@ -16,6 +16,11 @@ import pytest
 from rtrl.cli import main
 from rtrl.config import SettingsError
 from rtrl.launcher import SET_BY_UP, Stack, UpOptions, check_run_file
+from rtrl.services.dashboard.settings import DashboardSettings
+from rtrl.services.env_gateway.settings import GatewaySettings
+from rtrl.services.inference.settings import InferenceSettings
+from rtrl.services.learner.algorithms import ALGORITHMS
+from rtrl.services.learner.settings import ALGORITHM_NAMES, LearnerSettings
 from rtrl.settings import (
     COMPOSE_SETTINGS,
     SHARED_SETTINGS,
@@ -25,11 +30,6 @@ from rtrl.settings import (
     service_settings,
 )
 from rtrl.settings_doc import settings_doc
-from services.dashboard.settings import DashboardSettings
-from services.env_gateway.settings import GatewaySettings
-from services.inference.settings import InferenceSettings
-from services.learner.algorithms import ALGORITHMS
-from services.learner.settings import ALGORITHM_NAMES, LearnerSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 FROM_ENV: dict[str, Callable[[Mapping[str, str]], Any]] = {
@@ -83,7 +83,7 @@ def test_every_rtrl_name_in_the_code_and_deployments_is_declared() -> None:
     known = {s.variable for table in [*service_settings().values(), SHARED_SETTINGS, COMPOSE_SETTINGS] for s in table}
     known |= {s.variable for table in hyperparameter_settings().values() for s in table}
     paths = [*ROOT.glob("docker-compose*.yml")]
-    for folder in ("rtrl", "services", "deploy"):
+    for folder in ("rtrl", "deploy"):
         paths += [p for p in (ROOT / folder).rglob("*") if p.suffix in (".py", ".yml", ".yaml", ".toml", ".md")]
     # A metavar, and the typo the docs show.
     examples = {"RTRL_NAME", "RTRL_DQN_LEARNIN_RATE"}
@@ -131,8 +131,8 @@ def test_a_name_like_nothing_says_so() -> None:
 def test_the_gateway_and_dashboard_check_names_without_importing_torch() -> None:
     code = (
         "import sys\n"
-        "from services.env_gateway.settings import GatewaySettings\n"
-        "from services.dashboard.settings import DashboardSettings\n"
+        "from rtrl.services.env_gateway.settings import GatewaySettings\n"
+        "from rtrl.services.dashboard.settings import DashboardSettings\n"
         "env = {'RTRL_DQN_GAMMA': '0.5', 'RTRL_PPO_ANYTHING': '1', 'RTRL_LEARNER_NICE': '3'}\n"
         "GatewaySettings.from_env(env)\n"
         "DashboardSettings.from_env(env)\n"

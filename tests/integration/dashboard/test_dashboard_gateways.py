@@ -20,12 +20,12 @@ import pytest
 
 from rtrl.local_redis import LocalRedis, free_port
 from rtrl.registry import Heartbeat
+from rtrl.services.dashboard.server import Dashboard, create_server
+from rtrl.services.dashboard.settings import DashboardSettings
+from rtrl.services.env_gateway.server import Gateway
+from rtrl.services.env_gateway.server import create_server as create_gateway_server
+from rtrl.services.env_gateway.settings import EnvSpec, GatewaySettings
 from rtrl.v1 import inference_pb2, inference_pb2_grpc
-from services.dashboard.server import Dashboard, create_server
-from services.dashboard.settings import DashboardSettings
-from services.env_gateway.server import Gateway
-from services.env_gateway.server import create_server as create_gateway_server
-from services.env_gateway.settings import EnvSpec, GatewaySettings
 
 CHECKPOINT_VERSION = 7
 

@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 
 from rtrl.local_redis import free_port
+from rtrl.services.dashboard.server import Dashboard, create_server
+from rtrl.services.dashboard.settings import DashboardSettings
 from rtrl.supervision import Supervisor
-from services.dashboard.server import Dashboard, create_server
-from services.dashboard.settings import DashboardSettings
 
 DashboardFactory = Callable[..., str]
 

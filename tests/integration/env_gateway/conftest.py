@@ -13,9 +13,9 @@ import pytest
 from gateway_doubles import FakeInference, Replica, Stack
 
 from rtrl.local_redis import LocalRedis
+from rtrl.services.env_gateway.server import Gateway, create_server
+from rtrl.services.env_gateway.settings import EnvSpec, GatewaySettings
 from rtrl.v1 import inference_pb2_grpc
-from services.env_gateway.server import Gateway, create_server
-from services.env_gateway.settings import EnvSpec, GatewaySettings
 
 
 @pytest.fixture

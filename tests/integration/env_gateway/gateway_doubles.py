@@ -15,11 +15,11 @@ from dataclasses import dataclass
 import grpc
 import numpy as np
 
+from rtrl.services.env_gateway.clock import CATCH_UP_LIMIT_FRAMES, RealtimeClock
+from rtrl.services.env_gateway.server import Gateway
+from rtrl.services.env_gateway.settings import GatewaySettings
 from rtrl.tensors import from_proto
 from rtrl.v1 import inference_pb2, inference_pb2_grpc
-from services.env_gateway.clock import CATCH_UP_LIMIT_FRAMES, RealtimeClock
-from services.env_gateway.server import Gateway
-from services.env_gateway.settings import GatewaySettings
 
 
 class FakeInference(inference_pb2_grpc.InferenceServiceServicer):

@@ -2,7 +2,7 @@
 when it cannot be used (nothing listening, not the protocol), a stalled socket failed at its deadline
 and replaced, a replica that closes its socket out of rotation at once, and no socket with a token.
 
-The replica is a real gRPC server whose GetStatus offers a real act socket (services/inference's
+The replica is a real gRPC server whose GetStatus offers a real act socket (rtrl/services/inference's
 `ActSocketServer`); the pool is the gateway's own `ReplicaPool`, warming replicas up as the gateway does.
 """
 
@@ -20,11 +20,11 @@ from gateway_doubles import FakeInference
 from test_gateway_act_stream import ACTION, ACTIONS, BOUND_S, CountingInference, Serve, request, send
 
 from rtrl.security import SecuritySettings
+from rtrl.services.env_gateway.dispatcher import CallOutcome
+from rtrl.services.env_gateway.replicas import STREAM_DEADLINE_CHECK_S, ReplicaPool
+from rtrl.services.inference.act_socket import ActSocketServer
+from rtrl.services.inference.streams import OpenStreams
 from rtrl.v1 import inference_pb2
-from services.env_gateway.dispatcher import CallOutcome
-from services.env_gateway.replicas import STREAM_DEADLINE_CHECK_S, ReplicaPool
-from services.inference.act_socket import ActSocketServer
-from services.inference.streams import OpenStreams
 
 SHAPE = (4, 84, 84)
 

@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 from gateway_doubles import FakeInference
 
+from rtrl.services.env_gateway.dispatcher import CallOutcome
+from rtrl.services.env_gateway.replicas import STREAM_DEADLINE_CHECK_S, ReplicaPool
 from rtrl.tensors import to_proto
 from rtrl.v1 import inference_pb2, inference_pb2_grpc
-from services.env_gateway.dispatcher import CallOutcome
-from services.env_gateway.replicas import STREAM_DEADLINE_CHECK_S, ReplicaPool
 
 ACTIONS = 6
 ACTION = 4

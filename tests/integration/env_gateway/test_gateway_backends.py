@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from rtrl.config import SettingsError
-from services.env_gateway.backends import make_backend
-from services.env_gateway.server import Gateway
-from services.env_gateway.settings import EnvSpec, GatewaySettings
+from rtrl.services.env_gateway.backends import make_backend
+from rtrl.services.env_gateway.server import Gateway
+from rtrl.services.env_gateway.settings import EnvSpec, GatewaySettings
 
 
 def settings_for(spec: str) -> GatewaySettings:

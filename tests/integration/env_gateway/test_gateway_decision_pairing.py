@@ -20,10 +20,10 @@ import redis
 from gateway_doubles import Replica, Stack
 
 from rtrl.local_redis import LocalRedis
+from rtrl.services.env_gateway.settings import GatewaySettings
+from rtrl.services.learner.replay import ReplayBuffer
+from rtrl.services.learner.trajectories import UnrollBuffer
 from rtrl.transitions import STREAM_FIELD, decode
-from services.env_gateway.settings import GatewaySettings
-from services.learner.replay import ReplayBuffer
-from services.learner.trajectories import UnrollBuffer
 
 ACTIONS = 16
 EPISODE_STEPS = 120

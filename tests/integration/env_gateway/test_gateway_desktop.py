@@ -35,14 +35,14 @@ from Xlib import XK
 from Xlib import display as xdisplay
 
 from rtrl.local_redis import LocalRedis
+from rtrl.services.env_gateway.backends.desktop import DesktopBackend, MemoryAccessError, WindowNotFoundError
+from rtrl.services.env_gateway.backends.keyguard import GuardianError, KeyGuard, KeyInjector
+from rtrl.services.env_gateway.game_rules import RulesBackend, with_rules
+from rtrl.services.env_gateway.metrics import GatewayCollector
+from rtrl.services.env_gateway.profiles import load_profile
+from rtrl.services.env_gateway.server import Gateway
+from rtrl.services.env_gateway.settings import GatewaySettings
 from rtrl.transitions import STREAM_FIELD, decode
-from services.env_gateway.backends.desktop import DesktopBackend, MemoryAccessError, WindowNotFoundError
-from services.env_gateway.backends.keyguard import GuardianError, KeyGuard, KeyInjector
-from services.env_gateway.game_rules import RulesBackend, with_rules
-from services.env_gateway.metrics import GatewayCollector
-from services.env_gateway.profiles import load_profile
-from services.env_gateway.server import Gateway
-from services.env_gateway.settings import GatewaySettings
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 # Generous bounds for things that take a few frames: the machine may be busy.
@@ -318,8 +318,8 @@ def test_a_guardian_that_cannot_reach_the_input_system_stops_the_start() -> None
 
 GATEWAY_SIDE = """
 import sys, time
-from services.env_gateway.backends.desktop import DesktopBackend
-from services.env_gateway.profiles import load_profile
+from rtrl.services.env_gateway.backends.desktop import DesktopBackend
+from rtrl.services.env_gateway.profiles import load_profile
 backend = DesktopBackend(load_profile(sys.argv[1]))
 backend.reset()
 backend.step(1)
@@ -417,8 +417,8 @@ def test_a_missing_module_is_named_with_the_modules_present(
 
 UNPRIVILEGED_READ = """
 import os, sys
-from services.env_gateway.backends.desktop import MemoryAccessError
-from services.env_gateway.backends.desktop_linux import ProcMemory
+from rtrl.services.env_gateway.backends.desktop import MemoryAccessError
+from rtrl.services.env_gateway.backends.desktop_linux import ProcMemory
 if os.geteuid() == 0:
     os.setgroups([])
     os.setgid(65534)
@@ -591,8 +591,8 @@ import os, sys
 # Everything the check imports, imported while root: root's interpreter may live where nobody cannot read.
 import ctypes.util, mss.linux, mss.linux.xlib
 import rtrl.cli, rtrl.profile_check
-import services.env_gateway.backends.desktop, services.env_gateway.backends.desktop_linux
-import services.env_gateway.game_rules, services.env_gateway.settings
+import rtrl.services.env_gateway.backends.desktop, rtrl.services.env_gateway.backends.desktop_linux
+import rtrl.services.env_gateway.game_rules, rtrl.services.env_gateway.settings
 os.setgroups([])
 os.setgid(65534)
 os.setuid(65534)

@@ -1,7 +1,7 @@
 """Live membership with real processes: slow inference replicas join a running gateway one by one and
 one is SIGKILLed; the gateway finds them through the registry in a real Redis, without restarting.
 
-Replicas are `python -m services.inference` subprocesses whose every forward pass occupies them for
+Replicas are `python -m rtrl.services.inference` subprocesses whose every forward pass occupies them for
 `OCCUPY_MS` (RTRL_INFERENCE_OCCUPY_MS), 2.4 frames at 60 fps, and the gateway decides every frame
 (k = 1): one replica can act on about a third of the frames, three replicas on all of them.
 """
@@ -25,7 +25,7 @@ from gateway_doubles import Stack
 
 from rtrl.local_redis import LocalRedis
 from rtrl.registry import live_replicas
-from services.env_gateway.server import Gateway
+from rtrl.services.env_gateway.server import Gateway
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 OCCUPY_MS = 40.0
@@ -69,7 +69,7 @@ def start_replica_process(
         }
         with open(log_path, "wb") as log_file:
             process = subprocess.Popen(
-                [sys.executable, "-m", "services.inference"],
+                [sys.executable, "-m", "rtrl.services.inference"],
                 cwd=REPO_ROOT,
                 env=env,
                 stdout=log_file,

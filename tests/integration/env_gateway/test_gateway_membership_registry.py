@@ -8,7 +8,7 @@ import redis
 
 from rtrl.local_redis import LocalRedis, free_port
 from rtrl.registry import register
-from services.env_gateway.membership import RegistryWatcher
+from rtrl.services.env_gateway.membership import RegistryWatcher
 
 
 def test_watcher_reports_live_replicas_with_their_heartbeat_time(local_redis: LocalRedis) -> None:

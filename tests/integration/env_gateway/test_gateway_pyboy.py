@@ -29,13 +29,13 @@ from gateway_doubles import Replica, assert_on_schedule
 
 from rtrl.config import SettingsError
 from rtrl.local_redis import LocalRedis
+from rtrl.services.env_gateway.backends import make_backend
+from rtrl.services.env_gateway.backends.pyboy import PyBoyBackend
+from rtrl.services.env_gateway.game_rules import RulesBackend
+from rtrl.services.env_gateway.profiles import ProfileError, load_profile
+from rtrl.services.env_gateway.server import Gateway
+from rtrl.services.env_gateway.settings import GatewaySettings
 from rtrl.transitions import STREAM_FIELD, decode
-from services.env_gateway.backends import make_backend
-from services.env_gateway.backends.pyboy import PyBoyBackend
-from services.env_gateway.game_rules import RulesBackend
-from services.env_gateway.profiles import ProfileError, load_profile
-from services.env_gateway.server import Gateway
-from services.env_gateway.settings import GatewaySettings
 
 GBROM_DIR = Path(__file__).resolve().parents[2] / "fixtures" / "gbrom"
 # PyBoy's built-in boot ROM runs for about a second before the cartridge's code starts.

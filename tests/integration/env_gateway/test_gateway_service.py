@@ -17,11 +17,11 @@ from gateway_doubles import Replica, Stack, assert_on_schedule
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from rtrl.local_redis import LocalRedis, free_port
+from rtrl.services.env_gateway.replicas import WARM_UP_TIMEOUT_S
+from rtrl.services.env_gateway.server import SERVICE_NAME
 from rtrl.transitions import STREAM_FIELD as FIELD
 from rtrl.transitions import decode
 from rtrl.v1 import common_pb2, env_gateway_pb2, env_gateway_pb2_grpc
-from services.env_gateway.replicas import WARM_UP_TIMEOUT_S
-from services.env_gateway.server import SERVICE_NAME
 
 RUN_S = 3.0
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -188,7 +188,7 @@ def test_hung_replica_gets_no_decision_while_the_clock_keeps_its_rate(
     stats = get_stats(channel_to(stack.address))
 
     by_address = {r.address: r for r in stats.replicas}
-    # The hung replica never answered its warm-up call (services/env_gateway/replicas.py), so it never
+    # The hung replica never answered its warm-up call (rtrl/services/env_gateway/replicas.py), so it never
     # entered the rotation: no decision waited on it. (A replica that hangs later: tests/faults.)
     assert RUN_S < WARM_UP_TIMEOUT_S
     assert by_address[hung.address].warming_up
@@ -202,7 +202,7 @@ def test_hung_replica_gets_no_decision_while_the_clock_keeps_its_rate(
 
 def test_cli_with_an_unknown_env_exits_2_naming_rtrl_env() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "services.env_gateway"],
+        [sys.executable, "-m", "rtrl.services.env_gateway"],
         env={**os.environ, "RTRL_ENV": "nonsense"},
         cwd=REPO_ROOT,
         capture_output=True,

@@ -14,10 +14,10 @@ import redis
 from gateway_doubles import Replica, Stack
 
 from rtrl.local_redis import LocalRedis
+from rtrl.services.env_gateway.settings import GatewaySettings
 from rtrl.transitions import STREAM_FIELD as FIELD
 from rtrl.transitions import Transition, decode
 from rtrl.v1 import common_pb2, env_gateway_pb2, env_gateway_pb2_grpc
-from services.env_gateway.settings import GatewaySettings
 
 FRAME_STACK = 4
 CARTPOLE_STATE_SIZE = 4

@@ -16,9 +16,9 @@ import numpy as np
 from gateway_doubles import Stack
 
 from rtrl.local_redis import LocalRedis, free_port
+from rtrl.services.env_gateway.replicas import ReplicaPool
 from rtrl.tensors import from_proto
 from rtrl.v1 import inference_pb2, inference_pb2_grpc
-from services.env_gateway.replicas import ReplicaPool
 
 # Longer than any decision's deadline at 60 fps (the default staleness bound is 6 frames, 100 ms).
 BUILD_S = 0.5

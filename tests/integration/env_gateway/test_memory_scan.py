@@ -25,10 +25,10 @@ import pytest
 
 from rtrl.scan import ScanOptions, parse_step
 from rtrl.scan import main as scan_main
-from services.env_gateway import memory_scan
-from services.env_gateway.backends.desktop_linux import ProcMemory
-from services.env_gateway.memory_scan import ValueScan
-from services.env_gateway.profiles import parse_profile
+from rtrl.services.env_gateway import memory_scan
+from rtrl.services.env_gateway.backends.desktop_linux import ProcMemory
+from rtrl.services.env_gateway.memory_scan import ValueScan
+from rtrl.services.env_gateway.profiles import parse_profile
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 WAIT_S = 20.0
@@ -294,7 +294,7 @@ def test_scan_holds_keys_narrows_to_x_and_prints_a_profile_block_that_reads_it(
         },
         tmp_path / "box.toml",
     )
-    from services.env_gateway.backends.desktop import VariableReader
+    from rtrl.services.env_gateway.backends.desktop import VariableReader
 
     memory = ProcMemory(game.process.pid)
     try:

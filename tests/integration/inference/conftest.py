@@ -12,8 +12,8 @@ import torch
 
 from rtrl.checkpoints import Checkpoint, CheckpointStore
 from rtrl.models import ModelConfig, build_model
-from services.inference.server import InferenceServer, create_server
-from services.inference.settings import InferenceSettings
+from rtrl.services.inference.server import InferenceServer, create_server
+from rtrl.services.inference.settings import InferenceSettings
 
 SMALL_CONFIG = ModelConfig(arch="mlp", observation_shape=(3,), action_count=4, hidden_size=16)
 SHUTDOWN_GRACE_S = 1.0

@@ -22,9 +22,9 @@ from test_inference_server import CALL_TIMEOUT_S, Connect, MakeServer, act_reque
 
 from rtrl.act_socket import HELLO, ConnectionEnded, frame, receive_exactly, receive_length
 from rtrl.security import SecuritySettings
+from rtrl.services.inference.server import WORKERS_KEPT_FROM_STREAMS, InferenceServer
+from rtrl.services.inference.settings import ACT_SOCKET_OFF
 from rtrl.v1 import inference_pb2
-from services.inference.server import WORKERS_KEPT_FROM_STREAMS, InferenceServer
-from services.inference.settings import ACT_SOCKET_OFF
 
 
 class SocketClient:

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from test_inference_server import CALL_TIMEOUT_S, Connect, MakeServer, act_request
 
+from rtrl.services.inference.server import WORKERS_KEPT_FROM_STREAMS, InferenceServer
 from rtrl.v1 import inference_pb2, inference_pb2_grpc
-from services.inference.server import WORKERS_KEPT_FROM_STREAMS, InferenceServer
 
 TIMEOUT_MS = CALL_TIMEOUT_S * 1000.0
 INVALID_ARGUMENT = grpc.StatusCode.INVALID_ARGUMENT.value[0]

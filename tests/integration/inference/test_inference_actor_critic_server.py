@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from rtrl.models import ModelConfig
+from rtrl.services.inference.server import InferenceServer
 from rtrl.tensors import to_proto
 from rtrl.v1 import inference_pb2, inference_pb2_grpc
-from services.inference.server import InferenceServer
 
 OBS = np.array([0.1, -0.4, 0.7], dtype=np.float32)
 ACTIONS = 4

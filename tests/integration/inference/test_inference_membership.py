@@ -18,9 +18,9 @@ import redis
 
 from rtrl.local_redis import LocalRedis, free_port
 from rtrl.registry import DEFAULT_MAX_AGE_MS, live_replicas
+from rtrl.services.inference.server import InferenceServer
 from rtrl.tensors import to_proto
 from rtrl.v1 import inference_pb2, inference_pb2_grpc
-from services.inference.server import InferenceServer
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 OBS = np.array([0.1, -0.4, 0.7], dtype=np.float32)
@@ -98,7 +98,7 @@ def test_replica_killed_without_shutting_down_ages_out(
         "RTRL_REPLICA_REGISTRY": key,
     }
     process = subprocess.Popen(
-        [sys.executable, "-m", "services.inference"], cwd=REPO_ROOT, env=env, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-m", "rtrl.services.inference"], cwd=REPO_ROOT, env=env, stderr=subprocess.PIPE, text=True
     )
     try:
         assert process.stderr is not None

@@ -19,9 +19,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
 from rtrl.models import ModelConfig, QNetwork, parameter_count
+from rtrl.services.inference.server import SERVICE_NAME, InferenceServer
 from rtrl.tensors import to_proto
 from rtrl.v1 import inference_pb2, inference_pb2_grpc
-from services.inference.server import SERVICE_NAME, InferenceServer
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 OBS = np.array([0.1, -0.4, 0.7], dtype=np.float32)
@@ -227,7 +227,7 @@ def test_reflection_lists_the_inference_service(make_server: MakeServer, connect
 
 def test_entry_point_with_an_invalid_port_exits_2_naming_the_variable() -> None:
     completed = subprocess.run(
-        [sys.executable, "-m", "services.inference"],
+        [sys.executable, "-m", "rtrl.services.inference"],
         cwd=REPO_ROOT,
         env={**os.environ, "RTRL_INFERENCE_PORT": "notaport"},
         capture_output=True,
@@ -249,7 +249,7 @@ def test_entry_point_serves_until_sigterm_and_then_exits_cleanly(tmp_path: Path)
         "RTRL_EPSILON_START": "0",
     }
     process = subprocess.Popen(
-        [sys.executable, "-m", "services.inference"],
+        [sys.executable, "-m", "rtrl.services.inference"],
         cwd=REPO_ROOT,
         env=env,
         stderr=subprocess.PIPE,

@@ -15,10 +15,10 @@ import redis
 import torch
 
 from rtrl.local_redis import LocalRedis
+from rtrl.services.learner.algorithms.dqn import DQNConfig
+from rtrl.services.learner.settings import LearnerSettings
+from rtrl.services.learner.stream import TRANSITION_FIELD
 from rtrl.transitions import Transition, encode
-from services.learner.algorithms.dqn import DQNConfig
-from services.learner.settings import LearnerSettings
-from services.learner.stream import TRANSITION_FIELD
 
 # Small enough to train fast, large enough for the Nature CNN the learner picks for image stacks.
 OBS_SHAPE = (4, 36, 36)

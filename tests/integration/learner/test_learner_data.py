@@ -12,14 +12,14 @@ import pytest
 
 from rtrl.checkpoints import CheckpointStore
 from rtrl.models import default_model_config
+from rtrl.services.inference.policy import Policy
+from rtrl.services.learner.algorithms.dqn import DQN
+from rtrl.services.learner.algorithms.ppo import PPOConfig
+from rtrl.services.learner.algorithms.vtrace import VTraceConfig
+from rtrl.services.learner.loop import Learner, LearnerError
+from rtrl.services.learner.server import create_server
 from rtrl.transitions import Transition
 from rtrl.v1 import learner_pb2, learner_pb2_grpc
-from services.inference.policy import Policy
-from services.learner.algorithms.dqn import DQN
-from services.learner.algorithms.ppo import PPOConfig
-from services.learner.algorithms.vtrace import VTraceConfig
-from services.learner.loop import Learner, LearnerError
-from services.learner.server import create_server
 
 # What conftest's `transition` fixture produces.
 OBS_SHAPE = (4, 36, 36)

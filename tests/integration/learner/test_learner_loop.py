@@ -12,9 +12,9 @@ import pytest
 from rtrl.checkpoints import CheckpointStore
 from rtrl.local_redis import LocalRedis, free_port
 from rtrl.models import ModelConfig, QNetwork
-from services.learner.algorithms.dqn import epsilon_at
-from services.learner.loop import Learner, LearnerError
-from services.learner.stream import TransitionStream
+from rtrl.services.learner.algorithms.dqn import epsilon_at
+from rtrl.services.learner.loop import Learner, LearnerError
+from rtrl.services.learner.stream import TransitionStream
 
 
 def published_versions(directory: Path) -> list[int]:

@@ -12,12 +12,12 @@ from typing import Any
 import grpc
 import pytest
 
+from rtrl.services.env_gateway.server import Gateway
+from rtrl.services.env_gateway.settings import EnvSpec, GatewaySettings
+from rtrl.services.learner.loop import Learner
+from rtrl.services.learner.server import create_server
+from rtrl.services.learner.settings import LearnerSettings
 from rtrl.v1 import inference_pb2, inference_pb2_grpc, learner_pb2, learner_pb2_grpc
-from services.env_gateway.server import Gateway
-from services.env_gateway.settings import EnvSpec, GatewaySettings
-from services.learner.loop import Learner
-from services.learner.server import create_server
-from services.learner.settings import LearnerSettings
 
 TIMEOUT_S = 30.0
 

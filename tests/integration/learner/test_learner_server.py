@@ -1,4 +1,4 @@
-"""The learner's gRPC server on port 0, and `python -m services.learner` as a real process."""
+"""The learner's gRPC server on port 0, and `python -m rtrl.services.learner` as a real process."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 from rtrl.checkpoints import CheckpointStore
 from rtrl.grpc_util import health_status
 from rtrl.local_redis import free_port
+from rtrl.services.learner.loop import Learner
+from rtrl.services.learner.server import SERVICE_NAME, create_server
 from rtrl.v1 import learner_pb2, learner_pb2_grpc
-from services.learner.loop import Learner
-from services.learner.server import SERVICE_NAME, create_server
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 
@@ -73,7 +73,7 @@ def test_get_status_reports_the_learner_and_health_follows_it(make_settings, pub
 
 def run_module(env: dict[str, str], **options: object) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "services.learner"],
+        [sys.executable, "-m", "rtrl.services.learner"],
         cwd=REPO_ROOT,
         env={**os.environ, "PYTHONPATH": str(REPO_ROOT), **env},
         text=True,

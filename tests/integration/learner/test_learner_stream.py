@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from rtrl.local_redis import free_port
-from services.learner.stream import StreamUnavailable, TransitionStream
+from rtrl.services.learner.stream import StreamUnavailable, TransitionStream
 
 GROUP = "learner"
 

@@ -14,8 +14,8 @@ from pathlib import Path
 from tensorboardX.crc32c import crc32c
 from tensorboardX.proto.event_pb2 import Event
 
-from services.learner.loop import Learner
-from services.learner.tensorboard import TensorBoardLog
+from rtrl.services.learner.loop import Learner
+from rtrl.services.learner.tensorboard import TensorBoardLog
 
 
 def masked_crc(data: bytes) -> int:

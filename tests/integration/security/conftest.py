@@ -11,8 +11,8 @@ import torch
 from security_pki import Pki, make_pki
 
 from rtrl.security import SecuritySettings
-from services.inference.server import InferenceServer, create_server
-from services.inference.settings import InferenceSettings
+from rtrl.services.inference.server import InferenceServer, create_server
+from rtrl.services.inference.settings import InferenceSettings
 
 
 @pytest.fixture(autouse=True)

@@ -28,9 +28,9 @@ from security_pki import TOKEN, Pki, grpcurl, tls_env
 
 from rtrl.grpc_util import create_channel, create_server, health_status
 from rtrl.security import SecuritySettings
+from rtrl.services.inference.server import InferenceServer
 from rtrl.tensors import to_proto
 from rtrl.v1 import inference_pb2, inference_pb2_grpc
-from services.inference.server import InferenceServer
 
 # The make_replica fixture (conftest.py): a started replica with the security settings of an RTRL_* mapping.
 MakeReplica = Callable[[Mapping[str, str]], InferenceServer]

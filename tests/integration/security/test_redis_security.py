@@ -21,8 +21,8 @@ from rtrl.config import SettingsError
 from rtrl.local_redis import LocalRedis, free_port
 from rtrl.redis_client import RedisUrlError, check_redis_url, checked_redis_url, connect_redis, redacted_url
 from rtrl.registry import Heartbeat, live_replicas
+from rtrl.services.env_gateway.publisher import TransitionPublisher
 from rtrl.transitions import STREAM_FIELD
-from services.env_gateway.publisher import TransitionPublisher
 
 PASSWORD = "p@ss/w:rd with spaces"
 WAIT_S = 10.0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.dashboard.history import EpisodeReturns, History, RecentCoverage, chart_point
+from rtrl.services.dashboard.history import EpisodeReturns, History, RecentCoverage, chart_point
 
 
 def test_recent_coverage_counts_only_the_decisions_of_the_window():

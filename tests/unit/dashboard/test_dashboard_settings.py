@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from rtrl.config import SettingsError
-from services.dashboard.settings import DashboardSettings
+from rtrl.services.dashboard.settings import DashboardSettings
 
 
 def test_defaults_serve_on_loopback_and_watch_the_local_stack():

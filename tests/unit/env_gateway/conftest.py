@@ -7,8 +7,8 @@ from collections.abc import Callable
 import pytest
 from gateway_fakes import FakeBackend, FakeTime, Harness, MakeHarness
 
-from services.env_gateway.clock import ClockConfig, ObservationSample, RealtimeClock, StepRecord, ViewerFrame
-from services.env_gateway.settings import FallbackPolicy
+from rtrl.services.env_gateway.clock import ClockConfig, ObservationSample, RealtimeClock, StepRecord, ViewerFrame
+from rtrl.services.env_gateway.settings import FallbackPolicy
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from services.env_gateway.clock import (
+from rtrl.services.env_gateway.clock import (
     ActionReply,
     ObservationSample,
     RealtimeClock,

@@ -11,9 +11,9 @@ import math
 import pytest
 from gateway_fakes import FakeBackend, MakeHarness
 
-from services.env_gateway.clock import DEADLINE_MARGIN_S
-from services.env_gateway.episodes import EpisodeEnd
-from services.env_gateway.settings import FallbackPolicy
+from rtrl.services.env_gateway.clock import DEADLINE_MARGIN_S
+from rtrl.services.env_gateway.episodes import EpisodeEnd
+from rtrl.services.env_gateway.settings import FallbackPolicy
 
 
 def test_fallback_action_is_applied_when_no_reply_arrives(make_clock: MakeHarness) -> None:

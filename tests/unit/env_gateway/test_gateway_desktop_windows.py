@@ -23,15 +23,15 @@ from typing import Any
 import numpy as np
 import pytest
 
-from services.env_gateway.backends import keyguard
-from services.env_gateway.backends.desktop import (
+from rtrl.services.env_gateway.backends import keyguard
+from rtrl.services.env_gateway.backends.desktop import (
     DesktopBackend,
     InputError,
     MemoryAccessError,
     ScreenRect,
     WindowNotFoundError,
 )
-from services.env_gateway.profiles import parse_profile
+from rtrl.services.env_gateway.profiles import parse_profile
 
 GAME_PID = 4242
 GAME_HWND = 0x2001
@@ -263,13 +263,13 @@ def desktop(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeWindows]:
         monkeypatch.setitem(sys.modules, name, module)
     yield fake
     # The module imported against the fakes must not outlive them.
-    sys.modules.pop("services.env_gateway.backends.desktop_windows", None)
+    sys.modules.pop("rtrl.services.env_gateway.backends.desktop_windows", None)
 
 
 @pytest.fixture
 def windows(desktop: FakeWindows) -> ModuleType:
-    sys.modules.pop("services.env_gateway.backends.desktop_windows", None)
-    return importlib.import_module("services.env_gateway.backends.desktop_windows")
+    sys.modules.pop("rtrl.services.env_gateway.backends.desktop_windows", None)
+    return importlib.import_module("rtrl.services.env_gateway.backends.desktop_windows")
 
 
 def game_memory(desktop: FakeWindows, pointer_size: int, x: float, coins: int) -> None:
@@ -502,7 +502,7 @@ def test_the_scan_reads_committed_readable_memory_and_knows_the_modules_images(
 def test_a_value_scan_and_a_pointer_scan_find_the_profiles_chain_through_pymem(
     windows: ModuleType, desktop: FakeWindows
 ) -> None:
-    from services.env_gateway.memory_scan import ValueScan, pointer_scan
+    from rtrl.services.env_gateway.memory_scan import ValueScan, pointer_scan
 
     game_memory(desktop, 8, x=12.5, coins=0)
     memory = windows.WindowsPlatform().open_memory(GAME_PID)

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from gateway_fakes import FakeTime, wait_for
 
-from services.env_gateway.clock import ARRIVAL_MIN, ActionMailbox, ActionReply, ObservationSample, StepRecord
-from services.env_gateway.dispatcher import (
+from rtrl.services.env_gateway.clock import ARRIVAL_MIN, ActionMailbox, ActionReply, ObservationSample, StepRecord
+from rtrl.services.env_gateway.dispatcher import (
     CallOutcome,
     Dispatcher,
     OnCallDone,
@@ -19,8 +19,8 @@ from services.env_gateway.dispatcher import (
     TrainError,
     TrainResult,
 )
-from services.env_gateway.preprocess import Preprocessor, SampledFrame
-from services.env_gateway.scheduler import (
+from rtrl.services.env_gateway.preprocess import Preprocessor, SampledFrame
+from rtrl.services.env_gateway.scheduler import (
     HEDGE_AFTER_MEANS,
     WARMUP_REPLIES,
     MaxTimeScheduler,

@@ -9,7 +9,7 @@ import pytest
 from gateway_fakes import wait_for
 
 from rtrl.config import SettingsError
-from services.env_gateway.episodes import EpisodeEnd, EpisodeLog
+from rtrl.services.env_gateway.episodes import EpisodeEnd, EpisodeLog
 
 
 def episode(index: int) -> EpisodeEnd:

@@ -5,14 +5,14 @@ from __future__ import annotations
 import numpy as np
 from gateway_fakes import FakeBackend
 
-from services.env_gateway.preprocess import (
+from rtrl.services.env_gateway.preprocess import (
     FrameHistory,
     Preprocessor,
     SampledFrame,
     StatePreprocessor,
     make_preprocessor,
 )
-from services.env_gateway.settings import GatewaySettings
+from rtrl.services.env_gateway.settings import GatewaySettings
 
 
 def rgb(value: int, shape: tuple[int, int] = (210, 160)) -> np.ndarray:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from rtrl.config import SettingsError
-from services.env_gateway.profiles import (
+from rtrl.services.env_gateway.profiles import (
     DeathZoneReward,
     MilestoneReward,
     ProfileError,
@@ -28,7 +28,7 @@ from services.env_gateway.profiles import (
     rom_header_title,
     shipped_profiles,
 )
-from services.env_gateway.settings import GatewaySettings
+from rtrl.services.env_gateway.settings import GatewaySettings
 
 PYBOY_PROFILE: dict[str, Any] = {
     "game": {"name": "test", "backend": "pyboy"},

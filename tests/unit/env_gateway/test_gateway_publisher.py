@@ -12,9 +12,9 @@ import redis
 from gateway_fakes import wait_for
 
 from rtrl.local_redis import LocalRedis, free_port
+from rtrl.services.env_gateway.publisher import TransitionPublisher
 from rtrl.transitions import STREAM_FIELD as FIELD
 from rtrl.transitions import Transition, decode, encode
-from services.env_gateway.publisher import TransitionPublisher
 
 
 def transition(seq: int) -> Transition:

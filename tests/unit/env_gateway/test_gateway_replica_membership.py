@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import grpc
 
+from rtrl.services.env_gateway.membership import REGISTRY_SOURCE, STATIC_SOURCE, Membership
+from rtrl.services.env_gateway.replicas import ReplicaPool, _Call
 from rtrl.v1 import inference_pb2
-from services.env_gateway.membership import REGISTRY_SOURCE, STATIC_SOURCE, Membership
-from services.env_gateway.replicas import ReplicaPool, _Call
 
 
 def complete(

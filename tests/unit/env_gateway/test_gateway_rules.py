@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.env_gateway.game_rules import GAME_END, RulesBackend, RulesEngine, term_labels, with_rules
-from services.env_gateway.profiles import GameProfile, load_profile, parse_profile
+from rtrl.services.env_gateway.game_rules import GAME_END, RulesBackend, RulesEngine, term_labels, with_rules
+from rtrl.services.env_gateway.profiles import GameProfile, load_profile, parse_profile
 
 VARIABLES = {
     "x": {"module": "game.exe", "pointers": [0x10]},

@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from services.env_gateway.scheduler import (
+from rtrl.services.env_gateway.scheduler import (
     HEDGE_AFTER_MEANS,
     HEDGE_LATE_MEANS,
     HEDGE_MIN_S,

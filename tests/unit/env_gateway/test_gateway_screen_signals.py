@@ -18,9 +18,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.env_gateway.game_rules import RulesBackend, RulesEngine, with_rules
-from services.env_gateway.profiles import GameProfile, parse_profile
-from services.env_gateway.screen_signals import ScreenSignals, phase_correlate, spectrum
+from rtrl.services.env_gateway.game_rules import RulesBackend, RulesEngine, with_rules
+from rtrl.services.env_gateway.profiles import GameProfile, parse_profile
+from rtrl.services.env_gateway.screen_signals import ScreenSignals, phase_correlate, spectrum
 
 FRAME_W, FRAME_H = 320, 240
 LEVEL_W, LEVEL_H = 7000, 1400

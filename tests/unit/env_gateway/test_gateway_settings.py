@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from rtrl.config import DEFAULT_GATEWAY_PORT, DEFAULT_STREAM, SettingsError
-from services.env_gateway.settings import FallbackPolicy, GatewaySettings
+from rtrl.services.env_gateway.settings import FallbackPolicy, GatewaySettings
 
 
 def test_defaults() -> None:

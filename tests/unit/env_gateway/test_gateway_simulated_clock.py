@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 
 from rtrl.config import SettingsError
-from services.env_gateway.backends.gymnasium import GymnasiumBackend
-from services.env_gateway.clock import ActionReply, ClockConfig, ObservationSample, StepRecord
-from services.env_gateway.settings import FallbackPolicy, GatewaySettings
-from services.env_gateway.simulated_clock import SimulatedClock, SimulatedTiming, completed
+from rtrl.services.env_gateway.backends.gymnasium import GymnasiumBackend
+from rtrl.services.env_gateway.clock import ActionReply, ClockConfig, ObservationSample, StepRecord
+from rtrl.services.env_gateway.settings import FallbackPolicy, GatewaySettings
+from rtrl.services.env_gateway.simulated_clock import SimulatedClock, SimulatedTiming, completed
 
 EPISODE_FRAMES = 40
 NOOP = 0

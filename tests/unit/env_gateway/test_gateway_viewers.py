@@ -6,8 +6,8 @@ import threading
 
 import numpy as np
 
-from services.env_gateway.clock import ViewerFrame
-from services.env_gateway.viewers import VIEWER_QUEUE_FRAMES, FrameFanout
+from rtrl.services.env_gateway.clock import ViewerFrame
+from rtrl.services.env_gateway.viewers import VIEWER_QUEUE_FRAMES, FrameFanout
 
 RGB = np.zeros((2, 2, 3), dtype=np.uint8)
 

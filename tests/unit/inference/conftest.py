@@ -11,7 +11,7 @@ import torch
 
 from rtrl.checkpoints import Checkpoint, CheckpointStore
 from rtrl.models import ActorCritic, ModelConfig, build_model
-from services.inference.policy import Policy
+from rtrl.services.inference.policy import Policy
 
 # A small network so that tests spend their time on behaviour, not on matrix products.
 SMALL_CONFIG = ModelConfig(arch="mlp", observation_shape=(3,), action_count=4, hidden_size=16)

@@ -12,7 +12,7 @@ import torch
 
 from rtrl.grpc_util import Unavailable
 from rtrl.models import ActorCritic, ModelConfig
-from services.inference.policy import FRESH_VERSION, ActResult, Policy
+from rtrl.services.inference.policy import FRESH_VERSION, ActResult, Policy
 
 MakePolicy = Callable[..., Policy]
 OBS = np.array([0.1, -0.4, 0.7], dtype=np.float32)

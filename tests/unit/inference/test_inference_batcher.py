@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 import pytest
 
 from rtrl.grpc_util import DeadlineTooShort, InvalidArgument, Unavailable
-from services.inference.batcher import BatchCostModel, DynamicBatcher
+from rtrl.services.inference.batcher import BatchCostModel, DynamicBatcher
 
 # Generous bound for something that should happen within milliseconds; never asserted on.
 WAIT_BOUND_S = 10.0

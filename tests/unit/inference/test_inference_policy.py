@@ -14,7 +14,7 @@ import torch
 
 from rtrl.grpc_util import DeadlineTooShort, InvalidArgument, Unavailable
 from rtrl.models import ModelConfig, QNetwork, default_model_config
-from services.inference.policy import DEFAULT_CHECKPOINT_EPSILON, FRESH_VERSION, ActResult, Policy
+from rtrl.services.inference.policy import DEFAULT_CHECKPOINT_EPSILON, FRESH_VERSION, ActResult, Policy
 
 MakePolicy = Callable[..., Policy]
 OBS = np.array([0.1, -0.4, 0.7], dtype=np.float32)
@@ -76,7 +76,7 @@ def test_observation_that_no_network_fits_is_invalid_and_builds_nothing(make_pol
 
 def record_input_dtypes(monkeypatch: pytest.MonkeyPatch) -> list[torch.dtype]:
     """Every network the policy builds from now on records the dtype of each input it is given."""
-    import services.inference.policy as policy_module
+    import rtrl.services.inference.policy as policy_module
 
     seen: list[torch.dtype] = []
     build = policy_module.build_model
@@ -552,7 +552,7 @@ def test_a_checkpoint_of_another_network_than_configured_is_served_and_said_once
     for version in (1, 2):
         publish(version, learners, metadata={"model": learners.to_json(), "epsilon": 0.0, "algorithm": "dqn"})
 
-    with caplog.at_level("WARNING", logger="services.inference.policy"):
+    with caplog.at_level("WARNING", logger="rtrl.services.inference.policy"):
         assert policy.poll_once()  # loads version 2, the newest
         publish(3, learners, metadata={"model": learners.to_json(), "epsilon": 0.0, "algorithm": "dqn"})
         assert policy.poll_once()
@@ -571,7 +571,7 @@ def test_a_checkpoint_of_the_configured_network_says_nothing(
     policy = make_policy(model_arch="mlp", epsilon_start=0.0)
     config = default_model_config(OBS.shape, ACTIONS, "mlp")
     publish(1, config, metadata={"model": config.to_json(), "epsilon": 0.0, "algorithm": "dqn"})
-    with caplog.at_level("WARNING", logger="services.inference.policy"):
+    with caplog.at_level("WARNING", logger="rtrl.services.inference.policy"):
         assert policy.poll_once()
     assert not caplog.records
 

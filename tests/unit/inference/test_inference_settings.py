@@ -10,10 +10,10 @@ import torch
 
 from rtrl.config import DEFAULT_CHECKPOINT_DIR, DEFAULT_HOST, DEFAULT_INFERENCE_PORT, SettingsError
 from rtrl.models import HEADS
-from services.inference.policy import Policy
-from services.inference.settings import ACT_SOCKET_OFF, InferenceSettings
-from services.learner.algorithms import ALGORITHMS
-from services.learner.settings import LearnerSettings
+from rtrl.services.inference.policy import Policy
+from rtrl.services.inference.settings import ACT_SOCKET_OFF, InferenceSettings
+from rtrl.services.learner.algorithms import ALGORITHMS
+from rtrl.services.learner.settings import LearnerSettings
 
 
 def test_defaults_when_nothing_is_set() -> None:

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from rtrl.models import ActorCritic, ModelConfig
-from services.learner.trajectories import UnrollBatch
+from rtrl.services.learner.trajectories import UnrollBatch
 
 TINY = ModelConfig(arch="mlp", observation_shape=(3,), action_count=2, hidden_size=4, head="actor_critic")
 A = np.array([1.0, 0.0, 0.0], dtype=np.float32)

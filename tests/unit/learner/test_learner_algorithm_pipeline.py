@@ -1,7 +1,7 @@
 """Every registered algorithm end to end without Redis: transitions -> its source -> updates -> a published
 checkpoint -> served by inference -> resumed exactly.
 
-What the learner loop does, step by step through the interface in services/learner/algorithms/base.py,
+What the learner loop does, step by step through the interface in rtrl/services/learner/algorithms/base.py,
 with the real CheckpointStore and the real inference Policy; a new algorithm is covered by being registered.
 """
 
@@ -17,9 +17,9 @@ import torch
 
 from rtrl.checkpoints import CheckpointStore
 from rtrl.models import ModelConfig, default_model_config
+from rtrl.services.inference.policy import Policy
+from rtrl.services.learner.algorithms import ALGORITHMS
 from rtrl.transitions import Transition
-from services.inference.policy import Policy
-from services.learner.algorithms import ALGORITHMS
 
 OBS_SHAPE = (3,)
 ACTIONS = 3

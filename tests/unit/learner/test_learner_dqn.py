@@ -10,9 +10,9 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from rtrl.models import ModelConfig
-from services.learner.algorithms import dqn
-from services.learner.algorithms.dqn import DQN, DQNConfig
-from services.learner.replay import ReplayBatch
+from rtrl.services.learner.algorithms import dqn
+from rtrl.services.learner.algorithms.dqn import DQN, DQNConfig
+from rtrl.services.learner.replay import ReplayBatch
 
 TINY = ModelConfig(arch="mlp", observation_shape=(3,), action_count=2, hidden_size=4)
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from learner_transitions import make_transition
 
+from rtrl.services.learner.episodes import EpisodeReturns
 from rtrl.transitions import Transition
-from services.learner.episodes import EpisodeReturns
 
 
 def step(gateway: str, seq: int, episode: int, index: int, reward: float, done: bool = False) -> Transition:

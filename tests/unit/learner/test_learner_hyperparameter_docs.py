@@ -7,10 +7,10 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from services.learner.algorithms import ALGORITHMS
-from services.learner.settings import field_docstrings, first_sentence
+from rtrl.services.learner.algorithms import ALGORITHMS
+from rtrl.services.learner.settings import field_docstrings, first_sentence
 
-README = Path(__file__).resolve().parents[3] / "services" / "learner" / "README.md"
+README = Path(__file__).resolve().parents[3] / "rtrl" / "services" / "learner" / "README.md"
 BEGIN = "<!-- hyperparameters: begin -->"
 END = "<!-- hyperparameters: end -->"
 

@@ -7,8 +7,8 @@ import dataclasses
 import pytest
 from learner_transitions import make_transition
 
+from rtrl.services.learner.lag import LagWindow, lag_stats, too_old
 from rtrl.transitions import Transition
-from services.learner.lag import LagWindow, lag_stats, too_old
 
 NOW_NS = 1_700_000_000_000_000_000
 MS = 1_000_000

@@ -12,9 +12,9 @@ import torch
 from learner_transitions import make_transition, marked_observation
 
 from rtrl.models import ModelConfig, QNetwork
+from rtrl.services.learner.algorithms.dqn import DQN, DQNConfig
+from rtrl.services.learner.replay import ReplayBatch, ReplayBuffer
 from rtrl.transitions import Transition
-from services.learner.algorithms.dqn import DQN, DQNConfig
-from services.learner.replay import ReplayBatch, ReplayBuffer
 
 GATEWAYS = ("gw-a", "gw-b")
 GAMMA = 0.5

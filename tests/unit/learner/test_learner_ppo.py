@@ -12,9 +12,9 @@ from actor_critic_batches import TINY, A, B, constant_outputs, input_dependent, 
 from learner_transitions import make_transition
 
 from rtrl.models import ModelConfig
-from services.learner.algorithms.ppo import PPO, PPOConfig, gae
-from services.learner.algorithms.vtrace import vtrace_targets
-from services.learner.trajectories import UnrollBatch
+from rtrl.services.learner.algorithms.ppo import PPO, PPOConfig, gae
+from rtrl.services.learner.algorithms.vtrace import vtrace_targets
+from rtrl.services.learner.trajectories import UnrollBatch
 
 
 @pytest.fixture(autouse=True)

@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from learner_transitions import make_transition, marked_observation
 
+from rtrl.services.learner.replay import ReplayBuffer
 from rtrl.transitions import Transition
-from services.learner.replay import ReplayBuffer
 
 GATEWAYS = ("gw-a", "gw-b", "gw-c")
 

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 
 from rtrl.config import DEFAULT_CHECKPOINT_DIR, DEFAULT_HOST, DEFAULT_LEARNER_PORT, DEFAULT_STREAM, SettingsError
-from services.learner.algorithms import ALGORITHMS
-from services.learner.algorithms.dqn import DQNConfig
-from services.learner.algorithms.ppo import PPOConfig
-from services.learner.algorithms.vtrace import VTraceConfig
-from services.learner.settings import LearnerSettings
+from rtrl.services.learner.algorithms import ALGORITHMS
+from rtrl.services.learner.algorithms.dqn import DQNConfig
+from rtrl.services.learner.algorithms.ppo import PPOConfig
+from rtrl.services.learner.algorithms.vtrace import VTraceConfig
+from rtrl.services.learner.settings import LearnerSettings
 
 
 def test_defaults_without_any_variable() -> None:

@@ -14,8 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from learner_transitions import make_transition, marked_observation
 
+from rtrl.services.learner.trajectories import Unroll, UnrollBuffer
 from rtrl.transitions import Transition
-from services.learner.trajectories import Unroll, UnrollBuffer
 
 GATEWAYS = ("gw-a", "gw-b", "gw-c")
 

@@ -13,9 +13,9 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from rtrl.models import ModelConfig
-from services.learner.algorithms import vtrace
-from services.learner.algorithms.vtrace import VTrace, VTraceConfig
-from services.learner.trajectories import UnrollBatch
+from rtrl.services.learner.algorithms import vtrace
+from rtrl.services.learner.algorithms.vtrace import VTrace, VTraceConfig
+from rtrl.services.learner.trajectories import UnrollBatch
 
 TINY = ModelConfig(arch="mlp", observation_shape=(3,), action_count=2, hidden_size=8, head="actor_critic")
 

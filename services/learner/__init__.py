@@ -1,3 +1,0 @@
-"""The learner service: consumes transitions from the Redis stream, trains DQN continuously and publishes
-versioned checkpoints. Entry points: `python -m services.learner`, `settings.LearnerSettings.from_env`,
-`server.serve`."""
