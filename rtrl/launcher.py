@@ -704,32 +704,54 @@ def _announce_observability(stack: Stack) -> None:
 
 def _watch(stack: Stack, client: StackClient, stop_requested: threading.Event) -> tuple[int, StackStatus | None]:
     """Supervises the services and shows the status line until the duration ends or a stop is requested
-    (0), or a service cannot be kept running (1)."""
+    (0), or a service cannot be kept running (1).
+
+    The status is polled on a thread of its own: a poll waits up to a second per service that does not
+    answer (while Redis restarts, the learner's does not), and restarting a service must never wait
+    for that."""
     interactive = sys.stdout.isatty()
     started = time.monotonic()
-    last_poll = last_print = 0.0
-    last: StackStatus | None = None
+    latest: StackStatus | None = None
+    polls = 0
+    done = threading.Event()
+
+    def poll() -> None:
+        nonlocal latest, polls
+        while not done.is_set():
+            latest = client.poll()
+            polls += 1
+            done.wait(stack.options.status_interval_s)
+
+    poller = threading.Thread(target=poll, name="status-poll", daemon=True)
+    poller.start()
+    shown = 0
+    last_print = 0.0
     stack.supervisor.write(stack.supervision_path)
-    while not stop_requested.wait(SUPERVISE_INTERVAL_S):
-        if not stack.supervise():
-            return 1, last
-        now = time.monotonic()
-        if stack.options.duration_s is not None and now - started >= stack.options.duration_s:
-            break
-        if now - last_poll < stack.options.status_interval_s:
-            continue
-        last_poll = now
-        last = client.poll()
-        line = " | ".join(filter(None, [status_line(last), supervision_text(stack.supervisor.to_json())]))
-        if interactive:
-            width = shutil.get_terminal_size().columns - 1
-            print("\r" + line[:width].ljust(width), end="", flush=True)
-        elif now - last_print >= 5.0:
-            print(line, flush=True)
-            last_print = now
+    exit_code = 0
+    try:
+        while not stop_requested.wait(SUPERVISE_INTERVAL_S):
+            if not stack.supervise():
+                exit_code = 1
+                break
+            now = time.monotonic()
+            if stack.options.duration_s is not None and now - started >= stack.options.duration_s:
+                break
+            if polls == shown or latest is None:
+                continue
+            shown = polls
+            line = " | ".join(filter(None, [status_line(latest), supervision_text(stack.supervisor.to_json())]))
+            if interactive:
+                width = shutil.get_terminal_size().columns - 1
+                print("\r" + line[:width].ljust(width), end="", flush=True)
+            elif now - last_print >= 5.0:
+                print(line, flush=True)
+                last_print = now
+    finally:
+        done.set()
+        poller.join()  # after at most the poll in flight: the client is the caller's again
     if interactive:
         print()
-    return 0, last
+    return exit_code, latest
 
 
 # Final GetStats counters that add up across gateways (the JSON of int64 fields is a string).
