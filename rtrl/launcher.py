@@ -211,7 +211,14 @@ class Stack:
         self.episode_log = self.run_dir / "episodes.jsonl"
         o = options
         self.gateway_names = gateway_names(o.gateways)
-        self.gateway_ports = [o.gateway_port, *(free_port(o.host) for _ in range(o.gateways - 1))]
+        # Ports chosen here are not bound until their process starts: each choice avoids the ports given
+        # and the ones chosen before it, or a service would find its port taken by another of the run.
+        self.taken_ports = {o.gateway_port, o.learner_port, o.dashboard_port}
+        self.taken_ports.update(o.inference_base_port + i for i in range(o.inference_replicas))
+        self.gateway_ports = [
+            o.gateway_port,
+            *(free_port_besides(self.taken_ports, o.host) for _ in range(o.gateways - 1)),
+        ]
         self.gateway_addresses = [f"{o.host}:{port}" for port in self.gateway_ports]
         self.learner_address = f"{o.host}:{o.learner_port}"
         self.replica_addresses = [f"{o.host}:{o.inference_base_port + i}" for i in range(o.inference_replicas)]
@@ -223,7 +230,7 @@ class Stack:
         # TLS and the token set with --set or in the run file's [all] reach them too. Raises SettingsError for
         # unusable values.
         self.security = SecuritySettings.from_env({**self.file_env("all"), **os.environ, **options.extra_env})
-        self.metrics_ports = metrics_ports(options)
+        self.metrics_ports = metrics_ports(options, self.taken_ports)
         self.tensorboard_dir = self.run_dir / "tensorboard"
         self.learner: Child | None = None
         self.replicas: list[Child] = []
@@ -329,7 +336,9 @@ class Stack:
         learner_cpus, other_cpus = self._partition_cpus()
         if not self.redis_url:
             # A fresh password per run: other users of this machine cannot write into the stream.
-            self.redis = LocalRedis(password=secrets.token_urlsafe(24), dies_with_parent=True).start()
+            self.redis = LocalRedis(
+                port=free_port_besides(self.taken_ports), password=secrets.token_urlsafe(24), dies_with_parent=True
+            ).start()
             self.redis_url = self.redis.url
         env = self.common_env()
         learner_env = {
@@ -558,8 +567,17 @@ def gateway_names(count: int) -> list[str]:
     return ["gateway"] if count == 1 else [f"gateway-{i}" for i in range(count)]
 
 
-def metrics_ports(options: UpOptions) -> dict[str, int]:
-    """The /metrics port of each process: distinct free ports, fixed ones from a base, or -1 (off) for all."""
+def free_port_besides(taken: set[int], host: str = "127.0.0.1") -> int:
+    """A free port that is not in `taken` (ports chosen for processes not started yet), added to it."""
+    while (port := free_port(host)) in taken:
+        pass
+    taken.add(port)
+    return port
+
+
+def metrics_ports(options: UpOptions, taken: set[int] | None = None) -> dict[str, int]:
+    """The /metrics port of each process: distinct free ports besides `taken`, fixed ones from a base, or -1
+    (off) for all."""
     names = [
         *gateway_names(options.gateways),
         "learner",
@@ -571,11 +589,12 @@ def metrics_ports(options: UpOptions) -> dict[str, int]:
     if base == 0:
         # Chosen here rather than by each process (port 0) so that they can be printed and recorded before
         # anyone scrapes; `free_port` may race with another program, which then fails that service's start.
-        ports: set[int] = set()
-        while len(ports) < len(names):
-            ports.add(free_port())
-        return dict(zip(names, sorted(ports), strict=True))
-    return {name: base + offset for offset, name in enumerate(names)}
+        taken = set() if taken is None else taken
+        return {name: free_port_besides(taken) for name in names}
+    fixed = {name: base + offset for offset, name in enumerate(names)}
+    if taken is not None:
+        taken.update(fixed.values())
+    return fixed
 
 
 def _popen(module: str, env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:

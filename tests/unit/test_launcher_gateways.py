@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from rtrl import launcher
 from rtrl.launcher import LaunchError, Stack, UpOptions, combined_gateway_stats, gateway_names, metrics_ports
 from rtrl.status import StackStatus, status_line
 from rtrl.v1 import env_gateway_pb2
@@ -20,6 +21,16 @@ def test_one_gateway_keeps_its_plain_name_and_several_are_numbered() -> None:
 def test_metrics_ports_from_a_base_give_the_gateways_the_first_ones() -> None:
     ports = metrics_ports(UpOptions(gateways=2, inference_replicas=1, metrics_base_port=9100))
     assert ports == {"gateway-0": 9100, "gateway-1": 9101, "learner": 9102, "inference-0": 9103}
+
+
+def test_chosen_ports_avoid_the_ports_given_and_each_other(monkeypatch: pytest.MonkeyPatch) -> None:
+    # free_port only says a port is free now: the learner's given port is free until the learner binds it.
+    draws = iter([50052, 30001, 30001, 30002, 50061, 30003])
+    monkeypatch.setattr(launcher, "free_port", lambda host="127.0.0.1": next(draws))
+    taken = {50051, 50052, 50061}
+    ports = metrics_ports(UpOptions(inference_replicas=1), taken)
+    assert ports == {"gateway": 30001, "learner": 30002, "inference-0": 30003}
+    assert taken == {50051, 50052, 50061, 30001, 30002, 30003}  # so that Redis, chosen later, avoids them too
 
 
 def test_gateways_get_distinct_ports_with_the_first_on_gateway_port(tmp_path: Path) -> None:
