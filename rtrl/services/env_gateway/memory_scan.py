@@ -498,6 +498,8 @@ class ChainScan:
         self.dtype = SCAN_TYPES[type_name]
         self.tolerance = tolerance
         self.chains = list(chains)
+        self.bases = module_bases(memory, memory.regions())
+        """Where each module is loaded: fixed for the life of the process, so found once per process."""
         self.values = self._read(self.chains)
         self._drop_broken()
 
@@ -509,7 +511,7 @@ class ChainScan:
         """How many chains lead to a readable value in `memory` (another process: the game restarted)."""
         previous, self.memory = self.memory, memory
         try:
-            values = self._read(self.chains)
+            values = self._read(self.chains, module_bases(memory, memory.regions()))
             return int(np.count_nonzero(plausible(values) if self.dtype.kind == "f" else np.isfinite(values)))
         finally:
             self.memory = previous
@@ -517,6 +519,7 @@ class ChainScan:
     def attach(self, memory: ProcessMemory) -> int:
         """Follows the chains in another process (the game restarted) and keeps those that still resolve."""
         self.memory = memory
+        self.bases = module_bases(memory, memory.regions())
         self.values = self._read(self.chains)
         return self._drop_broken()
 
@@ -531,8 +534,8 @@ class ChainScan:
         self.values = values[mask]
         return self._drop_broken()
 
-    def _read(self, chains: Sequence[Chain]) -> np.ndarray:
-        bases = module_bases(self.memory, self.memory.regions())
+    def _read(self, chains: Sequence[Chain], bases: dict[str, int] | None = None) -> np.ndarray:
+        bases = self.bases if bases is None else bases
         values = np.full(len(chains), np.nan)
         for i, chain in enumerate(chains):
             address = resolve(self.memory, chain, bases)
