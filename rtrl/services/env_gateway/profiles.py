@@ -410,13 +410,26 @@ def shipped_profiles() -> tuple[str, ...]:
     return tuple(sorted(path.stem for path in SHIPPED_DIR.glob("*.toml")))
 
 
+def expand_home(text: str | Path) -> Path:
+    """`text` as a path with ~ and ~user expanded; ValueError with a sentence when that home is unknown."""
+    try:
+        return Path(text).expanduser()
+    except RuntimeError:
+        raise ValueError(
+            f"{str(text)!r} starts with ~ but that user's home directory is unknown; write the full path"
+        ) from None
+
+
 def resolve_profile_path(ref: str | Path) -> Path:
     """A shipped profile's name ("tetris") or a path to a .toml file -> the file's path."""
     text = str(ref)
     if isinstance(ref, str) and "/" not in text and "\\" not in text and not text.endswith(".toml"):
         path = SHIPPED_DIR / f"{text}.toml"
     else:
-        path = Path(text).expanduser()
+        try:
+            path = expand_home(text)
+        except ValueError as error:
+            raise ProfileError(f"profile {text!r}: {error}.") from None
     if not path.is_file():
         raise ProfileError(
             f"profile {text!r} not found (looked for {path}); set {PREFIX}PROFILE to a shipped profile "
@@ -449,7 +462,10 @@ def profile_for_rom_title(title: str) -> str | None:
 
 def read_rom(path: str | Path) -> bytes:
     """The bytes of the user's ROM file; a clear SettingsError when it is missing (ROMs are never shipped)."""
-    rom = Path(path).expanduser()
+    try:
+        rom = expand_home(path)
+    except ValueError as error:
+        raise SettingsError(f"ROM file: {error}.") from None
     try:
         return rom.read_bytes()
     except FileNotFoundError:
@@ -704,7 +720,7 @@ def _parse_template(table: _Table, folder: Path) -> TemplateMatch:
         raise table.bad("threshold", threshold, "a normalized correlation in (0, 1] (0.8 is a good start)")
     downscale = table.integer("downscale", default=1, minimum=1)
     image = table.need_string("image")
-    path = (folder / Path(image).expanduser()).resolve()
+    path = table.file_path("image", image, folder)
     try:
         encoded = np.frombuffer(path.read_bytes(), np.uint8)
     except FileNotFoundError:
@@ -859,7 +875,7 @@ def _parse_reset(table: _Table, backend: str, folder: Path) -> ResetProcedure:
             else:
                 keys.append(table.input_combo(f"keys[{index}]", entry, names))
     return ResetProcedure(
-        savestate=(folder / Path(savestate).expanduser()).resolve() if savestate is not None else None,
+        savestate=table.file_path("savestate", savestate, folder) if savestate is not None else None,
         keys=tuple(keys),
         press_frames=table.integer("press_frames", default=2, minimum=1),
         wait_frames=table.integer("wait_frames", default=0, minimum=0),
@@ -897,6 +913,13 @@ class _Table:
 
     def bad(self, key: str, value: object, expected: str) -> ProfileError:
         return ProfileError(f"profile {self._label}: {self.dotted(key)} is {_show(value)}; expected {expected}.")
+
+    def file_path(self, key: str, text: str, folder: Path) -> Path:
+        """A file named in the profile: ~ expanded, a relative path taken from the profile's folder."""
+        try:
+            return (folder / expand_home(text)).resolve()
+        except ValueError as error:
+            raise self.bad(key, text, f"a path whose home directory exists ({error})") from None
 
     def missing(self, key: str, expected: str) -> ProfileError:
         return self.bad(key, None, expected)

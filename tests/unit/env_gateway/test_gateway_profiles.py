@@ -301,6 +301,7 @@ def test_a_screen_profile_yields_its_variables_and_loads_its_template(profile_fo
         ("termination.0.image", "notes.png", "termination[0].image is 'notes.png'", "OpenCV cannot decode"),
         ("termination.0.image", "folder.png", "termination[0].image is 'folder.png'", "an image file that can be read"),
         ("termination.0.image", "grey.png", "termination[0].image is 'grey.png'", "some contrast"),
+        ("termination.0.image", "~nosuchuser/a.png", "termination[0].image is '~nosuchuser/a.png'", "home directory"),
         ("termination.0.image", ..., "termination[0].image is missing", "a string"),
         (
             "termination.0.region",

@@ -43,8 +43,8 @@ class PyBoyBackend:
         if profile.game.backend != "pyboy" or profile.rom is None:
             raise ProfileError(f"profile {profile.label}: game.backend is {profile.game.backend!r}; expected 'pyboy'.")
         self.profile = profile
+        rom = read_rom(rom_path)
         self.rom_path = Path(rom_path).expanduser()
-        rom = read_rom(self.rom_path)
         _check_digest(rom, self.rom_path, profile)
         savestate = profile.reset.savestate
         if savestate is not None and not savestate.is_file():
