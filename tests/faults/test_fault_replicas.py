@@ -17,7 +17,7 @@ from fault_processes import ProcessGroup, ServiceProcess, gateway_stats, replica
 
 from rtrl.grpc_util import health_status
 from rtrl.local_redis import LocalRedis
-from rtrl.services.env_gateway.replicas import ACT_SOCKET_CONNECT_TIMEOUT_S
+from rtrl.services.env_gateway.transports.act_socket import CONNECT_TIMEOUT_S
 
 REPLICAS = 3
 WINDOW_S = 0.25
@@ -148,7 +148,7 @@ def test_a_replica_stalled_past_the_act_sockets_hello_timeout_is_asked_on_its_ac
     staller = three_replicas[2]
     staller.signal(signal.SIGSTOP)
     try:
-        time.sleep(ACT_SOCKET_CONNECT_TIMEOUT_S + 0.3)
+        time.sleep(CONNECT_TIMEOUT_S + 0.3)
     finally:
         staller.signal(signal.SIGCONT)
 

@@ -7,7 +7,7 @@ Two sources feed one `Membership`:
   heartbeating disappears once its last heartbeat is 2 s old. When Redis cannot be read the watcher
   keeps the last set it read, logs the outage once and the recovery once; when the registry key is
   gone altogether (a Redis restarted without persistence) it keeps that set for one heartbeat lifetime.
-- the static list (`replicas.AddressResolver`): host:port targets re-resolved every second, which may
+- the static list (`AddressResolver`): host:port targets re-resolved every second, which may
   be empty.
 
 `Membership` keeps, per address, when each source last saw it alive (the heartbeat time for the
@@ -19,18 +19,21 @@ UNAVAILABLE call only once it has been seen alive since. No grpc here.
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import redis
 
 from rtrl.redis_client import connect_redis
 from rtrl.registry import DEFAULT_MAX_AGE_MS, REDIS_TIMEOUT_S, RegistryError, live_replicas, redis_time_ms
+from rtrl.services.env_gateway.settings import split_host_port
 
 log = logging.getLogger(__name__)
 
 POLL_INTERVAL_S = 0.5
+RESOLVE_INTERVAL_S = 1.0
 STATIC_SOURCE = "static"
 REGISTRY_SOURCE = "registry"
 
@@ -153,3 +156,67 @@ class RegistryWatcher:
         if self._thread is not None:
             self._thread.join()
         self._client.close()
+
+
+def resolve(target: str, getaddrinfo: Callable[..., Sequence[tuple]] = socket.getaddrinfo) -> list[str]:
+    """Every address `target` (host:port) resolves to, IPv4 first-class: a name that resolves to IPv4
+    addresses uses only those, because "localhost" also yielding ::1 would count one server twice."""
+    host, port = split_host_port(target)
+    infos = getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    v4 = sorted({info[4][0] for info in infos if info[0] == socket.AF_INET})
+    if v4:
+        return [f"{ip}:{port}" for ip in v4]
+    v6 = sorted({info[4][0] for info in infos if info[0] == socket.AF_INET6})
+    return [f"[{ip}]:{port}" for ip in v6]
+
+
+class AddressResolver:
+    """Resolves the configured targets every `interval_s` and hands the union to `on_addresses`."""
+
+    def __init__(
+        self,
+        targets: Sequence[str],
+        on_addresses: Callable[[list[str]], None],
+        interval_s: float = RESOLVE_INTERVAL_S,
+        getaddrinfo: Callable[..., Sequence[tuple]] = socket.getaddrinfo,
+    ) -> None:
+        self._targets = list(targets)
+        self._on_addresses = on_addresses
+        self._interval_s = interval_s
+        self._getaddrinfo = getaddrinfo
+        self._known: dict[str, list[str]] = {}
+        self._failing: set[str] = set()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def resolve_once(self) -> list[str]:
+        """Resolves every target and hands the addresses over; returns them."""
+        for target in self._targets:
+            try:
+                self._known[target] = resolve(target, self._getaddrinfo)
+                if target in self._failing:
+                    self._failing.discard(target)
+                    log.info("inference target %s resolves again", target)
+            except OSError as error:
+                # Keep the last known addresses: a DNS hiccup should not drop live replicas.
+                if target not in self._failing:
+                    self._failing.add(target)
+                    log.warning("cannot resolve inference target %s (%s); keeping its last addresses", target, error)
+        addresses = list(dict.fromkeys(a for target in self._targets for a in self._known.get(target, [])))
+        self._on_addresses(addresses)
+        return addresses
+
+    def start(self) -> None:
+        if not self._targets:
+            return
+        self._thread = threading.Thread(target=self._run, name="rtrl-resolver", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval_s):
+            self.resolve_once()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()

@@ -34,11 +34,11 @@ from rtrl.services.env_gateway.clock import ActionMailbox, ClockConfig, Realtime
 from rtrl.services.env_gateway.dispatcher import Dispatcher, SequentialDispatcher, TrainError, TrainResult
 from rtrl.services.env_gateway.episodes import EpisodeLog
 from rtrl.services.env_gateway.game_rules import RulesBackend, known
-from rtrl.services.env_gateway.membership import REGISTRY_SOURCE, Membership, RegistryWatcher
+from rtrl.services.env_gateway.membership import REGISTRY_SOURCE, AddressResolver, Membership, RegistryWatcher
 from rtrl.services.env_gateway.metrics import start_metrics
 from rtrl.services.env_gateway.preprocess import make_preprocessor
 from rtrl.services.env_gateway.publisher import BATCH_INTERVAL_S, TransitionPublisher
-from rtrl.services.env_gateway.replicas import WARM_UP_TIMEOUT_S, AddressResolver, ReplicaPool
+from rtrl.services.env_gateway.replicas import WARM_UP_TIMEOUT_S, ReplicaPool
 from rtrl.services.env_gateway.scheduler import LeadView, make_scheduler
 from rtrl.services.env_gateway.settings import GatewaySettings
 from rtrl.services.env_gateway.simulated_clock import SimulatedClock, SimulatedDispatch, simulated_clock

@@ -17,6 +17,7 @@ import cv2
 import grpc
 import numpy as np
 import pytest
+from inference_doubles import ActStreamByAct
 
 from rtrl.local_redis import LocalRedis, free_port
 from rtrl.registry import Heartbeat
@@ -30,7 +31,7 @@ from rtrl.v1 import inference_pb2, inference_pb2_grpc
 CHECKPOINT_VERSION = 7
 
 
-class AlwaysRight(inference_pb2_grpc.InferenceServiceServicer):
+class AlwaysRight(ActStreamByAct):
     """A replica that answers RIGHT at once from a pretend checkpoint."""
 
     def Act(self, request, context):

@@ -1,6 +1,6 @@
 """The gateway's requests on each replica's ActStream: one stream per replica, answers back to their
 senders, a stalled stream failed at its deadline and replaced, a replica that ends its stream out of
-rotation at once, and a replica without ActStream served by Act without losing a request.
+rotation at once, and a replica that refuses ActStream out of rotation with its request failed, not lost.
 
 The replicas are real gRPC servers on loopback; the pool is the gateway's own `ReplicaPool`.
 """
@@ -130,17 +130,24 @@ def test_requests_sent_together_are_answered_in_their_order(pooled: Pooled) -> N
     assert servicer.frame_indices == [0, 1, 2, 3]
 
 
-def test_a_replica_without_act_stream_gets_every_request_by_act_and_loses_none(pooled: Pooled) -> None:
+def test_a_replica_that_refuses_act_stream_leaves_the_rotation_and_its_request_fails_with_the_refusal(
+    pooled: Pooled,
+) -> None:
     servicer = ActOnly()
     address, pool, _ = pooled(servicer)
-    outcomes = [send(pool, address, frame_index) for frame_index in range(3)]
+    outcome = send(pool, address, 0)
 
-    # The first request was refused on the stream and went again by Act.
-    assert all(outcome.reply is not None and outcome.reply.action == ACTION for outcome in outcomes)
-    assert servicer.frame_indices == [0, 1, 2]
-    assert servicer.act_calls == 3
+    assert outcome.reply is None
+    assert pool.views(time.monotonic()) == []
     (stats,) = pool.stats()
-    assert (stats.requests, stats.replies, stats.failures, stats.transport) == (3, 3, 0, "Act")
+    assert stats.excluded and (stats.requests, stats.replies, stats.failures, stats.in_flight) == (1, 0, 1, 0)
+    assert servicer.act_calls == 0
+    # Seen alive again (a heartbeat), it is back and tried once more.
+    pool.set_addresses([address])
+    assert [view.address for view in pool.views(time.monotonic())] == [address]
+    assert send(pool, address, 1).reply is None
+    (stats,) = pool.stats()
+    assert stats.excluded and (stats.requests, stats.failures) == (2, 2)
 
 
 def test_a_stalled_stream_fails_its_request_by_its_deadline_and_a_new_stream_replaces_it(pooled: Pooled) -> None:

@@ -15,6 +15,7 @@ import grpc
 import pytest
 import redis
 from gateway_doubles import Stack
+from inference_doubles import ActStreamByAct
 
 from rtrl.local_redis import LocalRedis
 from rtrl.transitions import STREAM_FIELD as FIELD
@@ -29,7 +30,7 @@ def encoded_action(frame_index: int) -> int:
     return 1 + frame_index % 5
 
 
-class FrameEncodingInference(inference_pb2_grpc.InferenceServiceServicer):
+class FrameEncodingInference(ActStreamByAct):
     """A real InferenceService servicer answering after 0-3 ms with an action that encodes the frame index."""
 
     def __init__(self, seed: int) -> None:

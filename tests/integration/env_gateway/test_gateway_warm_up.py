@@ -14,11 +14,12 @@ from collections.abc import Callable
 import grpc
 import numpy as np
 from gateway_doubles import Stack
+from inference_doubles import ActStreamByAct
 
 from rtrl.local_redis import LocalRedis, free_port
 from rtrl.services.env_gateway.replicas import ReplicaPool
 from rtrl.tensors import from_proto
-from rtrl.v1 import inference_pb2, inference_pb2_grpc
+from rtrl.v1 import inference_pb2
 
 # Longer than any decision's deadline at 60 fps (the default staleness bound is 6 frames, 100 ms).
 BUILD_S = 0.5
@@ -27,7 +28,7 @@ SHAPE = (4, 84, 84)
 BOUND_S = 10.0
 
 
-class FirstCallBuilds(inference_pb2_grpc.InferenceServiceServicer):
+class FirstCallBuilds(ActStreamByAct):
     """Answers action 1 at once, except the first call: it waits for `release`, or `BUILD_S` when not held."""
 
     def __init__(self, hold_first_call: bool) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 
 import grpc
 import pytest
+from inference_doubles import ActStreamByAct
 
 from rtrl.services.env_gateway.server import Gateway
 from rtrl.services.env_gateway.settings import EnvSpec, GatewaySettings
@@ -91,7 +92,7 @@ def test_train_is_refused_by_a_learner_that_trains_without_pause(make_settings, 
     assert "RTRL_LEARNER_MODE=sequential" in str(refused.value.details())
 
 
-class SlowInference(inference_pb2_grpc.InferenceServiceServicer):
+class SlowInference(ActStreamByAct):
     """Answers every Act with action 2 after `delay_s`, as a policy that takes that long would."""
 
     def __init__(self, delay_s: float) -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import grpc
 
 from rtrl.services.env_gateway.membership import REGISTRY_SOURCE, STATIC_SOURCE, Membership
-from rtrl.services.env_gateway.replicas import ReplicaPool, _Call
+from rtrl.services.env_gateway.replicas import ReplicaPool
+from rtrl.services.env_gateway.transports import Call
 from rtrl.v1 import inference_pb2
 
 
@@ -17,7 +18,7 @@ def complete(
     code: grpc.StatusCode | None,
 ) -> None:
     """What the pool does when a call to `address` sent at `sent_s` ends with `response` or `code`."""
-    call = _Call(inference_pb2.ActRequest(), sent_s, float("inf"), lambda outcome: None)
+    call = Call(inference_pb2.ActRequest(), sent_s, float("inf"), lambda outcome: None)
     pool._complete(pool._replicas[address], call, response, code)
 
 

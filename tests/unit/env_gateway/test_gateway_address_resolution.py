@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 from collections.abc import Callable
 
-from rtrl.services.env_gateway.replicas import AddressResolver, resolve
+from rtrl.services.env_gateway.membership import AddressResolver, resolve
 
 
 def fake_getaddrinfo(table: dict[str, list[tuple[socket.AddressFamily, str]]]) -> Callable[..., list[tuple]]:

@@ -1,0 +1,70 @@
+"""How the gateway's Act requests reach one inference replica: the transport seam.
+
+A transport carries one replica's requests in order and brings their answers back in the same order:
+- `put(request)` sends an `ActStreamRequest` (the request and the milliseconds left before its
+  deadline) without waiting, from whichever thread decides;
+- the transport's own thread calls `on_answer(transport, answer)` with each `ActStreamResponse`, and
+  `on_end(transport, code)` once, with how it ended as a gRPC status: UNAVAILABLE when the replica went
+  away, CANCELLED after `close()`, DEADLINE_EXCEEDED when the replica accepted but never spoke;
+- `close()` ends it.
+The pool (replicas.py) keeps each transport's unanswered requests in `pending`, under the pool's lock,
+and decides what becomes of them when the transport ends.
+
+The two transports:
+- `ActStream` (act_stream.py): gRPC's ActStream on the replica's channel, with its TLS and token. Every
+  replica serves it, so it is the default and the secure one.
+- `ActSocket` (act_socket.py): the same messages on a plain TCP connection the replica offers
+  (rtrl/act_socket.py), written by the deciding thread and read by one thread on each side. It halves
+  the gateway's own overhead per decision (docs/transports.md), and carries neither TLS nor a token
+  (SECURITY.md), so a pool with either never uses it. One that cannot be used sets `refused` and the
+  pool moves its requests to ActStream.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import grpc
+
+from rtrl.v1 import inference_pb2
+
+if TYPE_CHECKING:
+    from rtrl.services.env_gateway.dispatcher import OnCallDone
+
+
+@dataclass(frozen=True)
+class Call:
+    """One request on its way: what was sent, when, until when its answer counts, and whom to tell."""
+
+    request: inference_pb2.ActRequest
+    sent_s: float
+    deadline_s: float
+    on_done: OnCallDone
+
+
+class Transport:
+    """One replica's ordered channel for Act requests (see the module docstring)."""
+
+    name = ""
+    """How ReplicaStats.transport names it."""
+
+    def __init__(self) -> None:
+        self.pending: deque[Call] = deque()
+        """The requests sent and not answered, oldest first; guarded by the pool's lock."""
+        self.ended = False
+        """Set (under the pool's lock) when it ended: it must not become a replica's transport."""
+        self.refused = ""
+        """Why it cannot be used at all ("" while it can): the pool then gives the replica ActStream."""
+
+    def put(self, request: inference_pb2.ActStreamRequest) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+OnAnswer = Callable[[Transport, inference_pb2.ActStreamResponse], None]
+OnEnd = Callable[[Transport, grpc.StatusCode], None]

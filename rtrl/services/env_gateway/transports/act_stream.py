@@ -1,0 +1,46 @@
+"""The ActStream transport: one long-lived gRPC stream of requests and answers per replica.
+
+`put` queues the request, gRPC's thread for the stream writes it, and a thread of the transport's own
+reads the answers. A message on an open stream skips a call's set-up, about 0.4 ms of each round trip
+against a unary Act (docs/transports.md).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+
+import grpc
+
+from rtrl.services.env_gateway.transports import OnAnswer, OnEnd, Transport
+from rtrl.v1 import inference_pb2, inference_pb2_grpc
+
+
+class ActStream(Transport):
+    name = "ActStream"
+
+    def __init__(
+        self, stub: inference_pb2_grpc.InferenceServiceStub, on_answer: OnAnswer, on_end: OnEnd, thread_name: str
+    ) -> None:
+        super().__init__()
+        self._requests: queue.SimpleQueue[inference_pb2.ActStreamRequest | None] = queue.SimpleQueue()
+        self._answers = stub.ActStream(iter(self._requests.get, None))
+        threading.Thread(target=self._read, args=(on_answer, on_end), name=thread_name, daemon=True).start()
+
+    def put(self, request: inference_pb2.ActStreamRequest) -> None:
+        self._requests.put(request)
+
+    def close(self) -> None:
+        """Cancels the stream; its reader ends with CANCELLED."""
+        self._requests.put(None)
+        self._answers.cancel()
+
+    def _read(self, on_answer: OnAnswer, on_end: OnEnd) -> None:
+        try:
+            for answer in self._answers:
+                on_answer(self, answer)
+        except grpc.RpcError as error:
+            on_end(self, error.code() if isinstance(error, grpc.Call) else grpc.StatusCode.UNKNOWN)
+            return
+        # The replica ended the stream without an error: it is shutting down.
+        on_end(self, grpc.StatusCode.UNAVAILABLE)
