@@ -58,6 +58,7 @@ import numpy as np
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
+from bench.aio_transport import AioLoop  # noqa: E402
 from rtrl.act_socket import HELLO, configure, frame, receive_exactly, receive_length  # noqa: E402
 from rtrl.config import SettingsError  # noqa: E402
 from rtrl.cpus import format_cpu_list, split_cpus, usable_cpus  # noqa: E402
@@ -78,7 +79,15 @@ MODEL_WIDTHS = (1, 7, 29)
 # each holding a core that the machine does not have).
 MAX_MODEL_FORWARD_MS = 600.0
 STREAM = "bench:transitions"
-ACT_SOCKET, ACT_STREAM = "act socket", "ActStream"
+ACT_SOCKET, ACT_STREAM, AIO, AIO_UVLOOP = "act socket", "ActStream", "grpc.aio", "grpc.aio+uvloop"
+WAYS = (ACT_SOCKET, ACT_STREAM, AIO, AIO_UVLOOP)
+"""How the gateway asks the zero-cost replicas: its two transports, and ActStream from one grpc.aio loop
+(bench/aio_transport.py) on asyncio's loop or on uvloop's."""
+STUB, REAL = "stub", "real"
+"""Zero-cost replicas: a bare servicer answering at once, or the real inference server with a zero-cost
+policy (bench/replica.py --zero-cost: batcher, servicer, streams and act socket, no network)."""
+REPLICA_PIDS: dict[str, int] = {}
+"""Each replica's process, by address: the zero-cost rows count their CPU time."""
 SEQUENTIAL_STREAM = "bench:sequential"
 
 
@@ -108,6 +117,11 @@ class Row:
     round_trip_ms: float = 0.0
     predicted_coverage: float = 0.0
     """Sequential rows: the paper's t_frame / (t_infer + t_learn), with the measured round trip as t_infer."""
+    overhead_max_ms: float = math.nan
+    gateway_cpu_ms: float = math.nan
+    """Zero-cost rows: CPU time of this process (the gateway, its game included) per decision."""
+    replica_cpu_ms: float = math.nan
+    """Zero-cost rows: CPU time of the row's replica processes per decision."""
 
 
 def log(message: str) -> None:
@@ -230,16 +244,26 @@ def wait_serving(addresses: list[str], timeout_s: float = 180.0) -> None:
 
 @contextmanager
 def replica_pool(
-    procs: Processes, count: int, env: dict[str, str], name: str, zero_cost: str = ""
+    procs: Processes, count: int, env: dict[str, str], name: str, zero_cost: str = "", kind: str = STUB
 ) -> Iterator[list[str]]:
-    """Starts `count` replicas (real ones with `env`, or zero-cost stubs answering on `zero_cost`, "act
-    socket" or "ActStream"); yields their addresses."""
+    """Starts `count` replicas: real ones with `env`, or zero-cost ones (`kind`: stubs, or the real server
+    with a zero-cost policy) offering an act socket when `zero_cost` is ACT_SOCKET; yields their addresses."""
     started = []
     addresses = []
     for i in range(count):
-        if zero_cost:
+        if zero_cost and kind == STUB:
             way = ["--serve-zero-cost", *([] if zero_cost == ACT_SOCKET else ["--no-act-socket"])]
             process, log_path = procs.spawn(f"{name}-{i}", [__file__, *way], {})
+        elif zero_cost:
+            replica_env = {
+                "RTRL_INFERENCE_HOST": "127.0.0.1",
+                "RTRL_INFERENCE_PORT": "0",
+                "RTRL_TORCH_THREADS": "1",
+                "RTRL_INFERENCE_MAX_WAIT_MS": "0",
+                "RTRL_CHECKPOINT_DIR": str(procs.workdir / f"{name}-checkpoints"),
+                "RTRL_INFERENCE_ACT_SOCKET_PORT": "0" if zero_cost == ACT_SOCKET else "-1",
+            }
+            process, log_path = procs.spawn(f"{name}-{i}", ["bench/replica.py", "--zero-cost"], replica_env)
         else:
             replica_env = {
                 "RTRL_INFERENCE_HOST": "127.0.0.1",
@@ -254,6 +278,7 @@ def replica_pool(
             process, log_path = procs.spawn(f"{name}-{i}", ["-m", "rtrl.services.inference"], replica_env)
         started.append(process)
         addresses.append(f"127.0.0.1:{wait_for_port(log_path, process)}")
+        REPLICA_PIDS[addresses[-1]] = process.pid
     try:
         wait_serving(addresses)
         yield addresses
@@ -276,7 +301,9 @@ def run_gateway(
     learner_address: str = "",
     stream: str = STREAM,
     jitter_reserve: int = DEFAULT_JITTER_RESERVE_FRAMES,
+    way: str = "",
 ) -> dict:
+    """One gateway row; `way` AIO or AIO_UVLOOP asks the replicas from a grpc.aio loop."""
     env = {
         "RTRL_JITTER_RESERVE_FRAMES": str(jitter_reserve),
         "RTRL_ENV": "ale:Pong",
@@ -295,19 +322,27 @@ def run_gateway(
         **({"RTRL_LEARNER_ADDRESS": learner_address} if learner_address else {}),
     }
     gateway = Gateway(GatewaySettings.from_env(env))
+    aio = AioLoop(use_uvloop=way == AIO_UVLOOP) if way in (AIO, AIO_UVLOOP) else None
+    if aio is not None:
+        gateway.replicas.open_transport = aio.open
     try:
         gateway.start()
         time.sleep(warmup_s)
         before = gateway.stats()
+        cpu_before = time.process_time(), sum(process_cpu_s(REPLICA_PIDS[a]) for a in addresses if a in REPLICA_PIDS)
         # Distributions restart with the measured window (the warm-up taught the scheduler T).
         gateway.clock.staleness_frames = Window(1 << 16)
         gateway.mailbox.decision_overhead_ms = Window(1 << 16)
         time.sleep(measure_s)
         after = gateway.stats()
+        cpu_after = time.process_time(), sum(process_cpu_s(REPLICA_PIDS[a]) for a in addresses if a in REPLICA_PIDS)
         staleness = gateway.clock.staleness_frames.values()
         overhead = gateway.mailbox.decision_overhead_ms.values()
+        transports = sorted({r.transport for r in after.replicas})
     finally:
         gateway.stop(flush_timeout_s=1.0)
+        if aio is not None:
+            aio.close()
     decisions = after.decisions - before.decisions
     fresh = after.decisions_fresh - before.decisions_fresh
     latencies = [r.latency_ms.mean for r in after.replicas if r.replies]
@@ -320,6 +355,10 @@ def run_gateway(
         "late_per_100": 100.0 * (after.replies_late - before.replies_late) / max(decisions, 1),
         "overhead_p50_ms": float(np.percentile(overhead, 50)) if overhead.size else math.nan,
         "overhead_p99_ms": float(np.percentile(overhead, 99)) if overhead.size else math.nan,
+        "overhead_max_ms": float(overhead.max()) if overhead.size else math.nan,
+        "gateway_cpu_ms": 1000.0 * (cpu_after[0] - cpu_before[0]) / max(decisions, 1),
+        "replica_cpu_ms": 1000.0 * (cpu_after[1] - cpu_before[1]) / max(decisions, 1),
+        "transports": transports,
         "period_ms": after.scheduler_period_ms,
         "frames_late": after.frames_late - before.frames_late,
         "latency_mean_ms": float(np.mean(latencies)) if latencies else math.nan,
@@ -384,7 +423,17 @@ def paced_messages(address: str, way: str, seconds: float) -> dict:
         "decisions": len(round_trips_ms), "coverage": nan, "staleness_mean": nan, "staleness_p99": nan,
         "wasted_per_100": nan, "late_per_100": nan, "overhead_p50_ms": float(np.percentile(round_trips_ms, 50)),
         "overhead_p99_ms": float(np.percentile(round_trips_ms, 99)), "period_ms": nan, "frames_late": 0,
+        "overhead_max_ms": float(np.max(round_trips_ms)),
     }  # fmt: skip
+
+
+def process_cpu_s(pid: int) -> float:
+    """User and system CPU seconds process `pid` has used (0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def set_affinity(pid: int, cpus: set[int]) -> None:
@@ -486,6 +535,9 @@ class Bench:
             frames_late=m["frames_late"],
             load=os.getloadavg()[0],
             reserve=reserve,
+            overhead_max_ms=m.get("overhead_max_ms", math.nan),
+            gateway_cpu_ms=m.get("gateway_cpu_ms", math.nan),
+            replica_cpu_ms=m.get("replica_cpu_ms", math.nan),
             **extra,
         )
         self.rows.append(row)
@@ -545,42 +597,51 @@ class Bench:
             set_affinity(pid, learner if pid == self.learner.pid else others)
 
     def run_zero_cost(self) -> None:
-        """The gateway's own overhead, on each way of asking (the act socket, ActStream) side by side."""
+        """The gateway's own overhead on each way of asking, against zero-cost stubs and against the real
+        server with a zero-cost policy, side by side."""
         args = self.args
         with contextlib.ExitStack() as stack:
-            pools = {
-                way: stack.enter_context(replica_pool(self.procs, 2, {}, f"zero-cost-{way}".replace(" ", "-"), way))
-                for way in args.ways
-            }
-            for way, addresses in pools.items():
-                self.wait_for_calm()
-                bare = paced_messages(addresses[0], way, args.measure_s)
-                self.record("zero-cost", f"bare {way} message", 0.0, 1, "-", bare)
+            pools: dict[tuple[str, str], list[str]] = {}
+            for kind in args.zero_cost_replicas:
+                # The aio ways ask replicas without an act socket, as ActStream does.
+                for served in dict.fromkeys(ACT_SOCKET if way == ACT_SOCKET else ACT_STREAM for way in args.ways):
+                    name = f"zero-cost-{kind}-{served}".replace(" ", "-")
+                    pools[kind, served] = stack.enter_context(replica_pool(self.procs, 2, {}, name, served, kind))
+            for (kind, served), addresses in pools.items():
+                if kind == STUB:
+                    self.wait_for_calm()
+                    bare = paced_messages(addresses[0], served, args.measure_s)
+                    self.record("zero-cost", f"bare {served} message, stub", 0.0, 1, "-", bare)
             # Each row is measured each way (and, with --learner-cpus, unpinned and pinned), side by side,
             # first in one order and then in the other, so that none always comes first.
-            ways = list(pools)
+            ways = list(args.ways)
             partitions = [None, *([self.learner_cpus] if self.learner_cpus else [])]
             for n in (1, 2):
                 for reserve in args.jitter_reserve:
                     ways.reverse()
                     partitions.reverse()
-                    for way in ways:
-                        for learner_cpus in partitions:
-                            self.partition(learner_cpus)
-                            self.wait_for_calm()
-                            m = run_gateway(
-                                self.redis.url,
-                                pools[way][:n],
-                                "next_idle",
-                                6,
-                                args.warmup_s,
-                                args.measure_s,
-                                f"bench-zero-{n}-r{reserve}-{way}".replace(" ", ""),
-                                jitter_reserve=reserve,
-                            )
-                            pinned = f", learner on CPU {format_cpu_list(learner_cpus)}" if learner_cpus else ""
-                            label = f"zero-cost, {way}{pinned}"
-                            self.record("zero-cost", label, 0.0, n, "next_idle", m, reserve=reserve)
+                    for kind in args.zero_cost_replicas:
+                        for way in ways:
+                            addresses = pools[kind, ACT_SOCKET if way == ACT_SOCKET else ACT_STREAM]
+                            for learner_cpus in partitions:
+                                self.partition(learner_cpus)
+                                self.wait_for_calm()
+                                m = run_gateway(
+                                    self.redis.url,
+                                    addresses[:n],
+                                    "next_idle",
+                                    6,
+                                    args.warmup_s,
+                                    args.measure_s,
+                                    f"bench-zero-{n}-r{reserve}-{kind}-{way}".replace(" ", ""),
+                                    jitter_reserve=reserve,
+                                    way=way,
+                                )
+                                if m["transports"] != [way]:
+                                    log(f"the {way} row asked on {m['transports']}; see the gateway's log above")
+                                pinned = f", learner on CPU {format_cpu_list(learner_cpus)}" if learner_cpus else ""
+                                label = f"zero-cost, {way}, {kind}{pinned}"
+                                self.record("zero-cost", label, 0.0, n, "next_idle", m, reserve=reserve)
             self.partition(None)
 
     def run(self) -> None:
@@ -777,6 +838,21 @@ def table(rows: list[Row]) -> str:
             at_plus_one = [r for r in group if r.replicas == needed + 1]
             coverage = fmt(100 * at_plus_one[0].coverage, ".2f") + "%" if at_plus_one else "-"
             lines.append(f"| {label} | {scheduler} | {reserve} | {needed} | {smallest} | {coverage} |")
+    zero_cost = [r for r in rows if r.kind == "zero-cost"]
+    if zero_cost:
+        lines += [
+            "",
+            "| zero-cost row | N | decisions | coverage % | overhead p50 ms | p99 ms | max ms "
+            "| gateway CPU ms / decision | replica CPU ms / decision | load |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in zero_cost:
+            lines.append(
+                f"| {r.label} | {r.replicas} | {r.decisions} | {fmt(100 * r.coverage, '.2f')} "
+                f"| {fmt(r.overhead_p50_ms, '.2f')} | {fmt(r.overhead_p99_ms, '.2f')} "
+                f"| {fmt(r.overhead_max_ms, '.2f')} "
+                f"| {fmt(r.gateway_cpu_ms, '.2f')} | {fmt(r.replica_cpu_ms, '.2f')} | {fmt(r.load, '.1f')} |"
+            )
     sequential = [r for r in rows if r.kind == "sequential"]
     if sequential:
         lines += [
@@ -808,9 +884,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--ways",
         nargs="+",
-        default=[ACT_SOCKET, ACT_STREAM],
-        choices=(ACT_SOCKET, ACT_STREAM),
-        help="how the gateway asks the zero-cost replicas, each a row of its own (default: both)",
+        default=list(WAYS),
+        choices=WAYS,
+        help="how the gateway asks the zero-cost replicas, each a row of its own (default: all)",
+    )
+    parser.add_argument(
+        "--zero-cost-replicas",
+        nargs="+",
+        default=[STUB, REAL],
+        choices=(STUB, REAL),
+        help="zero-cost stubs, the real server with a zero-cost policy, or both (default), each a row of its own",
     )
     parser.add_argument("--t-infer", type=float, nargs="*", default=list(T_INFER_FRAMES), help="in frames")
     parser.add_argument("--replicas", type=int, nargs="*", default=[], help="only these N (default: around ceil)")
