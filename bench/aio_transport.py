@@ -15,7 +15,7 @@ import threading
 import grpc
 import grpc.aio
 
-from rtrl.services.env_gateway.transports import OnAnswer, OnEnd, Transport
+from rtrl.services.env_gateway.transports import Endpoint, OnAnswer, OnEnd, Transport
 from rtrl.v1 import inference_pb2, inference_pb2_grpc
 
 
@@ -32,15 +32,8 @@ class AioLoop:
         self.name = "grpc.aio+uvloop" if use_uvloop else "grpc.aio"
         threading.Thread(target=self.loop.run_forever, name=f"rtrl-{self.name}", daemon=True).start()
 
-    def open(
-        self,
-        address: str,
-        stub: inference_pb2_grpc.InferenceServiceStub,
-        act_socket_address: tuple[str, int] | None,
-        on_answer: OnAnswer,
-        on_end: OnEnd,
-    ) -> Transport:
-        return AioStream(self, address, on_answer, on_end)
+    def open(self, endpoint: Endpoint, on_answer: OnAnswer, on_end: OnEnd) -> Transport:
+        return AioStream(self, endpoint.address, on_answer, on_end)
 
     def close(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)

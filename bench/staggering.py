@@ -59,7 +59,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from bench.aio_transport import AioLoop  # noqa: E402
-from rtrl.act_socket import HELLO, configure, frame, receive_exactly, receive_length  # noqa: E402
+from rtrl.act_socket import HELLO, client_hello, configure, frame, receive_exactly, receive_length  # noqa: E402
 from rtrl.config import SettingsError  # noqa: E402
 from rtrl.cpus import format_cpu_list, split_cpus, usable_cpus  # noqa: E402
 from rtrl.grpc_util import create_channel, health_status  # noqa: E402
@@ -383,7 +383,7 @@ def paced_messages(address: str, way: str, seconds: float) -> dict:
             port = stub.GetStatus(inference_pb2.InferenceServiceGetStatusRequest(), timeout=10.0).act_socket_port
             connection = cleanup.enter_context(socket.create_connection(("127.0.0.1", port), timeout=10.0))
             configure(connection)
-            connection.sendall(HELLO)
+            connection.sendall(client_hello(""))
             assert receive_exactly(connection, len(HELLO)) == HELLO
 
             def exchange(message: inference_pb2.ActStreamRequest) -> None:

@@ -1,20 +1,19 @@
 """The act socket's wire format: ActStream's messages, length-prefixed, on a plain TCP connection.
 
 A gateway asks a replica for actions once per decision, 60 times a second, and waits for each answer.
-On gRPC's sync API each such message passes through several threads on both sides (the stream's
-writer, the server's poller and worker, the channel's poller, the reader), and each hand-over wakes a
-thread: paced as the gateway sends them, a message and its answer took 0.78 ms at the median and
-1.33 ms at p99 with a learner training beside them, against 0.28 / 0.74 ms for the same messages on a
-plain socket, written by the deciding thread and read by one thread on each side
-(docs/staggering-benchmark.md, "the act socket"). So a replica also answers on an act socket,
-and the gateway uses it when the replica offers one; everything else (Act, GetStatus, health,
-reflection) stays on gRPC, and so do TLS and token authentication: a replica with either offers no
-act socket, and the gateway then uses ActStream.
+On gRPC's sync API each such message passes through several threads on both sides, and each hand-over
+wakes a thread; on this socket the deciding thread writes the request and one thread on each side
+reads, which halves the gateway's own overhead per decision (docs/transports.md). So a replica also
+answers on an act socket, and the gateway uses it when the replica offers one; everything else (Act,
+GetStatus, health, reflection) stays on gRPC. The socket checks the same token as gRPC, in its hello;
+it has no TLS (SECURITY.md says why), so a replica with TLS on offers none, and its gateways use
+ActStream.
 
-The protocol, version 1:
-1. The client connects and sends `HELLO` (8 bytes: "rtrlact" and the version byte 1); the server
-   answers with the same 8 bytes, or closes the connection (not this protocol or version, no hello
-   within 5 s, or no room for another connection).
+The protocol, version 2:
+1. The client connects and sends `HELLO` (8 bytes: "rtrlact" and the version byte 2), then the token
+   as a frame (below; empty without one). The server answers with the same 8 bytes, or closes the
+   connection: not this protocol or version, a token it does not accept (a server without a token
+   accepts any), no hello within 5 s, or no room for another connection.
 2. The client sends frames, each one `rtrl.v1.ActStreamRequest` serialized and prefixed with its length
    (4 bytes, unsigned, big-endian); the server answers each with one `rtrl.v1.ActStreamResponse` frame,
    in the order of the requests, exactly as on ActStream: a refused request gets an answer with its
@@ -31,8 +30,10 @@ import contextlib
 import socket
 import struct
 
-HELLO = b"rtrlact\x01"
+HELLO = b"rtrlact\x02"
 """What both sides send first: the protocol's name and its version."""
+MAX_TOKEN_BYTES = 1024
+"""The longest token frame a server reads in a client's hello."""
 LENGTH = struct.Struct("!I")
 """The prefix of every frame: the length of the message that follows."""
 
@@ -44,6 +45,11 @@ class ConnectionEnded(Exception):
 def frame(message: bytes) -> bytes:
     """`message` prefixed with its length, ready to send."""
     return LENGTH.pack(len(message)) + message
+
+
+def client_hello(token: str) -> bytes:
+    """What a client sends first: `HELLO`, then its token as a frame (empty without one)."""
+    return HELLO + frame(token.encode())
 
 
 def receive_exactly(connection: socket.socket, size: int) -> bytes:

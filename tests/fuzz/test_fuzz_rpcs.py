@@ -21,7 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from rtrl.act_socket import HELLO, LENGTH, frame, receive_exactly, receive_length
+from rtrl.act_socket import HELLO, LENGTH, MAX_TOKEN_BYTES, client_hello, frame, receive_exactly, receive_length
 from rtrl.grpc_util import MAX_MESSAGE_BYTES
 from rtrl.services.inference.server import InferenceServer
 from rtrl.tensors import to_proto
@@ -266,7 +266,7 @@ def test_junk_bytes_end_an_act_stream_clearly(served_replica, resilience_ledger,
         check_reply(lambda t: next(raw(iter([junk]), timeout=t)), 5.0)
 
 
-def act_socket(replica: InferenceServer, hello: bytes = HELLO) -> socket.socket:
+def act_socket(replica: InferenceServer, hello: bytes = client_hello("")) -> socket.socket:
     assert replica.act_socket is not None
     connection = socket.create_connection(("127.0.0.1", replica.act_socket.port), timeout=10.0)
     connection.sendall(hello)
@@ -304,6 +304,15 @@ def test_the_act_socket_answers_every_request_clearly_and_stays_open(served_repl
     assert grpc.StatusCode.INVALID_ARGUMENT.value[0] in codes, codes
 
 
+def whole_hello(data: bytes) -> bool:
+    """`data` starts with a whole client hello that a replica without a token accepts (any token goes)."""
+    prefix = len(HELLO) + LENGTH.size
+    if data[: len(HELLO)] != HELLO or len(data) < prefix:
+        return False
+    (length,) = LENGTH.unpack(data[len(HELLO) : prefix])
+    return length <= MAX_TOKEN_BYTES and len(data) >= prefix + length
+
+
 @FUZZ
 @given(junk=st.binary(min_size=1, max_size=200), after_hello=st.booleans())
 def test_junk_on_the_act_socket_gets_clear_answers_or_a_closed_connection_never_a_hang(
@@ -312,8 +321,8 @@ def test_junk_on_the_act_socket_gets_clear_answers_or_a_closed_connection_never_
     """Junk in place of the hello, or after it: once the client has sent all it will, the replica
     answers every whole frame clearly and closes the connection; it never waits for more."""
     resilience_ledger.inputs["inference act socket (raw bytes)"] += 1
-    says_hello = after_hello or junk[: len(HELLO)] == HELLO
-    with act_socket(served_replica, HELLO + junk if after_hello else junk) as connection:
+    says_hello = after_hello or whole_hello(junk)
+    with act_socket(served_replica, client_hello("") + junk if after_hello else junk) as connection:
         received = b""
         try:
             connection.shutdown(socket.SHUT_WR)

@@ -3,8 +3,8 @@
 `ReplicaPool` keeps one channel per replica address and sends Act requests where the dispatcher (with
 its scheduler, see scheduler.py) says. `send` never blocks, and each outcome comes through the sender's
 `on_done`. Each replica has one transport (transports/: its act socket when it offers one and the pool
-has neither TLS nor a token, else ActStream), which carries the requests in order, each with its
-timeout, and brings back the answers in order, each with its error.
+has no TLS, else ActStream), which carries the requests in order, each with its timeout, and brings
+back the answers in order, each with its error.
 
 Deadlines: the pool checks every `STREAM_DEADLINE_CHECK_S` that no transport's oldest request is past
 its deadline; when one is (a stalled replica), the transport's requests fail with DEADLINE_EXCEEDED,
@@ -45,7 +45,7 @@ from rtrl.security import SecuritySettings
 from rtrl.services.env_gateway.clock import ActionReply
 from rtrl.services.env_gateway.dispatcher import CallOutcome, OnCallDone
 from rtrl.services.env_gateway.scheduler import ReplicaView
-from rtrl.services.env_gateway.transports import Call, OnAnswer, OnEnd, Transport, act_socket
+from rtrl.services.env_gateway.transports import Call, Endpoint, OnAnswer, OnEnd, Transport, act_socket
 from rtrl.services.env_gateway.transports.act_socket import ActSocket
 from rtrl.services.env_gateway.transports.act_stream import ActStream
 from rtrl.tensors import to_proto
@@ -74,23 +74,15 @@ _STATUS_CODES = {code.value[0]: code for code in grpc.StatusCode}
 # takes seconds); a replica that has not answered by then enters rotation anyway and is judged by its calls.
 WARM_UP_TIMEOUT_S = 10.0
 
-OpenTransport = Callable[
-    [str, inference_pb2_grpc.InferenceServiceStub, "tuple[str, int] | None", OnAnswer, OnEnd], Transport
-]
-"""(address, stub, act socket or None, on_answer, on_end) -> the replica's transport."""
+OpenTransport = Callable[[Endpoint, OnAnswer, OnEnd], Transport]
 
 
-def open_transport(
-    address: str,
-    stub: inference_pb2_grpc.InferenceServiceStub,
-    act_socket_address: tuple[str, int] | None,
-    on_answer: OnAnswer,
-    on_end: OnEnd,
-) -> Transport:
+def open_transport(endpoint: Endpoint, on_answer: OnAnswer, on_end: OnEnd) -> Transport:
     """The replica's act socket when it offers one, else ActStream on its channel."""
-    if act_socket_address is not None:
-        return ActSocket(act_socket_address, on_answer, on_end, f"rtrl-act-socket {address}")
-    return ActStream(stub, on_answer, on_end, f"rtrl-act-stream {address}")
+    if endpoint.act_socket is not None:
+        name = f"rtrl-act-socket {endpoint.address}"
+        return ActSocket(endpoint.act_socket, endpoint.token, on_answer, on_end, name)
+    return ActStream(endpoint.stub, on_answer, on_end, f"rtrl-act-stream {endpoint.address}")
 
 
 @dataclass(eq=False)
@@ -317,9 +309,7 @@ class ReplicaPool:
 
     def _open(self, replica: _Replica) -> Transport:
         return self.open_transport(
-            replica.address,
-            replica.stub,
-            replica.act_socket,
+            Endpoint(replica.address, replica.stub, replica.act_socket, self._security.token),
             lambda transport, answer: self._on_answer(replica, transport, answer),
             lambda transport, code: self._on_end(replica, transport, code),
         )
@@ -458,12 +448,8 @@ class ReplicaPool:
         except ValueError:  # the channel was closed under the call (the replica left the membership)
             code, details = grpc.StatusCode.CANCELLED, "the replica left"
         if code is None:
-            # A pool with TLS or a token never asks: the act socket carries neither.
-            offered = (
-                None
-                if self._security.tls or self._security.token
-                else act_socket.offered_by(replica.stub, replica.address)
-            )
+            # A pool with TLS never asks: the act socket has none (SECURITY.md).
+            offered = None if self._security.tls else act_socket.offered_by(replica.stub, replica.address)
             with self._lock:
                 replica.act_socket = offered
             # Opened before the replica enters the rotation, so that the first decision's request finds it

@@ -12,6 +12,7 @@ limit gets one and the connection is closed.
 from __future__ import annotations
 
 import contextlib
+import hmac
 import logging
 import socket
 import threading
@@ -20,7 +21,16 @@ from collections.abc import Callable
 import grpc
 from google.protobuf.message import DecodeError
 
-from rtrl.act_socket import HELLO, ConnectionEnded, configure, frame, receive_exactly, receive_length, shut
+from rtrl.act_socket import (
+    HELLO,
+    MAX_TOKEN_BYTES,
+    ConnectionEnded,
+    configure,
+    frame,
+    receive_exactly,
+    receive_length,
+    shut,
+)
 from rtrl.services.inference.streams import OpenStreams, StreamRefused
 from rtrl.v1 import inference_pb2
 
@@ -55,8 +65,11 @@ class ActSocketServer:
         port: int,
         max_frame_bytes: int,
         on_invalid: Callable[[], None],
+        token: str = "",
     ) -> None:
+        """`token`: the one a client's hello must carry, as gRPC's calls must (rtrl/security.py); "" accepts any."""
         self._answer = answer
+        self._token = token.encode()
         self._streams = streams
         self._max_frame_bytes = max_frame_bytes
         self._on_invalid = on_invalid
@@ -101,16 +114,18 @@ class ActSocketServer:
             connection.settimeout(HELLO_TIMEOUT_S)
             try:
                 hello = receive_exactly(connection, len(HELLO))
+                if hello != HELLO:
+                    self._refuse(peer, f"opened with {hello!r}, not the rtrl act socket's hello {HELLO!r}")
+                    return
+                length = receive_length(connection)
+                if length > MAX_TOKEN_BYTES:
+                    self._refuse(peer, f"sent a token of {length} bytes, over the limit of {MAX_TOKEN_BYTES}")
+                    return
+                token = receive_exactly(connection, length)
             except (ConnectionEnded, OSError):
                 return  # gone, or silent for HELLO_TIMEOUT_S
-            if hello != HELLO:
-                self._on_invalid()
-                log.warning(
-                    "act socket: %s opened with %r, not the rtrl act socket's hello %r; connection closed",
-                    peer[0],
-                    hello,
-                    HELLO,
-                )
+            if self._token and not hmac.compare_digest(token, self._token):
+                self._refuse(peer, "sent a wrong or missing token (RTRL_AUTH_TOKEN)")
                 return
             connection.settimeout(None)
             try:
@@ -121,6 +136,11 @@ class ActSocketServer:
                 log.info("act socket: refused %s (%s)", peer[0], refused.message)
             except (ConnectionEnded, OSError):
                 pass  # the gateway closed it, or `OpenStreams.stop` ended it while idle
+
+    def _refuse(self, peer: tuple, why: str) -> None:
+        """Counts and logs a connection closed before the hello's answer."""
+        self._on_invalid()
+        log.warning("act socket: %s %s; connection closed", peer[0], why)
 
     def _answer_requests(self, connection: socket.socket) -> None:
         while True:

@@ -193,13 +193,13 @@ class InferenceServer:
         self._stopped = False
 
     def _open_act_socket(self, servicer: InferenceServicer) -> ActSocketServer | None:
-        """Binds the act socket (rtrl/act_socket.py) unless it is off, or TLS or a token is on: the socket
-        has neither, so such a replica's gateways use ActStream, which has both."""
+        """Binds the act socket (rtrl/act_socket.py) unless it is off or TLS is on: the socket checks the
+        token but has no TLS, so such a replica's gateways use ActStream (SECURITY.md)."""
         settings = self.settings
         if settings.act_socket_port == ACT_SOCKET_OFF:
             return None
-        if settings.security.tls or settings.security.token:
-            log.info("no act socket: TLS or a token is on, which only gRPC carries; gateways use ActStream")
+        if settings.security.tls:
+            log.info("no act socket: TLS is on, which only gRPC carries; gateways use ActStream")
             return None
         return ActSocketServer(
             servicer.answer,
@@ -208,6 +208,7 @@ class InferenceServer:
             settings.act_socket_port,
             settings.security.max_message_bytes,
             self.policy.record_invalid,
+            settings.security.token,
         )
 
     def listen(self) -> None:

@@ -1,6 +1,6 @@
 """The gateway's requests on a replica's act socket: used when the replica offers one, ActStream instead
 when it cannot be used (nothing listening, not the protocol), a stalled socket failed at its deadline
-and replaced, a replica that closes its socket out of rotation at once, and no socket with a token.
+and replaced, a replica that closes its socket out of rotation at once, and the token in the hello.
 
 The replica is a real gRPC server whose GetStatus offers a real act socket (rtrl/services/inference's
 `ActSocketServer`); the pool is the gateway's own `ReplicaPool`, warming replicas up as the gateway does.
@@ -27,16 +27,17 @@ from rtrl.services.inference.streams import OpenStreams
 from rtrl.v1 import inference_pb2
 
 SHAPE = (4, 84, 84)
+TOKEN = "a-token-of-the-pool-32-characters"
 
 
 class SocketInference(CountingInference):
     """A replica that offers an act socket answering as its ActStream does; counts the socket's answers.
     `offered_port` overrides the port GetStatus names (a socket that cannot be used)."""
 
-    def __init__(self) -> None:
+    def __init__(self, token: str = "") -> None:
         super().__init__()
         self.streams = OpenStreams(limit=4)
-        self.socket = ActSocketServer(self.answer, self.streams, "127.0.0.1", 0, 1 << 22, lambda: None)
+        self.socket = ActSocketServer(self.answer, self.streams, "127.0.0.1", 0, 1 << 22, lambda: None, token)
         self.socket.start()
         self.offered_port = self.socket.port
         self.socket_answers = 0
@@ -184,13 +185,17 @@ def test_a_replica_that_closes_its_socket_leaves_the_rotation_before_a_request_i
     assert (stats.requests, stats.failures) == (1, 0)
 
 
-def test_a_pool_with_a_token_never_uses_a_socket(pooled: Pooled) -> None:
-    # The socket carries no token; the replica's gRPC server here asks for none, so only the pool decides.
-    servicer = SocketInference()
-    address, pool, _ = pooled(servicer, security=SecuritySettings(token="secret"))
+@pytest.mark.parametrize(("socket_token", "transport"), [(TOKEN, "act socket"), ("another-" + TOKEN, "ActStream")])
+def test_the_pool_s_token_opens_a_socket_that_asks_for_it_and_only_that_one(
+    pooled: Pooled, socket_token: str, transport: str
+) -> None:
+    # The replica's gRPC server here asks for no token, so ActStream serves the pool whatever it sends.
+    servicer = SocketInference(token=socket_token)
+    address, pool, _ = pooled(servicer, security=SecuritySettings(token=TOKEN))
 
     outcomes = [send(pool, address, frame_index) for frame_index in range(3)]
 
     assert all(outcome.reply is not None for outcome in outcomes)
-    assert (servicer.socket_answers, servicer.streams_opened) == (0, 1)
-    assert pool.stats()[0].transport == "ActStream"
+    on_socket = transport == "act socket"
+    assert (servicer.socket_answers, servicer.streams_opened) == ((3, 0) if on_socket else (0, 1))
+    assert pool.stats()[0].transport == transport

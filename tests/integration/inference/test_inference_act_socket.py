@@ -20,11 +20,21 @@ from test_inference_act_stream import (
 )
 from test_inference_server import CALL_TIMEOUT_S, Connect, MakeServer, act_request
 
-from rtrl.act_socket import HELLO, ConnectionEnded, frame, receive_exactly, receive_length
+from rtrl.act_socket import (
+    HELLO,
+    MAX_TOKEN_BYTES,
+    ConnectionEnded,
+    client_hello,
+    frame,
+    receive_exactly,
+    receive_length,
+)
 from rtrl.security import SecuritySettings
 from rtrl.services.inference.server import WORKERS_KEPT_FROM_STREAMS, InferenceServer
 from rtrl.services.inference.settings import ACT_SOCKET_OFF
 from rtrl.v1 import inference_pb2
+
+TOKEN = "a-token-of-the-replica-32-characters"
 
 
 class SocketClient:
@@ -32,7 +42,7 @@ class SocketClient:
 
     opened: list[socket.socket] = []
 
-    def __init__(self, server: InferenceServer, hello: bytes = HELLO) -> None:
+    def __init__(self, server: InferenceServer, hello: bytes = client_hello("")) -> None:
         assert server.act_socket is not None
         self.connection = socket.create_connection(("127.0.0.1", server.act_socket.port), timeout=CALL_TIMEOUT_S)
         SocketClient.opened.append(self.connection)
@@ -207,11 +217,21 @@ def test_no_socket_is_offered_when_it_is_turned_off(make_server: MakeServer, con
     assert status(server, connect).act_socket_port == 0
 
 
-def test_no_socket_is_opened_when_a_token_is_on(make_server: MakeServer) -> None:
-    # The socket carries no token, so it would let anyone past the one the replica's gRPC asks for.
-    server = make_server(security=SecuritySettings(token="secret"))
+@pytest.mark.parametrize(
+    "hello",
+    [client_hello(""), client_hello("another-" + TOKEN), HELLO + frame(b"x" * (MAX_TOKEN_BYTES + 1))],
+    ids=["no token", "a wrong token", "a token over the limit"],
+)
+def test_with_a_token_on_only_a_hello_carrying_it_is_answered(make_server: MakeServer, hello: bytes) -> None:
+    server = make_server(security=SecuritySettings(token=TOKEN))
+    server.start()
 
-    assert server.act_socket is None
+    refused = SocketClient(server, hello=hello)
+    assert refused.ended()
+    assert server.policy.status().requests_invalid == 1
+    served = SocketClient(server, hello=client_hello(TOKEN))
+    assert served.handshake() == HELLO
+    assert served.ask(act_request(frame_index=0)).error_code == 0
 
 
 def test_an_act_socket_port_in_use_fails_the_start_with_a_sentence(make_server: MakeServer) -> None:

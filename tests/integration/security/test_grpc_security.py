@@ -124,7 +124,10 @@ def test_tls_client_is_served_and_plaintext_or_untrusting_clients_cannot_connect
     server = make_replica(tls_env(pki))
     client_security = SecuritySettings.from_env({"RTRL_TLS_CA_FILE": str(pki.ca)})
     with create_channel(address(server), client_security) as client:
-        assert get_status(client).replica_id == "secured-replica"
+        status = get_status(client)
+        assert status.replica_id == "secured-replica"
+        # The act socket has no TLS, so a replica with TLS offers none (SECURITY.md).
+        assert status.act_socket_port == 0 and server.act_socket is None
     # Plaintext HTTP/2 against a TLS port: the server never sees a valid request.
     with grpc.insecure_channel(address(server)) as plaintext:
         assert refused_code(lambda: get_status(plaintext, REFUSED_TIMEOUT_S)) == grpc.StatusCode.UNAVAILABLE

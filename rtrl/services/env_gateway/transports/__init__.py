@@ -15,9 +15,9 @@ The two transports:
   replica serves it, so it is the default and the secure one.
 - `ActSocket` (act_socket.py): the same messages on a plain TCP connection the replica offers
   (rtrl/act_socket.py), written by the deciding thread and read by one thread on each side. It halves
-  the gateway's own overhead per decision (docs/transports.md), and carries neither TLS nor a token
-  (SECURITY.md), so a pool with either never uses it. One that cannot be used sets `refused` and the
-  pool moves its requests to ActStream.
+  the gateway's own overhead per decision (docs/transports.md). Its hello carries the pool's token;
+  it has no TLS (SECURITY.md), so a pool with TLS never uses it. One that cannot be used sets
+  `refused`, and the pool moves its requests to ActStream.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 
-from rtrl.v1 import inference_pb2
+from rtrl.v1 import inference_pb2, inference_pb2_grpc
 
 if TYPE_CHECKING:
     from rtrl.services.env_gateway.dispatcher import OnCallDone
@@ -43,6 +43,19 @@ class Call:
     sent_s: float
     deadline_s: float
     on_done: OnCallDone
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """What a transport needs to reach one replica."""
+
+    address: str
+    stub: inference_pb2_grpc.InferenceServiceStub
+    """On the replica's channel, with the pool's TLS and token."""
+    act_socket: tuple[str, int] | None
+    """Where its act socket is, when it offers one the pool may use."""
+    token: str
+    """The pool's token (rtrl/security.py), "" without one."""
 
 
 class Transport:

@@ -4,8 +4,8 @@
 On gRPC's sync API each message passes through several threads on both sides, and each hand-over
 wakes a thread; here the deciding thread writes the request and one thread on each side reads, which
 halves the gateway's own overhead per decision (docs/transports.md). A replica names its act socket in
-GetStatus (`offered_by`). The socket carries neither TLS nor a token, so a pool with either never asks
-(SECURITY.md).
+GetStatus (`offered_by`). The hello carries the same token as gRPC's calls; the socket has no TLS, so
+a pool with TLS never asks (SECURITY.md).
 """
 
 from __future__ import annotations
@@ -17,7 +17,16 @@ import threading
 import grpc
 from google.protobuf.message import DecodeError
 
-from rtrl.act_socket import HELLO, ConnectionEnded, configure, frame, receive_exactly, receive_length, shut
+from rtrl.act_socket import (
+    HELLO,
+    ConnectionEnded,
+    client_hello,
+    configure,
+    frame,
+    receive_exactly,
+    receive_length,
+    shut,
+)
 from rtrl.config import SettingsError
 from rtrl.services.env_gateway.settings import split_host_port
 from rtrl.services.env_gateway.transports import OnAnswer, OnEnd, Transport
@@ -66,9 +75,12 @@ class ActSocket(Transport):
 
     name = "act socket"
 
-    def __init__(self, address: tuple[str, int], on_answer: OnAnswer, on_end: OnEnd, thread_name: str) -> None:
+    def __init__(
+        self, address: tuple[str, int], token: str, on_answer: OnAnswer, on_end: OnEnd, thread_name: str
+    ) -> None:
         super().__init__()
         self._address = address
+        self._token = token
         self._lock = threading.Lock()
         self._unsent: list[bytes] | None = []
         """Requests put before the handshake ended; None once connected."""
@@ -135,7 +147,7 @@ class ActSocket(Transport):
         if closed:
             raise ConnectionEnded
         configure(connection)
-        connection.sendall(HELLO)
+        connection.sendall(client_hello(self._token))
         hello = receive_exactly(connection, len(HELLO))
         if hello != HELLO:
             raise _Unusable(f"it answered the hello with {hello!r}, not {HELLO!r}")
@@ -155,7 +167,8 @@ class ActSocket(Transport):
             with self._lock:
                 closed = self._closed
             # Closed by the pool while connecting (its first request's deadline passed), or by the replica
-            # before its hello: it has no room for another stream, or it does not speak the protocol.
+            # before its hello: it has no room for another stream, it does not speak the protocol, or it
+            # does not accept this gateway's token (ActStream's calls then say UNAUTHENTICATED).
             code = grpc.StatusCode.CANCELLED if closed else grpc.StatusCode.UNAVAILABLE
             if not closed:
                 self.refused = "it closed the connection instead of answering the hello"
