@@ -184,7 +184,7 @@ class InferenceSettings:
     """RTRL_INFERENCE_PORT: port the gRPC server listens on (0 picks a free one)."""
     act_socket_port: int = 0
     """RTRL_INFERENCE_ACT_SOCKET_PORT: port of the act socket on `host` (rtrl/act_socket.py), the gateway's
-    faster way to ask for actions (0 picks a free one; -1: none). None is opened with TLS or a token."""
+    faster way to ask for actions (0 picks a free one; -1: none). None is opened with TLS (SECURITY.md)."""
     metrics_port: int = METRICS_DISABLED
     """RTRL_INFERENCE_METRICS_PORT: Prometheus /metrics on `host` (0 picks a free port; unset or -1: off)."""
     replica_id: str = ""

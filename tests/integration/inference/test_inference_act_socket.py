@@ -1,6 +1,6 @@
 """The act socket on a real replica: ActStream's answers on a plain TCP connection, its bad input (a
 wrong hello, an undecodable request, a frame over the limit), its share of the stream limit, shutdown,
-and no socket when it is turned off or when TLS or a token is on.
+only a hello with the token when one is on, and no socket when it is turned off.
 
 The client here speaks the protocol of rtrl/act_socket.py byte by byte, as the gateway does."""
 
