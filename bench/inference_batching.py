@@ -3,11 +3,12 @@
     python bench/inference_batching.py --occupy-ms 33 --callers 4 --period-ms 16.7 --deadline-ms 50
     python bench/inference_batching.py --device cuda --occupy-ms 0 --arch impala_cnn --width 29 --callers 16
 
-Starts a replica in this process on a free port (RTRL_INFERENCE_OCCUPY_MS makes each forward pass hold
-it for at least --occupy-ms, like an accelerator running a big model), then `--callers` threads each
-send one Act per `--period-ms` with a `--deadline-ms` deadline, as gateways stepping games at 60 fps
-would, for `--duration` seconds, once per --max-batch value. Prints per run: answers, refusals
-(DEADLINE_EXCEEDED), the replica's batch sizes and its latency. Rows are only comparable within a run.
+Starts a replica in this process on a free port (the benchmark replica's policy, bench/replica.py,
+makes each forward pass hold it for at least --occupy-ms, like an accelerator running a big model),
+then `--callers` threads each send one Act per `--period-ms` with a `--deadline-ms` deadline, as
+gateways stepping games at 60 fps would, for `--duration` seconds, once per --max-batch value. Prints
+per run: answers, refusals (DEADLINE_EXCEEDED), the replica's batch sizes and its latency. Rows are
+only comparable within a run.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
+
+# bench/ is this script's own folder, so Python finds its sibling modules.
+from replica import bench_policy_factory  # noqa: E402
 
 from rtrl.services.inference.server import create_server  # noqa: E402
 from rtrl.services.inference.settings import InferenceSettings, resolve_device  # noqa: E402
@@ -64,11 +68,10 @@ def run(args: argparse.Namespace, max_batch: int, checkpoint_dir: str) -> None:
         workers=max(16, max_batch, args.callers),
         max_batch_size=max_batch,
         max_wait_ms=args.max_wait_ms,
-        occupy_ms=args.occupy_ms,
         model_arch=args.arch,
         model_width=args.width,
     )
-    server, port = create_server(settings)
+    server, port = create_server(settings, bench_policy_factory(args.occupy_ms, zero_cost=False))
     server.start()
     address = f"127.0.0.1:{port}"
     stop = threading.Event()

@@ -5,7 +5,7 @@
 
 Prints one row per network: parameter count and the median and 90th percentile of `--repeats`
 forward passes (after warm-up passes) on a 4x84x84 uint8 stack, as an inference replica runs them
-(inference mode, uint8 scaled inside the network). Use the numbers to pick RTRL_INFERENCE_OCCUPY_MS
+(inference mode, uint8 scaled inside the network). Use the numbers to pick bench/replica.py's --occupy-ms
 or a deadline for a given model on a given machine; they are only comparable with rows of the same run.
 """
 

@@ -7,8 +7,8 @@ scheduler, and the sequential act -> learn -> act baseline, with the learner tra
 
 Everything is real except the game clock's opponent: real ALE Pong at 60 fps stepped by the gateway
 (in this process, deciding every frame: RTRL_DECISION_INTERVAL_FRAMES=1), real inference replicas
-(`python -m rtrl.services.inference` subprocesses) whose forward pass occupies them for t_infer
-(RTRL_INFERENCE_OCCUPY_MS; a sleep, so a replica waiting costs no CPU, like an accelerator), then
+(`bench/replica.py --occupy-ms`, the production server whose forward pass occupies it for t_infer: a
+sleep after the real pass, so a replica waiting costs no CPU, like an accelerator), then
 real model sizes (ImpalaCNN, RTRL_MODEL_WIDTH 1/7/29, on this CPU), a real Redis and a real learner
 (`python -m rtrl.services.learner`, DQN) consuming every row's transitions and training without pause.
 The sequential rows pause that learner and run a second one in RTRL_LEARNER_MODE=sequential with
@@ -244,10 +244,18 @@ def wait_serving(addresses: list[str], timeout_s: float = 180.0) -> None:
 
 @contextmanager
 def replica_pool(
-    procs: Processes, count: int, env: dict[str, str], name: str, zero_cost: str = "", kind: str = STUB
+    procs: Processes,
+    count: int,
+    env: dict[str, str],
+    name: str,
+    zero_cost: str = "",
+    kind: str = STUB,
+    occupy_ms: float | None = None,
 ) -> Iterator[list[str]]:
     """Starts `count` replicas: real ones with `env`, or zero-cost ones (`kind`: stubs, or the real server
-    with a zero-cost policy) offering an act socket when `zero_cost` is ACT_SOCKET; yields their addresses."""
+    with a zero-cost policy) offering an act socket when `zero_cost` is ACT_SOCKET; yields their addresses.
+    With `occupy_ms` the real ones are benchmark replicas (bench/replica.py) whose every forward pass holds
+    them at least that long."""
     started = []
     addresses = []
     for i in range(count):
@@ -275,7 +283,10 @@ def replica_pool(
                 "RTRL_INFERENCE_MAX_WAIT_MS": "0",
                 **env,
             }
-            process, log_path = procs.spawn(f"{name}-{i}", ["-m", "rtrl.services.inference"], replica_env)
+            command = ["-m", "rtrl.services.inference"]
+            if occupy_ms is not None:
+                command = ["bench/replica.py", "--occupy-ms", f"{occupy_ms:.3f}"]
+            process, log_path = procs.spawn(f"{name}-{i}", command, replica_env)
         started.append(process)
         addresses.append(f"127.0.0.1:{wait_for_port(log_path, process)}")
         REPLICA_PIDS[addresses[-1]] = process.pid
@@ -658,12 +669,11 @@ class Bench:
                 ]
                 if not counts or self.over_budget():
                     continue
-                env = {
-                    "RTRL_INFERENCE_OCCUPY_MS": f"{t_infer * FRAME_MS:.3f}",
-                    "RTRL_CHECKPOINT_DIR": self.replica_dir(),
-                }
+                env = {"RTRL_CHECKPOINT_DIR": self.replica_dir()}
                 log(f"t_infer = {t_infer} frames: starting {max(counts)} replicas")
-                with replica_pool(self.procs, max(counts), env, f"occupy-{t_infer}") as addresses:
+                with replica_pool(
+                    self.procs, max(counts), env, f"occupy-{t_infer}", occupy_ms=t_infer * FRAME_MS
+                ) as addresses:
                     label = f"{t_infer:g} frames" + (" fixed" if args.replica_checkpoints == "own" else "")
                     self.sweep("occupy", label, t_infer, addresses, counts)
             if args.models:
@@ -713,11 +723,10 @@ class Bench:
                 if self.over_budget():
                     return
                 self.wait_for_calm()
-                env = {
-                    "RTRL_INFERENCE_OCCUPY_MS": f"{t_infer * FRAME_MS:.3f}",
-                    "RTRL_CHECKPOINT_DIR": self.replica_dir(),
-                }
-                with replica_pool(self.procs, 1, env, f"sequential-{t_infer}") as addresses:
+                env = {"RTRL_CHECKPOINT_DIR": self.replica_dir()}
+                with replica_pool(
+                    self.procs, 1, env, f"sequential-{t_infer}", occupy_ms=t_infer * FRAME_MS
+                ) as addresses:
                     m = run_gateway(
                         self.redis.url,
                         addresses,
@@ -778,7 +787,7 @@ def fmt(value: float, spec: str) -> str:
 
 HOW_TO_READ = """\
 Real ALE Pong at 60 fps deciding every frame (k = 1, so a decision is a frame), replicas whose forward
-pass occupies them for t_infer (RTRL_INFERENCE_OCCUPY_MS) or real ImpalaCNN models on this CPU, the
+pass occupies them for t_infer (bench/replica.py --occupy-ms) or real ImpalaCNN models on this CPU, the
 learner training on the same machine. coverage: decisions with a fresh action; staleness: frames from
 an action's observation to the frame it was applied; wasted: replies superseded before being applied,
 per 100 decisions; late: replies too late to apply, per 100 decisions; overhead: frame produced ->

@@ -64,7 +64,7 @@ class InferenceServiceGetStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class InferenceServiceGetStatusResponse(_message.Message):
-    __slots__ = ("replica_id", "checkpoint_version", "model_arch", "parameter_count", "requests_answered", "requests_refused_deadline", "requests_invalid", "in_flight", "inference_ms", "checkpoints_loaded", "checkpoint_load_failures", "epsilon", "observation_shape", "action_count", "batch_size", "max_batch_size", "max_wait_ms", "occupy_ms", "advertised_address", "requests_per_second", "latency_ms", "model_width", "requests_answered_late", "expected_forward_ms", "batches_run", "registered", "checkpoint_load_last_error", "open_streams", "max_open_streams", "act_socket_port")
+    __slots__ = ("replica_id", "checkpoint_version", "model_arch", "parameter_count", "requests_answered", "requests_refused_deadline", "requests_invalid", "in_flight", "inference_ms", "checkpoints_loaded", "checkpoint_load_failures", "epsilon", "observation_shape", "action_count", "batch_size", "max_batch_size", "max_wait_ms", "advertised_address", "requests_per_second", "latency_ms", "model_width", "requests_answered_late", "expected_forward_ms", "batches_run", "registered", "checkpoint_load_last_error", "open_streams", "max_open_streams", "act_socket_port")
     REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_VERSION_FIELD_NUMBER: _ClassVar[int]
     MODEL_ARCH_FIELD_NUMBER: _ClassVar[int]
@@ -82,7 +82,6 @@ class InferenceServiceGetStatusResponse(_message.Message):
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     MAX_WAIT_MS_FIELD_NUMBER: _ClassVar[int]
-    OCCUPY_MS_FIELD_NUMBER: _ClassVar[int]
     ADVERTISED_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     REQUESTS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
     LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
@@ -112,7 +111,6 @@ class InferenceServiceGetStatusResponse(_message.Message):
     batch_size: _common_pb2.Distribution
     max_batch_size: int
     max_wait_ms: float
-    occupy_ms: float
     advertised_address: str
     requests_per_second: float
     latency_ms: _common_pb2.Distribution
@@ -125,4 +123,4 @@ class InferenceServiceGetStatusResponse(_message.Message):
     open_streams: int
     max_open_streams: int
     act_socket_port: int
-    def __init__(self, replica_id: _Optional[str] = ..., checkpoint_version: _Optional[int] = ..., model_arch: _Optional[str] = ..., parameter_count: _Optional[int] = ..., requests_answered: _Optional[int] = ..., requests_refused_deadline: _Optional[int] = ..., requests_invalid: _Optional[int] = ..., in_flight: _Optional[int] = ..., inference_ms: _Optional[_Union[_common_pb2.Distribution, _Mapping]] = ..., checkpoints_loaded: _Optional[int] = ..., checkpoint_load_failures: _Optional[int] = ..., epsilon: _Optional[float] = ..., observation_shape: _Optional[_Iterable[int]] = ..., action_count: _Optional[int] = ..., batch_size: _Optional[_Union[_common_pb2.Distribution, _Mapping]] = ..., max_batch_size: _Optional[int] = ..., max_wait_ms: _Optional[float] = ..., occupy_ms: _Optional[float] = ..., advertised_address: _Optional[str] = ..., requests_per_second: _Optional[float] = ..., latency_ms: _Optional[_Union[_common_pb2.Distribution, _Mapping]] = ..., model_width: _Optional[int] = ..., requests_answered_late: _Optional[int] = ..., expected_forward_ms: _Optional[float] = ..., batches_run: _Optional[int] = ..., registered: _Optional[bool] = ..., checkpoint_load_last_error: _Optional[str] = ..., open_streams: _Optional[int] = ..., max_open_streams: _Optional[int] = ..., act_socket_port: _Optional[int] = ...) -> None: ...
+    def __init__(self, replica_id: _Optional[str] = ..., checkpoint_version: _Optional[int] = ..., model_arch: _Optional[str] = ..., parameter_count: _Optional[int] = ..., requests_answered: _Optional[int] = ..., requests_refused_deadline: _Optional[int] = ..., requests_invalid: _Optional[int] = ..., in_flight: _Optional[int] = ..., inference_ms: _Optional[_Union[_common_pb2.Distribution, _Mapping]] = ..., checkpoints_loaded: _Optional[int] = ..., checkpoint_load_failures: _Optional[int] = ..., epsilon: _Optional[float] = ..., observation_shape: _Optional[_Iterable[int]] = ..., action_count: _Optional[int] = ..., batch_size: _Optional[_Union[_common_pb2.Distribution, _Mapping]] = ..., max_batch_size: _Optional[int] = ..., max_wait_ms: _Optional[float] = ..., advertised_address: _Optional[str] = ..., requests_per_second: _Optional[float] = ..., latency_ms: _Optional[_Union[_common_pb2.Distribution, _Mapping]] = ..., model_width: _Optional[int] = ..., requests_answered_late: _Optional[int] = ..., expected_forward_ms: _Optional[float] = ..., batches_run: _Optional[int] = ..., registered: _Optional[bool] = ..., checkpoint_load_last_error: _Optional[str] = ..., open_streams: _Optional[int] = ..., max_open_streams: _Optional[int] = ..., act_socket_port: _Optional[int] = ...) -> None: ...

@@ -13,10 +13,9 @@ replica and built from the first request (RTRL_ALGORITHM, RTRL_MODEL_ARCH and RT
 its network).
 
 Concurrent calls are grouped into one forward pass by a `DynamicBatcher` (batcher.py), which refuses
-a call whose answer could not be ready before its deadline. `occupy_ms` makes every forward pass hold
-the replica for at least that long by sleeping for the rest after the real forward: benchmarks use it
-to simulate an accelerator running a big model without spending this machine's CPU on it (a sleeping
-replica answers nothing else, like a busy accelerator, but leaves the cores to the emulators).
+a call whose answer could not be ready before its deadline. `_forward_batch` is the one place
+observations meet the network: benchmarks subclass `Policy` there (bench/replica.py) to serve a slower
+or a zero-cost model through the real server.
 
 Errors (all defined in rtrl.grpc_util, so the server maps them to status codes in one place; this
 module does not use grpc itself):
@@ -112,7 +111,7 @@ class _Answer:
     epsilon: float
     batch_size: int
     compute_ms: float
-    """Time of the batch's forward pass and exploration (occupancy included)."""
+    """Time of the batch's forward pass and exploration."""
 
 
 @dataclass(frozen=True)
@@ -142,7 +141,6 @@ class PolicyStatus:
     batches_run: int
     max_batch_size: int
     max_wait_ms: float
-    occupy_ms: float
 
 
 class Policy:
@@ -160,7 +158,6 @@ class Policy:
         load_spread_s: float = 0.0,
         max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
         max_wait_ms: float = DEFAULT_MAX_WAIT_MS,
-        occupy_ms: float = 0.0,
         model_arch: str = "",
         model_width: int = 1,
         algorithm: str = "dqn",
@@ -171,7 +168,6 @@ class Policy:
         self.device = torch.device(device)
         self.seed = seed
         self.epsilon_start = epsilon_start
-        self.occupy_s = occupy_ms / 1000.0
         self.model_arch = model_arch
         self.model_width = model_width
         self.algorithm = algorithm
@@ -182,7 +178,7 @@ class Policy:
         self.fresh_epsilon = epsilon_start if self.fresh_head == "q" else 0.0
         self.store = CheckpointStore(checkpoint_dir)
         self.watcher = CheckpointWatcher(self.store, self._install_checkpoint, poll_interval_s, load_spread_s)
-        # Compute time of each answer's batch (forward pass, exploration, occupancy), one entry per
+        # Compute time of each answer's batch (forward pass and exploration), one entry per
         # answer, and time spent in act (queueing for a batch included).
         self.inference_ms = Window()
         self.latency_ms = Window()
@@ -221,7 +217,6 @@ class Policy:
             load_spread_s=settings.checkpoint_load_spread_s,
             max_batch_size=settings.max_batch_size,
             max_wait_ms=settings.max_wait_ms,
-            occupy_ms=settings.occupy_ms,
             model_arch=settings.model_arch,
             model_width=settings.model_width,
             algorithm=settings.algorithm,
@@ -516,11 +511,9 @@ class Policy:
 
         Q-values of a Q-network, policy logits of an actor-critic (its state value is not needed to act).
 
-        The one place observations meet the network. With `occupy_s` set, the call lasts at least that
-        long: it sleeps for what the real forward pass left, so the replica is as busy as an
-        accelerator running a bigger model, without using a CPU core while it waits.
+        The one place observations meet the network, and so the one a benchmark overrides
+        (bench/replica.py) to make a replica slower or free without changing anything around it.
         """
-        started = time.perf_counter()
         try:
             with torch.inference_mode():
                 outputs = served.model(torch.from_numpy(observations).to(self.device))
@@ -534,9 +527,6 @@ class Policy:
                 f"replica {self.replica_id} could not compute an action with checkpoint "
                 f"{served.checkpoint_version}: {e}; retry on another replica"
             ) from e
-        occupied_s = time.perf_counter() - started
-        if occupied_s < self.occupy_s:
-            time.sleep(self.occupy_s - occupied_s)
         return result
 
     def _choose_action(self, values: np.ndarray, epsilon: float) -> tuple[int, bool, float]:
@@ -601,5 +591,4 @@ class Policy:
             batches_run=batcher.counts().batches_run,
             max_batch_size=batcher.max_batch_size,
             max_wait_ms=batcher.max_wait_s * 1000.0,
-            occupy_ms=self.occupy_s * 1000.0,
         )

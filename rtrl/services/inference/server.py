@@ -18,7 +18,7 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import grpc
 import torch
@@ -46,6 +46,10 @@ SHUTDOWN_GRACE_S = 5.0
 # Worker threads that ActStreams never take (each open stream holds one for its whole life): they serve
 # warm-up Act calls, GetStatus, health and reflection.
 WORKERS_KEPT_FROM_STREAMS = 2
+
+PolicyFactory = Callable[[InferenceSettings, str], Policy]
+"""Builds a replica's policy from its settings and replica id: `Policy.from_settings` unless a benchmark
+serves another `Policy` subclass through the real server (bench/replica.py)."""
 
 
 class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
@@ -147,7 +151,6 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             batch_size=self.policy.batcher.batch_sizes.summary(),
             max_batch_size=status.max_batch_size,
             max_wait_ms=status.max_wait_ms,
-            occupy_ms=status.occupy_ms,
             advertised_address=self.advertised_address,
             requests_per_second=self.policy.answer_rate.rate(time.monotonic()),
             latency_ms=self.policy.latency_ms.summary(),
@@ -169,14 +172,19 @@ class InferenceServer:
     initial checkpoint is loaded, so a slow load shows as not ready rather than as a refused connection.
     """
 
-    def __init__(self, settings: InferenceSettings, replica_id: str | None = None) -> None:
+    def __init__(
+        self,
+        settings: InferenceSettings,
+        replica_id: str | None = None,
+        policy_factory: PolicyFactory = Policy.from_settings,
+    ) -> None:
         self.settings = settings
         self.grpc_server, self.port = grpc_util.create_server(
             settings.host, settings.port, settings.workers, security=settings.security
         )
         # With port 0 the real port is only known now; the default name should carry it.
         self.replica_id = replica_id or settings.replica_id or f"{socket.gethostname()}:{self.port}"
-        self.policy = Policy.from_settings(settings, replica_id=self.replica_id)
+        self.policy = policy_factory(settings, self.replica_id)
         self.advertised_address = advertised_address(settings.host, self.port, settings.advertise_address)
         self.heartbeat: Heartbeat | None = None
         if settings.redis_url:
@@ -294,20 +302,22 @@ class InferenceServer:
         )
 
 
-def create_server(settings: InferenceSettings) -> tuple[InferenceServer, int]:
+def create_server(
+    settings: InferenceSettings, policy_factory: PolicyFactory = Policy.from_settings
+) -> tuple[InferenceServer, int]:
     """Builds a replica bound to settings.host:settings.port (0 picks a free port); returns it and its port.
 
     Call `start()` on the result to serve and `stop(grace)` to drain it.
     """
     # One thread by default: replicas share the machine with the emulators and the learner.
     torch.set_num_threads(settings.torch_threads)
-    server = InferenceServer(settings)
+    server = InferenceServer(settings, policy_factory=policy_factory)
     return server, server.port
 
 
-def serve(settings: InferenceSettings) -> None:
+def serve(settings: InferenceSettings, policy_factory: PolicyFactory = Policy.from_settings) -> None:
     """Runs a replica until SIGTERM or SIGINT, then drains it gracefully."""
-    server, port = create_server(settings)
+    server, port = create_server(settings, policy_factory)
     stop_requested = threading.Event()
     stop_on_signals(stop_requested)
     # Before the replica answers anything, so that its histograms count every call.
@@ -315,7 +325,7 @@ def serve(settings: InferenceSettings) -> None:
     server.listen()
     log.info(
         "inference replica %s listening on %s:%d (device %s, %d torch threads, checkpoints in %s, "
-        "batches of up to %d waiting up to %.2f ms, occupancy %.1f ms, %s)",
+        "batches of up to %d waiting up to %.2f ms, %s)",
         server.replica_id,
         settings.host,
         port,
@@ -324,7 +334,6 @@ def serve(settings: InferenceSettings) -> None:
         settings.checkpoint_dir,
         settings.max_batch_size,
         settings.max_wait_ms,
-        settings.occupy_ms,
         f"registering as {server.advertised_address} in {settings.replica_registry}"
         if server.heartbeat
         else "not registering: RTRL_REDIS_URL is unset",

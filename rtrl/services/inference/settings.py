@@ -47,7 +47,6 @@ DEFAULT_MAX_BATCH_SIZE = 8
 # No artificial wait by default: calls that queue while a forward pass runs are batched anyway, and
 # with one gateway (one call at a time) any wait would be pure added latency on every decision.
 DEFAULT_MAX_WAIT_MS = 0.0
-DEFAULT_OCCUPY_MS = 0.0
 DEFAULT_MODEL_WIDTH = 1
 # Hot reload must happen within 1 s of publication, so a slower poll is refused at start.
 MAX_CHECKPOINT_POLL_S = 1.0
@@ -136,13 +135,6 @@ SETTINGS = SettingsTable(
         minimum=0.0,
     ),
     Setting(
-        "INFERENCE_OCCUPY_MS",
-        float,
-        DEFAULT_OCCUPY_MS,
-        "Benchmarks: every forward pass holds the replica at least this long (a sleep); 0: off.",
-        minimum=0.0,
-    ),
-    Setting(
         "MODEL_ARCH",
         str,
         "",
@@ -213,10 +205,6 @@ class InferenceSettings:
     """RTRL_INFERENCE_MAX_WAIT_MS: how long the first call of a batch may wait for company.
 
     Never longer than its deadline (and the other members') allows."""
-    occupy_ms: float = DEFAULT_OCCUPY_MS
-    """RTRL_INFERENCE_OCCUPY_MS: every forward pass holds the replica at least this long (benchmarks).
-
-    Simulates an accelerator busy with a big model by sleeping, so it costs no CPU; 0 turns it off."""
     model_arch: str = ""
     """RTRL_MODEL_ARCH, the learner's variable: network of the fresh policy served before any checkpoint ("" =
     rtrl's default). Checkpoints are served as they say; a replica set otherwise logs the difference."""
@@ -294,7 +282,6 @@ class InferenceSettings:
             workers=workers,
             max_batch_size=max_batch_size,
             max_wait_ms=read("INFERENCE_MAX_WAIT_MS"),
-            occupy_ms=read("INFERENCE_OCCUPY_MS"),
             model_arch=model_arch,
             model_width=model_width,
             algorithm=read("ALGORITHM"),

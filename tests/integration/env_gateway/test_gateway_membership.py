@@ -1,9 +1,9 @@
 """Live membership with real processes: slow inference replicas join a running gateway one by one and
 one is SIGKILLed; the gateway finds them through the registry in a real Redis, without restarting.
 
-Replicas are `python -m rtrl.services.inference` subprocesses whose every forward pass occupies them for
-`OCCUPY_MS` (RTRL_INFERENCE_OCCUPY_MS), 2.4 frames at 60 fps, and the gateway decides every frame
-(k = 1): one replica can act on about a third of the frames, three replicas on all of them.
+Replicas are real replica processes (tests/slow_replica.py: the production server with a policy whose
+every forward pass lasts at least `FORWARD_MS`, 2.4 frames at 60 fps), and the gateway decides every
+frame (k = 1): one replica can act on about a third of the frames, three replicas on all of them.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from rtrl.registry import live_replicas
 from rtrl.services.env_gateway.server import Gateway
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
-OCCUPY_MS = 40.0
+FORWARD_MS = 40.0
 # Generous bound for background work (a replica process starting on a busy machine); not a measurement.
 START_BOUND_S = 60.0
 # The issue's promise: a replica that registered is in use within 2 s.
@@ -65,11 +65,12 @@ def start_replica_process(
             "RTRL_INFERENCE_DEVICE": "cpu",
             "RTRL_REDIS_URL": local_redis.url,
             "RTRL_REPLICA_REGISTRY": registry_key,
-            "RTRL_INFERENCE_OCCUPY_MS": str(OCCUPY_MS),
+            # The script's folder (tests/) comes first on its path; rtrl is found as `-m` would find it.
+            "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]),
         }
         with open(log_path, "wb") as log_file:
             process = subprocess.Popen(
-                [sys.executable, "-m", "rtrl.services.inference"],
+                [sys.executable, str(REPO_ROOT / "tests" / "slow_replica.py"), str(FORWARD_MS)],
                 cwd=REPO_ROOT,
                 env=env,
                 stdout=log_file,

@@ -9,9 +9,11 @@ from typing import Any
 import grpc
 import pytest
 import torch
+from inference_doubles import SlowPolicy
 
 from rtrl.checkpoints import Checkpoint, CheckpointStore
 from rtrl.models import ModelConfig, build_model
+from rtrl.services.inference.policy import Policy
 from rtrl.services.inference.server import InferenceServer, create_server
 from rtrl.services.inference.settings import InferenceSettings
 
@@ -51,10 +53,13 @@ def publish(checkpoint_dir: Path) -> Callable[..., Checkpoint]:
 
 @pytest.fixture
 def make_server(checkpoint_dir: Path) -> Iterator[Callable[..., InferenceServer]]:
-    """Creates (not starts) replicas bound to a free port; stops them after the test."""
+    """Creates (not starts) replicas bound to a free port; stops them after the test.
+
+    `forward_ms` makes every forward pass last at least that long (a SlowPolicy): a replica busy with a
+    bigger model."""
     servers: list[InferenceServer] = []
 
-    def _make(**overrides: Any) -> InferenceServer:
+    def _make(*, forward_ms: float = 0.0, **overrides: Any) -> InferenceServer:
         settings = InferenceSettings(
             **{
                 "host": "127.0.0.1",
@@ -68,7 +73,7 @@ def make_server(checkpoint_dir: Path) -> Iterator[Callable[..., InferenceServer]
                 **overrides,
             }
         )
-        server, port = create_server(settings)
+        server, port = create_server(settings, SlowPolicy.factory(forward_ms) if forward_ms else Policy.from_settings)
         assert port > 0
         servers.append(server)
         return server

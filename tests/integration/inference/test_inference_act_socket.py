@@ -194,7 +194,7 @@ def test_a_connection_computing_an_answer_when_the_replica_stops_sends_it_and_th
     make_server: MakeServer, publish
 ) -> None:
     publish(1)
-    server = make_server(occupy_ms=300.0)
+    server = make_server(forward_ms=300.0)
     server.start()
     client = SocketClient(server)
     client.handshake()

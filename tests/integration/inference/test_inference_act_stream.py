@@ -101,7 +101,7 @@ def test_requests_on_concurrent_streams_share_batches(
     make_server: MakeServer, connect: Connect, publish: Callable
 ) -> None:
     publish(1)
-    server = make_server(occupy_ms=20.0, max_batch_size=8)
+    server = make_server(forward_ms=20.0, max_batch_size=8)
     server.start()
     streams = [Stream(connect(server)) for _ in range(6)]
 
@@ -159,7 +159,7 @@ def test_a_stream_computing_an_answer_when_the_replica_stops_sends_it_and_then_e
     make_server: MakeServer, connect: Connect, publish: Callable
 ) -> None:
     publish(1)
-    server = make_server(occupy_ms=300.0)
+    server = make_server(forward_ms=300.0)
     server.start()
     stream = Stream(connect(server))
     stream.send(act_request(frame_index=7))

@@ -176,7 +176,7 @@ def test_get_status_reflects_counters_and_the_served_version(
     # Every answered call is in the latency window, every forward pass in the batch-size window.
     assert status.latency_ms.count == 4
     assert status.batch_size.count == status.batches_run == 4
-    assert (status.max_batch_size, status.max_wait_ms, status.occupy_ms) == (8, 0.0, 0.0)
+    assert (status.max_batch_size, status.max_wait_ms) == (8, 0.0)
     assert status.expected_forward_ms >= slow_forward_s * 1000.0
     assert status.requests_answered_late == 0
     assert status.requests_per_second > 0
@@ -189,7 +189,7 @@ def test_concurrent_act_calls_are_answered_in_shared_batches(
 ) -> None:
     calls = 6
     publish(1)
-    server = make_server(occupy_ms=20.0, max_batch_size=8)
+    server = make_server(forward_ms=20.0, max_batch_size=8)
     server.start()
     stub = inference_pb2_grpc.InferenceServiceStub(connect(server))
     observations = [np.full(3, call, dtype=np.float32) for call in range(calls)]
@@ -206,7 +206,6 @@ def test_concurrent_act_calls_are_answered_in_shared_batches(
     assert status.batches_run < calls
     assert status.batch_size.max > 1
     assert max(answer.batch_size for answer in answers) == status.batch_size.max
-    assert status.occupy_ms == 20.0
     # Each answer holds the values of its own observation.
     served = server.policy.served
     assert served is not None

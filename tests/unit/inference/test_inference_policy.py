@@ -432,7 +432,7 @@ def test_calls_in_flight_during_reloads_all_get_answers_from_published_versions(
             assert answer.action_values == (float(answer.checkpoint_version),) * ACTIONS
 
 
-# -- batching and occupancy ---------------------------------------------------------------------------
+# -- batching and slow forward passes ---------------------------------------------------------------------------
 
 
 def test_concurrent_calls_share_forward_passes_and_each_gets_its_own_answer(
@@ -441,7 +441,7 @@ def test_concurrent_calls_share_forward_passes_and_each_gets_its_own_answer(
     epsilon, callers = 0.5, 6
     publish(1, epsilon=epsilon)
     # While one forward pass holds the replica for 20 ms, the other calls queue for the next one.
-    policy = make_policy(max_batch_size=8, occupy_ms=20.0)
+    policy = make_policy(max_batch_size=8, forward_ms=20.0)
     policy.load_initial()
     assert policy.served is not None
     forward_passes = count_forward_passes(policy)
@@ -479,22 +479,20 @@ def test_concurrent_calls_share_forward_passes_and_each_gets_its_own_answer(
     assert policy.status().batches_run == batches
 
 
-def test_occupancy_holds_every_forward_pass_and_counts_in_the_deadline_estimate(
-    make_policy: MakePolicy, publish: Callable
-) -> None:
-    occupy_ms = 50.0
+def test_a_slow_forward_pass_counts_in_the_deadline_estimate(make_policy: MakePolicy, publish: Callable) -> None:
+    forward_ms = 50.0
     publish(1)
-    policy = make_policy(occupy_ms=occupy_ms)
+    policy = make_policy(forward_ms=forward_ms)
     policy.load_initial()
 
     answer = policy.act(OBS, ACTIONS, None)
     forward_passes = count_forward_passes(policy)
     with pytest.raises(DeadlineTooShort, match="longer deadline"):
-        policy.act(OBS, ACTIONS, occupy_ms / 2 / 1000.0)
+        policy.act(OBS, ACTIONS, forward_ms / 2 / 1000.0)
 
-    assert answer.inference_ms >= occupy_ms
-    assert policy.expected_forward_s >= occupy_ms / 1000.0
-    assert policy.status().expected_forward_ms >= occupy_ms
+    assert answer.inference_ms >= forward_ms
+    assert policy.expected_forward_s >= forward_ms / 1000.0
+    assert policy.status().expected_forward_ms >= forward_ms
     assert forward_passes[0] == 0
     assert policy.status().requests_refused_deadline == 1
 
@@ -505,7 +503,7 @@ def test_a_call_that_would_wait_past_its_deadline_for_a_batch_is_refused_and_not
     # The replica is busy for 200 ms per forward pass; a call arriving while one runs, with less
     # than that left, could only be answered late.
     publish(1)
-    policy = make_policy(occupy_ms=200.0)
+    policy = make_policy(forward_ms=200.0)
     policy.load_initial()
     policy.act(OBS, ACTIONS, None)
     assert policy.served is not None
