@@ -1,8 +1,10 @@
 """The env gateway service: `Gateway` composes clock, dispatcher, replicas, membership, publisher and
 viewers; `EnvGatewayServicer` answers GetSpec, StreamFrames and GetStats; `serve` runs it until a signal.
 
-In sequential interaction the dispatcher calls the learner's Train through `LearnerTrainer`, which
-translates gRPC errors into `TrainError` here, at the boundary.
+The realtime gateway (RealtimeClock, the staggering Dispatcher) is the plain path; the research modes
+are built in their own modules and chosen in one place in `Gateway.__init__`: the sequential
+act -> learn -> act baseline (RTRL_INTERACTION=sequential, sequential.py) and the frame-accurate
+simulated clock (RTRL_CLOCK=simulated, simulated_clock.py), which runs either interaction.
 
 Health is NOT_SERVING until the backend runs and the clock ticks, SERVING after, and NOT_SERVING
 again as soon as shutdown starts (then the clock stops, the publisher flushes for at most
@@ -28,10 +30,9 @@ from rtrl import grpc_util
 from rtrl.config import PREFIX, SettingsError
 from rtrl.grpc_util import Unavailable, abort_for
 from rtrl.redis_client import redacted_url
-from rtrl.security import SecuritySettings
 from rtrl.services.env_gateway.backends import Backend, make_backend
 from rtrl.services.env_gateway.clock import ActionMailbox, ClockConfig, RealtimeClock, StepRecord
-from rtrl.services.env_gateway.dispatcher import Dispatcher, SequentialDispatcher, TrainError, TrainResult
+from rtrl.services.env_gateway.dispatcher import Dispatcher, SequentialDispatcher
 from rtrl.services.env_gateway.episodes import EpisodeLog
 from rtrl.services.env_gateway.game_rules import RulesBackend, known
 from rtrl.services.env_gateway.membership import REGISTRY_SOURCE, AddressResolver, Membership, RegistryWatcher
@@ -40,13 +41,14 @@ from rtrl.services.env_gateway.preprocess import make_preprocessor
 from rtrl.services.env_gateway.publisher import BATCH_INTERVAL_S, TransitionPublisher
 from rtrl.services.env_gateway.replicas import WARM_UP_TIMEOUT_S, ReplicaPool
 from rtrl.services.env_gateway.scheduler import LeadView, make_scheduler
+from rtrl.services.env_gateway.sequential import LearnerTrainer, sequential_dispatcher
 from rtrl.services.env_gateway.settings import GatewaySettings
 from rtrl.services.env_gateway.simulated_clock import SimulatedClock, SimulatedDispatch, simulated_clock
 from rtrl.services.env_gateway.viewers import FrameFanout
 from rtrl.shutdown import stop_on_signals
 from rtrl.tensors import dtype_code
 from rtrl.transitions import encode
-from rtrl.v1 import env_gateway_pb2, env_gateway_pb2_grpc, learner_pb2, learner_pb2_grpc
+from rtrl.v1 import env_gateway_pb2, env_gateway_pb2_grpc
 
 log = logging.getLogger(__name__)
 
@@ -61,36 +63,6 @@ _SERVER_WORKERS = 16
 # Each open StreamFrames holds a server thread; beyond this many, new streams are refused so that
 # GetSpec, GetStats and health keep threads to answer with, however many viewers a client opens.
 MAX_VIEWERS = _SERVER_WORKERS // 2
-
-
-class LearnerTrainer:
-    """Calls LearnerService/Train for one gateway (sequential interaction); errors become TrainError."""
-
-    def __init__(
-        self, address: str, gateway_id: str, updates: int, timeout_s: float, security: SecuritySettings | None = None
-    ) -> None:
-        self.address = address
-        self._gateway_id = gateway_id
-        self._updates = updates
-        self._timeout_s = timeout_s
-        self._channel = grpc_util.create_channel(address, security)
-        self._stub = learner_pb2_grpc.LearnerServiceStub(self._channel)
-
-    def __call__(self, through_seq: int) -> TrainResult:
-        request = learner_pb2.TrainRequest(gateway_id=self._gateway_id, through_seq=through_seq, updates=self._updates)
-        try:
-            response = self._stub.Train(request, timeout=self._timeout_s)
-        except grpc.RpcError as error:
-            code = error.code() if isinstance(error, grpc.Call) else grpc.StatusCode.UNKNOWN
-            details = error.details() if isinstance(error, grpc.Call) else str(error)
-            raise TrainError(
-                f"the learner at {self.address} did not train through transition {through_seq} "
-                f"({code.name}: {details}); check that it runs with RTRL_LEARNER_MODE=sequential"
-            ) from error
-        return TrainResult(response.updates, response.train_ms, response.checkpoint_version)
-
-    def close(self) -> None:
-        self._channel.close()
 
 
 class Gateway:
@@ -126,39 +98,6 @@ class Gateway:
             )
             self.membership = Membership(self.replicas.set_members)
             self.resolver = AddressResolver(settings.inference_addresses, self.membership.static_addresses())
-            self.trainer: LearnerTrainer | None = None
-            self.dispatcher: Dispatcher | SequentialDispatcher | SimulatedDispatch
-            if settings.clock == "simulated":
-                self.dispatcher = SimulatedDispatch(self.preprocessor, self.replicas)
-            elif settings.interaction == "sequential":
-                self.trainer = LearnerTrainer(
-                    settings.learner_address,
-                    settings.gateway_id,
-                    settings.sequential_updates,
-                    settings.sequential_train_timeout_s,
-                    security=settings.security,
-                )
-                self.dispatcher = SequentialDispatcher(
-                    self.preprocessor,
-                    self.mailbox,
-                    self.replicas,
-                    self.trainer,
-                    frame_period_s=1.0 / self.clock_config.frame_rate_hz,
-                    max_staleness_frames=settings.max_staleness_frames,
-                    decision_interval_frames=settings.decision_interval_frames,
-                )
-            else:
-                scheduler = make_scheduler(settings.scheduler)
-                self.dispatcher = Dispatcher(
-                    self.preprocessor,
-                    self.mailbox,
-                    self.replicas,
-                    scheduler,
-                    # A scheduler that acts only on a new sample or an answer can act on the clock's thread
-                    # (see dispatcher.py).
-                    inline=scheduler.inline,
-                    frame_period_s=1.0 / self.clock_config.frame_rate_hz,
-                )
             # Fewer wake-ups, mid-frame, beside the calls in flight in realtime; a sequential Train waits for
             # each transition, and a simulated clock runs as fast as the publisher keeps up.
             batching = settings.interaction == "async" and settings.clock == "realtime"
@@ -184,19 +123,40 @@ class Gateway:
                 ) from error
             # A state backend's frames are vectors: viewers get its render, made only while someone watches.
             self.frames = FrameFanout(self.backend.render if self.backend.observation_kind == "state" else None)
+            self.trainer: LearnerTrainer | None = None
+            self.dispatcher: Dispatcher | SequentialDispatcher | SimulatedDispatch
             self.clock: RealtimeClock | SimulatedClock
-            if isinstance(self.dispatcher, SimulatedDispatch):
-                # RTRL_CLOCK=simulated: as fast as possible, each action exactly d frames after its observation.
-                self.clock_config, self.clock = simulated_clock(
+            # The one place the research modes branch off the realtime gateway: each is built in its own
+            # module, RTRL_CLOCK=simulated (clock and dispatch) and RTRL_INTERACTION=sequential (dispatcher).
+            if settings.clock == "simulated":
+                # As fast as possible, each action exactly d frames after its observation.
+                self.clock_config, self.dispatcher, self.clock = simulated_clock(
                     settings,
                     self.backend,
                     self.clock_config,
-                    self.dispatcher,
+                    self.preprocessor,
+                    self.replicas,
                     publish=self._publish,
                     show_frame=self.frames.publish,
                     has_room=lambda: self.publisher.queued < settings.publish_queue_size,
                 )
             else:
+                if settings.interaction == "sequential":
+                    self.dispatcher, self.trainer = sequential_dispatcher(
+                        settings, self.preprocessor, self.mailbox, self.replicas, self.clock_config.frame_rate_hz
+                    )
+                else:
+                    scheduler = make_scheduler(settings.scheduler)
+                    self.dispatcher = Dispatcher(
+                        self.preprocessor,
+                        self.mailbox,
+                        self.replicas,
+                        scheduler,
+                        # A scheduler that acts only on a new sample or an answer can act on the clock's
+                        # thread (see dispatcher.py).
+                        inline=scheduler.inline,
+                        frame_period_s=1.0 / self.clock_config.frame_rate_hz,
+                    )
                 self.clock = RealtimeClock(
                     self.backend,
                     self.clock_config,

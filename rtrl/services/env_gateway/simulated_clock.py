@@ -324,16 +324,19 @@ def simulated_clock(
     settings: GatewaySettings,
     backend: Backend,
     config: ClockConfig,
-    dispatch: SimulatedDispatch,
+    preprocessor: ObservationPreprocessor,
+    replicas: ReplicaLink,
     *,
     publish: Callable[[StepRecord], bool],
     show_frame: Callable[[ViewerFrame], None] | None,
     has_room: Callable[[], bool],
-) -> tuple[ClockConfig, SimulatedClock]:
-    """The gateway's clock for RTRL_CLOCK=simulated, and its ClockConfig with k, L and S as that clock runs them.
+) -> tuple[ClockConfig, SimulatedDispatch, SimulatedClock]:
+    """The gateway's wiring for RTRL_CLOCK=simulated, in place of the realtime clock and dispatcher: its
+    ClockConfig with k, L and S as the simulated clock runs them, the dispatch and the clock.
 
-    RTRL_SIMULATED_DELAY_FRAMES is d and RTRL_INTERACTION picks async or sequential; the realtime
-    settings of k, L and S do not apply (GetSpec reports the simulated ones).
+    RTRL_SIMULATED_DELAY_FRAMES is d and RTRL_INTERACTION picks async or sequential (no Train calls:
+    the simulated sequential pattern is d fallback frames after each action); the realtime settings of
+    k, L and S do not apply (GetSpec reports the simulated ones).
     """
     timing = SimulatedTiming(settings.simulated_delay_frames, settings.interaction)
     config = replace(
@@ -342,6 +345,7 @@ def simulated_clock(
         lead_frames=timing.lead_frames,
         max_staleness_frames=timing.lead_frames,
     )
+    dispatch = SimulatedDispatch(preprocessor, replicas)
     clock = SimulatedClock(
         backend,
         config,
@@ -352,4 +356,4 @@ def simulated_clock(
         reply_timeout_s=settings.simulated_reply_timeout_s,
         has_room=has_room,
     )
-    return config, clock
+    return config, dispatch, clock
