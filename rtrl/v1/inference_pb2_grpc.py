@@ -66,12 +66,13 @@ class InferenceServiceServicer:
 
     def ActStream(self, request_iterator, context):
         """Act for a sequence of observations on one long-lived stream: one response per request, in the
-        order of the requests. The gateway uses it: a message on an open stream skips the set-up of a
-        call. Each request carries its
-        own timeout and each response its own error, so a refused request does not end the stream. The
-        stream is refused with RESOURCE_EXHAUSTED when the replica has no worker thread to give it (each
-        open stream holds one), and ends when the replica shuts down. The same messages also go on the
-        replica's act socket (GetStatus's act_socket_port), a faster way for the gateway to ask.
+        order of the requests. The gateway asks every replica this way (or on its act socket): a message
+        on an open stream skips the set-up of a call. Each request carries its own timeout and each
+        response its own error, so a refused request does not end the stream. The stream is refused with
+        RESOURCE_EXHAUSTED when the replica has no worker thread to give it (each open stream holds one),
+        and ends when the replica shuts down; a gateway refused takes the replica out of its rotation
+        until it is seen alive again. The same messages also go on the replica's act socket (GetStatus's
+        act_socket_port), a faster way for the gateway to ask.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
