@@ -1,4 +1,4 @@
-"""Sends sampled observations to inference, off the clock thread: staggered, or one decision at a time.
+"""Sends sampled observations to inference, off the clock thread, as the scheduler plans.
 
 `Dispatcher` (RTRL_INTERACTION=async) holds the newest sample the clock handed over (`submit` only
 replaces it, so the clock never waits) and asks its scheduler (scheduler.py) what to do whenever
@@ -24,14 +24,8 @@ half of the misses left were such unsent samples). Without a reserve it would co
 when the newer sample's reply has been applied, and waste the replica, so the backlog sample is then
 dropped (counted in `requests_not_sent`).
 
-`SequentialDispatcher` (RTRL_INTERACTION=sequential) reproduces act -> learn -> act, the pattern of
-frameworks that stop acting while they train: it sends one sample, waits for its reply, waits until
-the step that applied it has become a transition, asks the learner to train on it (Train) and waits
-for that, and only then takes the next sample. It waits on its own thread; the clock keeps the game
-running on the fallback policy meanwhile, which is the freeze this mode exists to show.
-
-Replicas and the learner are reached through injected objects (`ReplicaLink`, `Train`), so this
-module does not import grpc.
+Replicas are reached through an injected object (`ReplicaLink`), so this module does not import grpc.
+The sequential baseline's dispatcher is in sequential.py.
 """
 
 from __future__ import annotations
@@ -40,15 +34,13 @@ import logging
 import math
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from rtrl.metrics import Window
 from rtrl.services.env_gateway.clock import ActionMailbox, ActionReply, ObservationSample, StepRecord
 from rtrl.services.env_gateway.preprocess import ObservationPreprocessor
-from rtrl.services.env_gateway.scheduler import NextIdleScheduler, ReplicaView, SampleView, Scheduler, next_in_rotation
+from rtrl.services.env_gateway.scheduler import NextIdleScheduler, ReplicaView, SampleView, Scheduler
 
 log = logging.getLogger(__name__)
 
@@ -56,14 +48,6 @@ log = logging.getLogger(__name__)
 # this share due, past that sample's usual answer (a hedge waits 4 mean round trips, or less when the
 # step is near) and before the hedge itself, even if it comes a little sooner than the last (see `_watch`).
 IDLE_WAKE_HEDGE_SHARE = 0.75
-# Sequential mode: how long past a reply's arrival to wait for the step that applies it, in frames
-# beyond the staleness bound (the clock applies it at its next step boundary or drops it as late).
-APPLY_WAIT_EXTRA_FRAMES = 2
-# Sequential mode: how long to wait for an idle replica before looking at the next sample.
-IDLE_WAIT_S = 0.05
-# Sequential mode: fresh step records kept while waiting for the one that applied the action (a
-# reply is applied within S frames, so only the last few can be it).
-RECENT_RECORDS = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,23 +71,6 @@ class ReplicaLink(Protocol):
     def prepare(self, observation: Any, frame_index: int) -> Any: ...
 
     def send(self, address: str, request: Any, deadline_s: float, on_done: OnCallDone) -> bool: ...
-
-
-@dataclass(frozen=True, slots=True)
-class TrainResult:
-    """What the learner reports after a sequential Train call."""
-
-    updates: int
-    train_ms: float
-    checkpoint_version: int
-
-
-class TrainError(RuntimeError):
-    """The learner did not train (unreachable, refused, or past the deadline); the message says why."""
-
-
-Train = Callable[[int], TrainResult]
-"""train(through_seq): asks the learner to train once it has consumed this gateway's transition `through_seq`."""
 
 
 class _PreparedSample:
@@ -408,173 +375,3 @@ class Dispatcher:
                         self._hedge_armed.notify()
         prepared.sends += 1
         return True
-
-
-class SequentialDispatcher:
-    """act -> learn -> act on its own thread (see the module docstring); the clock never waits for it."""
-
-    def __init__(
-        self,
-        preprocessor: ObservationPreprocessor,
-        mailbox: ActionMailbox,
-        replicas: ReplicaLink,
-        train: Train,
-        *,
-        frame_period_s: float,
-        max_staleness_frames: int,
-        decision_interval_frames: int,
-        now_s: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._preprocessor = preprocessor
-        self._mailbox = mailbox
-        self._replicas = replicas
-        self._train = train
-        self._apply_wait_s = (
-            max_staleness_frames + decision_interval_frames + APPLY_WAIT_EXTRA_FRAMES
-        ) * frame_period_s
-        self._now_s = now_s
-        self.scheduler = NextIdleScheduler()
-        self._changed = threading.Condition()
-        self._latest: ObservationSample | None = None
-        self._outcome: CallOutcome | None = None
-        self._records: deque[StepRecord] = deque(maxlen=RECENT_RECORDS)
-        self._stopping = False
-        self._thread: threading.Thread | None = None
-        self._last_address: str | None = None
-        self._train_failures_logged = False
-        self.requests_sent = 0
-        self.requests_resent = 0
-        self.requests_not_sent = 0
-        """Samples the clock produced while a cycle was in progress (the freeze, counted in samples)."""
-        self.requests_failed = 0
-        self.replica_count = 0
-        self.cycles = 0
-        """Completed act -> learn cycles."""
-        self.replies_not_applied = 0
-        """Replies the clock dropped (late, or their episode ended), so no Train followed."""
-        self.train_failures = 0
-        self.train_ms = Window()
-        """Time the learner reported for each Train."""
-        self.cycle_ms = Window()
-        """Time from taking a sample to the learner's answer."""
-
-    def submit(self, sample: ObservationSample) -> None:
-        with self._changed:
-            if self._latest is not None:
-                self.requests_not_sent += 1
-            self._latest = sample
-            self._changed.notify_all()
-
-    def on_record(self, record: StepRecord) -> None:
-        if not record.fresh:
-            return  # a fallback step applied no reply, so it is nobody's
-        with self._changed:
-            self._records.append(record)
-            self._changed.notify_all()
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="rtrl-sequential", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        with self._changed:
-            self._stopping = True
-            self._changed.notify_all()
-        if self._thread is not None:
-            self._thread.join()
-
-    def _run(self) -> None:
-        while not self._stopping:
-            try:
-                self.cycle()
-            except Exception:
-                log.exception("a sequential act -> learn cycle failed; starting the next one")
-
-    def _wait(self, ready: Callable[[], bool], until_s: float | None) -> bool:
-        """Waits under the lock until `ready()` or `until_s`; False when stopping or out of time."""
-        while not self._stopping and not ready():
-            if until_s is None:
-                self._changed.wait()
-                continue
-            remaining_s = until_s - self._now_s()
-            if remaining_s <= 0:
-                return False
-            self._changed.wait(remaining_s)
-        return not self._stopping
-
-    def cycle(self) -> None:
-        """One act -> learn cycle: the newest sample, its action, its transition, Train."""
-        with self._changed:
-            if not self._wait(lambda: self._latest is not None, None):
-                return
-            sample = self._latest
-            assert sample is not None
-            self._latest = None
-            self._records.clear()
-        started_s = self._now_s()
-        views = self._replicas.views(started_s)
-        self.replica_count = len(views)
-        chosen = next_in_rotation(views, self._last_address)
-        if chosen is None:
-            # Nothing to act with; the clock runs on the fallback until a replica is there.
-            with self._changed:
-                self._wait(lambda: False, started_s + IDLE_WAIT_S)
-            self.requests_not_sent += 1
-            return
-        self._last_address = chosen.address
-        request = self._replicas.prepare(self._preprocessor.stack(sample.frames), sample.frame_index)
-        with self._changed:
-            self._outcome = None
-        if not self._replicas.send(chosen.address, request, sample.deadline_s, self._on_call_done):
-            self.requests_not_sent += 1
-            return
-        self.requests_sent += 1
-        with self._changed:
-            if not self._wait(lambda: self._outcome is not None, None):
-                return
-            outcome = self._outcome
-        assert outcome is not None
-        if outcome.reply is None:
-            self.requests_failed += 1
-            return
-        self._mailbox.offer(sample.episode, sample.frame_index, sample.produced_s, outcome.reply)
-        record = self._wait_for_step(sample, self._now_s() + self._apply_wait_s)
-        if record is None:
-            self.replies_not_applied += 1
-            return
-        try:
-            result = self._train(record.seq)
-        except TrainError as error:
-            self.train_failures += 1
-            if not self._train_failures_logged:
-                log.warning("%s; acting goes on without training", error)
-                self._train_failures_logged = True
-            return
-        self._train_failures_logged = False
-        self.train_ms.add(result.train_ms)
-        self.cycle_ms.add((self._now_s() - started_s) * 1000.0)
-        self.cycles += 1
-        # The next cycle acts on an observation taken after training, as act -> learn -> act does.
-        with self._changed:
-            if self._latest is not None:
-                self.requests_not_sent += 1
-            self._latest = None
-
-    def _on_call_done(self, outcome: CallOutcome) -> None:
-        with self._changed:
-            self._outcome = outcome
-            self._changed.notify_all()
-
-    def _wait_for_step(self, sample: ObservationSample, until_s: float) -> StepRecord | None:
-        """The record of the step that applied the reply to `sample`, or None if none did in time."""
-
-        def applied() -> StepRecord | None:
-            for record in self._records:
-                if record.episode == sample.episode and record.action_obs_frame == sample.frame_index:
-                    return record
-            return None
-
-        with self._changed:
-            if not self._wait(lambda: applied() is not None, until_s):
-                return None
-            return applied()

@@ -32,7 +32,7 @@ from rtrl.grpc_util import Unavailable, abort_for
 from rtrl.redis_client import redacted_url
 from rtrl.services.env_gateway.backends import Backend, make_backend
 from rtrl.services.env_gateway.clock import ActionMailbox, ClockConfig, RealtimeClock, StepRecord
-from rtrl.services.env_gateway.dispatcher import Dispatcher, SequentialDispatcher
+from rtrl.services.env_gateway.dispatcher import Dispatcher
 from rtrl.services.env_gateway.episodes import EpisodeLog
 from rtrl.services.env_gateway.game_rules import RulesBackend, known
 from rtrl.services.env_gateway.membership import REGISTRY_SOURCE, AddressResolver, Membership, RegistryWatcher
@@ -41,7 +41,7 @@ from rtrl.services.env_gateway.preprocess import make_preprocessor
 from rtrl.services.env_gateway.publisher import BATCH_INTERVAL_S, TransitionPublisher
 from rtrl.services.env_gateway.replicas import WARM_UP_TIMEOUT_S, ReplicaPool
 from rtrl.services.env_gateway.scheduler import LeadView, make_scheduler
-from rtrl.services.env_gateway.sequential import LearnerTrainer, sequential_dispatcher
+from rtrl.services.env_gateway.sequential import LearnerTrainer, SequentialDispatcher, sequential_dispatcher
 from rtrl.services.env_gateway.settings import GatewaySettings
 from rtrl.services.env_gateway.simulated_clock import SimulatedClock, SimulatedDispatch, simulated_clock
 from rtrl.services.env_gateway.viewers import FrameFanout
