@@ -21,7 +21,11 @@ log = logging.getLogger(__name__)
 CPUS_VARIABLE = "CPUS"
 # Read by every service (rtrl/settings.py lists it with the settings they share).
 CPUS_SETTING = Setting(
-    CPUS_VARIABLE, str, "", "CPUs the process may run on, like taskset: 1, 2-3, 0,2; empty: any (--learner-cpus)."
+    CPUS_VARIABLE,
+    str,
+    "",
+    "CPUs the process may run on, like taskset: 1, 2-3, 0,2; empty: any; rtrl up --learner-cpus sets it on every "
+    "service.",
 )
 _RANGE = re.compile(r"^(\d+)(?:-(\d+))?$")
 # Far beyond any machine's CPU count (Linux builds allow 8192); a list past it is a typo, not a machine.

@@ -61,7 +61,13 @@ SETTINGS = SettingsTable(
         "DASHBOARD_FRAME_EVERY", int, DEFAULT_FRAME_EVERY, "The game view shows one frame out of this many.", minimum=1
     ),
     Setting("DASHBOARD_HISTORY_S", float, DEFAULT_HISTORY_S, "Seconds of chart history kept and shown.", minimum=10.0),
-    Setting("DASHBOARD_RECORDINGS_DIR", str, "", "Directory of recorded episodes; the page links the newest."),
+    Setting(
+        "DASHBOARD_RECORDINGS_DIR",
+        str,
+        "",
+        "Directory of recorded episodes; the page links the newest and the server serves it (rtrl up --record-every "
+        "sets it).",
+    ),
     Setting(
         "DASHBOARD_SUPERVISION_FILE", str, "", "supervision.json of the rtrl up that runs the stack: restarts shown."
     ),

@@ -136,25 +136,32 @@ DEFAULT_ENV_SPEC = EnvSpec.parse(DEFAULT_ENV)
 
 SETTINGS = SettingsTable(
     Setting(
-        "ENV", str, DEFAULT_ENV, "The game: ale:<Game>, gym:<gymnasium id>, pyboy:<ROM path> or desktop:<profile>."
+        "ENV",
+        str,
+        DEFAULT_ENV,
+        "The game: ale:<Game> (ALE/<Game>-v5, frameskip 1), gym:<gymnasium id>, pyboy:<ROM path> or desktop:<profile>.",
     ),
     Setting(
         "PROFILE",
         str,
         "",
-        "Game profile of a pyboy: or desktop: game, a shipped name or a .toml path (docs/profiles.md).",
+        "Game profile of a pyboy: or desktop: game, a shipped name or a .toml path (docs/profiles.md); empty: the one "
+        "the ROM's header title or the desktop: name picks.",
     ),
     Setting(
         "OBSERVATION",
         str,
         OBSERVATION_AUTO,
-        "What the policy sees: pictures, or a gym: env's state vector; auto: state for a 1-D Box space.",
+        "What the policy sees: pictures, or a gym: env's state vector; auto: state for a 1-D Box space, else pixels.",
         choices=(OBSERVATION_AUTO, *OBSERVATION_NAMES),
     ),
     Setting("GATEWAY_HOST", str, DEFAULT_HOST, "Interface the gRPC server listens on."),
     Setting("GATEWAY_PORT", int, DEFAULT_GATEWAY_PORT, "Port of the gRPC server; 0 picks a free one.", minimum=0),
     Setting(
-        "GATEWAY_METRICS_PORT", int, METRICS_DISABLED, "Prometheus /metrics port; 0 picks a free one, -1 turns it off."
+        "GATEWAY_METRICS_PORT",
+        int,
+        METRICS_DISABLED,
+        "Prometheus /metrics port on the gateway's host (docs/metrics.md); 0 picks a free one, -1 turns it off.",
     ),
     Setting(
         "GATEWAY_ID",
@@ -174,10 +181,17 @@ SETTINGS = SettingsTable(
         "UNKNOWN_VARIABLE_TIMEOUT_S",
         float,
         2.0,
-        "Seconds a profile variable may stay unreadable before the episode ends as truncated.",
+        "Seconds a profile variable may stay unreadable or non-finite before the episode ends as truncated "
+        "(docs/profiles.md).",
         minimum=0.0,
     ),
-    Setting("FRAME_RATE_HZ", float, 0.0, "Clock rate in frames per second; 0: the game's native rate.", minimum=0.0),
+    Setting(
+        "FRAME_RATE_HZ",
+        float,
+        0.0,
+        "Clock rate in frames per second; 0: the game's native rate (60 for ALE).",
+        minimum=0.0,
+    ),
     Setting(
         "DECISION_INTERVAL_FRAMES",
         int,
@@ -191,7 +205,7 @@ SETTINGS = SettingsTable(
         "LEAD_FRAMES",
         int,
         DEFAULT_LEAD_FRAMES,
-        "L: frames from a step's observation to the first frame its action is applied on.",
+        "L: frames from a step's observation to the first frame its action is applied on (the round-trip budget).",
         minimum=0,
         default_text=f"{DEFAULT_LEAD_FRAMES} (state: {STATE_LEAD_FRAMES})",
     ),
@@ -206,7 +220,8 @@ SETTINGS = SettingsTable(
         "JITTER_RESERVE_FRAMES",
         int,
         DEFAULT_JITTER_RESERVE_FRAMES,
-        "Frames early replies wait so that a late one still lands (docs/staggering-benchmark.md).",
+        "Frames every fresh action waits beyond the usual staleness D (at most S), so a reply late by that much "
+        "still lands on its step; async interaction only (docs/staggering-benchmark.md).",
         minimum=0,
         default_text=f"{DEFAULT_JITTER_RESERVE_FRAMES} (state: {STATE_JITTER_RESERVE_FRAMES})",
     ),
@@ -229,7 +244,7 @@ SETTINGS = SettingsTable(
         "OBS_WIDTH",
         int,
         DEFAULT_OBS_WIDTH,
-        "Observation width in pixels after resizing.",
+        "Observation width in pixels after resizing (cv2 INTER_AREA).",
         minimum=1,
         default_text=f"{DEFAULT_OBS_WIDTH} (the profile's)",
     ),
@@ -237,7 +252,7 @@ SETTINGS = SettingsTable(
         "OBS_HEIGHT",
         int,
         DEFAULT_OBS_HEIGHT,
-        "Observation height in pixels after resizing.",
+        "Observation height in pixels after resizing (cv2 INTER_AREA).",
         minimum=1,
         default_text=f"{DEFAULT_OBS_HEIGHT} (the profile's)",
     ),
@@ -252,7 +267,7 @@ SETTINGS = SettingsTable(
         "FRAME_STACK",
         int,
         DEFAULT_FRAME_STACK,
-        "Sampled decision frames stacked into one observation.",
+        "Sampled decision frames (or states) stacked into one observation.",
         minimum=1,
         default_text=f"{DEFAULT_FRAME_STACK} (the profile's)",
     ),
@@ -267,14 +282,20 @@ SETTINGS = SettingsTable(
         "INFERENCE_ADDRESSES",
         tuple,
         DEFAULT_INFERENCE_ADDRESSES,
-        "host:port of replicas besides those in the registry, comma-separated.",
+        "host:port of replicas besides those in the registry, comma-separated; every address a host resolves to is "
+        "a replica, re-resolved every second.",
     ),
-    Setting("REPLICA_REGISTRY", str, DEFAULT_REPLICA_REGISTRY, "Redis key where replicas register (rtrl/registry.py)."),
+    Setting(
+        "REPLICA_REGISTRY",
+        str,
+        DEFAULT_REPLICA_REGISTRY,
+        "Redis key (a sorted set in RTRL_REDIS_URL) where replicas register, read every 0.5 s (rtrl/registry.py).",
+    ),
     Setting(
         "SCHEDULER",
         str,
         DEFAULT_SCHEDULER,
-        "When observations go to which replica (scheduler.py).",
+        "When observations go to which replica (scheduler.py; max_time is Algorithm 1 of Riemer et al. 2024).",
         choices=SCHEDULER_NAMES,
     ),
     Setting(
@@ -288,7 +309,8 @@ SETTINGS = SettingsTable(
         "CLOCK",
         str,
         "realtime",
-        "realtime: the game runs at its frame rate; simulated: as fast as possible, frame-accurate delays.",
+        "realtime: the game runs at its frame rate and never waits; simulated: as fast as possible, each action "
+        "applied exactly RTRL_SIMULATED_DELAY_FRAMES frames after its observation (simulated_clock.py).",
         choices=CLOCK_NAMES,
     ),
     Setting(
@@ -302,7 +324,7 @@ SETTINGS = SettingsTable(
         "SIMULATED_REPLY_TIMEOUT_S",
         float,
         DEFAULT_SIMULATED_REPLY_TIMEOUT_S,
-        "Simulated clock: seconds a step waits for its reply before the fallback acts.",
+        "Simulated clock: seconds a step waits for its reply before the fallback acts (counted in GetStats).",
         minimum=0.001,
     ),
     Setting(
@@ -326,7 +348,13 @@ SETTINGS = SettingsTable(
         minimum=0.001,
     ),
     Setting("REDIS_URL", str, DEFAULT_REDIS_URL, "Redis holding the transition stream and the replica registry."),
-    Setting("STREAM", str, DEFAULT_STREAM, "Redis stream transitions are appended to."),
+    Setting(
+        "STREAM",
+        str,
+        DEFAULT_STREAM,
+        "Redis stream transitions are appended to, each entry's field transition holding "
+        "rtrl.transitions.encode bytes.",
+    ),
     Setting("STREAM_MAXLEN", int, DEFAULT_STREAM_MAXLEN, "Approximate length the stream is trimmed to.", minimum=1),
     Setting(
         "PUBLISH_QUEUE_SIZE",
@@ -336,8 +364,19 @@ SETTINGS = SettingsTable(
         minimum=1,
     ),
     Setting("SEED", int, 0, "Seed of the first reset and of the random fallback policy.", minimum=0),
-    Setting("GATEWAY_FINAL_STATS_PATH", str, "", "When set, GetStats is written here as JSON after a graceful stop."),
-    Setting("GATEWAY_EPISODE_LOG", str, "", "When set, one JSON line per finished episode is appended here."),
+    Setting(
+        "GATEWAY_FINAL_STATS_PATH",
+        str,
+        "",
+        "When set, GetStats is written here as JSON after a graceful stop (rtrl up sets it and reads it).",
+    ),
+    Setting(
+        "GATEWAY_EPISODE_LOG",
+        str,
+        "",
+        "When set, one JSON line per finished episode (return, frames, decisions, fresh ones, how it ended, when) is "
+        "appended here; rtrl up writes runs/<time>/episodes.jsonl.",
+    ),
 )
 
 

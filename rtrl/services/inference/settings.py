@@ -62,28 +62,37 @@ SETTINGS = SettingsTable(
         "INFERENCE_ACT_SOCKET_PORT",
         int,
         0,
-        "Port of the act socket, the gateway's faster way to ask for actions; 0: a free one, -1: none.",
+        "Port of the act socket on RTRL_INFERENCE_HOST, the gateway's faster way to ask for actions; 0: a free one "
+        "(GetStatus names it), -1: none.",
         minimum=ACT_SOCKET_OFF,
     ),
     Setting(
         "INFERENCE_METRICS_PORT",
         int,
         METRICS_DISABLED,
-        "Prometheus /metrics port; 0 picks a free one, -1 turns it off.",
+        "Prometheus /metrics port on the replica's host (docs/metrics.md); 0 picks a free one, -1 turns it off.",
     ),
-    Setting("REPLICA_ID", str, "", "Name of this replica in metrics and status.", default_text="<hostname>:<port>"),
-    Setting("CHECKPOINT_DIR", str, DEFAULT_CHECKPOINT_DIR, "Directory the learner publishes checkpoints into."),
+    Setting(
+        "REPLICA_ID", str, "", "Name of this replica in logs, metrics and status.", default_text="<hostname>:<port>"
+    ),
+    Setting(
+        "CHECKPOINT_DIR",
+        str,
+        DEFAULT_CHECKPOINT_DIR,
+        "Directory the learner publishes checkpoints into (read-only is enough).",
+    ),
     Setting(
         "CHECKPOINT_POLL_S",
         float,
         DEFAULT_CHECKPOINT_POLL_S,
-        f"Seconds between looks for a newer checkpoint (above 0, at most {MAX_CHECKPOINT_POLL_S:g}).",
+        f"Seconds between looks at latest.json for a newer checkpoint (above 0, at most {MAX_CHECKPOINT_POLL_S:g}).",
     ),
     Setting(
         "CHECKPOINT_LOAD_SPREAD_S",
         float,
         DEFAULT_CHECKPOINT_LOAD_SPREAD_S,
-        "A new checkpoint is loaded a random time up to this long after it is seen.",
+        "A new checkpoint is loaded a random time up to this long after it is seen, so a pool's replicas do not all "
+        f"load at once (poll + spread at most {MAX_CHECKPOINT_POLL_S:g} s).",
         minimum=0.0,
     ),
     Setting(
@@ -111,13 +120,14 @@ SETTINGS = SettingsTable(
         "EPSILON_START",
         float,
         DEFAULT_EPSILON_START,
-        "Exploration rate of the fresh policy served before any checkpoint.",
+        "Exploration rate of the fresh policy served before any checkpoint (DQN); checkpoints carry their own.",
     ),
     Setting(
         "INFERENCE_WORKERS",
         int,
         DEFAULT_WORKERS,
-        "gRPC threads, so calls served at once; at least RTRL_INFERENCE_MAX_BATCH.",
+        "gRPC threads, so calls served at once; at least RTRL_INFERENCE_MAX_BATCH; each open ActStream holds one, and "
+        "2 are kept from streams.",
         minimum=1,
     ),
     Setting(
@@ -131,7 +141,8 @@ SETTINGS = SettingsTable(
         "INFERENCE_MAX_WAIT_MS",
         float,
         DEFAULT_MAX_WAIT_MS,
-        "How long a batch's first call may wait for company.",
+        "How long a batch's first call may wait for company; 0: batch only what queued while the previous pass ran "
+        "(raise it when many gateways share a pool).",
         minimum=0.0,
     ),
     Setting(
@@ -145,17 +156,23 @@ SETTINGS = SettingsTable(
         "MODEL_WIDTH",
         int,
         DEFAULT_MODEL_WIDTH,
-        "Channel multiplier of impala_cnn: 1, 7, 29 give about 1M, 10M, 100M parameters.",
+        "Channel multiplier of impala_cnn: 1, 7, 29 give about 1M, 12M, 110M parameters.",
         minimum=1,
     ),
     Setting(
         "ALGORITHM",
         str,
         DEFAULT_ALGORITHM,
-        "The learner's algorithm, whose head the fresh policy has before any checkpoint.",
+        "The learner's algorithm, whose head the fresh policy has before any checkpoint; checkpoints are served as "
+        "published, whatever it says.",
         choices=ALGORITHM_NAMES,
     ),
-    Setting("REDIS_URL", str, "", "Redis to register in for live membership; empty: none."),
+    Setting(
+        "REDIS_URL",
+        str,
+        "",
+        "Redis to register in for live membership; empty: none (gateways reach the replica by static address only).",
+    ),
     Setting("REPLICA_REGISTRY", str, DEFAULT_REPLICA_REGISTRY, "Redis key (a sorted set) the replica heartbeats into."),
     Setting(
         "INFERENCE_ADVERTISE_ADDRESS",
@@ -209,7 +226,7 @@ class InferenceSettings:
     """RTRL_MODEL_ARCH, the learner's variable: network of the fresh policy served before any checkpoint ("" =
     rtrl's default). Checkpoints are served as they say; a replica set otherwise logs the difference."""
     model_width: int = DEFAULT_MODEL_WIDTH
-    """RTRL_MODEL_WIDTH: channel multiplier of impala_cnn (1, 7, 29: about 1M, 10M, 100M parameters)."""
+    """RTRL_MODEL_WIDTH: channel multiplier of impala_cnn (1, 7, 29: about 1M, 12M, 110M parameters)."""
     algorithm: str = DEFAULT_ALGORITHM
     """RTRL_ALGORITHM, the learner's variable: which network the fresh policy is (its head in
     rtrl/services/learner/algorithms: a Q-network acting epsilon-greedily for dqn, an actor-critic sampling its

@@ -87,24 +87,35 @@ SETTINGS = SettingsTable(
     Setting("LEARNER_HOST", str, DEFAULT_HOST, "Address the gRPC server binds."),
     Setting("LEARNER_PORT", int, DEFAULT_LEARNER_PORT, "gRPC port; 0 picks a free one.", minimum=0),
     Setting(
-        "LEARNER_METRICS_PORT", int, METRICS_DISABLED, "Prometheus /metrics port; 0 picks a free one, -1 turns it off."
+        "LEARNER_METRICS_PORT",
+        int,
+        METRICS_DISABLED,
+        "Prometheus /metrics port on the learner's host (docs/metrics.md); 0 picks a free one, -1 turns it off.",
     ),
-    Setting("LEARNER_TENSORBOARD_DIR", str, "", "Directory for TensorBoard event files; empty: none are written."),
+    Setting(
+        "LEARNER_TENSORBOARD_DIR",
+        str,
+        "",
+        "Directory for TensorBoard event files (loss, returns, policy lag, throughput, hyperparameters; "
+        "docs/metrics.md); empty: none are written.",
+    ),
     Setting(
         "LEARNER_TENSORBOARD_INTERVAL_S",
         float,
         DEFAULT_TENSORBOARD_INTERVAL_S,
-        "Seconds between two TensorBoard samples of the learner's status.",
+        "Seconds between two TensorBoard samples of the learner's status, written on a thread of their own.",
         minimum=0.05,
     ),
     Setting("REDIS_URL", str, DEFAULT_REDIS_URL, "Redis holding the transition stream."),
-    Setting("STREAM", str, DEFAULT_STREAM, "Redis stream the gateways publish transitions to."),
+    Setting(
+        "STREAM", str, DEFAULT_STREAM, "Redis stream the gateways publish transitions to (entry field transition)."
+    ),
     Setting("CONSUMER_GROUP", str, DEFAULT_CONSUMER_GROUP, "Consumer group of the learner on the stream."),
     Setting(
         "CONSUMER_NAME",
         str,
         "",
-        "This learner's name in the group; a restart under it re-reads what it had not acknowledged.",
+        "This learner's name in the group; a restart under it first re-reads what it had not acknowledged.",
         default_text="learner-<hostname>",
     ),
     Setting("CHECKPOINT_DIR", str, DEFAULT_CHECKPOINT_DIR, "Directory checkpoints are published to and resumed from."),
@@ -119,22 +130,30 @@ SETTINGS = SettingsTable(
         "CHECKPOINT_EVERY_S",
         float,
         DEFAULT_CHECKPOINT_EVERY_S,
-        "Also publish after an update this long after the last publication; 0: by updates only.",
+        "Also publish after an update this long after the last publication, so acting never lags a slow learner by "
+        "more; 0: by updates only.",
         minimum=0.0,
     ),
-    Setting("CHECKPOINT_KEEP", int, DEFAULT_CHECKPOINT_KEEP, "Published versions kept on disk, at least 2.", minimum=2),
+    Setting(
+        "CHECKPOINT_KEEP",
+        int,
+        DEFAULT_CHECKPOINT_KEEP,
+        "Published versions kept on disk (and the learner state a kept version names), at least 2.",
+        minimum=2,
+    ),
     Setting(
         "CHECKPOINT_STATE_INTERVAL_S",
         float,
         DEFAULT_CHECKPOINT_STATE_INTERVAL_S,
-        "Seconds between checkpoints that carry the optimizer and target network; 0: every one does.",
+        "Seconds between checkpoints that carry the optimizer and target network (3 times the weights' size); 0: "
+        "every one does.",
         minimum=0.0,
     ),
     Setting(
         "ALGORITHM",
         str,
         DEFAULT_ALGORITHM,
-        "Learning algorithm (rtrl/services/learner/algorithms).",
+        "Learning algorithm (rtrl/services/learner/algorithms); a checkpoint directory holds one.",
         choices=ALGORITHM_NAMES,
     ),
     Setting(
@@ -148,7 +167,7 @@ SETTINGS = SettingsTable(
         "MODEL_WIDTH",
         int,
         1,
-        "Channel multiplier of impala_cnn: 1, 7, 29 give about 1M, 10M, 100M parameters.",
+        "Channel multiplier of impala_cnn: 1, 7, 29 give about 1M, 12M, 110M parameters.",
         minimum=1,
     ),
     Setting("TORCH_THREADS", int, DEFAULT_TORCH_THREADS, "CPU threads torch may use.", minimum=1),
@@ -158,7 +177,7 @@ SETTINGS = SettingsTable(
         "LEARNER_NICE",
         int,
         DEFAULT_NICE,
-        "CPU niceness added to the learner (0-19), so that acting gets contended cores first.",
+        "CPU niceness added to the learner (0-19; 0: none), so that acting gets contended cores first.",
         minimum=0,
     ),
     Setting(
@@ -172,14 +191,15 @@ SETTINGS = SettingsTable(
         "SEQUENTIAL_UPDATES",
         int,
         DEFAULT_SEQUENTIAL_UPDATES,
-        "Updates per Train call that does not say how many.",
+        "Updates per Train call that does not say how many (asks for 0).",
         minimum=1,
     ),
     Setting(
         "MAX_POLICY_LAG_VERSIONS",
         int,
         DEFAULT_MAX_POLICY_LAG_VERSIONS,
-        "Transitions chosen more than this many checkpoint versions ago are dropped; 0 keeps all.",
+        "Fresh transitions chosen more than this many checkpoint versions ago are dropped (acknowledged unused); 0 "
+        "keeps all.",
         minimum=0,
     ),
     Setting(
@@ -237,7 +257,7 @@ class LearnerSettings:
     Nature CNN for images, an MLP for vectors). Written into every checkpoint; replicas build from that
     (RTRL_MODEL_ARCH)."""
     model_width: int = 1
-    """Channel multiplier k of impala_cnn: 1, 7, 29 give about 1M, 10M, 100M parameters (RTRL_MODEL_WIDTH)."""
+    """Channel multiplier k of impala_cnn: 1, 7, 29 give about 1M, 12M, 110M parameters (RTRL_MODEL_WIDTH)."""
     torch_threads: int = DEFAULT_TORCH_THREADS
     """CPU threads torch may use (RTRL_TORCH_THREADS)."""
     device: str = DEFAULT_DEVICE
