@@ -320,3 +320,23 @@ def test_help_lists_every_setting_with_its_type_default_and_meaning(
 def test_docs_settings_md_is_what_the_tables_say() -> None:
     committed = (ROOT / "docs" / "settings.md").read_text()
     assert committed == settings_doc(), "docs/settings.md is out of date: run scripts/gen-settings-doc and commit it"
+
+
+def _github_anchor(heading: str) -> str:
+    """The anchor GitHub gives a heading: lower case, punctuation dropped (hyphens and underscores kept),
+    spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_service_readmes_link_to_docs_settings_md_instead_of_repeating_it() -> None:
+    """Each service's README points at its section of docs/settings.md (anchors that exist there) rather than
+    keeping a table of RTRL_* variables of its own, which would drift from the settings tables."""
+    headings = re.findall(r"^#+ (.+)$", (ROOT / "docs" / "settings.md").read_text(), flags=re.MULTILINE)
+    anchors = {_github_anchor(heading) for heading in headings}
+    for service in ("env_gateway", "inference", "learner", "dashboard"):
+        readme = ROOT / "rtrl" / "services" / service / "README.md"
+        text = readme.read_text()
+        linked = re.findall(r"\]\(\.\./\.\./\.\./docs/settings\.md#([^)]+)\)", text)
+        assert f"rtrl-{'gateway' if service == 'env_gateway' else service}-rtrlservices{service}" in linked, readme
+        assert set(linked) <= anchors, f"{readme} links to {set(linked) - anchors}, not a heading of docs/settings.md"
+        assert not re.search(r"^\| `RTRL_", text, flags=re.MULTILINE), f"{readme} has a settings table again"
