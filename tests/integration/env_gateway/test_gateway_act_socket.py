@@ -147,7 +147,9 @@ def test_a_socket_that_cannot_be_used_gives_the_replica_act_stream_and_loses_no_
     outcomes.append(send(pool, address, 3))
 
     assert all(outcome.reply is not None for outcome in outcomes)
-    assert (servicer.socket_answers, servicer.streams_opened) == (0, 1)
+    # One ActStream, or two when a request found the replica between its socket and its stream and
+    # opened one itself (the other is then closed unused).
+    assert servicer.socket_answers == 0 and servicer.streams_opened in (1, 2)
     assert servicer.frame_indices[1:] == [0, 1, 2, 3]
     assert "offers an act socket that cannot be used" in caplog.text
     (stats,) = pool.stats()
