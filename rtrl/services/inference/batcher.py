@@ -264,8 +264,16 @@ class DynamicBatcher(Generic[ItemT, ResultT]):
             if self._closed:
                 raise Unavailable("this inference replica is shutting down; send the call to another replica")
             request: _Request[ItemT, ResultT] = _Request(item, math.inf if deadline is None else deadline)
-            batch = self._admit(request, key, time.perf_counter())
-            self._cond.notify_all()
+            now = time.perf_counter()
+            batch = self._admit(request, key, now)
+            inline = self._due_now(batch, now) and self._start(batch, now)
+            if not inline:
+                self._cond.notify_all()
+        if inline:
+            # The model was idle and the batch due at once: this thread runs it, sparing the two thread
+            # hand-overs to the worker and back (a zero-cost call's round trip, docs/transports.md).
+            self._finish(batch, self._run(batch), now)
+        with self._cond:
             while request.state is _State.WAITING:
                 give_up_at = request.deadline - self.cost.estimate_s(len(batch.requests))
                 # An idle worker takes the head batch next and refuses its late members itself with the
@@ -357,27 +365,52 @@ class DynamicBatcher(Generic[ItemT, ResultT]):
                 if batch is None:
                     return
                 started = time.perf_counter()
-                if self._refuse_late_members(batch, started):
-                    self._cond.notify_all()
-                if not batch.requests:
+                if not self._start(batch, started):
                     continue
-                for request in batch.requests:
-                    request.state = _State.RUNNING
-                self._running = batch
-                self._running_expected_finish = started + self.cost.estimate_s(len(batch.requests))
-            outcomes = self._run(batch)
-            elapsed_s = time.perf_counter() - started
-            with self._cond:
-                self._running = None
-                self._last_run_ended = time.perf_counter()
-                if batch.probe:
-                    self._probes += 1
-                    # The measurements that made it refuse everything are replaced by the newest one.
-                    self.cost.reset()
-                    self.cost.record(1, elapsed_s)
-                else:
-                    self._deliver(batch, outcomes, elapsed_s)
-                self._cond.notify_all()
+            self._finish(batch, self._run(batch), started)
+
+    def _due_now(self, batch: _Batch[ItemT, ResultT], now: float) -> bool:
+        """`batch` is the only one queued, the model is idle, and the worker would run it now; lock held."""
+        if self._running is not None or len(self._queue) != 1 or self._queue[0] is not batch:
+            return False
+        size = len(batch.requests)
+        run_at = min(
+            batch.opened_at + self.max_wait_s,
+            batch.tightest_deadline() - self.cost.estimate_s(size) - self.dispatch_margin_s,
+        )
+        return size >= self.max_batch_size or now >= run_at
+
+    def _start(self, batch: _Batch[ItemT, ResultT], now: float) -> bool:
+        """Takes `batch` (the head of the queue, or already taken off it) to run now, after refusing the
+        members it would answer late; False when none is left. Lock held."""
+        if self._queue and self._queue[0] is batch:
+            self._queue.popleft()
+        if self._refuse_late_members(batch, now):
+            self._cond.notify_all()
+        if not batch.requests:
+            return False
+        for request in batch.requests:
+            request.state = _State.RUNNING
+        self._running = batch
+        self._running_expected_finish = now + self.cost.estimate_s(len(batch.requests))
+        return True
+
+    def _finish(
+        self, batch: _Batch[ItemT, ResultT], outcomes: Sequence[ResultT | BaseException], started: float
+    ) -> None:
+        """Records the run and hands each member its outcome; the model is free again."""
+        elapsed_s = time.perf_counter() - started
+        with self._cond:
+            self._running = None
+            self._last_run_ended = time.perf_counter()
+            if batch.probe:
+                self._probes += 1
+                # The measurements that made it refuse everything are replaced by the newest one.
+                self.cost.reset()
+                self.cost.record(1, elapsed_s)
+            else:
+                self._deliver(batch, outcomes, elapsed_s)
+            self._cond.notify_all()
 
     def _deliver(
         self, batch: _Batch[ItemT, ResultT], outcomes: Sequence[ResultT | BaseException], elapsed_s: float
@@ -396,8 +429,13 @@ class DynamicBatcher(Generic[ItemT, ResultT]):
             request.state = _State.DONE
 
     def _next_batch(self) -> _Batch[ItemT, ResultT] | None:
-        """Waits until the head batch should run and takes it off the queue; None once closed and drained."""
+        """Waits until the model is free and the head batch should run, and takes it off the queue; None once
+        closed and drained."""
         while True:
+            if self._running is not None:
+                # A caller runs a batch itself (see `submit`); one batch at a time.
+                self._cond.wait()
+                continue
             if not self._queue:
                 if self._closed:
                     return None

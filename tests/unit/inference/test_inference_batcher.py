@@ -28,18 +28,32 @@ class RecordingModel:
 
     def __init__(self) -> None:
         self.batches: list[list[int]] = []
+        self.threads: list[str] = []
+        """The thread that ran each batch."""
+        self.running = 0
+        self.most_running = 0
+        """The most batches ever inside the "forward pass" at once."""
+        self._count = threading.Lock()
         self.entered = threading.Event()
         self.gate = threading.Event()
         self.gate.set()
         self.fail_with: Exception | None = None
 
     def __call__(self, items: Sequence[int]) -> list[int | BaseException]:
-        self.batches.append(list(items))
-        self.entered.set()
-        assert self.gate.wait(WAIT_BOUND_S), "the test never opened the gate"
-        if self.fail_with is not None:
-            raise self.fail_with
-        return [InvalidArgument(f"item {item} is negative") if item < 0 else 10 * item for item in items]
+        with self._count:
+            self.running += 1
+            self.most_running = max(self.most_running, self.running)
+        try:
+            self.batches.append(list(items))
+            self.threads.append(threading.current_thread().name)
+            self.entered.set()
+            assert self.gate.wait(WAIT_BOUND_S), "the test never opened the gate"
+            if self.fail_with is not None:
+                raise self.fail_with
+            return [InvalidArgument(f"item {item} is negative") if item < 0 else 10 * item for item in items]
+        finally:
+            with self._count:
+                self.running -= 1
 
     @property
     def computed(self) -> list[int]:
@@ -247,6 +261,28 @@ def test_a_lone_call_is_answered_after_waiting_for_company(
 
     assert batcher.submit(7, None) == 70
     assert model.batches == [[7]]
+
+
+def test_a_call_due_at_once_on_an_idle_model_runs_on_its_own_thread_and_batches_still_run_one_at_a_time(
+    make_batcher: Callable[..., DynamicBatcher[int, int]], model: RecordingModel
+) -> None:
+    batcher = make_batcher(max_wait_s=0.0, name="the worker")
+    assert batcher.submit(7, None) == 70
+    assert model.threads == [threading.current_thread().name]
+
+    # Held inside the first batch (on its caller's thread), the others queue and run together after it.
+    calls = Calls(batcher)
+    hold_the_model(batcher, model, calls, item=1)
+    for item in range(2, 5):
+        calls.submit(item)
+    wait_until(lambda: batcher.counts().queued == 3)
+    model.gate.set()
+    results = calls.join()
+
+    assert model.batches == [[7], [1], [2, 3, 4]]
+    assert results == {item: 10 * item for item in range(1, 5)}
+    assert model.most_running == 1
+    assert model.threads[1] != "the worker" and model.threads[2] == "the worker"
 
 
 # -- deadlines ----------------------------------------------------------------------------------------
