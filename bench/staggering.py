@@ -22,9 +22,12 @@ is exact), `--warmup-s` to let the scheduler measure T, then `--measure-s` measu
 - wasted: replies superseded by a newer one before being applied, per 100 decisions;
 - late: replies that arrived too late to be applied, per 100 decisions;
 - overhead p50/p99: ms from an observation frame being produced to its reply being in the mailbox
-  (includes t_infer; the zero-cost rows show what the gateway itself adds, asking on the replicas' act
-  sockets and on ActStream, side by side);
+  (includes t_infer);
 - T: the round trip the scheduler spaces calls by (max_time, mean_time).
+The zero-cost rows, in a table of their own, show what the gateway itself adds on each way of asking
+(`--ways`: the act socket, ActStream, and ActStream from one grpc.aio loop with or without uvloop),
+against zero-cost stubs and the real server with a zero-cost policy (`--zero-cost-replicas`), with the
+overhead's max and the CPU time per decision of the gateway and of the replicas (docs/transports.md).
 Then, per t_infer and scheduler, the smallest N reaching 99% coverage next to ceil(t_infer/t_frame),
 and the sequential rows next to the paper's t_frame / (t_infer + t_learn). Rows share this run's
 conditions; compare them with each other, not with another day's numbers.
@@ -619,10 +622,9 @@ class Bench:
                     name = f"zero-cost-{kind}-{served}".replace(" ", "-")
                     pools[kind, served] = stack.enter_context(replica_pool(self.procs, 2, {}, name, served, kind))
             for (kind, served), addresses in pools.items():
-                if kind == STUB:
-                    self.wait_for_calm()
-                    bare = paced_messages(addresses[0], served, args.measure_s)
-                    self.record("zero-cost", f"bare {served} message, stub", 0.0, 1, "-", bare)
+                self.wait_for_calm()
+                bare = paced_messages(addresses[0], served, args.measure_s)
+                self.record("zero-cost", f"bare {served} message, {kind}", 0.0, 1, "-", bare)
             # Each row is measured each way (and, with --learner-cpus, unpinned and pinned), side by side,
             # first in one order and then in the other, so that none always comes first.
             ways = list(args.ways)
