@@ -105,6 +105,9 @@ class _Replica:
     """Its warm-up is under way; it is out of rotation until that ends."""
     warm_up_unreachable: bool = False
     """Its last warm-up call failed with UNAVAILABLE: a dead static address is logged once, not every second."""
+    refused_stream: bool = False
+    """It refused its last stream and has answered none since: a full replica is logged once, not every
+    time it is seen alive and tried again."""
     transport: Transport | None = None
     """None until one opens (after its warm-up, or with the next request)."""
     act_socket: tuple[str, int] | None = None
@@ -181,7 +184,8 @@ class ReplicaPool:
                     warm_up.append(replica)
                 elif replica.excluded_since_s is not None and seen_s > replica.excluded_since_s:
                     replica.excluded_since_s = None
-                    (retried if replica.warm_up_unreachable else readmitted).append(address)
+                    quiet = replica.warm_up_unreachable or replica.refused_stream
+                    (retried if quiet else readmitted).append(address)
                     warm_up.append(replica)
                 replicas[address] = replica
             self._replicas = replicas
@@ -356,6 +360,7 @@ class ReplicaPool:
             if not transport.pending:
                 return  # its request already failed (deadline passed, or the replica left)
             call = transport.pending.popleft()
+            replica.refused_stream = False
         if answer.error_code:
             self._complete(replica, call, None, _STATUS_CODES.get(answer.error_code, grpc.StatusCode.UNKNOWN))
         else:
@@ -370,7 +375,7 @@ class ReplicaPool:
         if transport.refused:
             self._leave_act_socket(replica, transport)
             return
-        excluded = ""
+        excluded, level = "", logging.INFO
         with self._lock:
             if replica.transport is transport:
                 replica.transport = None
@@ -379,9 +384,11 @@ class ReplicaPool:
                     excluded = "ended its stream" if self._exclude(replica, self._now_s()) else ""
                 elif code in STREAM_REFUSALS and self._exclude(replica, self._now_s()):
                     excluded = f"refused ActStream ({code.name})"
+                    level = logging.DEBUG if replica.refused_stream else logging.INFO
+                    replica.refused_stream = True
             unanswered = self._take_pending(transport)
         if excluded:
-            log.info("inference replica %s %s; out of rotation until it is seen alive", replica.address, excluded)
+            log.log(level, "inference replica %s %s; out of rotation until it is seen alive", replica.address, excluded)
         for call in unanswered:
             self._complete(replica, call, None, code)
 

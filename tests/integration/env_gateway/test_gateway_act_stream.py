@@ -8,6 +8,7 @@ The replicas are real gRPC servers on loopback; the pool is the gateway's own `R
 from __future__ import annotations
 
 import functools
+import logging
 import queue
 import time
 from collections.abc import Callable, Iterator
@@ -131,8 +132,9 @@ def test_requests_sent_together_are_answered_in_their_order(pooled: Pooled) -> N
 
 
 def test_a_replica_that_refuses_act_stream_leaves_the_rotation_and_its_request_fails_with_the_refusal(
-    pooled: Pooled,
+    pooled: Pooled, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="rtrl.services.env_gateway.replicas")
     servicer = ActOnly()
     address, pool, _ = pooled(servicer)
     outcome = send(pool, address, 0)
@@ -148,6 +150,8 @@ def test_a_replica_that_refuses_act_stream_leaves_the_rotation_and_its_request_f
     assert send(pool, address, 1).reply is None
     (stats,) = pool.stats()
     assert stats.excluded and (stats.requests, stats.failures) == (2, 2)
+    # A full replica tried again and again is said once, not every time it is seen alive.
+    assert caplog.text.count("refused ActStream (UNIMPLEMENTED)") == 1
 
 
 def test_a_stalled_stream_fails_its_request_by_its_deadline_and_a_new_stream_replaces_it(pooled: Pooled) -> None:
