@@ -10,7 +10,6 @@ that, `rtrl scan` walks Tux itself and finds the profile's x among its chains.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -19,9 +18,9 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+from desktop_game import boxgame
 
 from rtrl.local_redis import free_port, free_ports_in_a_row
 from rtrl.services.env_gateway.backends import make_backend
@@ -30,7 +29,6 @@ from rtrl.services.env_gateway.backends.desktop_linux import LinuxPlatform
 from rtrl.services.env_gateway.game_rules import RulesBackend
 from rtrl.services.env_gateway.settings import GatewaySettings
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 SUPERTUX = shutil.which("supertux2") or "/usr/games/supertux2"
 LEVEL = Path("/usr/share/games/supertux2/levels/world1/welcome_antarctica.stl")
 START_X, START_Y = 96.0, 608.0  # where Tux stands at the start of this level
@@ -45,19 +43,10 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def _load_boxgame() -> ModuleType:
-    path = REPO_ROOT / "tests" / "fixtures" / "desktop_game" / "boxgame.py"
-    spec = importlib.util.spec_from_file_location("boxgame", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def supertux(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """SuperTux in the level on a private Xvfb, past the level's intro; yields the display."""
-    server, display = _load_boxgame().start_xvfb("800x600x24")
+    server, display = boxgame.start_xvfb("800x600x24")
     home = tmp_path_factory.mktemp("supertux-home")  # its config and savegame go here, not to the user's
     options = ["--window", "--geometry", "640x480", "--renderer", "sdl", "--disable-sound", "--disable-music"]
     game = subprocess.Popen(

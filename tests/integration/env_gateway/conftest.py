@@ -1,4 +1,5 @@
-"""Fixtures for the gateway's integration tests: a real Redis, test inference replicas, gateway stacks."""
+"""Fixtures for the gateway's integration tests: a real Redis, test inference replicas, gateway stacks, and
+the box game's X server and binary."""
 
 from __future__ import annotations
 
@@ -6,10 +7,13 @@ import itertools
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from dataclasses import replace
+from pathlib import Path
+from typing import cast
 
 import grpc
 import numpy as np
 import pytest
+from desktop_game import boxgame
 from gateway_doubles import FakeInference, Replica, Stack
 
 from rtrl.local_redis import LocalRedis
@@ -103,3 +107,18 @@ def start_gateway() -> Iterator[Callable[..., Stack]]:
     for stack in stacks:
         stack.gateway.stop()
         stack.server.stop(None).wait()
+
+
+@pytest.fixture(scope="module")
+def x_display() -> Iterator[str]:
+    """A private Xvfb for the box game; its display name."""
+    server, display = boxgame.start_xvfb()
+    yield display
+    server.terminate()
+    server.wait()
+
+
+@pytest.fixture(scope="module")
+def game_binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The box game, built with gcc once per module."""
+    return cast(Path, boxgame.build(tmp_path_factory.mktemp("boxgame")))

@@ -9,7 +9,6 @@ game itself reports and with the X server's own key state (XQueryKeymap).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -23,13 +22,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import Any, cast
 
 import cv2
 import numpy as np
 import pytest
 import redis
+from desktop_game import boxgame
 from gateway_doubles import Replica
 from Xlib import XK
 from Xlib import display as xdisplay
@@ -55,32 +54,6 @@ READ_BY_THE_PROFILE = ("x", "score", "coins", "keys", "paused")
 
 
 # -- fixtures: the X server, the game binary, a running game ----------------------------------------
-
-
-def _load_boxgame() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "boxgame", REPO_ROOT / "tests" / "fixtures" / "desktop_game" / "boxgame.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-boxgame = _load_boxgame()
-
-
-@pytest.fixture(scope="module")
-def x_display() -> Iterator[str]:
-    server, display = boxgame.start_xvfb()
-    yield display
-    server.terminate()
-    server.wait()
-
-
-@pytest.fixture(scope="module")
-def game_binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return cast(Path, boxgame.build(tmp_path_factory.mktemp("boxgame")))
 
 
 @dataclass

@@ -9,7 +9,6 @@ base(boxgame) + world -> + world.player -> + player.x.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import struct
@@ -18,10 +17,9 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
-from typing import cast
 
 import pytest
+from desktop_game import boxgame
 
 from rtrl.scan import ScanOptions, parse_step
 from rtrl.scan import main as scan_main
@@ -30,7 +28,6 @@ from rtrl.services.env_gateway.backends.desktop_linux import ProcMemory
 from rtrl.services.env_gateway.memory_scan import ValueScan
 from rtrl.services.env_gateway.profiles import parse_profile
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
 WAIT_S = 20.0
 
 # A process with one anonymous mapping of 3 MiB holding a value of each type at a known offset.
@@ -185,32 +182,6 @@ def test_the_regions_are_the_processs_private_readable_mappings(holder: Holder, 
 
 
 # -- the command on the box game --------------------------------------------------------------------
-
-
-def _load_boxgame() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "boxgame", REPO_ROOT / "tests" / "fixtures" / "desktop_game" / "boxgame.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-boxgame = _load_boxgame()
-
-
-@pytest.fixture(scope="module")
-def x_display() -> Iterator[str]:
-    server, display = boxgame.start_xvfb()
-    yield display
-    server.terminate()
-    server.wait()
-
-
-@pytest.fixture(scope="module")
-def game_binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return cast(Path, boxgame.build(tmp_path_factory.mktemp("boxgame")))
 
 
 class BoxGame:
