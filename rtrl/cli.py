@@ -11,6 +11,7 @@ also reads a run file (`--config run.toml`: rtrl/settings.py). Every `--help` of
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import runpy
@@ -39,6 +40,8 @@ SERVICES = {
     "learner": ("rtrl.services.learner", "the learner: trains on the transition stream, publishes checkpoints"),
     "dashboard": ("rtrl.services.dashboard", "the dashboard: a web page of the gateways, replicas and learner, live"),
 }
+# Commands whose module (rtrl/<module>.py) has options_from(args) and main(options).
+TOOLS = {"play": "play", "scan": "scan", "profile": "profile_check"}
 
 
 def _positive_float(text: str) -> float:
@@ -440,45 +443,10 @@ def main(argv: list[str] | None = None) -> int:
         print(status)
         return 0 if status == "SERVING" else 1
 
-    if args.command == "play":
-        from rtrl.play import PlayOptions
-        from rtrl.play import main as play
-
-        return play(
-            PlayOptions(
-                env=args.env,
-                checkpoint_dir=args.checkpoint_dir,
-                episodes=args.episodes,
-                greedy=args.greedy,
-                fast=args.fast,
-                record=args.record,
-                json_output=args.json,
-                settings=dict(args.settings),
-                nice=args.nice,
-            )
-        )
-
-    if args.command == "scan":
-        from rtrl.scan import main as scan_main
-        from rtrl.scan import options_from
-
-        return scan_main(options_from(args))
-
-    if args.command == "profile":
-        from rtrl.profile_check import CheckOptions
-        from rtrl.profile_check import main as check_profile
-
-        return check_profile(
-            CheckOptions(
-                profile=args.profile,
-                env=args.env,
-                json_output=args.json,
-                random_actions=args.random,
-                hz=args.hz,
-                seconds=args.seconds,
-                settings=dict(args.settings),
-            )
-        )
+    if args.command in TOOLS:
+        # Imported only when asked for: each brings its own dependencies (torch, numpy, X11).
+        command = importlib.import_module(f"rtrl.{TOOLS[args.command]}")
+        return int(command.main(command.options_from(args)))
 
     if args.command == "status":
         from rtrl.grpc_util import create_channel

@@ -12,6 +12,7 @@ checkpoint errors it meets, as one sentence and exits 2.
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import math
@@ -532,6 +533,21 @@ def play(options: PlayOptions, on_episode: Callable[[EpisodeResult], None] | Non
 
 def _raise_interrupted(signum: int, frame: FrameType | None) -> None:
     raise Interrupted()
+
+
+def options_from(args: argparse.Namespace) -> PlayOptions:
+    """The options `rtrl play` parsed (cli.py)."""
+    return PlayOptions(
+        env=args.env,
+        checkpoint_dir=args.checkpoint_dir,
+        episodes=args.episodes,
+        greedy=args.greedy,
+        fast=args.fast,
+        record=args.record,
+        json_output=args.json,
+        settings=dict(args.settings),
+        nice=args.nice,
+    )
 
 
 def main(options: PlayOptions) -> int:

@@ -15,6 +15,7 @@ exit code 2; a game that fails during the run (its window closed) prints the sum
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -338,6 +339,19 @@ def describe_summary(summary: Mapping[str, Any]) -> str:
     else:
         parts.append("every variable known on every frame")
     return "rtrl profile check: " + "; ".join(parts) + "."
+
+
+def options_from(args: argparse.Namespace) -> CheckOptions:
+    """The options `rtrl profile check` parsed (cli.py)."""
+    return CheckOptions(
+        profile=args.profile,
+        env=args.env,
+        json_output=args.json,
+        random_actions=args.random,
+        hz=args.hz,
+        seconds=args.seconds,
+        settings=dict(args.settings),
+    )
 
 
 def main(options: CheckOptions) -> int:
