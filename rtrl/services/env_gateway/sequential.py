@@ -1,10 +1,10 @@
 """The sequential baseline (RTRL_INTERACTION=sequential on the realtime clock): act -> learn -> act.
 
-`SequentialDispatcher` (RTRL_INTERACTION=sequential) reproduces act -> learn -> act, the pattern of
-frameworks that stop acting while they train: it sends one sample, waits for its reply, waits until
-the step that applied it has become a transition, asks the learner to train on it (Train) and waits
-for that, and only then takes the next sample. It waits on its own thread; the clock keeps the game
-running on the fallback policy meanwhile, which is the freeze this mode exists to show.
+`SequentialDispatcher` reproduces the pattern of frameworks that stop acting while they train: it sends
+one sample, waits for its reply, waits until the step that applied it has become a transition, asks the
+learner to train on it (Train) and waits for that, and only then takes the next sample. It waits on its
+own thread; the clock keeps the game running on the fallback policy meanwhile, which is the freeze this
+mode exists to show.
 
 `sequential_dispatcher` builds it, in place of the realtime gateway's staggered `Dispatcher`
 (dispatcher.py), with the `LearnerTrainer` it calls the learner's Train through: gRPC errors become

@@ -272,7 +272,7 @@ class DynamicBatcher(Generic[ItemT, ResultT]):
         if inline:
             # The model was idle and the batch due at once: this thread runs it, sparing the two thread
             # hand-overs to the worker and back (a zero-cost call's round trip, docs/transports.md).
-            self._finish(batch, self._run(batch), now)
+            self._finish(batch, self._run(batch), now, ran_by=request)
         with self._cond:
             while request.state is _State.WAITING:
                 give_up_at = request.deadline - self.cost.estimate_s(len(batch.requests))
@@ -396,9 +396,14 @@ class DynamicBatcher(Generic[ItemT, ResultT]):
         return True
 
     def _finish(
-        self, batch: _Batch[ItemT, ResultT], outcomes: Sequence[ResultT | BaseException], started: float
+        self,
+        batch: _Batch[ItemT, ResultT],
+        outcomes: Sequence[ResultT | BaseException],
+        started: float,
+        ran_by: _Request[ItemT, ResultT] | None = None,
     ) -> None:
-        """Records the run and hands each member its outcome; the model is free again."""
+        """Records the run and hands each member its outcome; the model is free again. `ran_by`: the request
+        whose caller ran the batch itself, which needs no waking."""
         elapsed_s = time.perf_counter() - started
         with self._cond:
             self._running = None
@@ -410,7 +415,10 @@ class DynamicBatcher(Generic[ItemT, ResultT]):
                 self.cost.record(1, elapsed_s)
             else:
                 self._deliver(batch, outcomes, elapsed_s)
-            self._cond.notify_all()
+            # Nobody else to wake after a lone caller's own batch: the worker has nothing queued to take
+            # and no probe to schedule, so it sleeps on (waking it would cost every such call a thread switch).
+            if self._queue or self._probe_input is not None or any(r is not ran_by for r in batch.requests):
+                self._cond.notify_all()
 
     def _deliver(
         self, batch: _Batch[ItemT, ResultT], outcomes: Sequence[ResultT | BaseException], elapsed_s: float
