@@ -6,7 +6,8 @@ One zero-cost replica (bench/staggering.py --serve-zero-cost, a real gRPC server
 and, in this process, calls paced at 60 per second as the clock makes them, each with an 84x84x4
 observation. Three ways, alternated round by round so that they share the machine's conditions:
 - caller thread: the deciding thread builds the request and hands it to a thread that makes a
-  blocking call (what rtrl/services/env_gateway/replicas.py does);
+  blocking call (what the gateway did for unary Act calls before it asked every replica on a stream:
+  docs/transports.md);
 - future: the deciding thread calls `stub.Act.future(...)`; the reply comes in a done-callback;
 - future + spin: the same with a long-lived Health/Watch stream open on the channel, which keeps the
   channel's completion ("spin") thread alive between calls.
