@@ -415,9 +415,11 @@ class DynamicBatcher(Generic[ItemT, ResultT]):
                 self.cost.record(1, elapsed_s)
             else:
                 self._deliver(batch, outcomes, elapsed_s)
-            # Nobody else to wake after a lone caller's own batch: the worker has nothing queued to take
-            # and no probe to schedule, so it sleeps on (waking it would cost every such call a thread switch).
-            if self._queue or self._probe_input is not None or any(r is not ran_by for r in batch.requests):
+            # Nobody else to wake after a lone caller's own batch while the batcher runs: the worker has
+            # nothing queued to take and no probe to schedule, so it sleeps on (waking it would cost every
+            # such call a thread switch). Once closed, the worker must see that the model is free and stop.
+            others = any(request is not ran_by for request in batch.requests)
+            if others or self._queue or self._probe_input is not None or self._closed:
                 self._cond.notify_all()
 
     def _deliver(

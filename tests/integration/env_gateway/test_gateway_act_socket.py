@@ -198,6 +198,9 @@ def test_the_pool_s_token_opens_a_socket_that_asks_for_it_and_only_that_one(
     outcomes = [send(pool, address, frame_index) for frame_index in range(3)]
 
     assert all(outcome.reply is not None for outcome in outcomes)
-    on_socket = transport == "act socket"
-    assert (servicer.socket_answers, servicer.streams_opened) == ((3, 0) if on_socket else (0, 1))
+    if transport == "act socket":
+        assert (servicer.socket_answers, servicer.streams_opened) == (3, 0)
+    else:
+        # As in the test above, a request may open the second of two ActStreams (closed unused).
+        assert servicer.socket_answers == 0 and servicer.streams_opened in (1, 2)
     assert pool.stats()[0].transport == transport

@@ -285,6 +285,24 @@ def test_a_call_due_at_once_on_an_idle_model_runs_on_its_own_thread_and_batches_
     assert model.threads[1] != "the worker" and model.threads[2] == "the worker"
 
 
+def test_close_while_a_caller_runs_its_own_batch_stops_the_worker_once_the_batch_ends(
+    make_batcher: Callable[..., DynamicBatcher[int, int]], model: RecordingModel
+) -> None:
+    batcher = make_batcher(max_wait_s=0.0, name="the closing worker")
+    calls = Calls(batcher)
+    hold_the_model(batcher, model, calls, item=3)
+    closing = threading.Thread(target=batcher.close, args=(WAIT_BOUND_S,))
+    closing.start()
+    wait_until(lambda: batcher.closed)
+
+    model.gate.set()
+    closing.join(WAIT_BOUND_S)
+
+    assert calls.join() == {3: 30}
+    assert not closing.is_alive()
+    assert "the closing worker" not in [thread.name for thread in threading.enumerate()]
+
+
 # -- deadlines ----------------------------------------------------------------------------------------
 
 
