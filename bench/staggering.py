@@ -262,34 +262,27 @@ def replica_pool(
     started = []
     addresses = []
     for i in range(count):
+        replica_env = {
+            "RTRL_INFERENCE_HOST": "127.0.0.1",
+            "RTRL_INFERENCE_PORT": "0",
+            "RTRL_INFERENCE_DEVICE": "cpu",
+            "RTRL_TORCH_THREADS": "1",
+            # One gateway uses the pool and never has two calls at one replica, so a call never finds
+            # company to batch with: waiting for it (1 ms by default) would only add to every round trip.
+            "RTRL_INFERENCE_MAX_WAIT_MS": "0",
+            **env,
+        }
+        command = ["-m", "rtrl.services.inference"]
         if zero_cost and kind == STUB:
-            way = ["--serve-zero-cost", *([] if zero_cost == ACT_SOCKET else ["--no-act-socket"])]
-            process, log_path = procs.spawn(f"{name}-{i}", [__file__, *way], {})
+            command = [__file__, "--serve-zero-cost", *([] if zero_cost == ACT_SOCKET else ["--no-act-socket"])]
+            replica_env = {}
         elif zero_cost:
-            replica_env = {
-                "RTRL_INFERENCE_HOST": "127.0.0.1",
-                "RTRL_INFERENCE_PORT": "0",
-                "RTRL_TORCH_THREADS": "1",
-                "RTRL_INFERENCE_MAX_WAIT_MS": "0",
-                "RTRL_CHECKPOINT_DIR": str(procs.workdir / f"{name}-checkpoints"),
-                "RTRL_INFERENCE_ACT_SOCKET_PORT": "0" if zero_cost == ACT_SOCKET else "-1",
-            }
-            process, log_path = procs.spawn(f"{name}-{i}", ["bench/replica.py", "--zero-cost"], replica_env)
-        else:
-            replica_env = {
-                "RTRL_INFERENCE_HOST": "127.0.0.1",
-                "RTRL_INFERENCE_PORT": "0",
-                "RTRL_INFERENCE_DEVICE": "cpu",
-                "RTRL_TORCH_THREADS": "1",
-                # One gateway uses the pool and never has two calls at one replica, so a call never finds
-                # company to batch with: waiting for it (1 ms by default) would only add to every round trip.
-                "RTRL_INFERENCE_MAX_WAIT_MS": "0",
-                **env,
-            }
-            command = ["-m", "rtrl.services.inference"]
-            if occupy_ms is not None:
-                command = ["bench/replica.py", "--occupy-ms", f"{occupy_ms:.3f}"]
-            process, log_path = procs.spawn(f"{name}-{i}", command, replica_env)
+            replica_env["RTRL_CHECKPOINT_DIR"] = str(procs.workdir / f"{name}-checkpoints")
+            replica_env["RTRL_INFERENCE_ACT_SOCKET_PORT"] = "0" if zero_cost == ACT_SOCKET else "-1"
+            command = ["bench/replica.py", "--zero-cost"]
+        elif occupy_ms is not None:
+            command = ["bench/replica.py", "--occupy-ms", f"{occupy_ms:.3f}"]
+        process, log_path = procs.spawn(f"{name}-{i}", command, replica_env)
         started.append(process)
         addresses.append(f"127.0.0.1:{wait_for_port(log_path, process)}")
         REPLICA_PIDS[addresses[-1]] = process.pid

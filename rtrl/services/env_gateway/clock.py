@@ -543,6 +543,29 @@ class EpisodeSteps:
         if not ended:
             self._send(sample)
 
+    def _finish_frame(
+        self,
+        frame: int,
+        rgb: np.ndarray,
+        action: int,
+        fresh: bool,
+        closing: _OpenStep | None,
+        terminated: bool,
+        truncated: bool,
+        produced_s: float,
+        wall_ns: int,
+    ) -> None:
+        """What both clocks do last in a tick: close the step this frame ends (`closing`), end the episode
+        if it ended, show the frame, move on to the next."""
+        if closing is not None:
+            self._close_step(closing, terminated, truncated)
+        if terminated or truncated:
+            self._end_episode(frame, terminated, truncated, wall_ns)
+        if self._show_frame is not None:
+            self._show_frame(ViewerFrame(frame, rgb, action, fresh, self.episode, wall_ns))
+        self.frame = frame + 1
+        self.frame_rate.add(produced_s)
+
     def _close_step(self, step: _OpenStep, terminated: bool, truncated: bool) -> None:
         sample = self._samples.pop(step.index)
         record = StepRecord(
@@ -714,14 +737,8 @@ class RealtimeClock(EpisodeSteps):
             deadline_s = self.due_s(config.last_usable_frame(frame, lead)) - DEADLINE_MARGIN_S
             step_due_s = self.due_s(frame + lead) - DEADLINE_MARGIN_S
             self._sample(position // k, frame, rgb, produced_s, wall_ns, deadline_s, ended, step_due_s)
-        if step is not None and (ended or (position - lead + 1) % k == 0):
-            self._close_step(step, terminated, truncated)
-        if ended:
-            self._end_episode(frame, terminated, truncated, wall_ns)
-        if self._show_frame is not None:
-            self._show_frame(ViewerFrame(frame, rgb, action, fresh, self.episode, wall_ns))
-        self.frame = frame + 1
-        self.frame_rate.add(produced_s)
+        closing = step if step is not None and (ended or (position - lead + 1) % k == 0) else None
+        self._finish_frame(frame, rgb, action, fresh, closing, terminated, truncated, produced_s, wall_ns)
         self.tick_cpu_us.add((time.thread_time_ns() - cpu_start_ns) / 1000.0)
 
     def _begin_episode(self, frame: int) -> None:

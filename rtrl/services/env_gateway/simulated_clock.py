@@ -184,14 +184,8 @@ class SimulatedClock(EpisodeSteps):
                 step.applied_unix_ns = wall_ns
         if position % k == 0:
             self._sample(position // k, frame, rgb, produced_s, wall_ns, produced_s + self._reply_timeout_s, ended)
-        if step is not None and (ended or (position - lead + 1) % k == 0):
-            self._close_step(step, terminated, truncated)
-        if ended:
-            self._end_episode(frame, terminated, truncated, wall_ns)
-        if self._show_frame is not None:
-            self._show_frame(ViewerFrame(frame, rgb, action, fresh, self.episode, wall_ns))
-        self.frame = frame + 1
-        self.frame_rate.add(produced_s)
+        closing = step if step is not None and (ended or (position - lead + 1) % k == 0) else None
+        self._finish_frame(frame, rgb, action, fresh, closing, terminated, truncated, produced_s, wall_ns)
         self.tick_cpu_us.add((time.thread_time_ns() - cpu_start_ns) / 1000.0)
 
     def _begin_episode(self, frame: int) -> None:
