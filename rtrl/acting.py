@@ -19,7 +19,7 @@ def epsilon_greedy(values: np.ndarray, epsilon: float, rng: np.random.Generator)
     `explored` says the random branch was taken; its action may still be the greedy one, which the
     log-probability counts (1 - epsilon + epsilon / actions)."""
     count = int(values.shape[0])
-    greedy = int(np.argmax(values))
+    greedy = int(values.argmax())
     explored = epsilon > 0.0 and bool(rng.random() < epsilon)
     action = int(rng.integers(count)) if explored else greedy
     probability = (1.0 - epsilon + epsilon / count) if action == greedy else epsilon / count

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from rtrl.grpc_util import InvalidArgument
@@ -31,13 +33,13 @@ def from_proto(tensor: common_pb2.Tensor, expected_shape: tuple[int, ...] | None
     if dtype is None:
         name = common_pb2.DType.Name(tensor.dtype) if tensor.dtype in common_pb2.DType.values() else tensor.dtype
         raise InvalidArgument(f"observation dtype {name} is not supported; send D_TYPE_UINT8 or D_TYPE_FLOAT32")
-    shape = tuple(int(d) for d in tensor.shape)
+    shape = tuple(tensor.shape)
     if expected_shape is not None and shape != tuple(expected_shape):
         raise InvalidArgument(
             f"observation shape {list(shape)} does not match the model's {list(expected_shape)}; "
             "send observations shaped as the gateway's GetSpec says"
         )
-    size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    size = math.prod(shape) * dtype.itemsize
     if len(tensor.data) != size:
         raise InvalidArgument(
             f"observation data has {len(tensor.data)} bytes but shape {list(shape)} of {dtype} needs {size}"

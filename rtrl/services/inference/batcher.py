@@ -25,6 +25,7 @@ from rtrl.grpc_util; whatever `run_batch` raises or returns as an exception reac
 
 from __future__ import annotations
 
+import bisect
 import logging
 import math
 import threading
@@ -98,22 +99,34 @@ class BatchCostModel:
         self.max_age_s = max_age_s
         self._samples: dict[int, deque[tuple[float, float]]] = {}
         """Per batch size: (perf_counter() when measured, seconds), oldest first."""
+        self._sorted_s: dict[int, list[float]] = {}
+        """Per batch size: the same seconds in ascending order, so that a percentile is one lookup."""
         self._estimates_s: dict[int, float] = {}
         self._trusted_s: dict[int, float] = {}
         self._intercept_s = 0.0
         self._slope_s = 0.0
 
     def record(self, batch_size: int, seconds: float, now: float | None = None) -> None:
+        # Once per batch, on the answer path: only the sizes whose samples changed are estimated again.
         now = time.perf_counter() if now is None else now
-        self._samples.setdefault(batch_size, deque(maxlen=self.window)).append((now, seconds))
-        for size, samples in list(self._samples.items()):
-            while samples and samples[0][0] < now - self.max_age_s:
-                samples.popleft()
-            if not samples:
-                del self._samples[size]
-        # At most max_batch_size sorts of at most `window` floats, once per batch: a few tens of
-        # microseconds, cheaper than numpy on so few values.
-        self._estimates_s = {size: self._percentile_of(samples) for size, samples in self._samples.items()}
+        samples = self._samples.setdefault(batch_size, deque())
+        ordered = self._sorted_s.setdefault(batch_size, [])
+        if len(samples) == self.window:
+            self._forget_oldest(batch_size)
+        samples.append((now, seconds))
+        bisect.insort(ordered, seconds)
+        changed = {batch_size}
+        for size, kept in list(self._samples.items()):
+            while kept and kept[0][0] < now - self.max_age_s:
+                self._forget_oldest(size)
+                changed.add(size)
+        for size in changed:
+            if size not in self._samples:
+                self._estimates_s.pop(size, None)
+                continue
+            ordered = self._sorted_s[size]
+            rank = math.ceil(self.percentile / 100 * len(ordered)) - 1
+            self._estimates_s[size] = ordered[max(rank, 0)]
         self._trusted_s = {
             size: estimate
             for size, estimate in self._estimates_s.items()
@@ -121,10 +134,12 @@ class BatchCostModel:
         }
         self._fit(self._trusted_s or self._estimates_s)
 
-    def _percentile_of(self, samples: deque[tuple[float, float]]) -> float:
-        ordered = sorted(seconds for _, seconds in samples)
-        rank = math.ceil(self.percentile / 100 * len(ordered)) - 1
-        return ordered[max(rank, 0)]
+    def _forget_oldest(self, batch_size: int) -> None:
+        samples, ordered = self._samples[batch_size], self._sorted_s[batch_size]
+        _, seconds = samples.popleft()
+        del ordered[bisect.bisect_left(ordered, seconds)]
+        if not samples:
+            del self._samples[batch_size], self._sorted_s[batch_size]
 
     def _fit(self, points: dict[int, float]) -> None:
         sizes, costs = list(points), list(points.values())
@@ -149,6 +164,7 @@ class BatchCostModel:
     def reset(self) -> None:
         """Forgets every measurement."""
         self._samples.clear()
+        self._sorted_s.clear()
         self._estimates_s = {}
         self._trusted_s = {}
         self._intercept_s = self._slope_s = 0.0

@@ -465,7 +465,7 @@ class Policy:
             return [outcomes[index] for index in range(len(items))]
         started = time.perf_counter()
         # Stacking copies, which also gives torch a writable array (arrays decoded from the wire are read-only).
-        values = self._forward_batch(served, np.stack([items[index].observation for index in rows]))
+        values = self._forward_batch(served, np.array([items[index].observation for index in rows]))
         choices: list[tuple[int, bool, float] | Unavailable]
         if served.config.head == "actor_critic":
             choices = [self._sample_action(values[row], served.checkpoint_version) for row in range(len(rows))]
@@ -481,7 +481,7 @@ class Policy:
             outcomes[index] = _Answer(
                 action=action,
                 behaviour_log_prob=log_prob,
-                action_values=tuple(float(v) for v in values[row]),
+                action_values=tuple(values[row].tolist()),
                 checkpoint_version=served.checkpoint_version,
                 explored=explored,
                 epsilon=served.epsilon,

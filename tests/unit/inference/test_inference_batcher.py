@@ -7,11 +7,14 @@ model to be busy; nothing here asserts how long anything took.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from rtrl.grpc_util import DeadlineTooShort, InvalidArgument, Unavailable
 from rtrl.services.inference.batcher import BatchCostModel, DynamicBatcher
@@ -192,6 +195,36 @@ def test_old_samples_expire_so_a_size_measured_during_a_load_spike_is_retried() 
 
     assert cost.estimate_s(2) == pytest.approx(0.010)
     assert set(cost.measured_sizes()) == {1}
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(1, 4), st.floats(0.0001, 1.0), st.floats(0.0, 20.0)),
+        min_size=1,
+        max_size=60,
+    )
+)
+def test_the_estimates_are_those_of_a_fresh_sort_of_each_sizes_recent_samples(
+    records: list[tuple[int, float, float]],
+) -> None:
+    # The model keeps each size's samples sorted as they come and go; this recomputes every estimate
+    # from scratch after each record: the last `window` samples of the size, none older than max_age_s.
+    cost = BatchCostModel(window=5, percentile=90, min_samples=3, max_age_s=30.0)
+    history: list[tuple[int, float, float]] = []
+    now = 0.0
+    for size, seconds, step in records:
+        now += step
+        cost.record(size, seconds, now=now)
+        history.append((size, seconds, now))
+        expected: dict[int, float] = {}
+        for measured in {s for s, _, _ in history}:
+            recent = [t for s, t, at in history if s == measured][-5:]
+            times = [at for s, _, at in history if s == measured][-5:]
+            recent = [t for t, at in zip(recent, times, strict=True) if at >= now - 30.0]
+            if recent:
+                expected[measured] = sorted(recent)[max(math.ceil(0.9 * len(recent)) - 1, 0)]
+        assert cost.measured_sizes() == expected
 
 
 # -- grouping ------------------------------------------------------------------------------------------
