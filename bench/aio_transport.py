@@ -48,7 +48,10 @@ class AioStream(Transport):
         self._loop = owner.loop
         self._requests: asyncio.Queue[inference_pb2.ActStreamRequest | None] | None = None
         self._early: list[inference_pb2.ActStreamRequest | None] = []
-        asyncio.run_coroutine_threadsafe(self._run(address, on_answer, on_end), self._loop)
+        self._run_args = (address, on_answer, on_end)
+
+    def start(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._run(*self._run_args), self._loop)
 
     def put(self, request: inference_pb2.ActStreamRequest) -> None:
         self._loop.call_soon_threadsafe(self._put_on_loop, request)

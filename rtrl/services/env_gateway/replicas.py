@@ -1,29 +1,10 @@
 """The inference replicas as the gateway sees them: which are in rotation, and each one's transport.
 
 `ReplicaPool` keeps one channel per replica address and sends Act requests where the dispatcher (with
-its scheduler, see scheduler.py) says. `send` never blocks, and each outcome comes through the sender's
-`on_done`. Each replica has one transport (transports/: its act socket when it offers one and the pool
-has no TLS, else ActStream), which carries the requests in order, each with its timeout, and brings
-back the answers in order, each with its error.
-
-Deadlines: the pool checks every `STREAM_DEADLINE_CHECK_S` that no transport's oldest request is past
-its deadline; when one is (a stalled replica), the transport's requests fail with DEADLINE_EXCEEDED,
-it is closed and a new one opened. Transports open off the deciding thread (`_ensure_transport`),
-except when a request finds none.
-
-Warm-up: a replica's first call builds its network (the observation's shape is known only then), which
-can take longer than a decision's deadline. Given the observation's shape, the pool first sends a
-joining replica one unary Act on a blank observation with a generous deadline (`WARM_UP_TIMEOUT_S`),
-on a thread of its own; then it asks whether the replica offers an act socket, opens the transport, and
-puts the replica in rotation. The same happens when a replica comes back after UNAVAILABLE (it may be
-a new process).
-
-Rotation: the pool is told which addresses exist and when each was last seen alive (`set_members`,
-fed by membership.py). A replica leaves the rotation at once when a call fails with UNAVAILABLE, when
-it ends its transport (it died or is shutting down), or when it refuses ActStream (UNIMPLEMENTED: an
-older replica; RESOURCE_EXHAUSTED: it holds as many streams as it has worker threads to spare); it
-comes back only when it is seen alive after that. Replicas whose last call failed otherwise (deadline
-exceeded) within `RECENT_FAILURE_S` stay in rotation but are chosen only when no other replica is idle.
+its scheduler) says; `send` never blocks, and each outcome comes through the sender's `on_done`. Each
+replica has one transport (transports/), which carries its requests and answers in order. The pool
+warms a joining replica up before it enters rotation, takes it out when it goes away or refuses its
+stream, fails the requests of a stalled one at their deadline: docs/dispatch.md#the-replica-pool-replicaspy.
 """
 
 from __future__ import annotations
@@ -53,25 +34,22 @@ from rtrl.v1 import env_gateway_pb2, inference_pb2, inference_pb2_grpc
 
 log = logging.getLogger(__name__)
 
+# A replica whose last call failed this recently is chosen only when no other is idle.
 RECENT_FAILURE_S = 1.0
-# How often a channel whose replica cannot be reached tries to connect again. gRPC's default backs off
-# up to 120 s, so a replica restarted on the same address (docker compose, a pod) could stay unreachable
-# for minutes after it is seen alive again; retrying every second costs nothing against a dead address.
+# How often a channel whose replica cannot be reached tries to connect again (gRPC's default: up to 120 s).
 RECONNECT_BACKOFF_OPTIONS = (
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1000),
 )
-# How often the pool looks for a transport whose oldest request is past its deadline (a stalled replica):
-# such a request fails at most this long after its deadline.
+# How often the pool looks for a transport whose oldest request is past its deadline (a stalled replica).
 STREAM_DEADLINE_CHECK_S = 0.01
 # A replica's answers to ActStream that mean "I will not take this stream".
 STREAM_REFUSALS = (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.RESOURCE_EXHAUSTED)
 # Ends of a transport that mean the replica went away.
 REPLICA_GONE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
 _STATUS_CODES = {code.value[0]: code for code in grpc.StatusCode}
-# Long enough for a replica to build and warm up a large network on a CPU (the 100M-parameter impala_cnn
-# takes seconds); a replica that has not answered by then enters rotation anyway and is judged by its calls.
+# Long enough for a replica to build a large network on a CPU (the 100M-parameter impala_cnn takes seconds).
 WARM_UP_TIMEOUT_S = 10.0
 
 OpenTransport = Callable[[Endpoint, OnAnswer, OnEnd], Transport]
@@ -104,10 +82,9 @@ class _Replica:
     warming_up: bool = False
     """Its warm-up is under way; it is out of rotation until that ends."""
     warm_up_unreachable: bool = False
-    """Its last warm-up call failed with UNAVAILABLE: a dead static address is logged once, not every second."""
+    """Its last warm-up failed with UNAVAILABLE (logged once, not each time it is tried again)."""
     refused_stream: bool = False
-    """It refused its last stream and has answered none since: a full replica is logged once, not every
-    time it is seen alive and tried again."""
+    """It refused its last stream and has answered none since (logged once, likewise)."""
     transport: Transport | None = None
     """None until one opens (after its warm-up, or with the next request)."""
     act_socket: tuple[str, int] | None = None
@@ -133,7 +110,7 @@ class ReplicaPool:
         observation_dtype: npt.DTypeLike = np.uint8,
     ) -> None:
         """`observation_shape` and `observation_dtype` (the gateway's observations): warm every replica up before it
-        enters rotation (see the module docstring); None puts replicas in rotation at once."""
+        enters rotation (docs/dispatch.md); None puts replicas in rotation at once."""
         self._gateway_id = gateway_id
         # TLS, token and message size of every channel to a replica (by default from the RTRL_* environment).
         self._security = security if security is not None else SecuritySettings.from_env()
@@ -189,13 +166,21 @@ class ReplicaPool:
                     warm_up.append(replica)
                 replicas[address] = replica
             self._replicas = replicas
-            warm_up = [replica for replica in warm_up if self._begin_warm_up(replica)]
+            warm_up = [replica for replica in warm_up if self._warm_up_request is not None and not replica.warming_up]
+            for replica in warm_up:
+                replica.warming_up = True
+            threads = [
+                threading.Thread(target=self._warm_up, args=(r,), name=f"rtrl-warm-up {r.address}", daemon=True)
+                for r in warm_up
+            ]
+            if replicas and self._deadline_watch is None:
+                watch = threading.Thread(target=self._watch_deadlines, name="rtrl-act-deadlines", daemon=True)
+                threads.append(watch)
+                self._deadline_watch = watch
         # Started outside the lock: starting a thread can take milliseconds on a busy machine, and the
         # deciding thread's `send` takes the lock.
-        for replica in warm_up:
-            threading.Thread(
-                target=self._warm_up, args=(replica,), name=f"rtrl-warm-up {replica.address}", daemon=True
-            ).start()
+        for thread in threads:
+            thread.start()
         if added or removed:
             log.info(
                 "inference replicas now %s (added %s, removed %s)",
@@ -211,13 +196,6 @@ class ReplicaPool:
         # Closing cancels a removed replica's calls in flight; they complete as failures.
         for replica in removed:
             self._close_replica(replica)
-
-    def _begin_warm_up(self, replica: _Replica) -> bool:
-        """Marks `replica` warming up; False when this pool does not warm up or it already is. Lock held."""
-        if self._warm_up_request is None or replica.warming_up:
-            return False
-        replica.warming_up = True
-        return True
 
     def _close_replica(self, replica: _Replica) -> None:
         with self._lock:
@@ -285,7 +263,7 @@ class ReplicaPool:
         sent_s = self._now_s()
         if deadline_s <= sent_s:
             return False
-        watch = None
+        opened = None
         with self._lock:
             replica = None if self._closed else self._replicas.get(address)
             if replica is None:
@@ -295,12 +273,11 @@ class ReplicaPool:
             transport = replica.transport
             if transport is None:
                 # Rare: transports open after the warm-up and after a stall, off this thread.
-                transport = self._open(replica)
-                watch = self._attach(replica, transport)
+                transport = opened = self._attach_new(replica)
             # Under the lock, so that the requests go out in the order of `pending`.
             self._enqueue(transport, Call(request, sent_s, deadline_s, on_done), sent_s)
-        if watch is not None:
-            watch.start()
+        if opened is not None:
+            opened.start()
         return True
 
     @staticmethod
@@ -311,46 +288,26 @@ class ReplicaPool:
             inference_pb2.ActStreamRequest(request=call.request, timeout_ms=(call.deadline_s - now_s) * 1000.0)
         )
 
-    def _open(self, replica: _Replica) -> Transport:
-        return self.open_transport(
+    def _attach_new(self, replica: _Replica) -> Transport:
+        """A new transport made `replica`'s, for the caller to `start()` once the lock is released (starting
+        a thread can take milliseconds on a busy machine); lock held."""
+        transport = self.open_transport(
             Endpoint(replica.address, replica.stub, replica.act_socket, self._security.token),
             lambda transport, answer: self._on_answer(replica, transport, answer),
             lambda transport, code: self._on_end(replica, transport, code),
         )
+        replica.transport = transport
+        return transport
 
-    def _wants_transport(self, replica: _Replica) -> bool:
-        """`replica` is in the pool, not out of rotation, and has no transport; lock held."""
-        return (
+    def _attach_if_wanted(self, replica: _Replica) -> Transport | None:
+        """`_attach_new` when `replica` is in the pool, not out of rotation, and has no transport; lock held."""
+        wanted = (
             not self._closed
             and self._replicas.get(replica.address) is replica
             and replica.transport is None
             and replica.excluded_since_s is None
         )
-
-    def _ensure_transport(self, replica: _Replica) -> None:
-        """Opens `replica`'s transport if it should have one and has none; its threads start outside the lock."""
-        with self._lock:
-            if not self._wants_transport(replica):
-                return
-        transport = self._open(replica)
-        with self._lock:
-            # One that already ended (an act socket refused at once) is not attached: its end was handled
-            # while it was nobody's, and no request may wait on it.
-            opened = self._wants_transport(replica) and not transport.ended
-            watch = self._attach(replica, transport) if opened else None
-        if not opened:
-            transport.close()  # another thread opened one meanwhile, the replica left, or it ended
-        if watch is not None:
-            watch.start()
-
-    def _attach(self, replica: _Replica, transport: Transport) -> threading.Thread | None:
-        """Makes `transport` the replica's; lock held. Returns the deadline check's thread for the caller to
-        start after the lock when this is the pool's first transport."""
-        replica.transport = transport
-        if self._deadline_watch is not None:
-            return None
-        self._deadline_watch = threading.Thread(target=self._watch_deadlines, name="rtrl-act-deadlines", daemon=True)
-        return self._deadline_watch
+        return self._attach_new(replica) if wanted else None
 
     # -- on the transports' threads -----------------------------------------------------------------
 
@@ -370,8 +327,6 @@ class ReplicaPool:
         """The transport ended: its unanswered requests fail with `code`. One this pool did not close that
         ends unavailable or cancelled means the replica went away, and one refused means it will not take
         this gateway's stream: either way it leaves the rotation now, before a request is lost to it."""
-        with self._lock:
-            transport.ended = True
         if transport.refused:
             self._leave_act_socket(replica, transport)
             return
@@ -395,35 +350,35 @@ class ReplicaPool:
     def _leave_act_socket(self, replica: _Replica, transport: Transport) -> None:
         """`replica`'s act socket could not be used: it gets ActStream until it rejoins, and the requests
         left on the socket go again there (none went out, or none was answered properly)."""
+        stream = None
         with self._lock:
             logged = replica.act_socket is not None
             replica.act_socket = None
             unanswered = self._take_pending(transport)
             if replica.transport is transport:
                 replica.transport = None
+                stream = self._attach_if_wanted(replica)
+            now_s = self._now_s()
+            late = [call for call in unanswered if stream is None or call.deadline_s <= now_s]
+            for call in unanswered:
+                if stream is not None and call.deadline_s > now_s:
+                    self._enqueue(stream, call, now_s)
         if logged:
             log.warning(
                 "inference replica %s offers an act socket that cannot be used (%s); using ActStream instead",
                 replica.address,
                 transport.refused,
             )
-        self._ensure_transport(replica)
-        failed: list[Call] = []
-        with self._lock:
-            stream, now_s = replica.transport, self._now_s()
-            for call in unanswered:
-                if stream is None or call.deadline_s <= now_s:
-                    failed.append(call)
-                else:
-                    self._enqueue(stream, call, now_s)
-        for call in failed:
+        if stream is not None:
+            stream.start()
+        for call in late:
             self._complete(replica, call, None, grpc.StatusCode.DEADLINE_EXCEEDED)
 
     def _watch_deadlines(self) -> None:
         """Fails the requests of every transport whose oldest request is past its deadline, and replaces it."""
         while not self._closing.wait(STREAM_DEADLINE_CHECK_S):
             now_s = self._now_s()
-            overdue: list[tuple[_Replica, Transport, list[Call]]] = []
+            overdue: list[tuple[_Replica, Transport, list[Call], Transport | None]] = []
             with self._lock:
                 if self._closed:
                     return  # the channels are being closed: no transport may open now
@@ -431,12 +386,13 @@ class ReplicaPool:
                     transport = replica.transport
                     if transport is not None and transport.pending and transport.pending[0].deadline_s <= now_s:
                         replica.transport = None
-                        overdue.append((replica, transport, self._take_pending(transport)))
-            for replica, transport, calls in overdue:
+                        # Replaced at once, so that the failures below make the dispatcher send on the new one.
+                        calls = self._take_pending(transport)
+                        overdue.append((replica, transport, calls, self._attach_if_wanted(replica)))
+            for replica, transport, calls, replacement in overdue:
                 transport.close()
-                # Its replacement opens here, before the failures below make the dispatcher send again, so
-                # that the deciding thread finds it open.
-                self._ensure_transport(replica)
+                if replacement is not None:
+                    replacement.start()
                 # The ones behind the oldest waited for a stalled replica: they fail with it.
                 for call in calls:
                     self._complete(replica, call, None, grpc.StatusCode.DEADLINE_EXCEEDED)
@@ -457,11 +413,12 @@ class ReplicaPool:
         if code is None:
             # A pool with TLS never asks: the act socket has none (SECURITY.md).
             offered = None if self._security.tls else act_socket.offered_by(replica.stub, replica.address)
+            # Opened before the replica enters the rotation, so that the first decision's request finds it open.
             with self._lock:
                 replica.act_socket = offered
-            # Opened before the replica enters the rotation, so that the first decision's request finds it
-            # open (and no request opens a second one meanwhile).
-            self._ensure_transport(replica)
+                transport = self._attach_if_wanted(replica)
+            if transport is not None:
+                transport.start()
         now_s = self._now_s()
         took_ms = (now_s - started_s) * 1000.0
         unreachable = code == grpc.StatusCode.UNAVAILABLE
@@ -472,22 +429,19 @@ class ReplicaPool:
             if unreachable:
                 self._exclude(replica, now_s)
         if code is None:
-            log.info("inference replica %s answered its warm-up call in %.0f ms; in rotation", replica.address, took_ms)
+            level, outcome = logging.INFO, f"answered its warm-up call in {took_ms:.0f} ms; in rotation"
         elif unreachable:
-            log.log(
-                logging.INFO if first_unreachable else logging.DEBUG,
-                "inference replica %s is unavailable (%s); out of rotation until it is seen alive and warmed up",
-                replica.address,
-                details,
-            )
+            level = logging.INFO if first_unreachable else logging.DEBUG
+            outcome = f"is unavailable ({details}); out of rotation until it is seen alive and warmed up"
         elif code != grpc.StatusCode.CANCELLED:
-            log.warning(
-                "inference replica %s failed its warm-up call after %.0f ms (%s: %s); in rotation, judged by its calls",
-                replica.address,
-                took_ms,
-                code.name,
-                details,
+            level = logging.WARNING
+            outcome = (
+                f"failed its warm-up call after {took_ms:.0f} ms ({code.name}: {details}); in rotation, judged by "
+                "its calls"
             )
+        else:
+            return  # it left the membership meanwhile
+        log.log(level, "inference replica %s %s", replica.address, outcome)
 
     def _complete(
         self,

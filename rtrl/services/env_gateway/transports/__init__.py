@@ -1,12 +1,15 @@
 """How the gateway's Act requests reach one inference replica: the transport seam.
 
 A transport carries one replica's requests in order and brings their answers back in the same order:
+- the pool builds it (no thread, no call yet), makes it the replica's under the pool's lock, and then
+  calls `start()` outside the lock: so a replica never has two, and the answers and the end of a
+  transport always come after it became the replica's;
 - `put(request)` sends an `ActStreamRequest` (the request and the milliseconds left before its
-  deadline) without waiting, from whichever thread decides;
+  deadline) without waiting, from whichever thread decides, before `start()` too (it is sent then);
 - the transport's own thread calls `on_answer(transport, answer)` with each `ActStreamResponse`, and
   `on_end(transport, code)` once, with how it ended as a gRPC status: UNAVAILABLE when the replica went
   away, CANCELLED after `close()`, DEADLINE_EXCEEDED when the replica accepted but never spoke;
-- `close()` ends it.
+- `close()` ends it, before `start()` too.
 The pool (replicas.py) keeps each transport's unanswered requests in `pending`, under the pool's lock,
 and decides what becomes of them when the transport ends.
 
@@ -67,10 +70,11 @@ class Transport:
     def __init__(self) -> None:
         self.pending: deque[Call] = deque()
         """The requests sent and not answered, oldest first; guarded by the pool's lock."""
-        self.ended = False
-        """Set (under the pool's lock) when it ended: it must not become a replica's transport."""
         self.refused = ""
         """Why it cannot be used at all ("" while it can): the pool then gives the replica ActStream."""
+
+    def start(self) -> None:
+        raise NotImplementedError
 
     def put(self, request: inference_pb2.ActStreamRequest) -> None:
         raise NotImplementedError

@@ -63,8 +63,8 @@ class ActSocket(Transport):
     """One replica's act socket: `put` writes a request from the deciding thread itself, and a thread of
     its own connects, then reads the answers, which come in the order of the requests.
 
-    Connecting happens on the transport's thread,
-    so `put` never waits: the requests put before the handshake are sent when it ends. A socket that
+    Connecting happens on the transport's thread, so `put` never waits: the requests put before the
+    handshake are sent when it ends. A socket that
     cannot be used (no connection within CONNECT_TIMEOUT_S, closed before the hello, or an
     answer that is not the protocol's) ends the stream with `refused` set, and the pool gives the
     replica ActStream instead. A replica that accepts the connection but does not answer the hello is
@@ -86,7 +86,11 @@ class ActSocket(Transport):
         """Requests put before the handshake ended; None once connected."""
         self._connection: socket.socket | None = None
         self._closed = False
-        threading.Thread(target=self._run, args=(on_answer, on_end), name=thread_name, daemon=True).start()
+        self._thread = threading.Thread(target=self._run, args=(on_answer, on_end), name=thread_name, daemon=True)
+
+    def start(self) -> None:
+        """Connects on the transport's own thread, then reads the answers there."""
+        self._thread.start()
 
     def put(self, request: inference_pb2.ActStreamRequest) -> None:
         data = frame(request.SerializeToString())

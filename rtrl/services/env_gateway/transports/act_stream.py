@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import queue
 import threading
+from typing import Any
 
 import grpc
 
@@ -23,19 +24,36 @@ class ActStream(Transport):
         self, stub: inference_pb2_grpc.InferenceServiceStub, on_answer: OnAnswer, on_end: OnEnd, thread_name: str
     ) -> None:
         super().__init__()
+        self._stub = stub
         self._requests: queue.SimpleQueue[inference_pb2.ActStreamRequest | None] = queue.SimpleQueue()
-        self._answers = stub.ActStream(iter(self._requests.get, None))
-        threading.Thread(target=self._read, args=(on_answer, on_end), name=thread_name, daemon=True).start()
+        self._lock = threading.Lock()
+        self._answers: Any = None
+        """The call, once started: an iterator of the answers that can be cancelled."""
+        self._closed = False
+        self._reader = threading.Thread(target=self._read, args=(on_answer, on_end), name=thread_name, daemon=True)
+
+    def start(self) -> None:
+        """Opens the stream (its requests go out as they are put) and its reader."""
+        with self._lock:
+            self._answers = self._stub.ActStream(iter(self._requests.get, None))
+            if self._closed:
+                self._answers.cancel()
+        self._reader.start()
 
     def put(self, request: inference_pb2.ActStreamRequest) -> None:
         self._requests.put(request)
 
     def close(self) -> None:
         """Cancels the stream; its reader ends with CANCELLED."""
+        with self._lock:
+            self._closed = True
+            answers = self._answers
         self._requests.put(None)
-        self._answers.cancel()
+        if answers is not None:
+            answers.cancel()
 
     def _read(self, on_answer: OnAnswer, on_end: OnEnd) -> None:
+        assert self._answers is not None
         try:
             for answer in self._answers:
                 on_answer(self, answer)
