@@ -19,7 +19,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 
@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 DEADLINE_MARGIN_S = 0.002
 # Frames the clock may tick back-to-back to recover from an overrun before it moves its schedule.
 CATCH_UP_LIMIT_FRAMES = 2
-# Recent replies whose arrival staleness gives the mailbox its usual staleness D (see Mailbox above),
+# Recent replies whose arrival staleness gives the mailbox its usual staleness D (docs/clock.md, Mailbox),
 # and how many it needs before D is trusted (until then every reply is due: the newest wins).
 ARRIVAL_WINDOW = 64
 ARRIVAL_MIN = 16
@@ -66,18 +66,9 @@ class ClockConfig:
 
     @classmethod
     def from_settings(cls, settings: GatewaySettings, native_frame_rate_hz: float) -> ClockConfig:
-        return cls(
-            gateway_id=settings.gateway_id,
-            frame_rate_hz=settings.frame_rate_hz or native_frame_rate_hz,
-            decision_interval_frames=settings.decision_interval_frames,
-            lead_frames=settings.lead_frames,
-            max_staleness_frames=settings.max_staleness_frames,
-            fallback_policy=settings.fallback_policy,
-            fallback_action=settings.fallback_action,
-            frame_stack=settings.frame_stack,
-            max_episode_frames=settings.max_episode_frames,
-            seed=settings.seed,
-        )
+        """The settings of the same names; the backend's own frame rate unless RTRL_FRAME_RATE_HZ is set."""
+        named = {field.name: getattr(settings, field.name) for field in fields(cls) if field.name != "frame_rate_hz"}
+        return cls(frame_rate_hz=settings.frame_rate_hz or native_frame_rate_hz, **named)
 
     def last_usable_frame(self, obs_frame: int, lead_frames: int | None = None) -> int:
         """Last frame at which a reply to `obs_frame` can still start a step (obs + S when S = L + k)."""
@@ -150,27 +141,9 @@ class StepRecord:
     transition, so the learner can train on the observation that chose the action."""
 
     def to_transition(self, preprocessor: ObservationPreprocessor) -> Transition:
-        return Transition(
-            gateway_id=self.gateway_id,
-            seq=self.seq,
-            episode=self.episode,
-            step=self.step,
-            obs_frame=self.obs_frame,
-            observation=preprocessor.stack(self.frames),
-            action=self.action,
-            action_count=self.action_count,
-            reward=self.reward,
-            terminated=self.terminated,
-            truncated=self.truncated,
-            fresh=self.fresh,
-            fallback_policy=self.fallback_policy,
-            staleness_frames=self.staleness_frames,
-            policy_version=self.policy_version,
-            behaviour_log_prob=self.behaviour_log_prob,
-            obs_captured_unix_ns=self.obs_captured_unix_ns,
-            action_applied_unix_ns=self.action_applied_unix_ns,
-            action_obs_frame=self.action_obs_frame,
-        )
+        """The transition it becomes: the same fields, with its frames preprocessed into the observation."""
+        kept = {field.name: getattr(self, field.name) for field in fields(self) if field.name != "frames"}
+        return Transition(observation=preprocessor.stack(self.frames), **kept)
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,7 +215,7 @@ class ActionMailbox:
 
     def usual_staleness(self) -> int:
         """D: the median arrival staleness of recent replies plus the jitter reserve, at most S (0: none is
-        held back); see Mailbox above."""
+        held back); docs/clock.md, Mailbox."""
         with self._lock:
             return self._usual_staleness()
 
@@ -294,53 +267,27 @@ class ActionMailbox:
             return len(self._pending)
 
 
+@dataclass(slots=True)
 class _OpenStep:
     """The decision step being executed: its action and what it has collected so far."""
 
-    __slots__ = (
-        "action",
-        "action_obs_frame",
-        "applied_unix_ns",
-        "behaviour_log_prob",
-        "fresh",
-        "index",
-        "policy_version",
-        "reward",
-        "staleness_frames",
-    )
-
-    def __init__(
-        self,
-        index: int,
-        action: int,
-        fresh: bool,
-        staleness_frames: int,
-        policy_version: int,
-        behaviour_log_prob: float,
-        action_obs_frame: int = -1,
-    ) -> None:
-        self.index = index
-        self.action_obs_frame = action_obs_frame
-        self.action = action
-        self.fresh = fresh
-        self.staleness_frames = staleness_frames
-        self.policy_version = policy_version
-        self.behaviour_log_prob = behaviour_log_prob
-        self.reward = 0.0
-        self.applied_unix_ns = 0
+    index: int
+    action: int
+    fresh: bool
+    staleness_frames: int
+    policy_version: int
+    behaviour_log_prob: float
+    action_obs_frame: int = -1
+    reward: float = 0.0
+    applied_unix_ns: int = 0
 
 
 class EpisodeSteps:
     """What both clocks keep the same way: the episode, its decision steps and the counters GetStats reads.
 
     The realtime clock (below) and the simulated clock (simulated_clock.py) differ only in when they
-    produce a frame and where a step's reply comes from; both derive from this class for the rest:
-    the thread that runs ticks (`_run`: a tick, then `_wait_for_next_frame`, where the realtime clock
-    sleeps until the next frame is due), beginning and ending episodes, the fallback policy, opening a
-    step with a reply or the fallback, sampling observations into the frame history, closing a step
-    into a `StepRecord` for `publish`, and the measurements. Each clock's `tick` uses these attributes
-    directly (it is the hot path). Clock thread only: apart from that sleep, nothing here locks or
-    waits (except what `publish` itself does).
+    produce a frame (`tick`, `_wait_for_next_frame`) and where a step's reply comes from. Clock thread
+    only: apart from the realtime clock's sleep, nothing here locks or waits (except `publish` itself).
     """
 
     THREAD_NAME = "rtrl-clock"
@@ -384,7 +331,7 @@ class EpisodeSteps:
         """Index of the next frame to produce (= frames produced so far)."""
         self.episode = -1
         self.lead_frames = lead_frames
-        """L of the current episode (see Lead in the module docstring)."""
+        """L of the current episode (docs/clock.md, Lead)."""
         self._episode_start = 0
         self._needs_reset = True
         self.episode_frames = 0
@@ -434,7 +381,7 @@ class EpisodeSteps:
 
     def _run(self) -> None:
         try:
-            # The first frame anchors the realtime schedule (see the module docstring).
+            # The first frame anchors the realtime schedule (docs/clock.md, Schedule).
             self.tick()
             self.ticking.set()
             while not self._stop.is_set():

@@ -2,27 +2,11 @@
 
 `Dispatcher` (RTRL_INTERACTION=async) holds the newest sample the clock handed over (`submit` only
 replaces it, so the clock never waits) and asks its scheduler (scheduler.py) what to do whenever
-something changes: a new sample, a call ending, or the time the scheduler asked to be woken at.
-It preprocesses a sample once, however many replicas it goes to, and replies go into the clock's
-mailbox from the thread that receives them. A sample replaced before it was sent anywhere counts in
-`requests_not_sent`. With `inline` (for a scheduler that never needs to be woken at a time,
-`Scheduler.inline`: next_idle) there is no dispatcher thread: the thread that brings the change plans
-and sends, the clock's for a new sample, the thread that received a call's answer for a call that
-ended. For the clock that is about 0.2 ms of preprocessing and putting the request on a replica's
-stream, nothing that blocks: if another thread is already planning, that thread plans again for it.
-It saves a thread wake-up on the path from frame to action (0.1 ms typically, milliseconds on a busy
-machine). For a scheduler that `hedges` (next_idle), a small watchdog thread wakes when the newest
-sample's call is overdue (`Scheduler.hedge_after_s`) and has it hedged: sent once more where
-`Scheduler.plan_hedge` says, so a replica that stalls mid-call does not blank the decision.
-A scheduler that `keeps_backlog` (next_idle) has a backlog of one: a sample replaced while every
-replica was busy goes to the next replica that becomes idle once the newest has been sent, if a reply
-can still come before its own step, usual staleness D after it (`Scheduler.backlog_in_time`; see
-clock.py, Mailbox). A replica that answers late (a busy machine) also misses its next turn; without
-the backlog the sample of that turn is never sent. With the mailbox's jitter reserve the backlog's
-reply lands on its own step (in a trace at 8-frame inference with 9 replicas and a one-frame reserve,
-half of the misses left were such unsent samples). Without a reserve it would come after its step,
-when the newer sample's reply has been applied, and waste the replica, so the backlog sample is then
-dropped (counted in `requests_not_sent`).
+something changes: a new sample, a call ending, or the time the scheduler asked to be woken at. It
+preprocesses a sample once, however many replicas it goes to; replies go into the clock's mailbox from
+the thread that receives them. For next_idle there is no dispatcher thread (`inline`: the thread that
+brings the change plans and sends), a watchdog hedges overdue calls, and a sample replaced while every
+replica was busy waits in a backlog of one: docs/dispatch.md specifies all three.
 
 Replicas are reached through an injected object (`ReplicaLink`), so this module does not import grpc.
 The sequential baseline's dispatcher is in sequential.py.
@@ -44,9 +28,7 @@ from rtrl.services.env_gateway.scheduler import NextIdleScheduler, ReplicaView, 
 
 log = logging.getLogger(__name__)
 
-# Inline, with no hedge armed: the hedge watchdog plans to wake when the next sample's hedge is
-# this share due, past that sample's usual answer (a hedge waits 4 mean round trips, or less when the
-# step is near) and before the hedge itself, even if it comes a little sooner than the last (see `_watch`).
+# With no hedge armed, the watchdog wakes when the next sample's hedge is this share due (see `_watch`).
 IDLE_WAKE_HEDGE_SHARE = 0.75
 
 
@@ -223,16 +205,9 @@ class Dispatcher:
                 thread.join()
 
     def _watch(self) -> None:
-        """Inline, for a scheduler that hedges: waits for the newest sample's call to be overdue, then has it hedged.
-
-        It is woken only by time and by a hedge armed earlier than it planned to wake, not by every
-        sample and reply: those come while a call is on its way, and a wake-up then competes with the
-        call for the CPU. Measured with a zero-cost replica (60 decisions/s, 2 cores), waking on every
-        change made the decision overhead p50 0.1-0.2 ms longer. With no hedge armed it plans to wake
-        when the next sample's hedge is `IDLE_WAKE_HEDGE_SHARE` due (predicted from the last one): after
-        that sample's call has usually been answered, and before its hedge is due. A hedge due before
-        the planned wake is armed with a notify.
-        """
+        """Inline, for a scheduler that hedges: waits for the newest sample's call to be overdue, then has it
+        hedged. Woken only by time and by a hedge armed before it planned to wake, never by every sample
+        and reply, which would compete with the call for the CPU (docs/dispatch.md, hedging)."""
         while True:
             with self._changed:
                 while not self._stopping:

@@ -1,64 +1,12 @@
 """When the gateway sends an observation to inference, and to which replica (RTRL_SCHEDULER).
 
-The dispatcher thread holds the newest observation sample and asks a `Scheduler` what to do whenever
-something changes (a new sample, a call ending, a due time passing): `plan(...)` names the replica to
-send the newest sample to now, or says when to ask again. Three policies:
-
-- `next_idle`: the newest sample goes to the next idle replica in round-robin order as soon as there
-  is one: when the sample is taken, or when a call ends while it is still unsent and a reply could
-  still come in time (its deadline is at least the mean round trip away). One call per sample (a
-  hedge aside, below); a sample replaced while every replica was busy waits in the dispatcher's backlog
-  of one for the next replica to finish (dispatcher.py), or is not sent. With a decision every frame
-  this staggers the replicas by itself, on the frame grid, with no estimate of T.
-  A call still unanswered after `HEDGE_AFTER_MEANS` mean round trips is hedged: its sample goes once
-  more, to another idle replica that has not failed recently, so a replica that stalls mid-call
-  (a GC pause, a slow disk, a stopped process) costs a few milliseconds instead of the decision. When
-  the step the reply is meant for comes sooner, the hedge goes early enough for a second answer to
-  make it 9 times in 10 (the recent 90th-percentile round trip before the step), but never before the
-  call is `HEDGE_LATE_MEANS` means old.
-  Whichever reply comes first is used; the other counts as superseded, and the call as resent.
-- `max_time` (Riemer et al. 2024, Algorithm 1): T is the longest round trip, so that every replica
-  has answered by its next turn. Calls are spaced T/N apart in a fixed rotation of the N usable
-  replicas, so each replica is called once every T and, together, they deliver one action every T/N.
-  When a call slower than T ends, T becomes its duration and the next call is pushed back to T/N
-  after the last one: the paper's shift of the other replicas, which keeps the spacing even. Every
-  call carries the newest sample, even one already sent to another replica: the paper's workers
-  always act on the latest state, and with T/N shorter than a decision interval that repetition is
-  what keeps an arrival in every interval.
-  Where this departs from the paper: T is the longest of the last `MAX_TIME_WINDOW` counted round
-  trips once the `MAX_TIME_OUTLIERS` longest of them are set aside (about their 95th percentile),
-  not the longest ever seen. With the paper's rule T only grows: one call slowed by the machine (a
-  garbage collection, a busy core, the learner's checkpoint) fixes the spacing at that call's
-  duration for the rest of the run, and once T/N exceeds a frame, coverage falls for good (the
-  benchmark measured T at 4x t_infer and coverage at 50% with one replica fast enough for every
-  frame). The window keeps the rule "wait as long as the slow calls take" while letting a spike age
-  out after about `MAX_TIME_WINDOW` calls; setting the outliers aside keeps one spike from stretching
-  the spacing even for that long. A call that outlasts T finds its replica busy at its turn, which
-  the rotation already handles (the next idle replica takes the turn).
-- `mean_time` (the paper's appendix): as max_time, with T an exponentially weighted running mean of
-  the round trips. Fewer replicas reach full coverage, but a call longer than the mean finds its
-  replica's next turn while it is still busy.
-
-The default is `next_idle`. In the benchmark (bench/staggering.py, docs/staggering-benchmark.md) it
-reaches the highest coverage at N = ceil(t_infer/t_frame) + 1 with the lowest staleness, and keeps it
-on a loaded machine: it sends each observation the moment its frame is produced (measured 0.3 ms
-after the frame at the median), while the staggering schedulers send on their own time grid, so the
-observation they send is on average half a frame old (8 ms) and their replies land at any phase of
-the frame; and it needs no estimate of T, so a slow call costs its own decision, not the spacing of
-the calls after it. max_time and mean_time are there to reproduce the paper and compare with it.
-
-A replica still busy at its turn is passed over for the next idle one in the rotation
-(`turns_passed`); when none is idle the call waits for the first replica to become idle
-(`slots_waited`). Each replica's first round trip is not counted in T: it includes building or
-loading the model and warming up, and under max_time one such outlier would slow every later call.
-Until a round trip has been measured the staggering schedulers keep one call in flight at a time.
-
-What a policy does beyond `plan` is said by hooks of `Scheduler`, which the dispatcher and the gateway
-call without knowing the policy: `inline` (plan on the thread that brings a change, dispatcher.py),
-`keeps_backlog` and `backlog_in_time` (a sample replaced before it was sent), `hedges`, `hedge_after_s`
-and `plan_hedge` (an overdue call sent again), and `lead_frames` (an episode's lead, clock.py). The base
-class answers each with "no" (or "keep the configured lead"); `SCHEDULERS` is the one list of policies by
-name, which the settings, `rtrl up --scheduler` and bench/staggering.py take their names from.
+The dispatcher holds the newest observation sample and asks a `Scheduler` what to do whenever something
+changes (a new sample, a call ending, a due time passing): `plan(...)` names the replica to send the
+newest sample to now, or says when to ask again. Three policies, specified in docs/dispatch.md:
+`next_idle` (the default: the next idle replica, at once, with hedging), and the paper's `max_time`
+(Algorithm 1, T from a recent window) and `mean_time` (its appendix), which space calls T/N apart.
+What a policy does beyond `plan` is said by the hooks of `Scheduler`; `SCHEDULERS` is the one list of
+policies by name.
 
 Not thread-safe: the dispatcher calls a scheduler from its own thread only. No grpc here, and time is
 passed in, so that tests can drive it with made-up times.
@@ -72,32 +20,24 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
-# Weight of the newest round trip in mean_time's running mean: follows a change of load within a few
-# dozen calls, and one slow call moves T by a tenth of its excess only.
+# The constants' reasons and the measurements behind them: docs/dispatch.md#the-schedulers-schedulerpy-rtrl_scheduler.
+# Weight of the newest round trip in a running mean (mean_time's T, next_idle's mean).
 MEAN_WEIGHT = 0.1
 # How often to ask again while no replica is known: membership changes do not wake the dispatcher.
 NO_REPLICA_RETRY_S = 0.05
-# Round trips of a replica that are not counted in T (see the module docstring).
+# Round trips of a replica that are not counted in T: its first includes building the model.
 WARMUP_REPLIES = 1
-# next_idle hedging: a call unanswered after this many mean round trips (and at least HEDGE_MIN_S) is
-# sent again to another idle replica. A healthy call's tail under load is a few means (p99 about 5x
-# the mean on a loaded 2-core machine), so this hedges a few percent of calls at most; a stalled
-# replica (a GC pause, a slow disk, SIGSTOP) is answered for by another within a frame or so.
+# next_idle hedges a call unanswered after this many mean round trips (and at least HEDGE_MIN_S) ...
 HEDGE_AFTER_MEANS = 4.0
-# ... or sooner, when a second replica's answer would otherwise miss the step the reply is meant for, but
-# never before the call has taken this many mean round trips (sooner, normal jitter would be hedged).
-# With the default lead of 2 frames and 8 ms round trips, 4 means (32 ms) left a stalled replica's step
-# without an action: the second answer came after it started.
-HEDGE_LATE_MEANS = 1.5
 HEDGE_MIN_S = 0.004
-# "In time for the step" allows the second call this quantile of the last HEDGE_TAIL_WINDOW round trips.
-# One mean was a coin toss on a loaded machine: a trace showed a hedge sent 7 ms before the step (the
-# mean then 6 ms) answered 4 ms after it, and the stalled replica's decision was lost anyway.
+# ... or sooner, when a second answer as slow as this quantile of the last HEDGE_TAIL_WINDOW round trips
+# would otherwise miss the step, but never before the call is HEDGE_LATE_MEANS means old.
 HEDGE_TAIL_QUANTILE = 0.9
 HEDGE_TAIL_WINDOW = 64
-# max_time: T is the longest of this many recent counted round trips ... (see the module docstring)
+HEDGE_LATE_MEANS = 1.5
+# max_time: T is the longest of this many recent counted round trips, once this many of the longest
+# are set aside as outliers (3 of 64: about the 95th percentile).
 MAX_TIME_WINDOW = 64
-# ... once this many of the longest are set aside as outliers (3 of 64: about the 95th percentile).
 MAX_TIME_OUTLIERS = 3
 
 
@@ -124,13 +64,8 @@ class SampleView:
     """It has not been sent to any replica yet."""
 
     def worth_sending(self, now_s: float, round_trip_s: float) -> bool:
-        """Whether a reply can still come in time if a call takes `round_trip_s`.
-
-        When the round trip is longer than even a fresh sample's whole budget, the estimate cannot tell
-        samples apart (it may be an outlier, or S may be too small): then every sample before its
-        deadline is worth a call, so that a wrong estimate never stops all calls, and with them the
-        measurements that would correct it. The replica refuses what it cannot answer in time.
-        """
+        """Whether a reply can still come in time if a call takes `round_trip_s`; any sample before its
+        deadline when the round trip exceeds even a fresh sample's budget (docs/dispatch.md, shared rules)."""
         if self.deadline_s <= now_s:
             return False
         if round_trip_s >= self.deadline_s - self.produced_s:
@@ -162,7 +97,7 @@ class Plan:
 
 def next_in_rotation(replicas: Sequence[ReplicaView], after: str | None) -> ReplicaView | None:
     """The first idle replica in the rotation that starts after `after`; one that failed recently only
-    when no other is idle, so a replica that hangs or refuses costs an occasional call, not every other."""
+    when no other is idle."""
     count = len(replicas)
     start = 0
     if after is not None:
@@ -188,14 +123,12 @@ class Scheduler:
     name: ClassVar[str]
     """What RTRL_SCHEDULER calls it (its key in `SCHEDULERS`)."""
     inline: ClassVar[bool] = False
-    """It plans only when a sample comes or a call ends, never at a time of its own (`Plan.wake_at_s`), so
-    the dispatcher may plan on the thread that brings the change instead of waking its own (dispatcher.py)."""
+    """It never asks to be woken at a time (`Plan.wake_at_s`): the dispatcher may plan on the thread that
+    brings a change instead of its own."""
     keeps_backlog: ClassVar[bool] = False
-    """A sample replaced before it was sent anywhere waits for the next idle replica, if `backlog_in_time`
-    (dispatcher.py); otherwise it is not sent."""
+    """A sample replaced before it was sent waits for the next idle replica while `backlog_in_time`."""
     hedges: ClassVar[bool] = False
-    """An overdue call (`hedge_after_s`) is sent once more, where `plan_hedge` says; the dispatcher watches
-    for overdue calls only for such a policy, and only inline."""
+    """An overdue call (`hedge_after_s`) is sent once more, where `plan_hedge` says (inline only)."""
 
     def __init__(self) -> None:
         self._last_address: str | None = None
@@ -282,17 +215,12 @@ class NextIdleScheduler(Scheduler):
         return Plan(send_to=chosen.address if chosen is not None else None)
 
     def lead_frames(self, lead: LeadView) -> int | None:
-        """The configured L, or the usual staleness D when replies take longer (so the first D frames of an
-        episode, which no reply can reach, are lead, not decisions, and the observation recorded with a
-        step is the one its action was computed from), but at most S - k, so that a reply that misses its
-        step can still serve the next one."""
+        """The configured L, or the usual staleness D when replies take longer, at most S - k."""
         return max(lead.configured_frames, min(lead.usual_staleness_frames, lead.room_frames))
 
     def hedge_after_s(self, time_left_s: float = math.inf) -> float | None:
-        """How long a call may stay unanswered before its sample goes to a second replica (None: not yet
-        known, before the first counted round trip): `HEDGE_AFTER_MEANS` mean round trips, but early
-        enough that the second replica's answer usually still comes within `time_left_s` (the time to
-        the step the reply is meant for), as long as the call is already `HEDGE_LATE_MEANS` means late."""
+        """`HEDGE_AFTER_MEANS` mean round trips, or sooner so that a second answer still comes within
+        `time_left_s` (to the step), but not before `HEDGE_LATE_MEANS` means; None before the first round trip."""
         if self._mean_s == 0.0:
             return None
         mean_s = self._mean_s
@@ -330,7 +258,7 @@ class NextIdleScheduler(Scheduler):
 
 
 class StaggeredScheduler(Scheduler):
-    """Calls spaced T/N apart in a fixed rotation (see the module docstring); T comes from the subclass."""
+    """Calls spaced T/N apart in a fixed rotation (docs/dispatch.md); T comes from the subclass."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -375,9 +303,7 @@ class StaggeredScheduler(Scheduler):
         self._replica_count = replica_count
         spacing_s = self.spacing_s(replica_count)
         due_s = self._next_call_s
-        # Keep to the grid while nearly on time, so that wake-up jitter does not accumulate; a call later
-        # than half a spacing (it waited for an idle replica, or for a sample) starts the grid again from
-        # now rather than being followed by a call that makes up for lost time.
+        # On the grid while nearly on time; a call later than half a spacing starts it again from now.
         base_s = due_s if due_s is not None and now_s - due_s < spacing_s / 2 else now_s
         self._next_call_s = base_s + spacing_s
         self._last_call_s = now_s
@@ -399,7 +325,7 @@ class StaggeredScheduler(Scheduler):
 
 
 class MaxTimeScheduler(StaggeredScheduler):
-    """Algorithm 1: T is the longest recent counted round trip, outliers aside (see the module docstring).
+    """Algorithm 1: T is the longest recent counted round trip, outliers aside (docs/dispatch.md).
 
     `window=None, outliers=0` is the paper's rule as published: the longest round trip ever counted.
     """
