@@ -1,7 +1,7 @@
 """Live membership with real processes: slow inference replicas join a running gateway one by one and
 one is SIGKILLed; the gateway finds them through the registry in a real Redis, without restarting.
 
-Replicas are real replica processes (tests/slow_replica.py: the production server with a policy whose
+Replicas are real replica processes (bench/replica.py --occupy-ms: the production server with a policy whose
 every forward pass lasts at least `FORWARD_MS`, 2.4 frames at 60 fps), and the gateway decides every
 frame (k = 1): one replica can act on about a third of the frames, three replicas on all of them.
 """
@@ -65,12 +65,10 @@ def start_replica_process(
             "RTRL_INFERENCE_DEVICE": "cpu",
             "RTRL_REDIS_URL": local_redis.url,
             "RTRL_REPLICA_REGISTRY": registry_key,
-            # The script's folder (tests/) comes first on its path; rtrl is found as `-m` would find it.
-            "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]),
         }
         with open(log_path, "wb") as log_file:
             process = subprocess.Popen(
-                [sys.executable, str(REPO_ROOT / "tests" / "slow_replica.py"), str(FORWARD_MS)],
+                [sys.executable, str(REPO_ROOT / "bench" / "replica.py"), "--occupy-ms", str(FORWARD_MS)],
                 cwd=REPO_ROOT,
                 env=env,
                 stdout=log_file,

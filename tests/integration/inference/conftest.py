@@ -9,7 +9,7 @@ from typing import Any
 import grpc
 import pytest
 import torch
-from inference_doubles import SlowPolicy
+from inference_doubles import bench_policy_factory
 
 from rtrl.checkpoints import Checkpoint, CheckpointStore
 from rtrl.models import ModelConfig, build_model
@@ -55,7 +55,7 @@ def publish(checkpoint_dir: Path) -> Callable[..., Checkpoint]:
 def make_server(checkpoint_dir: Path) -> Iterator[Callable[..., InferenceServer]]:
     """Creates (not starts) replicas bound to a free port; stops them after the test.
 
-    `forward_ms` makes every forward pass last at least that long (a SlowPolicy): a replica busy with a
+    `forward_ms` makes every forward pass last at least that long (the benchmark's BenchPolicy): a replica busy with a
     bigger model."""
     servers: list[InferenceServer] = []
 
@@ -73,7 +73,9 @@ def make_server(checkpoint_dir: Path) -> Iterator[Callable[..., InferenceServer]
                 **overrides,
             }
         )
-        server, port = create_server(settings, SlowPolicy.factory(forward_ms) if forward_ms else Policy.from_settings)
+        server, port = create_server(
+            settings, bench_policy_factory(forward_ms, zero_cost=False) if forward_ms else Policy.from_settings
+        )
         assert port > 0
         servers.append(server)
         return server

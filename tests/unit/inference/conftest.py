@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 import torch
-from inference_doubles import SlowPolicy
+from inference_doubles import BenchPolicy
 
 from rtrl.checkpoints import Checkpoint, CheckpointStore
 from rtrl.models import ActorCritic, ModelConfig, build_model
@@ -80,16 +80,16 @@ def publish(checkpoint_dir: Path) -> Publish:
 def make_policy(checkpoint_dir: Path) -> Iterator[Callable[..., Policy]]:
     """Builds policies on the test's checkpoint directory and closes them (watcher, batcher) afterwards.
 
-    `forward_ms` makes every forward pass last at least that long (a SlowPolicy): a replica busy with a
+    `forward_ms` makes every forward pass last at least that long (the benchmark's BenchPolicy): a replica busy with a
     bigger model."""
     policies: list[Policy] = []
 
     def _make(*, forward_ms: float = 0.0, **kwargs: Any) -> Policy:
         kwargs.setdefault("replica_id", "replica-under-test")
         kwargs.setdefault("poll_interval_s", 0.02)
-        policy = SlowPolicy(checkpoint_dir, **kwargs) if forward_ms else Policy(checkpoint_dir, **kwargs)
-        if isinstance(policy, SlowPolicy):
-            policy.forward_s = forward_ms / 1000.0
+        policy = BenchPolicy(checkpoint_dir, **kwargs) if forward_ms else Policy(checkpoint_dir, **kwargs)
+        if isinstance(policy, BenchPolicy):
+            policy.occupy_s = forward_ms / 1000.0
         policies.append(policy)
         return policy
 
