@@ -101,38 +101,24 @@ class BatchCostModel:
         """Per batch size: (perf_counter() when measured, seconds), oldest first."""
         self._sorted_s: dict[int, list[float]] = {}
         """Per batch size: the same seconds in ascending order, so that a percentile is one lookup."""
+        self._line: tuple[float, float, dict[int, float]] | None = None
+        """(intercept, slope, the trusted sizes' estimates), fitted when first needed after a change."""
         self._estimates_s: dict[int, float] = {}
-        self._trusted_s: dict[int, float] = {}
-        self._intercept_s = 0.0
-        self._slope_s = 0.0
+        """Estimates given since the last change: a call asks for the same few several times."""
 
     def record(self, batch_size: int, seconds: float, now: float | None = None) -> None:
-        # Once per batch, on the answer path: only the sizes whose samples changed are estimated again.
+        # Once per batch, on the answer path: it only files the sample; estimates are read when asked for.
         now = time.perf_counter() if now is None else now
         samples = self._samples.setdefault(batch_size, deque())
-        ordered = self._sorted_s.setdefault(batch_size, [])
         if len(samples) == self.window:
             self._forget_oldest(batch_size)
         samples.append((now, seconds))
-        bisect.insort(ordered, seconds)
-        changed = {batch_size}
+        bisect.insort(self._sorted_s.setdefault(batch_size, []), seconds)
         for size, kept in list(self._samples.items()):
             while kept and kept[0][0] < now - self.max_age_s:
                 self._forget_oldest(size)
-                changed.add(size)
-        for size in changed:
-            if size not in self._samples:
-                self._estimates_s.pop(size, None)
-                continue
-            ordered = self._sorted_s[size]
-            rank = math.ceil(self.percentile / 100 * len(ordered)) - 1
-            self._estimates_s[size] = ordered[max(rank, 0)]
-        self._trusted_s = {
-            size: estimate
-            for size, estimate in self._estimates_s.items()
-            if len(self._samples[size]) >= self.min_samples
-        }
-        self._fit(self._trusted_s or self._estimates_s)
+        self._line = None
+        self._estimates_s.clear()
 
     def _forget_oldest(self, batch_size: int) -> None:
         samples, ordered = self._samples[batch_size], self._sorted_s[batch_size]
@@ -141,7 +127,15 @@ class BatchCostModel:
         if not samples:
             del self._samples[batch_size], self._sorted_s[batch_size]
 
-    def _fit(self, points: dict[int, float]) -> None:
+    def _percentile_s(self, batch_size: int) -> float:
+        ordered = self._sorted_s[batch_size]
+        return ordered[max(math.ceil(self.percentile / 100 * len(ordered)) - 1, 0)]
+
+    def _fit(self) -> tuple[float, float, dict[int, float]]:
+        trusted = {
+            size: self._percentile_s(size) for size, kept in self._samples.items() if len(kept) >= self.min_samples
+        }
+        points = trusted or self.measured_sizes()
         sizes, costs = list(points), list(points.values())
         mean_n, mean_cost = sum(sizes) / len(sizes), sum(costs) / len(costs)
         spread = sum((n - mean_n) ** 2 for n in sizes)
@@ -149,29 +143,37 @@ class BatchCostModel:
         if spread > 0:
             slope = sum((n - mean_n) * (c - mean_cost) for n, c in zip(sizes, costs, strict=True)) / spread
         # Measurement noise can tilt the line downwards; a bigger batch is never assumed cheaper.
-        self._slope_s = max(slope, 0.0)
-        self._intercept_s = max(mean_cost - self._slope_s * mean_n, 0.0)
+        slope = max(slope, 0.0)
+        return max(mean_cost - slope * mean_n, 0.0), slope, trusted
 
     def estimate_s(self, batch_size: int) -> float:
-        trusted = self._trusted_s.get(batch_size)
-        if trusted is not None:
-            return trusted
-        if not self._estimates_s:
+        estimate = self._estimates_s.get(batch_size)
+        if estimate is None:
+            estimate = self._estimates_s[batch_size] = self._estimate_s(batch_size)
+        return estimate
+
+    def _estimate_s(self, batch_size: int) -> float:
+        samples = self._samples.get(batch_size)
+        if samples is not None and len(samples) >= self.min_samples:
+            return self._percentile_s(batch_size)
+        if not self._samples:
             return 0.0
-        floor = max((cost for n, cost in self._trusted_s.items() if n < batch_size), default=0.0)
-        return max(self._intercept_s + self._slope_s * batch_size, floor)
+        if self._line is None:
+            self._line = self._fit()
+        intercept_s, slope_s, trusted = self._line
+        floor = max((cost for n, cost in trusted.items() if n < batch_size), default=0.0)
+        return max(intercept_s + slope_s * batch_size, floor)
 
     def reset(self) -> None:
         """Forgets every measurement."""
         self._samples.clear()
         self._sorted_s.clear()
-        self._estimates_s = {}
-        self._trusted_s = {}
-        self._intercept_s = self._slope_s = 0.0
+        self._line = None
+        self._estimates_s.clear()
 
     def measured_sizes(self) -> dict[int, float]:
         """The 90th percentile of every batch size with recent measurements, in seconds."""
-        return dict(self._estimates_s)
+        return {size: self._percentile_s(size) for size in self._samples}
 
 
 class _State(Enum):
