@@ -27,10 +27,9 @@ import numpy as np
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from rtrl.config import SettingsError  # noqa: E402
-from rtrl.cpus import apply_cpus_from_env  # noqa: E402
+from rtrl.services.inference.__main__ import main as inference_main  # noqa: E402
 from rtrl.services.inference.policy import Policy, ServedModel  # noqa: E402
-from rtrl.services.inference.server import PolicyFactory, serve  # noqa: E402
+from rtrl.services.inference.server import PolicyFactory  # noqa: E402
 from rtrl.services.inference.settings import InferenceSettings  # noqa: E402
 
 
@@ -60,6 +59,8 @@ def bench_policy_factory(occupy_ms: float, zero_cost: bool) -> PolicyFactory:
         # Set before the first call: only calls run the forward pass.
         policy.occupy_s = occupy_ms / 1000.0
         policy.zero_cost = zero_cost
+        cost = "zero-cost policy" if zero_cost else f"forward passes hold it at least {occupy_ms:.1f} ms"
+        logging.getLogger(__name__).info("benchmark replica: %s", cost)
         return policy
 
     return build
@@ -78,24 +79,8 @@ def main() -> int:
     args = parser.parse_args()
     if args.occupy_ms < 0:
         parser.error(f"--occupy-ms is {args.occupy_ms}; give 0 or more milliseconds")
-    # As `python -m rtrl.services.inference` (rtrl/services/inference/__main__.py) does.
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        apply_cpus_from_env()
-        settings = InferenceSettings.from_env()
-    except SettingsError as e:
-        print(f"bench replica: {e}", file=sys.stderr)
-        return 2
-    logging.getLogger(__name__).info(
-        "benchmark replica: %s",
-        "zero-cost policy" if args.zero_cost else f"forward passes hold it at least {args.occupy_ms:.1f} ms",
-    )
-    try:
-        serve(settings, bench_policy_factory(args.occupy_ms, args.zero_cost))
-    except OSError as e:
-        print(f"bench replica: {e}", file=sys.stderr)
-        return 1
-    return 0
+    # The production entry point (logging, CPUs, settings, errors), with this policy.
+    return inference_main(bench_policy_factory(args.occupy_ms, args.zero_cost), "bench replica")
 
 
 if __name__ == "__main__":
