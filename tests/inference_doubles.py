@@ -7,12 +7,11 @@ Importable from any test module: pytest puts tests/ on sys.path for tests/confte
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 
 import grpc
+from file_modules import load_file
 
 from rtrl.v1 import inference_pb2, inference_pb2_grpc
 
@@ -20,15 +19,7 @@ BENCH_REPLICA = Path(__file__).resolve().parents[1] / "bench" / "replica.py"
 """The benchmark replica: `python bench/replica.py --occupy-ms X` serves the real server with a slow policy."""
 
 
-def _load_bench_replica() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_replica", BENCH_REPLICA)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_bench_replica = _load_bench_replica()
+_bench_replica = load_file("bench_replica", BENCH_REPLICA)
 BenchPolicy = _bench_replica.BenchPolicy
 bench_policy_factory = _bench_replica.bench_policy_factory
 

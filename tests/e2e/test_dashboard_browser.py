@@ -11,7 +11,6 @@ A full-page screenshot is kept in artifacts/dashboard/ (docs/dashboard.png, show
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import socket
@@ -30,6 +29,7 @@ import cv2
 import grpc
 import numpy as np
 import pytest
+from file_modules import load_file
 
 from rtrl.grpc_util import health_status
 from rtrl.local_redis import free_port
@@ -177,10 +177,7 @@ def recordings_page(tmp_path_factory) -> Iterator[dict[str, Any]]:
 def counter_page(tmp_path_factory) -> Iterator[dict[str, str]]:
     """A dashboard of a gateway on the test ROM whose profile pays for holding A (tests/fixtures/gbrom)."""
     path = Path(__file__).resolve().parents[1] / "fixtures" / "gbrom" / "counter_gateway.py"
-    spec = importlib.util.spec_from_file_location("counter_gateway", path)
-    assert spec is not None and spec.loader is not None
-    fixture = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(fixture)
+    fixture = load_file("counter_gateway", path)
     with fixture.watched_counter_gateway(tmp_path_factory.mktemp("counter")) as addresses:
         yield addresses
 

@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
+from file_modules import github_anchor
 
 ROOT = Path(__file__).resolve().parents[2]
 FENCED = re.compile(r"^```.*?^```", re.S | re.M)
@@ -22,18 +23,17 @@ def markdown_files() -> list[Path]:
     )
 
 
-def anchor(heading: str) -> str:
-    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
-
-
 def anchors(path: Path) -> set[str]:
     text = FENCED.sub("", path.read_text())
-    return {anchor(line.lstrip("#")) for line in text.splitlines() if line.startswith("#")}
+    return {github_anchor(line.lstrip("#")) for line in text.splitlines() if line.startswith("#")}
 
 
 def test_the_anchor_rule_is_github_s() -> None:
-    assert anchor(" The schedulers (`scheduler.py`, `RTRL_SCHEDULER`)") == "the-schedulers-schedulerpy-rtrl_scheduler"
-    assert anchor(" a scheduler (when observations go to which replica)") == (
+    assert (
+        github_anchor(" The schedulers (`scheduler.py`, `RTRL_SCHEDULER`)")
+        == "the-schedulers-schedulerpy-rtrl_scheduler"
+    )
+    assert github_anchor(" a scheduler (when observations go to which replica)") == (
         "a-scheduler-when-observations-go-to-which-replica"
     )
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from file_modules import github_anchor
 
 from rtrl.cli import main
 from rtrl.config import SettingsError
@@ -322,17 +323,11 @@ def test_docs_settings_md_is_what_the_tables_say() -> None:
     assert committed == settings_doc(), "docs/settings.md is out of date: run scripts/gen-settings-doc and commit it"
 
 
-def _github_anchor(heading: str) -> str:
-    """The anchor GitHub gives a heading: lower case, punctuation dropped (hyphens and underscores kept),
-    spaces to hyphens."""
-    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
-
-
 def test_service_readmes_link_to_docs_settings_md_instead_of_repeating_it() -> None:
     """Each service's README points at its section of docs/settings.md (anchors that exist there) rather than
     keeping a table of RTRL_* variables of its own, which would drift from the settings tables."""
     headings = re.findall(r"^#+ (.+)$", (ROOT / "docs" / "settings.md").read_text(), flags=re.MULTILINE)
-    anchors = {_github_anchor(heading) for heading in headings}
+    anchors = {github_anchor(heading) for heading in headings}
     for service in ("env_gateway", "inference", "learner", "dashboard"):
         readme = ROOT / "rtrl" / "services" / service / "README.md"
         text = readme.read_text()

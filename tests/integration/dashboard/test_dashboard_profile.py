@@ -3,34 +3,25 @@ the variables and reward terms GetStats reports reach /api/state, update, and ag
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import grpc
 import pytest
+from file_modules import load_file
 
 from rtrl.v1 import env_gateway_pb2, env_gateway_pb2_grpc
 
 FIXTURE = Path(__file__).resolve().parents[2] / "fixtures" / "gbrom" / "counter_gateway.py"
 
 
-def load_fixture() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("counter_gateway", FIXTURE)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture
 def watched(tmp_path: Path) -> Iterator[dict[str, str]]:
-    with load_fixture().watched_counter_gateway(tmp_path) as addresses:
+    with load_file("counter_gateway", FIXTURE).watched_counter_gateway(tmp_path) as addresses:
         yield addresses
 
 

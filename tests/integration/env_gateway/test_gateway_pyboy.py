@@ -8,7 +8,6 @@ assembler beside it, so no copyrighted ROM is involved.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import io
 import json
 import os
@@ -25,6 +24,7 @@ from typing import Any, cast
 import numpy as np
 import pytest
 import redis
+from file_modules import load_file
 from gateway_doubles import Replica, assert_on_schedule
 
 from rtrl.config import SettingsError
@@ -45,11 +45,7 @@ COUNTER, GAME_OVER = 0xC001, 0xC002
 
 
 def load_assembler() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("gbasm", GBROM_DIR / "gbasm.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_file("gbasm", GBROM_DIR / "gbasm.py")
 
 
 @pytest.fixture(scope="session")
