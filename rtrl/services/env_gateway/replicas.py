@@ -359,10 +359,12 @@ class ReplicaPool:
                 replica.transport = None
                 stream = self._attach_if_wanted(replica)
             now_s = self._now_s()
-            late = [call for call in unanswered if stream is None or call.deadline_s <= now_s]
+            late: list[Call] = []
             for call in unanswered:
                 if stream is not None and call.deadline_s > now_s:
                     self._enqueue(stream, call, now_s)
+                else:
+                    late.append(call)
         if logged:
             log.warning(
                 "inference replica %s offers an act socket that cannot be used (%s); using ActStream instead",
