@@ -159,7 +159,7 @@ def in_process(
             return completed(ActionReply(int(values.argmax(dim=1).item()), learner.updates, 0.0))
         if algorithm_class.head == "q":
             epsilon = algorithm_class.exploration(config, env_steps)
-            action, _, log_prob = epsilon_greedy(outputs[0].numpy(), epsilon, rng)
+            action, _, log_prob = epsilon_greedy(outputs[0].tolist(), epsilon, rng)
         else:
             action, log_prob = sample_softmax(outputs[0][0].numpy(), rng)
         return completed(ActionReply(action, learner.updates, log_prob))

@@ -126,7 +126,7 @@ class CheckpointPolicy:
         if self.head == "actor_critic":
             return sample_softmax(values, self._rng)
         # As rtrl/services/inference/policy.py explores, so a recording shows what a replica would do.
-        action, _, log_prob = epsilon_greedy(values, self.epsilon, self._rng)
+        action, _, log_prob = epsilon_greedy(values.tolist(), self.epsilon, self._rng)
         return action, log_prob
 
 

@@ -40,8 +40,7 @@ def from_proto(tensor: common_pb2.Tensor, expected_shape: tuple[int, ...] | None
             "send observations shaped as the gateway's GetSpec says"
         )
     size = math.prod(shape) * dtype.itemsize
-    if len(tensor.data) != size:
-        raise InvalidArgument(
-            f"observation data has {len(tensor.data)} bytes but shape {list(shape)} of {dtype} needs {size}"
-        )
-    return np.frombuffer(tensor.data, dtype=dtype).reshape(shape)
+    data = tensor.data  # a copy at each read
+    if len(data) != size:
+        raise InvalidArgument(f"observation data has {len(data)} bytes but shape {list(shape)} of {dtype} needs {size}")
+    return np.frombuffer(data, dtype=dtype).reshape(shape)

@@ -289,8 +289,10 @@ class DynamicBatcher(Generic[ItemT, ResultT]):
                 self._cond.notify_all()
         if inline:
             # The model was idle and the batch due at once: this thread runs it, sparing the two thread
-            # hand-overs to the worker and back (a zero-cost call's round trip, docs/transports.md).
+            # hand-overs to the worker and back (a zero-cost call's round trip, docs/transports.md). Its
+            # own request is then done: answered, or refused by `_start`.
             self._finish(batch, self._run(batch), now, ran_by=request)
+            return self._outcome(request)
         with self._cond:
             while request.state is _State.WAITING:
                 give_up_at = request.deadline - self.cost.estimate_s(len(batch.requests))
@@ -318,6 +320,10 @@ class DynamicBatcher(Generic[ItemT, ResultT]):
             while request.state is not _State.DONE:
                 if not self._cond.wait(WORKER_CHECK_S) and not self._worker.is_alive():
                     raise Unavailable(WORKER_DIED)
+        return self._outcome(request)
+
+    @staticmethod
+    def _outcome(request: _Request[ItemT, ResultT]) -> ResultT:
         if request.error is not None:
             raise request.error
         return request.result  # type: ignore[return-value]  # set whenever error is None

@@ -30,9 +30,10 @@ the previous version keeps serving; it never reaches a caller.
 from __future__ import annotations
 
 import logging
+import math
+import random
 import threading
 import time
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,9 +72,9 @@ class ServedModel:
     parameter_count: int
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class ActResult:
-    """The answer to one observation."""
+    """The answer to one observation: made by the batch that computed it, completed by `Policy.act`."""
 
     action: int
     behaviour_log_prob: float
@@ -85,33 +86,20 @@ class ActResult:
     """True when the random branch of epsilon-greedy was taken (the random action may equal the greedy one);
     always False for an actor-critic."""
     epsilon: float
-    inference_ms: float
-    """Time spent in `act`, waiting for the model included."""
-    batch_size: int = 1
+    batch_size: int
     """How many calls shared the forward pass that produced this answer."""
+    compute_ms: float
+    """Time of that batch's forward pass and exploration."""
+    inference_ms: float = 0.0
+    """Time spent in `act`, waiting for the model included."""
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class _ActItem:
     """One call's share of a batch: what the batcher's worker needs to answer it."""
 
     observation: np.ndarray
     action_count: int
-
-
-@dataclass(frozen=True)
-class _Answer:
-    """The worker's answer to one `_ActItem`; `act` turns it into an ActResult."""
-
-    action: int
-    behaviour_log_prob: float
-    action_values: tuple[float, ...]
-    checkpoint_version: int
-    explored: bool
-    epsilon: float
-    batch_size: int
-    compute_ms: float
-    """Time of the batch's forward pass and exploration."""
 
 
 @dataclass(frozen=True)
@@ -186,8 +174,8 @@ class Policy:
 
         self._served: ServedModel | None = None
         self._swap_lock = threading.Lock()
-        # crc32 rather than hash(): Python salts str hashes per process, and exploration must repeat.
-        self._rng = np.random.default_rng([seed, zlib.crc32(replica_id.encode())])
+        # A str seed is hashed with SHA-512, never salted per process as hash() is: exploration repeats.
+        self._rng = random.Random(f"{seed}:{replica_id}")
 
         self._counts_lock = threading.Lock()
         self._answered = 0
@@ -198,7 +186,7 @@ class Policy:
         # One worker thread runs every forward pass, one batch at a time: that keeps latency
         # predictable on a shared CPU, and the exploration generator (not thread-safe) is only used there.
         # Created last: its thread starts at once.
-        self.batcher: DynamicBatcher[_ActItem, _Answer] = DynamicBatcher(
+        self.batcher: DynamicBatcher[_ActItem, ActResult] = DynamicBatcher(
             self._run_batch,
             max_batch_size=max_batch_size,
             max_wait_s=max_wait_ms / 1000.0,
@@ -396,34 +384,24 @@ class Policy:
         with self._counts_lock:
             self._in_flight += 1
         try:
-            answer = self._act(observation, action_count, deadline)
-        except InvalidArgument:
-            self.record_invalid()
-            raise
-        except DeadlineTooShort:
-            with self._counts_lock:
-                self._refused_deadline += 1
-            raise
-        finally:
+            result = self._act(observation, action_count, deadline)
+        except BaseException as error:
             with self._counts_lock:
                 self._in_flight -= 1
+                if isinstance(error, InvalidArgument):
+                    self._invalid += 1
+                elif isinstance(error, DeadlineTooShort):
+                    self._refused_deadline += 1
+            raise
         finished = time.perf_counter()
         with self._counts_lock:
+            self._in_flight -= 1
             self._answered += 1
             if deadline is not None and finished > deadline:
                 self._answered_late += 1
-        result = ActResult(
-            action=answer.action,
-            behaviour_log_prob=answer.behaviour_log_prob,
-            action_values=answer.action_values,
-            checkpoint_version=answer.checkpoint_version,
-            explored=answer.explored,
-            epsilon=answer.epsilon,
-            inference_ms=(finished - started) * 1000.0,
-            batch_size=answer.batch_size,
-        )
+        result.inference_ms = (finished - started) * 1000.0
         # Recorded here rather than by the worker so that only answers count, not the batcher's probes.
-        self.inference_ms.add(answer.compute_ms)
+        self.inference_ms.add(result.compute_ms)
         self.latency_ms.add(result.inference_ms)
         self.answer_rate.add(time.monotonic())
         return result
@@ -433,7 +411,7 @@ class Policy:
         with self._counts_lock:
             self._invalid += 1
 
-    def _act(self, observation: np.ndarray, action_count: int, deadline: float | None) -> _Answer:
+    def _act(self, observation: np.ndarray, action_count: int, deadline: float | None) -> ActResult:
         if action_count < 1:
             raise InvalidArgument(
                 f"ActRequest.action_count is {action_count}; send the number of actions of your game "
@@ -441,18 +419,18 @@ class Policy:
             )
         if observation.dtype not in SUPPORTED_DTYPES:
             raise InvalidArgument(f"observation dtype {observation.dtype} is not supported; send uint8 or float32")
-        served = self._snapshot_for(tuple(int(d) for d in observation.shape), action_count)
+        served = self._snapshot_for(observation.shape, action_count)
         self._validate(served, observation, action_count)
         # Only calls whose observations can be stacked into one tensor share a batch.
         key = (observation.shape, observation.dtype.str, action_count)
         return self.batcher.submit(_ActItem(observation, action_count), deadline, key)
 
-    def _run_batch(self, items: Sequence[_ActItem]) -> list[_Answer | BaseException]:
+    def _run_batch(self, items: Sequence[_ActItem]) -> list[ActResult | BaseException]:
         """Answers a batch on the batcher's worker thread: one forward pass, then an action per call."""
         # Read once: every answer of the batch comes from this snapshot and names its version.
         served = self._served
         assert served is not None, "a call reaches the batcher only after a policy was chosen for it"
-        outcomes: dict[int, _Answer | BaseException] = {}
+        outcomes: dict[int, ActResult | BaseException] = {}
         for index, item in enumerate(items):
             # A checkpoint for another game may have been swapped in since the call was validated;
             # such a call gets its own InvalidArgument and the rest of the batch is still answered.
@@ -466,11 +444,8 @@ class Policy:
         started = time.perf_counter()
         # Stacking copies, which also gives torch a writable array (arrays decoded from the wire are read-only).
         values = self._forward_batch(served, np.array([items[index].observation for index in rows]))
-        choices: list[tuple[int, bool, float] | Unavailable]
-        if served.config.head == "actor_critic":
-            choices = [self._sample_action(values[row], served.checkpoint_version) for row in range(len(rows))]
-        else:
-            choices = [self._choose_action(values[row], served.epsilon) for row in range(len(rows))]
+        listed = values.tolist()
+        choices = [self._choose(served, values, listed, row) for row in range(len(rows))]
         compute_ms = (time.perf_counter() - started) * 1000.0
         for row, index in enumerate(rows):
             choice = choices[row]
@@ -478,10 +453,10 @@ class Policy:
                 outcomes[index] = choice
                 continue
             action, explored, log_prob = choice
-            outcomes[index] = _Answer(
+            outcomes[index] = ActResult(
                 action=action,
                 behaviour_log_prob=log_prob,
-                action_values=tuple(values[row].tolist()),
+                action_values=tuple(listed[row]),
                 checkpoint_version=served.checkpoint_version,
                 explored=explored,
                 epsilon=served.epsilon,
@@ -490,10 +465,29 @@ class Policy:
             )
         return [outcomes[index] for index in range(len(items))]
 
+    def _choose(
+        self, served: ServedModel, values: np.ndarray, listed: list[list[float]], row: int
+    ) -> tuple[int, bool, float] | Unavailable:
+        """(action, explored, log-probability) for one row of the outputs, or Unavailable for non-finite outputs.
+
+        A Q-network acts epsilon-greedily; an actor-critic samples its softmax, never greedily: V-trace's and
+        PPO's importance weights pi/mu assume mu is the policy that was sampled.
+        """
+        if not all(map(math.isfinite, listed[row])):
+            outputs = "policy logits" if served.config.head == "actor_critic" else "action values"
+            return Unavailable(
+                f"replica {self.replica_id} got non-finite {outputs} from checkpoint {served.checkpoint_version}; "
+                "retry on another replica and check the learner's loss"
+            )
+        if served.config.head == "actor_critic":
+            action, log_prob = sample_softmax(values[row], self._rng)
+            return action, False, log_prob
+        return epsilon_greedy(listed[row], served.epsilon, self._rng)
+
     @staticmethod
     def _validate(served: ServedModel, observation: np.ndarray, action_count: int) -> None:
-        expected = list(served.config.observation_shape)
-        if list(observation.shape) != expected:
+        if observation.shape != served.config.observation_shape:
+            expected = list(served.config.observation_shape)
             raise InvalidArgument(
                 f"observation shape {list(observation.shape)} does not match the shape {expected} that the "
                 f"served model (checkpoint {served.checkpoint_version}) expects; send observations shaped "
@@ -528,23 +522,6 @@ class Policy:
                 f"{served.checkpoint_version}: {e}; retry on another replica"
             ) from e
         return result
-
-    def _choose_action(self, values: np.ndarray, epsilon: float) -> tuple[int, bool, float]:
-        """Epsilon-greedy: (action, explored, log-probability of that action under the policy)."""
-        return epsilon_greedy(values, epsilon, self._rng)
-
-    def _sample_action(self, logits: np.ndarray, version: int) -> tuple[int, bool, float] | Unavailable:
-        """Samples the actor-critic's softmax: (action, False, log pi(action)), or Unavailable for broken logits.
-
-        Never greedy: V-trace's and PPO's importance weights pi/mu assume mu is the policy that was sampled.
-        """
-        if not np.isfinite(logits).all():
-            return Unavailable(
-                f"replica {self.replica_id} got non-finite policy logits from checkpoint {version}; "
-                "retry on another replica and check the learner's loss"
-            )
-        action, log_prob = sample_softmax(logits, self._rng)
-        return action, False, log_prob
 
     # -- status ------------------------------------------------------------------------------------
 

@@ -153,6 +153,19 @@ def test_checkpoint_without_epsilon_explores_at_the_default_rate(make_policy: Ma
     assert policy.act(OBS, ACTIONS, None).epsilon == DEFAULT_CHECKPOINT_EPSILON
 
 
+@pytest.mark.parametrize("broken", [float("nan"), float("-inf")])
+def test_non_finite_action_values_are_refused_for_the_call_not_acted_on(
+    make_policy: MakePolicy, publish: Callable, broken: float
+) -> None:
+    publish(1, action_value=broken)
+    policy = make_policy()
+    policy.load_initial()
+
+    with pytest.raises(Unavailable, match="non-finite action values from checkpoint 1; retry on another replica"):
+        policy.act(OBS, ACTIONS, None)
+    assert policy.status().requests_answered == 0
+
+
 # -- validation -----------------------------------------------------------------------------------------
 
 
