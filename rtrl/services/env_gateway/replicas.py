@@ -21,14 +21,14 @@ import numpy as np
 import numpy.typing as npt
 
 from rtrl.grpc_util import create_channel
-from rtrl.metrics import HistogramSnapshot, Window
+from rtrl.metrics import HistogramSnapshot
 from rtrl.security import SecuritySettings
 from rtrl.services.env_gateway.clock import ActionReply
 from rtrl.services.env_gateway.dispatcher import CallOutcome, OnCallDone
+from rtrl.services.env_gateway.replica_stats import ReplicaMeasures
 from rtrl.services.env_gateway.scheduler import ReplicaView
-from rtrl.services.env_gateway.transports import Call, Endpoint, OnAnswer, OnEnd, Transport, act_socket
-from rtrl.services.env_gateway.transports.act_socket import ActSocket
-from rtrl.services.env_gateway.transports.act_stream import ActStream
+from rtrl.services.env_gateway.transports import Call, Endpoint, OpenTransport, Transport, open_transport
+from rtrl.services.env_gateway.transports.act_socket import offered_by
 from rtrl.tensors import to_proto
 from rtrl.v1 import env_gateway_pb2, inference_pb2, inference_pb2_grpc
 
@@ -52,16 +52,6 @@ _STATUS_CODES = {code.value[0]: code for code in grpc.StatusCode}
 # Long enough for a replica to build a large network on a CPU (the 100M-parameter impala_cnn takes seconds).
 WARM_UP_TIMEOUT_S = 10.0
 
-OpenTransport = Callable[[Endpoint, OnAnswer, OnEnd], Transport]
-
-
-def open_transport(endpoint: Endpoint, on_answer: OnAnswer, on_end: OnEnd) -> Transport:
-    """The replica's act socket when it offers one, else ActStream on its channel."""
-    if endpoint.act_socket is not None:
-        name = f"rtrl-act-socket {endpoint.address}"
-        return ActSocket(endpoint.act_socket, endpoint.token, on_answer, on_end, name)
-    return ActStream(endpoint.stub, on_answer, on_end, f"rtrl-act-stream {endpoint.address}")
-
 
 @dataclass(eq=False)
 class _Replica:
@@ -69,13 +59,7 @@ class _Replica:
     channel: grpc.Channel
     stub: inference_pb2_grpc.InferenceServiceStub
     in_flight: int = 0
-    requests: int = 0
-    replies: int = 0
-    failures: int = 0
-    checkpoint_version: int = -1
-    latency_ms: Window = field(default_factory=Window)
-    batch_size: Window = field(default_factory=Window)
-    inference_ms: Window = field(default_factory=Window)
+    measures: ReplicaMeasures = field(default_factory=ReplicaMeasures)
     failed_at_s: float = -math.inf
     excluded_since_s: float | None = None
     """Set when it went away or refused its stream; cleared when it is seen alive after that."""
@@ -199,22 +183,25 @@ class ReplicaPool:
 
     def _close_replica(self, replica: _Replica) -> None:
         with self._lock:
-            transport, replica.transport = replica.transport, None
-            unanswered = self._take_pending(transport)
+            transport = replica.transport
+            unanswered = self._detach(replica, transport)
         if transport is not None:
             transport.close()
-        for call in unanswered:
-            self._complete(replica, call, None, grpc.StatusCode.CANCELLED)
+        self._fail(replica, unanswered, grpc.StatusCode.CANCELLED)
         replica.channel.close()
 
     @staticmethod
-    def _take_pending(transport: Transport | None) -> list[Call]:
-        """Empties `transport`'s unanswered requests (an answer that still comes is then ignored); lock held."""
+    def _detach(replica: _Replica, transport: Transport | None) -> list[Call]:
+        """Takes `transport` off `replica` when it is still the replica's, and its unanswered requests; lock held."""
         if transport is None:
             return []
-        calls = list(transport.pending)
-        transport.pending.clear()
-        return calls
+        if replica.transport is transport:
+            replica.transport = None
+        return transport.take_pending()
+
+    def _fail(self, replica: _Replica, calls: list[Call], code: grpc.StatusCode) -> None:
+        for call in calls:
+            self._complete(replica, call, None, code)
 
     @property
     def addresses(self) -> list[str]:
@@ -269,24 +256,15 @@ class ReplicaPool:
             if replica is None:
                 return False
             replica.in_flight += 1
-            replica.requests += 1
+            replica.measures.requests += 1
             transport = replica.transport
             if transport is None:
                 # Rare: transports open after the warm-up and after a stall, off this thread.
                 transport = opened = self._attach_new(replica)
-            # Under the lock, so that the requests go out in the order of `pending`.
-            self._enqueue(transport, Call(request, sent_s, deadline_s, on_done), sent_s)
+            transport.send(Call(request, sent_s, deadline_s, on_done), sent_s)
         if opened is not None:
             opened.start()
         return True
-
-    @staticmethod
-    def _enqueue(transport: Transport, call: Call, now_s: float) -> None:
-        """Puts `call` on `transport` with the time its deadline leaves from `now_s`; lock held."""
-        transport.pending.append(call)
-        transport.put(
-            inference_pb2.ActStreamRequest(request=call.request, timeout_ms=(call.deadline_s - now_s) * 1000.0)
-        )
 
     def _attach_new(self, replica: _Replica) -> Transport:
         """A new transport made `replica`'s, for the caller to `start()` once the lock is released (starting
@@ -333,7 +311,6 @@ class ReplicaPool:
         excluded, level = "", logging.INFO
         with self._lock:
             if replica.transport is transport:
-                replica.transport = None
                 if code in REPLICA_GONE:
                     code = grpc.StatusCode.UNAVAILABLE
                     excluded = "ended its stream" if self._exclude(replica, self._now_s()) else ""
@@ -341,28 +318,24 @@ class ReplicaPool:
                     excluded = f"refused ActStream ({code.name})"
                     level = logging.DEBUG if replica.refused_stream else logging.INFO
                     replica.refused_stream = True
-            unanswered = self._take_pending(transport)
+            unanswered = self._detach(replica, transport)
         if excluded:
             log.log(level, "inference replica %s %s; out of rotation until it is seen alive", replica.address, excluded)
-        for call in unanswered:
-            self._complete(replica, call, None, code)
+        self._fail(replica, unanswered, code)
 
     def _leave_act_socket(self, replica: _Replica, transport: Transport) -> None:
         """`replica`'s act socket could not be used: it gets ActStream until it rejoins, and the requests
         left on the socket go again there (none went out, or none was answered properly)."""
-        stream = None
         with self._lock:
             logged = replica.act_socket is not None
             replica.act_socket = None
-            unanswered = self._take_pending(transport)
-            if replica.transport is transport:
-                replica.transport = None
-                stream = self._attach_if_wanted(replica)
+            unanswered = self._detach(replica, transport)
+            stream = self._attach_if_wanted(replica)
             now_s = self._now_s()
             late: list[Call] = []
             for call in unanswered:
                 if stream is not None and call.deadline_s > now_s:
-                    self._enqueue(stream, call, now_s)
+                    stream.send(call, now_s)
                 else:
                     late.append(call)
         if logged:
@@ -373,8 +346,7 @@ class ReplicaPool:
             )
         if stream is not None:
             stream.start()
-        for call in late:
-            self._complete(replica, call, None, grpc.StatusCode.DEADLINE_EXCEEDED)
+        self._fail(replica, late, grpc.StatusCode.DEADLINE_EXCEEDED)
 
     def _watch_deadlines(self) -> None:
         """Fails the requests of every transport whose oldest request is past its deadline, and replaces it."""
@@ -387,17 +359,15 @@ class ReplicaPool:
                 for replica in self._replicas.values():
                     transport = replica.transport
                     if transport is not None and transport.pending and transport.pending[0].deadline_s <= now_s:
-                        replica.transport = None
                         # Replaced at once, so that the failures below make the dispatcher send on the new one.
-                        calls = self._take_pending(transport)
+                        calls = self._detach(replica, transport)
                         overdue.append((replica, transport, calls, self._attach_if_wanted(replica)))
             for replica, transport, calls, replacement in overdue:
                 transport.close()
                 if replacement is not None:
                     replacement.start()
                 # The ones behind the oldest waited for a stalled replica: they fail with it.
-                for call in calls:
-                    self._complete(replica, call, None, grpc.StatusCode.DEADLINE_EXCEEDED)
+                self._fail(replica, calls, grpc.StatusCode.DEADLINE_EXCEEDED)
 
     def _warm_up(self, replica: _Replica) -> None:
         """On a thread of its own: the warm-up call, then the act socket's lookup and the transport."""
@@ -414,7 +384,7 @@ class ReplicaPool:
             code, details = grpc.StatusCode.CANCELLED, "the replica left"
         if code is None:
             # A pool with TLS never asks: the act socket has none (SECURITY.md).
-            offered = None if self._security.tls else act_socket.offered_by(replica.stub, replica.address)
+            offered = None if self._security.tls else offered_by(replica.stub, replica.address)
             # Opened before the replica enters the rotation, so that the first decision's request finds it open.
             with self._lock:
                 replica.act_socket = offered
@@ -467,17 +437,13 @@ class ReplicaPool:
         with self._lock:
             replica.in_flight -= 1
             if response is not None:
-                replica.replies += 1
                 # "Recently failed" is about the last call: one answered since a failure clears it. Each
                 # replica's first call, which builds its network, can outlast its deadline; counted for a
                 # second, it left every replica a second choice and a stalled one could not be hedged.
                 replica.failed_at_s = -math.inf
-                replica.latency_ms.add(round_trip_s * 1000.0)
-                replica.checkpoint_version = response.checkpoint_version
-                replica.batch_size.add(response.batch_size)
-                replica.inference_ms.add(response.inference_ms)
+                replica.measures.answered(response, round_trip_s)
             else:
-                replica.failures += 1
+                replica.measures.failures += 1
                 replica.failed_at_s = now_s
                 excluded = code == grpc.StatusCode.UNAVAILABLE and self._exclude(replica, now_s)
         if excluded:
@@ -499,33 +465,21 @@ class ReplicaPool:
     # -- reading ------------------------------------------------------------------------------------
 
     def stats(self) -> list[env_gateway_pb2.ReplicaStats]:
-        with self._lock:
-            transports = [
-                (replica, replica.transport.name if replica.transport else "") for replica in self._replicas.values()
+        with self._lock:  # summarised outside it: the deciding thread's `send` takes it
+            rows = [
+                (replica, replica.excluded_since_s is not None, replica.transport.name if replica.transport else "")
+                for replica in self._replicas.values()
             ]
         return [
-            env_gateway_pb2.ReplicaStats(
-                address=replica.address,
-                requests=replica.requests,
-                replies=replica.replies,
-                failures=replica.failures,
-                in_flight=replica.in_flight,
-                latency_ms=replica.latency_ms.summary(),
-                checkpoint_version=replica.checkpoint_version,
-                batch_size=replica.batch_size.summary(),
-                inference_ms=replica.inference_ms.summary(),
-                excluded=replica.excluded_since_s is not None,
-                warming_up=replica.warming_up,
-                transport=transport,
-            )
-            for replica, transport in transports
+            replica.measures.to_proto(replica.address, replica.in_flight, excluded, replica.warming_up, transport)
+            for replica, excluded, transport in rows
         ]
 
     def round_trip_histograms(self) -> list[tuple[str, HistogramSnapshot]]:
         """Each replica's Act round-trip histogram (ms), for /metrics; read off the clock's thread."""
         with self._lock:
             replicas = list(self._replicas.values())
-        return [(replica.address, replica.latency_ms.histogram()) for replica in replicas]
+        return [(replica.address, replica.measures.latency_ms.histogram()) for replica in replicas]
 
     def close(self) -> None:
         """Closes every channel (cancelling calls in flight); statistics stay readable."""

@@ -13,7 +13,7 @@ A transport carries one replica's requests in order and brings their answers bac
 The pool (replicas.py) keeps each transport's unanswered requests in `pending`, under the pool's lock,
 and decides what becomes of them when the transport ends.
 
-The two transports:
+The two transports, of which `open_transport` gives a replica the first it offers:
 - `ActStream` (act_stream.py): gRPC's ActStream on the replica's channel, with its TLS and token. Every
   replica serves it, so it is the default and the secure one.
 - `ActSocket` (act_socket.py): the same messages on a plain TCP connection the replica offers
@@ -25,63 +25,16 @@ The two transports:
 
 from __future__ import annotations
 
-from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from rtrl.services.env_gateway.transports.act_socket import ActSocket
+from rtrl.services.env_gateway.transports.act_stream import ActStream
+from rtrl.services.env_gateway.transports.base import Call, Endpoint, OnAnswer, OnEnd, OpenTransport, Transport
 
-import grpc
-
-from rtrl.v1 import inference_pb2, inference_pb2_grpc
-
-if TYPE_CHECKING:
-    from rtrl.services.env_gateway.dispatcher import OnCallDone
+__all__ = ["Call", "Endpoint", "OnAnswer", "OnEnd", "OpenTransport", "Transport", "open_transport"]
 
 
-@dataclass(frozen=True)
-class Call:
-    """One request on its way: what was sent, when, until when its answer counts, and whom to tell."""
-
-    request: inference_pb2.ActRequest
-    sent_s: float
-    deadline_s: float
-    on_done: OnCallDone
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """What a transport needs to reach one replica."""
-
-    address: str
-    stub: inference_pb2_grpc.InferenceServiceStub
-    """On the replica's channel, with the pool's TLS and token."""
-    act_socket: tuple[str, int] | None
-    """Where its act socket is, when it offers one the pool may use."""
-    token: str
-    """The pool's token (rtrl/security.py), "" without one."""
-
-
-class Transport:
-    """One replica's ordered channel for Act requests (see the module docstring)."""
-
-    name = ""
-    """How ReplicaStats.transport names it."""
-
-    def __init__(self) -> None:
-        self.pending: deque[Call] = deque()
-        """The requests sent and not answered, oldest first; guarded by the pool's lock."""
-        self.refused = ""
-        """Why it cannot be used at all ("" while it can): the pool then gives the replica ActStream."""
-
-    def start(self) -> None:
-        raise NotImplementedError
-
-    def put(self, request: inference_pb2.ActStreamRequest) -> None:
-        raise NotImplementedError
-
-    def close(self) -> None:
-        raise NotImplementedError
-
-
-OnAnswer = Callable[[Transport, inference_pb2.ActStreamResponse], None]
-OnEnd = Callable[[Transport, grpc.StatusCode], None]
+def open_transport(endpoint: Endpoint, on_answer: OnAnswer, on_end: OnEnd) -> Transport:
+    """The replica's act socket when it offers one, else ActStream on its channel."""
+    if endpoint.act_socket is not None:
+        name = f"rtrl-act-socket {endpoint.address}"
+        return ActSocket(endpoint.act_socket, endpoint.token, on_answer, on_end, name)
+    return ActStream(endpoint.stub, on_answer, on_end, f"rtrl-act-stream {endpoint.address}")

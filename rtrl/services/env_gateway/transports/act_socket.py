@@ -29,7 +29,7 @@ from rtrl.act_socket import (
 )
 from rtrl.config import SettingsError
 from rtrl.services.env_gateway.settings import split_host_port
-from rtrl.services.env_gateway.transports import OnAnswer, OnEnd, Transport
+from rtrl.services.env_gateway.transports.base import OnAnswer, OnEnd, Transport
 from rtrl.v1 import inference_pb2, inference_pb2_grpc
 
 log = logging.getLogger(__name__)

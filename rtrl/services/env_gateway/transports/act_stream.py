@@ -13,7 +13,7 @@ from typing import Any
 
 import grpc
 
-from rtrl.services.env_gateway.transports import OnAnswer, OnEnd, Transport
+from rtrl.services.env_gateway.transports.base import OnAnswer, OnEnd, Transport
 from rtrl.v1 import inference_pb2, inference_pb2_grpc
 
 
