@@ -246,29 +246,40 @@ class ReplicaPool:
         )
 
     def send(self, address: str, request: inference_pb2.ActRequest, deadline_s: float, on_done: OnCallDone) -> bool:
-        """Sends `request` to `address`; False (nothing sent) when it is gone or the deadline has passed."""
+        """Sends `request` to `address`; False (nothing sent) when it is gone or out of rotation, or the deadline
+        has passed."""
         sent_s = self._now_s()
         if deadline_s <= sent_s:
             return False
         opened = None
         with self._lock:
-            replica = None if self._closed else self._replicas.get(address)
+            replica = self._replicas.get(address)
             if replica is None:
                 return False
-            replica.in_flight += 1
-            replica.measures.requests += 1
             transport = replica.transport
             if transport is None:
                 # Rare: transports open after the warm-up and after a stall, off this thread.
-                transport = opened = self._attach_new(replica)
+                transport = opened = self._attach_if_wanted(replica)
+                if transport is None:
+                    return False
+            replica.in_flight += 1
+            replica.measures.requests += 1
             transport.send(Call(request, sent_s, deadline_s, on_done), sent_s)
         if opened is not None:
             opened.start()
         return True
 
-    def _attach_new(self, replica: _Replica) -> Transport:
-        """A new transport made `replica`'s, for the caller to `start()` once the lock is released (starting
-        a thread can take milliseconds on a busy machine); lock held."""
+    def _attach_if_wanted(self, replica: _Replica) -> Transport | None:
+        """A new transport made `replica`'s when it is in the pool, not out of rotation, and has none, for the
+        caller to `start()` once the lock is released (starting a thread can take milliseconds on a busy
+        machine); lock held."""
+        if (
+            self._closed
+            or self._replicas.get(replica.address) is not replica
+            or replica.transport is not None
+            or replica.excluded_since_s is not None
+        ):
+            return None
         transport = self.open_transport(
             Endpoint(replica.address, replica.stub, replica.act_socket, self._security.token),
             lambda transport, answer: self._on_answer(replica, transport, answer),
@@ -276,16 +287,6 @@ class ReplicaPool:
         )
         replica.transport = transport
         return transport
-
-    def _attach_if_wanted(self, replica: _Replica) -> Transport | None:
-        """`_attach_new` when `replica` is in the pool, not out of rotation, and has no transport; lock held."""
-        wanted = (
-            not self._closed
-            and self._replicas.get(replica.address) is replica
-            and replica.transport is None
-            and replica.excluded_since_s is None
-        )
-        return self._attach_new(replica) if wanted else None
 
     # -- on the transports' threads -----------------------------------------------------------------
 
