@@ -1,14 +1,14 @@
 """Bounded windows of measurements summarised as percentiles (rtrl.v1.Distribution), and the cumulative
 histograms behind the services' Prometheus metrics.
 
-A `Window` keeps the newest measurements for percentiles and, in the same locked `add`, counts every
-measurement since start into fixed buckets: a bisect and three additions, cheap enough for the clock
-thread, so a scrape never makes the measuring thread do anything (docs/metrics.md).
+Adding a measurement takes no lock: it appends to a deque (atomic under the GIL), so the threads that
+measure (the game clock, an answering replica) do as little as possible. Whoever reads does the rest
+under the window's lock: the values added since the last read join the window and are counted into
+the histogram's buckets. A window nobody reads does that every `FOLD_EVERY` adds (docs/metrics.md).
 """
 
 from __future__ import annotations
 
-import bisect
 import threading
 from collections import deque
 from collections.abc import Sequence
@@ -21,6 +21,10 @@ import numpy as np
 import numpy.ma
 
 from rtrl.v1 import common_pb2
+
+# A window folds in the values added since it was last read at the latest after this many adds, so that
+# one nobody reads keeps a bounded backlog (and its adding thread a short fold: tens of microseconds).
+FOLD_EVERY = 256
 
 # Upper bounds for measurements in milliseconds (and any quantity without buckets of its own): 0.1 ms to 10 s.
 DEFAULT_BUCKETS: tuple[float, ...] = (
@@ -46,47 +50,63 @@ class Window:
     """The most recent `size` measurements of one quantity, plus a histogram of all of them; thread-safe."""
 
     def __init__(self, size: int = 2048, buckets: Sequence[float] = DEFAULT_BUCKETS) -> None:
+        self._added: deque[float] = deque()
+        """Added since the last fold: adds append on the right, `_fold` takes from the left."""
         self._values: deque[float] = deque(maxlen=size)
+        """The newest folded values; read and written under the lock only."""
         self._lock = threading.Lock()
         self._set_buckets(buckets)
 
     def _set_buckets(self, buckets: Sequence[float]) -> None:
-        self._bounds = tuple(sorted(float(bound) for bound in buckets))
-        self._bucket_counts = [0] * (len(self._bounds) + 1)
+        self._bounds = np.array(sorted(float(bound) for bound in buckets))
+        self._bucket_counts = np.zeros(len(self._bounds) + 1, dtype=np.int64)
         self._count = 0
         self._sum = 0.0
 
     def set_buckets(self, buckets: Sequence[float]) -> None:
         """Counts into these buckets from now on; the histogram restarts from the values the window holds."""
         with self._lock:
-            held = list(self._values)
+            self._fold()
             self._set_buckets(buckets)
-            for value in held:
-                self._count_value(value)
-
-    def _count_value(self, value: float) -> None:
-        # bisect_left: a value equal to a bound belongs to that bound's bucket (Prometheus' "le").
-        self._bucket_counts[bisect.bisect_left(self._bounds, value)] += 1
-        self._count += 1
-        self._sum += value
+            self._count_values(list(self._values))
 
     def add(self, value: float) -> None:
-        with self._lock:
-            self._values.append(value)
-            self._count_value(value)
+        self._added.append(value)
+        if len(self._added) >= FOLD_EVERY:
+            with self._lock:
+                self._fold()
+
+    def _fold(self) -> None:
+        """Moves the values added since the last fold into the window and the buckets; lock held."""
+        added = self._added
+        values = [added.popleft() for _ in range(len(added))]
+        if values:
+            self._values.extend(values)
+            self._count_values(values)
+
+    def _count_values(self, values: list[float]) -> None:
+        # side="left": a value equal to a bound belongs to that bound's bucket (Prometheus' "le").
+        buckets = np.searchsorted(self._bounds, values, side="left")
+        self._bucket_counts += np.bincount(buckets, minlength=len(self._bucket_counts))
+        self._count += len(values)
+        self._sum += sum(values)
 
     def histogram(self) -> HistogramSnapshot:
         with self._lock:
-            bounds, counts, count, total = self._bounds, list(self._bucket_counts), self._count, self._sum
-        cumulative = np.cumsum(counts).tolist()
-        return HistogramSnapshot(bounds, tuple(int(c) for c in cumulative), count, total)
+            self._fold()
+            cumulative = np.cumsum(self._bucket_counts).tolist()
+            bounds = tuple(self._bounds.tolist())
+            return HistogramSnapshot(bounds, tuple(cumulative), self._count, self._sum)
 
     def values(self) -> np.ndarray:
         with self._lock:
-            return np.fromiter(self._values, dtype=np.float64, count=len(self._values))
+            self._fold()
+            return np.array(self._values, dtype=np.float64)
 
     def __len__(self) -> int:
-        return len(self._values)
+        with self._lock:
+            self._fold()
+            return len(self._values)
 
     def summary(self) -> common_pb2.Distribution:
         values = self.values()
@@ -104,7 +124,7 @@ class Window:
 
 
 class RateMeter:
-    """Events per second over a sliding time window."""
+    """Events per second over a sliding time window; adding takes no lock, reading drops what is too old."""
 
     def __init__(self, window_s: float = 5.0) -> None:
         self.window_s = window_s
@@ -112,17 +132,23 @@ class RateMeter:
         self._lock = threading.Lock()
 
     def add(self, now_s: float, count: int = 1) -> None:
-        with self._lock:
-            self._events.append((now_s, count))
-            while self._events and self._events[0][0] < now_s - self.window_s:
-                self._events.popleft()
+        self._events.append((now_s, count))
+        if len(self._events) >= FOLD_EVERY:
+            with self._lock:
+                self._drop_older_than(now_s - self.window_s)
+
+    def _drop_older_than(self, oldest_s: float) -> None:
+        """Lock held; adds only append, so the left end is this reader's alone."""
+        events = self._events
+        while events and events[0][0] < oldest_s:
+            events.popleft()
 
     def rate(self, now_s: float) -> float:
         with self._lock:
-            while self._events and self._events[0][0] < now_s - self.window_s:
-                self._events.popleft()
-            if not self._events:
-                return 0.0
-            span = max(now_s - self._events[0][0], 1e-9)
-            total = sum(count for _, count in self._events)
-            return total / span if len(self._events) > 1 else 0.0
+            self._drop_older_than(now_s - self.window_s)
+            events = list(self._events)
+        if not events:
+            return 0.0
+        span = max(now_s - events[0][0], 1e-9)
+        total = sum(count for _, count in events)
+        return total / span if len(events) > 1 else 0.0

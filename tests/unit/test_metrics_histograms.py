@@ -1,16 +1,17 @@
-"""Window's cumulative histogram (behind every Prometheus histogram) and the family it becomes."""
+"""Window's cumulative histogram (behind every Prometheus histogram) and the family it becomes, and RateMeter."""
 
 from __future__ import annotations
 
 import threading
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from rtrl.launcher import UpOptions, metrics_ports
-from rtrl.metrics import Window
+from rtrl.metrics import FOLD_EVERY, RateMeter, Window
 from rtrl.prometheus import MS_PER_S, histogram
 
 
@@ -80,3 +81,31 @@ def test_rtrl_up_gives_every_process_its_own_metrics_port_or_none():
         "inference-1": 9103,
     }
     assert set(metrics_ports(UpOptions(metrics_base_port=-1)).values()) == {-1}
+
+
+def test_adding_without_reading_keeps_a_bounded_backlog_and_loses_nothing():
+    window = Window(size=4, buckets=(10.0,))
+    for value in range(FOLD_EVERY * 3 + 5):
+        window.add(float(value % 20))
+    # The adding thread folded every FOLD_EVERY adds: only the last few wait for a reader.
+    assert len(window._added) == 5
+    snapshot = window.histogram()
+    assert snapshot.count == FOLD_EVERY * 3 + 5
+    assert snapshot.cumulative_counts[0] == sum(value % 20 <= 10 for value in range(FOLD_EVERY * 3 + 5))
+    assert list(window.values()) == [float(value % 20) for value in range(FOLD_EVERY * 3 + 1, FOLD_EVERY * 3 + 5)]
+
+
+def test_a_rate_meter_counts_the_events_of_its_window_only():
+    meter = RateMeter(window_s=1.0)
+    for index in range(11):
+        meter.add(10.0 + index * 0.1)
+    assert meter.rate(11.0) == pytest.approx(11.0)  # 11 events over the last second
+    assert meter.rate(11.5) == pytest.approx(6.0)  # those at 10.5 s and later
+
+
+def test_a_rate_meter_nobody_reads_drops_old_events_as_it_goes():
+    meter = RateMeter(window_s=1.0)
+    for index in range(FOLD_EVERY * 3):
+        meter.add(index * 0.01)
+    assert len(meter._events) < FOLD_EVERY
+    assert meter.rate(FOLD_EVERY * 3 * 0.01) == pytest.approx(100.0, rel=0.02)

@@ -21,7 +21,7 @@ Errors (all defined in rtrl.grpc_util, so the server maps them to status codes i
 module does not use grpc itself):
 - InvalidArgument: the request cannot be served as sent (shape, action count, dtype).
 - DeadlineTooShort: the answer could not be ready before the caller's deadline; nothing was computed.
-- Unavailable: the forward pass failed on this replica's side (or gave a policy that cannot be sampled),
+- Unavailable: the forward pass failed on this replica's side (or gave outputs that are not finite),
   or the replica is shutting down; the caller may retry elsewhere.
 A checkpoint that cannot be served becomes a CheckpointError, which the watcher counts and logs while
 the previous version keeps serving; it never reaches a caller.
