@@ -253,7 +253,7 @@ class ReplicaPool:
             return False
         opened = None
         with self._lock:
-            replica = self._replicas.get(address)
+            replica = None if self._closed else self._replicas.get(address)
             if replica is None:
                 return False
             transport = replica.transport
