@@ -183,8 +183,8 @@ class Policy:
         self._refused_deadline = 0
         self._invalid = 0
         self._in_flight = 0
-        # One worker thread runs every forward pass, one batch at a time: that keeps latency
-        # predictable on a shared CPU, and the exploration generator (not thread-safe) is only used there.
+        # Forward passes run one batch at a time (on the batcher's worker, or on a lone caller's thread):
+        # that keeps latency predictable on a shared CPU, and exploration draws in the order batches run.
         # Created last: its thread starts at once.
         self.batcher: DynamicBatcher[_ActItem, ActResult] = DynamicBatcher(
             self._run_batch,
@@ -426,7 +426,7 @@ class Policy:
         return self.batcher.submit(_ActItem(observation, action_count), deadline, key)
 
     def _run_batch(self, items: Sequence[_ActItem]) -> list[ActResult | BaseException]:
-        """Answers a batch on the batcher's worker thread: one forward pass, then an action per call."""
+        """Answers a batch, one at a time (see `DynamicBatcher`): one forward pass, then an action per call."""
         # Read once: every answer of the batch comes from this snapshot and names its version.
         served = self._served
         assert served is not None, "a call reaches the batcher only after a policy was chosen for it"
