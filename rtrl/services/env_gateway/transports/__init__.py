@@ -13,7 +13,7 @@ A transport carries one replica's requests in order and brings their answers bac
 The pool (replicas.py) keeps each transport's unanswered requests in `pending`, under the pool's lock,
 and decides what becomes of them when the transport ends.
 
-The two transports, of which `open_transport` gives a replica the first it offers:
+The two transports (`open_transport` gives a replica its act socket when it offers one, else ActStream):
 - `ActStream` (act_stream.py): gRPC's ActStream on the replica's channel, with its TLS and token. Every
   replica serves it, so it is the default and the secure one.
 - `ActSocket` (act_socket.py): the same messages on a plain TCP connection the replica offers
