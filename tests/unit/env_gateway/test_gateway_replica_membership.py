@@ -58,6 +58,23 @@ def test_unavailable_replica_leaves_rotation_until_it_is_seen_alive_after_the_fa
         pool.close()
 
 
+def test_nothing_is_sent_to_a_replica_out_of_rotation_and_no_transport_opens_for_it() -> None:
+    pool = ReplicaPool("gw", 4, now_s=lambda: 10.0)
+    try:
+        pool.set_members({"b:2": 9.5})
+        pool._replicas["b:2"].in_flight = 1
+        complete(pool, "b:2", 9.9, None, grpc.StatusCode.UNAVAILABLE)
+        outcomes: list[object] = []
+
+        sent = pool.send("b:2", inference_pb2.ActRequest(), float("inf"), outcomes.append)
+
+        replica = pool._replicas["b:2"]
+        assert not sent and replica.transport is None
+        assert (replica.in_flight, replica.measures.requests, outcomes) == (0, 0, [])
+    finally:
+        pool.close()
+
+
 def test_a_call_that_failed_otherwise_keeps_the_replica_in_rotation_as_a_second_choice() -> None:
     pool = ReplicaPool("gw", 4, now_s=lambda: 10.0)
     try:
