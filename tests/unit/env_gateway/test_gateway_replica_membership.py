@@ -22,6 +22,15 @@ def complete(
     pool._complete(pool._replicas[address], call, response, code)
 
 
+def pool_after_a_failed_call(address: str, code: grpc.StatusCode) -> ReplicaPool:
+    """A pool of one replica whose one call in flight (sent at 9.9 s, now 10 s) failed with `code`."""
+    pool = ReplicaPool("gw", 4, now_s=lambda: 10.0)
+    pool.set_members({address: 9.5})
+    pool._replicas[address].in_flight = 1
+    complete(pool, address, 9.9, None, code)
+    return pool
+
+
 def test_sources_are_merged_with_the_latest_sighting_of_each_address() -> None:
     handed: list[dict[str, float]] = []
     membership = Membership(handed.append)
@@ -59,11 +68,8 @@ def test_unavailable_replica_leaves_rotation_until_it_is_seen_alive_after_the_fa
 
 
 def test_nothing_is_sent_to_a_replica_out_of_rotation_and_no_transport_opens_for_it() -> None:
-    pool = ReplicaPool("gw", 4, now_s=lambda: 10.0)
+    pool = pool_after_a_failed_call("b:2", grpc.StatusCode.UNAVAILABLE)
     try:
-        pool.set_members({"b:2": 9.5})
-        pool._replicas["b:2"].in_flight = 1
-        complete(pool, "b:2", 9.9, None, grpc.StatusCode.UNAVAILABLE)
         outcomes: list[object] = []
 
         sent = pool.send("b:2", inference_pb2.ActRequest(), float("inf"), outcomes.append)
@@ -76,11 +82,8 @@ def test_nothing_is_sent_to_a_replica_out_of_rotation_and_no_transport_opens_for
 
 
 def test_a_call_that_failed_otherwise_keeps_the_replica_in_rotation_as_a_second_choice() -> None:
-    pool = ReplicaPool("gw", 4, now_s=lambda: 10.0)
+    pool = pool_after_a_failed_call("a:1", grpc.StatusCode.DEADLINE_EXCEEDED)
     try:
-        pool.set_members({"a:1": 9.0})
-        pool._replicas["a:1"].in_flight = 1
-        complete(pool, "a:1", 9.9, None, grpc.StatusCode.DEADLINE_EXCEEDED)
         (view,) = pool.views(10.0)
         assert view.recently_failed and view.in_flight == 0
     finally:
