@@ -65,10 +65,9 @@ class _Replica:
     """Set when it went away or refused its stream; cleared when it is seen alive after that."""
     warming_up: bool = False
     """Its warm-up is under way; it is out of rotation until that ends."""
-    warm_up_unreachable: bool = False
-    """Its last warm-up failed with UNAVAILABLE (logged once, not each time it is tried again)."""
-    refused_stream: bool = False
-    """It refused its last stream and has answered none since (logged once, likewise)."""
+    quiet: bool = False
+    """Why it left the rotation (unavailable at its warm-up, or it refused its stream) was logged, and it has
+    answered nothing since: it is tried again without saying so each time."""
     transport: Transport | None = None
     """None until one opens (after its warm-up, or with the next request)."""
     act_socket: tuple[str, int] | None = None
@@ -145,8 +144,7 @@ class ReplicaPool:
                     warm_up.append(replica)
                 elif replica.excluded_since_s is not None and seen_s > replica.excluded_since_s:
                     replica.excluded_since_s = None
-                    quiet = replica.warm_up_unreachable or replica.refused_stream
-                    (retried if quiet else readmitted).append(address)
+                    (retried if replica.quiet else readmitted).append(address)
                     warm_up.append(replica)
                 replicas[address] = replica
             self._replicas = replicas
@@ -296,7 +294,7 @@ class ReplicaPool:
             if not transport.pending:
                 return  # its request already failed (deadline passed, or the replica left)
             call = transport.pending.popleft()
-            replica.refused_stream = False
+            replica.quiet = False
         if answer.error_code:
             self._complete(replica, call, None, _STATUS_CODES.get(answer.error_code, grpc.StatusCode.UNKNOWN))
         else:
@@ -317,8 +315,8 @@ class ReplicaPool:
                     excluded = "ended its stream" if self._exclude(replica, self._now_s()) else ""
                 elif code in STREAM_REFUSALS and self._exclude(replica, self._now_s()):
                     excluded = f"refused ActStream ({code.name})"
-                    level = logging.DEBUG if replica.refused_stream else logging.INFO
-                    replica.refused_stream = True
+                    level = logging.DEBUG if replica.quiet else logging.INFO
+                    replica.quiet = True
             unanswered = self._detach(replica, transport)
         if excluded:
             log.log(level, "inference replica %s %s; out of rotation until it is seen alive", replica.address, excluded)
@@ -397,9 +395,9 @@ class ReplicaPool:
         unreachable = code == grpc.StatusCode.UNAVAILABLE
         with self._lock:
             replica.warming_up = False
-            first_unreachable = unreachable and not replica.warm_up_unreachable
-            replica.warm_up_unreachable = unreachable
+            first_unreachable = unreachable and not replica.quiet
             if unreachable:
+                replica.quiet = True
                 self._exclude(replica, now_s)
         if code is None:
             level, outcome = logging.INFO, f"answered its warm-up call in {took_ms:.0f} ms; in rotation"

@@ -7,12 +7,14 @@ replica's first call does while it builds its network), and later ones answer at
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
 
 import grpc
 import numpy as np
+import pytest
 from gateway_doubles import Stack
 from inference_doubles import ActStreamByAct
 
@@ -149,6 +151,26 @@ def test_waiting_for_a_warm_replica_ends_when_no_replica_is_warming_up_any_more(
         assert pool.wait_for_rotation(BOUND_S, threading.Event()) is False
         # Its warm-up failed (connection refused): nothing left to wait for, long before the bound.
         assert time.monotonic() - started_s < BOUND_S / 2
+    finally:
+        pool.close()
+
+
+def test_a_replica_unavailable_at_each_warm_up_is_said_once_and_tried_each_time_it_is_seen_alive(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="rtrl.services.env_gateway.replicas")
+    address = f"127.0.0.1:{free_port()}"  # nothing listens there
+    pool = ReplicaPool("gw", 6, observation_shape=SHAPE)
+    try:
+        for _ in range(3):
+            pool.set_members({address: time.monotonic()})  # seen alive: registered, or a heartbeat
+            wait_until(lambda: not pool.stats()[0].warming_up)
+            (stats,) = pool.stats()
+            assert stats.excluded and pool.views(time.monotonic()) == []
+        unavailable = [
+            r for r in caplog.records if r.getMessage().endswith("warmed up") and "unavailable" in r.getMessage()
+        ]
+        assert [record.levelno for record in unavailable] == [logging.INFO, logging.DEBUG, logging.DEBUG]
     finally:
         pool.close()
 
