@@ -326,7 +326,7 @@ class ReplicaPool:
         """`replica`'s act socket could not be used: it gets ActStream until it rejoins, and the requests
         left on the socket go again there (none went out, or none was answered properly)."""
         with self._lock:
-            logged = replica.act_socket is not None
+            first_refusal = replica.act_socket is not None  # said once, not for each later socket
             replica.act_socket = None
             unanswered = self._detach(replica, transport)
             stream = self._attach_if_wanted(replica)
@@ -337,7 +337,7 @@ class ReplicaPool:
                     stream.send(call, now_s)
                 else:
                     late.append(call)
-        if logged:
+        if first_refusal:
             log.warning(
                 "inference replica %s offers an act socket that cannot be used (%s); using ActStream instead",
                 replica.address,
