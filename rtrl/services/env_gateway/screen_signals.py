@@ -113,7 +113,7 @@ def phase_correlate(
     height of the correlation peak (1: the same picture shifted; about 0.05: unrelated pictures).
 
     With `expected` (dx, dy), the highest peak within PREDICTION_RADIUS_PX of it is taken when it reaches
-    `min_response`, else the highest anywhere.
+    `min_response`, else the highest anywhere; never when that window holds (0, 0), see `_peak_near`.
 
     cv2.phaseCorrelate takes pictures, not spectra (so the key frame's would be recomputed every frame), and
     its weighted-centroid sub-pixel estimate pulls shifts toward whole pixels; Foroosh's estimate from the
@@ -141,13 +141,20 @@ def phase_correlate(
 
 
 def _peak_near(surface: np.ndarray, expected: tuple[float, float]) -> tuple[float, int, int] | None:
-    """The highest point of the circular surface within PREDICTION_RADIUS_PX of `expected`: (height, column, row)."""
+    """The highest point of the circular surface within PREDICTION_RADIUS_PX of `expected`: (height, column, row).
+
+    None when the window holds (0, 0), no shift from the key frame. There the highest point is what does not
+    scroll, which the prediction exists to pass over; preferring it would only take a real jump of the view
+    (from rest, right after a new key frame) for a shift of a pixel or two.
+    """
     height, width = surface.shape
     radius = PREDICTION_RADIUS_PX
     if 2 * radius + 1 > min(width, height):
         return None
-    # Rolled so that the window around the expected point is one slice (np.roll copies only this small surface).
     centre_column, centre_row = round(expected[0]) % width, round(expected[1]) % height
+    if min(centre_column, width - centre_column) <= radius and min(centre_row, height - centre_row) <= radius:
+        return None
+    # Rolled so that the window around the expected point is one slice (np.roll copies only this small surface).
     rolled = np.roll(surface, (radius - centre_row, radius - centre_column), axis=(0, 1))
     _, peak, _, (column, row) = cv2.minMaxLoc(rolled[: 2 * radius + 1, : 2 * radius + 1])
     return peak, (centre_column + column - radius) % width, (centre_row + row - radius) % height

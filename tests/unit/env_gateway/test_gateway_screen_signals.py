@@ -86,6 +86,15 @@ def test_scroll_recovers_a_known_camera_shift_within_a_pixel(dx: int, dy: int) -
     assert after["progress_y"] == pytest.approx(dy, abs=1.0)
 
 
+@pytest.mark.parametrize(("x", "y", "dy"), [(202, 102, 18), (202, 102, 14), (206, 104, -22)])
+def test_a_jump_from_rest_is_not_taken_for_the_small_peak_of_no_shift(x: int, y: int, dy: int) -> None:
+    """Found by the fuzz test below: with the view at rest on its key frame, a correlation peak within the
+    prediction's two shrunk pixels of no shift won over the true one, and these jumps read as 0, 4 or -8."""
+    _, after = follow(ScreenSignals(SCROLL), [(x, y), (x, y + dy)])
+    assert after["progress_x"] == pytest.approx(0, abs=1.0)
+    assert after["progress_y"] == pytest.approx(dy, abs=1.0)
+
+
 @pytest.mark.parametrize(("speed_x", "speed_y"), [(0.5, 0.0), (2.0, 0.0), (7.0, -1.0), (-3.0, 2.0), (16.0, 0.0)])
 def test_scroll_accumulates_across_many_frames_without_drifting(speed_x: float, speed_y: float) -> None:
     """300 frames: comparing consecutive frames would lose about a fifth of a slow scroll; the key frame does not."""
