@@ -29,6 +29,8 @@ def test_k8s_manifests_run_under_podman_kube_play_and_scale(tmp_path):
     assert result.returncode == 0, report.get("failure")
     assert report["passed"]
     assert report["checkpoints"]["published"] >= 1 and min(report["checkpoints"]["served"].values()) >= 1
-    assert max(report["first_call_after_register_s"].values()) <= 2.0
+    # compose's 2 s plus the lag of podman's DNS for a new pod's name (scripts/k8s-smoke, PODMAN_DNS_LAG_S)
+    assert report["first_call_bound_s"] == 5.0
+    assert max(report["first_call_after_register_s"].values()) <= report["first_call_bound_s"]
     assert report["coverage_window"] >= 0.99
     assert not any(report["calls_to_stopped_replicas"].values())
