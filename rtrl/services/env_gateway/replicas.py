@@ -57,7 +57,7 @@ WARM_UP_TIMEOUT_S = 10.0
 class _Replica:
     address: str
     channel: grpc.Channel
-    stub: inference_pb2_grpc.InferenceServiceStub
+    endpoint: Endpoint
     in_flight: int = 0
     measures: ReplicaMeasures = field(default_factory=ReplicaMeasures)
     failed_at_s: float = -math.inf
@@ -70,8 +70,6 @@ class _Replica:
     answered nothing since: it is tried again without saying so each time."""
     transport: Transport | None = None
     """None until one opens (after its warm-up, or with the next request)."""
-    act_socket: tuple[str, int] | None = None
-    """Where its act socket is, when its warm-up found it offers one and none failed since."""
 
     @property
     def in_rotation(self) -> bool:
@@ -140,7 +138,8 @@ class ReplicaPool:
                 replica = current.get(address)
                 if replica is None:
                     channel = create_channel(address, self._security, RECONNECT_BACKOFF_OPTIONS)
-                    replica = _Replica(address, channel, inference_pb2_grpc.InferenceServiceStub(channel))
+                    stub = inference_pb2_grpc.InferenceServiceStub(channel)
+                    replica = _Replica(address, channel, Endpoint(address, stub, self._security.token))
                     warm_up.append(replica)
                 elif replica.excluded_since_s is not None and seen_s > replica.excluded_since_s:
                     replica.excluded_since_s = None
@@ -279,7 +278,7 @@ class ReplicaPool:
         ):
             return None
         transport = self.open_transport(
-            Endpoint(replica.address, replica.stub, replica.act_socket, self._security.token),
+            replica.endpoint,
             lambda transport, answer: self._on_answer(replica, transport, answer),
             lambda transport, code: self._on_end(replica, transport, code),
         )
@@ -304,9 +303,6 @@ class ReplicaPool:
         """The transport ended: its unanswered requests fail with `code`. One this pool did not close that
         ends unavailable or cancelled means the replica went away, and one refused means it will not take
         this gateway's stream: either way it leaves the rotation now, before a request is lost to it."""
-        if transport.refused:
-            self._leave_act_socket(replica, transport)
-            return
         excluded, level = "", logging.INFO
         with self._lock:
             if replica.transport is transport:
@@ -321,31 +317,6 @@ class ReplicaPool:
         if excluded:
             log.log(level, "inference replica %s %s; out of rotation until it is seen alive", replica.address, excluded)
         self._fail(replica, unanswered, code)
-
-    def _leave_act_socket(self, replica: _Replica, transport: Transport) -> None:
-        """`replica`'s act socket could not be used: it gets ActStream until it rejoins, and the requests
-        left on the socket go again there (none went out, or none was answered properly)."""
-        with self._lock:
-            first_refusal = replica.act_socket is not None  # said once, not for each later socket
-            replica.act_socket = None
-            unanswered = self._detach(replica, transport)
-            stream = self._attach_if_wanted(replica)
-            now_s = self._now_s()
-            late: list[Call] = []
-            for call in unanswered:
-                if stream is not None and call.deadline_s > now_s:
-                    stream.send(call, now_s)
-                else:
-                    late.append(call)
-        if first_refusal:
-            log.warning(
-                "inference replica %s offers an act socket that cannot be used (%s); using ActStream instead",
-                replica.address,
-                transport.refused,
-            )
-        if stream is not None:
-            stream.start()
-        self._fail(replica, late, grpc.StatusCode.DEADLINE_EXCEEDED)
 
     def _watch_deadlines(self) -> None:
         """Fails the requests of every transport whose oldest request is past its deadline, and replaces it."""
@@ -375,7 +346,7 @@ class ReplicaPool:
         code: grpc.StatusCode | None = None
         details = ""
         try:
-            replica.stub.Act(self._warm_up_request, timeout=WARM_UP_TIMEOUT_S)
+            replica.endpoint.stub.Act(self._warm_up_request, timeout=WARM_UP_TIMEOUT_S)
         except grpc.RpcError as error:
             code = error.code() if isinstance(error, grpc.Call) else grpc.StatusCode.UNKNOWN
             details = error.details() if isinstance(error, grpc.Call) else str(error)
@@ -383,10 +354,10 @@ class ReplicaPool:
             code, details = grpc.StatusCode.CANCELLED, "the replica left"
         if code is None:
             # A pool with TLS never asks: the act socket has none (SECURITY.md).
-            offered = None if self._security.tls else offered_by(replica.stub, replica.address)
+            offered = None if self._security.tls else offered_by(replica.endpoint.stub, replica.address)
             # Opened before the replica enters the rotation, so that the first decision's request finds it open.
             with self._lock:
-                replica.act_socket = offered
+                replica.endpoint.act_socket = offered
                 transport = self._attach_if_wanted(replica)
             if transport is not None:
                 transport.start()

@@ -19,6 +19,7 @@ import pytest
 from gateway_doubles import FakeInference
 from test_gateway_act_stream import ACTION, ACTIONS, BOUND_S, CountingInference, Serve, request, send
 
+from rtrl.act_socket import HELLO, frame, receive_exactly, receive_length
 from rtrl.security import SecuritySettings
 from rtrl.services.env_gateway.dispatcher import CallOutcome
 from rtrl.services.env_gateway.replicas import STREAM_DEADLINE_CHECK_S, ReplicaPool
@@ -154,6 +155,47 @@ def test_a_socket_that_cannot_be_used_gives_the_replica_act_stream_and_loses_no_
     assert "offers an act socket that cannot be used" in caplog.text
     (stats,) = pool.stats()
     assert (stats.replies, stats.failures, stats.transport) == (4, 0, "ActStream")
+
+
+def breaks_the_protocol_after_the_hello() -> int:
+    """A listener that answers the hello as a replica does, then answers the first request with bytes that
+    are no ActStreamResponse."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        while True:
+            connection, _ = listener.accept()
+            with connection:
+                receive_exactly(connection, len(HELLO))
+                receive_exactly(connection, receive_length(connection))  # the token
+                connection.sendall(HELLO)
+                receive_exactly(connection, receive_length(connection))  # the first request
+                connection.sendall(frame(b"\xff" * 16))
+                time.sleep(BOUND_S)
+
+    threading.Thread(target=serve, daemon=True).start()
+    return int(listener.getsockname()[1])
+
+
+def test_a_socket_that_breaks_the_protocol_fails_its_request_and_the_replica_goes_on_with_act_stream(
+    pooled: Pooled, caplog: pytest.LogCaptureFixture
+) -> None:
+    servicer = SocketInference()
+    servicer.offered_port = breaks_the_protocol_after_the_hello()
+    address, pool, _ = pooled(servicer)
+
+    broken = send(pool, address, 0)
+    after = [send(pool, address, frame_index) for frame_index in (1, 2)]
+
+    # Whether the replica acted on a request the socket carried cannot be known: it fails, and is not sent
+    # again; the next requests go on ActStream, and the socket is not tried again.
+    assert broken.reply is None
+    assert all(outcome.reply is not None for outcome in after)
+    assert (servicer.socket_answers, servicer.streams_opened) == (0, 1)
+    assert servicer.frame_indices[1:] == [1, 2]
+    assert caplog.text.count("offers an act socket that cannot be used (it broke the protocol") == 1
+    (stats,) = pool.stats()
+    assert (stats.requests, stats.replies, stats.failures, stats.transport) == (3, 2, 1, "ActStream")
 
 
 def test_a_stalled_socket_fails_its_request_by_its_deadline_and_a_new_one_replaces_it(pooled: Pooled) -> None:

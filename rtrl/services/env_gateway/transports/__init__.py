@@ -19,8 +19,8 @@ The two transports (`open_transport` gives a replica its act socket when it offe
 - `ActSocket` (act_socket.py): the same messages on a plain TCP connection the replica offers
   (rtrl/act_socket.py), written by the deciding thread and read by one thread on each side. It halves
   the gateway's own overhead per decision (docs/transports.md). Its hello carries the pool's token;
-  it has no TLS (SECURITY.md), so a pool with TLS never uses it. One that cannot be used sets
-  `refused`, and the pool moves its requests to ActStream.
+  it has no TLS (SECURITY.md), so a pool with TLS never uses it. One that cannot be used hands its
+  requests to an ActStream and goes on as that stream: the pool sees only its name change.
 """
 
 from __future__ import annotations
@@ -35,6 +35,5 @@ __all__ = ["Call", "Endpoint", "OnAnswer", "OnEnd", "OpenTransport", "Transport"
 def open_transport(endpoint: Endpoint, on_answer: OnAnswer, on_end: OnEnd) -> Transport:
     """The replica's act socket when it offers one, else ActStream on its channel."""
     if endpoint.act_socket is not None:
-        name = f"rtrl-act-socket {endpoint.address}"
-        return ActSocket(endpoint.act_socket, endpoint.token, on_answer, on_end, name)
+        return ActSocket(endpoint, on_answer, on_end)
     return ActStream(endpoint.stub, on_answer, on_end, f"rtrl-act-stream {endpoint.address}")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+import time
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -29,7 +30,8 @@ from rtrl.act_socket import (
 )
 from rtrl.config import SettingsError
 from rtrl.services.env_gateway.settings import split_host_port
-from rtrl.services.env_gateway.transports.base import OnAnswer, OnEnd, Transport
+from rtrl.services.env_gateway.transports.act_stream import ActStream
+from rtrl.services.env_gateway.transports.base import Endpoint, OnAnswer, OnEnd, Transport
 from rtrl.v1 import inference_pb2, inference_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -39,6 +41,8 @@ log = logging.getLogger(__name__)
 CONNECT_TIMEOUT_S = 1.0
 # The largest answer an act socket may send; answers are a few hundred bytes.
 MAX_ANSWER_BYTES = 1 << 20
+# The least timeout a request handed to ActStream carries (the replica refuses 0).
+MIN_TIMEOUT_MS = 0.001
 
 
 def offered_by(stub: inference_pb2_grpc.InferenceServiceStub, replica_address: str) -> tuple[str, int] | None:
@@ -64,29 +68,33 @@ class ActSocket(Transport):
     its own connects, then reads the answers, which come in the order of the requests.
 
     Connecting happens on the transport's thread, so `put` never waits: the requests put before the
-    handshake are sent when it ends. A socket that
-    cannot be used (no connection within CONNECT_TIMEOUT_S, closed before the hello, or an
-    answer that is not the protocol's) ends the stream with `refused` set, and the pool gives the
-    replica ActStream instead. A replica that accepts the connection but does not answer the hello is
-    stalled, not refusing (its kernel accepts for it): that stream ends as a stalled ActStream does.
-    `put` never blocks either: a request the connection cannot take whole at once (the replica stopped
-    reading) closes the stream, as a stalled replica's would be.
+    handshake are sent when it ends. A socket that cannot be used (no connection within
+    CONNECT_TIMEOUT_S, or closed before the hello, or a hello that is not the protocol's) hands those
+    requests to an ActStream on the replica's channel and goes on as that stream; and the endpoint
+    forgets the socket, so the replica's next transports are ActStream until its next warm-up. An
+    answer that breaks the protocol ends the stream, failing its requests, and the endpoint forgets the
+    socket too. A replica that accepts the connection but does not answer the hello is stalled, not
+    refusing (its kernel accepts for it): that stream ends as a stalled ActStream does. `put` never
+    blocks either: a request the connection cannot take whole at once (the replica stopped reading)
+    closes the stream, as a stalled replica's would be.
     """
 
     name = "act socket"
 
-    def __init__(
-        self, address: tuple[str, int], token: str, on_answer: OnAnswer, on_end: OnEnd, thread_name: str
-    ) -> None:
+    def __init__(self, endpoint: Endpoint, on_answer: OnAnswer, on_end: OnEnd) -> None:
         super().__init__()
-        self._address = address
-        self._token = token
+        assert endpoint.act_socket is not None
+        self._endpoint = endpoint
+        self._address = endpoint.act_socket
         self._lock = threading.Lock()
-        self._unsent: list[bytes] | None = []
-        """Requests put before the handshake ended; None once connected."""
+        self._unsent: list[tuple[inference_pb2.ActStreamRequest, bytes, float]] | None = []
+        """Requests put before the handshake ended, framed, with when; None once connected."""
         self._connection: socket.socket | None = None
+        self._stream: ActStream | None = None
+        """What it became when the socket could not be used."""
         self._closed = False
-        self._thread = threading.Thread(target=self._run, args=(on_answer, on_end), name=thread_name, daemon=True)
+        name = f"rtrl-act-socket {endpoint.address}"
+        self._thread = threading.Thread(target=self._run, args=(on_answer, on_end), name=name, daemon=True)
 
     def start(self) -> None:
         """Connects on the transport's own thread, then reads the answers there."""
@@ -97,8 +105,11 @@ class ActSocket(Transport):
         with self._lock:
             if self._closed:
                 return  # its reader ends the stream, and the request fails with the others
+            if self._stream is not None:
+                self._stream.put(request)
+                return
             if self._unsent is not None:
-                self._unsent.append(data)
+                self._unsent.append((request, data, time.monotonic()))
                 return
             # Under the lock (a write that never waits), so that the reader cannot close the socket under it.
             assert self._connection is not None
@@ -107,12 +118,14 @@ class ActSocket(Transport):
             self.close()
 
     def close(self) -> None:
-        """Closes the connection; its reader ends with CANCELLED."""
+        """Closes the connection (or the stream it became); its reader ends with CANCELLED."""
         with self._lock:
             self._closed = True
-            connection = self._connection
+            connection, stream = self._connection, self._stream
         if connection is not None:
             shut(connection)
+        if stream is not None:
+            stream.close()
 
     def _send_now(self, connection: socket.socket, data: bytes) -> bool:
         """Writes `data` without waiting; False when the connection could not take all of it (the replica
@@ -151,7 +164,7 @@ class ActSocket(Transport):
         if closed:
             raise ConnectionEnded
         configure(connection)
-        connection.sendall(client_hello(self._token))
+        connection.sendall(client_hello(self._endpoint.token))
         hello = receive_exactly(connection, len(HELLO))
         if hello != HELLO:
             raise _Unusable(f"it answered the hello with {hello!r}, not {HELLO!r}")
@@ -159,27 +172,23 @@ class ActSocket(Transport):
         return connection
 
     def _run(self, on_answer: OnAnswer, on_end: OnEnd) -> None:
+        unusable, code = "", grpc.StatusCode.UNAVAILABLE
         try:
             connection = self._handshake()
         except _Unusable as error:
-            self.refused = str(error)
-            code = grpc.StatusCode.UNAVAILABLE
+            unusable = str(error)
         except TimeoutError:
             # Accepted but no hello back (a stalled replica): the stream ends as a stalled ActStream does.
             code = grpc.StatusCode.DEADLINE_EXCEEDED
         except (ConnectionEnded, OSError):
-            with self._lock:
-                closed = self._closed
             # Closed by the pool while connecting (its first request's deadline passed), or by the replica
             # before its hello: it has no room for another stream, it does not speak the protocol, or it
             # does not accept this gateway's token (ActStream's calls then say UNAUTHENTICATED).
-            code = grpc.StatusCode.CANCELLED if closed else grpc.StatusCode.UNAVAILABLE
-            if not closed:
-                self.refused = "it closed the connection instead of answering the hello"
+            unusable = "it closed the connection instead of answering the hello"
         else:
             with self._lock:
                 # Under the lock, so that no request put meanwhile overtakes these.
-                sent = all(self._send_now(connection, data) for data in self._unsent or ())
+                sent = all(self._send_now(connection, data) for _, data, _ in self._unsent or ())
                 self._unsent = None
             if not sent:
                 self.close()
@@ -187,7 +196,46 @@ class ActSocket(Transport):
         with self._lock:
             if self._connection is not None:
                 self._connection.close()
-        on_end(self, code)
+            closed = self._closed
+        if unusable and not closed:
+            self._become_act_stream(unusable, on_answer, on_end)
+        else:
+            on_end(self, grpc.StatusCode.CANCELLED if closed else code)
+
+    def _become_act_stream(self, why: str, on_answer: OnAnswer, on_end: OnEnd) -> None:
+        """The socket cannot be used: its requests go on an ActStream, which carries this transport's
+        requests and answers from now on."""
+        self._forget_socket(why)
+        endpoint = self._endpoint
+        stream = ActStream(
+            endpoint.stub,
+            lambda _, answer: on_answer(self, answer),
+            lambda _, code: on_end(self, code),
+            f"rtrl-act-stream {endpoint.address}",
+        )
+        with self._lock:
+            now_s = time.monotonic()
+            for request, _, put_s in self._unsent or ():
+                # One already past its deadline still goes, refused by the replica at once, so that the
+                # answers stay in the order of the requests.
+                request.timeout_ms = max(request.timeout_ms - (now_s - put_s) * 1000.0, MIN_TIMEOUT_MS)
+                stream.put(request)
+            self._unsent = None
+            self._stream = stream
+            self.name = stream.name
+            if self._closed:
+                stream.close()  # closed since `_run` looked: the stream ends at once, with CANCELLED
+        stream.start()
+
+    def _forget_socket(self, why: str) -> None:
+        """The replica's next transports are ActStream (until its next warm-up); said once."""
+        if self._endpoint.act_socket is not None:
+            self._endpoint.act_socket = None
+            log.warning(
+                "inference replica %s offers an act socket that cannot be used (%s); using ActStream instead",
+                self._endpoint.address,
+                why,
+            )
 
     def _read(self, connection: socket.socket, on_answer: OnAnswer) -> grpc.StatusCode:
         """Delivers the answers until the connection ends; how it ended, as ActStream's reader would say."""
@@ -198,8 +246,8 @@ class ActSocket(Transport):
                     raise ValueError(f"an answer of {length} bytes is over the limit of {MAX_ANSWER_BYTES}")
                 on_answer(self, inference_pb2.ActStreamResponse.FromString(receive_exactly(connection, length)))
         except (ConnectionEnded, OSError):
-            with self._lock:
-                return grpc.StatusCode.CANCELLED if self._closed else grpc.StatusCode.UNAVAILABLE
+            return grpc.StatusCode.UNAVAILABLE
         except (ValueError, DecodeError) as error:
-            self.refused = f"it broke the protocol: {error}"
+            # Its requests fail: whether the replica acted on them cannot be known.
+            self._forget_socket(f"it broke the protocol: {error}")
             return grpc.StatusCode.INTERNAL

@@ -25,17 +25,18 @@ class Call:
     on_done: OnCallDone
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)
 class Endpoint:
-    """What a transport needs to reach one replica."""
+    """What a transport needs to reach one replica; the pool keeps one per replica."""
 
     address: str
     stub: inference_pb2_grpc.InferenceServiceStub
     """On the replica's channel, with the pool's TLS and token."""
-    act_socket: tuple[str, int] | None
-    """Where its act socket is, when it offers one the pool may use."""
     token: str
     """The pool's token (rtrl/security.py), "" without one."""
+    act_socket: tuple[str, int] | None = None
+    """Where its act socket is, when it offers one the pool may use: set by the pool's warm-up, forgotten by
+    an act socket that cannot be used (its replica's next transports are ActStream until it warms up again)."""
 
 
 class Transport:
@@ -47,8 +48,6 @@ class Transport:
     def __init__(self) -> None:
         self.pending: deque[Call] = deque()
         """The requests sent and not answered, oldest first; guarded by the pool's lock."""
-        self.refused = ""
-        """Why it cannot be used at all ("" while it can): the pool then gives the replica ActStream."""
 
     def send(self, call: Call, now_s: float) -> None:
         """Puts `call` with the milliseconds its deadline leaves from `now_s`; under the pool's lock, so that the
