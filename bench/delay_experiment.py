@@ -126,7 +126,8 @@ def run_one(spec: RunSpec) -> dict[str, object]:
 
     from rtrl.models import default_model_config
     from rtrl.services.env_gateway.backends import make_backend
-    from rtrl.services.env_gateway.clock import ActionReply, ClockConfig, ObservationSample, StepRecord
+    from rtrl.services.env_gateway.clock import ClockConfig, ObservationSample, StepRecord
+    from rtrl.services.env_gateway.mailbox import ActionReply
     from rtrl.services.env_gateway.preprocess import Preprocessor
     from rtrl.services.env_gateway.settings import EnvSpec, FallbackPolicy, GatewaySettings
     from rtrl.services.env_gateway.simulated_clock import SimulatedClock, SimulatedTiming, completed

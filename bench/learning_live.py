@@ -46,7 +46,8 @@ from rtrl.acting import epsilon_greedy, sample_softmax  # noqa: E402
 from rtrl.local_redis import free_port, free_ports_in_a_row  # noqa: E402
 from rtrl.models import default_model_config  # noqa: E402
 from rtrl.services.env_gateway.backends import make_backend  # noqa: E402
-from rtrl.services.env_gateway.clock import ActionReply, ClockConfig, ObservationSample, StepRecord  # noqa: E402
+from rtrl.services.env_gateway.clock import ClockConfig, ObservationSample, StepRecord  # noqa: E402
+from rtrl.services.env_gateway.mailbox import ActionReply  # noqa: E402
 from rtrl.services.env_gateway.preprocess import make_preprocessor  # noqa: E402
 from rtrl.services.env_gateway.settings import GatewaySettings  # noqa: E402
 from rtrl.services.env_gateway.simulated_clock import SimulatedClock, SimulatedTiming, completed  # noqa: E402

@@ -359,15 +359,8 @@ def play(options: PlayOptions, on_episode: Callable[[EpisodeResult], None] | Non
     from rtrl.checkpoints import CheckpointStore
     from rtrl.models import ModelConfig, build_model
     from rtrl.services.env_gateway.backends import make_backend
-    from rtrl.services.env_gateway.clock import (
-        ActionMailbox,
-        ActionReply,
-        ClockConfig,
-        ObservationSample,
-        RealtimeClock,
-        StepRecord,
-        ViewerFrame,
-    )
+    from rtrl.services.env_gateway.clock import ClockConfig, ObservationSample, RealtimeClock, StepRecord, ViewerFrame
+    from rtrl.services.env_gateway.mailbox import ActionMailbox, ActionReply
     from rtrl.services.env_gateway.preprocess import make_preprocessor
     from rtrl.services.env_gateway.settings import EnvSpec, GatewaySettings
     from rtrl.services.inference.policy import DEFAULT_CHECKPOINT_EPSILON

@@ -22,7 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from rtrl.services.env_gateway.clock import ActionMailbox, ActionReply, ObservationSample, StepRecord
+from rtrl.services.env_gateway.clock import ObservationSample, StepRecord
+from rtrl.services.env_gateway.mailbox import ActionMailbox, ActionReply
 from rtrl.services.env_gateway.preprocess import ObservationPreprocessor
 from rtrl.services.env_gateway.scheduler import NextIdleScheduler, ReplicaView, SampleView, Scheduler
 

@@ -23,8 +23,8 @@ import numpy.typing as npt
 from rtrl.grpc_util import create_channel
 from rtrl.metrics import HistogramSnapshot
 from rtrl.security import SecuritySettings
-from rtrl.services.env_gateway.clock import ActionReply
 from rtrl.services.env_gateway.dispatcher import CallOutcome, OnCallDone
+from rtrl.services.env_gateway.mailbox import ActionReply
 from rtrl.services.env_gateway.replica_stats import ReplicaMeasures
 from rtrl.services.env_gateway.scheduler import ReplicaView
 from rtrl.services.env_gateway.transports import Call, Endpoint, OpenTransport, Transport, open_transport

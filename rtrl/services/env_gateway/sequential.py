@@ -26,8 +26,9 @@ import grpc
 from rtrl import grpc_util
 from rtrl.metrics import Window
 from rtrl.security import SecuritySettings
-from rtrl.services.env_gateway.clock import ActionMailbox, ObservationSample, StepRecord
+from rtrl.services.env_gateway.clock import ObservationSample, StepRecord
 from rtrl.services.env_gateway.dispatcher import CallOutcome, ReplicaLink
+from rtrl.services.env_gateway.mailbox import ActionMailbox
 from rtrl.services.env_gateway.preprocess import ObservationPreprocessor
 from rtrl.services.env_gateway.scheduler import NextIdleScheduler, next_in_rotation
 from rtrl.services.env_gateway.settings import GatewaySettings

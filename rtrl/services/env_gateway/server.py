@@ -31,10 +31,11 @@ from rtrl.config import PREFIX, SettingsError
 from rtrl.grpc_util import Unavailable, abort_for
 from rtrl.redis_client import redacted_url
 from rtrl.services.env_gateway.backends import Backend, make_backend
-from rtrl.services.env_gateway.clock import ActionMailbox, ClockConfig, RealtimeClock, StepRecord
+from rtrl.services.env_gateway.clock import ClockConfig, RealtimeClock, StepRecord
 from rtrl.services.env_gateway.dispatcher import Dispatcher
 from rtrl.services.env_gateway.episodes import EpisodeLog
 from rtrl.services.env_gateway.game_rules import RulesBackend, known
+from rtrl.services.env_gateway.mailbox import ActionMailbox
 from rtrl.services.env_gateway.membership import REGISTRY_SOURCE, AddressResolver, Membership, RegistryWatcher
 from rtrl.services.env_gateway.metrics import start_metrics
 from rtrl.services.env_gateway.preprocess import make_preprocessor

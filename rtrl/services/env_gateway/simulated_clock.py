@@ -42,15 +42,9 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, replace
 
 from rtrl.services.env_gateway.backends.base import Backend
-from rtrl.services.env_gateway.clock import (
-    ActionReply,
-    ClockConfig,
-    EpisodeSteps,
-    ObservationSample,
-    StepRecord,
-    ViewerFrame,
-)
+from rtrl.services.env_gateway.clock import ClockConfig, EpisodeSteps, ObservationSample, StepRecord, ViewerFrame
 from rtrl.services.env_gateway.dispatcher import CallOutcome, ReplicaLink
+from rtrl.services.env_gateway.mailbox import ActionReply
 from rtrl.services.env_gateway.preprocess import ObservationPreprocessor
 from rtrl.services.env_gateway.scheduler import LeadView
 from rtrl.services.env_gateway.settings import DEFAULT_SIMULATED_REPLY_TIMEOUT_S, GatewaySettings

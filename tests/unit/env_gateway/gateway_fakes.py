@@ -8,13 +8,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from rtrl.services.env_gateway.clock import (
-    ActionReply,
-    ObservationSample,
-    RealtimeClock,
-    StepRecord,
-    ViewerFrame,
-)
+from rtrl.services.env_gateway.clock import ObservationSample, RealtimeClock, StepRecord, ViewerFrame
+from rtrl.services.env_gateway.mailbox import ActionReply
 
 FRAME_SHAPE = (6, 8, 3)
 

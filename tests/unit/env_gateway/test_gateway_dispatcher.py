@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from gateway_fakes import FakeTime, wait_for
 
-from rtrl.services.env_gateway.clock import ARRIVAL_MIN, ActionMailbox, ActionReply, ObservationSample
+from rtrl.services.env_gateway.clock import ObservationSample
 from rtrl.services.env_gateway.dispatcher import CallOutcome, Dispatcher, OnCallDone
+from rtrl.services.env_gateway.mailbox import ARRIVAL_MIN, ActionMailbox, ActionReply
 from rtrl.services.env_gateway.preprocess import Preprocessor, SampledFrame
 from rtrl.services.env_gateway.scheduler import (
     HEDGE_AFTER_MEANS,

@@ -6,7 +6,7 @@ from collections import defaultdict
 
 import pytest
 
-from rtrl.services.env_gateway.clock import ARRIVAL_MIN, ActionMailbox, ActionReply, PendingReply
+from rtrl.services.env_gateway.mailbox import ARRIVAL_MIN, ActionMailbox, ActionReply, PendingReply
 
 
 def reply(action: int) -> ActionReply:

@@ -8,7 +8,8 @@ from collections.abc import Callable
 from gateway_fakes import FakeTime, wait_for
 from test_gateway_dispatcher import FakeReplicas, sample
 
-from rtrl.services.env_gateway.clock import ActionMailbox, ActionReply, StepRecord
+from rtrl.services.env_gateway.clock import StepRecord
+from rtrl.services.env_gateway.mailbox import ActionMailbox, ActionReply
 from rtrl.services.env_gateway.preprocess import Preprocessor
 from rtrl.services.env_gateway.sequential import SequentialDispatcher, TrainError, TrainResult
 

@@ -17,7 +17,8 @@ import pytest
 
 from rtrl.config import SettingsError
 from rtrl.services.env_gateway.backends.gymnasium import GymnasiumBackend
-from rtrl.services.env_gateway.clock import ActionReply, ClockConfig, ObservationSample, StepRecord
+from rtrl.services.env_gateway.clock import ClockConfig, ObservationSample, StepRecord
+from rtrl.services.env_gateway.mailbox import ActionReply
 from rtrl.services.env_gateway.settings import FallbackPolicy, GatewaySettings
 from rtrl.services.env_gateway.simulated_clock import SimulatedClock, SimulatedTiming, completed
 
