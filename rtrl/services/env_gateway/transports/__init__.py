@@ -36,4 +36,4 @@ def open_transport(endpoint: Endpoint, on_answer: OnAnswer, on_end: OnEnd) -> Tr
     """The replica's act socket when it offers one, else ActStream on its channel."""
     if endpoint.act_socket is not None:
         return ActSocket(endpoint, on_answer, on_end)
-    return ActStream(endpoint.stub, on_answer, on_end, f"rtrl-act-stream {endpoint.address}")
+    return ActStream(endpoint, on_answer, on_end)

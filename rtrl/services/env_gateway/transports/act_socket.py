@@ -206,12 +206,8 @@ class ActSocket(Transport):
         """The socket cannot be used: its requests go on an ActStream, which carries this transport's
         requests and answers from now on."""
         self._forget_socket(why)
-        endpoint = self._endpoint
         stream = ActStream(
-            endpoint.stub,
-            lambda _, answer: on_answer(self, answer),
-            lambda _, code: on_end(self, code),
-            f"rtrl-act-stream {endpoint.address}",
+            self._endpoint, lambda _, answer: on_answer(self, answer), lambda _, code: on_end(self, code)
         )
         with self._lock:
             now_s = time.monotonic()

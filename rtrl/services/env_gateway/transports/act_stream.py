@@ -13,24 +13,23 @@ from typing import Any
 
 import grpc
 
-from rtrl.services.env_gateway.transports.base import OnAnswer, OnEnd, Transport
-from rtrl.v1 import inference_pb2, inference_pb2_grpc
+from rtrl.services.env_gateway.transports.base import Endpoint, OnAnswer, OnEnd, Transport
+from rtrl.v1 import inference_pb2
 
 
 class ActStream(Transport):
     name = "ActStream"
 
-    def __init__(
-        self, stub: inference_pb2_grpc.InferenceServiceStub, on_answer: OnAnswer, on_end: OnEnd, thread_name: str
-    ) -> None:
+    def __init__(self, endpoint: Endpoint, on_answer: OnAnswer, on_end: OnEnd) -> None:
         super().__init__()
-        self._stub = stub
+        self._stub = endpoint.stub
         self._requests: queue.SimpleQueue[inference_pb2.ActStreamRequest | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._answers: Any = None
         """The call, once started: an iterator of the answers that can be cancelled."""
         self._closed = False
-        self._reader = threading.Thread(target=self._read, args=(on_answer, on_end), name=thread_name, daemon=True)
+        name = f"rtrl-act-stream {endpoint.address}"
+        self._reader = threading.Thread(target=self._read, args=(on_answer, on_end), name=name, daemon=True)
 
     def start(self) -> None:
         """Opens the stream (its requests go out as they are put) and its reader."""
